@@ -1,0 +1,183 @@
+//! Request bodies of the HTTP API. Every request rejects unknown fields, so a typo in a client
+//! is an error rather than a silently ignored setting. Create and update are distinct types.
+
+use crate::vm::{BootDevice, DiskBus, DiskFormat, Firmware, NicModel};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// A disk to create with a new VM or add to an existing one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRequest {
+    pub size_bytes: u64,
+    /// Storage repository; default: the host's default repository.
+    #[serde(default)]
+    pub sr: Option<String>,
+    #[serde(default)]
+    pub format: Option<DiskFormat>,
+    #[serde(default)]
+    pub bus: Option<DiskBus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NicRequest {
+    pub network: String,
+    #[serde(default)]
+    pub model: Option<NicModel>,
+    /// Fixed MAC; default: a random locally administered `52:54:00:..` address.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+/// `POST /v1/vms`. Absent fields come from the template, then from built-in defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VmCreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub autostart: Option<bool>,
+    #[serde(default)]
+    pub cpu_weight: Option<u32>,
+    #[serde(default)]
+    pub firmware: Option<Firmware>,
+    /// Disks to create. `None`: the template's disks; `Some(vec![])`: no disks.
+    #[serde(default)]
+    pub disks: Option<Vec<DiskRequest>>,
+    /// ISO to put in the VM's CD drive; a VM always gets one drive, empty when absent.
+    #[serde(default)]
+    pub cdrom: Option<PathBuf>,
+    #[serde(default)]
+    pub nics: Option<Vec<NicRequest>>,
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+    #[serde(default)]
+    pub boot_device: Option<BootDevice>,
+    /// Start the VM once created.
+    #[serde(default)]
+    pub start: bool,
+}
+
+/// `PATCH /v1/vms/{name}`: change settings. Memory and vCPUs apply at the next start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VmUpdateRequest {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    #[serde(default)]
+    pub autostart: Option<bool>,
+    #[serde(default)]
+    pub cpu_weight: Option<u32>,
+    /// Rename.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub boot_device: Option<BootDevice>,
+    /// Set to an empty string to drop direct kernel boot.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+/// Power actions: `POST /v1/vms/{name}/actions/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum VmAction {
+    Start,
+    /// ACPI power button; the guest decides.
+    Shutdown,
+    /// Pull the plug.
+    Poweroff,
+    Reboot,
+    Pause,
+    Resume,
+}
+
+impl VmAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmAction::Start => "start",
+            VmAction::Shutdown => "shutdown",
+            VmAction::Poweroff => "poweroff",
+            VmAction::Reboot => "reboot",
+            VmAction::Pause => "pause",
+            VmAction::Resume => "resume",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "start" => VmAction::Start,
+            "shutdown" => VmAction::Shutdown,
+            "poweroff" => VmAction::Poweroff,
+            "reboot" => VmAction::Reboot,
+            "pause" => VmAction::Pause,
+            "resume" => VmAction::Resume,
+            _ => return None,
+        })
+    }
+}
+
+/// Options of a power action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// For `shutdown`: seconds to wait for the guest before failing the task (default 120).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VmDeleteRequest {
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub keep_disks: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CdromInsertRequest {
+    pub iso: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SrCreateRequest {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub shared: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkCreateRequest {
+    pub name: String,
+    pub bridge: String,
+}
+
+/// Answer to a request that started a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAccepted {
+    pub task: String,
+}

@@ -1,0 +1,24 @@
+//! Events on the agent's bus, streamed to `corral events` and the web console.
+
+use crate::task::Task;
+use crate::vm::PowerState;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    VmCreated { vm: String, id: String },
+    VmDeleted { vm: String, id: String },
+    VmChanged { vm: String, id: String },
+    PowerStateChanged { vm: String, id: String, from: PowerState, to: PowerState, reason: String },
+    TaskUpdated { task: Task },
+}
+
+/// An event with its sequence number and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    pub seq: u64,
+    pub time_ms: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
