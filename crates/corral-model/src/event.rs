@@ -7,11 +7,28 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    VmCreated { vm: String, id: String },
-    VmDeleted { vm: String, id: String },
-    VmChanged { vm: String, id: String },
-    PowerStateChanged { vm: String, id: String, from: PowerState, to: PowerState, reason: String },
-    TaskUpdated { task: Task },
+    VmCreated {
+        vm: String,
+        id: String,
+    },
+    VmDeleted {
+        vm: String,
+        id: String,
+    },
+    VmChanged {
+        vm: String,
+        id: String,
+    },
+    PowerStateChanged {
+        vm: String,
+        id: String,
+        from: PowerState,
+        to: PowerState,
+        reason: String,
+    },
+    TaskUpdated {
+        task: Task,
+    },
 }
 
 /// An event with its sequence number and time.

@@ -87,7 +87,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage_with_the_text_in_the_error() {
-        for bad in ["", "abc", "G", "1X", "-1G", "99999999999999999999", "18446744073709551615T"] {
+        for bad in [
+            "",
+            "abc",
+            "G",
+            "1X",
+            "-1G",
+            "99999999999999999999",
+            "18446744073709551615T",
+        ] {
             let err = parse_size(bad).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }

@@ -71,7 +71,9 @@ pub fn validate_vcpus(vcpus: u32) -> Result<(), String> {
     if vcpus == 0 {
         Err("vCPUs must be at least 1".into())
     } else if vcpus > MAX_VCPUS {
-        Err(format!("{vcpus} vCPUs is more than the maximum of {MAX_VCPUS}"))
+        Err(format!(
+            "{vcpus} vCPUs is more than the maximum of {MAX_VCPUS}"
+        ))
     } else {
         Ok(())
     }
@@ -84,7 +86,9 @@ pub fn validate_memory(bytes: u64) -> Result<(), String> {
         return Err("memory must be larger than 0".into());
     }
     if bytes < 16 * MIB {
-        return Err(format!("memory {bytes} bytes is less than the minimum of 16 MiB"));
+        return Err(format!(
+            "memory {bytes} bytes is less than the minimum of 16 MiB"
+        ));
     }
     if bytes % MIB != 0 {
         return Err(format!("memory {bytes} bytes is not a whole number of MiB"));
@@ -100,7 +104,9 @@ pub fn validate_mac(mac: &str) -> Result<(), String> {
             .iter()
             .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
     if !well_formed {
-        return Err(format!("MAC address {mac:?} is not of the form 52:54:00:12:34:56"));
+        return Err(format!(
+            "MAC address {mac:?} is not of the form 52:54:00:12:34:56"
+        ));
     }
     let first = u8::from_str_radix(parts[0], 16).unwrap_or(1);
     if first & 1 == 1 {
@@ -115,7 +121,9 @@ pub fn validate_disk_size(bytes: u64) -> Result<(), String> {
         return Err("disk size must be larger than 0".into());
     }
     if bytes < (1 << 20) {
-        return Err(format!("disk size {bytes} bytes is less than the minimum of 1 MiB"));
+        return Err(format!(
+            "disk size {bytes} bytes is less than the minimum of 1 MiB"
+        ));
     }
     if bytes % 512 != 0 {
         return Err(format!("disk size {bytes} bytes is not a multiple of 512"));
@@ -145,7 +153,9 @@ mod tests {
             let err = validate_name("VM", bad).unwrap_err();
             assert!(err.contains(needle), "{bad}: {err}");
         }
-        assert!(validate_name("VM", &"x".repeat(64)).unwrap_err().contains("63"));
+        assert!(validate_name("VM", &"x".repeat(64))
+            .unwrap_err()
+            .contains("63"));
     }
 
     #[test]

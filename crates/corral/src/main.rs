@@ -1,6 +1,112 @@
-//! corral: the command-line front end and the host agent entry point (`corral serve`).
-//! Placeholder while the workspace is being laid out.
+//! corral: the command-line front end and the host agent entry point.
+//!
+//! `corral serve` runs the host agent (corral-agent behind corral-api on a unix socket).
+//! Every other command is a thin layer over corral-client: parse flags into an API request,
+//! send it, print the answer as a table (or JSON with `--json`). Errors print the agent's
+//! message once, on stderr, and exit non-zero.
 
 mod cmd;
+mod output;
 
-fn main() {}
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "Deploy and manage virtual machines on QEMU hosts",
+    long_about = "corral deploys and manages virtual machines on QEMU/KVM hosts.\n\n\
+        Start the host agent with `corral serve`, then use the other commands from the same \
+        machine (they talk to the agent's unix socket).\n\n\
+        Examples:\n  \
+        corral serve --state-dir /var/lib/corral\n  \
+        corral host info\n  \
+        corral vm create --name web01 --vcpus 2 --memory 1G --disk 10G --nic default\n  \
+        corral vm start web01 && corral vm console web01"
+)]
+struct Cli {
+    /// Agent to talk to: a unix socket path. Default: $CORRAL_CONNECT, else the socket in the
+    /// default state directory.
+    #[arg(long, global = true, env = "CORRAL_CONNECT")]
+    connect: Option<String>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the host agent.
+    Serve(cmd::serve::ServeArgs),
+    /// Facts about this host.
+    #[command(subcommand)]
+    Host(cmd::misc::HostCommand),
+    /// Virtual machines: create, power, change, consoles.
+    #[command(subcommand)]
+    Vm(cmd::vm::VmCommand),
+    /// Storage repositories.
+    #[command(subcommand)]
+    Sr(cmd::misc::SrCommand),
+    /// The ISO library.
+    #[command(subcommand)]
+    Iso(cmd::misc::IsoCommand),
+    /// Networks VMs attach to.
+    #[command(subcommand)]
+    Network(cmd::misc::NetworkCommand),
+    /// OS templates VMs are created from.
+    #[command(subcommand)]
+    Template(cmd::misc::TemplateCommand),
+    /// Operations, running and finished.
+    #[command(subcommand)]
+    Task(cmd::misc::TaskCommand),
+    /// Follow the agent's events (state changes, task progress). Ctrl-C stops.
+    Events(cmd::misc::EventsArgs),
+}
+
+/// Where the CLI finds the agent.
+pub fn client_for(connect: Option<&str>) -> corral_client::Client {
+    let socket = match connect {
+        Some(c) => PathBuf::from(c.strip_prefix("unix:").unwrap_or(c)),
+        None => corral_agent::config::default_state_dir().join("corral.sock"),
+    };
+    corral_client::Client::unix(socket)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let json = cli.json;
+    let result = match cli.command {
+        Command::Serve(args) => cmd::serve::run(args),
+        other => {
+            let client = client_for(cli.connect.as_deref());
+            runtime().block_on(async move {
+                match other {
+                    Command::Host(c) => cmd::misc::host(&client, c, json).await,
+                    Command::Vm(c) => cmd::vm::run(&client, c, json).await,
+                    Command::Sr(c) => cmd::misc::sr(&client, c, json).await,
+                    Command::Iso(c) => cmd::misc::iso(&client, c, json).await,
+                    Command::Network(c) => cmd::misc::network(&client, c, json).await,
+                    Command::Template(c) => cmd::misc::template(&client, c, json).await,
+                    Command::Task(c) => cmd::misc::task(&client, c, json).await,
+                    Command::Events(a) => cmd::misc::events(&client, a, json).await,
+                    Command::Serve(_) => unreachable!("handled above"),
+                }
+            })
+        }
+    };
+    if let Err(e) = result {
+        output::print_error(&e, json);
+        std::process::exit(1);
+    }
+}
+
+/// A small runtime for CLI commands: they do one request at a time.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime")
+}

@@ -1,1 +1,7 @@
-//! One module per command group; each is a thin layer over a library crate or the client.
+//! One module per command group; each is a thin layer over the client (or, for `serve`, over
+//! the agent and API crates).
+
+pub mod console;
+pub mod misc;
+pub mod serve;
+pub mod vm;

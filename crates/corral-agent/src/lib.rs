@@ -1,0 +1,25 @@
+//! The corral host agent: owns every VM on this host and everything done to them.
+//!
+//! A request from any front end (CLI, web console, another host) arrives through the API as a
+//! call on [`Agent`]. The agent validates it against host facts (networks, repositories,
+//! templates, memory), starts a task, and hands VM-specific work to that VM's actor
+//! ([`vm::actor`]): one tokio task per VM that alone mutates the VM's record and talks to its
+//! QEMU process over QMP, so operations on one VM are serialized and state transitions are
+//! checked in one place. Actors publish a read-only snapshot (`VmInfo`) that lists and shows
+//! read without queueing behind long operations. Durable state lives in a [`corral_store::Store`];
+//! QEMU processes outlive the agent and are re-attached at start ([`Agent::start`]).
+
+pub mod cgroup;
+mod clock;
+pub mod config;
+pub mod events;
+pub mod host;
+pub mod network;
+mod registry;
+pub mod tasks;
+pub mod templates;
+pub mod vm;
+
+mod agent;
+pub use agent::Agent;
+pub use clock::now_ms;

@@ -1,0 +1,275 @@
+//! The task registry. Every operation is a task: created when a request arrives, updated with
+//! phase and progress by whoever does the work, finished with a result or a typed error, and
+//! persisted (`tasks/<id>`) so history survives agent restarts. Waiters (the API handler
+//! answering a synchronous request) are woken through a watch channel per task.
+
+use crate::clock::now_ms;
+use crate::events::EventBus;
+use corral_model::event::Event;
+use corral_model::task::{Task, TaskState};
+use corral_model::ApiError;
+use corral_store::{Expect, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Finished tasks kept in the store; older ones are pruned at start.
+const HISTORY_LIMIT: usize = 5000;
+
+struct Live {
+    tx: watch::Sender<Task>,
+    cancel: watch::Sender<bool>,
+}
+
+pub struct Tasks {
+    store: Arc<dyn Store>,
+    events: Arc<EventBus>,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+/// A handle the worker uses to report on its task.
+#[derive(Clone)]
+pub struct TaskHandle {
+    pub id: String,
+    tasks: Arc<Tasks>,
+    cancel: watch::Receiver<bool>,
+}
+
+impl TaskHandle {
+    pub fn phase(&self, phase: &str, progress: f64) {
+        self.tasks.update(&self.id, |t| {
+            t.phase = phase.to_string();
+            t.progress = progress.clamp(0.0, 1.0);
+        });
+    }
+    pub fn bytes(&self, done: u64, total: u64) {
+        self.tasks.update(&self.id, |t| {
+            t.bytes_done = Some(done);
+            t.bytes_total = Some(total);
+            if total > 0 {
+                t.progress = (done as f64 / total as f64).clamp(0.0, 1.0);
+            }
+        });
+    }
+    pub fn set_vm(&self, id: &str, name: &str) {
+        self.tasks.update(&self.id, |t| {
+            t.vm_id = Some(id.to_string());
+            t.vm_name = Some(name.to_string());
+        });
+    }
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+    /// Resolves when the task is cancelled.
+    pub async fn cancelled(&mut self) {
+        while !*self.cancel.borrow() {
+            if self.cancel.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    pub fn succeed(&self, result: Option<String>) {
+        self.tasks
+            .finish(&self.id, TaskState::Succeeded, result, None);
+    }
+    pub fn fail(&self, error: &ApiError) {
+        self.tasks
+            .finish(&self.id, TaskState::Failed, None, Some(error.clone()));
+    }
+    pub fn cancelled_with(&self, note: &str) {
+        self.tasks
+            .finish(&self.id, TaskState::Cancelled, Some(note.to_string()), None);
+    }
+    /// Finish from a result.
+    pub fn complete<T>(&self, result: &Result<T, ApiError>) {
+        match result {
+            Ok(_) => self.succeed(None),
+            Err(e) => self.fail(e),
+        }
+    }
+}
+
+impl Tasks {
+    pub fn new(store: Arc<dyn Store>, events: Arc<EventBus>) -> Arc<Self> {
+        Arc::new(Tasks {
+            store,
+            events,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn start(self: &Arc<Self>, operation: &str, vm: Option<(&str, &str)>) -> TaskHandle {
+        let task = Task {
+            id: uuid::Uuid::new_v4().to_string(),
+            vm_id: vm.map(|v| v.0.to_string()),
+            vm_name: vm.map(|v| v.1.to_string()),
+            operation: operation.to_string(),
+            state: TaskState::Running,
+            phase: "starting".into(),
+            progress: 0.0,
+            bytes_done: None,
+            bytes_total: None,
+            started_at_ms: now_ms(),
+            finished_at_ms: None,
+            result: None,
+            error: None,
+        };
+        let (tx, _) = watch::channel(task.clone());
+        let (cancel, cancel_rx) = watch::channel(false);
+        let id = task.id.clone();
+        self.lock().insert(id.clone(), Live { tx, cancel });
+        self.persist(&task);
+        self.events.publish(Event::TaskUpdated { task });
+        TaskHandle {
+            id,
+            tasks: self.clone(),
+            cancel: cancel_rx,
+        }
+    }
+
+    /// Record an already finished task (e.g. "guest died while the agent was down").
+    pub fn record(
+        self: &Arc<Self>,
+        operation: &str,
+        vm: Option<(&str, &str)>,
+        result: Result<String, ApiError>,
+    ) {
+        let h = self.start(operation, vm);
+        match result {
+            Ok(note) => h.succeed(Some(note)),
+            Err(e) => h.fail(&e),
+        }
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Task)) {
+        let snapshot = {
+            let live = self.lock();
+            let Some(l) = live.get(id) else { return };
+            l.tx.send_modify(f);
+            let t = l.tx.borrow().clone();
+            t
+        };
+        self.events.publish(Event::TaskUpdated { task: snapshot });
+    }
+
+    fn finish(&self, id: &str, state: TaskState, result: Option<String>, error: Option<ApiError>) {
+        let snapshot = {
+            let mut live = self.lock();
+            let Some(l) = live.remove(id) else { return };
+            l.tx.send_modify(|t| {
+                t.state = state;
+                if state == TaskState::Succeeded {
+                    t.progress = 1.0;
+                    t.phase = "done".into();
+                }
+                t.finished_at_ms = Some(now_ms());
+                t.result = result;
+                t.error = error;
+            });
+            let t = l.tx.borrow().clone();
+            t
+        };
+        self.persist(&snapshot);
+        self.events.publish(Event::TaskUpdated { task: snapshot });
+    }
+
+    fn persist(&self, task: &Task) {
+        if let Ok(bytes) = serde_json::to_vec(task) {
+            if let Err(e) = self
+                .store
+                .put(&format!("tasks/{}", task.id), &bytes, Expect::Any)
+            {
+                tracing::warn!(task = %task.id, error = %e, "cannot persist task");
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Task> {
+        if let Some(l) = self.lock().get(id) {
+            return Some(l.tx.borrow().clone());
+        }
+        let rec = self.store.get(&format!("tasks/{id}")).ok()??;
+        serde_json::from_slice(&rec.value).ok()
+    }
+
+    /// All tasks, oldest first.
+    pub fn list(&self) -> Vec<Task> {
+        let mut out: Vec<Task> = self
+            .store
+            .list("tasks/")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<Task>(&v.value).ok())
+            .collect();
+        let live = self.lock();
+        for t in out.iter_mut() {
+            if let Some(l) = live.get(&t.id) {
+                *t = l.tx.borrow().clone();
+            }
+        }
+        drop(live);
+        out.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    pub fn cancel(&self, id: &str) -> Result<(), ApiError> {
+        let live = self.lock();
+        match live.get(id) {
+            Some(l) => {
+                let _ = l.cancel.send(true);
+                Ok(())
+            }
+            None => match self.get_stored(id) {
+                Some(t) => Err(ApiError::new(
+                    corral_model::ErrorKind::InvalidState,
+                    format!("task {id} already {}", t.state.as_str()),
+                )),
+                None => Err(ApiError::not_found(format!("no task {id}"))),
+            },
+        }
+    }
+
+    fn get_stored(&self, id: &str) -> Option<Task> {
+        let rec = self.store.get(&format!("tasks/{id}")).ok()??;
+        serde_json::from_slice(&rec.value).ok()
+    }
+
+    /// Wait until the task finishes and return it.
+    pub async fn wait(&self, id: &str) -> Option<Task> {
+        let rx = self.lock().get(id).map(|l| l.tx.subscribe());
+        match rx {
+            Some(mut rx) => loop {
+                if rx.borrow().state.is_finished() {
+                    return Some(rx.borrow().clone());
+                }
+                if rx.changed().await.is_err() {
+                    // Sender dropped: the task finished and left the live set.
+                    return self.get_stored(id);
+                }
+            },
+            None => self.get_stored(id),
+        }
+    }
+
+    /// Tasks left running by an agent that died are marked failed; old history is pruned.
+    pub fn recover(&self) {
+        let mut all = self.list();
+        for t in all.iter_mut().filter(|t| !t.state.is_finished()) {
+            t.state = TaskState::Failed;
+            t.finished_at_ms = Some(now_ms());
+            t.error = Some(ApiError::internal(
+                "the agent stopped while this task was running",
+            ));
+            self.persist(t);
+        }
+        if all.len() > HISTORY_LIMIT {
+            for t in &all[..all.len() - HISTORY_LIMIT] {
+                let _ = self.store.delete(&format!("tasks/{}", t.id), Expect::Any);
+            }
+        }
+    }
+}

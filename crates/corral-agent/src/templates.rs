@@ -1,0 +1,36 @@
+//! The template catalogue as the agent uses it: built-in templates from corral-install plus
+//! the user's own under `STATE_DIR/templates`, with errors mapped to API kinds.
+
+use corral_install::{Catalog, Template, TemplateError};
+use corral_model::ApiError;
+use std::path::{Path, PathBuf};
+
+pub struct Templates {
+    catalog: Catalog,
+    dir: PathBuf,
+}
+
+fn api(e: TemplateError) -> ApiError {
+    ApiError::new(e.kind(), crate::agent::error_chain(&e))
+}
+
+impl Templates {
+    pub fn load(dir: &Path) -> Result<Self, ApiError> {
+        Ok(Templates {
+            catalog: Catalog::load(Some(dir)).map_err(api)?,
+            dir: dir.to_path_buf(),
+        })
+    }
+    pub fn get(&self, name: &str) -> Result<&Template, ApiError> {
+        self.catalog.get(name).map_err(api)
+    }
+    pub fn list(&self) -> Vec<&Template> {
+        self.catalog.list()
+    }
+    pub fn add(&mut self, toml_text: &str) -> Result<Template, ApiError> {
+        self.catalog.add_user(toml_text, &self.dir).map_err(api)
+    }
+    pub fn remove(&mut self, name: &str) -> Result<(), ApiError> {
+        self.catalog.remove_user(name, &self.dir).map_err(api)
+    }
+}

@@ -1,0 +1,67 @@
+//! Per-VM operations. [`VmHandle`] is how the rest of the agent reaches a VM: a command channel
+//! to its actor and the latest published snapshot of its state.
+
+pub mod actor;
+mod runtime;
+
+use crate::tasks::TaskHandle;
+use corral_model::api::*;
+use corral_model::{ApiError, VmInfo};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
+
+/// Something to do to one VM.
+#[derive(Debug)]
+pub enum Op {
+    Action(VmAction, ActionRequest),
+    Update(VmUpdateRequest),
+    DiskAdd(DiskRequest),
+    DiskRemove(String),
+    CdromInsert(PathBuf),
+    CdromEject,
+    NicAdd(NicRequest),
+    NicRemove(String),
+    Delete(VmDeleteRequest),
+}
+
+pub(crate) struct Command {
+    pub op: Op,
+    pub task: TaskHandle,
+    pub reply: oneshot::Sender<Result<(), ApiError>>,
+}
+
+#[derive(Clone)]
+pub struct VmHandle {
+    pub id: String,
+    tx: mpsc::Sender<Command>,
+    info: Arc<RwLock<VmInfo>>,
+}
+
+impl VmHandle {
+    /// The latest snapshot; never waits for the actor.
+    pub fn info(&self) -> VmInfo {
+        self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Hand an operation to the actor and wait for it; the actor finishes `task`.
+    pub async fn call(&self, op: Op, task: TaskHandle) -> Result<(), ApiError> {
+        let (reply, rx) = oneshot::channel();
+        let gone = || ApiError::not_found("the VM was deleted");
+        if self
+            .tx
+            .send(Command {
+                op,
+                task: task.clone(),
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            let e = gone();
+            task.fail(&e);
+            return Err(e);
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+}

@@ -1,0 +1,331 @@
+//! The running side of a VM: launching its QEMU process (tap devices, argv, daemonized spawn,
+//! QMP, cgroup, then letting the vCPUs run), finding it again after an agent restart, and
+//! cleaning up after it exits. Only the VM's actor calls these.
+
+use crate::agent::{error_chain, Agent};
+use crate::network;
+use corral_model::host::NetworkKind;
+use corral_model::*;
+use corral_qemu::argv::{build_argv, Launch, NicBackend, OvmfPaths, RuntimePaths};
+use corral_qemu::qmp::{Qmp, QmpEvent};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// How long QEMU may take to initialise and answer on QMP.
+const QMP_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Running {
+    pub pid: u32,
+    pub qmp: Qmp,
+    pub events: broadcast::Receiver<QmpEvent>,
+    pub taps: Vec<String>,
+    pub cpu_weight: CpuWeightStatus,
+    pub vnc: String,
+}
+
+pub fn paths(agent: &Agent, vm_id: &str) -> RuntimePaths {
+    RuntimePaths::in_dir(&agent.layout.run_dir(vm_id))
+}
+
+/// Per-VM UEFI variable store, kept beside the state so it survives restarts.
+fn nvram_path(agent: &Agent, vm_id: &str) -> PathBuf {
+    agent.layout.root.join("nvram").join(format!("{vm_id}.fd"))
+}
+
+fn prepare_ovmf(agent: &Agent, vm_id: &str) -> Result<OvmfPaths, ApiError> {
+    let fw = corral_qemu::firmware::find_ovmf().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::Unsupported,
+            "UEFI firmware needs Debian's ovmf package (no OVMF code under /usr/share/OVMF)",
+        )
+    })?;
+    let vars = nvram_path(agent, vm_id);
+    if !vars.exists() {
+        std::fs::create_dir_all(vars.parent().unwrap_or(Path::new("/")))
+            .and_then(|_| std::fs::copy(&fw.vars_template, &vars).map(|_| ()))
+            .map_err(|e| {
+                ApiError::internal(format!(
+                    "cannot create UEFI variable store {}: {e}",
+                    vars.display()
+                ))
+            })?;
+    }
+    Ok(OvmfPaths {
+        code: fw.code,
+        vars,
+    })
+}
+
+/// Check that everything the VM refers to is still there before starting QEMU, so the user
+/// gets "disk disk0: volume ... is missing" instead of a QEMU error.
+fn preflight(spec: &VmSpec) -> Result<(), ApiError> {
+    for d in &spec.disks {
+        if !d.path.exists() {
+            return Err(ApiError::invalid(format!(
+                "disk {}: volume {} is missing",
+                d.device,
+                d.path.display()
+            )));
+        }
+    }
+    for c in &spec.cdroms {
+        if let Some(m) = &c.media {
+            if !m.exists() {
+                return Err(ApiError::invalid(format!(
+                    "{}: ISO {} is missing (eject it or insert another)",
+                    c.device,
+                    m.display()
+                )));
+            }
+        }
+    }
+    if let Some(k) = &spec.kernel_boot {
+        for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
+            if !p.exists() {
+                return Err(ApiError::invalid(format!(
+                    "kernel boot file {} is missing",
+                    p.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn setup_nics(
+    agent: &Agent,
+    rec: &VmRecord,
+) -> Result<(Vec<NicBackend>, Vec<String>), ApiError> {
+    let mut backends = Vec::new();
+    let mut taps = Vec::new();
+    for (i, nic) in rec.spec.nics.iter().enumerate() {
+        let net = agent.network(&nic.network)?;
+        match (net.kind, net.bridge) {
+            (NetworkKind::Bridge, Some(bridge)) => {
+                if !network::bridge_exists(&bridge) {
+                    cleanup_taps(&taps).await;
+                    return Err(ApiError::invalid(format!(
+                        "{}: bridge {bridge:?} of network {:?} does not exist",
+                        nic.device, nic.network
+                    )));
+                }
+                let tap = network::tap_name(&rec.id, i);
+                if let Err(e) = network::create_tap(&tap, &bridge).await {
+                    cleanup_taps(&taps).await;
+                    return Err(ApiError::new(
+                        ErrorKind::Unsupported,
+                        format!("{}: cannot attach to bridge {bridge:?} (needs root or CAP_NET_ADMIN): {e}", nic.device),
+                    ));
+                }
+                taps.push(tap.clone());
+                backends.push(NicBackend::Tap { ifname: tap });
+            }
+            _ => backends.push(NicBackend::User {
+                hostfwd: vec![],
+                tftp_root: None,
+                boot_file: None,
+            }),
+        }
+    }
+    Ok((backends, taps))
+}
+
+pub async fn cleanup_taps(taps: &[String]) {
+    for t in taps {
+        network::delete_tap(t).await;
+    }
+}
+
+fn remove_stale(paths: &RuntimePaths) {
+    for p in [
+        &paths.qmp_socket,
+        &paths.serial_socket,
+        &paths.pidfile,
+        &paths.vnc_socket,
+    ] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Start QEMU for `rec` and return once the vCPUs run.
+pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Running, ApiError> {
+    preflight(&rec.spec)?;
+    let run_dir = agent.layout.run_dir(&rec.id);
+    std::fs::create_dir_all(&run_dir)
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", run_dir.display())))?;
+    let paths = paths(agent, &rec.id);
+    remove_stale(&paths);
+    // The console log shows this run only.
+    let _ = std::fs::write(&paths.serial_log, b"");
+    let ovmf = match rec.spec.firmware {
+        Firmware::Uefi => Some(prepare_ovmf(agent, &rec.id)?),
+        Firmware::Bios => None,
+    };
+    let (nics, taps) = setup_nics(agent, rec).await?;
+    let launch = Launch {
+        spec: &rec.spec,
+        vm_id: &rec.id,
+        accel: agent.accel.name,
+        paths: paths.clone(),
+        nics,
+        ovmf,
+        daemonize: true,
+    };
+    let mut argv = match build_argv(&launch) {
+        Ok(a) => a,
+        Err(e) => {
+            cleanup_taps(&taps).await;
+            return Err(ApiError::new(e.kind(), e.to_string()));
+        }
+    };
+    // Hold the vCPUs until the process sits in its cgroup with its weight.
+    argv.push("-S".into());
+    let log = run_dir.join("qemu.log");
+    let spawned = corral_qemu::process::spawn_daemonized(
+        &agent.config.qemu_binary,
+        &argv,
+        &log,
+        &paths.pidfile,
+        QMP_TIMEOUT,
+    );
+    let pid = match spawned.await {
+        Ok(pid) => pid,
+        Err(e) => {
+            cleanup_taps(&taps).await;
+            return Err(ApiError::internal(format!(
+                "QEMU did not start: {}",
+                error_chain(&e)
+            )));
+        }
+    };
+    let result = async {
+        let qmp = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!("cannot reach QEMU's monitor: {}", error_chain(&e)))
+            })?;
+        let events = qmp.subscribe();
+        let cpu_weight = apply_cpu_weight(agent, &rec.id, pid, rec.spec.cpu_weight);
+        if !paused {
+            qmp.execute("cont", serde_json::json!({}))
+                .await
+                .map_err(|e| {
+                    ApiError::internal(format!("cannot start the vCPUs: {}", error_chain(&e)))
+                })?;
+        }
+        Ok::<_, ApiError>(Running {
+            pid,
+            qmp,
+            events,
+            taps: taps.clone(),
+            cpu_weight,
+            vnc: format!("unix:{}", paths.vnc_socket.display()),
+        })
+    }
+    .await;
+    if result.is_err() {
+        kill_pid(pid);
+        cleanup_taps(&taps).await;
+    }
+    result
+}
+
+pub fn apply_cpu_weight(agent: &Agent, vm_id: &str, pid: u32, weight: u32) -> CpuWeightStatus {
+    match agent.cgroups.apply(vm_id, pid, weight) {
+        Ok(applied) => CpuWeightStatus {
+            requested: weight,
+            applied: Some(applied),
+            reason: None,
+        },
+        Err(reason) => {
+            tracing::warn!(vm = vm_id, %reason, "CPU weight not applied");
+            CpuWeightStatus {
+                requested: weight,
+                applied: None,
+                reason: Some(reason),
+            }
+        }
+    }
+}
+
+/// Find the QEMU of a VM that was running when the agent last stopped.
+pub async fn reattach(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerState), String> {
+    let paths = paths(agent, &rec.id);
+    let pid = corral_qemu::process::find_vm_process(&paths.pidfile, &rec.id)
+        .ok_or_else(|| "its QEMU process is gone".to_string())?;
+    let qmp = Qmp::connect(&paths.qmp_socket, Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            format!(
+                "QEMU process {pid} does not answer on QMP: {}",
+                error_chain(&e)
+            )
+        })?;
+    let events = qmp.subscribe();
+    let status = qmp
+        .execute("query-status", serde_json::json!({}))
+        .await
+        .map_err(|e| format!("query-status failed: {}", error_chain(&e)))?;
+    let state = match status.get("status").and_then(|s| s.as_str()) {
+        Some("running") => PowerState::Running,
+        _ => PowerState::Paused,
+    };
+    let taps = rec
+        .spec
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(i, _)| network::tap_name(&rec.id, i))
+        .filter(|t| Path::new("/sys/class/net").join(t).exists())
+        .collect();
+    let cpu_weight = match agent.cgroups.update(&rec.id, rec.spec.cpu_weight) {
+        Ok(applied) => CpuWeightStatus {
+            requested: rec.spec.cpu_weight,
+            applied: Some(applied),
+            reason: None,
+        },
+        Err(reason) => CpuWeightStatus {
+            requested: rec.spec.cpu_weight,
+            applied: None,
+            reason: Some(reason),
+        },
+    };
+    Ok((
+        Running {
+            pid,
+            qmp,
+            events,
+            taps,
+            cpu_weight,
+            vnc: format!("unix:{}", paths.vnc_socket.display()),
+        },
+        state,
+    ))
+}
+
+pub fn kill_pid(pid: u32) {
+    let _ = corral_qemu::process::send_signal(pid, corral_qemu::process::Signal::Kill);
+}
+
+fn pid_alive(pid: u32) -> bool {
+    corral_qemu::process::is_alive(pid)
+}
+
+/// After QEMU has exited (or been killed): wait for the pid to vanish, remove taps, cgroup
+/// and sockets. The console log stays for `vm console --log`.
+pub async fn cleanup(agent: &Agent, vm_id: &str, run: &Running) {
+    for _ in 0..100 {
+        if !pid_alive(run.pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if pid_alive(run.pid) {
+        kill_pid(run.pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cleanup_taps(&run.taps).await;
+    agent.cgroups.remove(vm_id);
+    remove_stale(&paths(agent, vm_id));
+}

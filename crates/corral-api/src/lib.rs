@@ -1,0 +1,28 @@
+//! The HTTP API every front end uses (CLI through corral-client, the web console, other
+//! hosts). Routes are thin: decode a strictly-typed body (unknown fields are an error), call
+//! one [`corral_agent::Agent`] method, encode the answer. Errors carry a kind that maps to one
+//! status code here ([`status_of`]); the body is always `corral_model::ApiError`.
+//!
+//! Long operations answer `202 {"task": ID}` when called with `?wait=false`; by default they
+//! wait and answer `200 {"task": ID, "vm": VmInfo}`. The serial console is an HTTP upgrade
+//! (`Upgrade: corral-console`) spliced to the VM's console socket; events are NDJSON.
+
+mod routes;
+
+pub use routes::router;
+
+use axum::http::StatusCode;
+use corral_model::ErrorKind;
+
+/// The one table from error kind to HTTP status.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        ErrorKind::InvalidState => StatusCode::CONFLICT,
+        ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -1,0 +1,379 @@
+//! Route table and handlers.
+
+use crate::status_of;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use corral_agent::vm::Op;
+use corral_agent::Agent;
+use corral_model::api::*;
+use corral_model::ApiError;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::sync::Arc;
+
+type AppState = Arc<Agent>;
+
+/// An `ApiError` as a response.
+pub struct Failure(pub ApiError);
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (status_of(self.0.kind), Json(self.0)).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// A JSON body decoded strictly: syntax errors and unknown fields become `invalid_input`.
+pub struct Body_<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body_<T> {
+    type Rejection = Failure;
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Failure> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Failure(ApiError::invalid(format!("cannot read request body: {e}"))))?;
+        serde_json::from_slice(&bytes)
+            .map(Body_)
+            .map_err(|e| Failure(ApiError::invalid(format!("invalid request body: {e}"))))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default = "yes")]
+    wait: bool,
+}
+fn yes() -> bool {
+    true
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/host", get(host_info))
+        .route("/v1/vms", get(list_vms).post(create_vm))
+        .route(
+            "/v1/vms/{name}",
+            get(show_vm).patch(update_vm).delete(delete_vm),
+        )
+        .route("/v1/vms/{name}/actions/{action}", post(vm_action))
+        .route("/v1/vms/{name}/disks", post(disk_add))
+        .route("/v1/vms/{name}/disks/{device}", delete(disk_remove))
+        .route(
+            "/v1/vms/{name}/cdrom",
+            post(cdrom_insert).delete(cdrom_eject),
+        )
+        .route("/v1/vms/{name}/nics", post(nic_add))
+        .route("/v1/vms/{name}/nics/{device}", delete(nic_remove))
+        .route("/v1/vms/{name}/history", get(vm_history))
+        .route("/v1/vms/{name}/console", get(console))
+        .route("/v1/vms/{name}/console/log", get(console_log))
+        .route("/v1/srs", get(list_srs).post(create_sr))
+        .route("/v1/isos", get(list_isos))
+        .route("/v1/networks", get(list_networks).post(create_network))
+        .route("/v1/templates", get(list_templates).post(create_template))
+        .route(
+            "/v1/templates/{name}",
+            get(show_template).delete(delete_template),
+        )
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/tasks/{id}", get(show_task))
+        .route("/v1/tasks/{id}/cancel", post(cancel_task))
+        .route("/v1/events", get(events))
+        .fallback(|| async { Failure(ApiError::not_found("no such API endpoint")) })
+        .with_state(agent)
+}
+
+async fn host_info(State(a): State<AppState>) -> Result<Response> {
+    Ok(Json(a.host_info()?).into_response())
+}
+
+async fn list_vms(State(a): State<AppState>) -> Response {
+    Json(a.list_vms()).into_response()
+}
+
+async fn show_vm(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    Ok(Json(a.vm(&name)?.info()).into_response())
+}
+
+fn vm_answer(task: String, vm: corral_model::VmInfo) -> Response {
+    Json(serde_json::json!({ "task": task, "vm": vm })).into_response()
+}
+
+async fn create_vm(
+    State(a): State<AppState>,
+    Body_(req): Body_<VmCreateRequest>,
+) -> Result<Response> {
+    let (vm, task) = a.create_vm(req).await?;
+    Ok((StatusCode::CREATED, vm_answer(task, vm)).into_response())
+}
+
+/// Run `op` on the VM, waiting for it unless `?wait=false`.
+async fn run_op(a: &Agent, name: &str, operation: &str, op: Op, wait: bool) -> Result<Response> {
+    if wait {
+        let (vm, task) = a.vm_op(name, operation, op).await?;
+        Ok(vm_answer(task, vm))
+    } else {
+        let task = a.vm_op_nowait(name, operation, op)?;
+        Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response())
+    }
+}
+
+async fn update_vm(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    Body_(req): Body_<VmUpdateRequest>,
+) -> Result<Response> {
+    run_op(&a, &name, "vm.update", Op::Update(req), true).await
+}
+
+async fn delete_vm(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<VmDeleteRequest>,
+) -> Result<Response> {
+    let (_, task) = a.vm_op(&name, "vm.delete", Op::Delete(q)).await?;
+    Ok(Json(TaskAccepted { task }).into_response())
+}
+
+async fn vm_action(
+    State(a): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    Query(w): Query<WaitQuery>,
+    body: Bytes,
+) -> Result<Response> {
+    let action = VmAction::parse(&action).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "unknown action {action:?} (start, shutdown, poweroff, reboot, pause, resume)"
+        ))
+    })?;
+    let opts: ActionRequest = if body.is_empty() {
+        ActionRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?
+    };
+    let operation = format!("vm.{}", action.as_str());
+    run_op(&a, &name, &operation, Op::Action(action, opts), w.wait).await
+}
+
+async fn disk_add(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    Body_(req): Body_<DiskRequest>,
+) -> Result<Response> {
+    run_op(&a, &name, "vm.disk.add", Op::DiskAdd(req), true).await
+}
+
+async fn disk_remove(
+    State(a): State<AppState>,
+    Path((name, device)): Path<(String, String)>,
+) -> Result<Response> {
+    run_op(&a, &name, "vm.disk.remove", Op::DiskRemove(device), true).await
+}
+
+async fn cdrom_insert(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    Body_(req): Body_<CdromInsertRequest>,
+) -> Result<Response> {
+    run_op(&a, &name, "vm.cdrom.insert", Op::CdromInsert(req.iso), true).await
+}
+
+async fn cdrom_eject(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    run_op(&a, &name, "vm.cdrom.eject", Op::CdromEject, true).await
+}
+
+async fn nic_add(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    Body_(req): Body_<NicRequest>,
+) -> Result<Response> {
+    run_op(&a, &name, "vm.nic.add", Op::NicAdd(req), true).await
+}
+
+async fn nic_remove(
+    State(a): State<AppState>,
+    Path((name, device)): Path<(String, String)>,
+) -> Result<Response> {
+    run_op(&a, &name, "vm.nic.remove", Op::NicRemove(device), true).await
+}
+
+async fn vm_history(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    Ok(Json(a.history(&name)?).into_response())
+}
+
+async fn console_log(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    let id = a.vm(&name)?.id.clone();
+    let path = a.layout.run_dir(&id).join("serial.log");
+    let bytes = tokio::fs::read(&path).await.unwrap_or_default();
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Splice an upgraded HTTP connection to the VM's serial console socket.
+async fn console(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response> {
+    let info = a.vm(&name)?.info();
+    if info.power_state == corral_model::PowerState::Halted {
+        return Err(ApiError::new(
+            corral_model::ErrorKind::InvalidState,
+            format!(
+                "VM {name:?} is halted; start it to use its console (or see `vm console --log`)"
+            ),
+        )
+        .into());
+    }
+    let socket = a.layout.run_dir(&info.id).join("serial.sock");
+    let serial = tokio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                corral_model::ErrorKind::Busy,
+                format!(
+                    "cannot connect to the console of {name:?} (is another console attached?): {e}"
+                ),
+            )
+        })?;
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let mut serial = serial;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut serial).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "console upgrade failed"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "corral-console")
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?)
+}
+
+async fn list_srs(State(a): State<AppState>) -> Result<Response> {
+    Ok(Json(a.list_srs()?).into_response())
+}
+
+async fn create_sr(
+    State(a): State<AppState>,
+    Body_(req): Body_<SrCreateRequest>,
+) -> Result<Response> {
+    Ok((StatusCode::CREATED, Json(a.create_sr(req)?)).into_response())
+}
+
+async fn list_isos(State(a): State<AppState>) -> Response {
+    Json(a.list_isos()).into_response()
+}
+
+async fn list_networks(State(a): State<AppState>) -> Result<Response> {
+    Ok(Json(a.list_networks()?).into_response())
+}
+
+async fn create_network(
+    State(a): State<AppState>,
+    Body_(req): Body_<NetworkCreateRequest>,
+) -> Result<Response> {
+    Ok((StatusCode::CREATED, Json(a.create_network(req)?)).into_response())
+}
+
+async fn list_templates(State(a): State<AppState>) -> Response {
+    let t = a.templates.read().unwrap_or_else(|p| p.into_inner());
+    Json(t.list()).into_response()
+}
+
+async fn show_template(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    let t = a.templates.read().unwrap_or_else(|p| p.into_inner());
+    Ok(Json(t.get(&name)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateCreate {
+    toml: String,
+}
+
+async fn create_template(
+    State(a): State<AppState>,
+    Body_(req): Body_<TemplateCreate>,
+) -> Result<Response> {
+    let mut t = a.templates.write().unwrap_or_else(|p| p.into_inner());
+    Ok((StatusCode::CREATED, Json(t.add(&req.toml)?)).into_response())
+}
+
+async fn delete_template(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    let mut t = a.templates.write().unwrap_or_else(|p| p.into_inner());
+    t.remove(&name)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_tasks(State(a): State<AppState>) -> Response {
+    Json(a.tasks.list()).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TaskQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+async fn show_task(
+    State(a): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<TaskQuery>,
+) -> Result<Response> {
+    let task = if q.wait {
+        a.tasks.wait(&id).await
+    } else {
+        a.tasks.get(&id)
+    };
+    let task = task.ok_or_else(|| ApiError::not_found(format!("no task {id}")))?;
+    Ok(Json(task).into_response())
+}
+
+async fn cancel_task(State(a): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    a.tasks.cancel(&id)?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    since: Option<u64>,
+}
+
+/// Newline-delimited JSON events until the client goes away.
+async fn events(State(a): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+    use futures_util::StreamExt;
+    let (backlog, rx) = a.events.subscribe(q.since);
+    let line = |e: &corral_model::event::EventEnvelope| {
+        let mut v = serde_json::to_vec(e).unwrap_or_default();
+        v.push(b'\n');
+        Ok::<_, std::io::Error>(Bytes::from(v))
+    };
+    let head = futures_util::stream::iter(backlog.iter().map(line).collect::<Vec<_>>());
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx)
+        .filter_map(move |r| async move { r.ok().map(|e| line(&e)) });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(head.chain(live)))
+        .unwrap_or_else(|e| Failure(ApiError::internal(e.to_string())).into_response())
+}

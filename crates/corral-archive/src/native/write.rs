@@ -1,0 +1,443 @@
+//! Writing a native archive.
+//!
+//! Flow: map every source's allocated ranges (exact byte total for progress), write the
+//! manifest, cut the ranges into jobs of at most `extent_max_bytes` aligned to absolute
+//! offsets, and run them on `threads` workers. A worker reads its range, splits it at all-zero
+//! 64 KiB blocks, hashes and compresses each non-zero run. The calling thread hands out job
+//! numbers only while fewer than a window of jobs are unwritten, and writes results strictly in
+//! job order, so memory stays at about `window x 2 x extent_max_bytes` whatever the disk size.
+//! To cancel, make `out` fail: the writer stops, the workers drain and exit.
+
+use super::*;
+use crate::progress::{Phase, Progress};
+use crate::source::DiskSource;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+/// Options of an export.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub compression: Compression,
+    /// zstd level (1 is fast and is what the disk-speed goal is measured with).
+    pub level: i32,
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+    /// Largest extent; smaller means more parallelism and less memory, slightly worse ratio.
+    pub extent_max_bytes: u64,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            compression: Compression::Zstd,
+            level: 1,
+            threads: 0,
+            extent_max_bytes: DEFAULT_EXTENT_BYTES,
+        }
+    }
+}
+
+/// What was written for one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSummary {
+    pub device: String,
+    pub virtual_size: u64,
+    pub allocated_bytes: u64,
+    /// Non-zero bytes stored.
+    pub data_bytes: u64,
+    /// Bytes of extent members after compression.
+    pub stored_bytes: u64,
+    pub extents: u64,
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveSummary {
+    pub disks: Vec<DiskSummary>,
+    /// Bytes of the tar stream.
+    pub archive_bytes: u64,
+    /// XXH3-128 over the members, as in `checksums.json`.
+    pub archive_hash: String,
+}
+
+struct Job {
+    disk: usize,
+    offset: u64,
+    length: u64,
+}
+
+struct Piece {
+    offset: u64,
+    length: u64,
+    hash: u64,
+    payload: Vec<u8>,
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Find runs of non-zero `ZERO_BLOCK_BYTES` blocks in `buf`, as `(start, end)` in `buf`.
+pub(crate) fn nonzero_runs(buf: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, block) in buf.chunks(ZERO_BLOCK_BYTES).enumerate() {
+        if is_zero(block) {
+            continue;
+        }
+        let start = i * ZERO_BLOCK_BYTES;
+        let end = start + block.len();
+        match runs.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => runs.push((start, end)),
+        }
+    }
+    runs
+}
+
+fn is_zero(block: &[u8]) -> bool {
+    // Word-wise with an early exit: data blocks stop at their first non-zero word, zero
+    // blocks are scanned at memory speed.
+    let mut words = block.chunks_exact(16);
+    for c in &mut words {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(c);
+        if u128::from_ne_bytes(w) != 0 {
+            return false;
+        }
+    }
+    words.remainder().iter().all(|&b| b == 0)
+}
+
+fn header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h
+}
+
+fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    hasher: &mut MemberHasher,
+    name: &str,
+    data: &[u8],
+) -> Result<(), ArchiveError> {
+    hasher.begin(name, data.len() as u64);
+    hasher.data(data);
+    let mut h = header(data.len() as u64);
+    b.append_data(&mut h, name, data)
+        .map_err(ArchiveError::WriteArchive)
+}
+
+fn process_job(
+    job: &Job,
+    source: &(dyn DiskSource + Send + Sync),
+    device: &str,
+    buf: &mut Vec<u8>,
+    compressor: &mut Option<zstd::bulk::Compressor<'static>>,
+) -> Result<Vec<Piece>, ArchiveError> {
+    buf.resize(job.length as usize, 0);
+    source
+        .read_at(&mut buf[..], job.offset)
+        .map_err(|e| ArchiveError::ReadDisk {
+            device: device.to_string(),
+            source: e,
+        })?;
+    let mut pieces = Vec::new();
+    for (s, e) in nonzero_runs(buf) {
+        let data = &buf[s..e];
+        let hash = xxhash_rust::xxh3::xxh3_64(data);
+        let payload = match compressor {
+            Some(c) => c.compress(data).map_err(ArchiveError::WriteArchive)?,
+            None => data.to_vec(),
+        };
+        pieces.push(Piece {
+            offset: job.offset + s as u64,
+            length: data.len() as u64,
+            hash,
+            payload,
+        });
+    }
+    Ok(pieces)
+}
+
+/// Write a native archive of `spec` with the given disks (device name, source) to `out`.
+pub fn write_archive<W: Write>(
+    out: W,
+    spec: &VmSpec,
+    disks: Vec<(String, Box<dyn DiskSource + Send + Sync>)>,
+    opts: &WriteOptions,
+    progress: &dyn Fn(Progress),
+) -> Result<ArchiveSummary, ArchiveError> {
+    if opts.extent_max_bytes < ZERO_BLOCK_BYTES as u64 || opts.extent_max_bytes > (64 << 20) {
+        return Err(ArchiveError::InvalidInput(format!(
+            "extent size {} is outside 64 KiB..64 MiB",
+            opts.extent_max_bytes
+        )));
+    }
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // Keep at most this many jobs in memory (each up to 2 x extent_max_bytes).
+    let window = (threads * 2).clamp(2, 24);
+
+    // Map disks.
+    let mut mdisks = Vec::new();
+    for (device, src) in &disks {
+        corral_model::validate::validate_name("disk device", device)
+            .map_err(ArchiveError::InvalidInput)?;
+        if mdisks.iter().any(|d: &ManifestDisk| &d.device == device) {
+            return Err(ArchiveError::InvalidInput(format!(
+                "disk device {device:?} is given twice"
+            )));
+        }
+        let size = src.virtual_size();
+        let ranges = src
+            .allocated_extents()
+            .map_err(|e| ArchiveError::ReadDisk {
+                device: device.clone(),
+                source: e,
+            })?;
+        // Sources are trusted but may round past the end; clip and merge defensively.
+        let mut clipped: Vec<(u64, u64)> = Vec::new();
+        for (o, l) in ranges {
+            let end = o.saturating_add(l).min(size);
+            if end <= o {
+                continue;
+            }
+            match clipped.last_mut() {
+                Some(last) if o <= last.0 + last.1 => {
+                    last.1 = last.1.max(end - last.0);
+                }
+                _ => clipped.push((o, end - o)),
+            }
+        }
+        let allocated_bytes = check_ranges(&clipped, size).map_err(|e| ArchiveError::ReadDisk {
+            device: device.clone(),
+            source: io::Error::other(e),
+        })?;
+        let format = spec
+            .disks
+            .iter()
+            .find(|d| &d.device == device)
+            .map_or(DiskFormat::Qcow2, |d| d.format);
+        mdisks.push(ManifestDisk {
+            device: device.clone(),
+            virtual_size: size,
+            format,
+            allocated: clipped,
+            allocated_bytes,
+        });
+    }
+    let bytes_total: u64 = mdisks.iter().map(|d| d.allocated_bytes).sum();
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        version: format!("{VERSION_MAJOR}.{VERSION_MINOR}"),
+        created_by: format!("corral {}", env!("CARGO_PKG_VERSION")),
+        compression: opts.compression,
+        extent_max_bytes: opts.extent_max_bytes,
+        vm: serde_json::to_value(spec)
+            .map_err(|e| ArchiveError::InvalidInput(format!("VM spec: {e}")))?,
+        disks: mdisks,
+    };
+    let manifest_json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| ArchiveError::InvalidInput(format!("manifest: {e}")))?;
+
+    let mut builder = tar::Builder::new(CountingWriter {
+        inner: out,
+        count: 0,
+    });
+    let mut hasher = MemberHasher::new();
+    append(&mut builder, &mut hasher, MANIFEST_NAME, &manifest_json)?;
+
+    // Jobs, aligned to absolute multiples of the extent size.
+    let step = opts.extent_max_bytes;
+    let mut jobs = Vec::new();
+    for (di, d) in manifest.disks.iter().enumerate() {
+        for &(off, len) in &d.allocated {
+            let end = off + len;
+            let mut pos = off;
+            while pos < end {
+                let next = ((pos / step) + 1).saturating_mul(step).min(end);
+                jobs.push(Job {
+                    disk: di,
+                    offset: pos,
+                    length: next - pos,
+                });
+                pos = next;
+            }
+        }
+    }
+
+    let mut summaries: Vec<DiskSummary> = manifest
+        .disks
+        .iter()
+        .map(|d| DiskSummary {
+            device: d.device.clone(),
+            virtual_size: d.virtual_size,
+            allocated_bytes: d.allocated_bytes,
+            data_bytes: 0,
+            stored_bytes: 0,
+            extents: 0,
+        })
+        .collect();
+    let report = |done: u64, device: Option<String>| {
+        progress(Progress {
+            phase: Phase::Exporting,
+            device,
+            bytes_done: done,
+            bytes_total,
+        })
+    };
+    report(0, None);
+
+    let compression = opts.compression;
+    let level = opts.level;
+    let sources: Vec<&(dyn DiskSource + Send + Sync)> = disks.iter().map(|(_, s)| &**s).collect();
+    let devices: Vec<&str> = disks.iter().map(|(d, _)| d.as_str()).collect();
+    let jobs_ref = &jobs;
+    let mut bytes_done = 0u64;
+
+    // The receiver outlives the scope; the sender is moved in so that any early return drops
+    // it and the workers stop.
+    let (job_tx_outer, job_rx) = mpsc::sync_channel::<usize>(window);
+    let job_rx = Mutex::new(job_rx);
+    std::thread::scope(|scope| -> Result<(), ArchiveError> {
+        let job_tx = job_tx_outer;
+        let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Vec<Piece>, ArchiveError>)>();
+        for _ in 0..threads.min(jobs.len().max(1)) {
+            let res_tx = res_tx.clone();
+            let job_rx = &job_rx;
+            let sources = &sources;
+            let devices = &devices;
+            scope.spawn(move || {
+                let mut buf = Vec::new();
+                let mut compressor = match compression {
+                    Compression::Zstd => match zstd::bulk::Compressor::new(level) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            let _ = res_tx.send((usize::MAX, Err(ArchiveError::WriteArchive(e))));
+                            return;
+                        }
+                    },
+                    Compression::None => None,
+                };
+                loop {
+                    let next = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(i) = next else { return };
+                    let job = &jobs_ref[i];
+                    let r = process_job(
+                        job,
+                        sources[job.disk],
+                        devices[job.disk],
+                        &mut buf,
+                        &mut compressor,
+                    );
+                    if res_tx.send((i, r)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(res_tx);
+        let mut issued = 0usize;
+        let mut next = 0usize;
+        let mut pending: BTreeMap<usize, Vec<Piece>> = BTreeMap::new();
+        while next < jobs.len() {
+            while issued < jobs.len() && issued - next < window {
+                if job_tx.send(issued).is_err() {
+                    break;
+                }
+                issued += 1;
+            }
+            let (i, r) = res_rx.recv().map_err(|_| {
+                ArchiveError::WriteArchive(io::Error::other("export workers stopped"))
+            })?;
+            pending.insert(i, r?);
+            while let Some(pieces) = pending.remove(&next) {
+                let job = &jobs[next];
+                let s = &mut summaries[job.disk];
+                for p in pieces {
+                    let name = extent_name(job.disk, p.offset, p.length, p.hash, compression);
+                    append(&mut builder, &mut hasher, &name, &p.payload)?;
+                    s.data_bytes += p.length;
+                    s.stored_bytes += p.payload.len() as u64;
+                    s.extents += 1;
+                }
+                bytes_done += job.length;
+                report(bytes_done, Some(devices[job.disk].to_string()));
+                next += 1;
+            }
+        }
+        drop(job_tx);
+        Ok(())
+    })?;
+
+    let archive_hash = hasher.hex();
+    let checksums = Checksums {
+        archive_xxh3_128: archive_hash.clone(),
+        disks: summaries
+            .iter()
+            .map(|s| DiskChecksum {
+                device: s.device.clone(),
+                extents: s.extents,
+                data_bytes: s.data_bytes,
+            })
+            .collect(),
+    };
+    let checksums_json = serde_json::to_vec_pretty(&checksums)
+        .map_err(|e| ArchiveError::InvalidInput(format!("checksums: {e}")))?;
+    let mut h = header(checksums_json.len() as u64);
+    builder
+        .append_data(&mut h, CHECKSUMS_NAME, &checksums_json[..])
+        .map_err(ArchiveError::WriteArchive)?;
+    let mut counting = builder.into_inner().map_err(ArchiveError::WriteArchive)?;
+    counting.flush().map_err(ArchiveError::WriteArchive)?;
+    Ok(ArchiveSummary {
+        disks: summaries,
+        archive_bytes: counting.count,
+        archive_hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_runs() {
+        let mut buf = vec![0u8; ZERO_BLOCK_BYTES * 5 + 100];
+        buf[ZERO_BLOCK_BYTES + 3] = 1;
+        buf[2 * ZERO_BLOCK_BYTES + 7] = 1;
+        buf[5 * ZERO_BLOCK_BYTES + 99] = 1;
+        assert_eq!(
+            nonzero_runs(&buf),
+            vec![
+                (ZERO_BLOCK_BYTES, 3 * ZERO_BLOCK_BYTES),
+                (5 * ZERO_BLOCK_BYTES, 5 * ZERO_BLOCK_BYTES + 100)
+            ]
+        );
+        assert!(nonzero_runs(&vec![0u8; 1 << 20]).is_empty());
+    }
+}

@@ -1,0 +1,231 @@
+//! Import sinks: where imported guest data goes.
+//!
+//! Readers never open files themselves: every byte they produce goes through an
+//! [`ImportSink`], which the caller owns. [`DirSink`] writes into one staging directory the
+//! caller chose (file names derive from the disk index, never from archive contents), so on
+//! error the caller deletes that directory and nothing is left anywhere else.
+//!
+//! Disks are written as sparse raw files (zero ranges are never written, so they stay holes)
+//! and, when the target format is qcow2, converted once at the end with `qemu-img convert`,
+//! which keeps holes as unallocated clusters.
+
+use crate::error::ArchiveError;
+use crate::progress::{Phase, Progress};
+use corral_model::DiskFormat;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A disk the reader is about to fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskTarget {
+    /// Position of the disk in the archive, 0-based.
+    pub index: usize,
+    /// Device name from the archive (already validated as a plain name).
+    pub device: String,
+    pub virtual_size: u64,
+    /// Format the disk had at the source; a sink may choose another.
+    pub format: DiskFormat,
+}
+
+/// Receives the disks of an import. Calls come in this order: `create_disk` for every disk,
+/// `write_at` any number of times (never overlapping, inside the virtual size), then
+/// `finish_disk` for every disk once the whole archive has been verified. After an error the
+/// reader stops calling; the caller cleans up whatever the sink created.
+pub trait ImportSink {
+    fn create_disk(&mut self, target: &DiskTarget) -> io::Result<()>;
+    fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Make the disk final; returns the volume path and its format.
+    fn finish_disk(
+        &mut self,
+        disk: usize,
+        progress: &dyn Fn(Progress),
+    ) -> io::Result<(PathBuf, DiskFormat)>;
+
+    /// A directory inside the sink's area where readers may put temporary files (a VMDK taken
+    /// out of an OVA, a converted image). Whatever is left there goes when the caller deletes
+    /// the staging area.
+    fn scratch_dir(&self) -> io::Result<PathBuf> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this sink has no scratch directory",
+        ))
+    }
+
+    /// Fill a disk from a whole image file (`format` is a `qemu-img` format name) that the
+    /// reader has already checked with [`crate::source::check_foreign_image`]. The default
+    /// converts it to raw in the scratch directory and copies the non-zero data through
+    /// `write_at`.
+    fn import_image(&mut self, disk: usize, image: &Path, format: &str) -> io::Result<()> {
+        let scratch = self.scratch_dir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".corral-image-")
+            .tempdir_in(scratch)?;
+        let raw = tmp.path().join("image.raw");
+        convert_to_raw(image, format, &raw, false)?;
+        let src = crate::source::RawFileSource::open(&raw)?;
+        copy_source(&src, |off, data| self.write_at(disk, off, data))
+    }
+}
+
+/// `qemu-img convert` an image to raw; `existing` writes into an already sized target.
+fn convert_to_raw(image: &Path, format: &str, raw: &Path, existing: bool) -> io::Result<()> {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["convert".as_ref()];
+    if existing {
+        args.push("-n".as_ref());
+    }
+    args.extend::<[&std::ffi::OsStr; 8]>([
+        "-f".as_ref(),
+        format.as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        "-S".as_ref(),
+        "4k".as_ref(),
+        image.as_os_str(),
+        raw.as_os_str(),
+    ]);
+    crate::source::qemu_img(&args)
+        .map(|_| ())
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Copy the non-zero data of a source through a write callback.
+pub(crate) fn copy_source(
+    src: &dyn crate::source::DiskSource,
+    mut write: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 4 << 20];
+    for (off, len) in src.allocated_extents()? {
+        let mut pos = off;
+        while pos < off + len {
+            let n = ((off + len - pos) as usize).min(buf.len());
+            src.read_at(&mut buf[..n], pos)?;
+            for (s, e) in crate::native::nonzero_runs(&buf[..n]) {
+                write(pos + s as u64, &buf[s..e])?;
+            }
+            pos += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Writes disks into a staging directory as `disk<N>.raw`, converted to `disk<N>.qcow2` when the
+/// target format is qcow2.
+#[derive(Debug)]
+pub struct DirSink {
+    dir: PathBuf,
+    format: Option<DiskFormat>,
+    disks: Vec<Option<(DiskTarget, File)>>,
+}
+
+impl DirSink {
+    /// `format`: force every disk to this format; `None` keeps each disk's source format.
+    pub fn new(dir: &Path, format: Option<DiskFormat>) -> Self {
+        DirSink {
+            dir: dir.to_path_buf(),
+            format,
+            disks: Vec::new(),
+        }
+    }
+
+    fn raw_path(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("disk{index}.raw"))
+    }
+
+    fn disk(&self, index: usize) -> io::Result<&(DiskTarget, File)> {
+        self.disks
+            .get(index)
+            .and_then(|d| d.as_ref())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no disk {index}")))
+    }
+}
+
+impl ImportSink for DirSink {
+    fn create_disk(&mut self, target: &DiskTarget) -> io::Result<()> {
+        let path = self.raw_path(target.index);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.set_len(target.virtual_size)?;
+        if self.disks.len() <= target.index {
+            self.disks.resize_with(target.index + 1, || None);
+        }
+        self.disks[target.index] = Some((target.clone(), file));
+        Ok(())
+    }
+
+    fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        let (target, file) = self.disk(disk)?;
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|e| e > target.virtual_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write outside the disk",
+            ));
+        }
+        file.write_all_at(data, offset)
+    }
+
+    fn finish_disk(
+        &mut self,
+        disk: usize,
+        progress: &dyn Fn(Progress),
+    ) -> io::Result<(PathBuf, DiskFormat)> {
+        let (target, file) = self.disk(disk)?;
+        let format = self.format.unwrap_or(target.format);
+        let raw = self.raw_path(disk);
+        file.sync_all()?;
+        if format == DiskFormat::Raw {
+            return Ok((raw, DiskFormat::Raw));
+        }
+        progress(Progress {
+            phase: Phase::Finishing,
+            device: Some(target.device.clone()),
+            bytes_done: 0,
+            bytes_total: target.virtual_size,
+        });
+        let qcow = self.dir.join(format!("disk{disk}.qcow2"));
+        crate::source::qemu_img(&[
+            "convert".as_ref(),
+            "-f".as_ref(),
+            "raw".as_ref(),
+            "-O".as_ref(),
+            "qcow2".as_ref(),
+            "-W".as_ref(),
+            raw.as_os_str(),
+            qcow.as_os_str(),
+        ])
+        .map_err(|e: ArchiveError| io::Error::other(e.to_string()))?;
+        std::fs::remove_file(&raw)?;
+        progress(Progress {
+            phase: Phase::Finishing,
+            device: Some(target.device.clone()),
+            bytes_done: target.virtual_size,
+            bytes_total: target.virtual_size,
+        });
+        Ok((qcow, DiskFormat::Qcow2))
+    }
+
+    fn scratch_dir(&self) -> io::Result<PathBuf> {
+        Ok(self.dir.clone())
+    }
+
+    fn import_image(&mut self, disk: usize, image: &Path, format: &str) -> io::Result<()> {
+        // Convert straight into the disk's raw file: one pass, holes stay holes.
+        let raw = self.raw_path(disk);
+        let (target, _) = self.disk(disk)?;
+        let size = target.virtual_size;
+        convert_to_raw(image, format, &raw, true)?;
+        let file = OpenOptions::new().read(true).write(true).open(&raw)?;
+        if file.metadata()?.len() != size {
+            file.set_len(size)?;
+        }
+        if let Some(Some((_, f))) = self.disks.get_mut(disk) {
+            *f = file;
+        }
+        Ok(())
+    }
+}

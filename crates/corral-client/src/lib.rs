@@ -1,0 +1,391 @@
+//! Typed async client of the corral API.
+//!
+//! One HTTP/1.1 connection per request to the agent's unix socket (cheap on a local socket,
+//! and it keeps the client free of pooling state). Every method maps an error response back to
+//! the `ApiError` the agent sent, so callers see the agent's kind and message unchanged.
+
+use bytes::Bytes;
+use corral_model::api::*;
+use corral_model::event::EventEnvelope;
+use corral_model::host::*;
+use corral_model::task::Task;
+use corral_model::{ApiError, VmInfo};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to the corral agent at {endpoint} (is `corral serve` running?)")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("bad answer from the agent: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn kind(&self) -> Option<corral_model::ErrorKind> {
+        match self {
+            ClientError::Api(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// Answer of operations that ran as a task on a VM.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VmTaskAnswer {
+    pub task: String,
+    pub vm: VmInfo,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+fn proto(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+/// Percent-encode a path segment (VM names are restricted, but ids and devices come from
+/// users too).
+fn seg(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn unix(socket: impl Into<PathBuf>) -> Self {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.socket.display().to_string()
+    }
+
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                endpoint: self.endpoint(),
+                source,
+            })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(proto)?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    fn build(method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>> {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "corral");
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        b.body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(proto)
+    }
+
+    /// Send a request and return status and body; error statuses become `ClientError::Api`.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let mut sender = self.connect().await?;
+        let resp = sender
+            .send_request(Self::build(method, path, body)?)
+            .await
+            .map_err(proto)?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
+        if !status.is_success() {
+            let err = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                ApiError::internal(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&bytes)
+                ))
+            });
+            return Err(err.into());
+        }
+        Ok((status, bytes))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let body = body
+            .map(|b| serde_json::to_vec(&b))
+            .transpose()
+            .map_err(proto)?;
+        let (_, bytes) = self.raw(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(proto)
+    }
+
+    fn json<T: serde::Serialize>(v: &T) -> Option<serde_json::Value> {
+        serde_json::to_value(v).ok()
+    }
+
+    pub async fn host_info(&self) -> Result<HostInfo> {
+        self.call(Method::GET, "/v1/host", None).await
+    }
+    pub async fn list_vms(&self) -> Result<Vec<VmInfo>> {
+        self.call(Method::GET, "/v1/vms", None).await
+    }
+    pub async fn show_vm(&self, name: &str) -> Result<VmInfo> {
+        self.call(Method::GET, &format!("/v1/vms/{}", seg(name)), None)
+            .await
+    }
+    pub async fn create_vm(&self, req: &VmCreateRequest) -> Result<VmTaskAnswer> {
+        self.call(Method::POST, "/v1/vms", Self::json(req)).await
+    }
+    pub async fn update_vm(&self, name: &str, req: &VmUpdateRequest) -> Result<VmTaskAnswer> {
+        self.call(
+            Method::PATCH,
+            &format!("/v1/vms/{}", seg(name)),
+            Self::json(req),
+        )
+        .await
+    }
+    pub async fn delete_vm(
+        &self,
+        name: &str,
+        force: bool,
+        keep_disks: bool,
+    ) -> Result<TaskAccepted> {
+        let path = format!(
+            "/v1/vms/{}?force={force}&keep_disks={keep_disks}",
+            seg(name)
+        );
+        self.call(Method::DELETE, &path, None).await
+    }
+    pub async fn action(
+        &self,
+        name: &str,
+        action: VmAction,
+        opts: &ActionRequest,
+    ) -> Result<VmTaskAnswer> {
+        let path = format!("/v1/vms/{}/actions/{}", seg(name), action.as_str());
+        self.call(Method::POST, &path, Self::json(opts)).await
+    }
+    /// Start an action without waiting; returns the task id.
+    pub async fn action_nowait(
+        &self,
+        name: &str,
+        action: VmAction,
+        opts: &ActionRequest,
+    ) -> Result<String> {
+        let path = format!(
+            "/v1/vms/{}/actions/{}?wait=false",
+            seg(name),
+            action.as_str()
+        );
+        let a: TaskAccepted = self.call(Method::POST, &path, Self::json(opts)).await?;
+        Ok(a.task)
+    }
+    pub async fn disk_add(&self, name: &str, req: &DiskRequest) -> Result<VmTaskAnswer> {
+        self.call(
+            Method::POST,
+            &format!("/v1/vms/{}/disks", seg(name)),
+            Self::json(req),
+        )
+        .await
+    }
+    pub async fn disk_remove(&self, name: &str, device: &str) -> Result<VmTaskAnswer> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/vms/{}/disks/{}", seg(name), seg(device)),
+            None,
+        )
+        .await
+    }
+    pub async fn cdrom_insert(&self, name: &str, iso: PathBuf) -> Result<VmTaskAnswer> {
+        let req = CdromInsertRequest { iso };
+        self.call(
+            Method::POST,
+            &format!("/v1/vms/{}/cdrom", seg(name)),
+            Self::json(&req),
+        )
+        .await
+    }
+    pub async fn cdrom_eject(&self, name: &str) -> Result<VmTaskAnswer> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/vms/{}/cdrom", seg(name)),
+            None,
+        )
+        .await
+    }
+    pub async fn nic_add(&self, name: &str, req: &NicRequest) -> Result<VmTaskAnswer> {
+        self.call(
+            Method::POST,
+            &format!("/v1/vms/{}/nics", seg(name)),
+            Self::json(req),
+        )
+        .await
+    }
+    pub async fn nic_remove(&self, name: &str, device: &str) -> Result<VmTaskAnswer> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/vms/{}/nics/{}", seg(name), seg(device)),
+            None,
+        )
+        .await
+    }
+    pub async fn history(&self, name: &str) -> Result<Vec<Task>> {
+        self.call(Method::GET, &format!("/v1/vms/{}/history", seg(name)), None)
+            .await
+    }
+    pub async fn console_log(&self, name: &str) -> Result<Bytes> {
+        Ok(self
+            .raw(
+                Method::GET,
+                &format!("/v1/vms/{}/console/log", seg(name)),
+                None,
+            )
+            .await?
+            .1)
+    }
+    pub async fn list_srs(&self) -> Result<Vec<StorageRepository>> {
+        self.call(Method::GET, "/v1/srs", None).await
+    }
+    pub async fn create_sr(&self, req: &SrCreateRequest) -> Result<StorageRepository> {
+        self.call(Method::POST, "/v1/srs", Self::json(req)).await
+    }
+    pub async fn list_isos(&self) -> Result<Vec<IsoImage>> {
+        self.call(Method::GET, "/v1/isos", None).await
+    }
+    pub async fn list_networks(&self) -> Result<Vec<Network>> {
+        self.call(Method::GET, "/v1/networks", None).await
+    }
+    pub async fn create_network(&self, req: &NetworkCreateRequest) -> Result<Network> {
+        self.call(Method::POST, "/v1/networks", Self::json(req))
+            .await
+    }
+    pub async fn list_templates(&self) -> Result<Vec<serde_json::Value>> {
+        self.call(Method::GET, "/v1/templates", None).await
+    }
+    pub async fn show_template(&self, name: &str) -> Result<serde_json::Value> {
+        self.call(Method::GET, &format!("/v1/templates/{}", seg(name)), None)
+            .await
+    }
+    pub async fn create_template(&self, toml: &str) -> Result<serde_json::Value> {
+        self.call(
+            Method::POST,
+            "/v1/templates",
+            Some(serde_json::json!({ "toml": toml })),
+        )
+        .await
+    }
+    pub async fn delete_template(&self, name: &str) -> Result<()> {
+        self.raw(
+            Method::DELETE,
+            &format!("/v1/templates/{}", seg(name)),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+    pub async fn list_tasks(&self) -> Result<Vec<Task>> {
+        self.call(Method::GET, "/v1/tasks", None).await
+    }
+    pub async fn show_task(&self, id: &str, wait: bool) -> Result<Task> {
+        self.call(
+            Method::GET,
+            &format!("/v1/tasks/{}?wait={wait}", seg(id)),
+            None,
+        )
+        .await
+    }
+    pub async fn cancel_task(&self, id: &str) -> Result<()> {
+        self.raw(Method::POST, &format!("/v1/tasks/{}/cancel", seg(id)), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Follow the event stream, calling `f` for each event until it returns false.
+    pub async fn events(
+        &self,
+        since: Option<u64>,
+        mut f: impl FnMut(EventEnvelope) -> bool,
+    ) -> Result<()> {
+        let mut sender = self.connect().await?;
+        let path = match since {
+            Some(s) => format!("/v1/events?since={s}"),
+            None => "/v1/events".to_string(),
+        };
+        let resp = sender
+            .send_request(Self::build(Method::GET, &path, None)?)
+            .await
+            .map_err(proto)?;
+        let mut body = resp.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(proto)?;
+            if let Some(data) = frame.data_ref() {
+                buf.extend_from_slice(data);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if let Ok(ev) = serde_json::from_slice::<EventEnvelope>(&line) {
+                        if !f(ev) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Open the VM's serial console as a raw byte stream.
+    pub async fn console(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        let mut sender = self.connect().await?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/v1/vms/{}/console", seg(name)))
+            .header("host", "corral")
+            .header("connection", "upgrade")
+            .header("upgrade", "corral-console")
+            .body(Full::new(Bytes::new()))
+            .map_err(proto)?;
+        let resp = sender.send_request(req).await.map_err(proto)?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
+            let err = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                ApiError::internal(String::from_utf8_lossy(&bytes).into_owned())
+            });
+            return Err(err.into());
+        }
+        let upgraded = hyper::upgrade::on(resp).await.map_err(proto)?;
+        Ok(TokioIo::new(upgraded))
+    }
+}

@@ -1,0 +1,326 @@
+//! Planner benchmark: `cargo run --release -p corral-placement --example bench`.
+//!
+//! (a) vector bin packing with a known optimum (host capacities split into workloads) in 2, 4
+//!     and 6 resources: hosts used by density mode and by the reference first-fit decreasing,
+//!     against the optimum;
+//! (b) Caprara–Toth-style random 2-D classes: hosts used against the volume and
+//!     configuration-LP lower bounds;
+//! (c) speed: 10,000 workloads onto 1,000 hosts, and one `rate_hosts` call over 1,000 hosts.
+//!
+//! Instances come from a fixed-seed generator, so every run plans the same instances.
+
+use corral_placement::{
+    plan, plan_first_fit_decreasing, rate_hosts, Demand, Host, HostLoad, Mode, PlanOptions, Workload, RESOURCES,
+};
+use std::time::Instant;
+
+/// splitmix64: a tiny deterministic generator, enough for instance generation.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform integer in lo..=hi.
+    fn int(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn raw() -> PlanOptions {
+    PlanOptions {
+        mode: Mode::Density,
+        max_utilisation: 1.0,
+        reserve_memory_gib: 0.0,
+        vm_overhead_gib: 0.0,
+        max_vms_per_host: None,
+        explain: false,
+        effort: 1,
+    }
+}
+
+fn square_host(name: String, c: f64) -> Host {
+    let mut h = Host::new(&name, c as u32, 1.0, c, c, c);
+    h.iops = Some(c);
+    h
+}
+
+/// Resources used by a `dims`-dimensional instance, in model order.
+fn dims_of(dims: usize) -> Vec<usize> {
+    match dims {
+        2 => vec![0, 1],
+        4 => vec![0, 1, 2, 3],
+        _ => (0..RESOURCES).collect(),
+    }
+}
+
+/// Known-optimum instance: `k` hosts of capacity `c` in every used resource, each split into
+/// 3–8 workloads whose demands sum exactly to the host's capacity.
+fn split_instance(rng: &mut Rng, dims: usize, k: usize, c: u64) -> (Vec<Host>, Vec<Workload>) {
+    let hosts: Vec<Host> = (0..k + k / 5 + 2).map(|i| square_host(format!("h{i}"), c as f64)).collect();
+    let used = dims_of(dims);
+    let mut workloads = Vec::new();
+    for _ in 0..k {
+        let m = rng.int(3, 8) as usize;
+        let mut parts = vec![[0.0; RESOURCES]; m];
+        for &d in &used {
+            // m−1 distinct cut points in 1..c.
+            let mut cuts: Vec<u64> = Vec::new();
+            while cuts.len() < m - 1 {
+                let x = rng.int(1, c - 1);
+                if !cuts.contains(&x) {
+                    cuts.push(x);
+                }
+            }
+            cuts.sort_unstable();
+            let mut prev = 0;
+            for (p, &x) in cuts.iter().chain(std::iter::once(&c)).enumerate() {
+                parts[p][d] = (x - prev) as f64;
+                prev = x;
+            }
+        }
+        for p in parts {
+            let name = format!("w{}", workloads.len());
+            workloads.push(Workload {
+                name,
+                demand: Demand::constant(p),
+                apart: vec![],
+                together: vec![],
+                host: None,
+                networks: vec![],
+            });
+        }
+    }
+    // Shuffle so the generator's grouping is not visible in the input order.
+    for i in (1..workloads.len()).rev() {
+        let j = rng.int(0, i as u64) as usize;
+        workloads.swap(i, j);
+    }
+    (hosts, workloads)
+}
+
+/// Caprara–Toth-style classes for 2-D vector packing (capacity, generator of one item).
+fn ct_item(rng: &mut Rng, class: usize) -> (f64, [f64; 2]) {
+    match class {
+        // uncorrelated, items up to a third of a host
+        1 => (150.0, [rng.int(10, 50) as f64, rng.int(10, 50) as f64]),
+        // uncorrelated, large items
+        2 => (150.0, [rng.int(20, 100) as f64, rng.int(20, 100) as f64]),
+        // positively correlated
+        3 => {
+            let a = rng.int(20, 100) as f64;
+            (150.0, [a, (a + rng.int(0, 20) as f64 - 10.0).clamp(1.0, 150.0)])
+        }
+        // negatively correlated
+        4 => {
+            let a = rng.int(20, 100) as f64;
+            (150.0, [a, (120.0 - a + rng.int(0, 20) as f64 - 10.0).clamp(1.0, 150.0)])
+        }
+        // wide range on a large host
+        _ => (1000.0, [rng.int(1, 1000) as f64 * 0.4, rng.int(1, 1000) as f64 * 0.4]),
+    }
+}
+
+fn ct_instance(rng: &mut Rng, class: usize, n: usize) -> (Vec<Host>, Vec<Workload>) {
+    let mut cap = 150.0;
+    let workloads: Vec<Workload> = (0..n)
+        .map(|i| {
+            let (c, [a, b]) = ct_item(rng, class);
+            cap = c;
+            let mut p = [0.0; RESOURCES];
+            p[0] = a.round();
+            p[1] = b.round();
+            Workload {
+                name: format!("w{i}"),
+                demand: Demand::constant(p),
+                apart: vec![],
+                together: vec![],
+                host: None,
+                networks: vec![],
+            }
+        })
+        .collect();
+    let hosts = (0..n).map(|i| square_host(format!("h{i}"), cap)).collect();
+    (hosts, workloads)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut rng = Rng(0x00c0_77a1);
+    println!("## Placement (issue 5)\n");
+    println!("`cargo run --release -p corral-placement --example bench` (fixed seeds; times are wall clock on this machine).\n");
+
+    println!("### (a) Known optimum: host capacities split into 3–8 workloads each\n");
+    println!("| resources | hosts (optimum) | instances | density / optimum (mean) | density / optimum (worst) | FFD / optimum (mean) | density > FFD on | density ms (mean) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut all_ratios = Vec::new();
+    let mut worse_than_ffd_total = 0;
+    for dims in [2, 4, 6] {
+        for k in [10, 25, 50] {
+            let runs = 10;
+            let (mut ours, mut ffd, mut worst, mut worse, mut ms) = (0.0, 0.0, 0.0f64, 0, 0.0);
+            for _ in 0..runs {
+                let (hosts, workloads) = split_instance(&mut rng, dims, k, 100);
+                let t = Instant::now();
+                let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
+                ms += t.elapsed().as_secs_f64() * 1e3;
+                let f = plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
+                assert!(p.unplaced.is_empty() && f.unplaced.is_empty());
+                let r = p.hosts_used as f64 / k as f64;
+                all_ratios.push(r);
+                ours += r;
+                worst = worst.max(r);
+                ffd += f.hosts_used as f64 / k as f64;
+                if p.hosts_used > f.hosts_used {
+                    worse += 1;
+                }
+            }
+            worse_than_ffd_total += worse;
+            println!(
+                "| {dims} | {k} | {runs} | {:.4} | {:.3} | {:.4} | {worse} | {:.1} |",
+                ours / runs as f64,
+                worst,
+                ffd / runs as f64,
+                ms / runs as f64
+            );
+        }
+    }
+    let mean = all_ratios.iter().sum::<f64>() / all_ratios.len() as f64;
+    println!(
+        "\nOverall: density mode uses {:.2} % more hosts than the optimum on average (target ≤ 1 %); more than FFD on {worse_than_ffd_total} instances (target 0).\n",
+        (mean - 1.0) * 100.0
+    );
+
+    println!("### (b) Caprara–Toth-style random classes (2 resources)\n");
+    println!("Classes: 1 uncorrelated [10,50] of 150; 2 uncorrelated [20,100] of 150; 3 positively correlated; 4 negatively correlated; 5 [0.4,400] of 1000.\n");
+    println!("| class | workloads | instances | hosts (mean) | FFD (mean) | volume bound | LP bound | gap to best bound | ms (mean) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for class in 1..=5 {
+        for n in [25, 50, 100, 200] {
+            let runs = 5;
+            let (mut hosts_sum, mut ffd_sum, mut vol, mut lp, mut gap, mut ms) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            for _ in 0..runs {
+                let (hosts, workloads) = ct_instance(&mut rng, class, n);
+                let t = Instant::now();
+                let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
+                ms += t.elapsed().as_secs_f64() * 1e3;
+                let f = plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
+                let lpv = p.bounds.lp.unwrap_or(0.0);
+                let best = (p.bounds.volume as f64).max((lpv - 1e-6).ceil());
+                hosts_sum += p.hosts_used as f64;
+                ffd_sum += f.hosts_used as f64;
+                vol += p.bounds.volume as f64;
+                lp += lpv;
+                gap += (p.hosts_used as f64 - best) / best;
+            }
+            let r = runs as f64;
+            println!(
+                "| {class} | {n} | {runs} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} % | {:.0} |",
+                hosts_sum / r,
+                ffd_sum / r,
+                vol / r,
+                lp / r,
+                gap / r * 100.0,
+                ms / r
+            );
+        }
+    }
+
+    println!("\n### (c) Speed\n");
+    let hosts: Vec<Host> = (0..1000)
+        .map(|i| {
+            let mut h = Host::new(&format!("host{i:04}"), 32, 2.5, 256.0, 20_000.0, 2_000.0);
+            h.iops = Some(100_000.0);
+            h
+        })
+        .collect();
+    let workloads: Vec<Workload> = (0..10_000)
+        .map(|i| {
+            let mut w = Workload::new(
+                &format!("vm{i:05}"),
+                0.2 + rng.unit() * 3.8,
+                1.0 + rng.unit() * 31.0,
+                10.0 + rng.unit() * 490.0,
+                5.0 + rng.unit() * 195.0,
+            );
+            w.demand.peak[5] = 50.0 + rng.unit() * 1950.0;
+            w
+        })
+        .collect();
+    let opts = PlanOptions {
+        explain: false,
+        ..PlanOptions::default()
+    };
+    let mut times = Vec::new();
+    let mut ffd_times = Vec::new();
+    let mut used = 0;
+    let mut ffd_used = 0;
+    let mut volume = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let p = plan(&hosts, &workloads, &opts).expect("valid");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        used = p.hosts_used;
+        volume = p.bounds.volume;
+        let t = Instant::now();
+        let f = plan_first_fit_decreasing(&hosts, &workloads, &opts).expect("valid");
+        ffd_times.push(t.elapsed().as_secs_f64() * 1e3);
+        ffd_used = f.hosts_used;
+    }
+    let t = Instant::now();
+    let explained = plan(&hosts, &workloads, &PlanOptions::default()).expect("valid");
+    let explain_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!("| measurement | result | target |\n|---|---|---|");
+    println!(
+        "| 10,000 workloads onto 1,000 hosts, density (median of 5) | {:.1} ms, {used} hosts (volume bound {volume}) | ≤ 50 ms |",
+        median(times)
+    );
+    println!(
+        "| same, reference FFD only (median of 5) | {:.1} ms, {ffd_used} hosts | reference |",
+        median(ffd_times)
+    );
+    println!(
+        "| same, density with an explanation per decision | {explain_ms:.0} ms, {} decisions | (not a target) |",
+        explained.decisions.len()
+    );
+
+    let pool: Vec<HostLoad> = hosts
+        .iter()
+        .map(|h| HostLoad {
+            host: h.clone(),
+            load: Demand::constant([
+                rng.unit() * 60.0,
+                rng.unit() * 200.0,
+                rng.unit() * 15_000.0,
+                rng.unit() * 15_000.0,
+                rng.unit() * 1_500.0,
+                rng.unit() * 80_000.0,
+            ]),
+            vms: rng.int(0, 30) as u32,
+            apart_groups: vec![],
+        })
+        .collect();
+    let w = &workloads[0];
+    let calls = 1000;
+    let t = Instant::now();
+    let mut best = 0.0;
+    for _ in 0..calls {
+        let r = rate_hosts(w, &pool, &PlanOptions::default());
+        best += r[0].score;
+    }
+    let per_call = t.elapsed().as_secs_f64() * 1e3 / calls as f64;
+    println!(
+        "| one placement (rate_hosts) in a 1,000-host pool, mean of {calls} | {per_call:.3} ms (best score {:.1}) | ≤ 1 ms |",
+        best / calls as f64
+    );
+}

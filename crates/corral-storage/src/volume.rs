@@ -1,0 +1,199 @@
+//! Volumes: `qemu-img create/info`, removal, and free space of the filesystem holding them.
+
+use corral_model::DiskFormat;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("volume path {0} is not absolute")]
+    RelativePath(PathBuf),
+    #[error("volume {0} already exists")]
+    Exists(PathBuf),
+    #[error("cannot run qemu-img")]
+    Spawn(#[source] std::io::Error),
+    #[error("qemu-img {op} {path} failed: {stderr}")]
+    QemuImg {
+        op: &'static str,
+        path: PathBuf,
+        stderr: String,
+    },
+    #[error("cannot parse qemu-img info output for {path}: {reason}")]
+    Info { path: PathBuf, reason: String },
+    #[error("cannot remove volume {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// File name of a VM's volume inside a repository.
+pub fn volume_file_name(vm_id: &str, device: &str, format: DiskFormat) -> String {
+    format!("{vm_id}-{device}.{}", format.as_str())
+}
+
+fn require_absolute(path: &Path) -> Result<(), VolumeError> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(VolumeError::RelativePath(path.to_path_buf()))
+    }
+}
+
+async fn run_qemu_img(
+    op: &'static str,
+    path: &Path,
+    cmd: &mut Command,
+) -> Result<Vec<u8>, VolumeError> {
+    let out = cmd.output().await.map_err(VolumeError::Spawn)?;
+    if !out.status.success() {
+        return Err(VolumeError::QemuImg {
+            op,
+            path: path.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// Create an empty volume. Creation is instant whatever the size (no preallocation);
+/// `backing` makes a qcow2 linked clone of that volume.
+pub async fn create_volume(
+    path: &Path,
+    format: DiskFormat,
+    size_bytes: u64,
+    backing: Option<&Path>,
+) -> Result<(), VolumeError> {
+    require_absolute(path)?;
+    if path.exists() {
+        return Err(VolumeError::Exists(path.to_path_buf()));
+    }
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", format.as_str()]);
+    if let Some(b) = backing {
+        require_absolute(b)?;
+        cmd.arg("-b").arg(b).args(["-F", "qcow2"]);
+    }
+    cmd.arg(path).arg(size_bytes.to_string());
+    run_qemu_img("create", path, &mut cmd).await.map(|_| ())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeInfo {
+    pub format: String,
+    pub virtual_size: u64,
+    pub actual_size: u64,
+    pub backing_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct QemuImgInfo {
+    format: String,
+    #[serde(rename = "virtual-size")]
+    virtual_size: u64,
+    #[serde(rename = "actual-size", default)]
+    actual_size: u64,
+    #[serde(rename = "backing-filename", default)]
+    backing_filename: Option<PathBuf>,
+}
+
+/// `qemu-img info` of a volume. `-U` lets it read a volume a running VM holds open.
+pub async fn volume_info(path: &Path) -> Result<VolumeInfo, VolumeError> {
+    require_absolute(path)?;
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["info", "-U", "--output=json"]).arg(path);
+    let out = run_qemu_img("info", path, &mut cmd).await?;
+    let info: QemuImgInfo = serde_json::from_slice(&out).map_err(|e| VolumeError::Info {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(VolumeInfo {
+        format: info.format,
+        virtual_size: info.virtual_size,
+        actual_size: info.actual_size,
+        backing_file: info.backing_filename,
+    })
+}
+
+/// Remove a volume file; a volume already gone is not an error.
+pub async fn remove_volume(path: &Path) -> Result<(), VolumeError> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(VolumeError::Remove {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Free and total bytes of the filesystem holding `path`.
+pub fn fs_space(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frsize = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * frsize, st.f_blocks as u64 * frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn create_inspect_remove_qcow2_and_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        // A comma and a space in the path must not confuse qemu-img.
+        let sub = dir.path().join("my repo, 1");
+        std::fs::create_dir(&sub).unwrap();
+        for format in [DiskFormat::Qcow2, DiskFormat::Raw] {
+            let path = sub.join(volume_file_name("id", "disk0", format));
+            create_volume(&path, format, 10 << 30, None).await.unwrap();
+            let info = volume_info(&path).await.unwrap();
+            assert_eq!(info.format, format.as_str());
+            assert_eq!(info.virtual_size, 10 << 30);
+            assert!(info.actual_size < 10 << 20, "volume is sparse");
+            assert!(matches!(
+                create_volume(&path, format, 1 << 20, None).await,
+                Err(VolumeError::Exists(_))
+            ));
+            remove_volume(&path).await.unwrap();
+            assert!(!path.exists());
+            remove_volume(&path).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn linked_clone_records_its_backing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let clone = dir.path().join("clone.qcow2");
+        create_volume(&base, DiskFormat::Qcow2, 1 << 30, None)
+            .await
+            .unwrap();
+        create_volume(&clone, DiskFormat::Qcow2, 1 << 30, Some(&base))
+            .await
+            .unwrap();
+        assert_eq!(volume_info(&clone).await.unwrap().backing_file, Some(base));
+    }
+
+    #[tokio::test]
+    async fn relative_paths_are_refused() {
+        let err = create_volume(Path::new("x.qcow2"), DiskFormat::Qcow2, 1 << 20, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VolumeError::RelativePath(_)));
+    }
+
+    #[test]
+    fn space_of_tmp() {
+        let (free, total) = fs_space(Path::new("/tmp")).unwrap();
+        assert!(total > 0 && free <= total);
+    }
+}

@@ -1,0 +1,407 @@
+//! Host, repositories, ISOs, networks, templates, tasks and events.
+
+use crate::output;
+use anyhow::Context;
+use clap::Subcommand;
+use corral_client::Client;
+use corral_model::api::*;
+use corral_model::event::Event;
+use corral_model::task::Task;
+use corral_model::*;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// CPU, memory, accelerator (and why), QEMU version, repositories, networks.
+    Info,
+}
+
+#[derive(Subcommand)]
+pub enum SrCommand {
+    /// List storage repositories with free space.
+    List,
+    /// Register a directory as a storage repository.
+    Create {
+        name: String,
+        /// An existing, writable directory.
+        #[arg(long)]
+        path: PathBuf,
+        /// The directory is shared between hosts (NFS), so VMs on it can live-migrate.
+        #[arg(long)]
+        shared: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IsoCommand {
+    /// ISO images in the library directory.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// List networks.
+    List,
+    /// Create a bridged network on an existing Linux bridge.
+    Create {
+        name: String,
+        #[arg(long)]
+        bridge: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TemplateCommand {
+    /// List templates.
+    List,
+    /// Show one template, fully resolved.
+    Show { name: String },
+    /// Add a template from a TOML file (see docs/install.md for the format).
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Delete a user template (built-in ones cannot be deleted).
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// All tasks, oldest first.
+    List,
+    /// One task.
+    Show {
+        id: String,
+        /// Wait until it finishes.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Ask a running task to stop.
+    Cancel { id: String },
+}
+
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    /// Also print events after this sequence number that the agent still remembers.
+    #[arg(long)]
+    since: Option<u64>,
+}
+
+pub async fn host(c: &Client, _cmd: HostCommand, json: bool) -> anyhow::Result<()> {
+    let h = c.host_info().await?;
+    if json {
+        output::json(&h);
+        return Ok(());
+    }
+    output::fields(&[
+        ("hostname", h.hostname.clone()),
+        ("host id", h.host_id.clone()),
+        (
+            "cpu",
+            format!(
+                "{} ({} cores, {:.0} MHz)",
+                h.cpu_model, h.cpu_cores, h.cpu_mhz
+            ),
+        ),
+        (
+            "memory",
+            format!(
+                "{} ({} available)",
+                format_size(h.memory_bytes),
+                format_size(h.memory_available_bytes)
+            ),
+        ),
+        (
+            "accelerator",
+            format!("{} ({})", h.accelerator.name.as_str(), h.accelerator.reason),
+        ),
+        ("qemu", h.qemu_version.clone()),
+        ("agent", h.agent_version.clone()),
+        ("cpu weight", h.cpu_weight_support.clone()),
+        ("state dir", h.state_dir.display().to_string()),
+    ]);
+    println!();
+    print_srs(&h.storage_repositories);
+    println!();
+    print_networks(&h.networks);
+    Ok(())
+}
+
+fn print_srs(srs: &[host::StorageRepository]) {
+    output::table(
+        &["REPOSITORY", "FREE", "TOTAL", "SHARED", "PATH"],
+        srs.iter()
+            .map(|s| {
+                vec![
+                    format!("{}{}", s.name, if s.is_default { " (default)" } else { "" }),
+                    s.free_bytes.map(format_size).unwrap_or_else(|| "-".into()),
+                    s.total_bytes.map(format_size).unwrap_or_else(|| "-".into()),
+                    if s.shared { "yes" } else { "no" }.into(),
+                    s.path.display().to_string(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn print_networks(nets: &[host::Network]) {
+    output::table(
+        &["NETWORK", "KIND", "BRIDGE"],
+        nets.iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    match n.kind {
+                        host::NetworkKind::User => "user-mode NAT".into(),
+                        host::NetworkKind::Bridge => "bridge".into(),
+                    },
+                    n.bridge.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub async fn sr(c: &Client, cmd: SrCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        SrCommand::List => {
+            let srs = c.list_srs().await?;
+            if json {
+                output::json(&srs)
+            } else {
+                print_srs(&srs)
+            }
+        }
+        SrCommand::Create { name, path, shared } => {
+            let path = if path.is_absolute() {
+                path
+            } else {
+                std::env::current_dir()?.join(path)
+            };
+            let sr = c.create_sr(&SrCreateRequest { name, path, shared }).await?;
+            if json {
+                output::json(&sr)
+            } else {
+                println!(
+                    "created storage repository {} at {}",
+                    sr.name,
+                    sr.path.display()
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn iso(c: &Client, _cmd: IsoCommand, json: bool) -> anyhow::Result<()> {
+    let isos = c.list_isos().await?;
+    if json {
+        output::json(&isos);
+    } else {
+        output::table(
+            &["ISO", "SIZE", "PATH"],
+            isos.iter()
+                .map(|i| {
+                    vec![
+                        i.name.clone(),
+                        format_size(i.size_bytes),
+                        i.path.display().to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    Ok(())
+}
+
+pub async fn network(c: &Client, cmd: NetworkCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        NetworkCommand::List => {
+            let nets = c.list_networks().await?;
+            if json {
+                output::json(&nets)
+            } else {
+                print_networks(&nets)
+            }
+        }
+        NetworkCommand::Create { name, bridge } => {
+            let n = c
+                .create_network(&NetworkCreateRequest { name, bridge })
+                .await?;
+            if json {
+                output::json(&n)
+            } else {
+                println!(
+                    "created network {} on bridge {}",
+                    n.name,
+                    n.bridge.unwrap_or_default()
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn template(c: &Client, cmd: TemplateCommand, json: bool) -> anyhow::Result<()> {
+    let s = |v: &serde_json::Value, k: &str| match &v[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    match cmd {
+        TemplateCommand::List => {
+            let ts = c.list_templates().await?;
+            if json {
+                output::json(&ts);
+            } else {
+                output::table(
+                    &["TEMPLATE", "VCPUS", "MEMORY", "DESCRIPTION"],
+                    ts.iter()
+                        .map(|t| {
+                            let mem = t["memory_recommended_bytes"]
+                                .as_u64()
+                                .map(format_size)
+                                .unwrap_or_default();
+                            vec![s(t, "name"), s(t, "vcpus"), mem, s(t, "description")]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        TemplateCommand::Show { name } => {
+            let t = c.show_template(&name).await?;
+            output::json(&t);
+        }
+        TemplateCommand::Create { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let t = c.create_template(&text).await?;
+            if json {
+                output::json(&t)
+            } else {
+                println!("created template {}", s(&t, "name"))
+            }
+        }
+        TemplateCommand::Delete { name } => {
+            c.delete_template(&name).await?;
+            if !json {
+                println!("deleted template {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn print_tasks(tasks: &[Task], json: bool) {
+    if json {
+        output::json(&tasks);
+        return;
+    }
+    output::table(
+        &[
+            "STARTED",
+            "OPERATION",
+            "VM",
+            "STATE",
+            "PROGRESS",
+            "RESULT",
+            "ID",
+        ],
+        tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    output::time(t.started_at_ms),
+                    t.operation.clone(),
+                    t.vm_name.clone().unwrap_or_else(|| "-".into()),
+                    t.state.as_str().into(),
+                    format!("{:.0}%", t.progress * 100.0),
+                    t.error
+                        .as_ref()
+                        .map(|e| e.message.clone())
+                        .or_else(|| t.result.clone())
+                        .unwrap_or_default(),
+                    t.id.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+pub async fn task(c: &Client, cmd: TaskCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        TaskCommand::List => print_tasks(&c.list_tasks().await?, json),
+        TaskCommand::Show { id, wait } => {
+            let t = c.show_task(&id, wait).await?;
+            if json {
+                output::json(&t);
+            } else {
+                output::fields(&[
+                    ("id", t.id.clone()),
+                    ("operation", t.operation.clone()),
+                    ("vm", t.vm_name.clone().unwrap_or_else(|| "-".into())),
+                    ("state", t.state.as_str().into()),
+                    ("phase", t.phase.clone()),
+                    ("progress", format!("{:.0}%", t.progress * 100.0)),
+                    ("started", output::time(t.started_at_ms)),
+                    (
+                        "finished",
+                        t.finished_at_ms
+                            .map(output::time)
+                            .unwrap_or_else(|| "-".into()),
+                    ),
+                    ("result", t.result.clone().unwrap_or_else(|| "-".into())),
+                    (
+                        "error",
+                        t.error
+                            .as_ref()
+                            .map(|e| e.message.clone())
+                            .unwrap_or_else(|| "-".into()),
+                    ),
+                ]);
+            }
+        }
+        TaskCommand::Cancel { id } => {
+            c.cancel_task(&id).await?;
+            if !json {
+                println!("cancellation requested for task {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn events(c: &Client, a: EventsArgs, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    c.events(a.since, |e| {
+        let line = if json {
+            serde_json::to_string(&e).unwrap_or_default()
+        } else {
+            let what = match &e.event {
+                Event::VmCreated { vm, .. } => format!("vm {vm} created"),
+                Event::VmDeleted { vm, .. } => format!("vm {vm} deleted"),
+                Event::VmChanged { vm, .. } => format!("vm {vm} changed"),
+                Event::PowerStateChanged {
+                    vm,
+                    from,
+                    to,
+                    reason,
+                    ..
+                } => format!("vm {vm} {from} -> {to} ({reason})"),
+                Event::TaskUpdated { task } => format!(
+                    "task {} {} {} {} {:.0}%",
+                    task.operation,
+                    task.vm_name.as_deref().unwrap_or("-"),
+                    task.state.as_str(),
+                    task.phase,
+                    task.progress * 100.0
+                ),
+            };
+            format!("{} #{} {what}", output::time(e.time_ms), e.seq)
+        };
+        println!("{line}");
+        std::io::stdout().flush().is_ok()
+    })
+    .await?;
+    Ok(())
+}

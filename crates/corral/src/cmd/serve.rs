@@ -1,0 +1,137 @@
+//! `corral serve`: validate the configuration, start the agent, serve the API on a unix
+//! socket until SIGINT/SIGTERM. Guests keep running when the agent stops.
+
+use anyhow::{bail, Context};
+use corral_agent::config::{AccelMode, AgentConfig, ConfigFile};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(long_about = "Run the host agent.\n\n\
+    State (SQLite database, storage repository `default`, templates, runtime files) lives in \
+    the state directory. The API listens on STATE_DIR/corral.sock unless --socket says \
+    otherwise. Settings may also come from STATE_DIR/corral.toml (keys: iso_dir, \
+    qemu_binary, accel, probe_kernel, probe_initrd); flags win.\n\n\
+    VMs keep running when the agent stops or crashes; on start it re-attaches to them, marks \
+    those that died as halted, and starts the VMs marked --autostart.\n\n\
+    Examples:\n  corral serve\n  corral serve --state-dir /srv/corral --accel tcg")]
+pub struct ServeArgs {
+    /// State directory [default: /var/lib/corral as root, else ~/.local/state/corral].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Unix socket to listen on [default: STATE_DIR/corral.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Accelerator: auto (probe KVM by booting a guest, else TCG), kvm or tcg.
+    #[arg(long)]
+    accel: Option<AccelMode>,
+    /// Directory of the ISO library [default: STATE_DIR/isos].
+    #[arg(long)]
+    iso_dir: Option<PathBuf>,
+    /// QEMU binary [default: qemu-system-x86_64].
+    #[arg(long)]
+    qemu: Option<PathBuf>,
+    /// Kernel for the KVM probe (with --probe-initrd); it must print CORRAL-GUEST-READY.
+    #[arg(long, requires = "probe_initrd")]
+    probe_kernel: Option<PathBuf>,
+    #[arg(long, requires = "probe_kernel")]
+    probe_initrd: Option<PathBuf>,
+    /// Do not start --autostart VMs.
+    #[arg(long)]
+    no_autostart: bool,
+}
+
+fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Ok(std::env::current_dir()
+            .context("cannot read the current directory")?
+            .join(p))
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let state_dir = absolute(
+        args.state_dir
+            .unwrap_or_else(corral_agent::config::default_state_dir),
+    )?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    let file = ConfigFile::load(&state_dir.join("corral.toml")).map_err(anyhow::Error::msg)?;
+    let probe_kernel = match (
+        args.probe_kernel.or(file.probe_kernel),
+        args.probe_initrd.or(file.probe_initrd),
+    ) {
+        (Some(k), Some(i)) => Some((absolute(k)?, absolute(i)?)),
+        (None, None) => None,
+        _ => bail!("probe_kernel and probe_initrd go together"),
+    };
+    let config = AgentConfig {
+        iso_dir: absolute(
+            args.iso_dir
+                .or(file.iso_dir)
+                .unwrap_or_else(|| state_dir.join("isos")),
+        )?,
+        accel: args.accel.or(file.accel).unwrap_or_default(),
+        qemu_binary: args
+            .qemu
+            .or(file.qemu_binary)
+            .unwrap_or_else(|| "qemu-system-x86_64".into()),
+        probe_kernel,
+        autostart: !args.no_autostart,
+        state_dir: state_dir.clone(),
+    };
+    let socket = absolute(args.socket.unwrap_or_else(|| state_dir.join("corral.sock")))?;
+    // The agent is mostly idle; two workers keep its footprint small.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(config, socket))
+}
+
+async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            bail!("another agent is already listening on {}", socket.display());
+        }
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+    }
+    let _ = std::fs::create_dir_all(&config.iso_dir);
+    let agent = corral_agent::Agent::start(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
+    }
+    tracing::info!(socket = %socket.display(), "corral agent ready");
+    let app = corral_api::router(agent);
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+        }
+        tracing::info!("stopping the agent; VMs keep running");
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("API server failed")?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,747 @@
+//! `corral vm ...`: create, list, show, power actions, settings, disks, CD, NICs, consoles.
+
+use crate::output;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use corral_client::Client;
+use corral_model::api::*;
+use corral_model::validate::{describe_cpu_weight, parse_cpu_weight};
+use corral_model::*;
+use std::path::PathBuf;
+
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text)
+}
+fn weight(text: &str) -> Result<u32, String> {
+    parse_cpu_weight(text)
+}
+
+#[derive(Subcommand)]
+pub enum VmCommand {
+    /// Create a VM (the chapter's "Install XenVM" form).
+    #[command(long_about = "Create a VM.\n\n\
+        Every field may come from a template (--template NAME; see `corral template list`); \
+        flags override it. Without a template: 1 vCPU, 1 GiB, no disks, one virtio NIC on the \
+        `default` network.\n\n\
+        --disk SIZE[,sr=REPO][,format=qcow2|raw][,bus=virtio|sata|ide]   (repeat for more disks)\n\
+        --nic NETWORK[,model=virtio|e1000|rtl8139][,mac=52:54:00:..]   (repeat, at most 8)\n\n\
+        Examples:\n  \
+        corral vm create --name web01 --description \"intranet web\" --vcpus 2 --memory 1G \\\n      \
+        --disk 10G --disk 20G,sr=fast --nic default --nic lan,model=e1000 --autostart --cpu-weight high\n  \
+        corral vm create --name t1 --template corral-test-guest --kernel /boot/vmlinuz --initrd /boot/initrd.img --cmdline console=ttyS0")]
+    Create(CreateArgs),
+    /// List VMs.
+    List,
+    /// Show one VM.
+    Show { name: String },
+    /// Start a halted VM.
+    Start {
+        name: String,
+        /// Return at once with the task id.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Press the ACPI power button and wait for the guest to power off.
+    Shutdown {
+        name: String,
+        /// Seconds to wait for the guest.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Pull the plug (no guest cooperation).
+    Poweroff { name: String },
+    /// Reset the VM (hard reboot).
+    Reboot { name: String },
+    /// Freeze the VM's vCPUs.
+    Pause { name: String },
+    /// Continue a paused VM.
+    Resume { name: String },
+    /// Delete a VM and its disks.
+    Delete {
+        name: String,
+        /// Power off a running VM first.
+        #[arg(long)]
+        force: bool,
+        /// Keep the disk volumes.
+        #[arg(long)]
+        keep_disks: bool,
+    },
+    /// Change settings. vCPU and memory changes apply at the next start; CPU weight at once.
+    Set(SetArgs),
+    /// Add or remove virtual disks (VM halted).
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// Insert or eject CD/DVD media (also while running).
+    #[command(subcommand)]
+    Cdrom(CdromCommand),
+    /// Add or remove network interfaces (VM halted).
+    #[command(subcommand)]
+    Nic(NicCommand),
+    /// Interactive serial console (Ctrl-] detaches), or its log with --log.
+    Console {
+        name: String,
+        /// Print what the console has shown since the VM started, and exit.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Where the graphical console listens (loopback only).
+    Vnc { name: String },
+    /// Operations on this VM, oldest first.
+    History { name: String },
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Unique name: letters, digits, '.', '_', '-' (max 63).
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    template: Option<String>,
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Initial memory: 512M, 1G, 1GiB or bytes.
+    #[arg(long, value_parser = size)]
+    memory: Option<u64>,
+    /// SIZE[,sr=REPO][,format=qcow2|raw][,bus=virtio|sata|ide]; repeatable.
+    #[arg(long = "disk")]
+    disks: Vec<String>,
+    /// Create the VM without disks even if its template has some.
+    #[arg(long, conflicts_with = "disks")]
+    no_disks: bool,
+    /// ISO for the CD drive (path or name in the ISO library); the VM boots from it first.
+    #[arg(long)]
+    cdrom: Option<PathBuf>,
+    /// NETWORK[,model=virtio|e1000|rtl8139][,mac=MAC]; repeatable.
+    #[arg(long = "nic")]
+    nics: Vec<String>,
+    /// Create the VM without NICs.
+    #[arg(long, conflicts_with = "nics")]
+    no_nics: bool,
+    /// Start when the host agent starts.
+    #[arg(long)]
+    autostart: bool,
+    /// low (128), normal (256), high (512) or 1..65535.
+    #[arg(long, value_parser = weight)]
+    cpu_weight: Option<u32>,
+    /// bios or uefi.
+    #[arg(long, value_parser = parse_firmware)]
+    firmware: Option<Firmware>,
+    /// Boot this kernel directly (with --initrd and --cmdline).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// First boot device: disk, cdrom or network.
+    #[arg(long, value_parser = parse_boot)]
+    boot: Option<BootDevice>,
+    /// Start the VM once created.
+    #[arg(long)]
+    start: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SetArgs {
+    name: String,
+    #[arg(long, value_parser = size)]
+    memory: Option<u64>,
+    #[arg(long)]
+    vcpus: Option<u32>,
+    #[arg(long, value_parser = weight)]
+    cpu_weight: Option<u32>,
+    /// --autostart, --autostart=true or --autostart=false.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    autostart: Option<bool>,
+    #[arg(long)]
+    description: Option<String>,
+    /// Rename the VM.
+    #[arg(long)]
+    rename: Option<String>,
+    /// disk, cdrom or network.
+    #[arg(long, value_parser = parse_boot)]
+    boot: Option<BootDevice>,
+    /// Direct kernel boot; an empty string turns it off.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, allow_hyphen_values = true)]
+    cmdline: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum DiskCommand {
+    /// Add a disk: SIZE[,sr=REPO][,format=qcow2|raw][,bus=virtio|sata|ide].
+    Add { name: String, disk: String },
+    /// Remove a disk (and delete its volume) by device name, e.g. disk1.
+    Remove { name: String, device: String },
+}
+
+#[derive(Subcommand)]
+pub enum CdromCommand {
+    /// Insert an ISO (path, or name in the ISO library).
+    Insert { name: String, iso: PathBuf },
+    /// Eject the media; the empty drive stays.
+    Eject { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum NicCommand {
+    /// Add a NIC: NETWORK[,model=virtio|e1000|rtl8139][,mac=MAC].
+    Add { name: String, nic: String },
+    /// Remove a NIC by device name, e.g. nic1.
+    Remove { name: String, device: String },
+}
+
+fn parse_firmware(s: &str) -> Result<Firmware, String> {
+    match s {
+        "bios" => Ok(Firmware::Bios),
+        "uefi" => Ok(Firmware::Uefi),
+        o => Err(format!("firmware {o:?} is not bios or uefi")),
+    }
+}
+
+fn parse_boot(s: &str) -> Result<BootDevice, String> {
+    match s {
+        "disk" => Ok(BootDevice::Disk),
+        "cdrom" => Ok(BootDevice::Cdrom),
+        "network" | "pxe" => Ok(BootDevice::Network),
+        o => Err(format!("boot device {o:?} is not disk, cdrom or network")),
+    }
+}
+
+/// Split `first,key=value,...` into the first item and checked key/values.
+fn split_spec<'a>(
+    what: &str,
+    spec: &'a str,
+    keys: &[&str],
+) -> anyhow::Result<(&'a str, Vec<(&'a str, &'a str)>)> {
+    let mut parts = spec.split(',');
+    let first = parts.next().unwrap_or_default();
+    let mut kv = Vec::new();
+    for p in parts {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("{what} {spec:?}: {p:?} is not key=value"))?;
+        if !keys.contains(&k) {
+            bail!(
+                "{what} {spec:?}: unknown key {k:?} (known: {})",
+                keys.join(", ")
+            );
+        }
+        kv.push((k, v));
+    }
+    Ok((first, kv))
+}
+
+pub fn parse_disk(spec: &str) -> anyhow::Result<DiskRequest> {
+    let (size_text, kv) = split_spec("disk", spec, &["sr", "format", "bus"])?;
+    let size_bytes = parse_size(size_text).map_err(|e| anyhow::anyhow!("disk {spec:?}: {e}"))?;
+    let mut d = DiskRequest {
+        size_bytes,
+        ..Default::default()
+    };
+    for (k, v) in kv {
+        match k {
+            "sr" => d.sr = Some(v.to_string()),
+            "format" => {
+                d.format = Some(match v {
+                    "qcow2" => DiskFormat::Qcow2,
+                    "raw" => DiskFormat::Raw,
+                    o => bail!("disk {spec:?}: format {o:?} is not qcow2 or raw"),
+                })
+            }
+            _ => {
+                d.bus = Some(match v {
+                    "virtio" => DiskBus::Virtio,
+                    "sata" => DiskBus::Sata,
+                    "ide" => DiskBus::Ide,
+                    o => bail!("disk {spec:?}: bus {o:?} is not virtio, sata or ide"),
+                })
+            }
+        }
+    }
+    Ok(d)
+}
+
+pub fn parse_nic(spec: &str) -> anyhow::Result<NicRequest> {
+    let (network, kv) = split_spec("NIC", spec, &["model", "mac"])?;
+    if network.is_empty() {
+        bail!("NIC {spec:?}: no network named (e.g. --nic default)");
+    }
+    let mut n = NicRequest {
+        network: network.to_string(),
+        ..Default::default()
+    };
+    for (k, v) in kv {
+        match k {
+            "model" => {
+                n.model = Some(match v {
+                    "virtio" => NicModel::Virtio,
+                    "e1000" => NicModel::E1000,
+                    "rtl8139" => NicModel::Rtl8139,
+                    o => bail!("NIC {spec:?}: model {o:?} is not virtio, e1000 or rtl8139"),
+                })
+            }
+            _ => n.mac = Some(v.to_string()),
+        }
+    }
+    Ok(n)
+}
+
+fn abs(p: PathBuf) -> PathBuf {
+    if p.is_absolute() || p.components().count() == 1 {
+        // A bare file name may be an ISO-library name; the agent resolves it.
+        p
+    } else {
+        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+    }
+}
+
+fn abs_file(p: PathBuf) -> PathBuf {
+    if p.is_absolute() || p.as_os_str().is_empty() {
+        p
+    } else {
+        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+    }
+}
+
+pub fn create_request(a: CreateArgs) -> anyhow::Result<VmCreateRequest> {
+    let disks = if a.no_disks {
+        Some(vec![])
+    } else if a.disks.is_empty() {
+        None
+    } else {
+        Some(
+            a.disks
+                .iter()
+                .map(|d| parse_disk(d))
+                .collect::<anyhow::Result<_>>()?,
+        )
+    };
+    let nics = if a.no_nics {
+        Some(vec![])
+    } else if a.nics.is_empty() {
+        None
+    } else {
+        Some(
+            a.nics
+                .iter()
+                .map(|n| parse_nic(n))
+                .collect::<anyhow::Result<_>>()?,
+        )
+    };
+    Ok(VmCreateRequest {
+        name: a.name,
+        template: a.template,
+        description: a.description,
+        vcpus: a.vcpus,
+        memory_bytes: a.memory,
+        autostart: Some(a.autostart),
+        cpu_weight: a.cpu_weight,
+        firmware: a.firmware,
+        disks,
+        cdrom: a.cdrom.map(abs),
+        nics,
+        kernel: a.kernel.map(abs_file),
+        initrd: a.initrd.map(abs_file),
+        cmdline: a.cmdline,
+        boot_device: a.boot,
+        start: a.start,
+    })
+}
+
+pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        VmCommand::Create(a) => {
+            let req = create_request(a)?;
+            let ans = c.create_vm(&req).await?;
+            if json {
+                output::json(&ans.vm);
+            } else {
+                println!("created VM {} ({})", ans.vm.name, ans.vm.id);
+                if req.start {
+                    println!(
+                        "started; see its console with `corral vm console {}`",
+                        ans.vm.name
+                    );
+                }
+            }
+        }
+        VmCommand::List => {
+            let vms = c.list_vms().await?;
+            if json {
+                output::json(&vms);
+            } else {
+                output::table(
+                    &[
+                        "NAME",
+                        "STATE",
+                        "VCPUS",
+                        "MEMORY",
+                        "DISKS",
+                        "NICS",
+                        "AUTOSTART",
+                        "DESCRIPTION",
+                    ],
+                    vms.iter()
+                        .map(|v| {
+                            vec![
+                                v.name.clone(),
+                                if v.is_template {
+                                    "template".into()
+                                } else {
+                                    v.power_state.to_string()
+                                },
+                                v.vcpus.to_string(),
+                                format_size(v.memory_bytes),
+                                v.disks.len().to_string(),
+                                v.nics.len().to_string(),
+                                if v.autostart { "yes" } else { "no" }.into(),
+                                v.description.clone(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        VmCommand::Show { name } => {
+            let v = c.show_vm(&name).await?;
+            if json {
+                output::json(&v);
+            } else {
+                show(&v);
+            }
+        }
+        VmCommand::Start { name, no_wait } => {
+            action(
+                c,
+                &name,
+                VmAction::Start,
+                ActionRequest::default(),
+                no_wait,
+                json,
+            )
+            .await?
+        }
+        VmCommand::Shutdown {
+            name,
+            timeout,
+            no_wait,
+        } => {
+            let opts = ActionRequest {
+                timeout_secs: Some(timeout),
+            };
+            action(c, &name, VmAction::Shutdown, opts, no_wait, json).await?
+        }
+        VmCommand::Poweroff { name } => {
+            action(
+                c,
+                &name,
+                VmAction::Poweroff,
+                ActionRequest::default(),
+                false,
+                json,
+            )
+            .await?
+        }
+        VmCommand::Reboot { name } => {
+            action(
+                c,
+                &name,
+                VmAction::Reboot,
+                ActionRequest::default(),
+                false,
+                json,
+            )
+            .await?
+        }
+        VmCommand::Pause { name } => {
+            action(
+                c,
+                &name,
+                VmAction::Pause,
+                ActionRequest::default(),
+                false,
+                json,
+            )
+            .await?
+        }
+        VmCommand::Resume { name } => {
+            action(
+                c,
+                &name,
+                VmAction::Resume,
+                ActionRequest::default(),
+                false,
+                json,
+            )
+            .await?
+        }
+        VmCommand::Delete {
+            name,
+            force,
+            keep_disks,
+        } => {
+            let t = c.delete_vm(&name, force, keep_disks).await?;
+            if json {
+                output::json(&t);
+            } else {
+                println!(
+                    "deleted VM {name}{}",
+                    if keep_disks { " (disks kept)" } else { "" }
+                );
+            }
+        }
+        VmCommand::Set(a) => {
+            let req = VmUpdateRequest {
+                description: a.description,
+                vcpus: a.vcpus,
+                memory_bytes: a.memory,
+                autostart: a.autostart,
+                cpu_weight: a.cpu_weight,
+                name: a.rename,
+                boot_device: a.boot,
+                kernel: a.kernel.map(abs_file),
+                initrd: a.initrd.map(abs_file),
+                cmdline: a.cmdline,
+            };
+            if req == VmUpdateRequest::default() {
+                bail!("nothing to change: give at least one setting (see `corral vm set --help`)");
+            }
+            let changes_hw = req.vcpus.is_some() || req.memory_bytes.is_some();
+            let ans = c.update_vm(&a.name, &req).await?;
+            if json {
+                output::json(&ans.vm);
+            } else {
+                println!("updated VM {}", ans.vm.name);
+                if changes_hw && ans.vm.power_state != PowerState::Halted {
+                    println!("vCPU and memory changes take effect at the next start");
+                }
+            }
+        }
+        VmCommand::Disk(DiskCommand::Add { name, disk }) => {
+            let ans = c.disk_add(&name, &parse_disk(&disk)?).await?;
+            let d = ans.vm.disks.last().cloned();
+            if json {
+                output::json(&ans.vm);
+            } else if let Some(d) = d {
+                println!(
+                    "added {} ({}) at {}",
+                    d.device,
+                    format_size(d.size_bytes),
+                    d.path.display()
+                );
+            }
+        }
+        VmCommand::Disk(DiskCommand::Remove { name, device }) => {
+            let ans = c.disk_remove(&name, &device).await?;
+            done(json, &ans.vm, &format!("removed {device} from {name}"));
+        }
+        VmCommand::Cdrom(CdromCommand::Insert { name, iso }) => {
+            let ans = c.cdrom_insert(&name, abs(iso)).await?;
+            done(json, &ans.vm, &format!("inserted media into {name}"));
+        }
+        VmCommand::Cdrom(CdromCommand::Eject { name }) => {
+            let ans = c.cdrom_eject(&name).await?;
+            done(json, &ans.vm, &format!("ejected the media of {name}"));
+        }
+        VmCommand::Nic(NicCommand::Add { name, nic }) => {
+            let ans = c.nic_add(&name, &parse_nic(&nic)?).await?;
+            let n = ans.vm.nics.last().cloned();
+            if json {
+                output::json(&ans.vm);
+            } else if let Some(n) = n {
+                println!("added {} on {} ({})", n.device, n.network, n.mac);
+            }
+        }
+        VmCommand::Nic(NicCommand::Remove { name, device }) => {
+            let ans = c.nic_remove(&name, &device).await?;
+            done(json, &ans.vm, &format!("removed {device} from {name}"));
+        }
+        VmCommand::Console { name, log } => {
+            if log {
+                let bytes = c.console_log(&name).await?;
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes)?;
+            } else {
+                crate::cmd::console::attach(c, &name).await?;
+            }
+        }
+        VmCommand::Vnc { name } => {
+            let v = c.show_vm(&name).await?;
+            match &v.vnc {
+                Some(addr) if json => output::json(&serde_json::json!({ "vnc": addr })),
+                Some(addr) => println!("{addr}"),
+                None => bail!(
+                    "VM {name:?} is {}; the graphical console exists while it runs",
+                    v.power_state
+                ),
+            }
+        }
+        VmCommand::History { name } => {
+            let tasks = c.history(&name).await?;
+            crate::cmd::misc::print_tasks(&tasks, json);
+        }
+    }
+    Ok(())
+}
+
+fn done(json: bool, vm: &VmInfo, text: &str) {
+    if json {
+        output::json(vm);
+    } else {
+        println!("{text}");
+    }
+}
+
+async fn action(
+    c: &Client,
+    name: &str,
+    action: VmAction,
+    opts: ActionRequest,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if no_wait {
+        let task = c.action_nowait(name, action, &opts).await?;
+        if json {
+            output::json(&serde_json::json!({ "task": task }));
+        } else {
+            println!("{task}");
+        }
+        return Ok(());
+    }
+    let ans = c.action(name, action, &opts).await?;
+    if json {
+        output::json(&ans.vm);
+    } else {
+        println!("{}: {}", ans.vm.name, ans.vm.power_state);
+    }
+    Ok(())
+}
+
+fn show(v: &VmInfo) {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("name", v.name.clone()),
+        ("id", v.id.clone()),
+        (
+            "power state",
+            if v.is_template {
+                "template".into()
+            } else {
+                v.power_state.to_string()
+            },
+        ),
+        ("description", v.description.clone()),
+        ("vcpus", v.vcpus.to_string()),
+        ("memory", format_size(v.memory_bytes)),
+        ("autostart", v.autostart.to_string()),
+        ("cpu weight", describe_cpu_weight(v.cpu_weight)),
+        ("firmware", format!("{:?}", v.firmware).to_lowercase()),
+        ("boot", format!("{:?}", v.boot_device).to_lowercase()),
+    ];
+    if let Some(t) = &v.template {
+        rows.push(("template", t.clone()));
+    }
+    if let Some(s) = &v.cpu_weight_status {
+        rows.push((
+            "cpu weight (host)",
+            match (&s.applied, &s.reason) {
+                (Some(a), _) => a.clone(),
+                (None, Some(r)) => format!("not applied: {r}"),
+                _ => "-".into(),
+            },
+        ));
+    }
+    if let Some(p) = v.pid {
+        rows.push(("qemu pid", p.to_string()));
+    }
+    if let Some(k) = &v.kernel_boot {
+        rows.push(("kernel", k.kernel.display().to_string()));
+        if let Some(i) = &k.initrd {
+            rows.push(("initrd", i.display().to_string()));
+        }
+        rows.push(("cmdline", k.cmdline.clone()));
+    }
+    output::fields(&rows);
+    println!();
+    output::table(
+        &["DISK", "SIZE", "FORMAT", "BUS", "SR", "PATH"],
+        v.disks
+            .iter()
+            .map(|d| {
+                vec![
+                    d.device.clone(),
+                    format_size(d.size_bytes),
+                    d.format.as_str().into(),
+                    format!("{:?}", d.bus).to_lowercase(),
+                    d.sr.clone(),
+                    d.path.display().to_string(),
+                ]
+            })
+            .chain(v.cdroms.iter().map(|c| {
+                vec![
+                    c.device.clone(),
+                    "-".into(),
+                    "iso".into(),
+                    format!("{:?}", c.bus).to_lowercase(),
+                    "-".into(),
+                    c.media
+                        .as_ref()
+                        .map(|m| m.display().to_string())
+                        .unwrap_or_else(|| "(empty)".into()),
+                ]
+            }))
+            .collect(),
+    );
+    println!();
+    output::table(
+        &["NIC", "NETWORK", "MODEL", "MAC"],
+        v.nics
+            .iter()
+            .map(|n| {
+                vec![
+                    n.device.clone(),
+                    n.network.clone(),
+                    format!("{:?}", n.model).to_lowercase(),
+                    n.mac.clone(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs() {
+        let d = parse_disk("20G,sr=fast,format=raw,bus=ide").unwrap();
+        assert_eq!(d.size_bytes, 20 << 30);
+        assert_eq!(d.sr.as_deref(), Some("fast"));
+        assert_eq!(d.format, Some(DiskFormat::Raw));
+        assert_eq!(d.bus, Some(DiskBus::Ide));
+        assert!(parse_disk("abc").unwrap_err().to_string().contains("abc"));
+        assert!(parse_disk("1G,speed=fast")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown key"));
+        assert!(parse_disk("1G,bus=scsi").is_err());
+    }
+
+    #[test]
+    fn nic_specs() {
+        let n = parse_nic("lan,model=e1000,mac=52:54:00:00:00:01").unwrap();
+        assert_eq!(n.network, "lan");
+        assert_eq!(n.model, Some(NicModel::E1000));
+        assert_eq!(n.mac.as_deref(), Some("52:54:00:00:00:01"));
+        assert!(parse_nic(",model=e1000").is_err());
+    }
+}
