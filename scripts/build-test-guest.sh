@@ -70,7 +70,7 @@ WANTED_MODULES=(virtio_pci virtio_blk virtio_scsi virtio_net sd_mod sr_mod ata_p
 	ahci e1000 e1000e 8139cp 8139too button evdev isofs)
 # qemu-system-x86 before qemu-utils: the image's backported qemu-utils conflicts with it (DESIGN.md).
 PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio xorriso isolinux syslinux syslinux-common
-	mtools dosfstools fdisk socat gzip ipxe-qemu)
+	mtools dosfstools fdisk socat gzip xz-utils ipxe-qemu)
 
 FORCE=0 CHECK=0 QUIET=0
 for a in "$@"; do
@@ -105,10 +105,9 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 ensure_packages() {
 	local missing=() p
 	mapfile -t missing < <(
-		dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null |
-			awk '$NF == "installed" {print $1}' | sort >"${TMPDIR:-/tmp}/.corral-tg-have.$$"
-		printf '%s\n' "${PACKAGES[@]}" | sort | comm -23 - "${TMPDIR:-/tmp}/.corral-tg-have.$$"
-		rm -f "${TMPDIR:-/tmp}/.corral-tg-have.$$"
+		{ dpkg-query -W -f='${Package} ${Status}\n' "${PACKAGES[@]}" 2>/dev/null || true; } |
+			awk -v want="${PACKAGES[*]}" '$NF == "installed" { have[$1] = 1 }
+				END { n = split(want, w, " "); for (i = 1; i <= n; i++) if (!(w[i] in have)) print w[i] }'
 	)
 	[ ${#missing[@]} = 0 ] && return 0
 	log "installing missing packages: ${missing[*]}"
@@ -147,7 +146,7 @@ fetch_deb() {
 		mkdir -p "$dir.tmp"
 		local sandbox=()
 		[ "$(id -u)" = 0 ] && sandbox=(-o APT::Sandbox::User=root)
-		(cd "$dir.tmp" && apt-get "${sandbox[@]}" -q download "$pkg=$ver" >&2)
+		(cd "$dir.tmp" && apt-get "${sandbox[@]}" -qq download "$pkg=$ver" >&2)
 		rm -rf "$dir"
 		mv "$dir.tmp" "$dir"
 		# Keep only the version in use.
@@ -340,7 +339,7 @@ mkfs.vfat -C -F 16 -n CORRALBOOT -h "$PART_START" -i 434f5252 "$FS" $((PART_SECT
 	printf 'SERIAL 0 115200\nPROMPT 0\nTIMEOUT 0\nDEFAULT corral\n'
 	printf 'LABEL corral\n  KERNEL /vmlinuz\n  INITRD /initrd.img\n'
 	# The install id field is last and fixed width, so the installer can overwrite it in place.
-	printf '  APPEND console=ttyS0 corral.boot=disk corral.install.id=%-*s\n' "$ID_WIDTH" none
+	printf '  APPEND console=ttyS0 no_timer_check corral.boot=disk corral.install.id=%-*s\n' "$ID_WIDTH" none
 } >"$WORK/syslinux.cfg"
 mcopy -i "$FS" "$STAGE/vmlinuz" ::/vmlinuz
 mcopy -i "$FS" "$STAGE/initrd.img" ::/initrd.img
@@ -429,14 +428,14 @@ write_treeinfo "$TREE/.treeinfo" "$TREE/images/pxeboot/vmlinuz" "$TREE/images/px
 PXE=$STAGE/installer/pxe
 ln "$TREE/images/pxeboot/vmlinuz" "$PXE/vmlinuz"
 ln "$TREE/images/pxeboot/initrd.img" "$PXE/initrd.img"
-printf '#!ipxe\nkernel vmlinuz console=ttyS0 corral.boot=pxe corral.install\ninitrd initrd.img\nboot\n' \
+printf '#!ipxe\nkernel vmlinuz console=ttyS0 no_timer_check corral.boot=pxe corral.install\ninitrd initrd.img\nboot\n' \
 	>"$PXE/boot.ipxe"
 
 # ISO: the same tree layout (small initrd; the installer finds images/disk.img.gz on the CD).
 ISO=$WORK/iso
 mkdir -p "$ISO/isolinux" "$ISO/images/pxeboot"
 cp "$ISOLINUX_BIN" "$SYSLINUX_BIOS/ldlinux.c32" "$ISO/isolinux/"
-printf 'SERIAL 0 115200\nPROMPT 0\nTIMEOUT 0\nDEFAULT install\nLABEL install\n  KERNEL /images/pxeboot/vmlinuz\n  INITRD /images/pxeboot/initrd.img\n  APPEND console=ttyS0 corral.boot=cdrom corral.install\n' \
+printf 'SERIAL 0 115200\nPROMPT 0\nTIMEOUT 0\nDEFAULT install\nLABEL install\n  KERNEL /images/pxeboot/vmlinuz\n  INITRD /images/pxeboot/initrd.img\n  APPEND console=ttyS0 no_timer_check corral.boot=cdrom corral.install\n' \
 	>"$ISO/isolinux/isolinux.cfg"
 ln "$TREE/images/pxeboot/vmlinuz" "$ISO/images/pxeboot/vmlinuz"
 ln "$WORK/installer-base.img" "$ISO/images/pxeboot/initrd.img"

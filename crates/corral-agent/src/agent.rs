@@ -322,20 +322,24 @@ impl Agent {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, &req.name);
         task.phase("validating", 0.1);
-        let spec = self.spec_from_request(&id, req)?;
+        let mut spec = self.spec_from_request(&id, req)?;
         task.phase("creating disks", 0.3);
         let mut created: Vec<PathBuf> = Vec::new();
-        for disk in &spec.disks {
-            if let Err(e) =
-                corral_storage::create_volume(&disk.path, disk.format, disk.size_bytes, None).await
-            {
+        let sources: Vec<Option<PathBuf>> = req
+            .disks
+            .iter()
+            .flatten()
+            .map(|d| d.import_from.clone())
+            .collect();
+        for (i, disk) in spec.disks.iter_mut().enumerate() {
+            if let Some(phase) = sources.get(i).and_then(|s| s.as_ref()) {
+                task.phase(&format!("importing {}", phase.display()), 0.3);
+            }
+            if let Err(e) = create_disk_volume(disk, sources.get(i).cloned().flatten()).await {
                 for p in &created {
                     let _ = corral_storage::remove_volume(p).await;
                 }
-                return Err(internal(
-                    &format!("cannot create disk {}", disk.device),
-                    error_chain(&e),
-                ));
+                return Err(e);
             }
             created.push(disk.path.clone());
         }
@@ -493,7 +497,16 @@ impl Agent {
         d: &DiskRequest,
         default_bus: DiskBus,
     ) -> Result<Disk, ApiError> {
-        validate_disk_size(d.size_bytes).map_err(ApiError::invalid)?;
+        match &d.import_from {
+            // Size 0 with an image means "the image's size".
+            Some(src) => {
+                check_file("disk image", src)?;
+                if d.size_bytes != 0 {
+                    validate_disk_size(d.size_bytes).map_err(ApiError::invalid)?;
+                }
+            }
+            None => validate_disk_size(d.size_bytes).map_err(ApiError::invalid)?,
+        }
         let sr_name = d.sr.clone().unwrap_or_else(|| "default".into());
         let sr = self.sr(&sr_name)?;
         let format = d.format.unwrap_or_default();
@@ -696,6 +709,39 @@ impl Agent {
             networks: self.list_networks()?,
             cpu_weight_support: self.cgroups.describe(),
         })
+    }
+}
+
+/// Create the volume of a new disk, empty or as a copy of `source`; records the final size.
+pub(crate) async fn create_disk_volume(
+    disk: &mut Disk,
+    source: Option<PathBuf>,
+) -> Result<(), ApiError> {
+    let what = |e: corral_storage::VolumeError| {
+        internal(
+            &format!("cannot create disk {}", disk.device),
+            error_chain(&e),
+        )
+    };
+    match source {
+        Some(src) => {
+            let size =
+                corral_storage::import_volume(&src, &disk.path, disk.format, disk.size_bytes)
+                    .await
+                    .map_err(|e| {
+                        ApiError::invalid(format!(
+                            "cannot import {} as disk {}: {}",
+                            src.display(),
+                            disk.device,
+                            error_chain(&e)
+                        ))
+                    })?;
+            disk.size_bytes = size;
+            Ok(())
+        }
+        None => corral_storage::create_volume(&disk.path, disk.format, disk.size_bytes, None)
+            .await
+            .map_err(what),
     }
 }
 

@@ -84,10 +84,11 @@ impl ArchiveError {
     /// Map an I/O error met while reading an archive: an unexpected end is a truncation.
     pub(crate) fn read(e: io::Error) -> Self {
         // The tar crate reports a short stream as `Other` with an "unexpected EOF" message.
-        if e.kind() == io::ErrorKind::UnexpectedEof || {
-            let m = e.to_string();
-            m.contains("unexpected EOF") || m.contains("failed to read entire block")
-        } {
+        let m = e.to_string();
+        let short = e.kind() == io::ErrorKind::UnexpectedEof
+            || m.contains("unexpected EOF")
+            || m.contains("failed to read entire block");
+        if short {
             ArchiveError::Truncated("the stream ended in the middle of a member".into())
         } else {
             ArchiveError::ReadArchive(e)

@@ -18,6 +18,7 @@
 //! descriptors, OVA packages), `xva` (XenServer exports), `source` and `sink` (disk I/O),
 //! `tarsafe` (member checks shared by all tar readers).
 
+pub mod detect;
 pub mod error;
 pub mod native;
 pub mod ova;
@@ -25,7 +26,9 @@ pub mod progress;
 pub mod sink;
 pub mod source;
 mod tarsafe;
+pub mod xva;
 
+pub use detect::{detect_format, ArchiveKind};
 pub use error::ArchiveError;
 pub use native::{
     read_archive, read_manifest, write_archive, ArchiveSummary, Compression, ImportedDisk,
@@ -33,4 +36,6 @@ pub use native::{
 };
 pub use progress::{no_progress, Phase, Progress};
 pub use sink::{DirSink, DiskTarget, ImportSink};
-pub use source::{check_foreign_image, open_disk_source, DiskSource, Qcow2Access, Qcow2Source, RawFileSource};
+pub use source::{
+    check_foreign_image, open_disk_source, DiskSource, Qcow2Access, Qcow2Source, RawFileSource,
+};

@@ -277,8 +277,7 @@ fn direct_map(path: &Path) -> Result<Option<Vec<Mapped>>, ArchiveError> {
             return Ok(None);
         };
         if let Some(last) = map.last_mut() {
-            if last.start + last.length == start && last.host_offset + last.length == host_offset
-            {
+            if last.start + last.length == start && last.host_offset + last.length == host_offset {
                 last.length += length;
                 continue;
             }
@@ -353,11 +352,13 @@ impl DiskSource for Qcow2Source {
 /// host file as an extent, which would import that file's contents).
 pub fn check_foreign_image(path: &Path, format: &str) -> Result<u64, ArchiveError> {
     let info = image_info(path, format).map_err(|e| {
-        ArchiveError::InvalidInput(format!("{} is not a valid {format} image: {e}", path.display()))
+        ArchiveError::InvalidInput(format!(
+            "{} is not a valid {format} image: {e}",
+            path.display()
+        ))
     })?;
-    let refuse = |why: &str| {
-        ArchiveError::InvalidInput(format!("disk image {}: {why}", path.display()))
-    };
+    let refuse =
+        |why: &str| ArchiveError::InvalidInput(format!("disk image {}: {why}", path.display()));
     if info.get("backing-filename").is_some() || info.get("full-backing-filename").is_some() {
         return Err(refuse("it refers to a backing file"));
     }
@@ -375,7 +376,9 @@ pub fn check_foreign_image(path: &Path, format: &str) -> Result<u64, ArchiveErro
         let own = path.file_name().map(|n| n.to_string_lossy().into_owned());
         for ext in data["extents"].as_array().into_iter().flatten() {
             let f = ext["filename"].as_str().unwrap_or("");
-            let name = Path::new(f).file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = Path::new(f)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
             if name != own {
                 return Err(refuse(&format!("it names another file ({f}) as an extent")));
             }

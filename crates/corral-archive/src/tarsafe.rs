@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(normalise_name("./a/b").as_deref(), Ok("a/b"));
-        assert_eq!(normalise_name("Ref:3/00000001").as_deref(), Ok("Ref:3/00000001"));
+        assert_eq!(
+            normalise_name("Ref:3/00000001").as_deref(),
+            Ok("Ref:3/00000001")
+        );
         assert_eq!(normalise_name("dir/").as_deref(), Ok("dir"));
         for bad in ["/etc/passwd", "../x", "a/../../x", "", "./", "a\\b", "a\0b"] {
             assert!(normalise_name(bad).is_err(), "{bad:?}");

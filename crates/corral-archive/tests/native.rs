@@ -16,7 +16,12 @@ fn export(disks: Vec<(&str, MemSource)>, opts: &WriteOptions) -> (Vec<u8>, Archi
     let spec = spec("web01", &names);
     let boxed: Vec<(String, Box<dyn DiskSource + Send + Sync>)> = disks
         .into_iter()
-        .map(|(n, s)| (n.to_string(), Box::new(s) as Box<dyn DiskSource + Send + Sync>))
+        .map(|(n, s)| {
+            (
+                n.to_string(),
+                Box::new(s) as Box<dyn DiskSource + Send + Sync>,
+            )
+        })
         .collect();
     let mut out = Vec::new();
     let summary = write_archive(&mut out, &spec, boxed, opts, &no_progress).unwrap();
@@ -108,7 +113,11 @@ fn export_progress_is_exact_and_monotonic() {
 
 fn qemu_img(args: &[&str]) {
     let st = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(st.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 fn qemu_io(file: &str, cmds: &[&str]) {
@@ -117,7 +126,11 @@ fn qemu_io(file: &str, cmds: &[&str]) {
         c.args(["-c", cmd]);
     }
     let st = c.arg(file).output().unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
 }
 
 #[test]
@@ -129,8 +142,20 @@ fn raw_and_qcow2_sources_round_trip_through_qcow2_sinks() {
     qemu_io(&p("a.raw"), &["write -P 0x11 0 3M", "write -P 0x22 20M 1M"]);
     // A plain qcow2 (read directly) and a linked clone of it (flattened).
     qemu_img(&["create", "-f", "qcow2", &p("b.qcow2"), "48M"]);
-    qemu_io(&p("b.qcow2"), &["write -P 0x33 1M 2M", "write -P 0x44 40M 64k"]);
-    qemu_img(&["create", "-f", "qcow2", "-b", &p("b.qcow2"), "-F", "qcow2", &p("c.qcow2")]);
+    qemu_io(
+        &p("b.qcow2"),
+        &["write -P 0x33 1M 2M", "write -P 0x44 40M 64k"],
+    );
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        &p("b.qcow2"),
+        "-F",
+        "qcow2",
+        &p("c.qcow2"),
+    ]);
     qemu_io(&p("c.qcow2"), &["write -P 0x55 2M 512k"]);
 
     let scratch = dir.path().join("scratch");
@@ -138,10 +163,24 @@ fn raw_and_qcow2_sources_round_trip_through_qcow2_sinks() {
     let a = open_disk_source(Path::new(&p("a.raw")), DiskFormat::Raw, &scratch).unwrap();
     let b = Qcow2Source::open(Path::new(&p("b.qcow2")), &scratch).unwrap();
     assert_eq!(b.access(), Qcow2Access::Direct);
-    assert_eq!(b.allocated_extents().unwrap().iter().map(|e| e.1).sum::<u64>(), (2 << 20) + 65536);
+    assert_eq!(
+        b.allocated_extents()
+            .unwrap()
+            .iter()
+            .map(|e| e.1)
+            .sum::<u64>(),
+        (2 << 20) + 65536
+    );
     let c = Qcow2Source::open(Path::new(&p("c.qcow2")), &scratch).unwrap();
     assert_eq!(c.access(), Qcow2Access::Flattened);
-    assert_eq!(a.allocated_extents().unwrap().iter().map(|e| e.1).sum::<u64>(), 4 << 20);
+    assert_eq!(
+        a.allocated_extents()
+            .unwrap()
+            .iter()
+            .map(|e| e.1)
+            .sum::<u64>(),
+        4 << 20
+    );
 
     let mut spec = spec("vm", &["disk0", "disk1", "disk2"]);
     spec.disks[1].format = DiskFormat::Qcow2;
@@ -150,7 +189,11 @@ fn raw_and_qcow2_sources_round_trip_through_qcow2_sinks() {
     write_archive(
         &mut out,
         &spec,
-        vec![("disk0".into(), a), ("disk1".into(), Box::new(b)), ("disk2".into(), Box::new(c))],
+        vec![
+            ("disk0".into(), a),
+            ("disk1".into(), Box::new(b)),
+            ("disk2".into(), Box::new(c)),
+        ],
         &WriteOptions::default(),
         &no_progress,
     )
@@ -161,7 +204,10 @@ fn raw_and_qcow2_sources_round_trip_through_qcow2_sinks() {
     let vm = read_archive(&out[..], &mut sink, &Limits::default(), &no_progress).unwrap();
     assert_eq!(vm.disks[0].format, DiskFormat::Raw);
     assert_eq!(vm.disks[1].format, DiskFormat::Qcow2);
-    assert_eq!(files_under(&staging), vec!["disk0.raw", "disk1.qcow2", "disk2.qcow2"]);
+    assert_eq!(
+        files_under(&staging),
+        vec!["disk0.raw", "disk1.qcow2", "disk2.qcow2"]
+    );
     for (i, orig) in ["a.raw", "b.qcow2", "c.qcow2"].iter().enumerate() {
         let got = vm.disks[i].path.display().to_string();
         qemu_img(&["compare", &p(orig), &got]);
@@ -174,7 +220,10 @@ fn raw_and_qcow2_sources_round_trip_through_qcow2_sinks() {
 fn empty_100_gib_disk_exports_in_under_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.raw");
-    std::fs::File::create(&path).unwrap().set_len(100 << 30).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(100 << 30)
+        .unwrap();
     let src = RawFileSource::open(&path).unwrap();
     let t = std::time::Instant::now();
     let mut out = Vec::new();
@@ -191,7 +240,10 @@ fn empty_100_gib_disk_exports_in_under_a_second() {
     assert!(out.len() < 16 << 10);
     let staging = tempfile::tempdir().unwrap();
     let vm = import(&out, staging.path()).unwrap();
-    assert_eq!(std::fs::metadata(&vm.disks[0].path).unwrap().len(), 100 << 30);
+    assert_eq!(
+        std::fs::metadata(&vm.disks[0].path).unwrap().len(),
+        100 << 30
+    );
 }
 
 #[test]
@@ -254,9 +306,15 @@ fn expect_rejected(case: &str, bytes: &[u8], needle: &str) {
         .into_iter()
         .filter(|f| !f.starts_with("staging/"))
         .collect();
-    assert!(outside.is_empty(), "{case}: files outside staging: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "{case}: files outside staging: {outside:?}"
+    );
     for f in files_under(&staging) {
-        assert!(f.starts_with("disk") && f.ends_with(".raw"), "{case}: stray {f}");
+        assert!(
+            f.starts_with("disk") && f.ends_with(".raw"),
+            "{case}: stray {f}"
+        );
     }
 }
 
@@ -303,12 +361,22 @@ fn first_extent(m: &[(String, Vec<u8>)]) -> usize {
 #[test]
 fn truncated_archives_are_rejected() {
     let bytes = good_archive();
-    for cut in [0, 100, 512, 2000, bytes.len() / 3, bytes.len() / 2, bytes.len() - 3000] {
+    for cut in [
+        0,
+        100,
+        512,
+        2000,
+        bytes.len() / 3,
+        bytes.len() / 2,
+        bytes.len() - 3000,
+    ] {
         let root = tempfile::tempdir().unwrap();
         let err = import(&bytes[..cut], root.path()).expect_err("truncated");
         let msg = error_chain(&err);
         assert!(
-            msg.contains("truncated") || msg.contains("not a corral archive") || msg.contains("empty"),
+            msg.contains("truncated")
+                || msg.contains("not a corral archive")
+                || msg.contains("empty"),
             "cut {cut}: {msg}"
         );
     }
@@ -323,11 +391,31 @@ fn malicious_and_broken_archives_are_rejected() {
 
     // Path traversal, absolute paths, links and devices, as first or later members.
     for (case, member, needle) in [
-        ("dotdot", Member::file("../evil", b"x"), "'..' is not allowed"),
-        ("absolute", Member::file("/tmp/evil", b"x"), "absolute paths"),
-        ("symlink", Member::special("disks/0/link", b'2', "/etc/passwd"), "symbolic links"),
-        ("hardlink", Member::special("disks/0/hard", b'1', "/etc/passwd"), "hard links"),
-        ("chardev", Member::special("disks/0/dev", b'3', ""), "device files"),
+        (
+            "dotdot",
+            Member::file("../evil", b"x"),
+            "'..' is not allowed",
+        ),
+        (
+            "absolute",
+            Member::file("/tmp/evil", b"x"),
+            "absolute paths",
+        ),
+        (
+            "symlink",
+            Member::special("disks/0/link", b'2', "/etc/passwd"),
+            "symbolic links",
+        ),
+        (
+            "hardlink",
+            Member::special("disks/0/hard", b'1', "/etc/passwd"),
+            "hard links",
+        ),
+        (
+            "chardev",
+            Member::special("disks/0/dev", b'3', ""),
+            "device files",
+        ),
         ("fifo", Member::special("disks/0/fifo", b'6', ""), "FIFOs"),
     ] {
         let second = write_tar(&[Member::file("corral-archive.json", &manifest), member]);
@@ -338,7 +426,10 @@ fn malicious_and_broken_archives_are_rejected() {
 
     // Bad hashes: flipped data byte (stored uncompressed so the hash is what catches it),
     // wrong hash in a name, a dropped extent, an edited manifest without resealing.
-    let opts = WriteOptions { compression: Compression::None, ..Default::default() };
+    let opts = WriteOptions {
+        compression: Compression::None,
+        ..Default::default()
+    };
     let (raw, _) = export(vec![("disk0", sample_disk())], &opts);
     let mut m = read_tar(&raw);
     let i = first_extent(&m);
@@ -353,16 +444,34 @@ fn malicious_and_broken_archives_are_rejected() {
         true,
     );
     expect_rejected("wrong hash in name", &bad_name, "checksum mismatch");
-    let dropped = edit(|m| {
-        m.remove(ext);
-    }, false);
-    expect_rejected("dropped extent", &dropped, "checksum mismatch in the archive");
-    let dropped_resealed = edit(|m| {
-        m.remove(ext);
-    }, true);
-    expect_rejected("dropped extent, resealed", &dropped_resealed, "extents with");
+    let dropped = edit(
+        |m| {
+            m.remove(ext);
+        },
+        false,
+    );
+    expect_rejected(
+        "dropped extent",
+        &dropped,
+        "checksum mismatch in the archive",
+    );
+    let dropped_resealed = edit(
+        |m| {
+            m.remove(ext);
+        },
+        true,
+    );
+    expect_rejected(
+        "dropped extent, resealed",
+        &dropped_resealed,
+        "extents with",
+    );
     let unsealed = edit(|m| m[0].1.extend_from_slice(b" "), false);
-    expect_rejected("edited manifest", &unsealed, "checksum mismatch in the archive");
+    expect_rejected(
+        "edited manifest",
+        &unsealed,
+        "checksum mismatch in the archive",
+    );
 
     // Zip bomb: an extent declared as 64 KiB whose frame expands to 32 MiB.
     let bomb = zstd::bulk::compress(&vec![0u8; 32 << 20], 19).unwrap();
@@ -371,7 +480,11 @@ fn malicious_and_broken_archives_are_rejected() {
     // a 32 MiB frame of zeros compresses below zstd's bound for 64 KiB, so only the
     // bounded decompression stops it
     assert!(bomb.len() < 65536);
-    expect_rejected("zip bomb", &bombed, "does not decompress to its declared 65536 bytes");
+    expect_rejected(
+        "zip bomb",
+        &bombed,
+        "does not decompress to its declared 65536 bytes",
+    );
 
     // Lying sizes.
     let lying_alloc = edit_manifest(|v| v["disks"][0]["allocated_bytes"] = 12345.into());
@@ -388,17 +501,24 @@ fn malicious_and_broken_archives_are_rejected() {
         declared_size: Some(1 << 32),
         ..Member::file(&ext_name, b"x")
     });
-    expect_rejected("member size", &write_tar(&huge_member), "disagrees with its length");
+    expect_rejected(
+        "member size",
+        &write_tar(&huge_member),
+        "disagrees with its length",
+    );
     // An extent outside the allocated ranges (in the 6..7 MiB hole), then a duplicate.
     let outside = edit(
         |m| m[ext].0 = format!("disks/0/{:016x}-10000-{}", 6u64 << 20, tail(&m[ext].0)),
         true,
     );
     expect_rejected("extent in a hole", &outside, "outside the allocated ranges");
-    let dup = edit(|m| {
-        let e = m[ext].clone();
-        m.insert(ext + 1, e);
-    }, true);
+    let dup = edit(
+        |m| {
+            let e = m[ext].clone();
+            m.insert(ext + 1, e);
+        },
+        true,
+    );
     expect_rejected("duplicate extent", &dup, "overlaps or precedes");
     let huge_extent = edit(
         |m| m[ext].0 = format!("disks/0/{:016x}-{:x}-{}", 0, 128u64 << 20, tail(&m[ext].0)),
@@ -409,12 +529,25 @@ fn malicious_and_broken_archives_are_rejected() {
     // Oversized manifest, too many disks, unknown members, no checksums, trailing members.
     let mut big = serde_json::from_slice::<serde_json::Value>(&manifest).unwrap();
     big["padding"] = "x".repeat(5 << 20).into();
-    let big = write_tar(&[Member::file("corral-archive.json", &serde_json::to_vec(&big).unwrap())]);
-    expect_rejected("oversized manifest", &big, "more than the maximum of 4194304");
+    let big = write_tar(&[Member::file(
+        "corral-archive.json",
+        &serde_json::to_vec(&big).unwrap(),
+    )]);
+    expect_rejected(
+        "oversized manifest",
+        &big,
+        "more than the maximum of 4194304",
+    );
     let many = edit_manifest(|v| {
         let d = v["disks"][0].clone();
         v["disks"] = serde_json::Value::Array(
-            (0..17).map(|i| { let mut d = d.clone(); d["device"] = format!("d{i}").into(); d }).collect(),
+            (0..17)
+                .map(|i| {
+                    let mut d = d.clone();
+                    d["device"] = format!("d{i}").into();
+                    d
+                })
+                .collect(),
         );
     });
     expect_rejected("too many disks", &many, "17 disks");
@@ -422,10 +555,17 @@ fn malicious_and_broken_archives_are_rejected() {
     expect_rejected("device name", &bad_device, "disk device name");
     let stray = edit(|m| m.insert(1, ("notes.txt".into(), b"hi".to_vec())), true);
     expect_rejected("stray member", &stray, "unexpected member");
-    let no_sums = edit(|m| {
-        m.pop();
-    }, false);
-    expect_rejected("no checksums", &no_sums, "truncated: it ends before checksums.json");
+    let no_sums = edit(
+        |m| {
+            m.pop();
+        },
+        false,
+    );
+    expect_rejected(
+        "no checksums",
+        &no_sums,
+        "truncated: it ends before checksums.json",
+    );
     let trailing = edit(|m| m.push(("extra".into(), vec![1])), false);
     expect_rejected("after checksums", &trailing, "follows checksums.json");
     expect_rejected("not tar", &[7u8; 4096], "not a corral archive");

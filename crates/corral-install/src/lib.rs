@@ -18,6 +18,7 @@
 //! Everything here is blocking: call it from `tokio::task::spawn_blocking` in the agent.
 
 pub mod fetch;
+pub mod seed;
 pub mod templates;
 pub mod tree;
 pub mod url;

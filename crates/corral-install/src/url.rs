@@ -134,8 +134,11 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hexpart = s.get(i + 1..i + 3).ok_or_else(|| format!("bad escape in {s:?}"))?;
-            let v = u8::from_str_radix(hexpart, 16).map_err(|_| format!("bad escape %{hexpart} in {s:?}"))?;
+            let hexpart = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| format!("bad escape in {s:?}"))?;
+            let v = u8::from_str_radix(hexpart, 16)
+                .map_err(|_| format!("bad escape %{hexpart} in {s:?}"))?;
             out.push(v);
             i += 3;
         } else {
@@ -164,9 +167,12 @@ fn valid_host(host: &str) -> bool {
     }
     !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
 }
 
 impl SourceUrl {
@@ -283,15 +289,18 @@ impl SourceUrl {
         }
         let port = match port {
             None => None,
-            Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| UrlError::BadPort {
-                url: shown.clone(),
-                port: p.to_string(),
+            Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                UrlError::BadPort {
+                    url: shown.clone(),
+                    port: p.to_string(),
+                }
             })?),
         };
         if scheme == Scheme::Nfs && path == "/" {
             return Err(UrlError::BadPath {
                 url: shown,
-                message: "an nfs:// location needs an export path, e.g. nfs://filer/exports/tree".into(),
+                message: "an nfs:// location needs an export path, e.g. nfs://filer/exports/tree"
+                    .into(),
             });
         }
         Ok(SourceUrl {
@@ -361,7 +370,9 @@ pub fn clean_relative(path: &str) -> Result<String, String> {
         return Err("path is empty".into());
     }
     if p.starts_with('/') {
-        return Err(format!("path {p:?} is absolute; give it relative to the tree"));
+        return Err(format!(
+            "path {p:?} is absolute; give it relative to the tree"
+        ));
     }
     if p.chars().any(|c| c.is_control()) {
         return Err(format!("path {p:?} contains control characters"));
@@ -427,9 +438,15 @@ impl Location {
             }
         }
         if initrd.is_some() && kernel.is_none() {
-            return Err(UrlError::InitrdWithoutKernel { url: url.to_string() });
+            return Err(UrlError::InitrdWithoutKernel {
+                url: url.to_string(),
+            });
         }
-        Ok(Location { url, kernel, initrd })
+        Ok(Location {
+            url,
+            kernel,
+            initrd,
+        })
     }
 }
 
@@ -438,20 +455,74 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn parses_urls() {
         let cases: &[(&str, Scheme, &str, Option<u16>, &str, &str)] = &[
-            ("http://mirror/debian/", Scheme::Http, "mirror", None, "/debian/", "http://mirror/debian/"),
-            ("HTTP://Mirror.Example:8080/a%20b", Scheme::Http, "mirror.example", Some(8080), "/a b", "http://mirror.example:8080/a%20b"),
-            ("ftp://u:secret@h/pub", Scheme::Ftp, "h", None, "/pub", "ftp://u:***@h/pub"),
-            ("nfs://filer/exports/rhel9", Scheme::Nfs, "filer", None, "/exports/rhel9", "nfs://filer/exports/rhel9"),
-            ("file:///srv/tree", Scheme::File, "", None, "/srv/tree", "file:///srv/tree"),
-            ("/srv/tree", Scheme::File, "", None, "/srv/tree", "file:///srv/tree"),
-            ("http://[::1]:8000/x", Scheme::Http, "[::1]", Some(8000), "/x", "http://[::1]:8000/x"),
+            (
+                "http://mirror/debian/",
+                Scheme::Http,
+                "mirror",
+                None,
+                "/debian/",
+                "http://mirror/debian/",
+            ),
+            (
+                "HTTP://Mirror.Example:8080/a%20b",
+                Scheme::Http,
+                "mirror.example",
+                Some(8080),
+                "/a b",
+                "http://mirror.example:8080/a%20b",
+            ),
+            (
+                "ftp://u:secret@h/pub",
+                Scheme::Ftp,
+                "h",
+                None,
+                "/pub",
+                "ftp://u:***@h/pub",
+            ),
+            (
+                "nfs://filer/exports/rhel9",
+                Scheme::Nfs,
+                "filer",
+                None,
+                "/exports/rhel9",
+                "nfs://filer/exports/rhel9",
+            ),
+            (
+                "file:///srv/tree",
+                Scheme::File,
+                "",
+                None,
+                "/srv/tree",
+                "file:///srv/tree",
+            ),
+            (
+                "/srv/tree",
+                Scheme::File,
+                "",
+                None,
+                "/srv/tree",
+                "file:///srv/tree",
+            ),
+            (
+                "http://[::1]:8000/x",
+                Scheme::Http,
+                "[::1]",
+                Some(8000),
+                "/x",
+                "http://[::1]:8000/x",
+            ),
             ("http://h", Scheme::Http, "h", None, "/", "http://h/"),
         ];
         for (text, scheme, host, port, path, shown) in cases {
             let u = SourceUrl::parse(text).expect(text);
-            assert_eq!((u.scheme, u.host.as_str(), u.port, u.path.as_str()), (*scheme, *host, *port, *path), "{text}");
+            assert_eq!(
+                (u.scheme, u.host.as_str(), u.port, u.path.as_str()),
+                (*scheme, *host, *port, *path),
+                "{text}"
+            );
             assert_eq!(u.to_string(), *shown, "{text}");
         }
         let u = SourceUrl::parse("ftp://u:se%40cret@h/pub").expect("creds");
@@ -483,7 +554,8 @@ mod tests {
 
     #[test]
     fn location_overrides() {
-        let l = Location::parse("http://h/t/,kernel=boot/vmlinuz,initrd=./boot/initrd.img").expect("parse");
+        let l = Location::parse("http://h/t/,kernel=boot/vmlinuz,initrd=./boot/initrd.img")
+            .expect("parse");
         assert_eq!(l.url.to_string(), "http://h/t/");
         assert_eq!(l.kernel.as_deref(), Some("boot/vmlinuz"));
         assert_eq!(l.initrd.as_deref(), Some("boot/initrd.img"));
@@ -491,10 +563,19 @@ mod tests {
         assert_eq!(l.url.path, "/a,b/");
         assert_eq!(l.kernel, None);
         let cases: &[(&str, &str)] = &[
-            ("http://h/,kernel=../../etc/passwd", "kernel: path \"../../etc/passwd\" leaves the tree"),
-            ("http://h/,kernel=/vmlinuz", "kernel: path \"/vmlinuz\" is absolute"),
+            (
+                "http://h/,kernel=../../etc/passwd",
+                "kernel: path \"../../etc/passwd\" leaves the tree",
+            ),
+            (
+                "http://h/,kernel=/vmlinuz",
+                "kernel: path \"/vmlinuz\" is absolute",
+            ),
             ("http://h/,initrd=i", "names initrd= without kernel="),
-            ("http://h/,kernl=k", "\"kernl=k\" is not kernel=PATH or initrd=PATH"),
+            (
+                "http://h/,kernl=k",
+                "\"kernl=k\" is not kernel=PATH or initrd=PATH",
+            ),
             ("http://h/,kernel=", "kernel: path is empty"),
         ];
         for (text, needle) in cases {

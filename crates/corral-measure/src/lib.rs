@@ -15,7 +15,10 @@ mod parse;
 
 pub use corral_placement::input::{DiskSample, NicSample, Profile, Sample, Stats, PROFILE_FORMAT};
 use corral_placement::Host;
-pub use parse::{parse_cpuinfo, parse_diskstats, parse_meminfo, parse_net_dev, parse_proc_stat, CpuInfo, CpuTimes, DiskCounters, MemInfo, NicCounters};
+pub use parse::{
+    parse_cpuinfo, parse_diskstats, parse_meminfo, parse_net_dev, parse_proc_stat, CpuInfo,
+    CpuTimes, DiskCounters, MemInfo, NicCounters,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +28,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug, thiserror::Error)]
 pub enum MeasureError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot understand {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("interval must be at least 100 ms, got {0:?}")]
@@ -99,7 +105,11 @@ impl Sampler {
         // zram and device-mapper devices are views of other storage and are skipped.
         let whole_disks = list(&root.join("sys/block"))
             .into_iter()
-            .filter(|d| !["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd"].iter().any(|p| d.starts_with(p)))
+            .filter(|d| {
+                !["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd"]
+                    .iter()
+                    .any(|p| d.starts_with(p))
+            })
             .collect();
         let last = Reading {
             at: Instant::now(),
@@ -157,7 +167,11 @@ impl Sampler {
         let secs = now.at.duration_since(self.last.at).as_secs_f64().max(1e-3);
         let busy = now.cpu.busy().saturating_sub(self.last.cpu.busy()) as f64;
         let total = now.cpu.total().saturating_sub(self.last.cpu.total()) as f64;
-        let util = if total > 0.0 { (busy / total).clamp(0.0, 1.0) } else { 0.0 };
+        let util = if total > 0.0 {
+            (busy / total).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         let mut s = Sample {
             unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -169,7 +183,9 @@ impl Sampler {
             ..Sample::default()
         };
         for (name, c) in &now.nics {
-            let Some(p) = self.last.nics.get(name) else { continue };
+            let Some(p) = self.last.nics.get(name) else {
+                continue;
+            };
             let n = NicSample {
                 rx_bytes_per_s: c.rx_bytes.saturating_sub(p.rx_bytes) as f64 / secs,
                 tx_bytes_per_s: c.tx_bytes.saturating_sub(p.tx_bytes) as f64 / secs,
@@ -179,10 +195,15 @@ impl Sampler {
             s.nics.insert(name.clone(), n);
         }
         for (name, c) in &now.disks {
-            let Some(p) = self.last.disks.get(name) else { continue };
+            let Some(p) = self.last.disks.get(name) else {
+                continue;
+            };
             let d = DiskSample {
-                read_bytes_per_s: c.sectors_read.saturating_sub(p.sectors_read) as f64 * 512.0 / secs,
-                write_bytes_per_s: c.sectors_written.saturating_sub(p.sectors_written) as f64 * 512.0 / secs,
+                read_bytes_per_s: c.sectors_read.saturating_sub(p.sectors_read) as f64 * 512.0
+                    / secs,
+                write_bytes_per_s: c.sectors_written.saturating_sub(p.sectors_written) as f64
+                    * 512.0
+                    / secs,
                 read_iops: c.reads.saturating_sub(p.reads) as f64 / secs,
                 write_iops: c.writes.saturating_sub(p.writes) as f64 / secs,
             };
@@ -240,7 +261,11 @@ fn cpu_info(root: &Path) -> Result<CpuInfo, MeasureError> {
         }
     }
     if info.cores == 0 || info.mhz <= 0.0 {
-        return Err(parse_err(root, "proc/cpuinfo", "no processors or clock found".to_string()));
+        return Err(parse_err(
+            root,
+            "proc/cpuinfo",
+            "no processors or clock found".to_string(),
+        ));
     }
     Ok(info)
 }
@@ -302,7 +327,8 @@ pub struct HostCapacity {
 pub fn host_capacity(root: impl AsRef<Path>) -> Result<HostCapacity, MeasureError> {
     let root = root.as_ref();
     let cpu = cpu_info(root)?;
-    let mem = parse_meminfo(&read(root, "proc/meminfo")?).map_err(|m| parse_err(root, "proc/meminfo", m))?;
+    let mem = parse_meminfo(&read(root, "proc/meminfo")?)
+        .map_err(|m| parse_err(root, "proc/meminfo", m))?;
     let mut notes = Vec::new();
     let mut net = 0.0;
     for nic in list(&root.join("sys/class/net")) {
@@ -310,10 +336,15 @@ pub fn host_capacity(root: impl AsRef<Path>) -> Result<HostCapacity, MeasureErro
         if !dir.join("device").exists() {
             continue;
         }
-        match std::fs::read_to_string(dir.join("speed")).ok().and_then(|s| s.trim().parse::<f64>().ok()) {
+        match std::fs::read_to_string(dir.join("speed"))
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+        {
             Some(s) if s > 0.0 => net += s,
             _ => {
-                notes.push(format!("NIC {nic} reports no link speed (virtual NIC?): counted as 1000 Mbit/s"));
+                notes.push(format!(
+                    "NIC {nic} reports no link speed (virtual NIC?): counted as 1000 Mbit/s"
+                ));
                 net += 1000.0;
             }
         }
@@ -324,12 +355,16 @@ pub fn host_capacity(root: impl AsRef<Path>) -> Result<HostCapacity, MeasureErro
     }
     let (mut disk, mut iops) = (0.0, 0.0);
     for d in list(&root.join("sys/block")) {
-        if ["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd"].iter().any(|p| d.starts_with(p)) {
+        if ["loop", "ram", "zram", "dm-", "md", "sr", "fd", "nbd"]
+            .iter()
+            .any(|p| d.starts_with(p))
+        {
             continue;
         }
-        let rotational = std::fs::read_to_string(root.join("sys/block").join(&d).join("queue/rotational"))
-            .map(|s| s.trim() == "1")
-            .unwrap_or(false);
+        let rotational =
+            std::fs::read_to_string(root.join("sys/block").join(&d).join("queue/rotational"))
+                .map(|s| s.trim() == "1")
+                .unwrap_or(false);
         let (mbps, ops, kind) = if d.starts_with("nvme") {
             (2000.0, 200_000.0, "NVMe")
         } else if rotational {

@@ -15,11 +15,15 @@ pub fn parse_cpuinfo(text: &str) -> CpuInfo {
     let mut info = CpuInfo::default();
     let (mut mhz_sum, mut mhz_n) = (0.0, 0u32);
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim(), v.trim());
         match k {
             "processor" => info.cores += 1,
-            "model name" | "Processor" | "cpu model" if info.model.is_empty() => info.model = v.to_string(),
+            "model name" | "Processor" | "cpu model" if info.model.is_empty() => {
+                info.model = v.to_string()
+            }
             "cpu MHz" => {
                 if let Ok(x) = v.parse::<f64>() {
                     mhz_sum += x;
@@ -67,10 +71,16 @@ pub fn parse_proc_stat(text: &str) -> Result<CpuTimes, String> {
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
-        .map(|x| x.parse::<u64>().map_err(|_| format!("cpu time {x:?} is not a number")))
+        .map(|x| {
+            x.parse::<u64>()
+                .map_err(|_| format!("cpu time {x:?} is not a number"))
+        })
         .collect::<Result<_, _>>()?;
     if v.len() < 4 {
-        return Err(format!("cpu line has {} fields, expected at least 4", v.len()));
+        return Err(format!(
+            "cpu line has {} fields, expected at least 4",
+            v.len()
+        ));
     }
     let g = |i: usize| v.get(i).copied().unwrap_or(0);
     Ok(CpuTimes {
@@ -102,8 +112,13 @@ impl MemInfo {
 pub fn parse_meminfo(text: &str) -> Result<MemInfo, String> {
     let mut fields: BTreeMap<&str, u64> = BTreeMap::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
-        let kib = v.split_whitespace().next().and_then(|x| x.parse::<u64>().ok());
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let kib = v
+            .split_whitespace()
+            .next()
+            .and_then(|x| x.parse::<u64>().ok());
         if let Some(kib) = kib {
             fields.insert(k.trim(), kib * 1024);
         }
@@ -133,12 +148,21 @@ pub struct NicCounters {
 pub fn parse_net_dev(text: &str) -> Result<BTreeMap<String, NicCounters>, String> {
     let mut out = BTreeMap::new();
     for line in text.lines().skip(2) {
-        let Some((name, rest)) = line.split_once(':') else { continue };
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
         let v: Vec<&str> = rest.split_whitespace().collect();
         if v.len() < 9 {
-            return Err(format!("interface {} has {} fields, expected 16", name.trim(), v.len()));
+            return Err(format!(
+                "interface {} has {} fields, expected 16",
+                name.trim(),
+                v.len()
+            ));
         }
-        let num = |x: &str| x.parse::<u64>().map_err(|_| format!("counter {x:?} is not a number"));
+        let num = |x: &str| {
+            x.parse::<u64>()
+                .map_err(|_| format!("counter {x:?} is not a number"))
+        };
         out.insert(
             name.trim().to_string(),
             NicCounters {
@@ -167,9 +191,15 @@ pub fn parse_diskstats(text: &str) -> Result<BTreeMap<String, DiskCounters>, Str
             continue;
         }
         if v.len() < 10 {
-            return Err(format!("line {line:?} has {} fields, expected at least 14", v.len()));
+            return Err(format!(
+                "line {line:?} has {} fields, expected at least 14",
+                v.len()
+            ));
         }
-        let num = |x: &str| x.parse::<u64>().map_err(|_| format!("counter {x:?} is not a number"));
+        let num = |x: &str| {
+            x.parse::<u64>()
+                .map_err(|_| format!("counter {x:?} is not a number"))
+        };
         out.insert(
             v[2].to_string(),
             DiskCounters {

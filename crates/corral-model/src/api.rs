@@ -9,7 +9,12 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DiskRequest {
+    /// Virtual size. With `import_from`, 0 means "the image's size"; a larger size grows it.
+    #[serde(default)]
     pub size_bytes: u64,
+    /// Make the volume a copy of this existing image (qcow2, raw, vmdk, ... as qemu-img reads).
+    #[serde(default)]
+    pub import_from: Option<PathBuf>,
     /// Storage repository; default: the host's default repository.
     #[serde(default)]
     pub sr: Option<String>,

@@ -15,11 +15,17 @@ use good_lp::{microlp, variable, Expression, ProblemVariables, Solution, SolverM
 
 /// Hosts needed if every resource of every hour could be split freely across hosts.
 pub(crate) fn volume_bound(inst: &Instance, st: &State) -> usize {
-    let placed: Vec<usize> = (0..inst.items.len()).filter(|&i| st.host_of[i] != NONE).collect();
+    let placed: Vec<usize> = (0..inst.items.len())
+        .filter(|&i| st.host_of[i] != NONE)
+        .collect();
     if placed.is_empty() {
         return 0;
     }
-    let min_overhead = inst.hosts.iter().map(|h| h.overhead).fold(f64::INFINITY, f64::min);
+    let min_overhead = inst
+        .hosts
+        .iter()
+        .map(|h| h.overhead)
+        .fold(f64::INFINITY, f64::min);
     let mut best = 1usize;
     for d in 0..D {
         let mut limits: Vec<f64> = inst.hosts.iter().map(|h| h.limit[d]).collect();
@@ -27,7 +33,11 @@ pub(crate) fn volume_bound(inst: &Instance, st: &State) -> usize {
         for b in 0..inst.t {
             let mut total: f64 = placed.iter().map(|&i| inst.items[i].dem[b * D + d]).sum();
             if d == MEM {
-                total += placed.iter().map(|&i| f64::from(inst.items[i].vms)).sum::<f64>() * min_overhead;
+                total += placed
+                    .iter()
+                    .map(|&i| f64::from(inst.items[i].vms))
+                    .sum::<f64>()
+                    * min_overhead;
             }
             let mut acc = 0.0;
             let mut k = 0usize;
@@ -38,7 +48,12 @@ pub(crate) fn volume_bound(inst: &Instance, st: &State) -> usize {
             best = best.max(k);
         }
     }
-    let max_vms = inst.hosts.iter().map(|h| h.max_vms).max().unwrap_or(u32::MAX);
+    let max_vms = inst
+        .hosts
+        .iter()
+        .map(|h| h.max_vms)
+        .max()
+        .unwrap_or(u32::MAX);
     let vms: u64 = placed.iter().map(|&i| u64::from(inst.items[i].vms)).sum();
     if max_vms < u32::MAX && max_vms > 0 {
         best = best.max(vms.div_ceil(u64::from(max_vms)) as usize);
@@ -49,12 +64,17 @@ pub(crate) fn volume_bound(inst: &Instance, st: &State) -> usize {
 /// The configuration-LP bound for the placed items, when hosts are interchangeable and the
 /// instance is small enough to be worth it.
 pub(crate) fn configuration_lp_bound(inst: &Instance, st: &State) -> Option<f64> {
-    let placed: Vec<usize> = (0..inst.items.len()).filter(|&i| st.host_of[i] != NONE).collect();
+    let placed: Vec<usize> = (0..inst.items.len())
+        .filter(|&i| st.host_of[i] != NONE)
+        .collect();
     if placed.is_empty() || placed.len() > 200 {
         return None;
     }
     let h0 = &inst.hosts[0];
-    let interchangeable = inst.hosts.iter().all(|h| h.limit == h0.limit && h.overhead == h0.overhead && h.max_vms == h0.max_vms)
+    let interchangeable = inst
+        .hosts
+        .iter()
+        .all(|h| h.limit == h0.limit && h.overhead == h0.overhead && h.max_vms == h0.max_vms)
         && placed.iter().all(|&i| inst.items[i].mask.is_none());
     if !interchangeable {
         return None;
@@ -86,7 +106,9 @@ pub(crate) fn config_lp(
     let mut best_bound: f64 = 0.0;
     for _ in 0..max_rounds {
         let mut vars = ProblemVariables::new();
-        let pi: Vec<Variable> = (0..n).map(|_| vars.add(variable().min(0.0).max(1.0))).collect();
+        let pi: Vec<Variable> = (0..n)
+            .map(|_| vars.add(variable().min(0.0).max(1.0)))
+            .collect();
         let objective: Expression = pi.iter().sum();
         let mut model = vars.maximise(objective).using(microlp);
         for c in &configs {
@@ -120,7 +142,9 @@ struct Pricer<'a> {
 impl<'a> Pricer<'a> {
     fn new(inst: &'a Instance, items: &[usize]) -> Pricer<'a> {
         let h = &inst.hosts[0];
-        let limited: Vec<usize> = (0..D).filter(|&d| h.limit[d].is_finite() && h.limit[d] > 0.0).collect();
+        let limited: Vec<usize> = (0..D)
+            .filter(|&d| h.limit[d].is_finite() && h.limit[d] > 0.0)
+            .collect();
         let weight = items
             .iter()
             .map(|&i| {
@@ -128,7 +152,11 @@ impl<'a> Pricer<'a> {
                 let mut w = 0.0;
                 for b in 0..inst.t {
                     for &d in &limited {
-                        let extra = if d == MEM { f64::from(it.vms) * h.overhead } else { 0.0 };
+                        let extra = if d == MEM {
+                            f64::from(it.vms) * h.overhead
+                        } else {
+                            0.0
+                        };
                         w += (it.dem[b * D + d] + extra) / h.limit[d];
                     }
                 }
@@ -145,7 +173,9 @@ impl<'a> Pricer<'a> {
 
     /// Best value and its configuration (positions in `items`), or `None` if the search ran out.
     fn best_config(&self, prices: &[f64], node_limit: u64) -> Option<(f64, Vec<usize>)> {
-        let mut order: Vec<usize> = (0..self.items.len()).filter(|&k| prices[k] > 1e-9).collect();
+        let mut order: Vec<usize> = (0..self.items.len())
+            .filter(|&k| prices[k] > 1e-9)
+            .collect();
         order.sort_by(|&a, &b| {
             let ra = prices[a] / self.weight[a].max(1e-12);
             let rb = prices[b] / self.weight[b].max(1e-12);
@@ -228,7 +258,12 @@ impl Search<'_, '_> {
             }
             st.place(i, 0);
             self.cur.push(k);
-            self.dfs(st, p + 1, value + self.prices[k], used + self.pricer.weight[k]);
+            self.dfs(
+                st,
+                p + 1,
+                value + self.prices[k],
+                used + self.pricer.weight[k],
+            );
             self.cur.pop();
             st.remove(i);
         }

@@ -74,7 +74,7 @@ fn best_fit<'a>(inst: &'a Instance, order: &[u32]) -> State<'a> {
         for &h in &open {
             if st.fits(i, h) {
                 let f = fill_after(&st, i, h);
-                if best.map_or(true, |(bf, _)| f > bf + 1e-12) {
+                if best.is_none_or(|(bf, _)| f > bf + 1e-12) {
                     best = Some((f, h));
                 }
             }
@@ -95,7 +95,9 @@ fn best_fit<'a>(inst: &'a Instance, order: &[u32]) -> State<'a> {
             }
         }
         if placed {
-            while next_new < inst.host_order.len() && !st.on[inst.host_order[next_new] as usize].is_empty() {
+            while next_new < inst.host_order.len()
+                && !st.on[inst.host_order[next_new] as usize].is_empty()
+            {
                 next_new += 1;
             }
         }
@@ -241,7 +243,14 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
             *best = s;
         }
     }
-    for key in [SizeKey::Max, SizeKey::Squares] {
+    // Large pools get the two cheapest orders; smaller ones the whole portfolio.
+    let large = (n as u64) * (m as u64) > 2_000_000;
+    let keys: &[SizeKey] = if large {
+        &[SizeKey::Max]
+    } else {
+        &[SizeKey::Max, SizeKey::Squares]
+    };
+    for &key in keys {
         let s = first_fit(inst, &order_items(inst, key));
         consider(s, &mut best);
     }
@@ -258,7 +267,7 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
         }
     }
     if effort > 0 {
-        empty_hosts(&mut best, 300_000 * effort);
+        empty_hosts(&mut best, if large { 100_000 } else { 300_000 } * effort);
     }
     best
 }
@@ -268,7 +277,9 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
 pub(crate) fn empty_hosts(st: &mut State, budget: u64) {
     let start = st.work;
     loop {
-        let mut used: Vec<usize> = (0..st.inst.hosts.len()).filter(|&h| !st.on[h].is_empty()).collect();
+        let mut used: Vec<usize> = (0..st.inst.hosts.len())
+            .filter(|&h| !st.on[h].is_empty())
+            .collect();
         let fills: Vec<f64> = used.iter().map(|&h| st.fill(h)).collect();
         let mut idx: Vec<usize> = (0..used.len()).collect();
         idx.sort_by(|&a, &b| fills[a].total_cmp(&fills[b]).then(used[a].cmp(&used[b])));
@@ -279,7 +290,10 @@ pub(crate) fn empty_hosts(st: &mut State, budget: u64) {
                 return;
             }
             // Pinned items cannot leave.
-            if st.on[h].iter().any(|&i| st.inst.items[i as usize].pinned.is_some()) {
+            if st.on[h]
+                .iter()
+                .any(|&i| st.inst.items[i as usize].pinned.is_some())
+            {
                 continue;
             }
             if try_empty(st, h, &used) {
@@ -311,7 +325,7 @@ fn try_empty(st: &mut State, h: usize, used: &[usize]) -> bool {
         for &g in used {
             if g != h && !st.on[g].is_empty() && st.fits(i, g) {
                 let f = fill_after(st, i, g);
-                if best.map_or(true, |(bf, _)| f > bf + 1e-12) {
+                if best.is_none_or(|(bf, _)| f > bf + 1e-12) {
                     best = Some((f, g));
                 }
             }
@@ -329,7 +343,13 @@ fn try_empty(st: &mut State, h: usize, used: &[usize]) -> bool {
 }
 
 /// Put `i` on some used host `g` by moving one of `g`'s items `j` to a third used host.
-fn swap_in(st: &mut State, i: usize, h: usize, used: &[usize], journal: &mut Vec<(u32, usize)>) -> bool {
+fn swap_in(
+    st: &mut State,
+    i: usize,
+    h: usize,
+    used: &[usize],
+    journal: &mut Vec<(u32, usize)>,
+) -> bool {
     for &g in used {
         if g == h || st.on[g].is_empty() || !st.allowed(i, g) {
             continue;

@@ -25,6 +25,8 @@ pub(crate) struct HostCap {
     pub cap: Amounts,
     /// What VMs may use: `cap × max_utilisation`, memory also less the reserve.
     pub limit: Amounts,
+    /// `limit` plus the rounding tolerance: the largest load that still fits.
+    pub threshold: Amounts,
     pub reserve: f64,
     pub overhead: f64,
     pub max_vms: u32,
@@ -94,6 +96,7 @@ pub(crate) fn compile(
             HostCap {
                 cap,
                 limit,
+                threshold: limit.map(|l| l + tolerance(l)),
                 reserve,
                 overhead,
                 max_vms,
@@ -146,13 +149,7 @@ pub(crate) fn compile(
     let mut masks: Vec<Vec<bool>> = Vec::new();
     let mut items = Vec::with_capacity(components.len());
     for members in components.into_values() {
-        let together_name = |a: usize| {
-            workloads[a]
-                .together
-                .first()
-                .cloned()
-                .unwrap_or_default()
-        };
+        let together_name = |a: usize| workloads[a].together.first().cloned().unwrap_or_default();
         // Pins must agree; apart groups must not repeat inside a together group.
         let mut pinned: Option<(u32, usize)> = None;
         let mut seen_apart: BTreeMap<u32, usize> = BTreeMap::new();
@@ -162,10 +159,12 @@ pub(crate) fn compile(
         for &m in &members {
             let w = &workloads[m];
             if let Some(h) = &w.host {
-                let hi = *host_index.get(h.as_str()).ok_or_else(|| ModelError::UnknownHost {
-                    workload: w.name.clone(),
-                    host: h.clone(),
-                })?;
+                let hi = *host_index
+                    .get(h.as_str())
+                    .ok_or_else(|| ModelError::UnknownHost {
+                        workload: w.name.clone(),
+                        host: h.clone(),
+                    })?;
                 match pinned {
                     Some((p, _)) if p != hi => {
                         return Err(ModelError::ConflictingPins {
@@ -193,7 +192,11 @@ pub(crate) fn compile(
             }
             networks.extend(w.networks.iter().cloned());
             for b in 0..t {
-                let a = if t == 1 { w.demand.peak } else { w.demand.at(b) };
+                let a = if t == 1 {
+                    w.demand.peak
+                } else {
+                    w.demand.at(b)
+                };
                 for d in 0..D {
                     dem[b * D + d] += a[d];
                 }
@@ -225,7 +228,7 @@ pub(crate) fn compile(
                         .iter()
                         .enumerate()
                         .map(|(hi, h)| {
-                            pin.map_or(true, |p| p as usize == hi)
+                            pin.is_none_or(|p| p as usize == hi)
                                 && networks.iter().all(|n| h.networks.contains(n))
                         })
                         .collect(),
@@ -310,7 +313,10 @@ pub(crate) enum Misfit {
     MaxVms,
     Apart(u32),
     /// Resource, the bucket where it is worst, and the load it would reach.
-    Capacity { resource: usize, after: f64 },
+    Capacity {
+        resource: usize,
+        after: f64,
+    },
 }
 
 /// A (partial) assignment of items to hosts with the load it puts on each host.
@@ -370,11 +376,12 @@ impl<'a> State<'a> {
         let base = h * n;
         let load = &self.load[base..base + n];
         let extra = f64::from(it.vms) * hc.overhead;
-        for k in 0..n {
-            let d = k % D;
-            let need = if d == MEM { it.dem[k] + extra } else { it.dem[k] };
-            if need > 0.0 && load[k] + need > hc.limit[d] + tolerance(hc.limit[d]) {
-                return false;
+        for (ld, dm) in load.chunks_exact(D).zip(it.dem.chunks_exact(D)) {
+            for (d, ((l, x), t)) in ld.iter().zip(dm).zip(&hc.threshold).enumerate() {
+                let need = if d == MEM { x + extra } else { *x };
+                if need > 0.0 && l + need > *t {
+                    return false;
+                }
             }
         }
         true
@@ -399,8 +406,12 @@ impl<'a> State<'a> {
         for d in 0..D {
             let after = self.peak_with(i, h, d);
             if after > hc.limit[d] + tolerance(hc.limit[d]) {
-                let over = if hc.cap[d] > 0.0 { after / hc.cap[d] } else { f64::INFINITY };
-                if worst.map_or(true, |(o, _, _)| over > o) {
+                let over = if hc.cap[d] > 0.0 {
+                    after / hc.cap[d]
+                } else {
+                    f64::INFINITY
+                };
+                if worst.is_none_or(|(o, _, _)| over > o) {
                     worst = Some((over, d, after));
                 }
             }
@@ -454,7 +465,11 @@ impl<'a> State<'a> {
         for k in 0..n {
             let d = k % D;
             if hc.limit[d].is_finite() && hc.limit[d] > 0.0 {
-                let need = if d == MEM { it.dem[k] + extra } else { it.dem[k] };
+                let need = if d == MEM {
+                    it.dem[k] + extra
+                } else {
+                    it.dem[k]
+                };
                 worst = worst.max((self.load[h * n + k] + need) / hc.limit[d]);
             }
         }
@@ -471,7 +486,11 @@ impl<'a> State<'a> {
         for k in 0..n {
             let d = k % D;
             if hc.limit[d].is_finite() && hc.limit[d] > 0.0 {
-                let need = if d == MEM { it.dem[k] + extra } else { it.dem[k] };
+                let need = if d == MEM {
+                    it.dem[k] + extra
+                } else {
+                    it.dem[k]
+                };
                 worst = worst.max((self.load[h * n + k] - need) / hc.limit[d]);
             }
         }
@@ -492,9 +511,9 @@ impl<'a> State<'a> {
         let hc = &self.inst.hosts[h];
         let n = self.inst.t * D;
         let mut r = [f64::NEG_INFINITY; D];
-        for b in 0..self.inst.t {
-            for d in 0..D {
-                r[d] = r[d].max(hc.limit[d] - self.load[h * n + b * D + d]);
+        for row in self.load[h * n..(h + 1) * n].chunks_exact(D) {
+            for ((r, l), lim) in r.iter_mut().zip(row).zip(&hc.limit) {
+                *r = r.max(lim - l);
             }
         }
         r
@@ -551,7 +570,6 @@ impl<'a> State<'a> {
         self.host_of.iter().filter(|&&h| h == NONE).count()
     }
 }
-
 
 /// A tournament tree over hosts (in a chosen order) holding each subtree's largest residual per
 /// resource and largest number of free VM slots; first-fit descends left to right and skips

@@ -14,7 +14,11 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InputError {
     #[error("{file}:{line}: {message}")]
-    AtLine { file: String, line: usize, message: String },
+    AtLine {
+        file: String,
+        line: usize,
+        message: String,
+    },
     #[error("{file}: {message}")]
     InFile { file: String, message: String },
 }
@@ -74,7 +78,9 @@ fn read_table(text: &str, file: &str, known: &[&str]) -> Result<Table, InputErro
         .enumerate()
         .map(|(i, l)| (i + 1, l.trim_start_matches('\u{feff}')))
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    let (hline, header) = lines.next().ok_or_else(|| in_file(file, "is empty: expected a header row"))?;
+    let (hline, header) = lines
+        .next()
+        .ok_or_else(|| in_file(file, "is empty: expected a header row"))?;
     let columns: Vec<String> = split_csv(header)
         .map_err(|e| at(file, hline, e))?
         .into_iter()
@@ -99,7 +105,11 @@ fn read_table(text: &str, file: &str, known: &[&str]) -> Result<Table, InputErro
             return Err(at(
                 file,
                 n,
-                format!("has {} fields, the header has {}", fields.len(), columns.len()),
+                format!(
+                    "has {} fields, the header has {}",
+                    fields.len(),
+                    columns.len()
+                ),
             ));
         }
         rows.push((n, fields));
@@ -124,8 +134,13 @@ impl Row<'_> {
     }
 
     fn require(&self, name: &str) -> Result<&str, InputError> {
-        self.get(name)
-            .ok_or_else(|| at(self.file, self.line, format!("column {name:?} is empty or missing")))
+        self.get(name).ok_or_else(|| {
+            at(
+                self.file,
+                self.line,
+                format!("column {name:?} is empty or missing"),
+            )
+        })
     }
 
     fn number(&self, name: &str, value: &str) -> Result<f64, InputError> {
@@ -136,7 +151,11 @@ impl Row<'_> {
         };
         match v.parse::<f64>() {
             Ok(x) if x.is_finite() => Ok(x * scale),
-            _ => Err(at(self.file, self.line, format!("{name} {value:?} is not a number"))),
+            _ => Err(at(
+                self.file,
+                self.line,
+                format!("{name} {value:?} is not a number"),
+            )),
         }
     }
 
@@ -145,7 +164,11 @@ impl Row<'_> {
         if x > 0.0 {
             Ok(x)
         } else {
-            Err(at(self.file, self.line, format!("{name} must be more than zero, got {x}")))
+            Err(at(
+                self.file,
+                self.line,
+                format!("{name} must be more than zero, got {x}"),
+            ))
         }
     }
 
@@ -161,7 +184,11 @@ impl Row<'_> {
         if x >= 0.0 {
             Ok(x)
         } else {
-            Err(at(self.file, self.line, format!("{name} must not be negative, got {x}")))
+            Err(at(
+                self.file,
+                self.line,
+                format!("{name} must not be negative, got {x}"),
+            ))
         }
     }
 
@@ -177,7 +204,11 @@ impl Row<'_> {
             None => Ok(None),
             Some(v) => match v.trim().parse::<u32>() {
                 Ok(x) if x > 0 => Ok(Some(x)),
-                _ => Err(at(self.file, self.line, format!("{name} {v:?} is not a whole number above zero"))),
+                _ => Err(at(
+                    self.file,
+                    self.line,
+                    format!("{name} {v:?} is not a whole number above zero"),
+                )),
             },
         }
     }
@@ -213,7 +244,14 @@ const HOST_COLUMNS: &[&str] = &[
 /// `networks` (`a;b`), `max_vms`, `reserve_memory_gib`, `vm_overhead_gib`.
 pub fn parse_hosts_csv(text: &str, file: &str) -> Result<Vec<Host>, InputError> {
     let table = read_table(text, file, HOST_COLUMNS)?;
-    for c in ["name", "cores", "ghz", "memory_gib", "net_mbps", "disk_mbps"] {
+    for c in [
+        "name",
+        "cores",
+        "ghz",
+        "memory_gib",
+        "net_mbps",
+        "disk_mbps",
+    ] {
         if !table.columns.iter().any(|x| x == c) {
             return Err(in_file(file, format!("header has no {c:?} column")));
         }
@@ -221,14 +259,27 @@ pub fn parse_hosts_csv(text: &str, file: &str) -> Result<Vec<Host>, InputError> 
     let mut hosts: Vec<Host> = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (line, fields) in &table.rows {
-        let row = Row { file, line: *line, columns: &table.columns, fields };
+        let row = Row {
+            file,
+            line: *line,
+            columns: &table.columns,
+            fields,
+        };
         let name = row.require("name")?.to_string();
         if let Some(first) = seen.insert(name.clone(), *line) {
-            return Err(at(file, *line, format!("host {name:?} is already defined on line {first}")));
+            return Err(at(
+                file,
+                *line,
+                format!("host {name:?} is already defined on line {first}"),
+            ));
         }
         let cores = row.positive("cores")?;
         if cores.fract() != 0.0 || cores > f64::from(u32::MAX) {
-            return Err(at(file, *line, format!("cores must be a whole number, got {cores}")));
+            return Err(at(
+                file,
+                *line,
+                format!("cores must be a whole number, got {cores}"),
+            ));
         }
         hosts.push(Host {
             name,
@@ -281,24 +332,45 @@ pub fn parse_workloads_csv(text: &str, file: &str) -> Result<Vec<Workload>, Inpu
     let table = read_table(text, file, WORKLOAD_COLUMNS)?;
     let has = |c: &str| table.columns.iter().any(|x| x == c);
     if !has("name") || !has("memory_gib") {
-        return Err(in_file(file, "header must have \"name\" and \"memory_gib\" columns"));
+        return Err(in_file(
+            file,
+            "header must have \"name\" and \"memory_gib\" columns",
+        ));
     }
-    if !has("cpu_ghz") && !(has("cores") && has("ghz") && has("cpu_percent")) {
-        return Err(in_file(file, "header needs \"cpu_ghz\" (or \"cores\", \"ghz\" and \"cpu_percent\")"));
+    if !(has("cpu_ghz") || has("cores") && has("ghz") && has("cpu_percent")) {
+        return Err(in_file(
+            file,
+            "header needs \"cpu_ghz\" (or \"cores\", \"ghz\" and \"cpu_percent\")",
+        ));
     }
-    if !has("net_mbps") && !(has("net_in_mbps") && has("net_out_mbps")) {
-        return Err(in_file(file, "header needs \"net_mbps\" (or \"net_in_mbps\" and \"net_out_mbps\")"));
+    if !(has("net_mbps") || has("net_in_mbps") && has("net_out_mbps")) {
+        return Err(in_file(
+            file,
+            "header needs \"net_mbps\" (or \"net_in_mbps\" and \"net_out_mbps\")",
+        ));
     }
-    if !has("disk_mbps") && !(has("disk_read_mbps") && has("disk_write_mbps")) {
-        return Err(in_file(file, "header needs \"disk_mbps\" (or \"disk_read_mbps\" and \"disk_write_mbps\")"));
+    if !(has("disk_mbps") || has("disk_read_mbps") && has("disk_write_mbps")) {
+        return Err(in_file(
+            file,
+            "header needs \"disk_mbps\" (or \"disk_read_mbps\" and \"disk_write_mbps\")",
+        ));
     }
     let mut out = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (line, fields) in &table.rows {
-        let row = Row { file, line: *line, columns: &table.columns, fields };
+        let row = Row {
+            file,
+            line: *line,
+            columns: &table.columns,
+            fields,
+        };
         let name = row.require("name")?.to_string();
         if let Some(first) = seen.insert(name.clone(), *line) {
-            return Err(at(file, *line, format!("workload {name:?} is already defined on line {first}")));
+            return Err(at(
+                file,
+                *line,
+                format!("workload {name:?} is already defined on line {first}"),
+            ));
         }
         let cpu = match row.get("cpu_ghz") {
             Some(_) => row.non_negative("cpu_ghz")?,
@@ -318,7 +390,10 @@ pub fn parse_workloads_csv(text: &str, file: &str) -> Result<Vec<Workload>, Inpu
                 let n = row.non_negative("net_mbps")?;
                 (n, n)
             }
-            None => (row.non_negative("net_in_mbps")?, row.non_negative("net_out_mbps")?),
+            None => (
+                row.non_negative("net_in_mbps")?,
+                row.non_negative("net_out_mbps")?,
+            ),
         };
         let disk = match row.get("disk_mbps") {
             Some(_) => row.non_negative("disk_mbps")?,
@@ -327,7 +402,14 @@ pub fn parse_workloads_csv(text: &str, file: &str) -> Result<Vec<Workload>, Inpu
         let iops = row.optional_non_negative("iops")?.unwrap_or(0.0);
         out.push(Workload {
             name,
-            demand: Demand::constant([cpu, row.non_negative("memory_gib")?, net_in, net_out, disk, iops]),
+            demand: Demand::constant([
+                cpu,
+                row.non_negative("memory_gib")?,
+                net_in,
+                net_out,
+                disk,
+                iops,
+            ]),
             apart: row.list("group_apart"),
             together: row.list("group_together"),
             host: row.get("host").map(str::to_string),
@@ -426,7 +508,10 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
             }
         };
         if h.cores <= 0 || h.cores > i64::from(u32::MAX) {
-            return Err(err(format!("cores must be more than zero, got {}", h.cores)));
+            return Err(err(format!(
+                "cores must be more than zero, got {}",
+                h.cores
+            )));
         }
         let mut networks = h.networks.clone();
         let net_mbps = match (h.net_mbps, h.nic.is_empty()) {
@@ -439,7 +524,9 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
                 }
                 total
             }
-            (Some(_), false) => return Err(err("give net_mbps or [[host.nic]] tables, not both".into())),
+            (Some(_), false) => {
+                return Err(err("give net_mbps or [[host.nic]] tables, not both".into()))
+            }
             (None, true) => return Err(err("needs net_mbps or [[host.nic]] tables".into())),
         };
         networks.sort();
@@ -449,8 +536,14 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
             None => None,
         };
         for (what, v) in [
-            ("reserve_memory_gib", h.reserve_memory_gib.or(doc.defaults.reserve_memory_gib)),
-            ("vm_overhead_gib", h.vm_overhead_gib.or(doc.defaults.vm_overhead_gib)),
+            (
+                "reserve_memory_gib",
+                h.reserve_memory_gib.or(doc.defaults.reserve_memory_gib),
+            ),
+            (
+                "vm_overhead_gib",
+                h.vm_overhead_gib.or(doc.defaults.vm_overhead_gib),
+            ),
         ] {
             if let Some(v) = v {
                 if !(v >= 0.0 && v.is_finite()) {
@@ -490,7 +583,11 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
     for h in &hosts {
         if seen.insert(h.name.clone(), ()).is_some() {
             let line = line_of(text, &format!("\"{}\"", h.name)).unwrap_or(1);
-            return Err(at(file, line, format!("host {:?} is defined twice", h.name)));
+            return Err(at(
+                file,
+                line,
+                format!("host {:?} is defined twice", h.name),
+            ));
         }
     }
     Ok(hosts)
@@ -610,7 +707,8 @@ impl Sample {
 impl Profile {
     /// Summarise the samples into p50/p95/max per metric.
     pub fn summarise(&mut self) {
-        let metrics: [(&str, fn(&Sample) -> f64); 9] = [
+        type Metric = (&'static str, fn(&Sample) -> f64);
+        let metrics: [Metric; 9] = [
             ("cpu_utilisation", |s| s.cpu_utilisation),
             ("cpu_ghz", |s| s.cpu_ghz),
             ("memory_used_gib", |s| s.memory_used_gib),
@@ -659,11 +757,15 @@ impl Profile {
 
 /// A profile from JSON; `name` is the workload name to give it (usually the file stem).
 pub fn parse_profile(text: &str, file: &str, name: &str) -> Result<Workload, InputError> {
-    let profile: Profile = serde_json::from_str(text).map_err(|e| at(file, e.line(), e.to_string()))?;
+    let profile: Profile =
+        serde_json::from_str(text).map_err(|e| at(file, e.line(), e.to_string()))?;
     if profile.format != PROFILE_FORMAT {
         return Err(in_file(
             file,
-            format!("format is {:?}, expected {PROFILE_FORMAT:?}", profile.format),
+            format!(
+                "format is {:?}, expected {PROFILE_FORMAT:?}",
+                profile.format
+            ),
         ));
     }
     if profile.samples.is_empty() {
@@ -671,7 +773,10 @@ pub fn parse_profile(text: &str, file: &str, name: &str) -> Result<Workload, Inp
     }
     for (k, s) in profile.samples.iter().enumerate() {
         if s.amounts().iter().any(|v| !v.is_finite() || *v < 0.0) {
-            return Err(in_file(file, format!("sample {} has a negative or invalid value", k + 1)));
+            return Err(in_file(
+                file,
+                format!("sample {} has a negative or invalid value", k + 1),
+            ));
         }
     }
     Ok(profile.to_workload(name))
@@ -741,16 +846,29 @@ pub fn apply_constraints(
         .collect();
     let find = |name: &str| {
         index.get(name).copied().ok_or_else(|| {
-            let line = line_of(text, &format!("\"{name}\"")).or_else(|| line_of(text, name)).unwrap_or(1);
-            at(file, line, format!("constraint names unknown workload {name:?}"))
+            let line = line_of(text, &format!("\"{name}\""))
+                .or_else(|| line_of(text, name))
+                .unwrap_or(1);
+            at(
+                file,
+                line,
+                format!("constraint names unknown workload {name:?}"),
+            )
         })
     };
     for (kind, groups) in [("apart", &doc.apart), ("together", &doc.together)] {
         for (k, g) in groups.iter().enumerate() {
-            let group = g.name.clone().unwrap_or_else(|| format!("{kind}-{}", k + 1));
+            let group = g
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{kind}-{}", k + 1));
             if g.workloads.len() < 2 {
                 let line = line_of(text, &format!("[[{kind}]]")).unwrap_or(1);
-                return Err(at(file, line, format!("{kind} group {group:?} needs at least two workloads")));
+                return Err(at(
+                    file,
+                    line,
+                    format!("{kind} group {group:?} needs at least two workloads"),
+                ));
             }
             for w in &g.workloads {
                 let i = find(w)?;
@@ -767,7 +885,11 @@ pub fn apply_constraints(
         let i = find(w)?;
         if !hosts.iter().any(|x| &x.name == h) {
             let line = line_of(text, &format!("\"{h}\"")).unwrap_or(1);
-            return Err(at(file, line, format!("workload {w:?} is pinned to unknown host {h:?}")));
+            return Err(at(
+                file,
+                line,
+                format!("workload {w:?} is pinned to unknown host {h:?}"),
+            ));
         }
         workloads[i].host = Some(h.clone());
     }

@@ -23,8 +23,8 @@ mod resource;
 
 pub use model::{validate, Demand, Host, Mode, ModelError, PlanOptions, Workload, TIME_BUCKETS};
 pub use plan::{
-    plan, plan_first_fit_decreasing, Assignment, Bounds, Change, Decision, HostReport, Plan, Rejection,
-    ResourceUse, Unplaced,
+    plan, plan_first_fit_decreasing, Assignment, Bounds, Change, Decision, HostReport, Plan,
+    Rejection, ResourceUse, Unplaced,
 };
 pub use rate::{rate_hosts, HostLoad, HostRating, Reason};
 pub use resource::{percent, Amounts, Resource, RESOURCES};

@@ -49,7 +49,14 @@ pub struct Host {
 
 impl Host {
     /// A host with the CSV's required columns and no optional ones.
-    pub fn new(name: &str, cores: u32, ghz: f64, memory_gib: f64, net_mbps: f64, disk_mbps: f64) -> Host {
+    pub fn new(
+        name: &str,
+        cores: u32,
+        ghz: f64,
+        memory_gib: f64,
+        net_mbps: f64,
+        disk_mbps: f64,
+    ) -> Host {
         Host {
             name: name.to_string(),
             cores,
@@ -146,7 +153,13 @@ pub struct Workload {
 impl Workload {
     /// A workload with constant demand and no constraints. `net_mbps` is one figure for both
     /// directions, so it is reserved in each (the conservative reading of a single number).
-    pub fn new(name: &str, cpu_ghz: f64, memory_gib: f64, net_mbps: f64, disk_mbps: f64) -> Workload {
+    pub fn new(
+        name: &str,
+        cpu_ghz: f64,
+        memory_gib: f64,
+        net_mbps: f64,
+        disk_mbps: f64,
+    ) -> Workload {
         Workload {
             name: name.to_string(),
             demand: Demand::constant([cpu_ghz, memory_gib, net_mbps, net_mbps, disk_mbps, 0.0]),
@@ -228,9 +241,17 @@ impl Default for PlanOptions {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
     #[error("host {host:?}: {what} must be a positive number, got {value}")]
-    InvalidCapacity { host: String, what: &'static str, value: f64 },
+    InvalidCapacity {
+        host: String,
+        what: &'static str,
+        value: f64,
+    },
     #[error("workload {workload:?}: {what} must be zero or more, got {value}")]
-    InvalidDemand { workload: String, what: String, value: f64 },
+    InvalidDemand {
+        workload: String,
+        what: String,
+        value: f64,
+    },
     #[error("workload {workload:?}: demand series has {got} hours, expected {TIME_BUCKETS}")]
     InvalidSeries { workload: String, got: usize },
     #[error("host name {0:?} appears more than once")]
@@ -244,7 +265,12 @@ pub enum ModelError {
     #[error("constraint names unknown workload {0:?}")]
     UnknownWorkload(String),
     #[error("workloads {a:?} and {b:?} must share a host (group {together:?}) and be apart (group {apart:?})")]
-    TogetherAndApart { a: String, b: String, together: String, apart: String },
+    TogetherAndApart {
+        a: String,
+        b: String,
+        together: String,
+        apart: String,
+    },
     #[error("keep-together group {group:?} is pinned to two hosts, {a:?} and {b:?}")]
     ConflictingPins { group: String, a: String, b: String },
     #[error("{0}")]
@@ -254,7 +280,11 @@ pub enum ModelError {
 }
 
 /// Check hosts, workloads and options before planning.
-pub fn validate(hosts: &[Host], workloads: &[Workload], options: &PlanOptions) -> Result<(), ModelError> {
+pub fn validate(
+    hosts: &[Host],
+    workloads: &[Workload],
+    options: &PlanOptions,
+) -> Result<(), ModelError> {
     if !(options.max_utilisation > 0.0 && options.max_utilisation <= 1.0) {
         return Err(ModelError::InvalidOption(format!(
             "max utilisation must be more than 0 % and at most 100 %, got {} %",
@@ -306,10 +336,17 @@ pub fn validate(hosts: &[Host], workloads: &[Workload], options: &PlanOptions) -
         if let Some(max) = h.max_vms {
             positive("max_vms", f64::from(max))?;
         }
-        for (what, v) in [("reserve_memory_gib", h.reserve_memory_gib), ("vm_overhead_gib", h.vm_overhead_gib)] {
+        for (what, v) in [
+            ("reserve_memory_gib", h.reserve_memory_gib),
+            ("vm_overhead_gib", h.vm_overhead_gib),
+        ] {
             if let Some(v) = v {
                 if !(v >= 0.0 && v.is_finite()) {
-                    return Err(ModelError::InvalidCapacity { host: h.name.clone(), what, value: v });
+                    return Err(ModelError::InvalidCapacity {
+                        host: h.name.clone(),
+                        what,
+                        value: v,
+                    });
                 }
             }
         }

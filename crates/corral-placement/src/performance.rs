@@ -17,7 +17,7 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
         for h in 0..inst.hosts.len() {
             if st.fits(i, h) {
                 let p = st.pressure_with(i, h);
-                if best.map_or(true, |(bp, _)| p < bp - 1e-12) {
+                if best.is_none_or(|(bp, _)| p < bp - 1e-12) {
                     best = Some((p, h));
                 }
             }
@@ -72,7 +72,7 @@ fn improve_move(st: &mut State, top: usize, u: f64) -> bool {
                 continue;
             }
             let p = st.pressure_with(i, g);
-            if p < u - 1e-9 && best.map_or(true, |(bp, _, _)| p < bp - 1e-12) {
+            if p < u - 1e-9 && best.is_none_or(|(bp, _, _)| p < bp - 1e-12) {
                 best = Some((p, i, g));
             }
         }

@@ -114,7 +114,11 @@ pub struct Bounds {
 }
 
 /// Plan `workloads` onto `hosts`.
-pub fn plan(hosts: &[Host], workloads: &[Workload], options: &PlanOptions) -> Result<Plan, ModelError> {
+pub fn plan(
+    hosts: &[Host],
+    workloads: &[Workload],
+    options: &PlanOptions,
+) -> Result<Plan, ModelError> {
     validate(hosts, workloads, options)?;
     let inst = compile(hosts, workloads, options)?;
     let st = match options.mode {
@@ -161,7 +165,14 @@ fn limit_util(inst: &Instance, h: usize, d: usize) -> f64 {
 }
 
 /// Why item `i` does not fit host `h` in state `st`, in words.
-fn misfit_text(st: &State, hosts: &[Host], workloads: &[Workload], i: usize, h: usize, why: &Misfit) -> String {
+fn misfit_text(
+    st: &State,
+    hosts: &[Host],
+    workloads: &[Workload],
+    i: usize,
+    h: usize,
+    why: &Misfit,
+) -> String {
     let inst = st.inst;
     let it = &inst.items[i];
     match why {
@@ -189,7 +200,12 @@ fn misfit_text(st: &State, hosts: &[Host], workloads: &[Workload], i: usize, h: 
             let other = st.on[h]
                 .iter()
                 .flat_map(|&j| inst.items[j as usize].members.iter())
-                .find(|&&m| workloads[m].apart.iter().any(|a| a == &inst.apart_names[*g as usize]))
+                .find(|&&m| {
+                    workloads[m]
+                        .apart
+                        .iter()
+                        .any(|a| a == &inst.apart_names[*g as usize])
+                })
                 .map(|&m| workloads[m].name.clone())
                 .unwrap_or_default();
             format!(
@@ -209,7 +225,13 @@ fn misfit_text(st: &State, hosts: &[Host], workloads: &[Workload], i: usize, h: 
     }
 }
 
-fn report(inst: &Instance, mut st: State, hosts: &[Host], workloads: &[Workload], options: &PlanOptions) -> Plan {
+fn report(
+    inst: &Instance,
+    mut st: State,
+    hosts: &[Host],
+    workloads: &[Workload],
+    options: &PlanOptions,
+) -> Plan {
     let t = inst.t;
     let mut assignments = Vec::new();
     let mut host_of_workload: Vec<Option<usize>> = vec![None; workloads.len()];
@@ -253,7 +275,9 @@ fn report(inst: &Instance, mut st: State, hosts: &[Host], workloads: &[Workload]
                         utilisation: util(inst, h, d, peak),
                         headroom: finite.then_some(hc.limit[d] - peak),
                         hourly: if t > 1 {
-                            (0..t).map(|b| util(inst, h, d, st.load[h * t * D + b * D + d])).collect()
+                            (0..t)
+                                .map(|b| util(inst, h, d, st.load[h * t * D + b * D + d]))
+                                .collect()
                         } else {
                             Vec::new()
                         },
@@ -274,10 +298,13 @@ fn report(inst: &Instance, mut st: State, hosts: &[Host], workloads: &[Workload]
         if st.host_of[i] == NONE {
             let reason = unplaced_reason(&st, hosts, workloads, i);
             for &m in &inst.items[i].members {
-                unplaced.push((m, Unplaced {
-                    workload: workloads[m].name.clone(),
-                    reason: reason.clone(),
-                }));
+                unplaced.push((
+                    m,
+                    Unplaced {
+                        workload: workloads[m].name.clone(),
+                        reason: reason.clone(),
+                    },
+                ));
             }
         }
     }
@@ -285,7 +312,9 @@ fn report(inst: &Instance, mut st: State, hosts: &[Host], workloads: &[Workload]
     let unplaced = unplaced.into_iter().map(|(_, u)| u).collect();
 
     let decisions = if options.explain {
-        let mut order: Vec<usize> = (0..inst.items.len()).filter(|&i| st.host_of[i] != NONE).collect();
+        let mut order: Vec<usize> = (0..inst.items.len())
+            .filter(|&i| st.host_of[i] != NONE)
+            .collect();
         order.sort_by_key(|&i| inst.items[i].members[0]);
         order
             .into_iter()
@@ -320,7 +349,13 @@ fn report(inst: &Instance, mut st: State, hosts: &[Host], workloads: &[Workload]
     }
 }
 
-fn explain(st: &mut State, hosts: &[Host], workloads: &[Workload], i: usize, mode: Mode) -> Decision {
+fn explain(
+    st: &mut State,
+    hosts: &[Host],
+    workloads: &[Workload],
+    i: usize,
+    mode: Mode,
+) -> Decision {
     let inst = st.inst;
     let h = st.host_of[i] as usize;
     let it = &inst.items[i];
@@ -372,7 +407,14 @@ fn explain(st: &mut State, hosts: &[Host], workloads: &[Workload], i: usize, mod
     summary.push_str(
         &changes
             .iter()
-            .map(|c| format!("{} {} → {}", c.resource.label(), percent(c.before), percent(c.after)))
+            .map(|c| {
+                format!(
+                    "{} {} → {}",
+                    c.resource.label(),
+                    percent(c.before),
+                    percent(c.after)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -411,7 +453,10 @@ fn explain(st: &mut State, hosts: &[Host], workloads: &[Workload], i: usize, mod
         host: hosts[h].name.clone(),
         changes,
         rejected,
-        alternatives: alternatives.into_iter().map(|(g, _)| hosts[g].name.clone()).collect(),
+        alternatives: alternatives
+            .into_iter()
+            .map(|(g, _)| hosts[g].name.clone())
+            .collect(),
         summary,
     }
 }
@@ -426,23 +471,45 @@ fn unplaced_reason(st: &State, hosts: &[Host], workloads: &[Workload], i: usize)
     };
     // Would it fit an empty host at all?
     let empty = State::new(inst);
-    let alone: Vec<(usize, Option<Misfit>)> = (0..hosts.len()).map(|h| (h, empty.misfit(i, h))).collect();
+    let alone: Vec<(usize, Option<Misfit>)> =
+        (0..hosts.len()).map(|h| (h, empty.misfit(i, h))).collect();
     if alone.iter().all(|(_, m)| m.is_some()) {
         if alone.iter().all(|(_, m)| *m == Some(Misfit::Mask)) {
             return match it.pinned {
-                Some(p) => format!("{prefix}pinned to host {}, which {}", hosts[p as usize].name, misfit_text(&empty, hosts, workloads, i, p as usize, &Misfit::Mask)),
-                None => format!("{prefix}{} on every host", misfit_text(&empty, hosts, workloads, i, 0, &Misfit::Mask)),
+                Some(p) => format!(
+                    "{prefix}pinned to host {}, which {}",
+                    hosts[p as usize].name,
+                    misfit_text(&empty, hosts, workloads, i, p as usize, &Misfit::Mask)
+                ),
+                None => format!(
+                    "{prefix}{} on every host",
+                    misfit_text(&empty, hosts, workloads, i, 0, &Misfit::Mask)
+                ),
             };
         }
         if alone.iter().all(|(_, m)| *m == Some(Misfit::MaxVms)) {
-            return format!("{prefix}needs {} VMs on one host, more than any host allows", it.vms);
+            return format!(
+                "{prefix}needs {} VMs on one host, more than any host allows",
+                it.vms
+            );
         }
         // Name a resource that no host can hold.
         for d in 0..D {
             let need = it.peak[d];
             let best = (0..hosts.len())
-                .filter(|&h| it.mask.map_or(true, |m| inst.masks[m as usize][h]))
-                .map(|h| (inst.hosts[h].limit[d] - f64::from(it.vms) * if d == MEM { inst.hosts[h].overhead } else { 0.0 }, h))
+                .filter(|&h| it.mask.is_none_or(|m| inst.masks[m as usize][h]))
+                .map(|h| {
+                    (
+                        inst.hosts[h].limit[d]
+                            - f64::from(it.vms)
+                                * if d == MEM {
+                                    inst.hosts[h].overhead
+                                } else {
+                                    0.0
+                                },
+                        h,
+                    )
+                })
                 .fold(None, |acc: Option<(f64, usize)>, (l, h)| match acc {
                     Some((bl, _)) if bl >= l => acc,
                     _ => Some((l, h)),
@@ -466,9 +533,20 @@ fn unplaced_reason(st: &State, hosts: &[Host], workloads: &[Workload], i: usize)
         let why: Vec<String> = alone
             .iter()
             .take(3)
-            .filter_map(|(h, m)| m.as_ref().map(|m| format!("host {}: {}", hosts[*h].name, misfit_text(&empty, hosts, workloads, i, *h, m))))
+            .filter_map(|(h, m)| {
+                m.as_ref().map(|m| {
+                    format!(
+                        "host {}: {}",
+                        hosts[*h].name,
+                        misfit_text(&empty, hosts, workloads, i, *h, m)
+                    )
+                })
+            })
             .collect();
-        return format!("{prefix}no host can hold all of it at once: {}", why.join("; "));
+        return format!(
+            "{prefix}no host can hold all of it at once: {}",
+            why.join("; ")
+        );
     }
     let mut why: Vec<String> = Vec::new();
     let mut more = 0usize;
@@ -476,12 +554,20 @@ fn unplaced_reason(st: &State, hosts: &[Host], workloads: &[Workload], i: usize)
         let h = h as usize;
         if let Some(m) = st.misfit(i, h) {
             if why.len() < 3 {
-                why.push(format!("host {}: {}", hosts[h].name, misfit_text(st, hosts, workloads, i, h, &m)));
+                why.push(format!(
+                    "host {}: {}",
+                    hosts[h].name,
+                    misfit_text(st, hosts, workloads, i, h, &m)
+                ));
             } else {
                 more += 1;
             }
         }
     }
-    let tail = if more > 0 { format!(" (and {more} more hosts)") } else { String::new() };
+    let tail = if more > 0 {
+        format!(" (and {more} more hosts)")
+    } else {
+        String::new()
+    };
     format!("{prefix}no host has room left: {}{tail}", why.join("; "))
 }

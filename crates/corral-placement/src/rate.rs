@@ -37,22 +37,52 @@ pub struct HostRating {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
     /// The resource goes from `before` to `after`, within `limit`.
-    Load { resource: Resource, before: f64, after: f64 },
+    Load {
+        resource: Resource,
+        before: f64,
+        after: f64,
+    },
     /// The resource would exceed its limit.
-    Over { resource: Resource, after: f64, limit: f64 },
-    MissingNetwork { network: String },
-    PinnedElsewhere { host: String },
-    KeepApart { group: String },
-    MaxVms { max: u32 },
+    Over {
+        resource: Resource,
+        after: f64,
+        limit: f64,
+    },
+    MissingNetwork {
+        network: String,
+    },
+    PinnedElsewhere {
+        host: String,
+    },
+    KeepApart {
+        group: String,
+    },
+    MaxVms {
+        max: u32,
+    },
 }
 
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reason::Load { resource, before, after } => {
-                write!(f, "{} {} → {}", resource.label(), percent(*before), percent(*after))
+            Reason::Load {
+                resource,
+                before,
+                after,
+            } => {
+                write!(
+                    f,
+                    "{} {} → {}",
+                    resource.label(),
+                    percent(*before),
+                    percent(*after)
+                )
             }
-            Reason::Over { resource, after, limit } => write!(
+            Reason::Over {
+                resource,
+                after,
+                limit,
+            } => write!(
                 f,
                 "{} would reach {} (limit {})",
                 resource.label(),
@@ -61,15 +91,24 @@ impl std::fmt::Display for Reason {
             ),
             Reason::MissingNetwork { network } => write!(f, "does not reach network {network}"),
             Reason::PinnedElsewhere { host } => write!(f, "workload is pinned to host {host}"),
-            Reason::KeepApart { group } => write!(f, "keep-apart group {group} already has a member here"),
+            Reason::KeepApart { group } => {
+                write!(f, "keep-apart group {group} already has a member here")
+            }
             Reason::MaxVms { max } => write!(f, "already runs {max} VMs, the most allowed"),
         }
     }
 }
 
 /// Rate every host for `workload`, best first (ties keep the input order).
-pub fn rate_hosts(workload: &Workload, hosts: &[HostLoad], options: &PlanOptions) -> Vec<HostRating> {
-    let mut out: Vec<HostRating> = hosts.iter().map(|h| rate_one(workload, h, options)).collect();
+pub fn rate_hosts(
+    workload: &Workload,
+    hosts: &[HostLoad],
+    options: &PlanOptions,
+) -> Vec<HostRating> {
+    let mut out: Vec<HostRating> = hosts
+        .iter()
+        .map(|h| rate_one(workload, h, options))
+        .collect();
     out.sort_by(|a, b| b.score.total_cmp(&a.score));
     out
 }
@@ -107,7 +146,9 @@ fn rate_one(w: &Workload, hl: &HostLoad, options: &PlanOptions) -> HostRating {
         }
     }
     let cap = host.capacity();
-    let reserve = host.reserve_memory_gib.unwrap_or(options.reserve_memory_gib);
+    let reserve = host
+        .reserve_memory_gib
+        .unwrap_or(options.reserve_memory_gib);
     let overhead = host.vm_overhead_gib.unwrap_or(options.vm_overhead_gib);
     let mem = Resource::Memory as usize;
     let mut before = [0.0f64; RESOURCES];
@@ -138,9 +179,17 @@ fn rate_one(w: &Workload, hl: &HostLoad, options: &PlanOptions) -> HostRating {
         let limit = options.max_utilisation;
         if ua > limit + 1e-9 {
             blocked = true;
-            reasons.push(Reason::Over { resource: r, after: ua, limit });
+            reasons.push(Reason::Over {
+                resource: r,
+                after: ua,
+                limit,
+            });
         } else if w.demand.peak[d] > 0.0 || d <= mem {
-            reasons.push(Reason::Load { resource: r, before: ub, after: ua });
+            reasons.push(Reason::Load {
+                resource: r,
+                before: ub,
+                after: ua,
+            });
         }
         worst = worst.max(ua / limit);
     }

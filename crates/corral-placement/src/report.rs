@@ -32,15 +32,35 @@ pub fn to_table(plan: &Plan, explain: bool) -> String {
         plan.mode,
         percent(plan.max_utilisation)
     );
-    let lp = plan.bounds.lp.map(|v| format!(", LP bound {v:.2}")).unwrap_or_default();
+    let lp = plan
+        .bounds
+        .lp
+        .map(|v| format!(", LP bound {v:.2}"))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
         "Lower bound: {} hosts (volume{lp}){}.",
-        plan.bounds.volume.max(plan.bounds.lp.map_or(0, |v| (v - 1e-6).ceil() as usize)),
-        if plan.bounds.proven_optimal { "; this plan is optimal" } else { "" }
+        plan.bounds
+            .volume
+            .max(plan.bounds.lp.map_or(0, |v| (v - 1e-6).ceil() as usize)),
+        if plan.bounds.proven_optimal {
+            "; this plan is optimal"
+        } else {
+            ""
+        }
     );
     out.push('\n');
-    let headers = ["HOST", "VMS", "CPU", "MEMORY", "NET IN", "NET OUT", "DISK", "IOPS", "TIGHTEST (headroom)"];
+    let headers = [
+        "HOST",
+        "VMS",
+        "CPU",
+        "MEMORY",
+        "NET IN",
+        "NET OUT",
+        "DISK",
+        "IOPS",
+        "TIGHTEST (headroom)",
+    ];
     let mut rows: Vec<Vec<String>> = Vec::new();
     for h in plan.hosts.iter().filter(|h| h.used) {
         let mut row = vec![h.host.clone(), h.workloads.len().to_string()];
@@ -69,11 +89,20 @@ pub fn to_table(plan: &Plan, explain: bool) -> String {
         }
         s.trim_end().to_string()
     };
-    let _ = writeln!(out, "{}", line(headers.iter().map(|s| s.to_string()).collect()));
+    let _ = writeln!(
+        out,
+        "{}",
+        line(headers.iter().map(|s| s.to_string()).collect())
+    );
     for row in rows {
         let _ = writeln!(out, "{}", line(row));
     }
-    let unused: Vec<&str> = plan.hosts.iter().filter(|h| !h.used).map(|h| h.host.as_str()).collect();
+    let unused: Vec<&str> = plan
+        .hosts
+        .iter()
+        .filter(|h| !h.used)
+        .map(|h| h.host.as_str())
+        .collect();
     if !unused.is_empty() {
         let _ = writeln!(out, "\nNot needed: {}", unused.join(", "));
     }
@@ -144,7 +173,10 @@ fn chart(r: &ResourceUse, cap_fraction: f64) -> String {
         percent(r.utilisation)
     );
     let y = |u: f64| top + plot * (1.0 - u.clamp(0.0, 1.0));
-    let _ = write!(s, "<rect x=\"0\" y=\"{top}\" width=\"{w}\" height=\"{plot}\" fill=\"#f4f6f7\"/>");
+    let _ = write!(
+        s,
+        "<rect x=\"0\" y=\"{top}\" width=\"{w}\" height=\"{plot}\" fill=\"#f4f6f7\"/>"
+    );
     if r.hourly.is_empty() {
         let bw = w * r.utilisation.clamp(0.0, 1.0);
         let _ = write!(
@@ -180,8 +212,17 @@ fn chart(r: &ResourceUse, cap_fraction: f64) -> String {
             s,
             "<line x1=\"0\" y1=\"{cy:.1}\" x2=\"{w}\" y2=\"{cy:.1}\" stroke=\"#555\" stroke-dasharray=\"3,2\"/>"
         );
-        let _ = write!(s, "<text x=\"0\" y=\"{}\" font-size=\"9\">00h</text>", h - 2.0);
-        let _ = write!(s, "<text x=\"{}\" y=\"{}\" font-size=\"9\">23h UTC</text>", w - 40.0, h - 2.0);
+        let _ = write!(
+            s,
+            "<text x=\"0\" y=\"{}\" font-size=\"9\">00h</text>",
+            h - 2.0
+        );
+        let _ = write!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"9\">23h UTC</text>",
+            w - 40.0,
+            h - 2.0
+        );
     }
     s.push_str("</svg>");
     s
@@ -210,7 +251,12 @@ pub fn to_html(plan: &Plan) -> String {
     if !plan.unplaced.is_empty() {
         s.push_str("<h2 class=\"bad\">Cannot place</h2><ul>");
         for u in &plan.unplaced {
-            let _ = write!(s, "<li><b>{}</b>: {}</li>", esc(&u.workload), esc(&u.reason));
+            let _ = write!(
+                s,
+                "<li><b>{}</b>: {}</li>",
+                esc(&u.workload),
+                esc(&u.reason)
+            );
         }
         s.push_str("</ul>");
     }
@@ -221,7 +267,11 @@ pub fn to_html(plan: &Plan) -> String {
             "<div class=\"host\"><h3>{}{}</h3><p>{}</p><div class=\"charts\">",
             esc(&h.host),
             if h.used { "" } else { " (not needed)" },
-            if h.workloads.is_empty() { "no workloads".to_string() } else { esc(&h.workloads.join(", ")) }
+            if h.workloads.is_empty() {
+                "no workloads".to_string()
+            } else {
+                esc(&h.workloads.join(", "))
+            }
         );
         for r in &h.resources {
             if r.capacity.is_none() {
@@ -239,10 +289,12 @@ pub fn to_html(plan: &Plan) -> String {
                 s,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 r.resource.label(),
-                r.capacity.map_or("unlimited".into(), |c| r.resource.format_amount(c)),
+                r.capacity
+                    .map_or("unlimited".into(), |c| r.resource.format_amount(c)),
                 r.resource.format_amount(r.peak),
                 cell(r),
-                r.headroom.map_or("-".into(), |x| r.resource.format_amount(x))
+                r.headroom
+                    .map_or("-".into(), |x| r.resource.format_amount(x))
             );
         }
         s.push_str("</table></div>");
@@ -256,7 +308,12 @@ pub fn to_html(plan: &Plan) -> String {
     }
     s.push_str("<h2>Assignments</h2><table><tr><th>workload</th><th>host</th></tr>");
     for a in &plan.assignments {
-        let _ = write!(s, "<tr><td>{}</td><td>{}</td></tr>", esc(&a.workload), esc(&a.host));
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(&a.workload),
+            esc(&a.host)
+        );
     }
     s.push_str("</table>");
     s.push_str("</body></html>\n");

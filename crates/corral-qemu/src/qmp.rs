@@ -332,8 +332,8 @@ impl Qmp {
     /// `timeout`. Retries while the socket does not exist yet or refuses connections.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
         let deadline = Instant::now() + timeout;
+        let stream = connect_socket(path, deadline).await?;
         let handshake = async {
-            let stream = connect_socket(path, deadline).await?;
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
             let greeting = read_message(&mut lines).await?;
@@ -357,13 +357,16 @@ impl Qmp {
             }
             Ok((lines, write, version))
         };
-        let (lines, mut write, version) =
-            tokio::time::timeout(timeout, handshake)
-                .await
-                .map_err(|_| QmpError::Timeout {
-                    what: format!("greeting on {path:?} (is another client connected?)"),
-                    after: timeout,
-                })??;
+        // At least a moment for the greeting even when connecting used up the time.
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        let (lines, mut write, version) = tokio::time::timeout(remaining, handshake)
+            .await
+            .map_err(|_| QmpError::Timeout {
+                what: format!("greeting on {path:?} (is another client connected?)"),
+                after: timeout,
+            })??;
 
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (closed_tx, closed_rx) = watch::channel(false);
@@ -740,6 +743,7 @@ mod tests {
             events.recv().await,
             Err(broadcast::error::RecvError::Closed)
         ));
+        drop(qmp); // lets the fake server see EOF
         server.await.expect("server");
     }
 

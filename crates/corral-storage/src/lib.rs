@@ -11,5 +11,6 @@ pub mod volume;
 
 pub use iso::{check_iso, list_isos};
 pub use volume::{
-    create_volume, fs_space, remove_volume, volume_file_name, volume_info, VolumeError, VolumeInfo,
+    create_volume, fs_space, import_volume, remove_volume, volume_file_name, volume_info,
+    VolumeError, VolumeInfo,
 };

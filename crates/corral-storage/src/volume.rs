@@ -80,6 +80,39 @@ pub async fn create_volume(
     run_qemu_img("create", path, &mut cmd).await.map(|_| ())
 }
 
+/// Create a volume as a copy of an existing image (any format qemu-img reads), converted to
+/// `format` and grown to `min_size_bytes` if the image is smaller. Returns the virtual size.
+pub async fn import_volume(
+    source: &Path,
+    path: &Path,
+    format: DiskFormat,
+    min_size_bytes: u64,
+) -> Result<u64, VolumeError> {
+    require_absolute(source)?;
+    require_absolute(path)?;
+    if path.exists() {
+        return Err(VolumeError::Exists(path.to_path_buf()));
+    }
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-q", "-U", "-O", format.as_str()])
+        .arg(source)
+        .arg(path);
+    run_qemu_img("convert", source, &mut cmd).await?;
+    let size = volume_info(path).await?.virtual_size;
+    if min_size_bytes > size {
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["resize", "-q", "-f", format.as_str()])
+            .arg(path)
+            .arg(min_size_bytes.to_string());
+        if let Err(e) = run_qemu_img("resize", path, &mut cmd).await {
+            let _ = remove_volume(path).await;
+            return Err(e);
+        }
+        return Ok(min_size_bytes);
+    }
+    Ok(size)
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct VolumeInfo {
     pub format: String,
@@ -181,6 +214,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(volume_info(&clone).await.unwrap().backing_file, Some(base));
+    }
+
+    #[tokio::test]
+    async fn import_converts_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.raw");
+        std::fs::write(&src, vec![7u8; 1 << 20]).unwrap();
+        let dst = dir.path().join("dst.qcow2");
+        let size = import_volume(&src, &dst, DiskFormat::Qcow2, 4 << 20)
+            .await
+            .unwrap();
+        assert_eq!(size, 4 << 20);
+        let info = volume_info(&dst).await.unwrap();
+        assert_eq!(
+            (info.format.as_str(), info.virtual_size),
+            ("qcow2", 4 << 20)
+        );
+        let missing = import_volume(
+            &dir.path().join("nope"),
+            &dir.path().join("x.qcow2"),
+            DiskFormat::Qcow2,
+            0,
+        )
+        .await;
+        assert!(matches!(missing, Err(VolumeError::QemuImg { .. })));
+        assert!(!dir.path().join("x.qcow2").exists());
     }
 
     #[tokio::test]

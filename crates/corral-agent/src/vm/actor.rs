@@ -215,18 +215,11 @@ impl Actor {
                     .first()
                     .map(|d| d.bus)
                     .unwrap_or_default();
-                let disk =
+                let mut disk =
                     self.agent
                         .disk_from_request(&self.rec.id, &device, &req, default_bus)?;
                 task.phase("creating volume", 0.3);
-                corral_storage::create_volume(&disk.path, disk.format, disk.size_bytes, None)
-                    .await
-                    .map_err(|e| {
-                        ApiError::internal(format!(
-                            "cannot create disk {device}: {}",
-                            error_chain(&e)
-                        ))
-                    })?;
+                crate::agent::create_disk_volume(&mut disk, req.import_from.clone()).await?;
                 self.rec.spec.disks.push(disk.clone());
                 if let Err(e) = self.persist() {
                     self.rec.spec.disks.pop();

@@ -13,10 +13,10 @@
 mod read;
 mod write;
 
-pub use read::{read_archive, read_manifest, ImportedDisk, ImportedVm, Limits};
 pub(crate) use read::reconcile_spec;
-pub use write::{write_archive, ArchiveSummary, DiskSummary, WriteOptions};
+pub use read::{read_archive, read_manifest, ImportedDisk, ImportedVm, Limits};
 pub(crate) use write::nonzero_runs;
+pub use write::{write_archive, ArchiveSummary, DiskSummary, WriteOptions};
 
 use crate::error::ArchiveError;
 use corral_model::{DiskFormat, VmSpec};
@@ -160,8 +160,7 @@ pub(crate) fn parse_extent_name(name: &str) -> Option<ExtentName> {
     };
     let mut parts = stem.split('-');
     let (o, l, h) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || o.len() != 16 || h.len() != 16 || l.is_empty() || l.len() > 16
-    {
+    if parts.next().is_some() || o.len() != 16 || h.len() != 16 || l.is_empty() || l.len() > 16 {
         return None;
     }
     let hex = |s: &str| {

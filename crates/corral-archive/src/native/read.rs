@@ -71,8 +71,8 @@ pub struct ImportedVm {
 /// Check the format and version, then decode. Newer majors are refused before their layout is
 /// looked at, since it may differ.
 fn decode_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, ArchiveError> {
-    let v: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| bad_manifest(format!("not valid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad_manifest(format!("not valid JSON: {e}")))?;
     if v["format"].as_str() != Some(FORMAT_NAME) {
         return Err(ArchiveError::NotCorralArchive(format!(
             "manifest format is {}, not {FORMAT_NAME:?}",
@@ -164,7 +164,7 @@ pub fn read_manifest<R: Read>(
 ) -> Result<(Manifest, VmSpec, Vec<String>), ArchiveError> {
     let mut ar = tar::Archive::new(input);
     let mut entries = ar.entries().map_err(ArchiveError::read)?;
-    let (m, _) = first_manifest(&mut entries, limits, &mut MemberHasher::new())?;
+    let m = first_manifest(&mut entries, limits, &mut MemberHasher::new())?;
     let (spec, warnings) = parse_spec_lenient(&m.vm).map_err(bad_manifest)?;
     Ok((m, spec, warnings))
 }
@@ -173,7 +173,7 @@ fn first_manifest<R: Read>(
     entries: &mut tar::Entries<'_, R>,
     limits: &Limits,
     hasher: &mut MemberHasher,
-) -> Result<(Manifest, ()), ArchiveError> {
+) -> Result<Manifest, ArchiveError> {
     let mut entry = match entries.next() {
         None => {
             return Err(ArchiveError::NotCorralArchive(
@@ -196,7 +196,7 @@ fn first_manifest<R: Read>(
     let bytes = read_member(&mut entry, &name, limits.max_manifest_bytes, "manifest")?;
     hasher.begin(&name, bytes.len() as u64);
     hasher.data(&bytes);
-    Ok((decode_manifest(&bytes, limits)?, ()))
+    decode_manifest(&bytes, limits)
 }
 
 struct Work {
@@ -236,11 +236,7 @@ fn decode_extent(
         if data.len() as u64 != w.length {
             return Err(ArchiveError::member(
                 &w.name,
-                format!(
-                    "holds {} bytes, not the declared {}",
-                    data.len(),
-                    w.length
-                ),
+                format!("holds {} bytes, not the declared {}", data.len(), w.length),
             ));
         }
         let got = xxhash_rust::xxh3::xxh3_64(&data);
@@ -300,7 +296,7 @@ pub fn read_archive<R: Read>(
     let mut ar = tar::Archive::new(input);
     let mut entries = ar.entries().map_err(ArchiveError::read)?;
     let mut hasher = MemberHasher::new();
-    let (m, ()) = first_manifest(&mut entries, limits, &mut hasher)?;
+    let m = first_manifest(&mut entries, limits, &mut hasher)?;
     let (mut spec, mut warnings) = parse_spec_lenient(&m.vm).map_err(bad_manifest)?;
 
     for (index, d) in m.disks.iter().enumerate() {
@@ -365,7 +361,10 @@ pub fn read_archive<R: Read>(
                         Err(_) => return,
                     };
                     let Ok(w) = next else { return };
-                    if done_tx.send(decode_extent(w, compression, &mut dec)).is_err() {
+                    if done_tx
+                        .send(decode_extent(w, compression, &mut dec))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -410,7 +409,10 @@ pub fn read_archive<R: Read>(
                 ));
             }
             let Some(disk) = m.disks.get(x.disk) else {
-                return Err(ArchiveError::member(&name, "names a disk the manifest lacks"));
+                return Err(ArchiveError::member(
+                    &name,
+                    "names a disk the manifest lacks",
+                ));
             };
             if x.disk < cursor.disk {
                 return Err(ArchiveError::member(&name, "disk out of order"));
@@ -433,9 +435,10 @@ pub fn read_archive<R: Read>(
                     "overlaps or precedes the previous extent",
                 ));
             }
-            let end = x.offset.checked_add(x.length).ok_or_else(|| {
-                ArchiveError::member(&name, "extent end overflows")
-            })?;
+            let end = x
+                .offset
+                .checked_add(x.length)
+                .ok_or_else(|| ArchiveError::member(&name, "extent end overflows"))?;
             while cursor.range < disk.allocated.len() {
                 let (o, l) = disk.allocated[cursor.range];
                 if o + l <= x.offset {
@@ -463,7 +466,10 @@ pub fn read_archive<R: Read>(
             if size > bound || (compression == Compression::None && size != x.length) {
                 return Err(ArchiveError::member(
                     &name,
-                    format!("stores {size} bytes, which disagrees with its length {}", x.length),
+                    format!(
+                        "stores {size} bytes, which disagrees with its length {}",
+                        x.length
+                    ),
                 ));
             }
             let payload = read_member(&mut entry, &name, bound, "extent")?;
@@ -480,7 +486,9 @@ pub fn read_archive<R: Read>(
                     hash: x.hash,
                     payload,
                 })
-                .map_err(|_| ArchiveError::ReadArchive(io::Error::other("import workers stopped")))?;
+                .map_err(|_| {
+                    ArchiveError::ReadArchive(io::Error::other("import workers stopped"))
+                })?;
             in_flight += 1;
             while in_flight >= window {
                 let d = done_rx.recv().map_err(|_| {
@@ -507,9 +515,7 @@ pub fn read_archive<R: Read>(
             in_flight -= 1;
             write(sink, d)?;
         }
-        checksums.ok_or_else(|| {
-            ArchiveError::Truncated("it ends before checksums.json".into())
-        })
+        checksums.ok_or_else(|| ArchiveError::Truncated("it ends before checksums.json".into()))
     })?;
 
     let computed = hasher.hex();
@@ -567,7 +573,11 @@ pub fn read_archive<R: Read>(
 
 /// Point the spec's disks at the imported volumes; add disks the spec lacks and drop the ones
 /// the archive lacks, with a warning each.
-pub(crate) fn reconcile_spec(spec: &mut VmSpec, disks: &[ImportedDisk], warnings: &mut Vec<String>) {
+pub(crate) fn reconcile_spec(
+    spec: &mut VmSpec,
+    disks: &[ImportedDisk],
+    warnings: &mut Vec<String>,
+) {
     spec.disks.retain(|sd| {
         let keep = disks.iter().any(|d| d.device == sd.device);
         if !keep {

@@ -15,6 +15,7 @@
 
 mod ovf;
 
+pub(crate) use ovf::sanitize_name as sanitize_vm_name;
 pub use ovf::{parse_ovf, parse_units, ImageFormat, OvfDisk, OvfFile, OvfPlan};
 
 use crate::error::ArchiveError;
@@ -119,19 +120,19 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
     };
     item(&mut x, format!("        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>\n        <rasd:Description>Number of virtual CPUs</rasd:Description>\n        <rasd:ElementName>{} virtual CPU(s)</rasd:ElementName>\n        <rasd:ResourceType>3</rasd:ResourceType>\n        <rasd:VirtualQuantity>{}</rasd:VirtualQuantity>\n", spec.vcpus, spec.vcpus));
     item(&mut x, format!("        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>\n        <rasd:Description>Memory size</rasd:Description>\n        <rasd:ElementName>{} MB of memory</rasd:ElementName>\n        <rasd:ResourceType>4</rasd:ResourceType>\n        <rasd:VirtualQuantity>{}</rasd:VirtualQuantity>\n", spec.memory_bytes >> 20, spec.memory_bytes >> 20));
-    let need = |b: DiskBus| {
-        disks.iter().any(|d| d.bus == b)
-            || spec.cdroms.iter().any(|c| c.bus == b)
-    };
+    let need =
+        |b: DiskBus| disks.iter().any(|d| d.bus == b) || spec.cdroms.iter().any(|c| c.bus == b);
     let ide = need(DiskBus::Ide).then(|| item(&mut x, "        <rasd:Address>0</rasd:Address>\n        <rasd:ElementName>IDE controller</rasd:ElementName>\n        <rasd:ResourceType>5</rasd:ResourceType>\n".into()));
     let sata = need(DiskBus::Sata).then(|| item(&mut x, "        <rasd:Address>0</rasd:Address>\n        <rasd:ElementName>SATA controller</rasd:ElementName>\n        <rasd:ResourceSubType>AHCI</rasd:ResourceSubType>\n        <rasd:ResourceType>20</rasd:ResourceType>\n".into()));
     let virtio = need(DiskBus::Virtio).then(|| item(&mut x, "        <rasd:Address>0</rasd:Address>\n        <rasd:ElementName>virtio block controller</rasd:ElementName>\n        <rasd:ResourceSubType>virtio</rasd:ResourceSubType>\n        <rasd:ResourceType>20</rasd:ResourceType>\n".into()));
-    let parent = |b: DiskBus| match b {
-        DiskBus::Ide => ide,
-        DiskBus::Sata => sata,
-        DiskBus::Virtio => virtio,
-    }
-    .unwrap_or(0);
+    let parent = |b: DiskBus| {
+        match b {
+            DiskBus::Ide => ide,
+            DiskBus::Sata => sata,
+            DiskBus::Virtio => virtio,
+        }
+        .unwrap_or(0)
+    };
     let mut slot = [0u32; 3];
     let mut next_slot = |b: DiskBus| {
         let s = &mut slot[b as usize];
@@ -143,7 +144,11 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
         item(&mut x, format!("        <rasd:AddressOnParent>{a}</rasd:AddressOnParent>\n        <rasd:ElementName>{}</rasd:ElementName>\n        <rasd:HostResource>ovf:/disk/vmdisk{i}</rasd:HostResource>\n        <rasd:Parent>{p}</rasd:Parent>\n        <rasd:ResourceType>17</rasd:ResourceType>\n", xml_escape(&d.device)));
     }
     for c in &spec.cdroms {
-        let bus = if c.bus == DiskBus::Virtio { DiskBus::Sata } else { c.bus };
+        let bus = if c.bus == DiskBus::Virtio {
+            DiskBus::Sata
+        } else {
+            c.bus
+        };
         let (p, a) = (parent(bus), next_slot(bus));
         item(&mut x, format!("        <rasd:AddressOnParent>{a}</rasd:AddressOnParent>\n        <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>\n        <rasd:ElementName>{}</rasd:ElementName>\n        <rasd:Parent>{p}</rasd:Parent>\n        <rasd:ResourceType>15</rasd:ResourceType>\n", xml_escape(&c.device)));
     }
@@ -156,12 +161,17 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
         let mac = if n.mac.is_empty() {
             String::new()
         } else {
-            format!("        <rasd:Address>{}</rasd:Address>\n", xml_escape(&n.mac))
+            format!(
+                "        <rasd:Address>{}</rasd:Address>\n",
+                xml_escape(&n.mac)
+            )
         };
         item(&mut x, format!("{mac}        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>\n        <rasd:Connection>{}</rasd:Connection>\n        <rasd:ElementName>{}</rasd:ElementName>\n        <rasd:ResourceSubType>{sub}</rasd:ResourceSubType>\n        <rasd:ResourceType>10</rasd:ResourceType>\n", xml_escape(&n.network), xml_escape(&n.device)));
     }
     if spec.firmware == Firmware::Uefi {
-        x.push_str("      <vmw:Config ovf:required=\"false\" vmw:key=\"firmware\" vmw:value=\"efi\"/>\n");
+        x.push_str(
+            "      <vmw:Config ovf:required=\"false\" vmw:key=\"firmware\" vmw:value=\"efi\"/>\n",
+        );
     }
     x.push_str("    </VirtualHardwareSection>\n  </VirtualSystem>\n</Envelope>\n");
     x
@@ -222,7 +232,7 @@ pub fn write_ova<W: Write>(
         .map_err(ArchiveError::WriteArchive)?;
     let mut ddisks = Vec::new();
     let mut paths = Vec::new();
-    let total_virtual: u64 = disks.len() as u64;
+    let disk_count: u64 = disks.len() as u64;
     for (i, d) in disks.iter().enumerate() {
         corral_model::validate::validate_name("disk device", &d.device)
             .map_err(ArchiveError::InvalidInput)?;
@@ -230,13 +240,15 @@ pub fn write_ova<W: Write>(
             phase: Phase::Preparing,
             device: Some(d.device.clone()),
             bytes_done: i as u64,
-            bytes_total: total_virtual,
+            bytes_total: disk_count,
         });
         let info = image_info(&d.path, d.format.as_str())?;
-        let capacity = info["virtual-size"].as_u64().ok_or_else(|| ArchiveError::ToolFailed {
-            tool: "qemu-img info".into(),
-            message: "no virtual-size".into(),
-        })?;
+        let capacity = info["virtual-size"]
+            .as_u64()
+            .ok_or_else(|| ArchiveError::ToolFailed {
+                tool: "qemu-img info".into(),
+                message: "no virtual-size".into(),
+            })?;
         let file_name = format!("{}-{}.vmdk", spec.name, d.device);
         let vmdk = tmp.path().join(&file_name);
         qemu_img(&[
@@ -280,11 +292,22 @@ pub fn write_ova<W: Write>(
         files.push((d.file_name.clone(), d.file_size, h));
     }
     let bytes_total: u64 = files.iter().map(|f| f.1).sum();
-    let mut b = tar::Builder::new(CountingWriter { inner: out, count: 0 });
-    b.append_data(&mut ustar(descriptor.len() as u64), &ovf_name, descriptor.as_bytes())
-        .map_err(ArchiveError::WriteArchive)?;
-    b.append_data(&mut ustar(mf.len() as u64), format!("{}.mf", spec.name), mf.as_bytes())
-        .map_err(ArchiveError::WriteArchive)?;
+    let mut b = tar::Builder::new(CountingWriter {
+        inner: out,
+        count: 0,
+    });
+    b.append_data(
+        &mut ustar(descriptor.len() as u64),
+        &ovf_name,
+        descriptor.as_bytes(),
+    )
+    .map_err(ArchiveError::WriteArchive)?;
+    b.append_data(
+        &mut ustar(mf.len() as u64),
+        format!("{}.mf", spec.name),
+        mf.as_bytes(),
+    )
+    .map_err(ArchiveError::WriteArchive)?;
     let mut done = 0;
     for (d, p) in ddisks.iter().zip(&paths) {
         let f = File::open(p).map_err(ArchiveError::WriteArchive)?;
@@ -329,7 +352,10 @@ pub fn locate_ovf(path: &Path) -> Result<OvfLocation, ArchiveError> {
         }
         return match ovfs.len() {
             1 => Ok(OvfLocation::Directory(path.to_path_buf())),
-            0 => Err(ArchiveError::InvalidOvf(format!("{} holds no .ovf file", path.display()))),
+            0 => Err(ArchiveError::InvalidOvf(format!(
+                "{} holds no .ovf file",
+                path.display()
+            ))),
             n => Err(ArchiveError::InvalidOvf(format!(
                 "{} holds {n} .ovf files; name one",
                 path.display()
@@ -368,7 +394,9 @@ fn descriptor_text(bytes: Vec<u8>) -> Result<String, ArchiveError> {
 
 fn read_capped(r: &mut impl Read, cap: u64, what: &str) -> Result<Vec<u8>, ArchiveError> {
     let mut v = Vec::new();
-    r.take(cap + 1).read_to_end(&mut v).map_err(ArchiveError::read)?;
+    r.take(cap + 1)
+        .read_to_end(&mut v)
+        .map_err(ArchiveError::read)?;
     if v.len() as u64 > cap {
         return Err(ArchiveError::LimitExceeded(format!(
             "{what} is larger than the maximum of {cap} bytes"
@@ -389,10 +417,13 @@ fn dir_descriptor(loc: &OvfLocation) -> Result<(PathBuf, PathBuf), ArchiveError>
             Err(ArchiveError::InvalidOvf("no .ovf file".into()))
         }
         OvfLocation::Descriptor(p) => Ok((
-            p.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+            p.parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
             p.clone(),
         )),
-        OvfLocation::Ova(_) => Err(ArchiveError::InvalidInput("an OVA is not a directory".into())),
+        OvfLocation::Ova(_) => Err(ArchiveError::InvalidInput(
+            "an OVA is not a directory".into(),
+        )),
     }
 }
 
@@ -409,7 +440,11 @@ pub fn plan_ovf(path: &Path, limits: &Limits) -> Result<OvfPlan, ArchiveError> {
         _ => {
             let (_, p) = dir_descriptor(&loc)?;
             let mut f = File::open(&p).map_err(ArchiveError::ReadArchive)?;
-            descriptor_text(read_capped(&mut f, limits.max_manifest_bytes, "the descriptor")?)?
+            descriptor_text(read_capped(
+                &mut f,
+                limits.max_manifest_bytes,
+                "the descriptor",
+            )?)?
         }
     };
     parse_ovf(&xml)
@@ -433,21 +468,29 @@ fn ova_descriptor<R: Read>(
         let bytes = read_capped(&mut e, limits.max_manifest_bytes, "the descriptor")?;
         return Ok((name, descriptor_text(bytes)?));
     }
-    Err(ArchiveError::InvalidOvf("the OVA holds no descriptor".into()))
+    Err(ArchiveError::InvalidOvf(
+        "the OVA holds no descriptor".into(),
+    ))
 }
 
 /// Parse an OVF manifest: `SHA256(name)= hex` or `SHA1(name)= hex` lines.
 fn parse_mf(text: &str) -> Result<Vec<(String, String, String)>, ArchiveError> {
     let mut out = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let bad = || ArchiveError::InvalidOvf(format!("manifest line {line:?} is not ALGO(file)= digest"));
+        let bad = || {
+            ArchiveError::InvalidOvf(format!("manifest line {line:?} is not ALGO(file)= digest"))
+        };
         let (algo, rest) = line.split_once('(').ok_or_else(bad)?;
         let (file, digest) = rest.rsplit_once(")=").ok_or_else(bad)?;
         let algo = algo.trim().to_ascii_uppercase();
         if !matches!(algo.as_str(), "SHA1" | "SHA256") {
             return Err(ArchiveError::Unsupported(format!("manifest digest {algo}")));
         }
-        out.push((algo, file.trim().to_string(), digest.trim().to_ascii_lowercase()));
+        out.push((
+            algo,
+            file.trim().to_string(),
+            digest.trim().to_ascii_lowercase(),
+        ));
     }
     Ok(out)
 }
@@ -458,7 +501,11 @@ struct Digests {
     sha256: String,
 }
 
-fn hash_copy(r: &mut impl Read, w: Option<&mut File>, cap: u64) -> Result<(u64, Digests), ArchiveError> {
+fn hash_copy(
+    r: &mut impl Read,
+    w: Option<&mut File>,
+    cap: u64,
+) -> Result<(u64, Digests), ArchiveError> {
     let mut s1 = Sha1::new();
     let mut s2 = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -553,12 +600,12 @@ fn fill_and_finish(
     }
     let mut disks = Vec::new();
     for (i, d) in plan.disks.iter().enumerate() {
-        let (path, format) = sink
-            .finish_disk(i, progress)
-            .map_err(|e| ArchiveError::WriteDisk {
-                device: d.device.clone(),
-                source: e,
-            })?;
+        let (path, format) =
+            sink.finish_disk(i, progress)
+                .map_err(|e| ArchiveError::WriteDisk {
+                    device: d.device.clone(),
+                    source: e,
+                })?;
         disks.push(ImportedDisk {
             device: d.device.clone(),
             virtual_size: d.capacity_bytes,
@@ -603,7 +650,11 @@ pub fn import_ovf(
     let root = dir.canonicalize().map_err(ArchiveError::ReadArchive)?;
     let mut digests = vec![(desc_name, desc_digest)];
     let mut images = Vec::new();
-    let total: u64 = plan.disks.iter().filter_map(|d| d.file.as_ref()?.size).sum();
+    let total: u64 = plan
+        .disks
+        .iter()
+        .filter_map(|d| d.file.as_ref()?.size)
+        .sum();
     let mut done = 0;
     for d in &plan.disks {
         let Some(file) = &d.file else {
@@ -690,7 +741,9 @@ pub fn read_ova<R: Read>(
             continue;
         }
         let Some(idx) = plan.files.iter().position(|f| f.href == name) else {
-            plan.warnings.push(format!("ignored member {name:?}, which the descriptor does not reference"));
+            plan.warnings.push(format!(
+                "ignored member {name:?}, which the descriptor does not reference"
+            ));
             continue;
         };
         if staged[idx].is_some() {
@@ -701,14 +754,19 @@ pub fn read_ova<R: Read>(
         if declared.is_some_and(|d| d != size) {
             return Err(ArchiveError::member(
                 &name,
-                format!("is {size} bytes, not the {} the descriptor declares", declared.unwrap_or(0)),
+                format!(
+                    "is {size} bytes, not the {} the descriptor declares",
+                    declared.unwrap_or(0)
+                ),
             ));
         }
         let path = scratch.join(format!("ova-file{idx}"));
         let mut out = File::create(&path).map_err(ArchiveError::WriteArchive)?;
         let (n, dg) = hash_copy(&mut e, Some(&mut out), limits.max_virtual_size)?;
         if n != size {
-            return Err(ArchiveError::Truncated(format!("member {name:?} ends early")));
+            return Err(ArchiveError::Truncated(format!(
+                "member {name:?} ends early"
+            )));
         }
         done += n;
         progress(Progress {
@@ -731,7 +789,11 @@ pub fn read_ova<R: Read>(
         match &d.file {
             None => images.push(None),
             Some(f) => {
-                let idx = plan.files.iter().position(|x| x.id == f.id).unwrap_or(usize::MAX);
+                let idx = plan
+                    .files
+                    .iter()
+                    .position(|x| x.id == f.id)
+                    .unwrap_or(usize::MAX);
                 match staged.get(idx).cloned().flatten() {
                     Some(p) => images.push(Some(p)),
                     None => {

@@ -72,9 +72,7 @@ fn local<'a>(n: &Node<'a, '_>) -> &'a str {
 }
 
 fn attr<'a>(n: &Node<'a, '_>, name: &str) -> Option<&'a str> {
-    n.attributes()
-        .find(|a| a.name() == name)
-        .map(|a| a.value())
+    n.attributes().find(|a| a.name() == name).map(|a| a.value())
 }
 
 /// Section lookup by element name or by `xsi:type` (`ovf:DiskSection_Type`).
@@ -142,7 +140,7 @@ fn parse_u64(s: &str) -> Option<u64> {
     s.trim().parse().ok()
 }
 
-fn sanitize_name(raw: &str, warnings: &mut Vec<String>) -> String {
+pub(crate) fn sanitize_name(raw: &str, warnings: &mut Vec<String>) -> String {
     let mut name: String = raw
         .trim()
         .chars()
@@ -158,6 +156,9 @@ fn sanitize_name(raw: &str, warnings: &mut Vec<String>) -> String {
         name.remove(0);
     }
     name.truncate(63);
+    while name.ends_with(['.', '_', '-']) {
+        name.pop();
+    }
     if name.is_empty() {
         name = "imported-vm".into();
     }
@@ -186,7 +187,10 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
     // References.
     let mut files = Vec::new();
     if let Some(refs) = env.children().find(|c| is_section(c, "References")) {
-        for f in refs.children().filter(|c| c.is_element() && local(c) == "File") {
+        for f in refs
+            .children()
+            .filter(|c| c.is_element() && local(c) == "File")
+        {
             let id = attr(&f, "id").unwrap_or("").to_string();
             let href = attr(&f, "href")
                 .ok_or_else(|| ArchiveError::InvalidOvf(format!("file {id:?} has no href")))?;
@@ -221,18 +225,25 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
     }
     let mut decls: Vec<DiskDecl> = Vec::new();
     for sec in env.descendants().filter(|c| is_section(c, "DiskSection")) {
-        for d in sec.children().filter(|c| c.is_element() && local(c) == "Disk") {
+        for d in sec
+            .children()
+            .filter(|c| c.is_element() && local(c) == "Disk")
+        {
             let id = attr(&d, "diskId").unwrap_or("");
             let units = attr(&d, "capacityAllocationUnits").unwrap_or("byte");
             let mult = parse_units(units).ok_or_else(|| {
                 ArchiveError::InvalidOvf(format!("disk {id:?}: unknown capacity units {units:?}"))
             })?;
             let capacity = match (attr(&d, "capacity"), attr(&d, "size")) {
-                (Some(c), _) => parse_u64(c)
-                    .and_then(|c| c.checked_mul(mult))
-                    .ok_or_else(|| {
-                        ArchiveError::InvalidOvf(format!("disk {id:?}: capacity {c:?} is not a size"))
-                    })?,
+                (Some(c), _) => {
+                    parse_u64(c)
+                        .and_then(|c| c.checked_mul(mult))
+                        .ok_or_else(|| {
+                            ArchiveError::InvalidOvf(format!(
+                                "disk {id:?}: capacity {c:?} is not a size"
+                            ))
+                        })?
+                }
                 // oVirt: ovf:size in GiB.
                 (None, Some(s)) => parse_u64(s)
                     .and_then(|s| s.checked_mul(1 << 30))
@@ -240,7 +251,9 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                         ArchiveError::InvalidOvf(format!("disk {id:?}: size {s:?} is not a size"))
                     })?,
                 (None, None) => {
-                    return Err(ArchiveError::InvalidOvf(format!("disk {id:?} has no capacity")))
+                    return Err(ArchiveError::InvalidOvf(format!(
+                        "disk {id:?} has no capacity"
+                    )))
                 }
             };
             let file = match attr(&d, "fileRef") {
@@ -260,14 +273,19 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                 Some(i) if i.contains("sata") => Some(DiskBus::Sata),
                 _ => None,
             };
-            let href = file.as_ref().map(|f| f.href.to_ascii_lowercase()).unwrap_or_default();
+            let href = file
+                .as_ref()
+                .map(|f| f.href.to_ascii_lowercase())
+                .unwrap_or_default();
             let format = if fmt.contains("vmdk") || href.ends_with(".vmdk") {
                 ImageFormat::Vmdk
             } else if fmt.contains("qcow") || href.ends_with(".qcow2") {
                 ImageFormat::Qcow2
-            } else if fmt.contains("raw") || href.ends_with(".img") || href.ends_with(".raw") {
-                ImageFormat::Raw
-            } else if file.is_none() {
+            } else if fmt.contains("raw")
+                || href.ends_with(".img")
+                || href.ends_with(".raw")
+                || file.is_none()
+            {
                 ImageFormat::Raw
             } else {
                 return Err(ArchiveError::Unsupported(format!(
@@ -298,7 +316,12 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                 ArchiveError::InvalidOvf("no VirtualSystem".into())
             }
         })?;
-    if env.descendants().filter(|c| is_section(c, "VirtualSystem")).count() > 1 {
+    if env
+        .descendants()
+        .filter(|c| is_section(c, "VirtualSystem"))
+        .count()
+        > 1
+    {
         return Err(ArchiveError::Unsupported(
             "the package holds several VMs; import them one by one".into(),
         ));
@@ -330,6 +353,7 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
     struct DiskItem<'a> {
         parent: Option<&'a str>,
         host_resource: Option<&'a str>,
+        /// (Parent, AddressOnParent); only the address is used for ordering.
         order: (u32, u32),
     }
     let mut disk_items: Vec<DiskItem> = Vec::new();
@@ -338,13 +362,19 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
 
     let items: Vec<Node> = hw
         .children()
-        .filter(|c| c.is_element() && matches!(local(c), "Item" | "StorageItem" | "EthernetPortItem"))
+        .filter(|c| {
+            c.is_element() && matches!(local(c), "Item" | "StorageItem" | "EthernetPortItem")
+        })
         .collect();
     // Controllers first: disk items refer to them by Parent.
     for it in &items {
-        let rt: u32 = child_text(it, "ResourceType").and_then(|t| t.parse().ok()).unwrap_or(0);
+        let rt: u32 = child_text(it, "ResourceType")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
         let id = child_text(it, "InstanceID").unwrap_or("").to_string();
-        let sub = child_text(it, "ResourceSubType").unwrap_or("").to_ascii_lowercase();
+        let sub = child_text(it, "ResourceSubType")
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let bus = match rt {
             5 => Some(DiskBus::Ide),
             20 if sub.contains("ahci") || sub.contains("sata") => Some(DiskBus::Sata),
@@ -372,7 +402,9 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
             .map_or(DiskBus::Virtio, |(_, b)| *b)
     };
     for it in &items {
-        let rt: u32 = child_text(it, "ResourceType").and_then(|t| t.parse().ok()).unwrap_or(0);
+        let rt: u32 = child_text(it, "ResourceType")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
         let element = child_text(it, "ElementName")
             .or_else(|| child_text(it, "Caption"))
             .unwrap_or("")
@@ -380,12 +412,14 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         match rt {
             3 => {
                 // oVirt writes sockets x cores x threads instead of VirtualQuantity.
-                let q = child_text(it, "VirtualQuantity").and_then(parse_u64).unwrap_or_else(|| {
-                    ["num_of_sockets", "cpu_per_socket", "threads_per_cpu"]
-                        .iter()
-                        .map(|k| child_text(it, k).and_then(parse_u64).unwrap_or(1))
-                        .fold(1u64, |a, b| a.saturating_mul(b))
-                });
+                let q = child_text(it, "VirtualQuantity")
+                    .and_then(parse_u64)
+                    .unwrap_or_else(|| {
+                        ["num_of_sockets", "cpu_per_socket", "threads_per_cpu"]
+                            .iter()
+                            .map(|k| child_text(it, k).and_then(parse_u64).unwrap_or(1))
+                            .fold(1u64, |a, b| a.saturating_mul(b))
+                    });
                 let n = u32::try_from(q).unwrap_or(u32::MAX).clamp(1, MAX_VCPUS);
                 if n as u64 != q {
                     warnings.push(format!("{q} vCPUs is outside 1..{MAX_VCPUS}; using {n}"));
@@ -393,16 +427,18 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                 vcpus = Some(n);
             }
             4 => {
-                let q = child_text(it, "VirtualQuantity").and_then(parse_u64).ok_or_else(|| {
-                    ArchiveError::InvalidOvf("memory item has no VirtualQuantity".into())
-                })?;
+                let q = child_text(it, "VirtualQuantity")
+                    .and_then(parse_u64)
+                    .ok_or_else(|| {
+                        ArchiveError::InvalidOvf("memory item has no VirtualQuantity".into())
+                    })?;
                 let units = child_text(it, "AllocationUnits").unwrap_or("byte * 2^20");
                 let mult = parse_units(units).ok_or_else(|| {
                     ArchiveError::InvalidOvf(format!("memory has unknown units {units:?}"))
                 })?;
-                let bytes = q.checked_mul(mult).ok_or_else(|| {
-                    ArchiveError::InvalidOvf("memory size overflows".into())
-                })?;
+                let bytes = q
+                    .checked_mul(mult)
+                    .ok_or_else(|| ArchiveError::InvalidOvf("memory size overflows".into()))?;
                 memory = Some(bytes);
             }
             5 | 6 | 20 => {}
@@ -410,8 +446,12 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                 parent: child_text(it, "Parent"),
                 host_resource: child_text(it, "HostResource"),
                 order: (
-                    child_text(it, "Parent").and_then(|p| p.parse().ok()).unwrap_or(0),
-                    child_text(it, "AddressOnParent").and_then(|p| p.parse().ok()).unwrap_or(0),
+                    child_text(it, "Parent")
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0),
+                    child_text(it, "AddressOnParent")
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0),
                 ),
             }),
             15 | 16 => cdroms.push(Cdrom {
@@ -423,13 +463,19 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                 media: None,
             }),
             10 => {
-                let sub = child_text(it, "ResourceSubType").unwrap_or("").to_ascii_lowercase();
+                let sub = child_text(it, "ResourceSubType")
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
                 // oVirt numbers: 0/1 rtl8139, 2 e1000, 3 virtio ("pv").
                 let model = if sub.contains("virtio") || sub == "3" || sub == "pv" {
                     NicModel::Virtio
                 } else if sub.contains("e1000") || sub.is_empty() || sub == "2" {
                     NicModel::E1000
-                } else if sub.contains("rtl8139") || sub.contains("8139") || sub == "0" || sub == "1" {
+                } else if sub.contains("rtl8139")
+                    || sub.contains("8139")
+                    || sub == "0"
+                    || sub == "1"
+                {
                     NicModel::Rtl8139
                 } else {
                     warnings.push(format!(
@@ -467,7 +513,10 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         }
     }
     if nics.len() > MAX_NICS {
-        warnings.push(format!("{} NICs; only the first {MAX_NICS} are kept", nics.len()));
+        warnings.push(format!(
+            "{} NICs; only the first {MAX_NICS} are kept",
+            nics.len()
+        ));
         nics.truncate(MAX_NICS);
     }
 
@@ -480,7 +529,9 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                     && attr(&n, "value").is_some_and(|v| v.eq_ignore_ascii_case("efi"))
             }
             "Firmware" => attr(&n, "type").is_some_and(|v| v.to_ascii_lowercase().contains("efi")),
-            "BiosType" => n.text().is_some_and(|t| matches!(t.trim(), "2" | "3" | "4")),
+            "BiosType" => n
+                .text()
+                .is_some_and(|t| matches!(t.trim(), "2" | "3" | "4")),
             // XenCenter: HVM_boot_params "order=dc;firmware=uefi" in other-config data.
             "Value" => n.text().is_some_and(|t| t.contains("firmware=uefi")),
             _ => false,
@@ -491,20 +542,29 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
     }
 
     // Disks in controller/address order, resolved through HostResource to the DiskSection.
-    disk_items.sort_by_key(|d| d.order);
+    // Controllers in the order their first disk appears; by AddressOnParent within one.
+    let first_seen = |p: Option<&str>| disk_items.iter().position(|d| d.parent == p).unwrap_or(0);
+    let mut keyed: Vec<(usize, u32, usize)> = disk_items
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (first_seen(d.parent), d.order.1, i))
+        .collect();
+    keyed.sort();
+    let disk_items: Vec<&DiskItem> = keyed.iter().map(|k| &disk_items[k.2]).collect();
     let mut disks = Vec::new();
     let mut used = vec![false; decls.len()];
-    for item in &disk_items {
+    for item in disk_items {
         let Some(hr) = item.host_resource else {
             warnings.push("a disk drive without HostResource is not imported".into());
             continue;
         };
         // ovf:/disk/vmdisk1, /disk/vmdisk1, or oVirt's <image>/<volume> ids.
         let key = hr.rsplit('/').next().unwrap_or(hr);
-        let Some(i) = decls
-            .iter()
-            .position(|d| d.id == key || hr.ends_with(d.id) || d.file.as_ref().is_some_and(|f| f.href.ends_with(key)))
-        else {
+        let Some(i) = decls.iter().position(|d| {
+            d.id == key
+                || hr.ends_with(d.id)
+                || d.file.as_ref().is_some_and(|f| f.href.ends_with(key))
+        }) else {
             return Err(ArchiveError::InvalidOvf(format!(
                 "disk drive refers to {hr:?}, which DiskSection does not declare"
             )));
@@ -519,7 +579,10 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
             capacity_bytes: d.capacity,
             file: d.file.clone(),
             format: d.format,
-            bus: if controllers.iter().any(|(id, _)| Some(id.as_str()) == item.parent) {
+            bus: if controllers
+                .iter()
+                .any(|(id, _)| Some(id.as_str()) == item.parent)
+            {
                 bus_of(item.parent)
             } else {
                 d.interface.unwrap_or(DiskBus::Virtio)

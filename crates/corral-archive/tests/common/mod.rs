@@ -91,6 +91,7 @@ pub fn spec(name: &str, disks: &[&str]) -> VmSpec {
 }
 
 /// One member for the raw tar writer.
+#[derive(Clone)]
 pub struct Member {
     pub name: String,
     pub kind: u8,
@@ -138,7 +139,10 @@ pub fn write_tar(members: &[Member]) -> Vec<u8> {
         octal(&mut h[100..108], 0o644);
         octal(&mut h[108..116], 0);
         octal(&mut h[116..124], 0);
-        octal(&mut h[124..136], m.declared_size.unwrap_or(m.data.len() as u64));
+        octal(
+            &mut h[124..136],
+            m.declared_size.unwrap_or(m.data.len() as u64),
+        );
         octal(&mut h[136..148], 0);
         h[156] = m.kind;
         h[157..157 + m.link.len()].copy_from_slice(m.link.as_bytes());
@@ -151,9 +155,9 @@ pub fn write_tar(members: &[Member]) -> Vec<u8> {
         out.extend_from_slice(&h);
         out.extend_from_slice(&m.data);
         let pad = (512 - m.data.len() % 512) % 512;
-        out.extend(std::iter::repeat_n(0u8, pad));
+        out.resize(out.len() + pad, 0);
     }
-    out.extend(std::iter::repeat_n(0u8, 1024));
+    out.resize(out.len() + 1024, 0);
     out
 }
 

@@ -5,7 +5,10 @@
 //! whatever address `PASV` announces (as curl does), which avoids both NAT trouble and
 //! FTP-bounce redirection to other hosts. Anonymous login unless the URL carries a user.
 
-use super::{connect_tcp, io_error, read_capped, stream_to_file, FetchError, FetchOptions, ProgressFn, Source};
+use super::{
+    connect_tcp, io_error, read_capped, stream_to_file, FetchError, FetchOptions, ProgressFn,
+    Source,
+};
 use crate::tree::{Probe, ProbeResult, PROBE_CAP_BYTES};
 use crate::url::SourceUrl;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -43,8 +46,16 @@ impl FtpSource {
 
     fn login(&self) -> Result<Conn, FetchError> {
         let shown = self.url.to_string();
-        let stream = connect_tcp(&self.url.host, self.url.port_or_default(), &shown, &self.opts)?;
-        let peer = stream.peer_addr().map_err(|e| io_error(&shown, e, &self.opts))?.ip();
+        let stream = connect_tcp(
+            &self.url.host,
+            self.url.port_or_default(),
+            &shown,
+            &self.opts,
+        )?;
+        let peer = stream
+            .peer_addr()
+            .map_err(|e| io_error(&shown, e, &self.opts))?
+            .ip();
         let mut c = Conn {
             ctrl: BufReader::new(stream),
             peer,
@@ -54,7 +65,11 @@ impl FtpSource {
             return Err(refused(&shown, "greeting", code, &text));
         }
         let user = self.url.user.clone().unwrap_or_else(|| "anonymous".into());
-        let pass = self.url.password.clone().unwrap_or_else(|| "corral@".into());
+        let pass = self
+            .url
+            .password
+            .clone()
+            .unwrap_or_else(|| "corral@".into());
         let (code, text) = c.cmd(&format!("USER {user}"), &shown, &self.opts)?;
         let (code, text) = if code == 331 {
             c.cmd(&format!("PASS {pass}"), &shown, &self.opts)?
@@ -73,7 +88,10 @@ impl FtpSource {
 
     /// Run `f` on a logged-in connection; on a connection-level failure, retry once on a
     /// fresh one. `f` returns whether the connection may be reused.
-    fn with_conn<T>(&self, f: impl Fn(&mut Conn) -> Result<(T, bool), FetchError>) -> Result<T, FetchError> {
+    fn with_conn<T>(
+        &self,
+        f: impl Fn(&mut Conn) -> Result<(T, bool), FetchError>,
+    ) -> Result<T, FetchError> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         for _ in 0..2 {
             let (mut conn, reused) = match guard.take() {
@@ -196,10 +214,14 @@ impl Conn {
     /// Read one reply, joining multi-line replies (`123-...` up to `123 ...`).
     fn reply(&mut self, url: &str, opts: &FetchOptions) -> Result<(u16, String), FetchError> {
         let first = self.line(url, opts)?;
-        let code: u16 = first.get(..3).and_then(|c| c.parse().ok()).ok_or_else(|| FetchError::Refused {
-            url: url.to_string(),
-            detail: format!("not an FTP reply: {first:?}"),
-        })?;
+        let code: u16 =
+            first
+                .get(..3)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| FetchError::Refused {
+                    url: url.to_string(),
+                    detail: format!("not an FTP reply: {first:?}"),
+                })?;
         let mut text = first.get(4..).unwrap_or_default().to_string();
         if first.as_bytes().get(3) == Some(&b'-') {
             let end = format!("{code} ");
@@ -215,7 +237,12 @@ impl Conn {
         Ok((code, text))
     }
 
-    fn cmd(&mut self, line: &str, url: &str, opts: &FetchOptions) -> Result<(u16, String), FetchError> {
+    fn cmd(
+        &mut self,
+        line: &str,
+        url: &str,
+        opts: &FetchOptions,
+    ) -> Result<(u16, String), FetchError> {
         let s = self.ctrl.get_mut();
         s.write_all(format!("{line}\r\n").as_bytes())
             .map_err(|e| io_error(url, e, opts))?;
@@ -288,7 +315,12 @@ impl Source for FtpSource {
         &self.url
     }
 
-    fn fetch_to_file(&self, rel: &str, dest: &Path, progress: ProgressFn<'_>) -> Result<u64, FetchError> {
+    fn fetch_to_file(
+        &self,
+        rel: &str,
+        dest: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64, FetchError> {
         let started = Instant::now();
         let shown = self.shown(rel);
         // One closure call, so the progress callback is only borrowed once.
@@ -310,8 +342,14 @@ mod tests {
 
     #[test]
     fn passive_replies() {
-        assert_eq!(parse_epsv("Entering Extended Passive Mode (|||6446|)"), Some(6446));
-        assert_eq!(parse_pasv("Entering Passive Mode (127,0,0,1,200,10)."), Some(51210));
+        assert_eq!(
+            parse_epsv("Entering Extended Passive Mode (|||6446|)"),
+            Some(6446)
+        );
+        assert_eq!(
+            parse_pasv("Entering Passive Mode (127,0,0,1,200,10)."),
+            Some(51210)
+        );
         assert_eq!(parse_pasv("Entering Passive Mode (127,0,0,1,999,10)"), None);
         assert_eq!(parse_epsv("garbage"), None);
     }

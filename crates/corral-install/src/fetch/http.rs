@@ -46,23 +46,34 @@ impl HttpSource {
                     })
                 }
             }
-            Err(ureq::Error::Transport(t)) => Err(transport_error(&shown, &self.url.host, t, &self.opts)),
+            Err(ureq::Error::Transport(t)) => {
+                Err(transport_error(&shown, &self.url.host, t, &self.opts))
+            }
         }
     }
 }
 
 fn transport_error(url: &str, host: &str, t: ureq::Transport, opts: &FetchOptions) -> FetchError {
     use ureq::ErrorKind as K;
-    let detail = t.message().map(str::to_string).unwrap_or_else(|| t.kind().to_string());
+    let detail = t
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| t.kind().to_string());
     match t.kind() {
         K::Dns => FetchError::Resolve {
             host: host.to_string(),
             detail,
         },
         K::ConnectionFailed => {
-            let inner = std::error::Error::source(&t).and_then(|s| s.downcast_ref::<std::io::Error>());
+            let inner =
+                std::error::Error::source(&t).and_then(|s| s.downcast_ref::<std::io::Error>());
             match inner {
-                Some(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+                Some(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                    ) =>
+                {
                     FetchError::Timeout {
                         url: url.to_string(),
                         secs: opts.connect_timeout.as_secs(),
@@ -79,7 +90,8 @@ fn transport_error(url: &str, host: &str, t: ureq::Transport, opts: &FetchOption
             }
         }
         K::Io => {
-            let inner = std::error::Error::source(&t).and_then(|s| s.downcast_ref::<std::io::Error>());
+            let inner =
+                std::error::Error::source(&t).and_then(|s| s.downcast_ref::<std::io::Error>());
             match inner {
                 Some(e) => io_error(url, std::io::Error::new(e.kind(), e.to_string()), opts),
                 None => FetchError::Refused {
@@ -133,11 +145,26 @@ impl Source for HttpSource {
         &self.url
     }
 
-    fn fetch_to_file(&self, rel: &str, dest: &Path, progress: ProgressFn<'_>) -> Result<u64, FetchError> {
+    fn fetch_to_file(
+        &self,
+        rel: &str,
+        dest: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64, FetchError> {
         let started = Instant::now();
         let shown = self.url.join(rel).to_string();
         let resp = self.request("GET", rel)?;
-        let total = resp.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
-        stream_to_file(resp.into_reader(), &shown, total, dest, &self.opts, started, progress)
+        let total = resp
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        stream_to_file(
+            resp.into_reader(),
+            &shown,
+            total,
+            dest,
+            &self.opts,
+            started,
+            progress,
+        )
     }
 }

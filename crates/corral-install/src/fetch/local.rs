@@ -14,7 +14,10 @@ pub struct LocalSource {
 
 impl LocalSource {
     pub fn new(url: SourceUrl, opts: FetchOptions) -> Self {
-        LocalSource { url: url.as_dir(), opts }
+        LocalSource {
+            url: url.as_dir(),
+            opts,
+        }
     }
 
     fn path_of(&self, rel: &str) -> PathBuf {
@@ -30,7 +33,9 @@ impl LocalSource {
         };
         let file = match std::fs::File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found("no such file")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not_found("no such file"))
+            }
             Err(e) => {
                 return Err(FetchError::Refused {
                     url: shown,
@@ -38,7 +43,9 @@ impl LocalSource {
                 })
             }
         };
-        let meta = file.metadata().map_err(|e| io_error(&shown, e, &self.opts))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| io_error(&shown, e, &self.opts))?;
         if !meta.is_file() {
             return Err(not_found("not a regular file"));
         }
@@ -75,7 +82,12 @@ impl Source for LocalSource {
         &self.url
     }
 
-    fn fetch_to_file(&self, rel: &str, dest: &Path, progress: ProgressFn<'_>) -> Result<u64, FetchError> {
+    fn fetch_to_file(
+        &self,
+        rel: &str,
+        dest: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64, FetchError> {
         let started = Instant::now();
         let (f, len) = self.open(rel)?;
         let shown = self.path_of(rel).display().to_string();

@@ -60,9 +60,9 @@ impl FetchError {
         use corral_model::ErrorKind as K;
         match self {
             FetchError::NotFound { .. } => K::NotFound,
-            FetchError::Resolve { .. } | FetchError::Unreachable { .. } | FetchError::Timeout { .. } => {
-                K::Unsupported
-            }
+            FetchError::Resolve { .. }
+            | FetchError::Unreachable { .. }
+            | FetchError::Timeout { .. } => K::Unsupported,
             FetchError::TooLarge { .. } => K::InvalidInput,
             FetchError::Refused { .. } => K::Unsupported,
             FetchError::Cancelled { .. } => K::InvalidState,
@@ -82,12 +82,16 @@ impl FetchError {
     /// The message without the URL (probe records already show it).
     fn short(&self) -> String {
         match self {
-            FetchError::Resolve { host, detail } => format!("cannot resolve host {host:?}: {detail}"),
+            FetchError::Resolve { host, detail } => {
+                format!("cannot resolve host {host:?}: {detail}")
+            }
             FetchError::Unreachable { detail, .. } => format!("unreachable: {detail}"),
             FetchError::NotFound { detail, .. } => detail.clone(),
             FetchError::Timeout { secs, .. } => format!("timed out after {secs} s"),
             FetchError::TooLarge { limit, .. } => format!("larger than {limit} bytes"),
-            FetchError::Refused { detail, .. } | FetchError::Unsupported { detail, .. } => detail.clone(),
+            FetchError::Refused { detail, .. } | FetchError::Unsupported { detail, .. } => {
+                detail.clone()
+            }
             FetchError::Cancelled { .. } => "cancelled".into(),
             FetchError::Write { source, .. } => source.to_string(),
         }
@@ -133,7 +137,12 @@ pub trait Source: Probe + Send {
     /// The tree's URL (a directory).
     fn url(&self) -> &SourceUrl;
     /// Download `relative_path` to `dest`, atomically. Returns the bytes written.
-    fn fetch_to_file(&self, relative_path: &str, dest: &Path, progress: ProgressFn<'_>) -> Result<u64, FetchError>;
+    fn fetch_to_file(
+        &self,
+        relative_path: &str,
+        dest: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64, FetchError>;
 }
 
 /// Open a source for `url` (treated as a directory).
@@ -148,7 +157,12 @@ pub fn open(url: &SourceUrl, opts: &FetchOptions) -> Result<Box<dyn Source>, Fet
 }
 
 /// Download one URL to `dest` (the URL names a file; its directory becomes the source).
-pub fn fetch_to_file(url: &SourceUrl, dest: &Path, opts: &FetchOptions, progress: ProgressFn<'_>) -> Result<u64, FetchError> {
+pub fn fetch_to_file(
+    url: &SourceUrl,
+    dest: &Path,
+    opts: &FetchOptions,
+    progress: ProgressFn<'_>,
+) -> Result<u64, FetchError> {
     let path = url.path.trim_end_matches('/');
     let (dir, file) = match path.rfind('/') {
         Some(i) => (&path[..=i], &path[i + 1..]),
@@ -223,7 +237,9 @@ pub(crate) fn stream_to_file(
             done_bytes: done,
             total_bytes: total,
         }) {
-            return Err(FetchError::Cancelled { url: url.to_string() });
+            return Err(FetchError::Cancelled {
+                url: url.to_string(),
+            });
         }
     }
     if let Some(t) = total {
@@ -240,7 +256,11 @@ pub(crate) fn stream_to_file(
 }
 
 /// Read at most [`PROBE_CAP_BYTES`] from `reader`.
-pub(crate) fn read_capped(reader: impl Read, url: &str, opts: &FetchOptions) -> Result<Vec<u8>, FetchError> {
+pub(crate) fn read_capped(
+    reader: impl Read,
+    url: &str,
+    opts: &FetchOptions,
+) -> Result<Vec<u8>, FetchError> {
     let mut out = Vec::new();
     reader
         .take(PROBE_CAP_BYTES as u64)
@@ -257,12 +277,14 @@ pub(crate) fn io_error(url: &str, e: std::io::Error, opts: &FetchOptions) -> Fet
             url: url.to_string(),
             secs: opts.io_timeout.as_secs(),
         },
-        K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::HostUnreachable | K::NetworkUnreachable => {
-            FetchError::Unreachable {
-                url: url.to_string(),
-                detail: e.to_string(),
-            }
-        }
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::HostUnreachable
+        | K::NetworkUnreachable => FetchError::Unreachable {
+            url: url.to_string(),
+            detail: e.to_string(),
+        },
         _ => FetchError::Refused {
             url: url.to_string(),
             detail: e.to_string(),
@@ -272,7 +294,12 @@ pub(crate) fn io_error(url: &str, e: std::io::Error, opts: &FetchOptions) -> Fet
 
 /// Resolve and connect with a timeout, trying each address; errors tell resolution from
 /// connection failures.
-pub(crate) fn connect_tcp(host: &str, port: u16, url: &str, opts: &FetchOptions) -> Result<std::net::TcpStream, FetchError> {
+pub(crate) fn connect_tcp(
+    host: &str,
+    port: u16,
+    url: &str,
+    opts: &FetchOptions,
+) -> Result<std::net::TcpStream, FetchError> {
     use std::net::ToSocketAddrs;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<_> = (bare, port)
@@ -294,7 +321,12 @@ pub(crate) fn connect_tcp(host: &str, port: u16, url: &str, opts: &FetchOptions)
         }
     }
     Err(match last {
-        Some(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+        Some(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
             FetchError::Timeout {
                 url: url.to_string(),
                 secs: opts.connect_timeout.as_secs(),

@@ -37,6 +37,8 @@ pub struct NfsSource {
     url: SourceUrl,
     opts: FetchOptions,
     tool: PathBuf,
+    /// Whether the tree's root directory itself can be mounted (checked on demand).
+    root_mounts: std::sync::OnceLock<bool>,
 }
 
 impl NfsSource {
@@ -45,7 +47,8 @@ impl NfsSource {
     pub fn connect(url: SourceUrl, opts: FetchOptions) -> Result<Self, FetchError> {
         let tool = nfs_cat().ok_or_else(|| FetchError::Unsupported {
             url: url.to_string(),
-            detail: "reading nfs:// trees needs the nfs-cat tool (Debian package libnfs-utils)".into(),
+            detail: "reading nfs:// trees needs the nfs-cat tool (Debian package libnfs-utils)"
+                .into(),
         })?;
         if url.path.contains('?') {
             return Err(FetchError::Unsupported {
@@ -57,7 +60,46 @@ impl NfsSource {
             url: url.as_dir(),
             opts,
             tool,
+            root_mounts: std::sync::OnceLock::new(),
         })
+    }
+
+    /// libnfs mounts the directory that holds the file it reads, and servers refuse to mount
+    /// a directory that does not exist just as they refuse one that is not exported. When the
+    /// tree's root mounts fine, a refused deeper directory simply is not there.
+    fn refine(&self, rel: &str, e: FetchError) -> FetchError {
+        let FetchError::Refused { url, detail } = e else {
+            return e;
+        };
+        if !rel.contains('/') || !detail.contains("does not export") {
+            return FetchError::Refused { url, detail };
+        }
+        let root_ok = *self.root_mounts.get_or_init(|| {
+            let ls = self.tool.with_file_name("nfs-ls");
+            let mut root = format!(
+                "nfs://{}{}",
+                self.url.host,
+                self.url.path.trim_end_matches('/')
+            );
+            if let Some(p) = self.url.port {
+                root.push_str(&format!("?nfsport={p}"));
+            }
+            Command::new(ls)
+                .arg(root)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if root_ok {
+            FetchError::NotFound {
+                url,
+                detail: "no such directory".into(),
+            }
+        } else {
+            FetchError::Refused { url, detail }
+        }
     }
 
     fn libnfs_url(&self, rel: &str) -> String {
@@ -125,7 +167,12 @@ impl NfsSource {
         let mut p = self.spawn(rel, self.opts.connect_timeout + self.opts.io_timeout)?;
         let shown = p.shown.clone();
         let bytes = read_capped(&mut p, &shown, &self.opts);
-        let status = p.finish(bytes.as_ref().map(|b| b.len() < crate::tree::PROBE_CAP_BYTES).unwrap_or(true));
+        let status = p.finish(
+            bytes
+                .as_ref()
+                .map(|b| b.len() < crate::tree::PROBE_CAP_BYTES)
+                .unwrap_or(true),
+        );
         status?;
         bytes
     }
@@ -243,7 +290,7 @@ impl Probe for NfsSource {
     fn fetch(&self, rel: &str) -> ProbeResult {
         match self.read_small(rel) {
             Ok(b) => ProbeResult::Found(b),
-            Err(e) => e.into_probe_result(),
+            Err(e) => self.refine(rel, e).into_probe_result(),
         }
     }
 
@@ -255,7 +302,7 @@ impl Probe for NfsSource {
                 let got = p.read(&mut one).unwrap_or(0);
                 match p.finish(got == 0) {
                     Ok(()) => ProbeResult::Found(Vec::new()),
-                    Err(e) => e.into_probe_result(),
+                    Err(e) => self.refine(rel, e).into_probe_result(),
                 }
             }
             Err(e) => e.into_probe_result(),
@@ -272,7 +319,12 @@ impl Source for NfsSource {
         &self.url
     }
 
-    fn fetch_to_file(&self, rel: &str, dest: &Path, progress: ProgressFn<'_>) -> Result<u64, FetchError> {
+    fn fetch_to_file(
+        &self,
+        rel: &str,
+        dest: &Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<u64, FetchError> {
         let started = Instant::now();
         let mut p = self.spawn(rel, self.opts.total_timeout)?;
         let shown = p.shown.clone();
@@ -283,7 +335,7 @@ impl Source for NfsSource {
             // The process's own verdict explains an empty or cut stream better.
             (_, Err(e)) => {
                 let _ = std::fs::remove_file(dest);
-                Err(e)
+                Err(self.refine(rel, e))
             }
             (Err(e), Ok(())) => Err(e),
         }

@@ -19,7 +19,9 @@ pub mod raw;
 
 use corral_model::api::{DiskRequest, NicRequest, VmCreateRequest};
 use corral_model::validate::{validate_disk_size, validate_memory, validate_name, validate_vcpus};
-use corral_model::{format_size, DiskBus, ErrorKind, Firmware, NicModel, MAX_DISKS, MAX_NICS, MAX_VCPUS};
+use corral_model::{
+    format_size, DiskBus, ErrorKind, Firmware, NicModel, MAX_DISKS, MAX_NICS, MAX_VCPUS,
+};
 use raw::{overlay, RawTemplate};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,24 +29,63 @@ use std::path::{Path, PathBuf};
 
 /// The built-in template files, in the order `template list` shows them.
 const BUILTIN_FILES: &[(&str, &str)] = &[
-    ("debian-11.toml", include_str!("../../templates/debian-11.toml")),
-    ("debian-12.toml", include_str!("../../templates/debian-12.toml")),
-    ("ubuntu-22.04.toml", include_str!("../../templates/ubuntu-22.04.toml")),
-    ("ubuntu-24.04.toml", include_str!("../../templates/ubuntu-24.04.toml")),
+    (
+        "debian-11.toml",
+        include_str!("../../templates/debian-11.toml"),
+    ),
+    (
+        "debian-12.toml",
+        include_str!("../../templates/debian-12.toml"),
+    ),
+    (
+        "ubuntu-22.04.toml",
+        include_str!("../../templates/ubuntu-22.04.toml"),
+    ),
+    (
+        "ubuntu-24.04.toml",
+        include_str!("../../templates/ubuntu-24.04.toml"),
+    ),
     ("rhel-8.toml", include_str!("../../templates/rhel-8.toml")),
     ("rhel-9.toml", include_str!("../../templates/rhel-9.toml")),
-    ("almalinux-8.toml", include_str!("../../templates/almalinux-8.toml")),
-    ("almalinux-9.toml", include_str!("../../templates/almalinux-9.toml")),
+    (
+        "almalinux-8.toml",
+        include_str!("../../templates/almalinux-8.toml"),
+    ),
+    (
+        "almalinux-9.toml",
+        include_str!("../../templates/almalinux-9.toml"),
+    ),
     ("rocky-8.toml", include_str!("../../templates/rocky-8.toml")),
     ("rocky-9.toml", include_str!("../../templates/rocky-9.toml")),
     ("sles-15.toml", include_str!("../../templates/sles-15.toml")),
-    ("opensuse-15.toml", include_str!("../../templates/opensuse-15.toml")),
-    ("windows-10.toml", include_str!("../../templates/windows-10.toml")),
-    ("windows-11.toml", include_str!("../../templates/windows-11.toml")),
-    ("windows-server-2019.toml", include_str!("../../templates/windows-server-2019.toml")),
-    ("windows-server-2022.toml", include_str!("../../templates/windows-server-2022.toml")),
-    ("other-install-media.toml", include_str!("../../templates/other-install-media.toml")),
-    ("corral-test-guest.toml", include_str!("../../templates/corral-test-guest.toml")),
+    (
+        "opensuse-15.toml",
+        include_str!("../../templates/opensuse-15.toml"),
+    ),
+    (
+        "windows-10.toml",
+        include_str!("../../templates/windows-10.toml"),
+    ),
+    (
+        "windows-11.toml",
+        include_str!("../../templates/windows-11.toml"),
+    ),
+    (
+        "windows-server-2019.toml",
+        include_str!("../../templates/windows-server-2019.toml"),
+    ),
+    (
+        "windows-server-2022.toml",
+        include_str!("../../templates/windows-server-2022.toml"),
+    ),
+    (
+        "other-install-media.toml",
+        include_str!("../../templates/other-install-media.toml"),
+    ),
+    (
+        "corral-test-guest.toml",
+        include_str!("../../templates/corral-test-guest.toml"),
+    ),
 ];
 
 /// Placeholders allowed in `installer_args`. A whitespace-separated word that uses a
@@ -419,7 +460,8 @@ impl Template {
     ) -> Result<(), Vec<String>> {
         req.template.get_or_insert_with(|| self.name.clone());
         req.vcpus.get_or_insert(self.vcpus);
-        req.memory_bytes.get_or_insert(self.memory_recommended_bytes);
+        req.memory_bytes
+            .get_or_insert(self.memory_recommended_bytes);
         req.firmware.get_or_insert(self.firmware);
         if req.description.is_none() {
             req.description = Some(String::new());
@@ -429,6 +471,7 @@ impl Template {
                 .iter()
                 .map(|d| DiskRequest {
                     size_bytes: d.size_bytes,
+                    import_from: None,
                     sr: None,
                     format: None,
                     bus: Some(d.bus),
@@ -513,7 +556,11 @@ fn unknown_placeholders(args: &str) -> Vec<String> {
 }
 
 /// Turn a fully merged raw template into a checked one. Every problem is collected.
-fn finish(name: &str, raw: &RawTemplate, source: TemplateSource) -> Result<Template, TemplateError> {
+fn finish(
+    name: &str,
+    raw: &RawTemplate,
+    source: TemplateSource,
+) -> Result<Template, TemplateError> {
     let mut problems: Vec<String> = Vec::new();
     if let TemplateSource::Osinfo { .. } = source {
         // osinfo names are `osinfo:<short-id>`; the short id is checked when read.
@@ -534,7 +581,9 @@ fn finish(name: &str, raw: &RawTemplate, source: TemplateSource) -> Result<Templ
     };
     let os = OsIdentity {
         family,
-        variant: os_raw.variant.unwrap_or_else(|| family.as_str().to_string()),
+        variant: os_raw
+            .variant
+            .unwrap_or_else(|| family.as_str().to_string()),
         version: os_raw.version.unwrap_or_default(),
         codename: os_raw.codename,
         osinfo_id: os_raw.osinfo_id,
@@ -569,7 +618,10 @@ fn finish(name: &str, raw: &RawTemplate, source: TemplateSource) -> Result<Templ
         }
     };
     let minimum = minimum.unwrap_or(recommended);
-    for (what, v) in [("memory.minimum", minimum), ("memory.recommended", recommended)] {
+    for (what, v) in [
+        ("memory.minimum", minimum),
+        ("memory.recommended", recommended),
+    ] {
         if let Err(e) = validate_memory(v) {
             problems.push(format!("{what}: {e}"));
         }
@@ -615,7 +667,9 @@ fn finish(name: &str, raw: &RawTemplate, source: TemplateSource) -> Result<Templ
             Some("sata") => DiskBus::Sata,
             Some("ide") => DiskBus::Ide,
             Some(other) => {
-                problems.push(format!("disks[{i}].bus {other:?} is not virtio, sata or ide"));
+                problems.push(format!(
+                    "disks[{i}].bus {other:?} is not virtio, sata or ide"
+                ));
                 DiskBus::Virtio
             }
         };
@@ -629,7 +683,9 @@ fn finish(name: &str, raw: &RawTemplate, source: TemplateSource) -> Result<Templ
         Some("e1000") => NicModel::E1000,
         Some("rtl8139") => NicModel::Rtl8139,
         Some(other) => {
-            problems.push(format!("nics.model {other:?} is not virtio, e1000 or rtl8139"));
+            problems.push(format!(
+                "nics.model {other:?} is not virtio, e1000 or rtl8139"
+            ));
             NicModel::Virtio
         }
     };
@@ -759,8 +815,7 @@ pub fn parse_template(text: &str, origin: &str) -> Result<RawTemplate, TemplateE
     let raw: RawTemplate = toml::from_str(text).map_err(|e| TemplateError::Parse {
         origin: origin.to_string(),
         message: e.message().to_string()
-            + &e
-                .span()
+            + &e.span()
                 .map(|s| format!(" (at line {})", line_of(text, s.start)))
                 .unwrap_or_default(),
     })?;
@@ -867,10 +922,13 @@ impl Catalog {
         cat.resolve_all();
         for name in cat.order.clone() {
             if !cat.resolved.contains_key(&name) {
-                return Err(cat.resolve_one(&name).err().unwrap_or(TemplateError::Invalid {
-                    name,
-                    problems: vec!["built-in template did not resolve".into()],
-                }));
+                return Err(cat
+                    .resolve_one(&name)
+                    .err()
+                    .unwrap_or(TemplateError::Invalid {
+                        name,
+                        problems: vec!["built-in template did not resolve".into()],
+                    }));
             }
         }
         if let Some(dir) = opts.user_dir {
@@ -941,7 +999,8 @@ impl Catalog {
         for name in user_names {
             if !self.resolved.contains_key(&name) {
                 if let Err(e) = self.resolve_one(&name) {
-                    self.warnings.push(format!("skipped template {name:?}: {e}"));
+                    self.warnings
+                        .push(format!("skipped template {name:?}: {e}"));
                 }
             }
         }
@@ -959,10 +1018,13 @@ impl Catalog {
 
     /// Merge the chain of parents of `name` and validate the result.
     fn resolve_one(&self, name: &str) -> Result<Template, TemplateError> {
-        let entry = self.entries.get(name).ok_or_else(|| TemplateError::NotFound {
-            name: name.to_string(),
-            close: self.close_names(name),
-        })?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| TemplateError::NotFound {
+                name: name.to_string(),
+                close: self.close_names(name),
+            })?;
         let merged = self.merged_raw(name, &mut Vec::new())?;
         finish(name, &merged, entry.source.clone())
     }
@@ -1022,10 +1084,13 @@ impl Catalog {
         }
         if self.entries.contains_key(name) {
             // A user file that is present but failed to resolve: say why.
-            return Err(self.resolve_one(name).err().unwrap_or(TemplateError::NotFound {
-                name: name.to_string(),
-                close: vec![],
-            }));
+            return Err(self
+                .resolve_one(name)
+                .err()
+                .unwrap_or(TemplateError::NotFound {
+                    name: name.to_string(),
+                    close: vec![],
+                }));
         }
         Err(TemplateError::NotFound {
             name: name.to_string(),
@@ -1106,10 +1171,13 @@ impl Catalog {
                 action: "deleted",
             });
         }
-        let entry = self.entries.get(name).ok_or_else(|| TemplateError::NotFound {
-            name: name.to_string(),
-            close: self.close_names(name),
-        })?;
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| TemplateError::NotFound {
+                name: name.to_string(),
+                close: self.close_names(name),
+            })?;
         let path = match &entry.source {
             TemplateSource::Builtin | TemplateSource::Osinfo { .. } => {
                 return Err(TemplateError::Builtin {
@@ -1163,7 +1231,10 @@ impl Catalog {
             .chain(self.osinfo.keys())
             .filter_map(|n| {
                 let d = edit_distance(&lower, &n.to_ascii_lowercase());
-                let words: Vec<&str> = lower.split(['-', '.', '_']).filter(|w| !w.is_empty()).collect();
+                let words: Vec<&str> = lower
+                    .split(['-', '.', '_'])
+                    .filter(|w| !w.is_empty())
+                    .collect();
                 let related = n.starts_with(&lower)
                     || (lower.len() >= 3 && n.contains(&lower))
                     || (words.len() >= 2 && words.iter().all(|w| n.contains(w)));
@@ -1196,7 +1267,8 @@ fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), TemplateE
     };
     std::fs::create_dir_all(dir).map_err(io("create template directory", dir))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io("write template file", path))?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(io("write template file", path))?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())
+        .map_err(io("write template file", path))?;
     tmp.persist(path)
         .map_err(|e| TemplateError::Io {
             action: "write template file",

@@ -70,7 +70,11 @@ pub struct OsinfoOs {
 
 fn child_text<'a>(node: roxmltree::Node<'a, 'a>, tag: &str) -> Option<&'a str> {
     node.children()
-        .find(|c| c.has_tag_name(tag) && c.attribute(("http://www.w3.org/XML/1998/namespace", "lang")).is_none())
+        .find(|c| {
+            c.has_tag_name(tag)
+                && c.attribute(("http://www.w3.org/XML/1998/namespace", "lang"))
+                    .is_none()
+        })
         .and_then(|c| c.text())
         .map(str::trim)
 }
@@ -131,16 +135,26 @@ pub fn parse_document(text: &str, path: &Path) -> Result<Vec<OsinfoOs>, String> 
                             _ => continue,
                         };
                         // x86_64-specific figures win over `all`.
-                        *slot = if arch == "x86_64" { r.or(slot) } else { slot.or(&r) };
+                        *slot = if arch == "x86_64" {
+                            r.or(slot)
+                        } else {
+                            slot.or(&r)
+                        };
                     }
                 }
                 "tree" => {
                     let ti = c.children().find(|t| t.has_tag_name("treeinfo"));
                     entry.trees.push(OsinfoTree {
                         arch: c.attribute("arch").unwrap_or("all").to_string(),
-                        treeinfo_family: ti.and_then(|t| child_text(t, "family")).map(str::to_string),
-                        treeinfo_variant: ti.and_then(|t| child_text(t, "variant")).map(str::to_string),
-                        treeinfo_version: ti.and_then(|t| child_text(t, "version")).map(str::to_string),
+                        treeinfo_family: ti
+                            .and_then(|t| child_text(t, "family"))
+                            .map(str::to_string),
+                        treeinfo_variant: ti
+                            .and_then(|t| child_text(t, "variant"))
+                            .map(str::to_string),
+                        treeinfo_version: ti
+                            .and_then(|t| child_text(t, "version"))
+                            .map(str::to_string),
                         kernel: child_text(c, "kernel").map(str::to_string),
                         initrd: child_text(c, "initrd").map(str::to_string),
                     });
@@ -182,7 +196,10 @@ pub fn read_dir(dir: &Path) -> (Vec<OsinfoOs>, Vec<String>) {
     for f in files {
         match std::fs::metadata(&f) {
             Ok(m) if m.len() > MAX_FILE_BYTES => {
-                warnings.push(format!("skipped osinfo file {}: larger than 4 MiB", f.display()));
+                warnings.push(format!(
+                    "skipped osinfo file {}: larger than 4 MiB",
+                    f.display()
+                ));
                 continue;
             }
             Err(e) => {
@@ -191,7 +208,10 @@ pub fn read_dir(dir: &Path) -> (Vec<OsinfoOs>, Vec<String>) {
             }
             _ => {}
         }
-        match std::fs::read_to_string(&f).map_err(|e| e.to_string()).and_then(|t| parse_document(&t, &f)) {
+        match std::fs::read_to_string(&f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_document(&t, &f))
+        {
             Ok(list) => all.extend(list),
             Err(e) => warnings.push(format!("skipped osinfo file {}: {e}", f.display())),
         }
@@ -207,7 +227,12 @@ fn inherit_resources(all: &mut [OsinfoOs]) {
         .map(|o| {
             (
                 o.id.clone(),
-                (o.minimum.clone(), o.recommended.clone(), o.maximum.clone(), o.derives_from.clone()),
+                (
+                    o.minimum.clone(),
+                    o.recommended.clone(),
+                    o.maximum.clone(),
+                    o.derives_from.clone(),
+                ),
             )
         })
         .collect();
@@ -235,8 +260,8 @@ fn family_of(os: &OsinfoOs) -> &'static str {
     match os.distro.as_str() {
         "debian" => "debian",
         "ubuntu" => "ubuntu",
-        "rhel" | "centos" | "centos-stream" | "fedora" | "almalinux" | "rocky" | "ol" | "circle"
-        | "eurolinux" | "scientificlinux" | "navy" | "openeuler" => "rhel",
+        "rhel" | "centos" | "centos-stream" | "fedora" | "almalinux" | "rocky" | "ol"
+        | "circle" | "eurolinux" | "scientificlinux" | "navy" | "openeuler" => "rhel",
         "sles" | "sled" | "opensuse" | "slem" => "suse",
         "win" => "windows",
         _ if os.family == "linux" => "linux",
@@ -248,18 +273,27 @@ fn family_of(os: &OsinfoOs) -> &'static str {
 fn short_id_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 56
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
 }
 
 /// The template for one osinfo OS, validated like any other.
 pub fn template_of(os: &OsinfoOs) -> Result<Template, String> {
     if !short_id_ok(&os.short_id) {
-        return Err(format!("short id {:?} has unexpected characters", os.short_id));
+        return Err(format!(
+            "short id {:?} has unexpected characters",
+            os.short_id
+        ));
     }
     let family = family_of(os);
     let min_ram = round_up_mib(os.minimum.ram_bytes.unwrap_or(256 * MIB)).max(16 * MIB);
-    let rec_ram = round_up_mib(os.recommended.ram_bytes.unwrap_or(min_ram.max(1 << 30))).max(min_ram);
-    let max_ram = os.maximum.ram_bytes.map(round_up_mib).filter(|m| *m >= rec_ram);
+    let rec_ram =
+        round_up_mib(os.recommended.ram_bytes.unwrap_or(min_ram.max(1 << 30))).max(min_ram);
+    let max_ram = os
+        .maximum
+        .ram_bytes
+        .map(round_up_mib)
+        .filter(|m| *m >= rec_ram);
     let storage = round_up_mib(
         os.recommended
             .storage_bytes
@@ -295,7 +329,14 @@ pub fn template_of(os: &OsinfoOs) -> Result<Template, String> {
         derived_from: None,
         vcpus: Some(vcpus),
         device_model: Some(if emulated { "emulated" } else { "pv" }.into()),
-        firmware: Some(if os.short_id.starts_with("win11") { "uefi" } else { "bios" }.into()),
+        firmware: Some(
+            if os.short_id.starts_with("win11") {
+                "uefi"
+            } else {
+                "bios"
+            }
+            .into(),
+        ),
         install_methods: Some(methods),
         installer_args: Some(if matches!(family, "windows" | "other") {
             String::new()
@@ -305,7 +346,11 @@ pub fn template_of(os: &OsinfoOs) -> Result<Template, String> {
         unattended: Some(unattended.into()),
         os: Some(RawOs {
             family: Some(family.into()),
-            variant: Some(if os.distro.is_empty() { os.family.clone() } else { os.distro.clone() }),
+            variant: Some(if os.distro.is_empty() {
+                os.family.clone()
+            } else {
+                os.distro.clone()
+            }),
             version: Some(os.version.clone()),
             codename: os.codename.clone(),
             osinfo_id: Some(os.short_id.clone()),
@@ -331,7 +376,14 @@ pub fn template_of(os: &OsinfoOs) -> Result<Template, String> {
         }),
     };
     let name = raw.name.clone().unwrap_or_default();
-    finish(&name, &raw, TemplateSource::Osinfo { path: os.path.clone() }).map_err(|e| e.to_string())
+    finish(
+        &name,
+        &raw,
+        TemplateSource::Osinfo {
+            path: os.path.clone(),
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Every OS under `dir` as a template, with its `<tree>` facts. Duplicated short ids keep the
@@ -371,9 +423,18 @@ pub fn match_treeinfo<'a>(
 ) -> Option<&'a String> {
     let mut best: Option<(&String, usize)> = None;
     for (name, list) in trees {
-        for t in list.iter().filter(|t| t.arch == "x86_64" || t.arch == "all") {
-            let fam_ok = t.treeinfo_family.as_deref().is_some_and(|f| f.eq_ignore_ascii_case(family));
-            let ver_ok = t.treeinfo_version.as_deref().is_some_and(|v| version_matches(v, version));
+        for t in list
+            .iter()
+            .filter(|t| t.arch == "x86_64" || t.arch == "all")
+        {
+            let fam_ok = t
+                .treeinfo_family
+                .as_deref()
+                .is_some_and(|f| f.eq_ignore_ascii_case(family));
+            let ver_ok = t
+                .treeinfo_version
+                .as_deref()
+                .is_some_and(|v| version_matches(v, version));
             if fam_ok && ver_ok {
                 // Prefer the most specific pattern (longest), e.g. `9.2` over `^9`.
                 let len = t.treeinfo_version.as_deref().map_or(0, str::len);
@@ -401,7 +462,12 @@ pub fn to_raw(t: &Template) -> RawTemplate {
             }
             .into(),
         ),
-        install_methods: Some(t.install_methods.iter().map(|m| m.as_str().to_string()).collect()),
+        install_methods: Some(
+            t.install_methods
+                .iter()
+                .map(|m| m.as_str().to_string())
+                .collect(),
+        ),
         installer_args: Some(t.installer_args.clone()),
         unattended: Some(t.unattended.as_str().into()),
         os: Some(RawOs {

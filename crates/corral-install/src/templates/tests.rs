@@ -1,5 +1,8 @@
 //! Table tests: built-ins, inheritance, restrictions, user templates, osinfo.
 
+// Table rows are tuples on purpose: one line per case reads best.
+#![allow(clippy::type_complexity)]
+
 use super::*;
 use std::fs;
 
@@ -57,19 +60,149 @@ fn every_required_builtin_is_present_and_valid() {
 fn builtin_values_users_rely_on() {
     let cat = builtins();
     // (name, family, vcpus, recommended memory, first disk, disk bus, nic model, firmware, unattended)
-    let table: &[(&str, OsFamily, u32, u64, u64, DiskBus, NicModel, Firmware, UnattendedKind)] = &[
-        ("debian-11", OsFamily::Debian, 1, GIB, 10 * GIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::Preseed),
-        ("debian-12", OsFamily::Debian, 1, 2 * GIB, 20 * GIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::Preseed),
-        ("ubuntu-24.04", OsFamily::Ubuntu, 2, 4 * GIB, 25 * GIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::CloudInit),
-        ("rhel-9", OsFamily::Rhel, 2, 4 * GIB, 20 * GIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::Kickstart),
-        ("rocky-9", OsFamily::Rhel, 2, 4 * GIB, 20 * GIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::Kickstart),
-        ("almalinux-8", OsFamily::Rhel, 2, 2 * GIB, 20 * GIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::Kickstart),
-        ("opensuse-15", OsFamily::Suse, 2, 2 * GIB, 24 * GIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::Autoyast),
-        ("windows-10", OsFamily::Windows, 2, 4 * GIB, 64 * GIB, DiskBus::Sata, NicModel::E1000, Firmware::Bios, UnattendedKind::None),
-        ("windows-11", OsFamily::Windows, 2, 8 * GIB, 64 * GIB, DiskBus::Sata, NicModel::E1000, Firmware::Uefi, UnattendedKind::None),
-        ("windows-server-2022", OsFamily::Windows, 2, 4 * GIB, 64 * GIB, DiskBus::Sata, NicModel::E1000, Firmware::Uefi, UnattendedKind::None),
-        ("other-install-media", OsFamily::Other, 1, GIB, 8 * GIB, DiskBus::Ide, NicModel::Rtl8139, Firmware::Bios, UnattendedKind::None),
-        ("corral-test-guest", OsFamily::CorralTest, 1, 128 * MIB, 64 * MIB, DiskBus::Virtio, NicModel::Virtio, Firmware::Bios, UnattendedKind::None),
+    let table: &[(
+        &str,
+        OsFamily,
+        u32,
+        u64,
+        u64,
+        DiskBus,
+        NicModel,
+        Firmware,
+        UnattendedKind,
+    )] = &[
+        (
+            "debian-11",
+            OsFamily::Debian,
+            1,
+            GIB,
+            10 * GIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::Preseed,
+        ),
+        (
+            "debian-12",
+            OsFamily::Debian,
+            1,
+            2 * GIB,
+            20 * GIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::Preseed,
+        ),
+        (
+            "ubuntu-24.04",
+            OsFamily::Ubuntu,
+            2,
+            4 * GIB,
+            25 * GIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::CloudInit,
+        ),
+        (
+            "rhel-9",
+            OsFamily::Rhel,
+            2,
+            4 * GIB,
+            20 * GIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::Kickstart,
+        ),
+        (
+            "rocky-9",
+            OsFamily::Rhel,
+            2,
+            4 * GIB,
+            20 * GIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::Kickstart,
+        ),
+        (
+            "almalinux-8",
+            OsFamily::Rhel,
+            2,
+            2 * GIB,
+            20 * GIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::Kickstart,
+        ),
+        (
+            "opensuse-15",
+            OsFamily::Suse,
+            2,
+            2 * GIB,
+            24 * GIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::Autoyast,
+        ),
+        (
+            "windows-10",
+            OsFamily::Windows,
+            2,
+            4 * GIB,
+            64 * GIB,
+            DiskBus::Sata,
+            NicModel::E1000,
+            Firmware::Bios,
+            UnattendedKind::None,
+        ),
+        (
+            "windows-11",
+            OsFamily::Windows,
+            2,
+            8 * GIB,
+            64 * GIB,
+            DiskBus::Sata,
+            NicModel::E1000,
+            Firmware::Uefi,
+            UnattendedKind::None,
+        ),
+        (
+            "windows-server-2022",
+            OsFamily::Windows,
+            2,
+            4 * GIB,
+            64 * GIB,
+            DiskBus::Sata,
+            NicModel::E1000,
+            Firmware::Uefi,
+            UnattendedKind::None,
+        ),
+        (
+            "other-install-media",
+            OsFamily::Other,
+            1,
+            GIB,
+            8 * GIB,
+            DiskBus::Ide,
+            NicModel::Rtl8139,
+            Firmware::Bios,
+            UnattendedKind::None,
+        ),
+        (
+            "corral-test-guest",
+            OsFamily::CorralTest,
+            1,
+            128 * MIB,
+            64 * MIB,
+            DiskBus::Virtio,
+            NicModel::Virtio,
+            Firmware::Bios,
+            UnattendedKind::None,
+        ),
     ];
     for (name, family, vcpus, mem, disk, bus, nic, fw, un) in table {
         let t = cat.get(name).expect(name);
@@ -138,16 +271,53 @@ bus = "ide"
     assert!(cat.warnings().is_empty(), "{:?}", cat.warnings());
     // (template, vcpus, min mem, rec mem, disks, nic count, max vcpus, max nics, os version, description)
     let table: &[(&str, u32, u64, u64, Vec<u64>, u32, u32, u32, &str, &str)] = &[
-        ("base", 2, 256 * MIB, GIB, vec![10 * GIB], 2, 4, 8, "1", "base"),
-        ("mid", 2, 256 * MIB, 2 * GIB, vec![10 * GIB], 2, 4, 3, "1", "base"),
-        ("leaf", 3, 256 * MIB, 2 * GIB, vec![GIB, 2 * GIB], 2, 4, 3, "3", "leaf"),
+        (
+            "base",
+            2,
+            256 * MIB,
+            GIB,
+            vec![10 * GIB],
+            2,
+            4,
+            8,
+            "1",
+            "base",
+        ),
+        (
+            "mid",
+            2,
+            256 * MIB,
+            2 * GIB,
+            vec![10 * GIB],
+            2,
+            4,
+            3,
+            "1",
+            "base",
+        ),
+        (
+            "leaf",
+            3,
+            256 * MIB,
+            2 * GIB,
+            vec![GIB, 2 * GIB],
+            2,
+            4,
+            3,
+            "3",
+            "leaf",
+        ),
     ];
     for (name, vcpus, min, rec, disks, nics, max_v, max_n, ver, desc) in table {
         let t = cat.get(name).expect(name);
         assert_eq!(t.vcpus, *vcpus, "{name} vcpus");
         assert_eq!(t.memory_minimum_bytes, *min, "{name} min");
         assert_eq!(t.memory_recommended_bytes, *rec, "{name} rec");
-        assert_eq!(t.disks.iter().map(|d| d.size_bytes).collect::<Vec<_>>(), *disks, "{name} disks");
+        assert_eq!(
+            t.disks.iter().map(|d| d.size_bytes).collect::<Vec<_>>(),
+            *disks,
+            "{name} disks"
+        );
         assert_eq!(t.nic_count, *nics, "{name} nics");
         assert_eq!(t.nic_model, NicModel::E1000, "{name} nic model");
         assert_eq!(t.restrictions.max_vcpus, *max_v, "{name}");
@@ -194,16 +364,25 @@ fn broken_user_templates_are_skipped_with_a_reason() {
     let (cat, _dir) = catalog_with(&files);
     let warnings = cat.warnings().join("\n");
     for (file, _, needle) in cases {
-        assert!(warnings.contains(needle), "{file}: {needle:?} not in\n{warnings}");
+        assert!(
+            warnings.contains(needle),
+            "{file}: {needle:?} not in\n{warnings}"
+        );
     }
     for name in ["a", "b", "orphan", "bigcpu", "mem", "ph", "bus", "minmax"] {
         assert!(cat.list().iter().all(|t| t.name != name), "{name} listed");
         // `get` explains why rather than claiming the template does not exist.
         let err = cat.get(name).expect_err(name);
-        assert!(!matches!(err, TemplateError::NotFound { .. }), "{name}: {err}");
+        assert!(
+            !matches!(err, TemplateError::NotFound { .. }),
+            "{name}: {err}"
+        );
     }
     let err = cat.get("orphan").expect_err("orphan").to_string();
-    assert_eq!(err, "template \"orphan\" derives from unknown template \"no-such\"");
+    assert_eq!(
+        err,
+        "template \"orphan\" derives from unknown template \"no-such\""
+    );
 }
 
 #[test]
@@ -221,7 +400,10 @@ fn not_found_suggests_close_names() {
             panic!("{asked}: {err}");
         };
         for w in *want {
-            assert!(close.iter().any(|c| c == w), "{asked}: {w} not in {close:?}");
+            assert!(
+                close.iter().any(|c| c == w),
+                "{asked}: {w} not in {close:?}"
+            );
         }
         assert!(err.to_string().contains("did you mean"), "{err}");
         assert_eq!(err.kind(), ErrorKind::NotFound);
@@ -236,18 +418,80 @@ fn restrictions_table() {
     // (template, vcpus, memory, nics, disks, expected messages)
     let table: &[(&str, u32, u64, usize, usize, &[&str])] = &[
         ("debian-12", 8, 2 * GIB, 1, 1, &[]),
-        ("debian-12", 9, 2 * GIB, 1, 1, &["debian-12 allows at most 8 vCPUs; asked for 9"]),
-        ("debian-12", 1, 128 * MIB, 1, 1, &["debian-12 needs at least 256 MiB of memory; asked for 128 MiB"]),
-        ("debian-12", 1, 65 * GIB, 1, 1, &["debian-12 allows at most 64 GiB of memory; asked for 65 GiB"]),
-        ("debian-12", 1, GIB, 9, 17, &["debian-12 allows at most 8 NICs; asked for 9", "debian-12 allows at most 16 disks; asked for 17"]),
-        ("windows-11", 2, 2 * GIB, 1, 1, &["windows-11 needs at least 4 GiB of memory; asked for 2 GiB"]),
-        ("other-install-media", 1, 16 * MIB, 1, 5, &["other-install-media allows at most 4 disks; asked for 5"]),
-        ("corral-test-guest", 9, 8 * GIB, 1, 1, &["corral-test-guest allows at most 8 vCPUs; asked for 9", "corral-test-guest allows at most 4 GiB of memory; asked for 8 GiB"]),
+        (
+            "debian-12",
+            9,
+            2 * GIB,
+            1,
+            1,
+            &["debian-12 allows at most 8 vCPUs; asked for 9"],
+        ),
+        (
+            "debian-12",
+            1,
+            128 * MIB,
+            1,
+            1,
+            &["debian-12 needs at least 256 MiB of memory; asked for 128 MiB"],
+        ),
+        (
+            "debian-12",
+            1,
+            65 * GIB,
+            1,
+            1,
+            &["debian-12 allows at most 64 GiB of memory; asked for 65 GiB"],
+        ),
+        (
+            "debian-12",
+            1,
+            GIB,
+            9,
+            17,
+            &[
+                "debian-12 allows at most 8 NICs; asked for 9",
+                "debian-12 allows at most 16 disks; asked for 17",
+            ],
+        ),
+        (
+            "windows-11",
+            2,
+            2 * GIB,
+            1,
+            1,
+            &["windows-11 needs at least 4 GiB of memory; asked for 2 GiB"],
+        ),
+        (
+            "other-install-media",
+            1,
+            16 * MIB,
+            1,
+            5,
+            &["other-install-media allows at most 4 disks; asked for 5"],
+        ),
+        (
+            "corral-test-guest",
+            9,
+            8 * GIB,
+            1,
+            1,
+            &[
+                "corral-test-guest allows at most 8 vCPUs; asked for 9",
+                "corral-test-guest allows at most 4 GiB of memory; asked for 8 GiB",
+            ],
+        ),
     ];
     for (name, vcpus, mem, nics, disks, want) in table {
         let t = cat.get(name).expect(name);
-        let got = t.check_restrictions(*vcpus, *mem, *nics, *disks).err().unwrap_or_default();
-        assert_eq!(got, want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{name}");
+        let got = t
+            .check_restrictions(*vcpus, *mem, *nics, *disks)
+            .err()
+            .unwrap_or_default();
+        assert_eq!(
+            got,
+            want.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            "{name}"
+        );
     }
 }
 
@@ -274,13 +518,19 @@ fn apply_to_request_fills_defaults_and_enforces_restrictions() {
     let mut req = VmCreateRequest {
         name: "x".into(),
         vcpus: Some(4),
-        disks: Some(vec![DiskRequest { size_bytes: GIB, ..Default::default() }]),
+        disks: Some(vec![DiskRequest {
+            size_bytes: GIB,
+            ..Default::default()
+        }]),
         nics: Some(vec![]),
         ..Default::default()
     };
     t.apply_to_request(&mut req, "default").expect("fits");
     assert_eq!(req.vcpus, Some(4));
-    assert_eq!(req.disks.as_ref().expect("disks")[0].bus, Some(DiskBus::Sata));
+    assert_eq!(
+        req.disks.as_ref().expect("disks")[0].bus,
+        Some(DiskBus::Sata)
+    );
     assert_eq!(req.nics.as_ref().map(Vec::len), Some(0));
 
     let d = cat.get("debian-12").expect("debian-12");
@@ -289,8 +539,13 @@ fn apply_to_request_fills_defaults_and_enforces_restrictions() {
         vcpus: Some(9),
         ..Default::default()
     };
-    let err = d.apply_to_request(&mut req, "default").expect_err("9 vcpus");
-    assert_eq!(err, vec!["debian-12 allows at most 8 vCPUs; asked for 9".to_string()]);
+    let err = d
+        .apply_to_request(&mut req, "default")
+        .expect_err("9 vcpus");
+    assert_eq!(
+        err,
+        vec!["debian-12 allows at most 8 vCPUs; asked for 9".to_string()]
+    );
 }
 
 #[test]
@@ -323,12 +578,18 @@ fn add_and_remove_user_templates() {
     })
     .expect("load with a missing dir");
     let t = cat
-        .add_user("name = \"web\"\nderived_from = \"debian-12\"\nvcpus = 2\n", &tdir)
+        .add_user(
+            "name = \"web\"\nderived_from = \"debian-12\"\nvcpus = 2\n",
+            &tdir,
+        )
         .expect("add");
     assert_eq!(t.vcpus, 2);
     assert!(tdir.join("web.toml").is_file());
-    cat.add_user("name = \"web-big\"\nderived_from = \"web\"\nvcpus = 4\n", &tdir)
-        .expect("add child");
+    cat.add_user(
+        "name = \"web-big\"\nderived_from = \"web\"\nvcpus = 4\n",
+        &tdir,
+    )
+    .expect("add child");
 
     // Survives a reload.
     let mut cat = Catalog::load_with(LoadOptions {
@@ -339,25 +600,49 @@ fn add_and_remove_user_templates() {
     assert_eq!(cat.get("web-big").expect("web-big").vcpus, 4);
 
     let cases: Vec<(Result<Template, TemplateError>, &str)> = vec![
-        (cat.add_user("name = \"web\"\n", &tdir), "template \"web\" already exists"),
-        (cat.add_user("name = \"debian-12\"\n", &tdir), "template \"debian-12\" already exists"),
         (
-            cat.add_user("name = \"x\"\nderived_from = \"debian-12\"\nvcpus = 9\n", &tdir),
+            cat.add_user("name = \"web\"\n", &tdir),
+            "template \"web\" already exists",
+        ),
+        (
+            cat.add_user("name = \"debian-12\"\n", &tdir),
+            "template \"debian-12\" already exists",
+        ),
+        (
+            cat.add_user(
+                "name = \"x\"\nderived_from = \"debian-12\"\nvcpus = 9\n",
+                &tdir,
+            ),
             "template \"x\" is invalid: vcpus 9 is more than restrictions.max_vcpus 8",
         ),
-        (cat.add_user("name = \"y\"\nderived_from = \"nope\"\n", &tdir), "unknown template \"nope\""),
-        (cat.add_user("this is not toml", &tdir), "template file new template:"),
+        (
+            cat.add_user("name = \"y\"\nderived_from = \"nope\"\n", &tdir),
+            "unknown template \"nope\"",
+        ),
+        (
+            cat.add_user("this is not toml", &tdir),
+            "template file new template:",
+        ),
     ];
     for (res, needle) in cases {
         let err = res.expect_err(needle).to_string();
         assert!(err.contains(needle), "{err} lacks {needle}");
     }
-    assert!(!tdir.join("x.toml").exists(), "an invalid template leaves no file");
+    assert!(
+        !tdir.join("x.toml").exists(),
+        "an invalid template leaves no file"
+    );
 
     let err = cat.remove_user("debian-12", &tdir).expect_err("builtin");
-    assert_eq!(err.to_string(), "template \"debian-12\" is built in and cannot be deleted");
+    assert_eq!(
+        err.to_string(),
+        "template \"debian-12\" is built in and cannot be deleted"
+    );
     let err = cat.remove_user("web", &tdir).expect_err("has child");
-    assert_eq!(err.to_string(), "template \"web\" cannot be deleted: web-big derived from it");
+    assert_eq!(
+        err.to_string(),
+        "template \"web\" cannot be deleted: web-big derived from it"
+    );
     assert_eq!(err.kind(), ErrorKind::Conflict);
     let err = cat.remove_user("nope", &tdir).expect_err("missing");
     assert_eq!(err.kind(), ErrorKind::NotFound);
@@ -409,7 +694,11 @@ fn osinfo_fixture_becomes_templates() {
     )
     .expect("write");
     let users = tempfile::tempdir().expect("tempdir");
-    fs::write(users.path().join("mine.toml"), "name = \"mine\"\nderived_from = \"osinfo:exos2\"\nvcpus = 3\n").expect("write");
+    fs::write(
+        users.path().join("mine.toml"),
+        "name = \"mine\"\nderived_from = \"osinfo:exos2\"\nvcpus = 3\n",
+    )
+    .expect("write");
     let cat = Catalog::load_with(LoadOptions {
         user_dir: Some(users.path()),
         osinfo_dir: Some(dir.path()),
@@ -426,15 +715,29 @@ fn osinfo_fixture_becomes_templates() {
     // Resources come from the OS it derives from.
     let t2 = cat.get("osinfo:exos2").expect("exos2");
     assert_eq!(t2.memory_recommended_bytes, 2 * GIB);
-    assert!(!t2.install_methods.contains(&InstallMethod::Http), "exos2 has no tree");
+    assert!(
+        !t2.install_methods.contains(&InstallMethod::Http),
+        "exos2 has no tree"
+    );
     // User templates may derive from osinfo ones.
     assert_eq!(cat.get("mine").expect("mine").vcpus, 3);
     // DTDs are refused, so entity expansion never happens.
-    assert!(cat.warnings().iter().any(|w| w.contains("evil.xml")), "{:?}", cat.warnings());
+    assert!(
+        cat.warnings().iter().any(|w| w.contains("evil.xml")),
+        "{:?}",
+        cat.warnings()
+    );
     // Detection can name the OS from its treeinfo.
-    assert_eq!(cat.osinfo_for_treeinfo("ExOS", "1.4").map(|t| t.name.as_str()), Some("osinfo:exos1"));
+    assert_eq!(
+        cat.osinfo_for_treeinfo("ExOS", "1.4")
+            .map(|t| t.name.as_str()),
+        Some("osinfo:exos1")
+    );
     assert!(cat.osinfo_for_treeinfo("ExOS", "2").is_none());
-    assert_eq!(cat.osinfo_kernel_paths(), vec![("boot/vmlinuz".to_string(), "boot/initrd.img".to_string())]);
+    assert_eq!(
+        cat.osinfo_kernel_paths(),
+        vec![("boot/vmlinuz".to_string(), "boot/initrd.img".to_string())]
+    );
     assert_eq!(cat.list_osinfo().len(), 2);
     assert!(cat.list().iter().all(|t| !t.name.starts_with("osinfo:")));
 }
@@ -442,23 +745,29 @@ fn osinfo_fixture_becomes_templates() {
 #[test]
 fn debians_osinfo_db_fills_in_oses_without_builtins() {
     let dir = Path::new(osinfo::DEFAULT_OS_DIR);
-    assert!(dir.is_dir(), "Debian package osinfo-db must be installed for this test");
+    assert!(
+        dir.is_dir(),
+        "Debian package osinfo-db must be installed for this test"
+    );
     let cat = Catalog::load(None).expect("load");
     assert!(cat.list_osinfo().len() > 300, "{}", cat.list_osinfo().len());
     let fedora = cat.get("osinfo:fedora37").expect("fedora37");
     assert_eq!(fedora.os.family, OsFamily::Rhel);
     assert!(fedora.memory_recommended_bytes >= GIB);
     assert_eq!(
-        cat.osinfo_for_treeinfo("Red Hat Enterprise Linux", "9.0").map(|t| t.name.as_str()),
+        cat.osinfo_for_treeinfo("Red Hat Enterprise Linux", "9.0")
+            .map(|t| t.name.as_str()),
         Some("osinfo:rhel9.0")
     );
     assert_eq!(
-        cat.osinfo_for_treeinfo("Fedora", "37").map(|t| t.name.as_str()),
+        cat.osinfo_for_treeinfo("Fedora", "37")
+            .map(|t| t.name.as_str()),
         Some("osinfo:fedora37")
     );
-    assert!(cat
-        .osinfo_kernel_paths()
-        .contains(&("images/pxeboot/vmlinuz".to_string(), "images/pxeboot/initrd.img".to_string())));
+    assert!(cat.osinfo_kernel_paths().contains(&(
+        "images/pxeboot/vmlinuz".to_string(),
+        "images/pxeboot/initrd.img".to_string()
+    )));
     let win = cat.get("osinfo:win10").expect("win10");
     assert_eq!(win.device_model, DeviceModel::Emulated);
 }
@@ -484,5 +793,8 @@ fn osinfo_regex_versions() {
     assert!(osinfo::version_matches(pat, "9.2"));
     assert!(osinfo::version_matches(pat, "9.12.1"));
     assert!(!osinfo::version_matches(pat, "9.0"));
-    assert!(!osinfo::version_matches("^(", "9"), "a bad pattern matches nothing");
+    assert!(
+        !osinfo::version_matches("^(", "9"),
+        "a bad pattern matches nothing"
+    );
 }

@@ -14,12 +14,12 @@ pub enum Unattended {
     /// Fetched by the installer from this URL (served by the agent).
     Url(String),
     /// Appended to the initrd (see `crate::seed::append_to_initrd`) under the file name
-    /// [`initrd_file_name`] gives for the family.
+    /// [`unattended_initrd_name`] gives for the family.
     InInitrd,
 }
 
 /// The path inside the initrd where each family's installer looks for its unattended file.
-pub fn initrd_file_name(family: OsFamily) -> Option<&'static str> {
+pub fn unattended_initrd_name(family: OsFamily) -> Option<&'static str> {
     match family {
         OsFamily::Debian => Some("preseed.cfg"),
         OsFamily::Rhel => Some("ks.cfg"),
@@ -87,7 +87,11 @@ pub fn installer_args(
         OsFamily::Ubuntu => {
             a.push("boot=casper ip=dhcp".into());
             match tree.scheme {
-                Scheme::Nfs => a.push(format!("netboot=nfs nfsroot={}:{}", tree.host, strip_slash(&tree.path))),
+                Scheme::Nfs => a.push(format!(
+                    "netboot=nfs nfsroot={}:{}",
+                    tree.host,
+                    strip_slash(&tree.path)
+                )),
                 Scheme::Http | Scheme::Https | Scheme::Ftp => {
                     a.push(format!("fetch={url}casper/filesystem.squashfs"));
                     notes.push("Ubuntu live-server trees boot best from the ISO: pass url=<ISO URL> with --extra-args if fetch= fails".into());
@@ -102,7 +106,11 @@ pub fn installer_args(
         }
         OsFamily::Rhel | OsFamily::Linux => {
             match tree.scheme {
-                Scheme::Nfs => a.push(format!("inst.repo=nfs:{}:{}", tree.host, strip_slash(&tree.path))),
+                Scheme::Nfs => a.push(format!(
+                    "inst.repo=nfs:{}:{}",
+                    tree.host,
+                    strip_slash(&tree.path)
+                )),
                 Scheme::Http | Scheme::Https | Scheme::Ftp => a.push(format!("inst.repo={url}")),
                 Scheme::File => {}
             }

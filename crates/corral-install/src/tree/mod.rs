@@ -24,7 +24,7 @@
 mod args;
 mod parse;
 
-pub use args::{installer_args, Unattended};
+pub use args::{installer_args, unattended_initrd_name, Unattended};
 pub use parse::{parse_ini, parse_rfc822, Ini};
 
 use crate::templates::{InstallMethod, OsFamily};
@@ -89,8 +89,14 @@ fn tried(r: &[ProbeRecord]) -> String {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DetectError {
     #[error("no installable tree found at {location}{}", tried(probes))]
-    NoInstallableTree { location: String, probes: Vec<ProbeRecord> },
-    #[error("cannot read install tree at {location}: {request}: {error}{}", tried(probes))]
+    NoInstallableTree {
+        location: String,
+        probes: Vec<ProbeRecord>,
+    },
+    #[error(
+        "cannot read install tree at {location}: {request}: {error}{}",
+        tried(probes)
+    )]
     ProbeFailed {
         location: String,
         request: String,
@@ -203,7 +209,9 @@ type Step<T> = Result<T, DetectError>;
 
 impl Session<'_> {
     fn record(&self, request: String, outcome: String) {
-        self.records.borrow_mut().push(ProbeRecord { request, outcome });
+        self.records
+            .borrow_mut()
+            .push(ProbeRecord { request, outcome });
     }
 
     fn fail(&self, path: &str, error: String) -> DetectError {
@@ -219,7 +227,10 @@ impl Session<'_> {
     fn read(&self, path: &str) -> Step<Option<String>> {
         match self.probe.fetch(path) {
             ProbeResult::Found(bytes) => {
-                self.record(self.probe.describe(path), format!("found ({} bytes)", bytes.len()));
+                self.record(
+                    self.probe.describe(path),
+                    format!("found ({} bytes)", bytes.len()),
+                );
                 Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
             }
             ProbeResult::NotFound(why) => {
@@ -286,14 +297,22 @@ fn method_of(scheme: Scheme) -> InstallMethod {
 }
 
 /// Detect the install tree at `url`, reading it through `probe`.
-pub fn detect(probe: &dyn Probe, url: &SourceUrl, opts: &DetectOptions) -> Result<Detected, DetectError> {
+pub fn detect(
+    probe: &dyn Probe,
+    url: &SourceUrl,
+    opts: &DetectOptions,
+) -> Result<Detected, DetectError> {
     let s = Session {
         probe,
         location: url.to_string(),
         records: RefCell::new(Vec::new()),
     };
     let found = find(&s, opts)?;
-    let guest = opts.guest_url.clone().unwrap_or_else(|| url.clone()).as_dir();
+    let guest = opts
+        .guest_url
+        .clone()
+        .unwrap_or_else(|| url.clone())
+        .as_dir();
     let method = method_of(guest.scheme);
     let mut notes = Vec::new();
     let mut args = installer_args(
@@ -365,7 +384,10 @@ fn find(s: &Session<'_>, opts: &DetectOptions) -> Step<Found> {
         let (Ok(k), Ok(i)) = (clean_relative(k), clean_relative(i)) else {
             continue;
         };
-        if k == "images/pxeboot/vmlinuz" || k.contains("installer-amd64") || k.contains("debian-installer/amd64") {
+        if k == "images/pxeboot/vmlinuz"
+            || k.contains("installer-amd64")
+            || k.contains("debian-installer/amd64")
+        {
             continue; // already tried above
         }
         if s.pair(&k, &i)? {
@@ -423,9 +445,20 @@ pub fn family_of_treeinfo(family: &str) -> OsFamily {
     let f = family.to_ascii_lowercase();
     if f == "corral-test-installer" || f.starts_with("corral") {
         OsFamily::CorralTest
-    } else if ["red hat", "rhel", "centos", "fedora", "almalinux", "rocky", "oracle", "scientific", "circle", "eurolinux"]
-        .iter()
-        .any(|k| f.contains(k))
+    } else if [
+        "red hat",
+        "rhel",
+        "centos",
+        "fedora",
+        "almalinux",
+        "rocky",
+        "oracle",
+        "scientific",
+        "circle",
+        "eurolinux",
+    ]
+    .iter()
+    .any(|k| f.contains(k))
     {
         OsFamily::Rhel
     } else if f.contains("suse") || f.contains("sles") {
@@ -447,9 +480,21 @@ fn treeinfo_os(ini: &Ini) -> DetectedOs {
             .unwrap_or_default()
             .to_string()
     };
-    let name = get(&[("general", "family"), ("release", "name"), ("product", "name")]);
-    let version = get(&[("general", "version"), ("release", "version"), ("product", "version")]);
-    let variant = get(&[("general", "variant"), ("variant-BaseOS", "name"), ("tree", "variants")]);
+    let name = get(&[
+        ("general", "family"),
+        ("release", "name"),
+        ("product", "name"),
+    ]);
+    let version = get(&[
+        ("general", "version"),
+        ("release", "version"),
+        ("product", "version"),
+    ]);
+    let variant = get(&[
+        ("general", "variant"),
+        ("variant-BaseOS", "name"),
+        ("tree", "variants"),
+    ]);
     let arch = get(&[("general", "arch"), ("tree", "arch")]);
     DetectedOs {
         family: family_of_treeinfo(&name),
@@ -476,7 +521,9 @@ fn treeinfo(s: &Session<'_>) -> Step<Option<Found>> {
     let os = treeinfo_os(&ini);
     if let Some(arch) = &os.arch {
         if !matches!(arch.as_str(), "x86_64" | "amd64" | "noarch") {
-            return Err(s.invalid(format!("the tree is for {arch}; corral installs x86_64 guests")));
+            return Err(s.invalid(format!(
+                "the tree is for {arch}; corral installs x86_64 guests"
+            )));
         }
     }
     let mut candidates: Vec<(String, String)> = Vec::new();
@@ -486,9 +533,15 @@ fn treeinfo(s: &Session<'_>) -> Step<Option<Found>> {
             candidates.push((k.to_string(), i.to_string()));
         }
     }
-    candidates.push(("images/pxeboot/vmlinuz".into(), "images/pxeboot/initrd.img".into()));
+    candidates.push((
+        "images/pxeboot/vmlinuz".into(),
+        "images/pxeboot/initrd.img".into(),
+    ));
     if os.family == OsFamily::Suse {
-        candidates.push(("boot/x86_64/loader/linux".into(), "boot/x86_64/loader/initrd".into()));
+        candidates.push((
+            "boot/x86_64/loader/linux".into(),
+            "boot/x86_64/loader/initrd".into(),
+        ));
     }
     let mut tried = std::collections::HashSet::new();
     for (k, i) in candidates {
@@ -498,7 +551,12 @@ fn treeinfo(s: &Session<'_>) -> Step<Option<Found>> {
             continue;
         }
         if s.pair(&k, &i)? {
-            let tree_args = ini.get("corral", "installer_args").map(str::to_string);
+            // Extra arguments the tree asks for: `[corral] installer_args`, or `[general]
+            // kernel_args` as the project's test installer writes it.
+            let tree_args = ini
+                .get("corral", "installer_args")
+                .or_else(|| ini.get("general", "kernel_args"))
+                .map(str::to_string);
             return Ok(Some(Found {
                 os,
                 layout: Layout::Treeinfo,
@@ -511,7 +569,11 @@ fn treeinfo(s: &Session<'_>) -> Step<Option<Found>> {
     }
     Err(s.invalid(format!(
         "its treeinfo ({} {}) names no kernel and initrd that exist",
-        if os.name.is_empty() { "unknown family" } else { &os.name },
+        if os.name.is_empty() {
+            "unknown family"
+        } else {
+            &os.name
+        },
         os.version
     )))
 }
@@ -535,11 +597,17 @@ fn suse(s: &Session<'_>) -> Step<Option<Found>> {
     let version = fields
         .get("VERSION")
         .cloned()
-        .or_else(|| fields.get("DISTRO").and_then(|d| d.split(',').next()?.rsplit(':').next().map(str::to_string)))
+        .or_else(|| {
+            fields
+                .get("DISTRO")
+                .and_then(|d| d.split(',').next()?.rsplit(':').next().map(str::to_string))
+        })
         .unwrap_or_default();
     let (k, i) = ("boot/x86_64/loader/linux", "boot/x86_64/loader/initrd");
     if !s.pair(k, i)? {
-        return Err(s.invalid("its SUSE content file is there but boot/x86_64/loader/linux and initrd are not".into()));
+        return Err(s.invalid(
+            "its SUSE content file is there but boot/x86_64/loader/linux and initrd are not".into(),
+        ));
     }
     Ok(Some(Found {
         os: DetectedOs {
@@ -562,7 +630,10 @@ fn suse(s: &Session<'_>) -> Step<Option<Found>> {
 const NETBOOT_SUBDIRS: &[(&str, OsFamily)] = &[
     ("images/netboot/debian-installer/amd64/", OsFamily::Debian),
     ("images/netboot/ubuntu-installer/amd64/", OsFamily::Debian),
-    ("legacy-images/netboot/ubuntu-installer/amd64/", OsFamily::Debian),
+    (
+        "legacy-images/netboot/ubuntu-installer/amd64/",
+        OsFamily::Debian,
+    ),
 ];
 
 fn debian_any(s: &Session<'_>, opts: &DetectOptions) -> Step<Option<Found>> {
@@ -590,8 +661,14 @@ fn debian_mirror(s: &Session<'_>, opts: &DetectOptions) -> Step<Option<Found>> {
             continue;
         };
         let fields = parse_rfc822(&release);
-        let origin = fields.get("Origin").cloned().unwrap_or_else(|| "Debian".into());
-        let codename = fields.get("Codename").cloned().unwrap_or_else(|| suite.clone());
+        let origin = fields
+            .get("Origin")
+            .cloned()
+            .unwrap_or_else(|| "Debian".into());
+        let codename = fields
+            .get("Codename")
+            .cloned()
+            .unwrap_or_else(|| suite.clone());
         let version = fields.get("Version").cloned().unwrap_or_default();
         let base = format!("dists/{suite}/main/installer-amd64/current/");
         for (sub, family) in NETBOOT_SUBDIRS {
@@ -656,7 +733,10 @@ fn debian_partial(s: &Session<'_>) -> Step<Option<Found>> {
             let i = format!("{sub}initrd.gz");
             if s.pair(&k, &i)? {
                 let info = s.read("netboot/version.info")?;
-                let os = info.as_deref().map_or_else(|| unknown_os(OsFamily::Debian, "Debian"), os_from_version_info);
+                let os = info.as_deref().map_or_else(
+                    || unknown_os(OsFamily::Debian, "Debian"),
+                    os_from_version_info,
+                );
                 return Ok(Some(Found {
                     os,
                     layout: Layout::DebianImages,
@@ -705,7 +785,11 @@ fn debian_media(s: &Session<'_>) -> Step<Option<Found>> {
         .nth(1)
         .and_then(|c| c.split_whitespace().next())
         .map(str::to_ascii_lowercase);
-    let name = info.split_whitespace().next().unwrap_or_default().to_string();
+    let name = info
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let os = |family| DetectedOs {
         family,
         name: name.clone(),
@@ -714,7 +798,10 @@ fn debian_media(s: &Session<'_>) -> Step<Option<Found>> {
         codename: codename.clone(),
         arch: Some("amd64".into()),
     };
-    for (k, i) in [("install.amd/vmlinuz", "install.amd/initrd.gz"), ("install/vmlinuz", "install/initrd.gz")] {
+    for (k, i) in [
+        ("install.amd/vmlinuz", "install.amd/initrd.gz"),
+        ("install/vmlinuz", "install/initrd.gz"),
+    ] {
         if s.pair(k, i)? {
             return Ok(Some(Found {
                 os: os(OsFamily::Debian),
@@ -726,19 +813,19 @@ fn debian_media(s: &Session<'_>) -> Step<Option<Found>> {
             }));
         }
     }
-    if ubuntu {
-        if s.pair("casper/vmlinuz", "casper/initrd")? {
-            return Ok(Some(Found {
-                os: os(OsFamily::Ubuntu),
-                layout: Layout::UbuntuCasper,
-                kernel: "casper/vmlinuz".into(),
-                initrd: "casper/initrd".into(),
-                mirror_root: None,
-                tree_args: None,
-            }));
-        }
+    if ubuntu && s.pair("casper/vmlinuz", "casper/initrd")? {
+        return Ok(Some(Found {
+            os: os(OsFamily::Ubuntu),
+            layout: Layout::UbuntuCasper,
+            kernel: "casper/vmlinuz".into(),
+            initrd: "casper/initrd".into(),
+            mirror_root: None,
+            tree_args: None,
+        }));
     }
-    Err(s.invalid(format!("its .disk/info says {info:?} but no installer kernel and initrd were found")))
+    Err(s.invalid(format!(
+        "its .disk/info says {info:?} but no installer kernel and initrd were found"
+    )))
 }
 
 #[cfg(test)]

@@ -73,7 +73,8 @@ pub fn parse_suse_content(text: &str) -> BTreeMap<String, String> {
             continue;
         }
         let (k, v) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        out.entry(k.to_string()).or_insert_with(|| v.trim().to_string());
+        out.entry(k.to_string())
+            .or_insert_with(|| v.trim().to_string());
     }
     out
 }
@@ -85,20 +86,33 @@ mod tests {
     #[test]
     fn ini_sections_and_comments() {
         let ini = parse_ini("# c\n[general]\nfamily = Red Hat Enterprise Linux\nVersion=9.2\n; x\n[images-x86_64]\nkernel = images/pxeboot/vmlinuz\nbroken line\n");
-        assert_eq!(ini.get("general", "family"), Some("Red Hat Enterprise Linux"));
+        assert_eq!(
+            ini.get("general", "family"),
+            Some("Red Hat Enterprise Linux")
+        );
         assert_eq!(ini.get("general", "version"), Some("9.2"));
-        assert_eq!(ini.get("images-x86_64", "kernel"), Some("images/pxeboot/vmlinuz"));
+        assert_eq!(
+            ini.get("images-x86_64", "kernel"),
+            Some("images/pxeboot/vmlinuz")
+        );
         assert_eq!(ini.get("nope", "kernel"), None);
     }
 
     #[test]
     fn release_and_content() {
-        let r = parse_rfc822("Origin: Debian\nCodename: bookworm\nMD5Sum:\n abc 12 main/x\n\nOther: y\n");
+        let r = parse_rfc822(
+            "Origin: Debian\nCodename: bookworm\nMD5Sum:\n abc 12 main/x\n\nOther: y\n",
+        );
         assert_eq!(r.get("Origin").map(String::as_str), Some("Debian"));
         assert_eq!(r.get("Codename").map(String::as_str), Some("bookworm"));
         assert!(!r.contains_key("Other"));
-        let c = parse_suse_content("PRODUCT SUSE_SLES\nVERSION 15.5\nLABEL SUSE Linux Enterprise Server 15 SP5\n");
-        assert_eq!(c.get("LABEL").map(String::as_str), Some("SUSE Linux Enterprise Server 15 SP5"));
+        let c = parse_suse_content(
+            "PRODUCT SUSE_SLES\nVERSION 15.5\nLABEL SUSE Linux Enterprise Server 15 SP5\n",
+        );
+        assert_eq!(
+            c.get("LABEL").map(String::as_str),
+            Some("SUSE Linux Enterprise Server 15 SP5")
+        );
         assert_eq!(c.get("VERSION").map(String::as_str), Some("15.5"));
     }
 }

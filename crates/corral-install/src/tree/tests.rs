@@ -5,7 +5,9 @@ use super::*;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trees").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/trees")
+        .join(name)
 }
 
 /// Serves a fixture directory as if it were `base` on an HTTP server.
@@ -291,6 +293,20 @@ fn detects_every_layout() {
             method: InstallMethod::Http,
         },
         Case {
+            fixture: "corral-test-installer-productmd",
+            url: "nfs://127.0.0.1/srv/tree",
+            opts: DetectOptions::default(),
+            family: OsFamily::CorralTest,
+            layout: Layout::Treeinfo,
+            name: "corral-test-installer",
+            version: "1",
+            codename: None,
+            kernel: "images/pxeboot/vmlinuz",
+            initrd: "images/pxeboot/initrd.img",
+            args: "corral.location=nfs://127.0.0.1/srv/tree/ console=ttyS0 corral.install",
+            method: InstallMethod::Nfs,
+        },
+        Case {
             fixture: "generic-treeinfo",
             url: "http://h/ex/",
             opts: DetectOptions::default(),
@@ -363,7 +379,10 @@ fn detects_every_layout() {
 fn unknown_layout_lists_every_probe() {
     let err = run("unknown-layout", "http://h/d/", &DetectOptions::default()).expect_err("unknown");
     let msg = err.to_string();
-    assert!(msg.starts_with("no installable tree found at http://h/d/; tried: "), "{msg}");
+    assert!(
+        msg.starts_with("no installable tree found at http://h/d/; tried: "),
+        "{msg}"
+    );
     for path in [
         ".treeinfo",
         "treeinfo",
@@ -375,7 +394,10 @@ fn unknown_layout_lists_every_probe() {
         ".disk/info",
         "images/pxeboot/vmlinuz",
     ] {
-        assert!(msg.contains(&format!("GET http://h/d/{path} → 404 Not Found")), "{path} missing from {msg}");
+        assert!(
+            msg.contains(&format!("GET http://h/d/{path} → 404 Not Found")),
+            "{path} missing from {msg}"
+        );
     }
     assert_eq!(err.kind(), corral_model::ErrorKind::NotFound);
     // The probe list is also available as data, in order.
@@ -386,9 +408,21 @@ fn unknown_layout_lists_every_probe() {
 #[test]
 fn broken_trees_say_what_is_wrong() {
     let cases: &[(&str, DetectOptions, &str)] = &[
-        ("treeinfo-aarch64", DetectOptions::default(), "the tree is for aarch64; corral installs x86_64 guests"),
-        ("treeinfo-escape", DetectOptions::default(), "treeinfo kernel path: path \"../../../etc/passwd\" leaves the tree"),
-        ("treeinfo-no-kernel", DetectOptions::default(), "its treeinfo (Fedora 39) names no kernel and initrd that exist"),
+        (
+            "treeinfo-aarch64",
+            DetectOptions::default(),
+            "the tree is for aarch64; corral installs x86_64 guests",
+        ),
+        (
+            "treeinfo-escape",
+            DetectOptions::default(),
+            "treeinfo kernel path: path \"../../../etc/passwd\" leaves the tree",
+        ),
+        (
+            "treeinfo-no-kernel",
+            DetectOptions::default(),
+            "its treeinfo (Fedora 39) names no kernel and initrd that exist",
+        ),
         (
             "debian-netboot",
             DetectOptions {
@@ -431,23 +465,51 @@ fn an_unreachable_host_stops_at_the_first_probe() {
 fn debian_hint_tries_mirror_layouts_before_suse() {
     let d = run("debian-mirror", "http://h/debian/", &hint(OsFamily::Debian)).expect("detect");
     let requests: Vec<&str> = d.probes.iter().map(|p| p.request.as_str()).collect();
-    assert!(!requests.contains(&"GET http://h/debian/content"), "{requests:?}");
+    assert!(
+        !requests.contains(&"GET http://h/debian/content"),
+        "{requests:?}"
+    );
     assert_eq!(requests[2], "GET http://h/debian/dists/bookworm/Release");
 }
 
 #[test]
 fn notes_explain_protocol_limits() {
-    let d = run("debian-mirror", "nfs://filer/exports/debian", &DetectOptions::default()).expect("detect");
+    let d = run(
+        "debian-mirror",
+        "nfs://filer/exports/debian",
+        &DetectOptions::default(),
+    )
+    .expect("detect");
     assert_eq!(d.installer_args, "");
-    assert!(d.notes.iter().any(|n| n.contains("cannot read packages over NFS")), "{:?}", d.notes);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.contains("cannot read packages over NFS")),
+        "{:?}",
+        d.notes
+    );
     let d = run("debian-netboot", "http://h/nb/", &DetectOptions::default()).expect("detect");
-    assert!(d.notes.iter().any(|n| n.contains("not a mirror root")), "{:?}", d.notes);
+    assert!(
+        d.notes.iter().any(|n| n.contains("not a mirror root")),
+        "{:?}",
+        d.notes
+    );
 }
 
 #[test]
 fn credentials_reach_the_installer_but_not_the_messages() {
-    let d = run("rhel-treeinfo", "ftp://user:pw@h/rhel/", &DetectOptions::default()).expect("detect");
+    let d = run(
+        "rhel-treeinfo",
+        "ftp://user:pw@h/rhel/",
+        &DetectOptions::default(),
+    )
+    .expect("detect");
     assert_eq!(d.installer_args, "inst.repo=ftp://user:pw@h/rhel/");
-    let err = run("unknown-layout", "ftp://user:pw@h/x/", &DetectOptions::default()).expect_err("unknown");
+    let err = run(
+        "unknown-layout",
+        "ftp://user:pw@h/x/",
+        &DetectOptions::default(),
+    )
+    .expect_err("unknown");
     assert!(!err.to_string().contains("pw@"), "{err}");
 }

@@ -23,7 +23,8 @@ pub enum VmCommand {
         Every field may come from a template (--template NAME; see `corral template list`); \
         flags override it. Without a template: 1 vCPU, 1 GiB, no disks, one virtio NIC on the \
         `default` network.\n\n\
-        --disk SIZE[,sr=REPO][,format=qcow2|raw][,bus=virtio|sata|ide]   (repeat for more disks)\n\
+        --disk SIZE[,sr=REPO][,format=qcow2|raw][,bus=virtio|sata|ide][,from=IMAGE]   (repeatable)\n\
+        --disk ,from=IMAGE   copies an existing image (qcow2, raw, vmdk...) into a new volume\n\
         --nic NETWORK[,model=virtio|e1000|rtl8139][,mac=52:54:00:..]   (repeat, at most 8)\n\n\
         Examples:\n  \
         corral vm create --name web01 --description \"intranet web\" --vcpus 2 --memory 1G \\\n      \
@@ -106,7 +107,7 @@ pub struct CreateArgs {
     /// Initial memory: 512M, 1G, 1GiB or bytes.
     #[arg(long, value_parser = size)]
     memory: Option<u64>,
-    /// SIZE[,sr=REPO][,format=qcow2|raw][,bus=virtio|sata|ide]; repeatable.
+    /// SIZE[,sr=REPO][,format=qcow2|raw][,bus=virtio|sata|ide][,from=IMAGE]; repeatable.
     #[arg(long = "disk")]
     disks: Vec<String>,
     /// Create the VM without disks even if its template has some.
@@ -240,8 +241,13 @@ fn split_spec<'a>(
 }
 
 pub fn parse_disk(spec: &str) -> anyhow::Result<DiskRequest> {
-    let (size_text, kv) = split_spec("disk", spec, &["sr", "format", "bus"])?;
-    let size_bytes = parse_size(size_text).map_err(|e| anyhow::anyhow!("disk {spec:?}: {e}"))?;
+    let (size_text, kv) = split_spec("disk", spec, &["sr", "format", "bus", "from"])?;
+    let has_source = kv.iter().any(|(k, _)| *k == "from");
+    let size_bytes = if size_text.is_empty() && has_source {
+        0
+    } else {
+        parse_size(size_text).map_err(|e| anyhow::anyhow!("disk {spec:?}: {e}"))?
+    };
     let mut d = DiskRequest {
         size_bytes,
         ..Default::default()
@@ -249,6 +255,7 @@ pub fn parse_disk(spec: &str) -> anyhow::Result<DiskRequest> {
     for (k, v) in kv {
         match k {
             "sr" => d.sr = Some(v.to_string()),
+            "from" => d.import_from = Some(abs_file(PathBuf::from(v))),
             "format" => {
                 d.format = Some(match v {
                     "qcow2" => DiskFormat::Qcow2,
@@ -734,6 +741,11 @@ mod tests {
             .to_string()
             .contains("unknown key"));
         assert!(parse_disk("1G,bus=scsi").is_err());
+        let d = parse_disk(",from=/img/a.qcow2").unwrap();
+        assert_eq!(
+            (d.size_bytes, d.import_from),
+            (0, Some(PathBuf::from("/img/a.qcow2")))
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Planner benchmark: `cargo run --release -p corral-placement --example bench`.
+//! Planner benchmark: `cargo run --release -p corral-placement --example placement_bench`.
 //!
 //! (a) vector bin packing with a known optimum (host capacities split into workloads) in 2, 4
 //!     and 6 resources: hosts used by density mode and by the reference first-fit decreasing,
@@ -10,7 +10,8 @@
 //! Instances come from a fixed-seed generator, so every run plans the same instances.
 
 use corral_placement::{
-    plan, plan_first_fit_decreasing, rate_hosts, Demand, Host, HostLoad, Mode, PlanOptions, Workload, RESOURCES,
+    plan, plan_first_fit_decreasing, rate_hosts, Demand, Host, HostLoad, Mode, PlanOptions,
+    Workload, RESOURCES,
 };
 use std::time::Instant;
 
@@ -63,7 +64,9 @@ fn dims_of(dims: usize) -> Vec<usize> {
 /// Known-optimum instance: `k` hosts of capacity `c` in every used resource, each split into
 /// 3–8 workloads whose demands sum exactly to the host's capacity.
 fn split_instance(rng: &mut Rng, dims: usize, k: usize, c: u64) -> (Vec<Host>, Vec<Workload>) {
-    let hosts: Vec<Host> = (0..k + k / 5 + 2).map(|i| square_host(format!("h{i}"), c as f64)).collect();
+    let hosts: Vec<Host> = (0..k + k / 5 + 2)
+        .map(|i| square_host(format!("h{i}"), c as f64))
+        .collect();
     let used = dims_of(dims);
     let mut workloads = Vec::new();
     for _ in 0..k {
@@ -115,15 +118,27 @@ fn ct_item(rng: &mut Rng, class: usize) -> (f64, [f64; 2]) {
         // positively correlated
         3 => {
             let a = rng.int(20, 100) as f64;
-            (150.0, [a, (a + rng.int(0, 20) as f64 - 10.0).clamp(1.0, 150.0)])
+            (
+                150.0,
+                [a, (a + rng.int(0, 20) as f64 - 10.0).clamp(1.0, 150.0)],
+            )
         }
         // negatively correlated
         4 => {
             let a = rng.int(20, 100) as f64;
-            (150.0, [a, (120.0 - a + rng.int(0, 20) as f64 - 10.0).clamp(1.0, 150.0)])
+            (
+                150.0,
+                [
+                    a,
+                    (120.0 - a + rng.int(0, 20) as f64 - 10.0).clamp(1.0, 150.0),
+                ],
+            )
         }
         // wide range on a large host
-        _ => (1000.0, [rng.int(1, 1000) as f64 * 0.4, rng.int(1, 1000) as f64 * 0.4]),
+        _ => (
+            1000.0,
+            [rng.int(1, 1000) as f64 * 0.4, rng.int(1, 1000) as f64 * 0.4],
+        ),
     }
 }
 
@@ -158,7 +173,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let mut rng = Rng(0x00c0_77a1);
     println!("## Placement (issue 5)\n");
-    println!("`cargo run --release -p corral-placement --example bench` (fixed seeds; times are wall clock on this machine).\n");
+    println!("`cargo run --release -p corral-placement --example placement_bench` (fixed seeds; times are wall clock on this machine).\n");
 
     println!("### (a) Known optimum: host capacities split into 3–8 workloads each\n");
     println!("| resources | hosts (optimum) | instances | density / optimum (mean) | density / optimum (worst) | FFD / optimum (mean) | density > FFD on | density ms (mean) |");
@@ -174,7 +189,8 @@ fn main() {
                 let t = Instant::now();
                 let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
                 ms += t.elapsed().as_secs_f64() * 1e3;
-                let f = plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
+                let f =
+                    plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
                 assert!(p.unplaced.is_empty() && f.unplaced.is_empty());
                 let r = p.hosts_used as f64 / k as f64;
                 all_ratios.push(r);
@@ -208,13 +224,15 @@ fn main() {
     for class in 1..=5 {
         for n in [25, 50, 100, 200] {
             let runs = 5;
-            let (mut hosts_sum, mut ffd_sum, mut vol, mut lp, mut gap, mut ms) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            let (mut hosts_sum, mut ffd_sum, mut vol, mut lp, mut gap, mut ms) =
+                (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
             for _ in 0..runs {
                 let (hosts, workloads) = ct_instance(&mut rng, class, n);
                 let t = Instant::now();
                 let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
                 ms += t.elapsed().as_secs_f64() * 1e3;
-                let f = plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
+                let f =
+                    plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
                 let lpv = p.bounds.lp.unwrap_or(0.0);
                 let best = (p.bounds.volume as f64).max((lpv - 1e-6).ceil());
                 hosts_sum += p.hosts_used as f64;
@@ -276,6 +294,21 @@ fn main() {
         let f = plan_first_fit_decreasing(&hosts, &workloads, &opts).expect("valid");
         ffd_times.push(t.elapsed().as_secs_f64() * 1e3);
         ffd_used = f.hosts_used;
+    }
+    if std::env::var_os("BENCH_SPEED_DETAIL").is_some() {
+        for effort in [0, 1] {
+            let o = PlanOptions {
+                effort,
+                ..opts.clone()
+            };
+            let t = Instant::now();
+            let p = plan(&hosts, &workloads, &o).expect("valid");
+            eprintln!(
+                "effort {effort}: {:.1} ms, {} hosts",
+                t.elapsed().as_secs_f64() * 1e3,
+                p.hosts_used
+            );
+        }
     }
     let t = Instant::now();
     let explained = plan(&hosts, &workloads, &PlanOptions::default()).expect("valid");

@@ -1,0 +1,296 @@
+//! Export/import benchmark for issue 4 (not part of the test suite):
+//!
+//! ```text
+//! cargo run --release -p corral-archive --example bench [-- --data DIR]
+//! ```
+//!
+//! Builds (once, cached in `~/.cache/corral-bench` or `--data`) a 4 GiB sparse raw disk holding
+//! about 1 GiB of real Debian files (tar streams of this host's `/usr/share` and `/usr/bin`,
+//! installed from .debs) in three regions plus 96 MiB of random data, and a qcow2 copy. Then, on the same
+//! bytes in one run, with a warm page cache:
+//! - export of the raw disk vs `zstd -T0 -1` of the allocated bytes and vs
+//!   `qemu-img convert -c -O qcow2`;
+//! - export of the qcow2 image (direct reads);
+//! - import vs `zstd -d -T0` of the same bytes, plus the raw to qcow2 finishing step;
+//! - an empty 100 GiB disk;
+//! - peak RSS of the export and import (each run in a child process).
+
+use corral_archive::*;
+use corral_model::*;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "failed: {cmd}");
+}
+
+fn timed(cmd: &str) -> f64 {
+    let t = Instant::now();
+    sh(cmd);
+    t.elapsed().as_secs_f64()
+}
+
+fn spec() -> VmSpec {
+    VmSpec {
+        name: "bench".into(),
+        description: String::new(),
+        vcpus: 2,
+        memory_bytes: 1 << 30,
+        autostart: false,
+        cpu_weight: 256,
+        firmware: Firmware::Bios,
+        disks: vec![],
+        cdroms: vec![],
+        nics: vec![],
+        kernel_boot: None,
+        boot_device: BootDevice::Disk,
+        template: None,
+        is_template: false,
+    }
+}
+
+fn prepare(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let raw = dir.join("disk.raw");
+    let qcow = dir.join("disk.qcow2");
+    let alloc = dir.join("allocated.bin");
+    if !raw.exists() {
+        eprintln!("preparing benchmark data in {} ...", dir.display());
+        // Debian files (this host's /usr/share and /usr/bin, installed from .debs) as tar
+        // streams at three places of a 4 GiB sparse disk, plus random data. (`mkfs.ext4 -d`
+        // of e2fsprogs 1.47.0 fails on this tree here, so no file system is built.)
+        sh(&format!(
+            "rm -f {r}.tmp && truncate -s 4G {r}.tmp && \
+             tar cf - -C /usr share 2>/dev/null | dd of={r}.tmp bs=1M seek=1 conv=notrunc status=none && \
+             tar cf - -C /usr bin 2>/dev/null | dd of={r}.tmp bs=1M seek=1536 conv=notrunc status=none && \
+             head -c 100663296 /dev/urandom | dd of={r}.tmp bs=1M seek=3072 conv=notrunc status=none && \
+             mv {r}.tmp {r}",
+            r = raw.display()
+        ));
+    }
+    if !qcow.exists() {
+        sh(&format!(
+            "qemu-img convert -f raw -O qcow2 {} {}",
+            raw.display(),
+            qcow.display()
+        ));
+    }
+    if !alloc.exists() {
+        // The allocated bytes, concatenated: the input zstd gets.
+        let src = RawFileSource::open(&raw).unwrap();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&alloc).unwrap());
+        let mut buf = vec![0u8; 4 << 20];
+        for (off, len) in src.allocated_extents().unwrap() {
+            let mut pos = off;
+            while pos < off + len {
+                let n = ((off + len - pos) as usize).min(buf.len());
+                src.read_at(&mut buf[..n], pos).unwrap();
+                out.write_all(&buf[..n]).unwrap();
+                pos += n as u64;
+            }
+        }
+        out.flush().unwrap();
+    }
+    (raw, qcow, alloc)
+}
+
+fn warm(path: &Path) {
+    sh(&format!("cat {} > /dev/null", path.display()));
+}
+
+/// Child process modes, so peak RSS is measured per operation.
+fn child(args: &[String]) {
+    match args[0].as_str() {
+        "export" => {
+            let src = open_disk_source(
+                Path::new(&args[1]),
+                if args[1].ends_with(".qcow2") {
+                    DiskFormat::Qcow2
+                } else {
+                    DiskFormat::Raw
+                },
+                Path::new(&args[3]),
+            )
+            .unwrap();
+            let out = std::io::BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(&args[2]).unwrap(),
+            );
+            write_archive(
+                out,
+                &spec(),
+                vec![("disk0".into(), src)],
+                &WriteOptions::default(),
+                &no_progress,
+            )
+            .unwrap();
+        }
+        "import" => {
+            let f =
+                std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&args[1]).unwrap());
+            let mut sink = DirSink::new(Path::new(&args[2]), Some(DiskFormat::Raw));
+            read_archive(f, &mut sink, &Limits::default(), &no_progress).unwrap();
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+/// Run this binary in a child mode; returns seconds and the child's peak RSS in MiB.
+fn run_child(args: &[&str]) -> (f64, f64) {
+    let exe = std::env::current_exe().unwrap();
+    let t = Instant::now();
+    let mut c = Command::new(exe)
+        .arg("--child")
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = c.id() as libc::pid_t;
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 on our own child with valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let secs = t.elapsed().as_secs_f64();
+    assert!(
+        r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child {args:?} failed"
+    );
+    let _ = c.try_wait();
+    (secs, ru.ru_maxrss as f64 / 1024.0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        child(&args[1..]);
+        return;
+    }
+    let data = match args.iter().position(|a| a == "--data") {
+        Some(i) => PathBuf::from(&args[i + 1]),
+        None => PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+            .join(".cache/corral-bench"),
+    };
+    std::fs::create_dir_all(&data).unwrap();
+    let (raw, qcow, alloc) = prepare(&data);
+    let work = tempfile::tempdir_in(&data).unwrap();
+    let w = |n: &str| work.path().join(n).display().to_string();
+    let alloc_bytes = std::fs::metadata(&alloc).unwrap().len();
+    let mib = alloc_bytes as f64 / (1 << 20) as f64;
+    for p in [&raw, &qcow, &alloc] {
+        warm(p);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "cores: {cores}; load average at start: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "disk: 4 GiB raw ext4, {mib:.0} MiB allocated ({})",
+        raw.display()
+    );
+
+    // Baselines.
+    let t_zstd = timed(&format!(
+        "zstd -q -T0 -1 -c {} > {}",
+        alloc.display(),
+        w("alloc.zst")
+    ));
+    let t_zstd_d = timed(&format!(
+        "zstd -q -d -T0 -c {} > {}",
+        w("alloc.zst"),
+        w("alloc.out")
+    ));
+    let t_qemu = timed(&format!(
+        "qemu-img convert -c -f raw -O qcow2 {} {}",
+        raw.display(),
+        w("c.qcow2")
+    ));
+    sh(&format!("rm -f {} {}", w("alloc.out"), w("c.qcow2")));
+
+    // Ours.
+    let (t_exp, rss_exp) = run_child(&[
+        "export",
+        raw.to_str().unwrap(),
+        &w("a.corral"),
+        work.path().to_str().unwrap(),
+    ]);
+    let (t_exp_q, _) = run_child(&[
+        "export",
+        qcow.to_str().unwrap(),
+        &w("q.corral"),
+        work.path().to_str().unwrap(),
+    ]);
+    let arch = std::fs::metadata(w("a.corral")).unwrap().len();
+    let zst = std::fs::metadata(w("alloc.zst")).unwrap().len();
+    std::fs::create_dir(w("imp")).unwrap();
+    warm(Path::new(&w("a.corral")));
+    let (t_imp, rss_imp) = run_child(&["import", &w("a.corral"), &w("imp")]);
+    sh(&format!("cmp {} {}", raw.display(), w("imp/disk0.raw")));
+    let t_fin = timed(&format!(
+        "qemu-img convert -f raw -O qcow2 {} {}",
+        w("imp/disk0.raw"),
+        w("imp/disk0.qcow2")
+    ));
+
+    // Empty 100 GiB disk.
+    sh(&format!("truncate -s 100G {}", w("empty.raw")));
+    let t = Instant::now();
+    let src = RawFileSource::open(Path::new(&w("empty.raw"))).unwrap();
+    write_archive(
+        std::io::sink(),
+        &spec(),
+        vec![("disk0".into(), Box::new(src))],
+        &WriteOptions::default(),
+        &no_progress,
+    )
+    .unwrap();
+    let t_empty = t.elapsed().as_secs_f64();
+
+    let rate = |t: f64| mib / t;
+    println!();
+    println!("| measure | time | MiB/s of allocated data | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| `zstd -T0 -1` of the allocated bytes | {t_zstd:.2} s | {:.0} | | |",
+        rate(t_zstd)
+    );
+    println!(
+        "| `qemu-img convert -c -O qcow2` | {t_qemu:.2} s | {:.0} | | |",
+        rate(t_qemu)
+    );
+    println!("| corral export, raw source | {t_exp:.2} s | {:.0} | {:.2} x zstd, {:.1} x qemu-img | >= 0.9 x, >= 5 x |", rate(t_exp), t_zstd / t_exp, t_qemu / t_exp);
+    println!(
+        "| corral export, qcow2 source (direct) | {t_exp_q:.2} s | {:.0} | {:.2} x zstd | |",
+        rate(t_exp_q),
+        t_zstd / t_exp_q
+    );
+    println!(
+        "| `zstd -d -T0` of the same bytes | {t_zstd_d:.2} s | {:.0} | | |",
+        rate(t_zstd_d)
+    );
+    println!(
+        "| corral import to raw | {t_imp:.2} s | {:.0} | {:.2} x zstd -d | >= 0.8 x |",
+        rate(t_imp),
+        t_zstd_d / t_imp
+    );
+    println!(
+        "| raw to qcow2 finishing (`qemu-img convert`) | {t_fin:.2} s | {:.0} | | |",
+        rate(t_fin)
+    );
+    println!(
+        "| empty 100 GiB disk export | {:.1} ms | | | < 1 s |",
+        t_empty * 1000.0
+    );
+    println!("| peak RSS export / import | {rss_exp:.0} / {rss_imp:.0} MiB | | | <= 256 MiB |");
+    println!(
+        "| archive size vs zstd -1 output | {:.0} / {:.0} MiB | | | |",
+        arch as f64 / (1 << 20) as f64,
+        zst as f64 / (1 << 20) as f64
+    );
+}

@@ -1,0 +1,58 @@
+//! Write seed inputs for the fuzz targets into `corpus/<target>/`:
+//! `cargo run --bin gen-seeds` (from this directory, stable toolchain is fine).
+
+use corral_archive::*;
+use corral_model::*;
+use std::io;
+
+struct Mem(Vec<u8>);
+
+impl DiskSource for Mem {
+    fn virtual_size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn allocated_extents(&self) -> io::Result<Vec<(u64, u64)>> {
+        Ok(vec![(0, 65536), (196608, 65536)])
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        buf.copy_from_slice(&self.0[offset as usize..offset as usize + buf.len()]);
+        Ok(())
+    }
+}
+
+fn main() {
+    let spec = VmSpec {
+        name: "seed".into(),
+        description: String::new(),
+        vcpus: 1,
+        memory_bytes: 64 << 20,
+        autostart: false,
+        cpu_weight: 256,
+        firmware: Firmware::Bios,
+        disks: vec![],
+        cdroms: vec![],
+        nics: vec![],
+        kernel_boot: None,
+        boot_device: BootDevice::Disk,
+        template: None,
+        is_template: false,
+    };
+    std::fs::create_dir_all("corpus/native_reader").unwrap();
+    for (i, c) in [Compression::Zstd, Compression::None].into_iter().enumerate() {
+        let mut d = vec![0u8; 256 << 10];
+        d[..100].fill(7);
+        d[200_000] = 1;
+        let mut out = Vec::new();
+        let opts = WriteOptions { compression: c, extent_max_bytes: 65536, ..Default::default() };
+        write_archive(&mut out, &spec, vec![("disk0".into(), Box::new(Mem(d)))], &opts, &no_progress)
+            .unwrap();
+        std::fs::write(format!("corpus/native_reader/seed{i}"), out).unwrap();
+    }
+    std::fs::create_dir_all("corpus/ovf_parser").unwrap();
+    for e in std::fs::read_dir("../tests/data/ovf").unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, format!("corpus/ovf_parser/{}", p.file_name().unwrap().to_string_lossy())).unwrap();
+    }
+    std::fs::create_dir_all("corpus/xva_reader").unwrap();
+    println!("seeds written; add XVA seeds with ../tests/xva-writer/make_xva.py");
+}

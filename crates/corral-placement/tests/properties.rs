@@ -1,0 +1,200 @@
+//! Property tests: whatever the input, no host goes over any limit, every constraint holds,
+//! every workload is either placed once or reported unplaced, and the same input gives the
+//! same plan.
+
+use corral_placement::{plan, Demand, Host, Mode, PlanOptions, Workload, RESOURCES, TIME_BUCKETS};
+use proptest::prelude::*;
+
+/// cores, GHz, memory, net, disk, IOPS, reaches dmz, max VMs.
+type HostSpec = (u32, f64, f64, f64, f64, Option<f64>, bool, Option<u32>);
+/// peak, apart group, together group, pinned host, needs dmz, has a series.
+type LoadSpec = (
+    [f64; RESOURCES],
+    Option<u8>,
+    Option<u8>,
+    Option<u8>,
+    bool,
+    bool,
+);
+use std::collections::BTreeMap;
+
+fn host_strategy(
+) -> impl Strategy<Value = (u32, f64, f64, f64, f64, Option<f64>, bool, Option<u32>)> {
+    (
+        1u32..16,
+        0.5f64..3.0,
+        2.0f64..64.0,
+        100.0f64..2000.0,
+        50.0f64..1000.0,
+        prop::option::of(100.0f64..5000.0),
+        any::<bool>(),
+        prop::option::of(1u32..5),
+    )
+}
+
+fn workload_strategy() -> impl Strategy<
+    Value = (
+        [f64; RESOURCES],
+        Option<u8>,
+        Option<u8>,
+        Option<u8>,
+        bool,
+        bool,
+    ),
+> {
+    (
+        [
+            0.0f64..8.0,
+            0.0f64..24.0,
+            0.0f64..600.0,
+            0.0f64..600.0,
+            0.0f64..300.0,
+            0.0f64..1500.0,
+        ],
+        prop::option::of(0u8..3), // apart group
+        prop::option::of(0u8..3), // together group
+        prop::option::of(0u8..8), // pin (index into hosts, may be out of range → dropped)
+        any::<bool>(),            // needs network "dmz"
+        any::<bool>(),            // has an hourly series
+    )
+}
+
+fn build(hosts_in: Vec<HostSpec>, loads: Vec<LoadSpec>) -> (Vec<Host>, Vec<Workload>) {
+    let hosts: Vec<Host> = hosts_in
+        .iter()
+        .enumerate()
+        .map(|(i, &(cores, ghz, mem, net, disk, iops, dmz, max_vms))| {
+            let mut h = Host::new(&format!("h{i}"), cores, ghz, mem, net, disk);
+            h.iops = iops;
+            h.max_vms = max_vms;
+            if dmz {
+                h.networks = vec!["dmz".into()];
+            }
+            h
+        })
+        .collect();
+    let mut together_seen: BTreeMap<u8, Option<String>> = BTreeMap::new();
+    let workloads = loads
+        .iter()
+        .enumerate()
+        .map(|(i, (peak, apart, together, pin, dmz, series))| {
+            let mut w = Workload::new(&format!("w{i}"), 0.0, 0.0, 0.0, 0.0);
+            w.demand = if *series {
+                Demand::from_series(
+                    (0..TIME_BUCKETS)
+                        .map(|h| {
+                            let f = if (h + i) % 3 == 0 { 1.0 } else { 0.3 };
+                            let mut a = peak.map(|v| v * f);
+                            a[1] = peak[1];
+                            a
+                        })
+                        .collect(),
+                )
+            } else {
+                Demand::constant(*peak)
+            };
+            w.host = pin
+                .filter(|&p| (p as usize) < hosts.len())
+                .map(|p| format!("h{p}"));
+            // Keep generated inputs valid: members of one together group share their pin, and
+            // only a group's first member joins an apart group.
+            if let Some(t) = together {
+                let first = !together_seen.contains_key(t);
+                let pin = together_seen.entry(*t).or_insert(w.host.clone());
+                w.together = vec![format!("t{t}")];
+                w.host = pin.clone();
+                if first {
+                    w.apart = apart.map(|a| vec![format!("a{a}")]).unwrap_or_default();
+                }
+            } else if let Some(a) = apart {
+                w.apart = vec![format!("a{a}")];
+            }
+            if *dmz {
+                w.networks = vec!["dmz".into()];
+            }
+            w
+        })
+        .collect();
+    (hosts, workloads)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    #[test]
+    fn plans_respect_capacity_and_constraints_and_are_deterministic(
+        hosts_in in prop::collection::vec(host_strategy(), 1..5),
+        loads in prop::collection::vec(workload_strategy(), 0..14),
+        performance in any::<bool>(),
+        cap in 0.5f64..1.0,
+        reserve in 0.0f64..2.0,
+    ) {
+        let (hosts, workloads) = build(hosts_in, loads);
+        let options = PlanOptions {
+            mode: if performance { Mode::Performance } else { Mode::Density },
+            max_utilisation: cap,
+            reserve_memory_gib: reserve,
+            ..PlanOptions::default()
+        };
+        let p = plan(&hosts, &workloads, &options).expect("generated input is valid");
+        let again = plan(&hosts, &workloads, &options).expect("generated input is valid");
+        prop_assert_eq!(&p, &again);
+
+        // Placed exactly once or unplaced exactly once.
+        prop_assert_eq!(p.assignments.len() + p.unplaced.len(), workloads.len());
+        let placed: BTreeMap<&str, &str> = p.assignments.iter().map(|a| (a.workload.as_str(), a.host.as_str())).collect();
+        for u in &p.unplaced {
+            prop_assert!(!placed.contains_key(u.workload.as_str()));
+            prop_assert!(!u.reason.is_empty());
+        }
+
+        for (hi, h) in hosts.iter().enumerate() {
+            let on: Vec<&Workload> = workloads.iter().filter(|w| placed.get(w.name.as_str()) == Some(&h.name.as_str())).collect();
+            let cap_amounts = h.capacity();
+            for b in 0..TIME_BUCKETS {
+                for (d, raw_cap) in cap_amounts.iter().enumerate() {
+                    let mut load: f64 = on.iter().map(|w| w.demand.at(b)[d]).sum();
+                    let mut limit = raw_cap * cap;
+                    if d == 1 {
+                        load += reserve;
+                        limit = limit.max(reserve);
+                    }
+                    if !on.is_empty() {
+                        prop_assert!(load <= limit + 1e-6, "host {} resource {} hour {}: {} > {}", h.name, d, b, load, limit);
+                    }
+                }
+            }
+            if let Some(max) = h.max_vms {
+                prop_assert!(on.len() as u32 <= max);
+            }
+            for w in &on {
+                if let Some(pin) = &w.host {
+                    prop_assert_eq!(pin, &h.name);
+                }
+                for n in &w.networks {
+                    prop_assert!(h.networks.contains(n), "{} needs {} on {}", w.name, n, h.name);
+                }
+            }
+            let mut groups: BTreeMap<&str, usize> = BTreeMap::new();
+            for w in &on {
+                for g in &w.apart {
+                    *groups.entry(g.as_str()).or_default() += 1;
+                }
+            }
+            prop_assert!(groups.values().all(|&c| c <= 1), "apart group shares host {}: {:?}", hi, groups);
+        }
+        // Keep-together groups share one host (or are all unplaced).
+        let mut together: BTreeMap<&str, Vec<Option<&str>>> = BTreeMap::new();
+        for w in &workloads {
+            for g in &w.together {
+                together.entry(g.as_str()).or_default().push(placed.get(w.name.as_str()).copied());
+            }
+        }
+        for (g, where_) in together {
+            prop_assert!(where_.windows(2).all(|x| x[0] == x[1]), "group {} split: {:?}", g, where_);
+        }
+        if !performance {
+            prop_assert!(p.hosts_used >= p.bounds.volume || p.assignments.is_empty());
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Harness for end-to-end tests: a real `corral serve` in a temporary state directory, the
+//! real CLI, real QEMU guests (TCG) booting the project's test guest. Every wait has a
+//! timeout; dropping a `TestAgent` kills the agent and every QEMU it started.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MARKER: &str = "CORRAL-GUEST-READY";
+
+/// The project's test guest (scripts/build-test-guest.sh).
+pub struct Guest {
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub disk_qcow2: PathBuf,
+}
+
+pub fn guest() -> Guest {
+    let dir = std::env::var_os("CORRAL_TEST_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/corral/test-guest")
+        });
+    let g = Guest {
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        disk_qcow2: dir.join("disk.qcow2"),
+        dir,
+    };
+    assert!(
+        g.kernel.exists() && g.initrd.exists() && g.disk_qcow2.exists(),
+        "the test guest is missing in {}: run scripts/build-test-guest.sh (the README's test command does)",
+        g.dir.display()
+    );
+    g
+}
+
+pub struct TestAgent {
+    pub state: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+pub fn corral_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_corral")
+}
+
+impl TestAgent {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let state = tempfile::Builder::new()
+            .prefix("corral-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = state.path().join("corral.sock");
+        let mut a = TestAgent {
+            state,
+            socket,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        a.spawn();
+        a
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// (Re)start the agent process on the same state directory.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("agent.log"))
+            .expect("agent log");
+        let mut cmd = Command::new(corral_bin());
+        cmd.arg("serve").arg("--state-dir").arg(self.state.path());
+        if !self.extra.iter().any(|a| a.starts_with("--accel")) {
+            cmd.args(["--accel", "tcg"]);
+        }
+        cmd.args(&self.extra);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn corral serve");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(20), "agent socket", || {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        });
+    }
+
+    /// SIGKILL the agent, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM the agent and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Run the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(corral_bin())
+            .arg("--connect")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run corral")
+    }
+
+    /// Run the CLI and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "corral {} failed ({}):\nstdout: {}\nstderr: {}\nagent log tail:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run the CLI and require failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "corral {} should have failed but printed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("JSON output")
+    }
+
+    pub fn vm(&self, name: &str) -> Value {
+        self.json(&["vm", "show", name])
+    }
+
+    pub fn power_state(&self, name: &str) -> String {
+        self.vm(name)["power_state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Create a VM that boots the test guest's kernel directly.
+    pub fn create_kernel_vm(&self, name: &str, extra: &[&str]) {
+        // no_timer_check: a loaded TCG host can make Linux's IO-APIC timer check fail.
+        self.create_kernel_vm_cmdline(name, "console=ttyS0 no_timer_check", extra);
+    }
+
+    pub fn create_kernel_vm_cmdline(&self, name: &str, cmdline: &str, extra: &[&str]) {
+        let g = guest();
+        let (k, i) = (
+            g.kernel.to_string_lossy().into_owned(),
+            g.initrd.to_string_lossy().into_owned(),
+        );
+        let mut args = vec![
+            "vm",
+            "create",
+            "--name",
+            name,
+            "--memory",
+            "192M",
+            "--kernel",
+            &k,
+            "--initrd",
+            &i,
+            "--cmdline",
+            cmdline,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    pub fn console_log(&self, name: &str) -> String {
+        let out = self.cli(&["vm", "console", name, "--log"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait until the console log shows `needle` at least `count` times.
+    pub fn wait_console(&self, name: &str, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.console_log(name);
+            if log.matches(needle).count() >= count {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "VM {name}: {needle:?} did not appear {count} time(s) within {timeout:?}; console tail:\n{}",
+                    tail(&log, 25)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) {
+        wait_until(timeout, &format!("VM {name} to be {state}"), || {
+            self.power_state(name) == state
+        });
+    }
+
+    /// QEMU pids of this agent's VMs, from their pid files.
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        let run = self.state.path().join("run");
+        let mut pids = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(run) {
+            for e in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(e.path().join("qemu.pid")) {
+                    if let Ok(pid) = text.trim().parse::<u32>() {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.qemu_pids() {
+            if pid > 1 {
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Boot timeouts are generous: CI runs two TCG guests at once on two cores.
+pub const BOOT: Duration = Duration::from_secs(90);
