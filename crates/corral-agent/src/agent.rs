@@ -446,7 +446,7 @@ impl Agent {
             None => None,
         };
         let boot_device = req.boot_device.unwrap_or(
-            if req.cdrom.is_some() && req.disks.as_ref().map_or(true, |d| !d.is_empty()) {
+            if req.cdrom.is_some() && req.disks.as_ref().is_none_or(|d| !d.is_empty()) {
                 // A fresh VM with install media boots from it first.
                 BootDevice::Cdrom
             } else {

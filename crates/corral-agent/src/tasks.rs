@@ -123,7 +123,9 @@ impl Tasks {
         let id = task.id.clone();
         self.lock().insert(id.clone(), Live { tx, cancel });
         self.persist(&task);
-        self.events.publish(Event::TaskUpdated { task });
+        self.events.publish(Event::TaskUpdated {
+            task: Box::new(task),
+        });
         TaskHandle {
             id,
             tasks: self.clone(),
@@ -153,7 +155,9 @@ impl Tasks {
             let t = l.tx.borrow().clone();
             t
         };
-        self.events.publish(Event::TaskUpdated { task: snapshot });
+        self.events.publish(Event::TaskUpdated {
+            task: Box::new(snapshot),
+        });
     }
 
     fn finish(&self, id: &str, state: TaskState, result: Option<String>, error: Option<ApiError>) {
@@ -174,7 +178,9 @@ impl Tasks {
             t
         };
         self.persist(&snapshot);
-        self.events.publish(Event::TaskUpdated { task: snapshot });
+        self.events.publish(Event::TaskUpdated {
+            task: Box::new(snapshot),
+        });
     }
 
     fn persist(&self, task: &Task) {

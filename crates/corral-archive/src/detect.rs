@@ -45,7 +45,13 @@ pub fn detect_format(head: &[u8]) -> ArchiveKind {
             let sum: u64 = h
                 .iter()
                 .enumerate()
-                .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+                .map(|(i, &b)| {
+                    if (148..156).contains(&i) {
+                        32
+                    } else {
+                        b as u64
+                    }
+                })
                 .sum();
             stored == Some(sum)
         };
@@ -69,7 +75,11 @@ pub fn detect_format(head: &[u8]) -> ArchiveKind {
             }
             b'L' => {
                 if let Some(rec) = head.get(data..data + size as usize) {
-                    long_name = Some(String::from_utf8_lossy(rec).trim_end_matches('\0').to_string());
+                    long_name = Some(
+                        String::from_utf8_lossy(rec)
+                            .trim_end_matches('\0')
+                            .to_string(),
+                    );
                 }
                 pos = next;
                 continue;
@@ -122,15 +132,24 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(detect_format(&tar_with("corral-archive.json")), ArchiveKind::Native);
+        assert_eq!(
+            detect_format(&tar_with("corral-archive.json")),
+            ArchiveKind::Native
+        );
         assert_eq!(detect_format(&tar_with("ova.xml")), ArchiveKind::Xva);
         assert_eq!(detect_format(&tar_with("Appliance.OVF")), ArchiveKind::Ova);
         assert_eq!(detect_format(&tar_with("readme.txt")), ArchiveKind::Unknown);
         let long = format!("{}.ovf", "x".repeat(150));
         assert_eq!(detect_format(&tar_with(&long)), ArchiveKind::Ova);
         assert_eq!(detect_format(&[0x1f, 0x8b, 8, 0]), ArchiveKind::Xva);
-        assert_eq!(detect_format(&[0x28, 0xb5, 0x2f, 0xfd, 0]), ArchiveKind::Xva);
-        assert_eq!(detect_format(b"\xef\xbb\xbf<?xml version=\"1.0\"?><Envelope/>"), ArchiveKind::OvfDescriptor);
+        assert_eq!(
+            detect_format(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
+            ArchiveKind::Xva
+        );
+        assert_eq!(
+            detect_format(b"\xef\xbb\xbf<?xml version=\"1.0\"?><Envelope/>"),
+            ArchiveKind::OvfDescriptor
+        );
         assert_eq!(detect_format(b"garbage"), ArchiveKind::Unknown);
         assert_eq!(detect_format(&[]), ArchiveKind::Unknown);
     }

@@ -27,7 +27,7 @@ pub enum Event {
         reason: String,
     },
     TaskUpdated {
-        task: Task,
+        task: Box<Task>,
     },
 }
 

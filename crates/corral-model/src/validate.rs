@@ -90,7 +90,7 @@ pub fn validate_memory(bytes: u64) -> Result<(), String> {
             "memory {bytes} bytes is less than the minimum of 16 MiB"
         ));
     }
-    if bytes % MIB != 0 {
+    if !bytes.is_multiple_of(MIB) {
         return Err(format!("memory {bytes} bytes is not a whole number of MiB"));
     }
     Ok(())
@@ -125,7 +125,7 @@ pub fn validate_disk_size(bytes: u64) -> Result<(), String> {
             "disk size {bytes} bytes is less than the minimum of 1 MiB"
         ));
     }
-    if bytes % 512 != 0 {
+    if !bytes.is_multiple_of(512) {
         return Err(format!("disk size {bytes} bytes is not a multiple of 512"));
     }
     Ok(())

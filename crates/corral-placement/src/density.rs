@@ -267,7 +267,7 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
         }
     }
     if effort > 0 {
-        empty_hosts(&mut best, if large { 100_000 } else { 300_000 } * effort);
+        empty_hosts(&mut best, if large { 40_000 } else { 300_000 } * effort);
     }
     best
 }

@@ -329,7 +329,7 @@ pub(crate) struct State<'a> {
     pub groups: Vec<Vec<u32>>,
     pub host_of: Vec<u32>,
     pub on: Vec<Vec<u32>>,
-    /// Fit checks done, the unit of search effort.
+    /// Fit checks and placements done, the unit of search effort.
     pub work: u64,
 }
 
@@ -520,6 +520,7 @@ impl<'a> State<'a> {
     }
 
     pub fn place(&mut self, i: usize, h: usize) {
+        self.work += 1;
         let it = &self.inst.items[i];
         let n = self.inst.t * D;
         let extra = f64::from(it.vms) * self.inst.hosts[h].overhead;

@@ -19,7 +19,7 @@
 //! - ids the agent addresses over QMP: see [`ids`].
 //!
 //! Escaping: QEMU parses most option values as `key=value,...` lists in which a literal comma
-//! is written `,,` ([`escape_opt`]). A few options (`-pidfile`, `-kernel`, `-initrd`, `-append`,
+//! is written `,,` ([`escape_opt`]). A few options (`-pidfile`, `-D`, `-kernel`, `-initrd`, `-append`,
 //! `-uuid`) take their argument verbatim and must NOT be escaped. Characters QEMU cannot carry
 //! through either form (control characters: NUL, newline, tab, ...) are rejected, as are
 //! relative paths (a daemonized QEMU resolves them against `/`).
@@ -54,6 +54,9 @@ pub struct RuntimePaths {
     pub serial_log: PathBuf,
     pub pidfile: PathBuf,
     pub vnc_socket: PathBuf,
+    /// QEMU's messages while it runs (`-D`): a daemonized QEMU sends its stderr there, e.g.
+    /// "terminating on signal 15" or I/O errors. Truncated at each start.
+    pub runtime_log: PathBuf,
 }
 
 impl RuntimePaths {
@@ -65,6 +68,7 @@ impl RuntimePaths {
             serial_log: dir.join("serial.log"),
             pidfile: dir.join("qemu.pid"),
             vnc_socket: dir.join("vnc.sock"),
+            runtime_log: dir.join("qemu-runtime.log"),
         }
     }
 }
@@ -421,6 +425,11 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
     if launch.daemonize {
         argv.push("-daemonize".into());
     }
+    push(
+        &mut argv,
+        "-D",
+        path_raw("QEMU runtime log", &p.runtime_log)?,
+    );
     push(
         &mut argv,
         "-chardev",

@@ -106,8 +106,11 @@ pub async fn spawn_daemonized(
     .map_err(open_err)?;
     let start_offset = out.seek(SeekFrom::End(0)).map_err(open_err)?;
     let err = out.try_clone().map_err(open_err)?;
-    // A stale pid file from an earlier run must not be mistaken for this one.
+    // A stale pid file or runtime log from an earlier run must not be mistaken for this one.
     let _ = std::fs::remove_file(pidfile);
+    if let Some(w) = argv.windows(2).find(|w| w[0] == "-D") {
+        let _ = std::fs::remove_file(&w[1]);
+    }
 
     let mut child = tokio::process::Command::new(binary)
         .args(argv)
@@ -144,23 +147,23 @@ pub async fn spawn_daemonized(
             }
             return Err(ProcessError::StartTimeout {
                 after: timeout,
-                stderr: read_log_tail(log, start_offset),
+                stderr: startup_messages(log, start_offset, argv),
             });
         }
     };
     if !status.success() {
         return Err(ProcessError::StartFailed {
             status: status.to_string(),
-            stderr: read_log_tail(log, start_offset),
+            stderr: startup_messages(log, start_offset, argv),
         });
     }
     read_pidfile(pidfile)
 }
 
-/// QEMU's stderr since `offset`, at most the last few KiB, trimmed.
-fn read_log_tail(log: &Path, offset: u64) -> String {
+/// The tail of a file from `offset` on, at most the last few KiB, trimmed.
+fn read_tail(path: &Path, offset: u64) -> String {
     let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(log) {
+    if let Ok(mut f) = std::fs::File::open(path) {
         if f.seek(SeekFrom::Start(offset)).is_ok() {
             let mut buf = Vec::new();
             if f.read_to_end(&mut buf).is_ok() {
@@ -169,10 +172,22 @@ fn read_log_tail(log: &Path, offset: u64) -> String {
             }
         }
     }
-    if text.is_empty() {
+    text
+}
+
+/// What QEMU said while starting: its stderr since `offset` in `log`, plus the `-D` file
+/// if the argv names one (a daemonizing QEMU moves its stderr there early; QEMU truncates
+/// that file at each start, so all of it belongs to this run).
+fn startup_messages(log: &Path, offset: u64, argv: &[String]) -> String {
+    let mut parts = vec![read_tail(log, offset)];
+    if let Some(w) = argv.windows(2).find(|w| w[0] == "-D") {
+        parts.push(read_tail(Path::new(&w[1]), 0));
+    }
+    parts.retain(|p| !p.is_empty());
+    if parts.is_empty() {
         "no error output".to_string()
     } else {
-        text
+        parts.join("\n")
     }
 }
 

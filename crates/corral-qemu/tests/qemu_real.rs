@@ -469,6 +469,25 @@ async fn lifecycle_events_concurrency_and_reattach() {
 }
 
 #[tokio::test]
+async fn runtime_messages_reach_the_runtime_log() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = base_spec("logs");
+    let vm = start(
+        &spec,
+        &tmp.path().join("run, \"x\""),
+        Vec::new(),
+        None,
+        &["-S"],
+    )
+    .await;
+    process::send_signal(vm.pid, process::Signal::Term).expect("SIGTERM");
+    assert!(process::wait_for_exit(vm.pid, Duration::from_secs(20)).await);
+    let log =
+        std::fs::read_to_string(&vm.paths.runtime_log).expect("runtime log at its exact path");
+    assert!(log.contains("terminating on signal 15"), "{log:?}");
+}
+
+#[tokio::test]
 async fn qmp_reconnects_after_the_client_goes_away() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let spec = base_spec("again");

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_REPRESS: Duration = Duration::from_secs(5);
 
 struct PendingShutdown {
     task: TaskHandle,
@@ -440,16 +441,26 @@ impl Actor {
             .as_ref()
             .ok_or_else(|| ApiError::internal("no QEMU process"))?;
         let qmp = run.qmp.clone();
-        // Fire and forget: the reply comes back on the same connection, the exit through events.
-        tokio::spawn(async move {
-            if let Err(e) = qmp.execute("system_powerdown", serde_json::json!({})).await {
-                tracing::warn!(error = %error_chain(&e), "system_powerdown failed");
-            }
-        });
         let timeout = opts
             .timeout_secs
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+        // Press the button again every few seconds: a guest still booting (before its ACPI
+        // daemon runs) drops the first press. Exit arrives through the QMP event stream.
+        tokio::spawn(async move {
+            let give_up = Instant::now() + timeout;
+            while !qmp.is_closed() && Instant::now() < give_up {
+                if let Err(e) = qmp.system_powerdown().await {
+                    if !qmp.is_closed() {
+                        tracing::warn!(error = %error_chain(&e), "system_powerdown failed");
+                    }
+                }
+                tokio::select! {
+                    _ = qmp.wait_closed() => break,
+                    _ = tokio::time::sleep(SHUTDOWN_REPRESS) => {}
+                }
+            }
+        });
         Ok(Instant::now() + timeout)
     }
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: install what is missing, build the test guest, check formatting and
+# lints, run every test (unit, integration, and end-to-end tests that boot real QEMU guests
+# under TCG). Guest-booting tests run with bounded parallelism (2 test threads per binary,
+# one binary at a time); every wait inside the tests has a timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "corral: cargo (Rust) is required" >&2; exit 1; }
+scripts/install-deps.sh --test
+scripts/build-test-guest.sh --quiet >/dev/null
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+timeout 1800 cargo test --workspace -- --test-threads=2
