@@ -193,7 +193,7 @@ fn main() {
             .join(" ")
     );
     println!(
-        "disk: 4 GiB raw ext4, {mib:.0} MiB allocated ({})",
+        "disk: 4 GiB raw, {mib:.0} MiB allocated ({}); best of {RUNS} runs",
         raw.display()
     );
 

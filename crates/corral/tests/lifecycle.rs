@@ -269,7 +269,9 @@ fn cpu_weight_lands_in_the_cgroup() {
             std::fs::read_to_string(std::path::Path::new(file).with_file_name("cgroup.procs"))
                 .unwrap();
         assert!(
-            procs.lines().any(|p| p.trim().parse::<u64>().ok() == vm["pid"].as_u64()),
+            procs
+                .lines()
+                .any(|p| p.trim().parse::<u64>().ok() == vm["pid"].as_u64()),
             "{procs}"
         );
     }

@@ -119,7 +119,9 @@ async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %socket.display(), "corral agent ready");
     let app = corral_api::router(agent);
-    let shutdown = async {
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let shutdown = async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
@@ -127,11 +129,18 @@ async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
         }
         tracing::info!("stopping the agent; VMs keep running");
+        notify.notify_one();
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("API server failed")?;
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    // Event streams and consoles never end on their own: give requests in flight a moment,
+    // then stop regardless.
+    tokio::select! {
+        r = server => r.context("API server failed")?,
+        _ = async {
+            stopping.notified().await;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        } => {}
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
