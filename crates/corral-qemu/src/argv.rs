@@ -315,7 +315,7 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
 
     check_uuid(launch.vm_id)?;
     const MIB: u64 = 1 << 20;
-    if spec.memory_bytes == 0 || spec.memory_bytes % MIB != 0 {
+    if spec.memory_bytes == 0 || !spec.memory_bytes.is_multiple_of(MIB) {
         return Err(ArgvError::InvalidMemory {
             bytes: spec.memory_bytes,
         });
