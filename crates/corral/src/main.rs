@@ -64,6 +64,11 @@ enum Command {
     Task(cmd::misc::TaskCommand),
     /// Follow the agent's events (state changes, task progress). Ctrl-C stops.
     Events(cmd::misc::EventsArgs),
+    /// Sample this machine's CPU, memory, network and disk use into a workload profile
+    /// (no agent needed; run it on the physical servers you plan to consolidate).
+    Measure(cmd::measure::MeasureArgs),
+    /// Plan which workloads go on which hosts, and explain why (no agent needed).
+    Plan(cmd::plan::PlanArgs),
 }
 
 /// Where the CLI finds the agent.
@@ -80,6 +85,8 @@ fn main() {
     let json = cli.json;
     let result = match cli.command {
         Command::Serve(args) => cmd::serve::run(args),
+        Command::Measure(args) => cmd::measure::run(args),
+        Command::Plan(args) => cmd::plan::run(args),
         other => {
             let client = client_for(cli.connect.as_deref());
             runtime().block_on(async move {
@@ -92,7 +99,9 @@ fn main() {
                     Command::Template(c) => cmd::misc::template(&client, c, json).await,
                     Command::Task(c) => cmd::misc::task(&client, c, json).await,
                     Command::Events(a) => cmd::misc::events(&client, a, json).await,
-                    Command::Serve(_) => unreachable!("handled above"),
+                    Command::Serve(_) | Command::Measure(_) | Command::Plan(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }

@@ -2,6 +2,8 @@
 //! the agent and API crates).
 
 pub mod console;
+pub mod measure;
 pub mod misc;
+pub mod plan;
 pub mod serve;
 pub mod vm;
