@@ -22,17 +22,52 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 fn sh(cmd: &str) {
     let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
     assert!(st.success(), "failed: {cmd}");
 }
 
-fn timed(cmd: &str) -> f64 {
+/// CPU seconds (user + system) of reaped children so far.
+fn children_cpu() -> f64 {
+    // SAFETY: getrusage with a valid out-pointer to a zeroed struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    cpu_secs(&ru)
+}
+
+fn cpu_secs(ru: &libc::rusage) -> f64 {
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Wall and CPU seconds of a shell command.
+fn timed(cmd: &str) -> (f64, f64) {
+    let c = children_cpu();
     let t = Instant::now();
     sh(cmd);
-    t.elapsed().as_secs_f64()
+    (t.elapsed().as_secs_f64(), children_cpu() - c)
+}
+
+/// Best wall and best CPU time over several runs.
+#[derive(Clone, Copy)]
+struct Best {
+    wall: f64,
+    cpu: f64,
+}
+
+impl Best {
+    fn new() -> Self {
+        Best {
+            wall: f64::MAX,
+            cpu: f64::MAX,
+        }
+    }
+    fn add(&mut self, (wall, cpu): (f64, f64)) {
+        self.wall = self.wall.min(wall);
+        self.cpu = self.cpu.min(cpu);
+    }
 }
 
 fn spec() -> VmSpec {
@@ -139,11 +174,13 @@ fn child(args: &[String]) {
     }
 }
 
-/// Run this binary in a child mode; returns seconds and the child's peak RSS in MiB.
-fn run_child(args: &[&str]) -> (f64, f64) {
+/// Run this binary in a child mode; returns (wall, CPU) seconds and the peak RSS in MiB.
+// The child is reaped with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn run_child(args: &[&str]) -> ((f64, f64), f64) {
     let exe = std::env::current_exe().unwrap();
     let t = Instant::now();
-    let mut c = Command::new(exe)
+    let c = Command::new(exe)
         .arg("--child")
         .args(args)
         .stdout(Stdio::null())
@@ -151,16 +188,15 @@ fn run_child(args: &[&str]) -> (f64, f64) {
         .unwrap();
     let pid = c.id() as libc::pid_t;
     let mut status = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: wait4 on our own child with valid out-pointers.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let secs = t.elapsed().as_secs_f64();
     assert!(
         r == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "child {args:?} failed"
     );
-    let _ = c.try_wait();
-    (secs, ru.ru_maxrss as f64 / 1024.0)
+    ((secs, cpu_secs(&ru)), ru.ru_maxrss as f64 / 1024.0)
 }
 
 fn main() {
@@ -178,68 +214,65 @@ fn main() {
     let (raw, qcow, alloc) = prepare(&data);
     let work = tempfile::tempdir_in(&data).unwrap();
     let w = |n: &str| work.path().join(n).display().to_string();
-    let alloc_bytes = std::fs::metadata(&alloc).unwrap().len();
-    let mib = alloc_bytes as f64 / (1 << 20) as f64;
+    let mib = std::fs::metadata(&alloc).unwrap().len() as f64 / (1 << 20) as f64;
     for p in [&raw, &qcow, &alloc] {
         warm(p);
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    println!("cores: {cores}; load average at start: {}", load.join(" "));
     println!(
-        "cores: {cores}; load average at start: {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!(
-        "disk: 4 GiB raw, {mib:.0} MiB allocated ({}); best of {RUNS} runs",
+        "disk: 4 GiB raw, {mib:.0} MiB allocated ({}); best of {RUNS} interleaved runs",
         raw.display()
     );
 
-    // Baselines and ours, interleaved, best of RUNS (the machine is shared; the minimum is
-    // the least disturbed run).
-    let (mut t_zstd, mut t_zstd_d, mut t_exp, mut t_exp_q, mut t_imp) =
-        (f64::MAX, f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (mut zstd, mut zstd_d, mut exp, mut exp_q, mut imp) = (
+        Best::new(),
+        Best::new(),
+        Best::new(),
+        Best::new(),
+        Best::new(),
+    );
     let (mut rss_exp, mut rss_imp) = (0f64, 0f64);
     let wdir = work.path().to_str().unwrap().to_string();
     for _ in 0..RUNS {
-        t_zstd = t_zstd.min(timed(&format!(
+        zstd.add(timed(&format!(
             "zstd -q -f -T0 -1 -c {} > {}",
             alloc.display(),
             w("alloc.zst")
         )));
-        t_zstd_d = t_zstd_d.min(timed(&format!(
+        zstd_d.add(timed(&format!(
             "zstd -q -f -d -T0 -c {} > {}",
             w("alloc.zst"),
             w("alloc.out")
         )));
         sh(&format!("rm -f {}", w("alloc.out")));
         let (t, r) = run_child(&["export", raw.to_str().unwrap(), &w("a.corral"), &wdir]);
-        t_exp = t_exp.min(t);
+        exp.add(t);
         rss_exp = rss_exp.max(r);
         let (t, r) = run_child(&["export", qcow.to_str().unwrap(), &w("q.corral"), &wdir]);
-        t_exp_q = t_exp_q.min(t);
+        exp_q.add(t);
         rss_exp = rss_exp.max(r);
         sh(&format!("rm -rf {} && mkdir {}", w("imp"), w("imp")));
         let (t, r) = run_child(&["import", &w("a.corral"), &w("imp")]);
-        t_imp = t_imp.min(t);
+        imp.add(t);
         rss_imp = rss_imp.max(r);
     }
     sh(&format!("cmp {} {}", raw.display(), w("imp/disk0.raw")));
-    let t_fin = timed(&format!(
+    let fin = timed(&format!(
         "qemu-img convert -f raw -O qcow2 {} {}",
         w("imp/disk0.raw"),
         w("imp/disk0.qcow2")
     ));
-    let t_qemu = timed(&format!(
+    let qemu = timed(&format!(
         "qemu-img convert -c -f raw -O qcow2 {} {}",
         raw.display(),
         w("c.qcow2")
     ));
     sh(&format!("rm -f {}", w("c.qcow2")));
-    let arch = std::fs::metadata(w("a.corral")).unwrap().len();
-    let zst = std::fs::metadata(w("alloc.zst")).unwrap().len();
+    let arch = std::fs::metadata(w("a.corral")).unwrap().len() as f64 / (1 << 20) as f64;
+    let zst = std::fs::metadata(w("alloc.zst")).unwrap().len() as f64 / (1 << 20) as f64;
 
     // Empty 100 GiB disk.
     sh(&format!("truncate -s 100G {}", w("empty.raw")));
@@ -256,44 +289,75 @@ fn main() {
     let t_empty = t.elapsed().as_secs_f64();
 
     let rate = |t: f64| mib / t;
+    let one = |t: (f64, f64)| Best {
+        wall: t.0,
+        cpu: t.1,
+    };
     println!();
-    println!("| measure | time | MiB/s of allocated data | ratio | goal |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| `zstd -T0 -1` of the allocated bytes | {t_zstd:.2} s | {:.0} | | |",
-        rate(t_zstd)
+    println!("| measure | wall (best) | MiB/s | CPU s (best) | ratio: wall / CPU | goal |");
+    println!("|---|---|---|---|---|---|");
+    let row = |name: &str, b: Best, ratio: String, goal: &str| {
+        println!(
+            "| {name} | {:.2} s | {:.0} | {:.2} | {ratio} | {goal} |",
+            b.wall,
+            rate(b.wall),
+            b.cpu
+        )
+    };
+    row(
+        "`zstd -T0 -1` of the allocated bytes",
+        zstd,
+        String::new(),
+        "",
+    );
+    row(
+        "`qemu-img convert -c -O qcow2` (1 run)",
+        one(qemu),
+        String::new(),
+        "",
+    );
+    row(
+        "corral export, raw source",
+        exp,
+        format!(
+            "{:.2} / {:.2} x zstd; {:.1} x qemu-img",
+            zstd.wall / exp.wall,
+            zstd.cpu / exp.cpu,
+            qemu.0 / exp.wall
+        ),
+        ">= 0.9 x zstd, >= 5 x qemu-img",
+    );
+    row(
+        "corral export, qcow2 source (direct)",
+        exp_q,
+        format!(
+            "{:.2} / {:.2} x zstd",
+            zstd.wall / exp_q.wall,
+            zstd.cpu / exp_q.cpu
+        ),
+        "",
+    );
+    row("`zstd -d -T0` of the same bytes", zstd_d, String::new(), "");
+    row(
+        "corral import to raw",
+        imp,
+        format!(
+            "{:.2} / {:.2} x zstd -d",
+            zstd_d.wall / imp.wall,
+            zstd_d.cpu / imp.cpu
+        ),
+        ">= 0.8 x",
+    );
+    row(
+        "raw to qcow2 finishing (`qemu-img convert`, 1 run)",
+        one(fin),
+        String::new(),
+        "",
     );
     println!(
-        "| `qemu-img convert -c -O qcow2` | {t_qemu:.2} s | {:.0} | | |",
-        rate(t_qemu)
-    );
-    println!("| corral export, raw source | {t_exp:.2} s | {:.0} | {:.2} x zstd, {:.1} x qemu-img | >= 0.9 x, >= 5 x |", rate(t_exp), t_zstd / t_exp, t_qemu / t_exp);
-    println!(
-        "| corral export, qcow2 source (direct) | {t_exp_q:.2} s | {:.0} | {:.2} x zstd | |",
-        rate(t_exp_q),
-        t_zstd / t_exp_q
-    );
-    println!(
-        "| `zstd -d -T0` of the same bytes | {t_zstd_d:.2} s | {:.0} | | |",
-        rate(t_zstd_d)
-    );
-    println!(
-        "| corral import to raw | {t_imp:.2} s | {:.0} | {:.2} x zstd -d | >= 0.8 x |",
-        rate(t_imp),
-        t_zstd_d / t_imp
-    );
-    println!(
-        "| raw to qcow2 finishing (`qemu-img convert`) | {t_fin:.2} s | {:.0} | | |",
-        rate(t_fin)
-    );
-    println!(
-        "| empty 100 GiB disk export | {:.1} ms | | | < 1 s |",
+        "| empty 100 GiB disk export | {:.1} ms | | | | < 1 s |",
         t_empty * 1000.0
     );
-    println!("| peak RSS export / import | {rss_exp:.0} / {rss_imp:.0} MiB | | | <= 256 MiB |");
-    println!(
-        "| archive size vs zstd -1 output | {:.0} / {:.0} MiB | | | |",
-        arch as f64 / (1 << 20) as f64,
-        zst as f64 / (1 << 20) as f64
-    );
+    println!("| peak RSS export / import | {rss_exp:.0} / {rss_imp:.0} MiB | | | | <= 256 MiB |");
+    println!("| archive size / `zstd -1` output | {arch:.0} / {zst:.0} MiB | | | | |");
 }

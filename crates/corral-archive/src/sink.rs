@@ -160,7 +160,7 @@ impl ImportSink for DirSink {
     fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
         let (target, file) = self.disk(disk)?;
         let end = offset.checked_add(data.len() as u64);
-        if end.map_or(true, |e| e > target.virtual_size) {
+        if end.is_none_or(|e| e > target.virtual_size) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "write outside the disk",

@@ -118,7 +118,10 @@ pub(crate) fn config_lp(
         let solution = model.solve().ok()?;
         let values: Vec<f64> = pi.iter().map(|&v| solution.value(v).max(0.0)).collect();
         let total: f64 = values.iter().sum();
-        let (value, config) = pricer.best_config(&values, node_limit)?;
+        // If the exact pricing runs out of nodes, the Farley bounds of earlier rounds stand.
+        let Some((value, config)) = pricer.best_config(&values, node_limit) else {
+            break;
+        };
         if value > 0.0 {
             best_bound = best_bound.max(total / value.max(1.0));
         }

@@ -296,7 +296,7 @@ pub(crate) fn empty_hosts(st: &mut State, budget: u64) {
             {
                 continue;
             }
-            if try_empty(st, h, &used) {
+            if try_empty(st, h, &used, start + budget) {
                 improved = true;
                 break;
             }
@@ -307,7 +307,9 @@ pub(crate) fn empty_hosts(st: &mut State, budget: u64) {
     }
 }
 
-fn try_empty(st: &mut State, h: usize, used: &[usize]) -> bool {
+/// Move every item off `h`, or undo everything and return false (also when the work counter
+/// passes `stop_at`, so one attempt cannot overrun the budget).
+fn try_empty(st: &mut State, h: usize, used: &[usize], stop_at: u64) -> bool {
     let mut items: Vec<u32> = st.on[h].clone();
     items.sort_by(|&a, &b| {
         st.inst.items[b as usize]
@@ -334,7 +336,7 @@ fn try_empty(st: &mut State, h: usize, used: &[usize]) -> bool {
             st.place(i, g);
             continue;
         }
-        if !swap_in(st, i, h, used, &mut journal) {
+        if st.work > stop_at || !swap_in(st, i, h, used, &mut journal, stop_at) {
             rollback(st, &journal);
             return false;
         }
@@ -349,8 +351,12 @@ fn swap_in(
     h: usize,
     used: &[usize],
     journal: &mut Vec<(u32, usize)>,
+    stop_at: u64,
 ) -> bool {
     for &g in used {
+        if st.work > stop_at {
+            return false;
+        }
         if g == h || st.on[g].is_empty() || !st.allowed(i, g) {
             continue;
         }

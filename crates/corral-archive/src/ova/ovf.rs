@@ -618,7 +618,7 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         warnings.push("no memory item; using 512 MiB".into());
         512 << 20
     });
-    if memory_bytes % (1 << 20) != 0 {
+    if !memory_bytes.is_multiple_of(1 << 20) {
         memory_bytes = memory_bytes.div_ceil(1 << 20) << 20;
         warnings.push(format!("memory rounded up to {} MiB", memory_bytes >> 20));
     }
