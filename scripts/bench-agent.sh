@@ -145,19 +145,15 @@ sleep 2
 $BENCH rss --results "$RESULTS" --pid "$AGENT_PID" --key rss_idle
 
 # --- 1. start overhead -------------------------------------------------------------------------
-say "start overhead: corral API start vs raw QEMU spawn until QMP answers ($RUNS runs each)"
+say "start overhead: corral API start vs raw QEMU spawn until QMP answers ($RUNS runs each, alternating)"
 "$CORRAL" --connect "$SOCK" vm create --name bench-start --vcpus "$VCPUS" --memory "${MEMORY_MIB}M" \
     --kernel "$KERNEL" --initrd "$INITRD" --cmdline "$CMDLINE" >/dev/null
-$BENCH api-start --results "$RESULTS" --sock "$SOCK" --name bench-start --runs "$RUNS"
 VM_ID=$(curl -sf --max-time 10 --unix-socket "$SOCK" http://localhost/v1/vms/bench-start |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-$BENCH raw-start --results "$RESULTS" --qemu-log "$STATE/run/$VM_ID/qemu.log" \
-    --scratch "$WORK/raw" --runs "$RUNS"
+$BENCH start-overhead --results "$RESULTS" --sock "$SOCK" --name bench-start --runs "$RUNS" \
+    --qemu-log "$STATE/run/$VM_ID/qemu.log" --scratch "$WORK/raw"
 
 # --- 2. libvirt --------------------------------------------------------------------------------
-say "corral vm start (CLI wall) vs virsh start ($RUNS runs each)"
-$BENCH cli-start --results "$RESULTS" --sock "$SOCK" --name bench-start --corral "$CORRAL" --runs "$RUNS"
-
 libvirt_ready() { timeout 20 virsh -q -c qemu:///system uri >/dev/null 2>&1; }
 skip_libvirt() {
     echo "libvirt skipped: $1" >&2
@@ -226,14 +222,17 @@ EOF
     timeout 180 virsh -q -c qemu:///system define "$WORK/domain.xml" >/dev/null ||
         { skip_libvirt "virsh define failed"; return 0; }
     DOMAIN_DEFINED=1
-    $BENCH virsh-start --results "$RESULTS" --domain "$DOMAIN" --runs "$RUNS" ||
-        skip_libvirt "virsh start failed"
-    timeout 30 virsh -q -c qemu:///system undefine "$DOMAIN" >/dev/null && DOMAIN_DEFINED=
 }
+say "corral vm start (CLI wall) vs virsh start ($RUNS runs each, alternating)"
 if [ "$LIBVIRT" = 1 ]; then
     run_libvirt
 else
     skip_libvirt "--no-libvirt"
+fi
+$BENCH libvirt-compare --results "$RESULTS" --sock "$SOCK" --name bench-start --corral "$CORRAL" \
+    --runs "$RUNS" ${DOMAIN_DEFINED:+--domain "$DOMAIN"}
+if [ -n "$DOMAIN_DEFINED" ]; then
+    timeout 30 virsh -q -c qemu:///system undefine "$DOMAIN" >/dev/null && DOMAIN_DEFINED=
 fi
 
 # --- 4 and 3b. 1,000 defined VMs ---------------------------------------------------------------

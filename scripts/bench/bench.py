@@ -192,91 +192,95 @@ def read_logged_argv(qemu_log):
                 line = l
     if line is None:
         raise SystemExit(f"no command line logged in {qemu_log}")
-    cmd = line.split(": ", 1)[1].strip()
-    return shlex.split(cmd)
+    m = re.match(r"--- corral: starting QEMU at unix time \d+: (.*)$", line.strip())
+    if m is None:
+        raise SystemExit(f"cannot parse the logged command line: {line!r}")
+    return shlex.split(m.group(1))
 
 
 # --- subcommands -----------------------------------------------------------------------------
 
-def cmd_api_start(a):
-    """Time POST /v1/vms/NAME/actions/start (returns after QMP `cont`), poweroff in between."""
-    api = Api(a.sock)
-    if power_state(api, a.name) != "halted":
-        poweroff(api, a.name)
-    times = []
-    for i in range(a.runs + a.warmup):
+class CorralApiStart:
+    """One `POST /v1/vms/NAME/actions/start` (returns after QMP `cont`: the vCPUs run)."""
+
+    label = "corral API start"
+
+    def __init__(self, a):
+        self.api = Api(a.sock)
+        self.name = a.name
+        if power_state(self.api, self.name) != "halted":
+            poweroff(self.api, self.name)
+
+    def once(self):
         t0 = time.perf_counter()
-        status, body = api.request("POST", f"/v1/vms/{a.name}/actions/start")
+        status, body = self.api.request("POST", f"/v1/vms/{self.name}/actions/start")
         dt = time.perf_counter() - t0
         if status != 200:
-            raise SystemExit(f"start {a.name}: {status} {body}")
-        state = body["vm"]["power_state"]
-        if state != "running":
-            raise SystemExit(f"start returned with power_state {state!r}, not running")
-        if i >= a.warmup:
-            times.append(dt)
-        log(f"  corral API start #{i + 1}: {ms(dt):.1f} ms{' (warm-up)' if i < a.warmup else ''}")
-        poweroff(api, a.name)
-    merge_results(a.results, "api_start", {"runs_ms": [ms(t) for t in times],
-                                           "median_ms": ms(median(times))})
-    print(f"corral start via API: median {ms(median(times)):.1f} ms over {len(times)} runs")
+            raise SystemExit(f"start {self.name}: {status} {body}")
+        if body["vm"]["power_state"] != "running":
+            raise SystemExit(f"start returned with power_state {body['vm']['power_state']!r}")
+        poweroff(self.api, self.name)
+        return dt, ""
 
 
-def cmd_cli_start(a):
-    """Time the `corral vm start` CLI process (spawn to exit), poweroff in between."""
-    api = Api(a.sock)
-    if power_state(api, a.name) != "halted":
-        poweroff(api, a.name)
-    times = []
-    for i in range(a.runs + a.warmup):
+class CorralCliStart(CorralApiStart):
+    """One `corral vm start NAME` process, spawn to exit."""
+
+    label = "corral vm start (CLI)"
+
+    def __init__(self, a):
+        super().__init__(a)
+        self.corral = a.corral
+        self.sock = a.sock
+
+    def once(self):
         t0 = time.perf_counter()
-        p = subprocess.run([a.corral, "--connect", a.sock, "vm", "start", a.name],
+        p = subprocess.run([self.corral, "--connect", self.sock, "vm", "start", self.name],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
         dt = time.perf_counter() - t0
         if p.returncode != 0:
             raise SystemExit(f"corral vm start: {p.stderr.decode()}")
-        if power_state(api, a.name) != "running":
+        if power_state(self.api, self.name) != "running":
             raise SystemExit("VM not running after corral vm start")
-        if i >= a.warmup:
-            times.append(dt)
-        log(f"  corral CLI start #{i + 1}: {ms(dt):.1f} ms{' (warm-up)' if i < a.warmup else ''}")
-        poweroff(api, a.name)
-    merge_results(a.results, "cli_start", {"runs_ms": [ms(t) for t in times],
-                                           "median_ms": ms(median(times))})
-    print(f"corral vm start (CLI, wall): median {ms(median(times)):.1f} ms over {len(times)} runs")
+        poweroff(self.api, self.name)
+        return dt, ""
 
 
-def cmd_raw_start(a):
-    """Reference: spawn qemu-system-x86_64 with corral's argv (run dir moved to a scratch dir)
-    and time until QMP answers qmp_capabilities + query-status."""
-    argv = read_logged_argv(a.qemu_log)
-    run_dir = os.path.dirname(os.path.abspath(a.qemu_log))
-    os.makedirs(a.scratch, exist_ok=True)
-    argv = [x.replace(run_dir, a.scratch) for x in argv]
-    binary, args = argv[0], argv[1:]
-    qmp_path = pidfile = None
-    for i, x in enumerate(args):
-        if x == "-pidfile":
-            pidfile = args[i + 1]
-        m = re.search(r"path=([^,]*qmp[^,]*)", x)
-        if x.startswith("socket,") and m and qmp_path is None and args[i - 1] == "-chardev":
-            qmp_path = m.group(1)
-    if qmp_path is None or pidfile is None or "-daemonize" not in args:
-        raise SystemExit(f"cannot find the QMP socket / pidfile / -daemonize in {argv}")
-    with open(os.path.join(a.scratch, "argv.txt"), "w") as f:
-        f.write(shlex.join(argv) + "\n")
-    log(f"  reference argv: {shlex.join(argv)}")
-    times, cont_times = [], []
-    for i in range(a.runs + a.warmup):
-        for p in (qmp_path, pidfile):
+class RawQemuStart:
+    """Reference: spawn qemu-system-x86_64 with the argv corral logged (its run dir moved to a
+    scratch dir), until QMP answers qmp_capabilities + query-status."""
+
+    label = "raw QEMU spawn → QMP"
+
+    def __init__(self, a):
+        argv = read_logged_argv(a.qemu_log)
+        run_dir = os.path.dirname(os.path.abspath(a.qemu_log))
+        os.makedirs(a.scratch, exist_ok=True)
+        argv = [x.replace(run_dir, a.scratch) for x in argv]
+        self.argv = argv
+        args = argv[1:]
+        self.qmp_path = self.pidfile = None
+        for i, x in enumerate(args):
+            if x == "-pidfile":
+                self.pidfile = args[i + 1]
+            m = re.search(r"path=([^,]*qmp[^,]*)", x)
+            if x.startswith("socket,") and m and self.qmp_path is None and args[i - 1] == "-chardev":
+                self.qmp_path = m.group(1)
+        if self.qmp_path is None or self.pidfile is None or "-daemonize" not in args:
+            raise SystemExit(f"cannot find the QMP socket / pidfile / -daemonize in {argv}")
+        with open(os.path.join(a.scratch, "argv.txt"), "w") as f:
+            f.write(shlex.join(argv) + "\n")
+        self.cont = []
+
+    def once(self):
+        for p in (self.qmp_path, self.pidfile):
             try:
                 os.unlink(p)
             except FileNotFoundError:
                 pass
         t0 = time.perf_counter()
-        proc = subprocess.Popen([binary] + args, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
         # -daemonize: the parent exits once QEMU is initialised (monitor socket listening).
         try:
             _, err = proc.communicate(timeout=30)
@@ -285,17 +289,18 @@ def cmd_raw_start(a):
             raise SystemExit("QEMU did not daemonize within 30 s")
         if proc.returncode != 0:
             raise SystemExit(f"QEMU failed: {err.decode()}")
-        qmp = connect_qmp(qmp_path, time.monotonic() + 30)
+        qmp = connect_qmp(self.qmp_path, time.monotonic() + 30)
         qmp.execute("qmp_capabilities")
         st = qmp.execute("query-status")
         dt = time.perf_counter() - t0
-        # Informational: what `cont` adds on top (corral's start includes it).
+        # Informational: what `cont` adds on top (corral's start includes its `cont`).
         t1 = time.perf_counter()
         qmp.execute("cont")
         dcont = time.perf_counter() - t1
-        if st.get("status") != "prelaunch" and st.get("status") != "paused":
+        self.cont.append(dcont)
+        if st.get("status") not in ("prelaunch", "paused"):
             log(f"  note: query-status said {st}")
-        with open(pidfile) as f:
+        with open(self.pidfile) as f:
             pid = int(f.read().strip())
         try:
             qmp.execute("quit")
@@ -307,46 +312,77 @@ def cmd_raw_start(a):
             time.sleep(0.01)
         if pid_alive(pid):
             os.kill(pid, 9)
-        if i >= a.warmup:
-            times.append(dt)
-            cont_times.append(dcont)
-        log(f"  raw QEMU spawn→QMP #{i + 1}: {ms(dt):.1f} ms (+cont {ms(dcont):.2f} ms)"
-            f"{' (warm-up)' if i < a.warmup else ''}")
-    merge_results(a.results, "raw_start", {"runs_ms": [ms(t) for t in times],
-                                           "median_ms": ms(median(times)),
-                                           "cont_median_ms": ms(median(cont_times)),
-                                           "argv": argv})
-    print(f"raw QEMU spawn until QMP answers: median {ms(median(times)):.1f} ms over {len(times)} runs")
+        return dt, f" (+cont {ms(dcont):.2f} ms)"
 
 
-def cmd_virsh_start(a):
-    """Time `virsh start DOMAIN` (spawn to exit); `virsh destroy` in between."""
-    def virsh(*args, check=True):
-        p = subprocess.run(["virsh", "-c", a.uri] + list(args), stdout=subprocess.PIPE,
+class VirshStart:
+    """One `virsh start DOMAIN` process, spawn to exit; `virsh destroy` afterwards."""
+
+    label = "virsh start"
+
+    def __init__(self, a):
+        self.uri, self.domain = a.uri, a.domain
+        if self.virsh("domstate", self.domain) != "shut off":
+            self.virsh("destroy", self.domain, check=False)
+
+    def virsh(self, *args, check=True):
+        p = subprocess.run(["virsh", "-c", self.uri] + list(args), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=120)
         if check and p.returncode != 0:
             raise SystemExit(f"virsh {' '.join(args)}: {p.stderr.decode().strip()}")
         return p.stdout.decode().strip()
 
-    if virsh("domstate", a.domain) != "shut off":
-        virsh("destroy", a.domain, check=False)
-    times = []
-    for i in range(a.runs + a.warmup):
+    def once(self):
         t0 = time.perf_counter()
-        virsh("start", a.domain)
+        self.virsh("start", self.domain)
         dt = time.perf_counter() - t0
-        state = virsh("domstate", a.domain)
+        state = self.virsh("domstate", self.domain)
         if state != "running":
             raise SystemExit(f"domain is {state!r} after virsh start")
-        if i >= a.warmup:
-            times.append(dt)
-        log(f"  virsh start #{i + 1}: {ms(dt):.1f} ms{' (warm-up)' if i < a.warmup else ''}")
-        virsh("destroy", a.domain)
-        wait_for(lambda: virsh("domstate", a.domain) == "shut off", 30, what="domain shut off")
-    merge_results(a.results, "virsh_start", {"runs_ms": [ms(t) for t in times],
-                                             "median_ms": ms(median(times))})
-    print(f"virsh start (wall): median {ms(median(times)):.1f} ms over {len(times)} runs")
+        self.virsh("destroy", self.domain)
+        wait_for(lambda: self.virsh("domstate", self.domain) == "shut off", 30,
+                 what="domain shut off")
+        return dt, ""
 
+
+def compare(a, subject, reference, key_s, key_r):
+    """Alternate subject and reference run by run (so both see the same background load on a
+    shared machine), after one warm-up of each; store both series and their medians."""
+    series = {key_s: [], key_r: []}
+    for i in range(a.runs + a.warmup):
+        order = [(subject, key_s), (reference, key_r)]
+        if i % 2:
+            order.reverse()
+        for m, key in order:
+            if m is None:
+                continue
+            dt, extra = m.once()
+            warm = i < a.warmup
+            if not warm:
+                series[key].append(dt)
+            log(f"  {m.label} #{i + 1}: {ms(dt):.1f} ms{extra}{' (warm-up)' if warm else ''}")
+    for m, key in ((subject, key_s), (reference, key_r)):
+        if m is None:
+            continue
+        res = {"runs_ms": [ms(t) for t in series[key]], "median_ms": ms(median(series[key]))}
+        if isinstance(m, RawQemuStart):
+            res["cont_median_ms"] = ms(median(m.cont[a.warmup:]))
+            res["argv"] = m.argv
+        merge_results(a.results, key, res)
+        print(f"{m.label}: median {res['median_ms']:.1f} ms over {len(series[key])} runs")
+
+
+def cmd_start_overhead(a):
+    subject = CorralApiStart(a)
+    # corral must have started the VM once for its argv to be in qemu.log.
+    subject.once()
+    compare(a, subject, RawQemuStart(a), "api_start", "raw_start")
+
+
+def cmd_libvirt_compare(a):
+    subject = CorralCliStart(a)
+    reference = VirshStart(a) if a.domain else None
+    compare(a, subject, reference, "cli_start", "virsh_start")
 
 def cmd_create_many(a):
     """Define COUNT halted VMs (kernel boot, no disks) through the API, PARALLEL at a time."""
@@ -527,32 +563,22 @@ def main():
             sp.add_argument("--sock", required=True)
         return sp
 
-    s = common(sub.add_parser("api-start"))
+    s = common(sub.add_parser("start-overhead"))
     s.add_argument("--name", required=True)
-    s.add_argument("--runs", type=int, default=10)
-    s.add_argument("--warmup", type=int, default=1)
-    s.set_defaults(fn=cmd_api_start)
-
-    s = common(sub.add_parser("cli-start"))
-    s.add_argument("--name", required=True)
-    s.add_argument("--corral", required=True)
-    s.add_argument("--runs", type=int, default=10)
-    s.add_argument("--warmup", type=int, default=1)
-    s.set_defaults(fn=cmd_cli_start)
-
-    s = common(sub.add_parser("raw-start"), sock=False)
     s.add_argument("--qemu-log", required=True)
     s.add_argument("--scratch", required=True)
     s.add_argument("--runs", type=int, default=10)
     s.add_argument("--warmup", type=int, default=1)
-    s.set_defaults(fn=cmd_raw_start)
+    s.set_defaults(fn=cmd_start_overhead)
 
-    s = common(sub.add_parser("virsh-start"), sock=False)
-    s.add_argument("--domain", required=True)
+    s = common(sub.add_parser("libvirt-compare"))
+    s.add_argument("--name", required=True)
+    s.add_argument("--corral", required=True)
+    s.add_argument("--domain", help="libvirt domain; without it only corral is measured")
     s.add_argument("--uri", default="qemu:///system")
     s.add_argument("--runs", type=int, default=10)
     s.add_argument("--warmup", type=int, default=1)
-    s.set_defaults(fn=cmd_virsh_start)
+    s.set_defaults(fn=cmd_libvirt_compare)
 
     s = common(sub.add_parser("create-many"))
     s.add_argument("--count", type=int, default=1000)

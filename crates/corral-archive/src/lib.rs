@@ -14,6 +14,11 @@
 //! it owns). Readers never create files themselves; on any error the caller deletes the
 //! staging directory and nothing else exists.
 //!
+//! Cancelling: every function streams through the caller's `Read`/`Write` and sink, so a
+//! caller cancels by making one of them fail (a writer that returns an error once a flag is
+//! set); workers drain and exit, and the error comes back. Progress callbacks are called on the
+//! calling thread only.
+//!
 //! Modules: `native` (format 1.0, see `docs/formats/corral-archive.md`), `ova` (OVF 1.x/2.0
 //! descriptors, OVA packages), `xva` (XenServer exports), `source` and `sink` (disk I/O),
 //! `tarsafe` (member checks shared by all tar readers).

@@ -94,3 +94,157 @@ mod tests {
         }
     }
 }
+
+/// Largest pax extended header accepted.
+pub(crate) const MAX_PAX_BYTES: u64 = 64 << 10;
+/// Largest GNU long name or long link accepted.
+pub(crate) const MAX_LONG_NAME_BYTES: u64 = 4 << 10;
+
+/// A reader that follows the tar structure of the bytes passing through it and fails before
+/// the `tar` crate buffers something unbounded: that crate reads pax and GNU long-name
+/// members whole into memory and collects GNU sparse maps, so a compressed archive with a
+/// 16 GiB "long name" would exhaust memory before any member check runs. Refused here: pax
+/// headers over 64 KiB, long names over 4 KiB, and GNU sparse members.
+pub(crate) struct GuardedTar<R> {
+    inner: R,
+    header: [u8; 512],
+    filled: usize,
+    /// Bytes of member data (with padding) still to pass before the next header.
+    skip: u64,
+}
+
+impl<R> GuardedTar<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        GuardedTar {
+            inner,
+            header: [0; 512],
+            filled: 0,
+            skip: 0,
+        }
+    }
+
+    fn header_done(&mut self) -> std::io::Result<()> {
+        let h = &self.header;
+        if h.iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        let size = parse_size(&h[124..136]).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "tar header has an invalid size",
+            )
+        })?;
+        let limit = match h[156] {
+            b'x' | b'g' => Some(("pax extended header", MAX_PAX_BYTES)),
+            b'L' | b'K' => Some(("GNU long name", MAX_LONG_NAME_BYTES)),
+            b'S' => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "GNU sparse members are not allowed",
+                ))
+            }
+            _ => None,
+        };
+        if let Some((what, max)) = limit {
+            if size > max {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("tar {what} of {size} bytes is larger than the maximum of {max}"),
+                ));
+            }
+        }
+        self.skip = size.div_ceil(512).saturating_mul(512);
+        Ok(())
+    }
+}
+
+/// A tar size field: octal text, or GNU base-256 when the high bit is set.
+fn parse_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        let mut v: u64 = (field[0] & 0x7f) as u64;
+        for &b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(b as u64)?;
+        }
+        return Some(v);
+    }
+    let s = std::str::from_utf8(field).ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c == ' ');
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(s, 8).ok()
+}
+
+impl<R: Read> Read for GuardedTar<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut i = 0;
+        while i < n {
+            if self.skip > 0 {
+                let k = (self.skip.min((n - i) as u64)) as usize;
+                self.skip -= k as u64;
+                i += k;
+                continue;
+            }
+            let k = (512 - self.filled).min(n - i);
+            self.header[self.filled..self.filled + k].copy_from_slice(&buf[i..i + k]);
+            self.filled += k;
+            i += k;
+            if self.filled == 512 {
+                self.filled = 0;
+                self.header_done()?;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    fn header(kind: u8, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_entry_type(tar::EntryType::new(kind));
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn huge_extension_headers_are_refused_before_buffering() {
+        // A long name declaring 1 GiB: the guard fails on the header, before the data.
+        let mut bytes = header(b'L', 1 << 30);
+        bytes.extend(vec![b'a'; 4096]);
+        let mut ar = tar::Archive::new(GuardedTar::new(&bytes[..]));
+        let err = ar.entries().unwrap().next().unwrap().err().unwrap();
+        assert!(err.to_string().contains("GNU long name"), "{err}");
+        let bytes = header(b'x', 1 << 20);
+        let mut ar = tar::Archive::new(GuardedTar::new(&bytes[..]));
+        let err = ar.entries().unwrap().next().unwrap().err().unwrap();
+        assert!(err.to_string().contains("pax extended header"), "{err}");
+        let bytes = header(b'S', 10);
+        let mut ar = tar::Archive::new(GuardedTar::new(&bytes[..]));
+        assert!(ar.entries().unwrap().next().unwrap().is_err());
+    }
+
+    #[test]
+    fn ordinary_archives_pass_through() {
+        let mut b = tar::Builder::new(Vec::new());
+        let long = format!("{}/file", "d".repeat(200));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(700);
+        b.append_data(&mut h, &long, &vec![1u8; 700][..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        b.append_data(&mut h, "b", &b"xyz"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let mut ar = tar::Archive::new(GuardedTar::new(&bytes[..]));
+        let names: Vec<String> = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, [long, "b".to_string()]);
+    }
+}

@@ -16,7 +16,7 @@ use crate::error::ArchiveError;
 use crate::native::{reconcile_spec, ImportedDisk, ImportedVm, Limits};
 use crate::progress::{Phase, Progress};
 use crate::sink::{DiskTarget, ImportSink};
-use crate::tarsafe::{check_member, MemberKind};
+use crate::tarsafe::{check_member, GuardedTar, MemberKind};
 use corral_model::*;
 use sha1::{Digest, Sha1};
 use std::io::{self, Read};
@@ -448,7 +448,7 @@ fn read_ova_xml<R: Read>(
 /// Read only `ova.xml` and build the plan (dry run).
 pub fn plan_xva<R: Read>(input: R, limits: &Limits) -> Result<XvaPlan, ArchiveError> {
     let (r, compression) = decompress(input)?;
-    let mut ar = tar::Archive::new(r);
+    let mut ar = tar::Archive::new(GuardedTar::new(r));
     let mut entries = ar.entries().map_err(ArchiveError::read)?;
     let xml = read_ova_xml(&mut entries, limits)?;
     let (spec, disks, warnings) = plan_from_ova_xml(&parse_ova_xml(&xml)?)?;
@@ -508,7 +508,7 @@ pub fn read_xva<R: Read>(
     progress: &dyn Fn(Progress),
 ) -> Result<ImportedVm, ArchiveError> {
     let (r, compression) = decompress(input)?;
-    let mut ar = tar::Archive::new(r);
+    let mut ar = tar::Archive::new(GuardedTar::new(r));
     let mut entries = ar.entries().map_err(ArchiveError::read)?;
     let xml = read_ova_xml(&mut entries, limits)?;
     let (mut spec, disks, mut warnings) = plan_from_ova_xml(&parse_ova_xml(&xml)?)?;

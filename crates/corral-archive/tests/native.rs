@@ -58,6 +58,7 @@ fn round_trip_preserves_data_spec_and_skips_zeros() {
         // the zero MiB inside the first range is not stored
         assert!(d.data_bytes < d.allocated_bytes - (1 << 20) + 1, "{d:?}");
         assert_eq!(summary.archive_bytes, bytes.len() as u64);
+        assert_eq!(detect_format(&bytes[..4096]), ArchiveKind::Native);
         if compression == Compression::Zstd {
             assert!(d.stored_bytes < d.data_bytes);
         }

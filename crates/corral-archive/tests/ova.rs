@@ -204,7 +204,9 @@ fn ova_export_follows_dsp0243_and_round_trips() {
     );
 
     // Order: descriptor, manifest, then files in References order.
-    let members = read_tar(&std::fs::read(&ova_path).unwrap());
+    let bytes = std::fs::read(&ova_path).unwrap();
+    assert_eq!(detect_format(&bytes[..4096]), ArchiveKind::Ova);
+    let members = read_tar(&bytes);
     let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
     assert_eq!(
         names,

@@ -75,6 +75,8 @@ fn xen_orchestra_xva_imports_plain_gzip_and_zstd() {
         .arg(&zst)
         .arg(&xva));
     for (path, compression) in [(&xva, "none"), (&gz, "gzip"), (&zst, "zstd")] {
+        let head = std::fs::read(path).unwrap();
+        assert_eq!(detect_format(&head[..4096]), ArchiveKind::Xva);
         let plan = plan_xva(std::fs::File::open(path).unwrap(), &Limits::default()).unwrap();
         assert_eq!(plan.compression, compression);
         assert_eq!(plan.spec.name, "xo-vm");
@@ -315,6 +317,27 @@ fn hostile_xvas_are_rejected() {
             "{case}"
         );
     }
+    // A zstd bomb: a GNU long-name member declaring 256 MiB (the tar crate would buffer it).
+    let mut h = tar::Header::new_gnu();
+    h.set_size(256 << 20);
+    h.set_entry_type(tar::EntryType::GNULongName);
+    h.set_cksum();
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    std::io::Write::write_all(&mut enc, h.as_bytes()).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    }
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 1 << 20);
+    let staging = tempfile::tempdir().unwrap();
+    let mut sink = DirSink::new(staging.path(), Some(DiskFormat::Raw));
+    let err = read_xva(&bomb[..], &mut sink, &Limits::default(), &no_progress).unwrap_err();
+    assert!(
+        err.to_string().contains("GNU long name of 268435456 bytes"),
+        "{err}"
+    );
+
     // A truncated gzip stream.
     let good = write_tar(
         &[

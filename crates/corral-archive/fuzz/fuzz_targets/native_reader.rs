@@ -6,6 +6,9 @@ use corral_archive_fuzz::NullSink;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { threads: 1, ..Limits::default() };
+    let limits = Limits {
+        threads: 1,
+        ..Limits::default()
+    };
     let _ = read_archive(data, &mut NullSink::default(), &limits, &no_progress);
 });

@@ -10,5 +10,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = parse_ovf(text);
     }
-    let _ = read_ova(data, &mut NullSink::default(), &Limits::default(), &no_progress);
+    let _ = read_ova(
+        data,
+        &mut NullSink::default(),
+        &Limits::default(),
+        &no_progress,
+    );
 });

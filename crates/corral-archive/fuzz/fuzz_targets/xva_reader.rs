@@ -6,5 +6,10 @@ use corral_archive_fuzz::NullSink;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = read_xva(data, &mut NullSink::default(), &Limits::default(), &no_progress);
+    let _ = read_xva(
+        data,
+        &mut NullSink::default(),
+        &Limits::default(),
+        &no_progress,
+    );
 });

@@ -38,20 +38,40 @@ fn main() {
         is_template: false,
     };
     std::fs::create_dir_all("corpus/native_reader").unwrap();
-    for (i, c) in [Compression::Zstd, Compression::None].into_iter().enumerate() {
+    for (i, c) in [Compression::Zstd, Compression::None]
+        .into_iter()
+        .enumerate()
+    {
         let mut d = vec![0u8; 256 << 10];
         d[..100].fill(7);
         d[200_000] = 1;
         let mut out = Vec::new();
-        let opts = WriteOptions { compression: c, extent_max_bytes: 65536, ..Default::default() };
-        write_archive(&mut out, &spec, vec![("disk0".into(), Box::new(Mem(d)))], &opts, &no_progress)
-            .unwrap();
+        let opts = WriteOptions {
+            compression: c,
+            extent_max_bytes: 65536,
+            ..Default::default()
+        };
+        write_archive(
+            &mut out,
+            &spec,
+            vec![("disk0".into(), Box::new(Mem(d)))],
+            &opts,
+            &no_progress,
+        )
+        .unwrap();
         std::fs::write(format!("corpus/native_reader/seed{i}"), out).unwrap();
     }
     std::fs::create_dir_all("corpus/ovf_parser").unwrap();
     for e in std::fs::read_dir("../tests/data/ovf").unwrap() {
         let p = e.unwrap().path();
-        std::fs::copy(&p, format!("corpus/ovf_parser/{}", p.file_name().unwrap().to_string_lossy())).unwrap();
+        std::fs::copy(
+            &p,
+            format!(
+                "corpus/ovf_parser/{}",
+                p.file_name().unwrap().to_string_lossy()
+            ),
+        )
+        .unwrap();
     }
     std::fs::create_dir_all("corpus/xva_reader").unwrap();
     println!("seeds written; add XVA seeds with ../tests/xva-writer/make_xva.py");

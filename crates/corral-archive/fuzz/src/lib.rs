@@ -20,7 +20,10 @@ impl ImportSink for NullSink {
     }
     fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
         let size = self.sizes[disk];
-        assert!(offset + data.len() as u64 <= size, "write past the end of disk {disk}");
+        assert!(
+            offset + data.len() as u64 <= size,
+            "write past the end of disk {disk}"
+        );
         Ok(())
     }
     fn finish_disk(&mut self, _: usize, _: &dyn Fn(Progress)) -> io::Result<(PathBuf, DiskFormat)> {

@@ -13,7 +13,7 @@
 use super::*;
 use crate::progress::{Phase, Progress};
 use crate::sink::{DiskTarget, ImportSink};
-use crate::tarsafe::{check_member, MemberKind};
+use crate::tarsafe::{check_member, GuardedTar, MemberKind};
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -162,7 +162,7 @@ pub fn read_manifest<R: Read>(
     input: R,
     limits: &Limits,
 ) -> Result<(Manifest, VmSpec, Vec<String>), ArchiveError> {
-    let mut ar = tar::Archive::new(input);
+    let mut ar = tar::Archive::new(GuardedTar::new(input));
     let mut entries = ar.entries().map_err(ArchiveError::read)?;
     let m = first_manifest(&mut entries, limits, &mut MemberHasher::new())?;
     let (spec, warnings) = parse_spec_lenient(&m.vm).map_err(bad_manifest)?;
@@ -293,7 +293,7 @@ pub fn read_archive<R: Read>(
     limits: &Limits,
     progress: &dyn Fn(Progress),
 ) -> Result<ImportedVm, ArchiveError> {
-    let mut ar = tar::Archive::new(input);
+    let mut ar = tar::Archive::new(GuardedTar::new(input));
     let mut entries = ar.entries().map_err(ArchiveError::read)?;
     let mut hasher = MemberHasher::new();
     let m = first_manifest(&mut entries, limits, &mut hasher)?;

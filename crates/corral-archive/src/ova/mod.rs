@@ -23,7 +23,7 @@ use crate::native::{reconcile_spec, ImportedDisk, ImportedVm, Limits};
 use crate::progress::{Phase, Progress};
 use crate::sink::{DiskTarget, ImportSink};
 use crate::source::{check_foreign_image, image_info, qemu_img};
-use crate::tarsafe::{check_member, MemberKind};
+use crate::tarsafe::{check_member, GuardedTar, MemberKind};
 use corral_model::{DiskBus, DiskFormat, Firmware, NicModel, VmSpec};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
@@ -433,7 +433,7 @@ pub fn plan_ovf(path: &Path, limits: &Limits) -> Result<OvfPlan, ArchiveError> {
     let xml = match &loc {
         OvfLocation::Ova(p) => {
             let f = File::open(p).map_err(ArchiveError::ReadArchive)?;
-            let mut ar = tar::Archive::new(f);
+            let mut ar = tar::Archive::new(GuardedTar::new(f));
             let mut entries = ar.entries().map_err(ArchiveError::read)?;
             ova_descriptor(&mut entries, limits)?.1
         }
@@ -712,7 +712,7 @@ pub fn read_ova<R: Read>(
     limits: &Limits,
     progress: &dyn Fn(Progress),
 ) -> Result<ImportedVm, ArchiveError> {
-    let mut ar = tar::Archive::new(input);
+    let mut ar = tar::Archive::new(GuardedTar::new(input));
     let mut entries = ar.entries().map_err(ArchiveError::read)?;
     let (desc_name, xml) = ova_descriptor(&mut entries, limits)?;
     let (_, desc_digest) = hash_copy(&mut xml.as_bytes(), None, u64::MAX)?;
