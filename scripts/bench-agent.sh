@@ -7,14 +7,16 @@
 #   4. `GET /v1/vms` p50/p95 with 1,000 defined VMs, over the API's unix socket.
 # Prints a summary table and writes it under "## Host agent (issue 2)" in docs/benchmarks.md.
 #
-# Usage: scripts/bench-agent.sh [--runs N] [--vms N] [--requests N] [--no-libvirt]
+# Usage: scripts/bench-agent.sh [--runs N (20)] [--vms N (1000)] [--requests N (200)] [--no-libvirt]
 #                               [--no-doc] [--no-build]
 # libvirt is measured by default: installed with apt-get when missing, libvirtd/virtlogd
 # started in the background when not running (and stopped again afterwards).
+# Findings in scripts/bench/agent-notes.md are appended to the doc section; to see where a
+# start spends its time, run scripts/bench/profile_start.py against an agent.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-RUNS=10
+RUNS=20
 VMS=1000
 REQUESTS=200
 LIBVIRT=1
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
         --no-libvirt) LIBVIRT=0; shift ;;
         --no-doc) DOC=0; shift ;;
         --no-build) BUILD=0; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -137,6 +139,8 @@ host_desc() {
     cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     echo "$(nproc) cores ($cpu), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), TCG, $(qemu-system-x86_64 --version | head -1)"
 }
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- 3a. idle RSS on a fresh state dir ---------------------------------------------------------
 say "idle agent RSS (fresh state dir)"
@@ -249,7 +253,7 @@ stop_agent
 say "summary"
 COMMAND="scripts/bench-agent.sh${ORIG_ARGS[*]:+ ${ORIG_ARGS[*]}}"
 REPORT_ARGS=(--results "$RESULTS" --command "$COMMAND" --machine "$(host_desc)"
-    --guest-cmdline "$CMDLINE")
+    --guest-cmdline "$CMDLINE" --load "Load average at start: $LOAD_START (other work shares the cores).")
 [ -f "$ROOT/scripts/bench/agent-notes.md" ] && REPORT_ARGS+=(--notes "$ROOT/scripts/bench/agent-notes.md")
 [ "$DOC" = 1 ] && REPORT_ARGS+=(--doc "$ROOT/docs/benchmarks.md")
 $BENCH report "${REPORT_ARGS[@]}"

@@ -459,15 +459,21 @@ def cmd_report(a):
         rows.append((measure, figure, reference, ratio, goal,
                      "—" if ok is None else ("PASS" if ok else "MISS")))
 
+    def mins(key):
+        return min(r[key]["runs_ms"])
+
     if "api_start" in r and "raw_start" in r:
         c, q = r["api_start"]["median_ms"], r["raw_start"]["median_ms"]
-        row("Start overhead: `POST …/actions/start` until vCPUs run (median)",
-            f"{c:.1f} ms", f"raw QEMU spawn → QMP answers: {q:.1f} ms",
-            f"{c / q:.2f}", "≤ 1.10", c / q <= 1.10)
+        row("Start overhead: `POST …/actions/start` until vCPUs run (median; min)",
+            f"{c:.1f} ms; {mins('api_start'):.1f} ms",
+            f"raw QEMU spawn → QMP answers: {q:.1f} ms; {mins('raw_start'):.1f} ms",
+            f"{c / q:.2f}; {mins('api_start') / mins('raw_start'):.2f}", "≤ 1.10", c / q <= 1.10)
     if "cli_start" in r and "virsh_start" in r:
         c, v = r["cli_start"]["median_ms"], r["virsh_start"]["median_ms"]
-        row("Start vs libvirt: `corral vm start` vs `virsh start`, CLI wall (median)",
-            f"{c:.1f} ms", f"virsh start: {v:.1f} ms", f"{c / v:.2f}", "≤ 0.25", c / v <= 0.25)
+        row("Start vs libvirt: `corral vm start` vs `virsh start`, CLI wall (median; min)",
+            f"{c:.1f} ms; {mins('cli_start'):.1f} ms",
+            f"virsh start: {v:.1f} ms; {mins('virsh_start'):.1f} ms",
+            f"{c / v:.2f}; {mins('cli_start') / mins('virsh_start'):.2f}", "≤ 0.25", c / v <= 0.25)
     elif "cli_start" in r:
         c = r["cli_start"]["median_ms"]
         row("Start vs libvirt: `corral vm start`, CLI wall (median)", f"{c:.1f} ms",
@@ -478,13 +484,14 @@ def cmd_report(a):
             "—", "≤ 15 MiB", m <= 15)
     if "rss_1000" in r:
         m = r["rss_1000"]["mib"]
-        n = r.get("list_1000", {}).get("vms", 1000)
-        row(f"Idle agent RSS with {n} defined VMs", f"{m:.1f} MiB", "—", "—",
-            "≤ 15 MiB", m <= 15)
+        n = r.get("create_many", {}).get("count", 1000)
+        rows.append((f"Idle agent RSS with {n} defined VMs (+1 for the start test)",
+                     f"{m:.1f} MiB", "—", "—", "report only (idle goal 15 MiB)",
+                     "within 15 MiB" if m <= 15 else "over 15 MiB"))
     if "list_1000" in r:
         l = r["list_1000"]
-        row(f"`GET /v1/vms` with {l['vms']} VMs, {l['requests']} requests (p50 / p95)",
-            f"{l['p50_ms']:.2f} / {l['p95_ms']:.2f} ms", "—", "—", "p50 ≤ 5 ms",
+        row(f"`GET /v1/vms` with {l['vms']} VMs, {l['requests']} requests (p50; p95)",
+            f"{l['p50_ms']:.2f} ms; {l['p95_ms']:.2f} ms", "—", "—", "p50 ≤ 5 ms",
             l["p50_ms"] <= 5)
 
     header = ("Measure", "Figure", "Reference", "Ratio", "Goal", "Result")
@@ -519,8 +526,9 @@ def cmd_report(a):
         now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
         machine = a.machine
         section = [SECTION, "",
-                   f"Measured {now} on {machine}, one run, same guest "
-                   f"(test guest kernel + initramfs, `{a.guest_cmdline}`), sequentially.", "",
+                   f"Measured {now} on {machine}; one run, same guest "
+                   f"(test guest kernel + initramfs, `{a.guest_cmdline}`), measurements one "
+                   f"after the other, each pair alternated run by run. {a.load}", "",
                    "Command:", "", "```", a.command, "```", "", text, ""]
         if details:
             section += details + [""]
@@ -605,6 +613,7 @@ def main():
     s.add_argument("--command", default="scripts/bench-agent.sh")
     s.add_argument("--machine", default="")
     s.add_argument("--guest-cmdline", default="")
+    s.add_argument("--load", default="", help="a sentence about the machine's load")
     s.add_argument("--notes")
     s.set_defaults(fn=cmd_report)
 
