@@ -356,6 +356,9 @@ def compare(a, subject, reference, key_s, key_r):
         for m, key in order:
             if m is None:
                 continue
+            # A real start follows idle time; back-to-back starts hide costs that only the
+            # first one after a pause pays (e.g. the RCU grace period of a cgroup move).
+            time.sleep(a.settle)
             dt, extra = m.once()
             warm = i < a.warmup
             if not warm:
@@ -473,7 +476,7 @@ def cmd_report(a):
         row("Start vs libvirt: `corral vm start` vs `virsh start`, CLI wall (median; min)",
             f"{c:.1f} ms; {mins('cli_start'):.1f} ms",
             f"virsh start: {v:.1f} ms; {mins('virsh_start'):.1f} ms",
-            f"{c / v:.2f}; {mins('cli_start') / mins('virsh_start'):.2f}", "≤ 0.25", c / v <= 0.25)
+            f"{c / v:.3f}; {mins('cli_start') / mins('virsh_start'):.3f}", "≤ 0.25", c / v <= 0.25)
     elif "cli_start" in r:
         c = r["cli_start"]["median_ms"]
         row("Start vs libvirt: `corral vm start`, CLI wall (median)", f"{c:.1f} ms",
@@ -528,7 +531,8 @@ def cmd_report(a):
         section = [SECTION, "",
                    f"Measured {now} on {machine}; one run, same guest "
                    f"(test guest kernel + initramfs, `{a.guest_cmdline}`), measurements one "
-                   f"after the other, each pair alternated run by run. {a.load}", "",
+                   f"after the other, each pair alternated run by run with 0.5 s idle before every "
+                   f"start. {a.load}", "",
                    "Command:", "", "```", a.command, "```", "", text, ""]
         if details:
             section += details + [""]
@@ -577,6 +581,7 @@ def main():
     s.add_argument("--scratch", required=True)
     s.add_argument("--runs", type=int, default=10)
     s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--settle", type=float, default=0.5, help="idle seconds before each run")
     s.set_defaults(fn=cmd_start_overhead)
 
     s = common(sub.add_parser("libvirt-compare"))
@@ -586,6 +591,7 @@ def main():
     s.add_argument("--uri", default="qemu:///system")
     s.add_argument("--runs", type=int, default=10)
     s.add_argument("--warmup", type=int, default=1)
+    s.add_argument("--settle", type=float, default=0.5, help="idle seconds before each run")
     s.set_defaults(fn=cmd_libvirt_compare)
 
     s = common(sub.add_parser("create-many"))
