@@ -198,8 +198,7 @@ impl Tasks {
         if let Some(l) = self.lock().get(id) {
             return Some(l.tx.borrow().clone());
         }
-        let rec = self.store.get(&format!("tasks/{id}")).ok()??;
-        serde_json::from_slice(&rec.value).ok()
+        self.get_stored(id)
     }
 
     /// All tasks, oldest first.

@@ -203,6 +203,24 @@ pub struct CpuWeightStatus {
     pub reason: Option<String>,
 }
 
+impl CpuWeightStatus {
+    /// From the outcome of applying `requested`: the `file=value` written, or why not.
+    pub fn from_result(requested: u32, outcome: Result<String, String>) -> Self {
+        match outcome {
+            Ok(applied) => CpuWeightStatus {
+                requested,
+                applied: Some(applied),
+                reason: None,
+            },
+            Err(reason) => CpuWeightStatus {
+                requested,
+                applied: None,
+                reason: Some(reason),
+            },
+        }
+    }
+}
+
 /// The runtime view `vm show` prints: the spec flattened plus what is live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VmInfo {

@@ -103,12 +103,7 @@ impl Actor {
                             "the guest stopped while the agent was down ({why}); marked halted"
                         )),
                     );
-                    runtime::cleanup_taps(
-                        &(0..self.rec.spec.nics.len())
-                            .map(|i| crate::network::tap_name(&self.rec.id, i))
-                            .collect::<Vec<_>>(),
-                    )
-                    .await;
+                    runtime::cleanup_taps(&runtime::existing_taps(&self.rec)).await;
                     self.agent.cgroups.remove(&self.rec.id);
                 }
             }
@@ -627,18 +622,8 @@ impl Actor {
             reg.rename(&old_name, n);
         }
         if let (Some(w), Some(run)) = (req.cpu_weight, self.run.as_mut()) {
-            run.cpu_weight = match self.agent.cgroups.update(&self.rec.id, w) {
-                Ok(applied) => CpuWeightStatus {
-                    requested: w,
-                    applied: Some(applied),
-                    reason: None,
-                },
-                Err(reason) => CpuWeightStatus {
-                    requested: w,
-                    applied: None,
-                    reason: Some(reason),
-                },
-            };
+            run.cpu_weight =
+                CpuWeightStatus::from_result(w, self.agent.cgroups.update(&self.rec.id, w));
             self.publish();
         }
         for n in notes {

@@ -232,21 +232,19 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
 }
 
 pub fn apply_cpu_weight(agent: &Agent, vm_id: &str, pid: u32, weight: u32) -> CpuWeightStatus {
-    match agent.cgroups.apply(vm_id, pid, weight) {
-        Ok(applied) => CpuWeightStatus {
-            requested: weight,
-            applied: Some(applied),
-            reason: None,
-        },
-        Err(reason) => {
-            tracing::warn!(vm = vm_id, %reason, "CPU weight not applied");
-            CpuWeightStatus {
-                requested: weight,
-                applied: None,
-                reason: Some(reason),
-            }
-        }
+    let outcome = agent.cgroups.apply(vm_id, pid, weight);
+    if let Err(reason) = &outcome {
+        tracing::warn!(vm = vm_id, %reason, "CPU weight not applied");
     }
+    CpuWeightStatus::from_result(weight, outcome)
+}
+
+/// Tap devices of the VM's bridged NICs that exist on the host now.
+pub fn existing_taps(rec: &VmRecord) -> Vec<String> {
+    (0..rec.spec.nics.len())
+        .map(|i| network::tap_name(&rec.id, i))
+        .filter(|t| Path::new("/sys/class/net").join(t).exists())
+        .collect()
 }
 
 /// Find the QEMU of a VM that was running when the agent last stopped.
@@ -271,26 +269,11 @@ pub async fn reattach(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerSt
         Some("running") => PowerState::Running,
         _ => PowerState::Paused,
     };
-    let taps = rec
-        .spec
-        .nics
-        .iter()
-        .enumerate()
-        .map(|(i, _)| network::tap_name(&rec.id, i))
-        .filter(|t| Path::new("/sys/class/net").join(t).exists())
-        .collect();
-    let cpu_weight = match agent.cgroups.update(&rec.id, rec.spec.cpu_weight) {
-        Ok(applied) => CpuWeightStatus {
-            requested: rec.spec.cpu_weight,
-            applied: Some(applied),
-            reason: None,
-        },
-        Err(reason) => CpuWeightStatus {
-            requested: rec.spec.cpu_weight,
-            applied: None,
-            reason: Some(reason),
-        },
-    };
+    let taps = existing_taps(rec);
+    let cpu_weight = CpuWeightStatus::from_result(
+        rec.spec.cpu_weight,
+        agent.cgroups.update(&rec.id, rec.spec.cpu_weight),
+    );
     Ok((
         Running {
             pid,

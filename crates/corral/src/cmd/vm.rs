@@ -446,50 +446,10 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
             };
             action(c, &name, VmAction::Shutdown, opts, no_wait, json).await?
         }
-        VmCommand::Poweroff { name } => {
-            action(
-                c,
-                &name,
-                VmAction::Poweroff,
-                ActionRequest::default(),
-                false,
-                json,
-            )
-            .await?
-        }
-        VmCommand::Reboot { name } => {
-            action(
-                c,
-                &name,
-                VmAction::Reboot,
-                ActionRequest::default(),
-                false,
-                json,
-            )
-            .await?
-        }
-        VmCommand::Pause { name } => {
-            action(
-                c,
-                &name,
-                VmAction::Pause,
-                ActionRequest::default(),
-                false,
-                json,
-            )
-            .await?
-        }
-        VmCommand::Resume { name } => {
-            action(
-                c,
-                &name,
-                VmAction::Resume,
-                ActionRequest::default(),
-                false,
-                json,
-            )
-            .await?
-        }
+        VmCommand::Poweroff { name } => simple(c, &name, VmAction::Poweroff, json).await?,
+        VmCommand::Reboot { name } => simple(c, &name, VmAction::Reboot, json).await?,
+        VmCommand::Pause { name } => simple(c, &name, VmAction::Pause, json).await?,
+        VmCommand::Resume { name } => simple(c, &name, VmAction::Resume, json).await?,
         VmCommand::Delete {
             name,
             force,
@@ -605,6 +565,11 @@ fn done(json: bool, vm: &VmInfo, text: &str) {
     } else {
         println!("{text}");
     }
+}
+
+/// An action without options, waited for.
+async fn simple(c: &Client, name: &str, a: VmAction, json: bool) -> anyhow::Result<()> {
+    action(c, name, a, ActionRequest::default(), false, json).await
 }
 
 async fn action(
