@@ -332,7 +332,11 @@ pub async fn task(c: &Client, cmd: TaskCommand, json: bool) -> anyhow::Result<()
     match cmd {
         TaskCommand::List => print_tasks(&c.list_tasks().await?, json),
         TaskCommand::Show { id, wait } => {
-            let t = c.show_task(&id, wait).await?;
+            let t = if wait {
+                crate::progress::watch_task(c, &id, json).await?
+            } else {
+                c.show_task(&id, false).await?
+            };
             if json {
                 output::json(&t);
             } else {

@@ -1,0 +1,98 @@
+//! Following a long task from the CLI: `follow_task` polls the task until it finishes and draws
+//! what it reports (phase, progress, bytes with rate and ETA). On a terminal that is a progress
+//! bar on stderr; without one (scripts, CI) each new phase is one line on stderr; with `--json`
+//! nothing is drawn, so stdout stays machine-readable. A failed task becomes the agent's
+//! `ApiError`, so the CLI prints it like any other error.
+
+use corral_client::Client;
+use corral_model::task::{Task, TaskState};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+const POLL: Duration = Duration::from_millis(250);
+
+/// Wait for task `id` to finish, showing its progress unless `quiet`. Returns the finished task
+/// when it succeeded, the task's error when it failed or was cancelled.
+#[allow(dead_code)] // first users: vm install, export and import (land next)
+pub async fn follow_task(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Task> {
+    let task = watch_task(c, id, quiet).await?;
+    match task.state {
+        TaskState::Succeeded => Ok(task),
+        TaskState::Cancelled => anyhow::bail!(
+            "task {} was cancelled{}",
+            task.id,
+            task.result
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        _ => match task.error {
+            Some(e) => Err(corral_client::ClientError::Api(e).into()),
+            None => anyhow::bail!("task {} failed without a reason", task.id),
+        },
+    }
+}
+
+/// Wait for task `id` to finish, showing its progress unless `quiet`; the finished task,
+/// whatever its outcome.
+pub async fn watch_task(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Task> {
+    let draw = !quiet && std::io::stderr().is_terminal();
+    let bar = if draw {
+        let b = ProgressBar::with_draw_target(Some(1000), ProgressDrawTarget::stderr());
+        b.enable_steady_tick(Duration::from_millis(200));
+        Some(b)
+    } else {
+        None
+    };
+    let mut last_phase = String::new();
+    let task = loop {
+        let t = c.show_task(id, false).await?;
+        if let Some(b) = &bar {
+            render(b, &t);
+        } else if !quiet && t.phase != last_phase {
+            eprintln!("{}: {}", t.operation, t.phase);
+        }
+        last_phase.clone_from(&t.phase);
+        if t.state.is_finished() {
+            break t;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(task)
+}
+
+fn render(b: &ProgressBar, t: &Task) {
+    match (t.bytes_done, t.bytes_total) {
+        (Some(done), Some(total)) if total > 0 => {
+            if b.length() != Some(total) {
+                b.set_length(total);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+            }
+            b.set_position(done);
+        }
+        _ => {
+            if b.length() != Some(1000) {
+                b.set_length(1000);
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} {msg:30!} [{bar:30}] {percent:>3}% {elapsed}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+            }
+            b.set_position((t.progress * 1000.0) as u64);
+        }
+    }
+    b.set_message(t.phase.clone());
+}
