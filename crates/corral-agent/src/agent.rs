@@ -322,15 +322,28 @@ impl Agent {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, &req.name);
         task.phase("validating", 0.1);
-        let mut spec = self.spec_from_request(&id, req)?;
-        task.phase("creating disks", 0.3);
-        let mut created: Vec<PathBuf> = Vec::new();
+        let spec = self.spec_from_request(&id, req)?;
         let sources: Vec<Option<PathBuf>> = req
             .disks
             .iter()
             .flatten()
             .map(|d| d.import_from.clone())
             .collect();
+        self.materialize_vm(id, spec, sources, task).await
+    }
+
+    /// Create the volumes of a validated spec (`sources[i]`: image to copy into disk i), store
+    /// the record and start the VM's actor. The name must be reserved; on error every volume
+    /// created here is removed again.
+    pub(crate) async fn materialize_vm(
+        self: &Arc<Self>,
+        id: String,
+        mut spec: VmSpec,
+        sources: Vec<Option<PathBuf>>,
+        task: &TaskHandle,
+    ) -> Result<VmHandle, ApiError> {
+        task.phase("creating disks", 0.3);
+        let mut created: Vec<PathBuf> = Vec::new();
         for (i, disk) in spec.disks.iter_mut().enumerate() {
             if let Some(phase) = sources.get(i).and_then(|s| s.as_ref()) {
                 task.phase(&format!("importing {}", phase.display()), 0.3);
@@ -368,7 +381,11 @@ impl Agent {
 
     /// Turn a create request into a full spec: template defaults, then the request, then
     /// every check that needs host facts. Nothing is written here.
-    fn spec_from_request(&self, id: &str, req: &VmCreateRequest) -> Result<VmSpec, ApiError> {
+    pub(crate) fn spec_from_request(
+        &self,
+        id: &str,
+        req: &VmCreateRequest,
+    ) -> Result<VmSpec, ApiError> {
         let mut req = req.clone();
         if let Some(name) = req.template.clone() {
             let templates = self.templates_read();
@@ -469,6 +486,7 @@ impl Agent {
             boot_device,
             template: req.template.clone(),
             is_template: false,
+            install: None,
         };
         Ok(spec)
     }

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub probe_kernel: Option<(PathBuf, PathBuf)>,
     /// Autostart VMs marked `autostart` when the agent starts.
     pub autostart: bool,
+    /// Guest-tools ISO for `vm tools insert`; default: `virtio-win*.iso` in the ISO library.
+    pub tools_iso: Option<PathBuf>,
 }
 
 /// Optional settings from `STATE_DIR/corral.toml`.
@@ -43,6 +45,7 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub iso_dir: Option<PathBuf>,
+    pub tools_iso: Option<PathBuf>,
     pub qemu_binary: Option<PathBuf>,
     pub accel: Option<AccelMode>,
     pub probe_kernel: Option<PathBuf>,
@@ -100,6 +103,15 @@ impl Layout {
     /// Per-VM runtime directory: QMP and serial sockets, pid file, logs.
     pub fn run_dir(&self, vm_id: &str) -> PathBuf {
         self.root.join("run").join(vm_id)
+    }
+    /// Scratch files of a running install (installer kernel, initrd, PXE boot directory);
+    /// removed when the install ends.
+    pub fn install_dir(&self, vm_id: &str) -> PathBuf {
+        self.root.join("install").join(vm_id)
+    }
+    /// cloud-init NoCloud seed of an image install; kept in the VM's CD drive, removed with it.
+    pub fn seed_iso(&self, vm_id: &str) -> PathBuf {
+        self.root.join("seeds").join(format!("{vm_id}.iso"))
     }
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")

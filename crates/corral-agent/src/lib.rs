@@ -14,6 +14,7 @@ mod clock;
 pub mod config;
 pub mod events;
 pub mod host;
+pub mod install;
 pub mod network;
 mod registry;
 pub mod tasks;

@@ -24,6 +24,9 @@ impl Templates {
     pub fn get(&self, name: &str) -> Result<&Template, ApiError> {
         self.catalog.get(name).map_err(api)
     }
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
     pub fn list(&self) -> Vec<&Template> {
         self.catalog.list()
     }

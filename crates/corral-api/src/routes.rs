@@ -76,6 +76,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         )
         .route("/v1/vms/{name}/nics", post(nic_add))
         .route("/v1/vms/{name}/nics/{device}", delete(nic_remove))
+        .route("/v1/installs", post(install_vm))
+        .route("/v1/vms/{name}/tools", post(tools_insert))
         .route("/v1/vms/{name}/history", get(vm_history))
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/vms/{name}/console/log", get(console_log))
@@ -189,6 +191,42 @@ async fn cdrom_insert(
     Body_(req): Body_<CdromInsertRequest>,
 ) -> Result<Response> {
     run_op(&a, &name, "vm.cdrom.insert", Op::CdromInsert(req.iso), true).await
+}
+
+/// `POST /v1/installs`: answers 202 with the task once the request is valid; with
+/// `?wait=true` it answers when the install has finished, like other VM operations.
+async fn install_vm(
+    State(a): State<AppState>,
+    Query(q): Query<InstallQuery>,
+    Body_(req): Body_<VmInstallRequest>,
+) -> Result<Response> {
+    let task = a.install_vm(req).await?;
+    if !q.wait {
+        return Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response());
+    }
+    let done = a
+        .tasks
+        .wait(&task)
+        .await
+        .ok_or_else(|| ApiError::internal(format!("install task {task} vanished")))?;
+    if let Some(e) = done.error {
+        return Err(e.into());
+    }
+    let name = done.vm_name.unwrap_or_default();
+    Ok(vm_answer(task, a.vm(&name)?.info()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InstallQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// `POST /v1/vms/{name}/tools`: put the guest-tools ISO into the CD drive (running or not).
+async fn tools_insert(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    let iso = a.tools_iso()?;
+    run_op(&a, &name, "vm.tools.insert", Op::CdromInsert(iso), true).await
 }
 
 async fn cdrom_eject(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {

@@ -86,6 +86,7 @@ fn spec() -> VmSpec {
         boot_device: BootDevice::Disk,
         template: None,
         is_template: false,
+        install: None,
     }
 }
 

@@ -382,6 +382,7 @@ pub fn plan_from_ova_xml(v: &XmlRpc) -> Result<(VmSpec, Vec<XvaDisk>, Vec<String
         boot_device: BootDevice::Disk,
         template: None,
         is_template: s.bool("is_a_template"),
+        install: None,
     };
     Ok((spec, disks, warnings))
 }

@@ -261,6 +261,17 @@ impl Client {
         )
         .await
     }
+    /// Start an install; answers with its task id once the request is valid.
+    pub async fn install_vm(&self, req: &VmInstallRequest) -> Result<String> {
+        let t: TaskAccepted = self
+            .call(Method::POST, "/v1/installs?wait=false", Self::json(req))
+            .await?;
+        Ok(t.task)
+    }
+    pub async fn tools_insert(&self, name: &str) -> Result<VmTaskAnswer> {
+        self.call(Method::POST, &format!("/v1/vms/{}/tools", seg(name)), None)
+            .await
+    }
     pub async fn history(&self, name: &str) -> Result<Vec<Task>> {
         self.call(Method::GET, &format!("/v1/vms/{}/history", seg(name)), None)
             .await

@@ -101,6 +101,76 @@ pub struct VmUpdateRequest {
     pub initrd: Option<PathBuf>,
     #[serde(default)]
     pub cmdline: Option<String>,
+    /// Move every disk and NIC to paravirtual (virtio) or emulated (IDE + e1000) devices,
+    /// keeping disk contents and MAC addresses (the chapter's "paravirtualize after install").
+    #[serde(default)]
+    pub device_model: Option<DeviceModel>,
+}
+
+/// Paravirtual (virtio) or emulated devices, as templates and `vm set --device-model` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceModel {
+    Pv,
+    Emulated,
+}
+
+/// `POST /v1/vms/install`: create a VM and install an operating system into it, as one task
+/// (`vm.install`) with phases. Checks that need no network (names, template restrictions,
+/// paths, URL syntax) answer at once; the others fail the task. A failure before the
+/// installer boots leaves no VM behind; a failure after (timeout, installer error) leaves the
+/// VM halted with the failed task in its history, so its console log can be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmInstallRequest {
+    /// The VM to create; the template fills in what is absent.
+    pub vm: VmCreateRequest,
+    pub source: InstallSource,
+    /// Added to the installer's kernel command line.
+    #[serde(default)]
+    pub extra_args: Option<String>,
+    /// Unattended answer file (preseed, kickstart or AutoYaST, as the template says), put into
+    /// the installer's initrd.
+    #[serde(default)]
+    pub unattended: Option<String>,
+    /// cloud-init NoCloud seed for image installs (`source.kind = disk_import`).
+    #[serde(default)]
+    pub cloud_init: Option<CloudInitRequest>,
+    /// Seconds the installer may run before the task fails and the VM is powered off.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Where the installer comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InstallSource {
+    /// An install tree: `http://`, `ftp://`, `nfs://`, a local directory; optionally
+    /// `,kernel=PATH,initrd=PATH` to skip detection.
+    Location { location: String },
+    /// Vendor media: boot the ISO once, then the disk.
+    Cdrom { iso: PathBuf },
+    /// Network boot. On the default (NAT) network the agent is the boot server: from
+    /// `boot_server` (a TFTP directory with `boot.ipxe` or `pxelinux.0`), or built from
+    /// `location`'s kernel and initrd. On bridged networks the LAN's boot server answers.
+    Pxe {
+        #[serde(default)]
+        boot_server: Option<PathBuf>,
+        #[serde(default)]
+        location: Option<String>,
+    },
+    /// A ready disk image (cloud image): imported as the first disk, then booted.
+    DiskImport { image: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitRequest {
+    pub user_data: String,
+    #[serde(default)]
+    pub meta_data: Option<String>,
+    #[serde(default)]
+    pub network_config: Option<String>,
 }
 
 /// Power actions: `POST /v1/vms/{name}/actions/{action}`.

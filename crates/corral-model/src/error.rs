@@ -14,6 +14,8 @@ pub enum ErrorKind {
     InvalidState,
     Unsupported,
     Busy,
+    /// Something did not finish in the time it was given (an install, a guest shutdown).
+    Timeout,
     Internal,
 }
 
@@ -26,6 +28,7 @@ impl ErrorKind {
             ErrorKind::InvalidState => "invalid_state",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Busy => "busy",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
         }
     }

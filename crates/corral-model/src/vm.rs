@@ -172,6 +172,29 @@ pub struct VmSpec {
     /// Templates cannot be started; they are installed from.
     #[serde(default)]
     pub is_template: bool,
+    /// Set while an OS install runs (`vm install`): the installer boots from `kernel_boot`, the
+    /// CD or the network, and a guest reboot ends QEMU so the agent can switch to disk boot.
+    #[serde(default)]
+    pub install: Option<InstallBoot>,
+}
+
+/// Boot settings that only hold during an install.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct InstallBoot {
+    /// The `vm.install` task driving the install.
+    pub task_id: String,
+    /// PXE boot server for user-mode (NAT) networks: QEMU's built-in TFTP serves this
+    /// directory and DHCP announces `boot_file`. On bridged networks the LAN's server is used.
+    #[serde(default)]
+    pub pxe: Option<PxeBoot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PxeBoot {
+    pub tftp_root: PathBuf,
+    pub boot_file: String,
 }
 
 /// CPU weight names (Xen's credit scheduler values).
@@ -241,6 +264,9 @@ pub struct VmInfo {
     pub boot_device: BootDevice,
     pub template: Option<String>,
     pub is_template: bool,
+    /// Present while an install runs.
+    #[serde(default)]
+    pub install: Option<InstallBoot>,
     /// QEMU process id while running or paused.
     pub pid: Option<u32>,
     /// Effective CPU weight on the host (cgroup), while running.
@@ -271,6 +297,7 @@ impl VmInfo {
             boot_device: s.boot_device,
             template: s.template.clone(),
             is_template: s.is_template,
+            install: s.install.clone(),
             pid: None,
             cpu_weight_status: None,
             vnc: None,

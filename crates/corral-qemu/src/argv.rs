@@ -416,6 +416,10 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
         format!("{n},sockets=1,cores={n},threads=1", n = spec.vcpus),
     );
     argv.extend(["-nodefaults", "-no-user-config"].map(String::from));
+    if spec.install.is_some() {
+        // The installer's final reboot must end QEMU so the agent can switch to disk boot.
+        argv.push("-no-reboot".into());
+    }
     push(&mut argv, "-display", "none");
     push(&mut argv, "-msg", "timestamp=on");
 

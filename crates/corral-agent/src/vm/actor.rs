@@ -318,6 +318,22 @@ impl Actor {
                 self.changed();
                 Ok(())
             }
+            Op::FinishInstall { eject_cdrom } => {
+                self.require_halted("finish the install of")?;
+                let spec = &mut self.rec.spec;
+                spec.install = None;
+                spec.kernel_boot = None;
+                spec.boot_device = BootDevice::Disk;
+                if eject_cdrom {
+                    // The drive stays, empty, as after ejecting vendor media by hand.
+                    for c in &mut spec.cdroms {
+                        c.media = None;
+                    }
+                }
+                self.persist()?;
+                self.changed();
+                Ok(())
+            }
             Op::Delete(req) => {
                 if state != PowerState::Halted {
                     if !req.force {
@@ -564,6 +580,10 @@ impl Actor {
         if let Some(b) = req.boot_device {
             spec.boot_device = b;
         }
+        if let Some(model) = req.device_model {
+            self.require_halted("change the device model of")?;
+            set_device_model(&mut spec, model);
+        }
         match req.kernel {
             Some(k) if k.as_os_str().is_empty() => spec.kernel_boot = None,
             Some(k) => {
@@ -646,6 +666,8 @@ impl Actor {
             .delete(&format!("vms/{}", self.rec.id), Expect::Any)
             .map_err(|e| ApiError::internal(error_chain(&e)))?;
         let _ = std::fs::remove_dir_all(self.agent.layout.run_dir(&self.rec.id));
+        let _ = std::fs::remove_dir_all(self.agent.layout.install_dir(&self.rec.id));
+        let _ = std::fs::remove_file(self.agent.layout.seed_iso(&self.rec.id));
         let _ = std::fs::remove_file(
             self.agent
                 .layout
@@ -660,6 +682,22 @@ impl Actor {
         });
         self.deleted = true;
         Ok(())
+    }
+}
+
+/// Move disks and NICs between paravirtual and emulated devices. Volumes and MACs stay, so
+/// the guest finds the same data and keeps its addresses; CD drives are never virtio and an
+/// IDE-disk guest keeps IDE CD drives.
+fn set_device_model(spec: &mut VmSpec, model: DeviceModel) {
+    let (disk_bus, nic_model) = match model {
+        DeviceModel::Pv => (DiskBus::Virtio, NicModel::Virtio),
+        DeviceModel::Emulated => (DiskBus::Ide, NicModel::E1000),
+    };
+    for d in &mut spec.disks {
+        d.bus = disk_bus;
+    }
+    for n in &mut spec.nics {
+        n.model = nic_model;
     }
 }
 

@@ -23,6 +23,10 @@ pub enum Op {
     NicAdd(NicRequest),
     NicRemove(String),
     Delete(VmDeleteRequest),
+    /// End of an install: drop the installer boot settings, eject install media, boot from disk.
+    FinishInstall {
+        eject_cdrom: bool,
+    },
 }
 
 pub(crate) struct Command {

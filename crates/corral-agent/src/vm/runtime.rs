@@ -99,6 +99,7 @@ async fn setup_nics(
 ) -> Result<(Vec<NicBackend>, Vec<String>), ApiError> {
     let mut backends = Vec::new();
     let mut taps = Vec::new();
+    let mut pxe_served = false;
     for (i, nic) in rec.spec.nics.iter().enumerate() {
         let net = agent.network(&nic.network)?;
         match (net.kind, net.bridge) {
@@ -121,11 +122,21 @@ async fn setup_nics(
                 taps.push(tap.clone());
                 backends.push(NicBackend::Tap { ifname: tap });
             }
-            _ => backends.push(NicBackend::User {
-                hostfwd: vec![],
-                tftp_root: None,
-                boot_file: None,
-            }),
+            _ => {
+                // During a PXE install the first NAT NIC carries the agent's boot server.
+                let pxe = rec
+                    .spec
+                    .install
+                    .as_ref()
+                    .and_then(|i| i.pxe.as_ref())
+                    .filter(|_| !pxe_served);
+                pxe_served |= pxe.is_some();
+                backends.push(NicBackend::User {
+                    hostfwd: vec![],
+                    tftp_root: pxe.map(|p| p.tftp_root.clone()),
+                    boot_file: pxe.map(|p| p.boot_file.clone()),
+                })
+            }
         }
     }
     Ok((backends, taps))

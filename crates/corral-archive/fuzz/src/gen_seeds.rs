@@ -36,6 +36,7 @@ fn main() {
         boot_device: BootDevice::Disk,
         template: None,
         is_template: false,
+        install: None,
     };
     std::fs::create_dir_all("corpus/native_reader").unwrap();
     for (i, c) in [Compression::Zstd, Compression::None]

@@ -220,6 +220,7 @@ fn known_spec_keys() -> serde_json::Value {
         boot_device: BootDevice::Disk,
         template: None,
         is_template: false,
+        install: None,
     };
     serde_json::to_value(spec).unwrap_or_default()
 }

@@ -651,6 +651,7 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         boot_device: BootDevice::Disk,
         template: None,
         is_template: false,
+        install: None,
     };
     Ok(OvfPlan {
         ovf_version,

@@ -87,6 +87,7 @@ pub fn spec(name: &str, disks: &[&str]) -> VmSpec {
         boot_device: BootDevice::Disk,
         template: None,
         is_template: false,
+        install: None,
     }
 }
 

@@ -61,6 +61,7 @@ pub fn base_spec(name: &str) -> VmSpec {
         boot_device: BootDevice::Disk,
         template: None,
         is_template: false,
+        install: None,
     }
 }
 

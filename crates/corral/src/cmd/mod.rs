@@ -2,6 +2,7 @@
 //! the agent and API crates).
 
 pub mod console;
+pub mod install;
 pub mod measure;
 pub mod misc;
 pub mod plan;

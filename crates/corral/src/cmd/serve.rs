@@ -10,7 +10,7 @@ use std::path::PathBuf;
     State (SQLite database, storage repository `default`, templates, runtime files) lives in \
     the state directory. The API listens on STATE_DIR/corral.sock unless --socket says \
     otherwise. Settings may also come from STATE_DIR/corral.toml (keys: iso_dir, \
-    qemu_binary, accel, probe_kernel, probe_initrd); flags win.\n\n\
+    tools_iso, qemu_binary, accel, probe_kernel, probe_initrd); flags win.\n\n\
     VMs keep running when the agent stops or crashes; on start it re-attaches to them, marks \
     those that died as halted, and starts the VMs marked --autostart.\n\n\
     Examples:\n  corral serve\n  corral serve --state-dir /srv/corral --accel tcg")]
@@ -35,6 +35,10 @@ pub struct ServeArgs {
     probe_kernel: Option<PathBuf>,
     #[arg(long, requires = "probe_kernel")]
     probe_initrd: Option<PathBuf>,
+    /// Guest-tools ISO that `vm tools insert` puts in the CD drive [default: the newest
+    /// virtio-win*.iso in the ISO library].
+    #[arg(long)]
+    tools_iso: Option<PathBuf>,
     /// Do not start --autostart VMs.
     #[arg(long)]
     no_autostart: bool,
@@ -86,6 +90,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| "qemu-system-x86_64".into()),
         probe_kernel,
         autostart: !args.no_autostart,
+        tools_iso: args
+            .tools_iso
+            .or(file.tools_iso)
+            .map(absolute)
+            .transpose()?,
         state_dir: state_dir.clone(),
     };
     let socket = absolute(args.socket.unwrap_or_else(|| state_dir.join("corral.sock")))?;

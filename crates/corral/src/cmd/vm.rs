@@ -31,6 +31,8 @@ pub enum VmCommand {
         --disk 10G --disk 20G,sr=fast --nic default --nic lan,model=e1000 --autostart --cpu-weight high\n  \
         corral vm create --name t1 --template corral-test-guest --kernel /boot/vmlinuz --initrd /boot/initrd.img --cmdline console=ttyS0")]
     Create(CreateArgs),
+    /// Create a VM and install an OS into it: from an install tree, media, PXE or an image.
+    Install(crate::cmd::install::InstallArgs),
     /// List VMs.
     List,
     /// Show one VM.
@@ -87,6 +89,9 @@ pub enum VmCommand {
         #[arg(long)]
         log: bool,
     },
+    /// Guest tools (paravirtual drivers) for the VM.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
     /// Where the graphical console listens (loopback only).
     Vnc { name: String },
     /// Operations on this VM, oldest first.
@@ -95,6 +100,29 @@ pub enum VmCommand {
 
 #[derive(clap::Args)]
 pub struct CreateArgs {
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// ISO for the CD drive (path or name in the ISO library); the VM boots from it first.
+    #[arg(long)]
+    cdrom: Option<PathBuf>,
+    /// Boot this kernel directly (with --initrd and --cmdline).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, allow_hyphen_values = true)]
+    cmdline: Option<String>,
+    /// First boot device: disk, cdrom or network.
+    #[arg(long, value_parser = parse_boot)]
+    boot: Option<BootDevice>,
+    /// Start the VM once created.
+    #[arg(long)]
+    start: bool,
+}
+
+/// The VM settings `vm create` and `vm install` share.
+#[derive(clap::Args)]
+pub struct SettingsArgs {
     /// Unique name: letters, digits, '.', '_', '-' (max 63).
     #[arg(long)]
     name: String,
@@ -113,9 +141,6 @@ pub struct CreateArgs {
     /// Create the VM without disks even if its template has some.
     #[arg(long, conflicts_with = "disks")]
     no_disks: bool,
-    /// ISO for the CD drive (path or name in the ISO library); the VM boots from it first.
-    #[arg(long)]
-    cdrom: Option<PathBuf>,
     /// NETWORK[,model=virtio|e1000|rtl8139][,mac=MAC]; repeatable.
     #[arg(long = "nic")]
     nics: Vec<String>,
@@ -131,19 +156,6 @@ pub struct CreateArgs {
     /// bios or uefi.
     #[arg(long, value_parser = parse_firmware)]
     firmware: Option<Firmware>,
-    /// Boot this kernel directly (with --initrd and --cmdline).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    #[arg(long)]
-    initrd: Option<PathBuf>,
-    #[arg(long, allow_hyphen_values = true)]
-    cmdline: Option<String>,
-    /// First boot device: disk, cdrom or network.
-    #[arg(long, value_parser = parse_boot)]
-    boot: Option<BootDevice>,
-    /// Start the VM once created.
-    #[arg(long)]
-    start: bool,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +185,27 @@ pub struct SetArgs {
     initrd: Option<PathBuf>,
     #[arg(long, allow_hyphen_values = true)]
     cmdline: Option<String>,
+    /// pv: move every disk and NIC to virtio; emulated: to IDE + e1000. Disk contents and
+    /// MAC addresses stay (VM halted). Install on emulated devices, add the guest's
+    /// paravirtual drivers, then switch to pv.
+    #[arg(long, value_parser = parse_device_model)]
+    device_model: Option<DeviceModel>,
+}
+
+fn parse_device_model(s: &str) -> Result<DeviceModel, String> {
+    match s {
+        "pv" | "virtio" => Ok(DeviceModel::Pv),
+        "emulated" => Ok(DeviceModel::Emulated),
+        o => Err(format!("device model {o:?} is not pv or emulated")),
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ToolsCommand {
+    /// Put the guest-tools ISO (virtio-win.iso from the ISO library, or the agent's
+    /// --tools-iso) into the CD drive, running or not. Then, in the guest, install the drivers
+    /// and switch with `corral vm set NAME --device-model pv`.
+    Insert { name: String },
 }
 
 #[derive(Subcommand)]
@@ -301,7 +334,7 @@ pub fn parse_nic(spec: &str) -> anyhow::Result<NicRequest> {
     Ok(n)
 }
 
-fn abs(p: PathBuf) -> PathBuf {
+pub fn abs(p: PathBuf) -> PathBuf {
     if p.is_absolute() || p.components().count() == 1 {
         // A bare file name may be an ISO-library name; the agent resolves it.
         p
@@ -310,7 +343,7 @@ fn abs(p: PathBuf) -> PathBuf {
     }
 }
 
-fn abs_file(p: PathBuf) -> PathBuf {
+pub fn abs_file(p: PathBuf) -> PathBuf {
     if p.is_absolute() || p.as_os_str().is_empty() {
         p
     } else {
@@ -319,6 +352,19 @@ fn abs_file(p: PathBuf) -> PathBuf {
 }
 
 pub fn create_request(a: CreateArgs) -> anyhow::Result<VmCreateRequest> {
+    Ok(VmCreateRequest {
+        cdrom: a.cdrom.map(abs),
+        kernel: a.kernel.map(abs_file),
+        initrd: a.initrd.map(abs_file),
+        cmdline: a.cmdline,
+        boot_device: a.boot,
+        start: a.start,
+        ..settings_request(a.settings)?
+    })
+}
+
+/// The request `vm create` and `vm install` share: name, resources, disks, NICs.
+pub fn settings_request(a: SettingsArgs) -> anyhow::Result<VmCreateRequest> {
     let disks = if a.no_disks {
         Some(vec![])
     } else if a.disks.is_empty() {
@@ -353,18 +399,29 @@ pub fn create_request(a: CreateArgs) -> anyhow::Result<VmCreateRequest> {
         cpu_weight: a.cpu_weight,
         firmware: a.firmware,
         disks,
-        cdrom: a.cdrom.map(abs),
         nics,
-        kernel: a.kernel.map(abs_file),
-        initrd: a.initrd.map(abs_file),
-        cmdline: a.cmdline,
-        boot_device: a.boot,
-        start: a.start,
+        ..Default::default()
     })
 }
 
 pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
+        VmCommand::Install(a) => crate::cmd::install::run(c, a, json).await?,
+        VmCommand::Tools(ToolsCommand::Insert { name }) => {
+            let ans = c.tools_insert(&name).await?;
+            if json {
+                output::json(&ans.vm);
+            } else {
+                let media = ans
+                    .vm
+                    .cdroms
+                    .first()
+                    .and_then(|c| c.media.as_ref())
+                    .map(|m| m.display().to_string())
+                    .unwrap_or_default();
+                println!("inserted guest tools {media} into {name}'s CD drive");
+            }
+        }
         VmCommand::Create(a) => {
             let req = create_request(a)?;
             let ans = c.create_vm(&req).await?;
@@ -477,6 +534,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 kernel: a.kernel.map(abs_file),
                 initrd: a.initrd.map(abs_file),
                 cmdline: a.cmdline,
+                device_model: a.device_model,
             };
             if req == VmUpdateRequest::default() {
                 bail!("nothing to change: give at least one setting (see `corral vm set --help`)");

@@ -1,0 +1,868 @@
+//! `vm install`: create a VM and install an operating system into it, as one `vm.install` task.
+//!
+//! A request flows in two halves. [`Agent::install_vm`] does every check that needs no network
+//! (name, template, restrictions, paths, URL syntax, sizes of the answer files) and answers at
+//! once with an error or the task id; it reserves the VM's name. The task then runs
+//! [`Agent::run_install`]: find the installer (detect the install tree and download its kernel
+//! and initrd into `STATE/install/<vm-id>`, put the unattended file into the initrd; or use the
+//! ISO, the PXE boot directory, the disk image), create the VM with install-time boot settings
+//! (`VmSpec::install`, which makes QEMU exit instead of rebooting), start it, wait until the
+//! installer powers the guest off or reboots it, switch the VM to disk boot (`Op::FinishInstall`:
+//! installer kernel dropped, install media ejected, empty drive kept), remove the scratch files
+//! and start the installed system.
+//!
+//! Failure policy: anything that fails before the VM exists (unreachable host, 404, unknown
+//! tree layout, download errors, cancel) leaves no VM and no files. Once the installer has
+//! booted, a failure (install timeout, cancel) powers the VM off and leaves it halted, with the
+//! failed task in its history, so the console log can be read: an installer's last screen is
+//! usually the only explanation there is.
+
+use crate::agent::{error_chain, Agent};
+use crate::network::DEFAULT_NETWORK;
+use crate::tasks::TaskHandle;
+use crate::vm::{Op, VmHandle};
+use corral_install::fetch::{self, FetchOptions, Progress};
+use corral_install::templates::{ArgValues, InstallMethod, UnattendedKind};
+use corral_install::tree::{self, DetectOptions, Unattended};
+use corral_install::url::Scheme;
+use corral_install::{seed, Location, Template};
+use corral_model::api::*;
+use corral_model::host::NetworkKind;
+use corral_model::validate::validate_name;
+use corral_model::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an installer may run when the request does not say.
+pub const DEFAULT_INSTALL_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_INSTALL_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Answer files and cloud-init documents are small text; this bounds what a client can make
+/// the agent hold in memory.
+const MAX_ANSWER_FILE_BYTES: usize = 1 << 20;
+const MAX_EXTRA_ARGS: usize = 4096;
+/// Boot files the agent's TFTP boot server announces, in order of preference.
+const PXE_BOOT_FILES: &[&str] = &["boot.ipxe", "pxelinux.0", "lpxelinux.0", "ipxe.efi"];
+/// How often the install task looks at the guest's power state.
+const POLL: Duration = Duration::from_millis(500);
+
+/// What the task will do to get an installer running; decided before the task starts.
+enum Plan {
+    /// Detect the tree at `location`, download its kernel and initrd; with `pxe`, serve them
+    /// from the agent's TFTP boot server instead of booting them directly.
+    Tree { location: Location, pxe: bool },
+    /// Boot vendor media from the CD drive once.
+    Cdrom,
+    /// Network boot from an existing TFTP directory (default network), or the LAN's server.
+    Pxe {
+        boot_server: Option<(PathBuf, String)>,
+    },
+    /// Import a disk image and boot it (cloud images); optional NoCloud seed in the CD drive.
+    DiskImport {
+        cloud_init: Option<CloudInitRequest>,
+    },
+}
+
+/// A validated install, ready to run.
+struct Prepared {
+    id: String,
+    spec: VmSpec,
+    disk_sources: Vec<Option<PathBuf>>,
+    template: Option<Template>,
+    plan: Plan,
+    extra_args: String,
+    unattended: Option<(UnattendedKind, String)>,
+    timeout: Duration,
+}
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::invalid(msg)
+}
+
+impl Agent {
+    /// Validate an install request, reserve the name, and start the `vm.install` task.
+    /// Returns the task id; the VM appears when the installer is about to boot.
+    pub async fn install_vm(self: &Arc<Self>, req: VmInstallRequest) -> Result<String, ApiError> {
+        validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
+        let prepared = self.prepare_install(req)?;
+        let name = prepared.spec.name.clone();
+        self.registry_mut().reserve(&name)?;
+        let task = self.tasks.start("vm.install", Some((&prepared.id, &name)));
+        let task_id = task.id.clone();
+        let agent = self.clone();
+        tokio::spawn(async move {
+            match agent.run_install(prepared, &task).await {
+                Ok(note) => task.succeed(Some(note)),
+                Err(e) if task.is_cancelled() => task.cancelled_with(&e.message),
+                Err(e) => task.fail(&e),
+            }
+        });
+        Ok(task_id)
+    }
+
+    /// Every check that needs no network; nothing is written.
+    fn prepare_install(&self, req: VmInstallRequest) -> Result<Prepared, ApiError> {
+        let VmInstallRequest {
+            vm: mut create,
+            source,
+            extra_args,
+            unattended,
+            cloud_init,
+            timeout_secs,
+        } = req;
+        if create.kernel.is_some() || create.initrd.is_some() || create.cmdline.is_some() {
+            return Err(invalid(
+                "vm install boots the installer's own kernel: give the tree with --location \
+                 (URL,kernel=PATH,initrd=PATH overrides detection) and kernel arguments with \
+                 --extra-args",
+            ));
+        }
+        if create.start {
+            return Err(invalid(
+                "vm install always starts the VM; `start` is not an install setting",
+            ));
+        }
+        let template = match &create.template {
+            Some(t) => Some(self.templates_read().get(t)?.clone()),
+            None => None,
+        };
+        let timeout = match timeout_secs {
+            None => DEFAULT_INSTALL_TIMEOUT,
+            Some(s) if (1..=MAX_INSTALL_TIMEOUT_SECS).contains(&s) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(invalid(format!(
+                    "install timeout {s} s is out of range (1 s to {MAX_INSTALL_TIMEOUT_SECS} s)"
+                )))
+            }
+        };
+        let extra_args = extra_args.unwrap_or_default();
+        check_kernel_args(&extra_args)?;
+
+        let first_nic_bridged = self.first_nic_is_bridged(&create, template.as_ref())?;
+        let (plan, method) = match source {
+            InstallSource::Location { location } => {
+                let loc = parse_location(&location)?;
+                let method = method_of_scheme(loc.url.scheme);
+                (
+                    Plan::Tree {
+                        location: loc,
+                        pxe: false,
+                    },
+                    method,
+                )
+            }
+            InstallSource::Cdrom { iso } => {
+                let iso = self.check_iso_path(&iso)?;
+                if create.cdrom.as_ref().is_some_and(|c| c != &iso) {
+                    return Err(invalid(
+                        "give the install media once (source ISO and cdrom differ)",
+                    ));
+                }
+                create.cdrom = Some(iso);
+                (Plan::Cdrom, Some(InstallMethod::Cdrom))
+            }
+            InstallSource::Pxe {
+                boot_server,
+                location,
+            } => {
+                if first_nic_bridged && (boot_server.is_some() || location.is_some()) {
+                    return Err(invalid(
+                        "the agent serves PXE only on the default (NAT) network; the VM's first \
+                         NIC is on a bridge, where the LAN's boot server answers (drop \
+                         --boot-server/--location)",
+                    ));
+                }
+                let plan =
+                    match (boot_server, location) {
+                        (Some(_), Some(_)) => return Err(invalid(
+                            "give either --boot-server DIR or --location URL for --pxe, not both",
+                        )),
+                        (Some(dir), None) => Plan::Pxe {
+                            boot_server: Some(check_boot_server(&dir)?),
+                        },
+                        (None, Some(location)) => Plan::Tree {
+                            location: parse_location(&location)?,
+                            pxe: true,
+                        },
+                        (None, None) if first_nic_bridged => Plan::Pxe { boot_server: None },
+                        (None, None) => return Err(invalid(
+                            "--pxe on the default network needs a boot server: --boot-server DIR \
+                             (a TFTP directory with boot.ipxe or pxelinux.0) or --location URL \
+                             (the agent builds one from the tree's kernel and initrd)",
+                        )),
+                    };
+                (plan, Some(InstallMethod::Pxe))
+            }
+            InstallSource::DiskImport { image } => {
+                let disks = create.disks.get_or_insert_with(Vec::new);
+                let size = template
+                    .as_ref()
+                    .and_then(|t| t.disks.first())
+                    .map_or(0, |d| d.size_bytes);
+                if disks.is_empty() {
+                    disks.push(DiskRequest {
+                        size_bytes: size,
+                        bus: template
+                            .as_ref()
+                            .and_then(|t| t.disks.first())
+                            .map(|d| d.bus),
+                        ..Default::default()
+                    });
+                }
+                if disks[0].import_from.is_some() {
+                    return Err(invalid(
+                        "the first disk is the imported image; give it once",
+                    ));
+                }
+                disks[0].import_from = Some(image);
+                (
+                    Plan::DiskImport { cloud_init: None },
+                    Some(InstallMethod::DiskImport),
+                )
+            }
+        };
+        if !extra_args.trim().is_empty() && !matches!(plan, Plan::Tree { .. }) {
+            return Err(invalid(
+                "--extra-args needs --location (or --pxe --location): install media, boot \
+                 servers and images bring their own kernel command line",
+            ));
+        }
+        if let (Some(t), Some(m)) = (&template, method) {
+            if !t.install_methods.contains(&m) {
+                let can: Vec<&str> = t.install_methods.iter().map(|m| m.as_str()).collect();
+                return Err(invalid(format!(
+                    "template {:?} does not install from {} (it installs from: {})",
+                    t.name,
+                    m.as_str(),
+                    can.join(", ")
+                )));
+            }
+        }
+        let plan = match (plan, cloud_init) {
+            (Plan::DiskImport { .. }, Some(ci)) => {
+                for (what, text) in [
+                    ("user-data", Some(&ci.user_data)),
+                    ("meta-data", ci.meta_data.as_ref()),
+                    ("network-config", ci.network_config.as_ref()),
+                ] {
+                    if text.is_some_and(|t| t.len() > MAX_ANSWER_FILE_BYTES) {
+                        return Err(invalid(format!(
+                            "cloud-init {what} is larger than {}",
+                            format_size(MAX_ANSWER_FILE_BYTES as u64)
+                        )));
+                    }
+                }
+                Plan::DiskImport {
+                    cloud_init: Some(ci),
+                }
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "--cloud-init seeds image installs: use it with --disk-import",
+                ))
+            }
+            (plan, None) => plan,
+        };
+        let unattended = match unattended {
+            None => None,
+            Some(text) => {
+                if text.len() > MAX_ANSWER_FILE_BYTES {
+                    return Err(invalid(format!(
+                        "the unattended file is larger than {}",
+                        format_size(MAX_ANSWER_FILE_BYTES as u64)
+                    )));
+                }
+                if !matches!(plan, Plan::Tree { .. }) {
+                    return Err(invalid(
+                        "--unattended goes into the installer's initrd, so it needs --location \
+                         (or --pxe --location)",
+                    ));
+                }
+                let kind = template.as_ref().map(|t| t.unattended);
+                match kind {
+                    Some(k) if seed::initrd_file_name(k).is_some() => Some((k, text)),
+                    _ => {
+                        return Err(invalid(format!(
+                            "template {} has no unattended installer (preseed, kickstart or \
+                             AutoYaST); pick the OS's template with --template",
+                            create.template.as_deref().unwrap_or("(none)")
+                        )))
+                    }
+                }
+            }
+        };
+
+        let id = uuid::Uuid::new_v4().to_string();
+        let disk_sources: Vec<Option<PathBuf>> = create
+            .disks
+            .iter()
+            .flatten()
+            .map(|d| d.import_from.clone())
+            .collect();
+        let mut spec = self.spec_from_request(&id, &create)?;
+        if !matches!(plan, Plan::DiskImport { .. }) {
+            if spec.disks.is_empty() {
+                return Err(invalid(
+                    "an install needs a disk to install onto (--disk SIZE, or a template with one)",
+                ));
+            }
+            spec.install = Some(InstallBoot {
+                task_id: String::new(),
+                pxe: None,
+            });
+        }
+        spec.boot_device = match plan {
+            Plan::Cdrom => BootDevice::Cdrom,
+            Plan::Pxe { .. } | Plan::Tree { pxe: true, .. } => BootDevice::Network,
+            _ => BootDevice::Disk,
+        };
+        Ok(Prepared {
+            id,
+            spec,
+            disk_sources,
+            template,
+            plan,
+            extra_args,
+            unattended,
+            timeout,
+        })
+    }
+
+    /// Whether the VM's first NIC (from the request or the template's default) is bridged.
+    fn first_nic_is_bridged(
+        &self,
+        create: &VmCreateRequest,
+        template: Option<&Template>,
+    ) -> Result<bool, ApiError> {
+        let network = match create.nics.as_ref().and_then(|n| n.first()) {
+            Some(n) => n.network.clone(),
+            None if create.nics.is_some() || template.is_some_and(|t| t.nic_count == 0) => {
+                return Ok(false)
+            }
+            None => DEFAULT_NETWORK.to_string(),
+        };
+        Ok(self.network(&network)?.kind == NetworkKind::Bridge)
+    }
+
+    /// The task body. Returns the success note.
+    async fn run_install(
+        self: &Arc<Self>,
+        mut p: Prepared,
+        task: &TaskHandle,
+    ) -> Result<String, ApiError> {
+        let scratch = self.layout.install_dir(&p.id);
+        if let Some(i) = &mut p.spec.install {
+            i.task_id = task.id.clone();
+        }
+        let name = p.spec.name.clone();
+        // Before the VM exists: any failure releases the name and removes the scratch files.
+        let staged = self.stage_installer(&mut p, &scratch, task).await;
+        let created = match staged {
+            Ok(notes) => {
+                task.phase("creating the VM", 0.35);
+                match self
+                    .materialize_vm(p.id.clone(), p.spec.clone(), p.disk_sources.clone(), task)
+                    .await
+                {
+                    Ok(h) => Ok((h, notes)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let (handle, mut notes) = match created {
+            Ok(x) => x,
+            Err(e) => {
+                self.registry_mut().release(&name);
+                let _ = std::fs::remove_dir_all(&scratch);
+                let _ = std::fs::remove_file(self.layout.seed_iso(&p.id));
+                return Err(e);
+            }
+        };
+
+        if p.spec.install.is_none() {
+            // Image install: the imported disk is the installed system.
+            task.phase("booting the imported image", 0.8);
+            self.sub_op(
+                &handle,
+                "vm.start",
+                Op::Action(VmAction::Start, ActionRequest::default()),
+            )
+            .await?;
+            notes.insert(0, "imported the image and started the VM".into());
+            return Ok(notes.join("; "));
+        }
+
+        task.phase("booting the installer", 0.4);
+        self.sub_op(
+            &handle,
+            "vm.start",
+            Op::Action(VmAction::Start, ActionRequest::default()),
+        )
+        .await?;
+        task.phase(
+            &format!("installing (watch it: corral vm console {name})"),
+            0.5,
+        );
+        if let Err(e) = self.wait_for_installer(&handle, p.timeout, task).await {
+            if handle.info().power_state != PowerState::Halted {
+                let _ = self
+                    .sub_op(
+                        &handle,
+                        "vm.poweroff",
+                        Op::Action(VmAction::Poweroff, ActionRequest::default()),
+                    )
+                    .await;
+            }
+            // The installer files stay (removed with the VM), so `vm start` retries the
+            // installer and the console log can be read.
+            return Err(e);
+        }
+
+        task.phase("rebooting into the installed system", 0.9);
+        let eject_cdrom = matches!(p.plan, Plan::Cdrom);
+        self.sub_op(
+            &handle,
+            "vm.finish-install",
+            Op::FinishInstall { eject_cdrom },
+        )
+        .await?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        self.sub_op(
+            &handle,
+            "vm.start",
+            Op::Action(VmAction::Start, ActionRequest::default()),
+        )
+        .await?;
+        notes.insert(
+            0,
+            "the installer finished; the VM now boots from its disk".into(),
+        );
+        Ok(notes.join("; "))
+    }
+
+    /// Run an operation on the VM as its own task (so it shows in the VM's history).
+    async fn sub_op(&self, h: &VmHandle, operation: &str, op: Op) -> Result<(), ApiError> {
+        let info = h.info();
+        let t = self.tasks.start(operation, Some((&info.id, &info.name)));
+        h.call(op, t).await
+    }
+
+    /// Get the installer ready before the VM exists: download and prepare kernel and initrd,
+    /// the PXE directory, or the cloud-init seed. Returns notes for the user.
+    async fn stage_installer(
+        &self,
+        p: &mut Prepared,
+        scratch: &Path,
+        task: &TaskHandle,
+    ) -> Result<Vec<String>, ApiError> {
+        let mut notes = Vec::new();
+        match &p.plan {
+            Plan::Cdrom => {}
+            Plan::Pxe { boot_server } => {
+                if let (Some(i), Some((dir, file))) = (&mut p.spec.install, boot_server) {
+                    i.pxe = Some(PxeBoot {
+                        tftp_root: dir.clone(),
+                        boot_file: file.clone(),
+                    });
+                }
+            }
+            Plan::DiskImport { cloud_init } => {
+                if let Some(ci) = cloud_init.clone() {
+                    let iso = self.layout.seed_iso(&p.id);
+                    let meta = ci
+                        .meta_data
+                        .clone()
+                        .unwrap_or_else(|| seed::nocloud_meta_data(&p.id, &p.spec.name));
+                    task.phase("writing the cloud-init seed", 0.1);
+                    blocking(move || {
+                        if let Some(dir) = iso.parent() {
+                            std::fs::create_dir_all(dir).map_err(|e| {
+                                ApiError::internal(format!("cannot create {}: {e}", dir.display()))
+                            })?;
+                        }
+                        seed::build_nocloud_iso(
+                            &iso,
+                            ci.user_data.as_bytes(),
+                            meta.as_bytes(),
+                            ci.network_config.as_deref().map(str::as_bytes),
+                        )
+                        .map_err(|e| ApiError::invalid(error_chain(&e)))?;
+                        Ok(iso)
+                    })
+                    .await
+                    .map(|iso| {
+                        if let Some(c) = p.spec.cdroms.first_mut() {
+                            c.media = Some(iso);
+                        }
+                    })?;
+                    notes.push("cloud-init seed (NoCloud, label cidata) in the CD drive".into());
+                }
+            }
+            Plan::Tree { location, pxe } => {
+                let installer = self
+                    .fetch_installer(p, location.clone(), *pxe, scratch, task)
+                    .await?;
+                notes.extend(installer.notes);
+                if *pxe {
+                    let script = format!(
+                        "#!ipxe\nkernel vmlinuz {}\ninitrd initrd.img\nboot\n",
+                        installer.cmdline
+                    );
+                    std::fs::write(scratch.join("boot.ipxe"), script).map_err(|e| {
+                        ApiError::internal(format!("cannot write the PXE boot script: {e}"))
+                    })?;
+                    if let Some(i) = &mut p.spec.install {
+                        i.pxe = Some(PxeBoot {
+                            tftp_root: scratch.to_path_buf(),
+                            boot_file: "boot.ipxe".into(),
+                        });
+                    }
+                } else {
+                    p.spec.kernel_boot = Some(KernelBoot {
+                        kernel: installer.kernel,
+                        initrd: Some(installer.initrd),
+                        cmdline: installer.cmdline,
+                    });
+                }
+            }
+        }
+        Ok(notes)
+    }
+
+    /// Detect the tree, download kernel and initrd into `scratch`, add the unattended file,
+    /// and compose the kernel command line.
+    async fn fetch_installer(
+        &self,
+        p: &Prepared,
+        location: Location,
+        pxe: bool,
+        scratch: &Path,
+        task: &TaskHandle,
+    ) -> Result<FetchedInstaller, ApiError> {
+        task.phase(
+            &format!("detecting the install tree at {}", location.url),
+            0.02,
+        );
+        std::fs::create_dir_all(scratch)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", scratch.display())))?;
+        let on_nat = p
+            .spec
+            .nics
+            .first()
+            .is_some_and(|n| n.network == DEFAULT_NETWORK);
+        let guest_url = on_nat.then(|| guest_view_on_nat(&location.url)).flatten();
+        let guest_location = guest_url.clone().unwrap_or_else(|| location.url.clone());
+        let template = p.template.clone();
+        let opts = DetectOptions {
+            kernel: location.kernel.clone(),
+            initrd: location.initrd.clone(),
+            family_hint: template.as_ref().map(|t| t.os.family),
+            suite_hints: template
+                .as_ref()
+                .and_then(|t| t.os.codename.clone())
+                .into_iter()
+                .collect(),
+            guest_url: guest_url.clone(),
+            unattended: if p.unattended.is_some() {
+                Unattended::InInitrd
+            } else {
+                Unattended::None
+            },
+            extra_kernel_paths: self.templates_read().catalog().osinfo_kernel_paths(),
+        };
+        let (kernel_name, initrd_name) = if pxe {
+            ("vmlinuz", "initrd.img")
+        } else {
+            ("kernel", "initrd")
+        };
+        let kernel = scratch.join(kernel_name);
+        let initrd = scratch.join(initrd_name);
+        let (k, i) = (kernel.clone(), initrd.clone());
+        let t = task.clone();
+        let unattended = p.unattended.clone();
+        let detected = blocking(move || {
+            let src = fetch::open(&location.url, &FetchOptions::default()).map_err(fetch_err)?;
+            let d = tree::detect(src.as_ref(), &location.url, &opts)
+                .map_err(|e| ApiError::new(e.kind(), error_chain(&e)))?;
+            t.phase(
+                &format!("fetching the installer's kernel ({})", d.kernel_path),
+                0.05,
+            );
+            let mut progress = |pr: Progress| {
+                if let Some(total) = pr.total_bytes {
+                    t.bytes(pr.done_bytes, total);
+                }
+                !t.is_cancelled()
+            };
+            src.fetch_to_file(&d.kernel_path, &k, &mut progress)
+                .map_err(fetch_err)?;
+            t.phase(
+                &format!("fetching the installer's initrd ({})", d.initrd_path),
+                0.15,
+            );
+            src.fetch_to_file(&d.initrd_path, &i, &mut progress)
+                .map_err(fetch_err)?;
+            if let Some((kind, text)) = unattended {
+                let name = seed::initrd_file_name(kind).unwrap_or("preseed.cfg");
+                seed::append_to_initrd(
+                    &i,
+                    &i,
+                    &[seed::SeedFile {
+                        name: name.into(),
+                        data: text.into_bytes(),
+                        mode: 0o644,
+                    }],
+                )
+                .map_err(|e| ApiError::internal(error_chain(&e)))?;
+            }
+            Ok(d)
+        })
+        .await?;
+        if task.is_cancelled() {
+            return Err(ApiError::new(
+                ErrorKind::InvalidState,
+                "the install was cancelled",
+            ));
+        }
+        let mut notes = detected.notes.clone();
+        notes.insert(
+            0,
+            format!(
+                "detected {} {} ({:?} layout)",
+                detected.os.name, detected.os.version, detected.layout
+            ),
+        );
+        if let Some(t) = &p.template {
+            if detected.os.family != t.os.family {
+                notes.push(format!(
+                    "the tree holds {} but template {} is for {:?}",
+                    detected.os.name, t.name, t.os.family
+                ));
+            }
+        }
+        let template_args = p
+            .template
+            .as_ref()
+            .map(|t| {
+                t.render_installer_args(&ArgValues {
+                    location: Some(guest_location.to_string_with_credentials()),
+                    unattended_url: None,
+                    name: Some(p.spec.name.clone()),
+                })
+            })
+            .unwrap_or_default();
+        let cmdline = [
+            detected.installer_args.as_str(),
+            template_args.as_str(),
+            p.extra_args.as_str(),
+        ]
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+        check_kernel_args(&cmdline)?;
+        Ok(FetchedInstaller {
+            kernel,
+            initrd,
+            cmdline,
+            notes,
+        })
+    }
+
+    /// Wait until the installer powers the guest off (or reboots it, which ends QEMU during an
+    /// install), the timeout passes, or the task is cancelled.
+    async fn wait_for_installer(
+        &self,
+        h: &VmHandle,
+        timeout: Duration,
+        task: &TaskHandle,
+    ) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if h.info().power_state == PowerState::Halted {
+                return Ok(());
+            }
+            if task.is_cancelled() {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidState,
+                    "the install was cancelled; the VM was powered off and left halted",
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let name = h.info().name;
+                return Err(ApiError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the installer did not finish within {} s; the VM was powered off and \
+                         left halted (its last screen: corral vm console {name} --log)",
+                        timeout.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl Agent {
+    /// The guest-tools ISO `vm tools insert` uses: `--tools-iso`, else the newest
+    /// `virtio-win*.iso` in the ISO library (what Windows guests need for virtio disks and NICs).
+    pub fn tools_iso(&self) -> Result<PathBuf, ApiError> {
+        if let Some(p) = &self.config.tools_iso {
+            return self.check_iso_path(p);
+        }
+        // By name, so virtio-win-0.1.240.iso wins over virtio-win-0.1.229.iso.
+        let newest = self
+            .list_isos()
+            .into_iter()
+            .filter(|i| i.name.to_ascii_lowercase().starts_with("virtio-win"))
+            .max_by(|a, b| a.name.cmp(&b.name));
+        match newest {
+            Some(iso) => self.check_iso_path(&iso.path),
+            None => Err(ApiError::not_found(format!(
+                "no guest-tools ISO: put virtio-win.iso into the ISO library ({}) or start the \
+                 agent with --tools-iso PATH",
+                self.config.iso_dir.display()
+            ))),
+        }
+    }
+}
+
+struct FetchedInstaller {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
+    notes: Vec<String>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("install worker failed: {e}")))?
+}
+
+fn fetch_err(e: fetch::FetchError) -> ApiError {
+    ApiError::new(e.kind(), error_chain(&e))
+}
+
+fn parse_location(text: &str) -> Result<Location, ApiError> {
+    let loc = Location::parse(text).map_err(|e| ApiError::invalid(error_chain(&e)))?;
+    if loc.url.scheme == Scheme::File && !Path::new(&loc.url.path).is_dir() {
+        return Err(invalid(format!(
+            "install tree {} is not a directory on the agent's host",
+            loc.url.path
+        )));
+    }
+    Ok(loc)
+}
+
+fn method_of_scheme(s: Scheme) -> Option<InstallMethod> {
+    match s {
+        Scheme::Http | Scheme::Https => Some(InstallMethod::Http),
+        Scheme::Ftp => Some(InstallMethod::Ftp),
+        Scheme::Nfs => Some(InstallMethod::Nfs),
+        // A local directory is the admin's own copy of a tree or of media: always allowed.
+        Scheme::File => None,
+    }
+}
+
+/// QEMU's user-mode network shows the host's loopback to the guest as 10.0.2.2.
+fn guest_view_on_nat(url: &corral_install::SourceUrl) -> Option<corral_install::SourceUrl> {
+    if url.scheme == Scheme::File {
+        return None;
+    }
+    let loopback = url.host == "localhost"
+        || url
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| {
+        let mut u = url.clone();
+        u.host = "10.0.2.2".into();
+        u
+    })
+}
+
+/// Kernel arguments end up on QEMU's `-append`, in an iPXE script and in the installer's
+/// view: one line of printable text, no iPXE expansions.
+fn check_kernel_args(args: &str) -> Result<(), ApiError> {
+    if args.len() > MAX_EXTRA_ARGS {
+        return Err(invalid(format!(
+            "kernel arguments are longer than {MAX_EXTRA_ARGS} bytes"
+        )));
+    }
+    if let Some(c) = args.chars().find(|c| c.is_control()) {
+        return Err(invalid(format!(
+            "kernel arguments contain a control character ({:?})",
+            c
+        )));
+    }
+    if args.contains("${") {
+        return Err(invalid(
+            "kernel arguments may not contain \"${\" (iPXE would expand it)",
+        ));
+    }
+    Ok(())
+}
+
+/// A PXE boot directory must exist and hold a boot file the agent can announce.
+fn check_boot_server(dir: &Path) -> Result<(PathBuf, String), ApiError> {
+    if !dir.is_absolute() {
+        return Err(invalid(format!(
+            "boot server directory {} is not an absolute path",
+            dir.display()
+        )));
+    }
+    if !dir.is_dir() {
+        return Err(invalid(format!(
+            "boot server directory {} does not exist",
+            dir.display()
+        )));
+    }
+    PXE_BOOT_FILES
+        .iter()
+        .find(|f| dir.join(f).is_file())
+        .map(|f| (dir.to_path_buf(), f.to_string()))
+        .ok_or_else(|| {
+            invalid(format!(
+                "boot server directory {} has no boot file (looked for {})",
+                dir.display(),
+                PXE_BOOT_FILES.join(", ")
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_args_are_one_safe_line() {
+        assert!(check_kernel_args("console=ttyS0 priority=critical").is_ok());
+        assert!(check_kernel_args("a\nkernel evil").is_err());
+        assert!(check_kernel_args("x=${net0/ip}").is_err());
+        assert!(check_kernel_args(&"a".repeat(MAX_EXTRA_ARGS + 1)).is_err());
+    }
+
+    #[test]
+    fn loopback_trees_are_reached_through_the_nat_gateway() {
+        let u = corral_install::SourceUrl::parse("http://127.0.0.1:8000/tree/").unwrap();
+        assert_eq!(guest_view_on_nat(&u).unwrap().host, "10.0.2.2");
+        let u = corral_install::SourceUrl::parse("http://mirror.example/debian/").unwrap();
+        assert!(guest_view_on_nat(&u).is_none());
+    }
+
+    #[test]
+    fn boot_server_needs_a_boot_file() {
+        let d = tempfile::tempdir().unwrap();
+        let e = check_boot_server(d.path()).unwrap_err();
+        assert!(e.message.contains("boot.ipxe"), "{}", e.message);
+        std::fs::write(d.path().join("pxelinux.0"), b"x").unwrap();
+        assert_eq!(check_boot_server(d.path()).unwrap().1, "pxelinux.0");
+        assert!(check_boot_server(Path::new("relative")).is_err());
+    }
+}

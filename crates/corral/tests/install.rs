@@ -1,0 +1,517 @@
+//! End-to-end installs (issue 3) with real servers and real QEMU guests under TCG: the project's
+//! test installer from an install tree over HTTP, FTP and NFS, from its ISO and over PXE, each
+//! writing a bootable system that corral then boots from disk; the real Debian installer over
+//! HTTP and FTP up to its first dialog; emulated devices switched to virtio; image installs with
+//! a cloud-init seed; guest tools; and the bad inputs, each leaving nothing behind.
+
+mod common;
+#[path = "../../corral-install/tests/common/mod.rs"]
+mod servers;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn installer() -> PathBuf {
+    guest().dir.join("installer")
+}
+
+/// The test installer's tree, as a fresh copy (servers may not share the cache directory).
+fn tree_copy() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    servers::copy_dir(&installer().join("tree"), d.path());
+    d
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `vm install` of the corral test guest, waiting for it; the installed system's id is `id`.
+fn install(a: &TestAgent, name: &str, source: &[&str], id: &str) -> String {
+    let extra = format!("no_timer_check corral.install.id={id}");
+    let mut args = vec![
+        "vm",
+        "install",
+        "--template",
+        "corral-test-guest",
+        "--name",
+        name,
+        "--timeout",
+        "200",
+    ];
+    args.extend_from_slice(source);
+    if source.contains(&"--location") && !source.contains(&"--pxe") {
+        args.extend_from_slice(&["--extra-args", &extra]);
+    }
+    a.ok(&args)
+}
+
+/// After an install: the VM runs from its disk, the installer's files are gone, and the boot
+/// settings are back to normal.
+fn assert_installed(a: &TestAgent, name: &str, id: Option<&str>) {
+    a.wait_console(name, MARKER, 1, BOOT);
+    let log = a.console_log(name);
+    assert!(
+        log.contains("CORRAL-BOOT-SOURCE=disk"),
+        "{name} did not boot from its disk:\n{}",
+        tail(&log, 20)
+    );
+    if let Some(id) = id {
+        assert!(
+            log.contains(&format!("CORRAL-INSTALL-ID={id}")),
+            "{name}: the installed system is not the one the installer wrote:\n{}",
+            tail(&log, 20)
+        );
+    }
+    let vm = a.vm(name);
+    assert_eq!(vm["power_state"], "running");
+    assert!(
+        vm["kernel_boot"].is_null(),
+        "installer kernel still set: {vm}"
+    );
+    assert!(vm["install"].is_null(), "install settings still set: {vm}");
+    assert_eq!(vm["boot_device"], "disk");
+    let scratch = a
+        .state_dir()
+        .join("install")
+        .join(vm["id"].as_str().unwrap());
+    assert!(
+        !scratch.exists(),
+        "scratch files left in {}",
+        scratch.display()
+    );
+    let history = a.json(&["vm", "history", name]);
+    let install = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["operation"] == "vm.install")
+        .expect("vm.install in history");
+    assert_eq!(install["state"], "succeeded", "{install}");
+}
+
+#[test]
+fn test_installer_from_http_and_ftp_trees() {
+    let a = TestAgent::start();
+    let tree = tree_copy();
+    let http = servers::http_server(tree.path());
+    let ftp = servers::ftp_server(tree.path());
+    let http_url = format!("http://127.0.0.1:{}/", http.port);
+    let ftp_url = format!("ftp://127.0.0.1:{}/", ftp.port);
+
+    let out = install(&a, "inst-http", &["--location", &http_url], "http1");
+    assert!(out.contains("installed VM inst-http"), "{out}");
+    assert!(
+        out.contains("corral-test-installer"),
+        "detection not reported: {out}"
+    );
+    assert_installed(&a, "inst-http", Some("http1"));
+
+    install(&a, "inst-ftp", &["--location", &ftp_url], "ftp1");
+    assert_installed(&a, "inst-ftp", Some("ftp1"));
+}
+
+#[test]
+fn test_installer_from_nfs_tree_and_local_directory() {
+    let a = TestAgent::start();
+    let tree = tree_copy();
+    let work = tempfile::tempdir().unwrap();
+    let nfs = servers::nfs_server(tree.path(), work.path());
+    let url = format!("nfs://127.0.0.1{}/", tree.path().display());
+    install(&a, "inst-nfs", &["--location", &url], "nfs1");
+    assert_installed(&a, "inst-nfs", Some("nfs1"));
+    drop(nfs);
+
+    let dir = tree.path().to_string_lossy().into_owned();
+    install(&a, "inst-dir", &["--location", &dir], "dir1");
+    assert_installed(&a, "inst-dir", Some("dir1"));
+}
+
+#[test]
+fn test_installer_from_iso_ejects_and_keeps_the_drive() {
+    let a = TestAgent::start();
+    let iso = installer().join("installer.iso");
+    install(&a, "inst-iso", &["--cdrom", iso.to_str().unwrap()], "");
+    assert_installed(&a, "inst-iso", None);
+    let vm = a.vm("inst-iso");
+    let cdroms = vm["cdroms"].as_array().unwrap();
+    assert_eq!(cdroms.len(), 1, "the CD drive must stay: {vm}");
+    assert!(cdroms[0]["media"].is_null(), "media not ejected: {vm}");
+    // The drive still takes media while running.
+    a.ok(&["vm", "cdrom", "insert", "inst-iso", iso.to_str().unwrap()]);
+    assert_eq!(
+        a.vm("inst-iso")["cdroms"][0]["media"],
+        iso.to_str().unwrap()
+    );
+}
+
+#[test]
+fn test_installer_over_pxe_from_a_boot_server_and_from_a_tree() {
+    let a = TestAgent::start();
+    let pxe = installer().join("pxe");
+    install(
+        &a,
+        "inst-pxe",
+        &["--pxe", "--boot-server", pxe.to_str().unwrap()],
+        "",
+    );
+    assert_installed(&a, "inst-pxe", None);
+
+    // No boot server of one's own: the agent builds one from the tree's kernel and initrd.
+    let tree = tree_copy();
+    let http = servers::http_server(tree.path());
+    let url = format!("http://127.0.0.1:{}/", http.port);
+    a.ok(&[
+        "vm",
+        "install",
+        "--template",
+        "corral-test-guest",
+        "--name",
+        "inst-pxe2",
+        "--pxe",
+        "--location",
+        &url,
+        "--extra-args",
+        "no_timer_check corral.install.id=pxe2",
+        "--timeout",
+        "200",
+    ]);
+    assert_installed(&a, "inst-pxe2", Some("pxe2"));
+}
+
+#[test]
+fn emulated_install_switches_to_virtio_with_same_disk_and_mac() {
+    let a = TestAgent::start();
+    let tree = tree_copy();
+    let http = servers::http_server(tree.path());
+    let url = format!("http://127.0.0.1:{}/", http.port);
+    install(
+        &a,
+        "legacy",
+        &[
+            "--location",
+            &url,
+            "--disk",
+            "64M,bus=ide",
+            "--nic",
+            "default,model=e1000",
+        ],
+        "emu1",
+    );
+    assert_installed(&a, "legacy", Some("emu1"));
+    let before = a.vm("legacy");
+    assert_eq!(before["disks"][0]["bus"], "ide");
+    assert_eq!(before["nics"][0]["model"], "e1000");
+
+    // Switching needs a halted VM.
+    let err = a.fails(&["vm", "set", "legacy", "--device-model", "pv"]);
+    assert!(err.contains("running"), "{err}");
+    a.ok(&["vm", "shutdown", "legacy"]);
+    a.ok(&["vm", "set", "legacy", "--device-model", "pv"]);
+    let after = a.vm("legacy");
+    assert_eq!(after["disks"][0]["bus"], "virtio");
+    assert_eq!(after["nics"][0]["model"], "virtio");
+    assert_eq!(after["disks"][0]["path"], before["disks"][0]["path"]);
+    let mac = before["nics"][0]["mac"].as_str().unwrap().to_string();
+    assert_eq!(after["nics"][0]["mac"], mac.as_str());
+
+    a.ok(&["vm", "start", "legacy"]);
+    a.wait_console("legacy", MARKER, 1, BOOT);
+    let log = a.console_log("legacy");
+    assert!(
+        log.contains("CORRAL-BOOT-SOURCE=disk"),
+        "{}",
+        tail(&log, 20)
+    );
+    assert!(log.contains("CORRAL-INSTALL-ID=emu1"), "{}", tail(&log, 20));
+    // The cloud kernel has virtio-net (not e1000): the NIC appears now, with the same MAC.
+    assert!(
+        log.contains(&format!("CORRAL-NIC eth0 {mac}")),
+        "virtio NIC with MAC {mac} not seen:\n{}",
+        tail(&log, 20)
+    );
+}
+
+#[test]
+fn image_install_with_cloud_init_seed() {
+    let a = TestAgent::start();
+    let g = guest();
+    let dir = tempfile::tempdir().unwrap();
+    let user_data = dir.path().join("user-data.yaml");
+    std::fs::write(&user_data, "#cloud-config\nhostname: c1\n").unwrap();
+    let ci = format!("user-data={}", user_data.display());
+    a.ok(&[
+        "vm",
+        "install",
+        "--template",
+        "corral-test-guest",
+        "--name",
+        "c1",
+        "--disk-import",
+        g.disk_qcow2.to_str().unwrap(),
+        "--cloud-init",
+        &ci,
+    ]);
+    a.wait_console("c1", MARKER, 1, BOOT);
+    assert!(a.console_log("c1").contains("CORRAL-BOOT-SOURCE=disk"));
+    let vm = a.vm("c1");
+    // The template's 64 MiB disk size is the floor; the image is copied, not referenced.
+    assert!(
+        vm["disks"][0]["size_bytes"].as_u64().unwrap() >= 64 << 20,
+        "{vm}"
+    );
+    let seed = PathBuf::from(
+        vm["cdroms"][0]["media"]
+            .as_str()
+            .expect("seed in the CD drive"),
+    );
+    let bytes = std::fs::read(&seed).unwrap();
+    // ISO 9660 primary volume descriptor: the volume id NoCloud looks for.
+    assert_eq!(&bytes[0x8001..0x8006], b"CD001");
+    assert_eq!(&bytes[0x8028..0x802e], b"cidata");
+    a.ok(&["vm", "delete", "c1", "--force"]);
+    assert!(!seed.exists(), "the seed must go with the VM");
+}
+
+/// The real Debian installer (debian-installer-12-netboot-amd64 laid out as a mirror) over HTTP
+/// and FTP: detected as Debian, booted with its own kernel and initrd, and its first dialog on
+/// the serial console.
+#[test]
+fn debian_installer_first_dialog_over_http_and_ftp() {
+    let mirror = std::process::Command::new("sh")
+        .arg(servers::crate_dir().join("tests/servers/debian_mirror.sh"))
+        .output()
+        .expect("debian_mirror.sh");
+    assert!(
+        mirror.status.success(),
+        "cannot lay out the Debian installer: {}",
+        String::from_utf8_lossy(&mirror.stderr)
+    );
+    let root = PathBuf::from(String::from_utf8_lossy(&mirror.stdout).trim());
+    let a = TestAgent::start();
+    let http = servers::http_server(&root);
+    let ftp = servers::ftp_server(&root);
+    for (name, url) in [
+        ("deb-http", format!("http://127.0.0.1:{}/", http.port)),
+        ("deb-ftp", format!("ftp://127.0.0.1:{}/", ftp.port)),
+    ] {
+        let task = a.ok(&[
+            "vm",
+            "install",
+            "--template",
+            "debian-12",
+            "--name",
+            name,
+            "--memory",
+            "1G",
+            "--disk",
+            "1G",
+            "--location",
+            &url,
+            "--extra-args",
+            "no_timer_check",
+            "--no-wait",
+        ]);
+        let task = task.trim().to_string();
+        // The VM appears once the installer's kernel and initrd are downloaded.
+        wait_until(Duration::from_secs(120), "the installer to boot", || {
+            let out = a.cli(&["--json", "vm", "show", name]);
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"running\"")
+        });
+        let vm = a.vm(name);
+        let cmdline = vm["kernel_boot"]["cmdline"].as_str().unwrap_or_default();
+        assert!(
+            cmdline.contains("mirror/suite=bookworm") && cmdline.contains("10.0.2.2"),
+            "the installer is not pointed at the tree: {cmdline}"
+        );
+        a.wait_console(name, "Select a language", 1, Duration::from_secs(300));
+        a.ok(&["task", "cancel", &task]);
+        wait_until(Duration::from_secs(30), "the install to stop", || {
+            a.json(&["task", "show", &task])["state"] == "cancelled"
+        });
+        assert_eq!(a.power_state(name), "halted");
+    }
+}
+
+#[test]
+fn installer_that_never_finishes_times_out_and_is_powered_off() {
+    let a = TestAgent::start();
+    let tree = tree_copy();
+    let http = servers::http_server(tree.path());
+    let url = format!("http://127.0.0.1:{}/", http.port);
+    let err = a.fails(&[
+        "vm",
+        "install",
+        "--template",
+        "corral-test-guest",
+        "--name",
+        "hangs",
+        "--location",
+        &url,
+        "--extra-args",
+        "no_timer_check corral.install.hang",
+        "--timeout",
+        "25s",
+    ]);
+    assert!(err.contains("did not finish within 25 s"), "{err}");
+    assert_eq!(a.power_state("hangs"), "halted");
+    let history = a.json(&["vm", "history", "hangs"]);
+    let t = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["operation"] == "vm.install")
+        .unwrap();
+    assert_eq!(t["state"], "failed");
+    assert_eq!(t["error"]["kind"], "timeout");
+}
+
+#[test]
+fn guest_tools_insert() {
+    let a = TestAgent::start();
+    a.create_kernel_vm("win", &[]);
+    let err = a.fails(&["vm", "tools", "insert", "win"]);
+    assert!(err.contains("virtio-win.iso"), "{err}");
+    // Any ISO named like the virtio drivers will do; the test installer's ISO is one.
+    let isos = a.state_dir().join("isos");
+    std::fs::create_dir_all(&isos).unwrap();
+    std::fs::copy(
+        installer().join("installer.iso"),
+        isos.join("virtio-win-0.1.240.iso"),
+    )
+    .unwrap();
+    a.ok(&["vm", "tools", "insert", "win"]);
+    assert_eq!(
+        a.vm("win")["cdroms"][0]["media"],
+        isos.join("virtio-win-0.1.240.iso").to_str().unwrap()
+    );
+}
+
+/// Bad input: each is a clear error, a non-zero exit, and no VM, volume or scratch file left.
+#[test]
+fn bad_install_input_leaves_nothing_behind() {
+    let a = TestAgent::start();
+    let empty = tempfile::tempdir().unwrap();
+    let odd = tempfile::tempdir().unwrap();
+    std::fs::write(odd.path().join("README"), "not an install tree").unwrap();
+    let http = servers::http_server(odd.path());
+    let not_iso = odd.path().join("README");
+    let closed = servers::closed_port();
+    let unreachable = format!("http://127.0.0.1:{closed}/debian/");
+    let missing = format!("http://127.0.0.1:{}/no/such/tree/", http.port);
+    let unknown = format!("http://127.0.0.1:{}/", http.port);
+    let preseed_missing = empty.path().join("preseed.cfg");
+    let base = ["vm", "install", "--name", "bad"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--template", "debian-12", "--location", &unreachable],
+            "127.0.0.1",
+        ),
+        (
+            vec!["--template", "debian-12", "--location", &missing],
+            "404",
+        ),
+        (
+            vec!["--template", "corral-test-guest", "--location", &unknown],
+            ".treeinfo",
+        ),
+        (
+            vec![
+                "--template",
+                "corral-test-guest",
+                "--cdrom",
+                not_iso.to_str().unwrap(),
+            ],
+            "ISO",
+        ),
+        (
+            vec![
+                "--template",
+                "debian-12",
+                "--vcpus",
+                "9",
+                "--location",
+                &unknown,
+            ],
+            "at most 8 vCPUs",
+        ),
+        (
+            vec![
+                "--template",
+                "debian-12",
+                "--location",
+                &unknown,
+                "--unattended",
+                preseed_missing.to_str().unwrap(),
+            ],
+            "preseed.cfg",
+        ),
+        (
+            vec!["--template", "no-such-os", "--location", &unknown],
+            "no template",
+        ),
+        (vec!["--template", "debian-12"], "install source"),
+        (
+            vec!["--template", "debian-12", "--location", "gopher://x/"],
+            "gopher",
+        ),
+        (vec!["--template", "debian-12", "--pxe"], "--boot-server"),
+        (
+            vec![
+                "--template",
+                "corral-test-guest",
+                "--pxe",
+                "--boot-server",
+                empty.path().to_str().unwrap(),
+            ],
+            "no boot file",
+        ),
+        (
+            vec!["--template", "windows-server-2022", "--location", &unknown],
+            "does not install from http",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&extra);
+        let err = a.fails(&args);
+        assert!(
+            err.contains(needle),
+            "corral {}: error should mention {needle:?}, got:\n{err}",
+            args.join(" ")
+        );
+        assert!(
+            a.json(&["vm", "list"]).as_array().unwrap().is_empty(),
+            "corral {} left a VM behind",
+            args.join(" ")
+        );
+        let sr = a.state_dir().join("srs/default");
+        assert!(
+            files_in(&sr).iter().all(|f| f.starts_with('.')),
+            "volumes left: {:?}",
+            files_in(&sr)
+        );
+        assert!(files_in(&a.state_dir().join("install")).is_empty());
+    }
+    // The error for an unknown layout lists what was tried.
+    let err = a.fails(&[
+        "vm",
+        "install",
+        "--name",
+        "bad",
+        "--template",
+        "corral-test-guest",
+        "--location",
+        &unknown,
+    ]);
+    for probe in ["treeinfo", "MANIFEST", "content"] {
+        assert!(err.contains(probe), "probe {probe} not listed:\n{err}");
+    }
+}
