@@ -282,7 +282,8 @@ fn image_install_with_cloud_init_seed() {
 
 /// The real Debian installer (debian-installer-12-netboot-amd64 laid out as a mirror) over HTTP
 /// and FTP: detected as Debian, booted with its own kernel and initrd, and its first dialog on
-/// the serial console.
+/// the serial console. A third install carries a preseed file in its initrd: the installer
+/// reads it (no language dialog) and goes on to fetch from the mirror over the NAT network.
 #[test]
 fn debian_installer_first_dialog_over_http_and_ftp() {
     let mirror = std::process::Command::new("sh")
@@ -298,11 +299,27 @@ fn debian_installer_first_dialog_over_http_and_ftp() {
     let a = TestAgent::start();
     let http = servers::http_server(&root);
     let ftp = servers::ftp_server(&root);
-    for (name, url) in [
-        ("deb-http", format!("http://127.0.0.1:{}/", http.port)),
-        ("deb-ftp", format!("ftp://127.0.0.1:{}/", ftp.port)),
-    ] {
-        let task = a.ok(&[
+    let preseed_dir = tempfile::tempdir().unwrap();
+    let preseed = preseed_dir.path().join("preseed.cfg");
+    std::fs::write(
+        &preseed,
+        "d-i debian-installer/locale string en_US.UTF-8\n\
+         d-i keyboard-configuration/xkb-keymap select us\n\
+         d-i netcfg/choose_interface select auto\n",
+    )
+    .unwrap();
+    let http_url = format!("http://127.0.0.1:{}/", http.port);
+    let ftp_url = format!("ftp://127.0.0.1:{}/", ftp.port);
+    let preseed_arg = preseed.to_string_lossy().into_owned();
+    let installs: [(&str, &str, &[&str]); 3] = [
+        ("deb-http", &http_url, &[]),
+        ("deb-ftp", &ftp_url, &[]),
+        ("deb-preseed", &http_url, &["--unattended", &preseed_arg]),
+    ];
+    // All three at once: each waits minutes for a TCG boot.
+    let mut tasks = Vec::new();
+    for (name, url, extra) in installs {
+        let mut args = vec![
             "vm",
             "install",
             "--template",
@@ -314,12 +331,15 @@ fn debian_installer_first_dialog_over_http_and_ftp() {
             "--disk",
             "1G",
             "--location",
-            &url,
+            url,
             "--extra-args",
             "no_timer_check",
             "--no-wait",
-        ]);
-        let task = task.trim().to_string();
+        ];
+        args.extend_from_slice(extra);
+        tasks.push((name, a.ok(&args).trim().to_string()));
+    }
+    for (name, _) in &tasks {
         // The VM appears once the installer's kernel and initrd are downloaded.
         wait_until(Duration::from_secs(120), "the installer to boot", || {
             let out = a.cli(&["--json", "vm", "show", name]);
@@ -331,10 +351,23 @@ fn debian_installer_first_dialog_over_http_and_ftp() {
             cmdline.contains("mirror/suite=bookworm") && cmdline.contains("10.0.2.2"),
             "the installer is not pointed at the tree: {cmdline}"
         );
-        a.wait_console(name, "Select a language", 1, Duration::from_secs(300));
-        a.ok(&["task", "cancel", &task]);
+    }
+    a.wait_console("deb-http", "Select a language", 1, Duration::from_secs(400));
+    a.wait_console("deb-ftp", "Select a language", 1, Duration::from_secs(400));
+    a.wait_console(
+        "deb-preseed",
+        "Checking the Debian archive mirror",
+        1,
+        Duration::from_secs(400),
+    );
+    assert!(
+        !a.console_log("deb-preseed").contains("Select a language"),
+        "the preseeded installer still asked for the language"
+    );
+    for (name, task) in &tasks {
+        a.ok(&["task", "cancel", task]);
         wait_until(Duration::from_secs(30), "the install to stop", || {
-            a.json(&["task", "show", &task])["state"] == "cancelled"
+            a.json(&["task", "show", task])["state"] == "cancelled"
         });
         assert_eq!(a.power_state(name), "halted");
     }
