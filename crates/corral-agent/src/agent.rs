@@ -117,6 +117,7 @@ impl Agent {
         });
         agent.ensure_default_sr()?;
         agent.load_vms().await?;
+        agent.resume_installs();
         if agent.config.autostart {
             agent.autostart().await;
         }

@@ -404,41 +404,76 @@ impl Agent {
             &format!("installing (watch it: corral vm console {name})"),
             0.5,
         );
-        if let Err(e) = self.wait_for_installer(&handle, p.timeout, task).await {
-            if handle.info().power_state != PowerState::Halted {
-                let _ = self
-                    .sub_op(
-                        &handle,
-                        "vm.poweroff",
-                        Op::Action(VmAction::Poweroff, ActionRequest::default()),
-                    )
-                    .await;
-            }
-            // The installer files stay (removed with the VM), so `vm start` retries the
-            // installer and the console log can be read.
-            return Err(e);
-        }
+        // On failure the installer files stay (removed with the VM), so `vm start` retries
+        // the installer and the console log can be read.
+        self.wait_for_installer(&handle, p.timeout, task).await?;
+        let done = self
+            .finish_install(&handle, matches!(p.plan, Plan::Cdrom), task)
+            .await?;
+        notes.insert(0, done);
+        Ok(notes.join("; "))
+    }
 
+    /// After an agent restart: an install whose task the restart interrupted gets a new
+    /// `vm.install` task that waits for the installer (or, when the guest powered off while
+    /// the agent was down, takes that as the installer's end) and switches the VM to disk
+    /// boot, as the lost task would have. Installs that had failed stay as they were.
+    pub(crate) fn resume_installs(self: &Arc<Self>) {
+        let handles: Vec<VmHandle> = self.registry().by_id.values().cloned().collect();
+        for h in handles {
+            let info = h.info();
+            let Some(install) = &info.install else {
+                continue;
+            };
+            let interrupted = self.tasks.get(&install.task_id).is_some_and(|t| {
+                t.error
+                    .as_ref()
+                    .is_some_and(|e| e.message == crate::tasks::INTERRUPTED)
+            });
+            if !interrupted {
+                continue;
+            }
+            let task = self.tasks.start("vm.install", Some((&info.id, &info.name)));
+            task.phase("installing (resumed after an agent restart)", 0.5);
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    agent
+                        .wait_for_installer(&h, DEFAULT_INSTALL_TIMEOUT, &task)
+                        .await?;
+                    agent
+                        .finish_install(&h, info.boot_device == BootDevice::Cdrom, &task)
+                        .await
+                }
+                .await;
+                match result {
+                    Ok(note) => task.succeed(Some(note)),
+                    Err(e) if task.is_cancelled() => task.cancelled_with(&e.message),
+                    Err(e) => task.fail(&e),
+                }
+            });
+        }
+    }
+
+    /// The installer is done: boot settings back to normal, scratch files gone, installed
+    /// system started.
+    async fn finish_install(
+        &self,
+        h: &VmHandle,
+        eject_cdrom: bool,
+        task: &TaskHandle,
+    ) -> Result<String, ApiError> {
         task.phase("rebooting into the installed system", 0.9);
-        let eject_cdrom = matches!(p.plan, Plan::Cdrom);
+        self.sub_op(h, "vm.finish-install", Op::FinishInstall { eject_cdrom })
+            .await?;
+        let _ = std::fs::remove_dir_all(self.layout.install_dir(&h.id));
         self.sub_op(
-            &handle,
-            "vm.finish-install",
-            Op::FinishInstall { eject_cdrom },
-        )
-        .await?;
-        let _ = std::fs::remove_dir_all(&scratch);
-        self.sub_op(
-            &handle,
+            h,
             "vm.start",
             Op::Action(VmAction::Start, ActionRequest::default()),
         )
         .await?;
-        notes.insert(
-            0,
-            "the installer finished; the VM now boots from its disk".into(),
-        );
-        Ok(notes.join("; "))
+        Ok("the installer finished; the VM now boots from its disk".into())
     }
 
     /// Run an operation on the VM as its own task (so it shows in the VM's history).
@@ -672,8 +707,27 @@ impl Agent {
     }
 
     /// Wait until the installer powers the guest off (or reboots it, which ends QEMU during an
-    /// install), the timeout passes, or the task is cancelled.
+    /// install). When the timeout passes or the task is cancelled, power the VM off and fail.
     async fn wait_for_installer(
+        &self,
+        h: &VmHandle,
+        timeout: Duration,
+        task: &TaskHandle,
+    ) -> Result<(), ApiError> {
+        let result = self.installer_finished(h, timeout, task).await;
+        if result.is_err() && h.info().power_state != PowerState::Halted {
+            let _ = self
+                .sub_op(
+                    h,
+                    "vm.poweroff",
+                    Op::Action(VmAction::Poweroff, ActionRequest::default()),
+                )
+                .await;
+        }
+        result
+    }
+
+    async fn installer_finished(
         &self,
         h: &VmHandle,
         timeout: Duration,

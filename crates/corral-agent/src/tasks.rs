@@ -13,6 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// The error of a task that was running when the agent stopped (set at the next start).
+pub const INTERRUPTED: &str = "the agent stopped while this task was running";
+
 /// Finished tasks kept in the store; older ones are pruned at start.
 const HISTORY_LIMIT: usize = 5000;
 
@@ -266,9 +269,7 @@ impl Tasks {
         for t in all.iter_mut().filter(|t| !t.state.is_finished()) {
             t.state = TaskState::Failed;
             t.finished_at_ms = Some(now_ms());
-            t.error = Some(ApiError::internal(
-                "the agent stopped while this task was running",
-            ));
+            t.error = Some(ApiError::internal(INTERRUPTED));
             self.persist(t);
         }
         if all.len() > HISTORY_LIMIT {

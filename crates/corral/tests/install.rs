@@ -548,3 +548,52 @@ fn bad_install_input_leaves_nothing_behind() {
         assert!(err.contains(probe), "probe {probe} not listed:\n{err}");
     }
 }
+
+/// The agent dies while an installer runs (the guest does not): the restarted agent picks the
+/// install up and still switches the VM to disk boot.
+#[test]
+fn install_survives_an_agent_restart() {
+    let mut a = TestAgent::start();
+    let tree = tree_copy();
+    let http = servers::http_server(tree.path());
+    let url = format!("http://127.0.0.1:{}/", http.port);
+    a.ok(&[
+        "vm",
+        "install",
+        "--template",
+        "corral-test-guest",
+        "--name",
+        "resumed",
+        "--location",
+        &url,
+        "--extra-args",
+        "no_timer_check corral.install.id=resumed1",
+        "--no-wait",
+    ]);
+    wait_until(Duration::from_secs(120), "the installer to boot", || {
+        let out = a.cli(&["--json", "vm", "show", "resumed"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"running\"")
+    });
+    a.kill9();
+    a.spawn();
+    wait_until(BOOT * 2, "the resumed install to finish", || {
+        let h = a.json(&["vm", "history", "resumed"]);
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["operation"] == "vm.install" && t["state"] == "succeeded")
+    });
+    a.wait_console("resumed", MARKER, 1, BOOT);
+    let log = a.console_log("resumed");
+    assert!(
+        log.contains("CORRAL-BOOT-SOURCE=disk"),
+        "{}",
+        tail(&log, 20)
+    );
+    assert!(
+        log.contains("CORRAL-INSTALL-ID=resumed1"),
+        "{}",
+        tail(&log, 20)
+    );
+    assert!(a.vm("resumed")["install"].is_null());
+}
