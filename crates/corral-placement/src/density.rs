@@ -11,6 +11,7 @@
 //! decreasing is part of the portfolio, so the result never uses more hosts than it.
 
 use crate::engine::{FitTree, Instance, State, NONE};
+use crate::repair::{repair, Repaired};
 use std::cmp::Ordering;
 
 /// Item orders the portfolio tries.
@@ -223,17 +224,18 @@ impl Fill {
     }
 }
 
-/// Lexicographic quality of a density plan: fewer unplaced, then fewer hosts.
+/// Lexicographic quality of a density plan: fewer unplaced workloads, then fewer hosts.
 fn better(a: &State, b: &State) -> bool {
-    match a.unplaced().cmp(&b.unplaced()) {
+    match a.unplaced_workloads().cmp(&b.unplaced_workloads()) {
         Ordering::Less => true,
         Ordering::Greater => false,
         Ordering::Equal => a.hosts_used() < b.hosts_used(),
     }
 }
 
-/// Run the portfolio and the local search; the best plan found.
-pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
+/// Run the portfolio, repair what it left unplaced, then the local search; the best plan
+/// found and whether no plan places more workloads.
+pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
     let n = inst.items.len();
     let m = inst.hosts.len();
     let effort = u64::from(effort);
@@ -266,10 +268,11 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
             consider(s, &mut best);
         }
     }
+    let repaired = repair(&mut best, effort);
     if effort > 0 {
         empty_hosts(&mut best, if large { 40_000 } else { 300_000 } * effort);
     }
-    best
+    (best, repaired)
 }
 
 /// Local search: try to empty the least-filled hosts by moving their items onto other used
