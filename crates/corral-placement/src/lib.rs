@@ -18,6 +18,7 @@ mod model;
 mod performance;
 mod plan;
 mod rate;
+mod repack;
 mod repair;
 pub mod report;
 mod resource;
