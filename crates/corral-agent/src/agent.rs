@@ -32,6 +32,8 @@ pub struct Agent {
     pub cgroups: CgroupSupport,
     pub templates: RwLock<Templates>,
     registry: RwLock<Registry>,
+    /// Load statistics of the VMs (see `crate::stats`).
+    pub(crate) stats: crate::stats::Stats,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
@@ -101,6 +103,7 @@ impl Agent {
         let templates =
             Templates::load(&layout.templates()).map_err(|e| e.context("cannot load templates"))?;
 
+        let store_for_stats = store.clone();
         let agent = Arc::new(Agent {
             hostname: crate::host::hostname(),
             config,
@@ -114,6 +117,7 @@ impl Agent {
             cgroups,
             templates: RwLock::new(templates),
             registry: RwLock::new(Registry::default()),
+            stats: crate::stats::Stats::load(store_for_stats.as_ref()),
         });
         agent.ensure_default_sr()?;
         agent.load_vms().await?;
@@ -121,6 +125,7 @@ impl Agent {
         if agent.config.autostart {
             agent.autostart().await;
         }
+        crate::stats::spawn_sampler(&agent);
         Ok(agent)
     }
 
@@ -727,6 +732,7 @@ impl Agent {
             storage_repositories: self.list_srs()?,
             networks: self.list_networks()?,
             cpu_weight_support: self.cgroups.describe(),
+            planner: Some(self.planner_capacity()),
         })
     }
 }

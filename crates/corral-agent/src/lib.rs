@@ -9,6 +9,7 @@
 //! read without queueing behind long operations. Durable state lives in a [`corral_store::Store`];
 //! QEMU processes outlive the agent and are re-attached at start ([`Agent::start`]).
 
+pub mod advice;
 pub mod cgroup;
 mod clock;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod host;
 pub mod install;
 pub mod network;
 mod registry;
+pub mod stats;
 pub mod tasks;
 pub mod templates;
 pub mod vm;

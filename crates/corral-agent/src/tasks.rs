@@ -136,6 +136,17 @@ impl Tasks {
         }
     }
 
+    /// A handle for an internal query that is not an operation (the stats sampler asking an
+    /// actor for counters every few seconds): it is in no registry, so nothing is recorded.
+    pub fn untracked(self: &Arc<Self>) -> TaskHandle {
+        let (_, cancel) = watch::channel(false);
+        TaskHandle {
+            id: String::new(),
+            tasks: self.clone(),
+            cancel,
+        }
+    }
+
     /// Record an already finished task (e.g. "guest died while the agent was down").
     pub fn record(
         self: &Arc<Self>,

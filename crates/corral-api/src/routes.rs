@@ -79,6 +79,8 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/installs", post(install_vm))
         .route("/v1/vms/{name}/tools", post(tools_insert))
         .route("/v1/vms/{name}/history", get(vm_history))
+        .route("/v1/vms/{name}/stats", get(vm_stats))
+        .route("/v1/vms/{name}/recommend-host", get(vm_recommend_host))
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/vms/{name}/console/log", get(console_log))
         .route("/v1/srs", get(list_srs).post(create_sr))
@@ -250,6 +252,17 @@ async fn nic_remove(
 
 async fn vm_history(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
     Ok(Json(a.history(&name)?).into_response())
+}
+
+async fn vm_stats(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    Ok(Json(a.vm_stats(&name)?).into_response())
+}
+
+async fn vm_recommend_host(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response> {
+    Ok(Json(a.recommend_host(&name)?).into_response())
 }
 
 async fn console_log(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {

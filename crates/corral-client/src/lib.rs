@@ -158,6 +158,21 @@ impl Client {
     pub async fn host_info(&self) -> Result<HostInfo> {
         self.call(Method::GET, "/v1/host", None).await
     }
+    pub async fn vm_stats(&self, name: &str) -> Result<corral_model::stats::VmStats> {
+        self.call(Method::GET, &format!("/v1/vms/{}/stats", seg(name)), None)
+            .await
+    }
+    pub async fn recommend_host(
+        &self,
+        name: &str,
+    ) -> Result<corral_model::stats::HostRecommendation> {
+        self.call(
+            Method::GET,
+            &format!("/v1/vms/{}/recommend-host", seg(name)),
+            None,
+        )
+        .await
+    }
     pub async fn list_vms(&self) -> Result<Vec<VmInfo>> {
         self.call(Method::GET, "/v1/vms", None).await
     }

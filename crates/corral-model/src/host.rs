@@ -44,6 +44,9 @@ pub struct HostInfo {
     /// How the agent applies CPU weights: "cgroup v2 at ...", "cgroup v1 cpu.shares at ...",
     /// or why it cannot.
     pub cpu_weight_support: String,
+    /// This host in the planner's capacity model (what `corral plan` and recommend-host use).
+    #[serde(default)]
+    pub planner: Option<crate::stats::PlannerCapacity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod host;
 pub mod size;
+pub mod stats;
 pub mod task;
 pub mod validate;
 pub mod vm;

@@ -5,13 +5,17 @@
 //! best-fit decreasing, and a bin-oriented "minimum bin slack" fill that seeds each host with the
 //! largest remaining workload and searches (depth-first, with a node budget) for the set of
 //! remaining workloads that fills it best. The plan with fewest unplaced workloads, then fewest
-//! hosts, wins, and a local search then tries to empty the least-filled hosts by moving and
-//! swapping their workloads onto the others. Every step is budgeted in fit checks, never in
+//! hosts, wins; `repair` then places what the heuristics stranded, a local search tries to
+//! empty the least-filled hosts by moving and swapping their workloads onto the others, and
+//! the pool search in `repack` closes hosts that need several swaps at once. Every step is budgeted in fit checks, never in
 //! wall-clock time, so the same input always gives the same plan. The reference first-fit
 //! decreasing is part of the portfolio, so the result never uses more hosts than it.
 
 use crate::engine::{FitTree, Instance, State, NONE};
+use crate::repack::reduce_hosts;
+use crate::repair::{repair, Repaired};
 use std::cmp::Ordering;
+use std::collections::HashMap;
 
 /// Item orders the portfolio tries.
 #[derive(Debug, Clone, Copy)]
@@ -161,16 +165,10 @@ fn min_bin_slack<'a>(inst: &'a Instance, order: &[u32], node_limit: u64) -> Stat
             .copied()
             .filter(|&i| st.fits(i as usize, h))
             .collect();
-        let mut search = Fill {
-            h,
-            best: Vec::new(),
-            best_fill: st.fill(h),
-            cur: Vec::new(),
-            nodes: 0,
-            limit: node_limit,
-            perfect: perfect_fill(inst, h),
-        };
-        search.dfs(&mut st, &cands, 0);
+        let mut search = Fill::new(&st, h, &cands, node_limit);
+        if !search.complete(&mut st) {
+            search.dfs(&mut st, &cands);
+        }
         for &i in &search.best {
             st.place(i as usize, h);
         }
@@ -179,6 +177,11 @@ fn min_bin_slack<'a>(inst: &'a Instance, order: &[u32], node_limit: u64) -> Stat
     st
 }
 
+/// Depth-first search for the subset of `cands` that fills host `h` best. Two things keep it
+/// short: a fractional bound (what the remaining candidates could add per resource, capped by
+/// the room left) prunes branches that cannot beat the best fill, and at every node a lookup
+/// finds one or two candidates that fill the remaining room exactly, so a perfect fill (common
+/// when VMs come from a few templates) is found without enumerating the subsets before it.
 struct Fill {
     h: usize,
     best: Vec<u32>,
@@ -187,20 +190,157 @@ struct Fill {
     nodes: u64,
     limit: u64,
     perfect: f64,
+    /// Resources that count (used by someone, limited on this host).
+    dims: Vec<usize>,
+    /// Exact-completion tables (single hour only): quantised demand → candidates, and
+    /// quantised sum of two candidates → pairs.
+    single: HashMap<Vec<i64>, Vec<u32>>,
+    pairs: HashMap<Vec<i64>, Vec<(u32, u32)>>,
+}
+
+fn quantise(v: f64) -> i64 {
+    (v * 1e6).round() as i64
 }
 
 impl Fill {
-    /// Returns true to stop the whole search (perfect fill found or budget spent).
-    fn dfs(&mut self, st: &mut State, cands: &[u32], start: usize) -> bool {
-        for p in start..cands.len() {
+    fn new(st: &State, h: usize, cands: &[u32], limit: u64) -> Fill {
+        let inst = st.inst;
+        let hc = &inst.hosts[h];
+        let dims: Vec<usize> = (0..crate::engine::D)
+            .filter(|&d| inst.active[d] && hc.limit[d].is_finite() && hc.limit[d] > 0.0)
+            .collect();
+        let need = |i: usize, d: usize| {
+            let it = &inst.items[i];
+            it.peak[d]
+                + if d == crate::engine::MEM {
+                    f64::from(it.vms) * hc.overhead
+                } else {
+                    0.0
+                }
+        };
+        let mut single: HashMap<Vec<i64>, Vec<u32>> = HashMap::new();
+        let mut pairs: HashMap<Vec<i64>, Vec<(u32, u32)>> = HashMap::new();
+        if inst.t == 1 {
+            let keys: Vec<Vec<i64>> = cands
+                .iter()
+                .map(|&i| {
+                    dims.iter()
+                        .map(|&d| quantise(need(i as usize, d)))
+                        .collect()
+                })
+                .collect();
+            for (p, key) in keys.iter().enumerate() {
+                single.entry(key.clone()).or_default().push(cands[p]);
+            }
+            if cands.len() <= 300 {
+                for a in 0..cands.len() {
+                    for b in a + 1..cands.len() {
+                        let key: Vec<i64> =
+                            keys[a].iter().zip(&keys[b]).map(|(x, y)| x + y).collect();
+                        pairs.entry(key).or_default().push((cands[a], cands[b]));
+                    }
+                }
+            }
+        }
+        Fill {
+            h,
+            best: Vec::new(),
+            best_fill: st.fill(h),
+            cur: Vec::new(),
+            nodes: 0,
+            limit,
+            perfect: perfect_fill(inst, h),
+            dims,
+            single,
+            pairs,
+        }
+    }
+
+    /// Look up one or two candidates that fill the room left exactly; on success they become
+    /// the best (a perfect fill) and true is returned.
+    fn complete(&mut self, st: &mut State) -> bool {
+        if self.single.is_empty() {
+            return false;
+        }
+        let hc = &st.inst.hosts[self.h];
+        let room: Vec<i64> = self
+            .dims
+            .iter()
+            .map(|&d| quantise(hc.limit[d] - st.load[self.h * crate::engine::D + d]))
+            .collect();
+        if room.iter().any(|&r| r < 0) {
+            return false;
+        }
+        let used =
+            |i: u32, cur: &[u32], st: &State| cur.contains(&i) || st.host_of[i as usize] != NONE;
+        if let Some(list) = self.single.get(&room) {
+            for &i in list {
+                if !used(i, &self.cur, st) && st.fits(i as usize, self.h) {
+                    self.best.clone_from(&self.cur);
+                    self.best.push(i);
+                    self.best_fill = self.perfect;
+                    return true;
+                }
+            }
+        }
+        if let Some(list) = self.pairs.get(&room) {
+            for &(a, b) in list.iter().take(64) {
+                if used(a, &self.cur, st) || used(b, &self.cur, st) || !st.fits(a as usize, self.h)
+                {
+                    continue;
+                }
+                st.place(a as usize, self.h);
+                let ok = st.fits(b as usize, self.h);
+                st.remove(a as usize);
+                if ok {
+                    self.best.clone_from(&self.cur);
+                    self.best.extend([a, b]);
+                    self.best_fill = self.perfect;
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Fill reachable from the current node with `cands` (fractional, capped by the room).
+    fn bound(&self, st: &State, cands: &[u32]) -> f64 {
+        let inst = st.inst;
+        let hc = &inst.hosts[self.h];
+        let mut f = 0.0;
+        for &d in &self.dims {
+            let load = st.peak(self.h, d);
+            let room = (hc.limit[d] - load).max(0.0);
+            let extra = if d == crate::engine::MEM {
+                hc.overhead
+            } else {
+                0.0
+            };
+            let total: f64 = cands
+                .iter()
+                .map(|&i| {
+                    let it = &inst.items[i as usize];
+                    it.peak[d] + f64::from(it.vms) * extra
+                })
+                .sum();
+            f += (load + room.min(total)) / hc.limit[d];
+        }
+        f
+    }
+
+    /// Search subsets of `cands` (each of which fits as things stand); true stops the whole
+    /// search (perfect fill found or budget spent). Each level keeps only the candidates that
+    /// still fit, so the node budget is spent on real branches.
+    fn dfs(&mut self, st: &mut State, cands: &[u32]) -> bool {
+        if cands.is_empty() || self.bound(st, cands) <= self.best_fill + 1e-12 {
+            return false;
+        }
+        for p in 0..cands.len() {
             if self.nodes >= self.limit {
                 return true;
             }
             self.nodes += 1;
             let i = cands[p] as usize;
-            if !st.fits(i, self.h) {
-                continue;
-            }
             st.place(i, self.h);
             self.cur.push(i as u32);
             let f = st.fill(self.h);
@@ -211,7 +351,15 @@ impl Fill {
                 stop = f >= self.perfect - 1e-9;
             }
             if !stop {
-                stop = self.dfs(st, cands, p + 1);
+                stop = self.complete(st);
+            }
+            if !stop {
+                let next: Vec<u32> = cands[p + 1..]
+                    .iter()
+                    .copied()
+                    .filter(|&j| st.fits(j as usize, self.h))
+                    .collect();
+                stop = self.dfs(st, &next);
             }
             self.cur.pop();
             st.remove(i);
@@ -223,17 +371,18 @@ impl Fill {
     }
 }
 
-/// Lexicographic quality of a density plan: fewer unplaced, then fewer hosts.
+/// Lexicographic quality of a density plan: fewer unplaced workloads, then fewer hosts.
 fn better(a: &State, b: &State) -> bool {
-    match a.unplaced().cmp(&b.unplaced()) {
+    match a.unplaced_workloads().cmp(&b.unplaced_workloads()) {
         Ordering::Less => true,
         Ordering::Greater => false,
         Ordering::Equal => a.hosts_used() < b.hosts_used(),
     }
 }
 
-/// Run the portfolio and the local search; the best plan found.
-pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
+/// Run the portfolio, repair what it left unplaced, then the local search; the best plan
+/// found and whether no plan places more workloads.
+pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
     let n = inst.items.len();
     let m = inst.hosts.len();
     let effort = u64::from(effort);
@@ -254,22 +403,37 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
         let s = first_fit(inst, &order_items(inst, key));
         consider(s, &mut best);
     }
-    if effort > 0 && (n as u64) * (m as u64) <= 2_000_000 {
+    // Stop as soon as everything is placed on as few hosts as the volume bound allows.
+    let done = |st: &State| {
+        st.unplaced_workloads() == 0 && st.hosts_used() <= crate::bound::volume_bound(inst, st)
+    };
+    if effort > 0 && !done(&best) && (n as u64) * (m as u64) <= 2_000_000 {
         for key in [SizeKey::Sum, SizeKey::Max] {
             let s = best_fit(inst, &order_items(inst, key));
             consider(s, &mut best);
         }
     }
     if effort > 0 && n <= 4000 {
+        // Deep searches per host on small instances, shallower ones as they grow.
+        let per_host = (4_000_000 / n.max(1) as u64).clamp(4_000, 40_000) * effort;
         for key in [SizeKey::Sum, SizeKey::Max, SizeKey::Squares] {
-            let s = min_bin_slack(inst, &order_items(inst, key), 4000 * effort);
+            if done(&best) {
+                break;
+            }
+            let s = min_bin_slack(inst, &order_items(inst, key), per_host);
             consider(s, &mut best);
         }
     }
-    if effort > 0 {
+    let repaired = repair(&mut best, effort);
+    if effort > 0 && !done(&best) {
         empty_hosts(&mut best, if large { 40_000 } else { 300_000 } * effort);
+        // The pool search pays on small and mid-sized instances; on large pools the time
+        // goal (10,000 workloads in 50 ms) leaves no room for it.
+        if !large && !done(&best) {
+            reduce_hosts(&mut best, 2_000_000 * effort, 400_000 * effort);
+        }
     }
-    best
+    (best, repaired)
 }
 
 /// Local search: try to empty the least-filled hosts by moving their items onto other used

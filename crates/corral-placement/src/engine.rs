@@ -567,8 +567,14 @@ impl<'a> State<'a> {
         self.on.iter().filter(|o| !o.is_empty()).count()
     }
 
-    pub fn unplaced(&self) -> usize {
-        self.host_of.iter().filter(|&&h| h == NONE).count()
+    /// Workloads (members of unplaced items) left out.
+    pub fn unplaced_workloads(&self) -> usize {
+        self.host_of
+            .iter()
+            .zip(&self.inst.items)
+            .filter(|(&h, _)| h == NONE)
+            .map(|(_, it)| it.members.len())
+            .sum()
     }
 }
 

@@ -18,6 +18,8 @@ mod model;
 mod performance;
 mod plan;
 mod rate;
+mod repack;
+mod repair;
 pub mod report;
 mod resource;
 

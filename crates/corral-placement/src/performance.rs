@@ -8,8 +8,9 @@
 
 use crate::density::{order_items, SizeKey};
 use crate::engine::{Instance, State};
+use crate::repair::{repair, Repaired};
 
-pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
+pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
     let mut st = State::new(inst);
     for &i in &order_items(inst, SizeKey::Sum) {
         let i = i as usize;
@@ -26,10 +27,11 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> State<'_> {
             st.place(i, h);
         }
     }
+    let repaired = repair(&mut st, u64::from(effort));
     if effort > 0 {
         relieve(&mut st, 300_000 * u64::from(effort));
     }
-    st
+    (st, repaired)
 }
 
 /// Move or swap items off the most pressed host while that strictly lowers it.

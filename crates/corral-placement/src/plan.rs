@@ -10,7 +10,7 @@ use crate::bound;
 use crate::engine::{compile, Instance, Misfit, State, D, MEM, NONE};
 use crate::model::{validate, Host, Mode, ModelError, PlanOptions, Workload};
 use crate::resource::{percent, Resource};
-use crate::{density, performance};
+use crate::{density, performance, repair};
 use serde::{Deserialize, Serialize};
 
 /// A complete plan.
@@ -109,8 +109,12 @@ pub struct Bounds {
     pub volume: usize,
     /// Linear-programming bound (configuration LP, solved with an LP solver) when computed.
     pub lp: Option<f64>,
-    /// True when `hosts_used` equals a lower bound, so no plan can use fewer hosts.
+    /// True when `hosts_used` equals a lower bound and every unplaced workload fits no host
+    /// even alone, so no plan places more workloads or uses fewer hosts.
     pub proven_optimal: bool,
+    /// True when no valid plan places more workloads than this one: every unplaced workload
+    /// fits no host even alone, or an exhaustive search over all arrangements showed it.
+    pub max_placed_proven: bool,
 }
 
 /// Plan `workloads` onto `hosts`.
@@ -121,11 +125,18 @@ pub fn plan(
 ) -> Result<Plan, ModelError> {
     validate(hosts, workloads, options)?;
     let inst = compile(hosts, workloads, options)?;
-    let st = match options.mode {
+    let (st, repaired) = match options.mode {
         Mode::Density => density::solve(&inst, options.effort),
         Mode::Performance => performance::solve(&inst, options.effort),
     };
-    Ok(report(&inst, st, hosts, workloads, options))
+    Ok(report(
+        &inst,
+        st,
+        repaired.max_placed_proven,
+        hosts,
+        workloads,
+        options,
+    ))
 }
 
 /// Plan with the reference first-fit decreasing only (for comparisons and benchmarks).
@@ -136,8 +147,17 @@ pub fn plan_first_fit_decreasing(
 ) -> Result<Plan, ModelError> {
     validate(hosts, workloads, options)?;
     let inst = compile(hosts, workloads, options)?;
-    let st = density::reference_ffd(&inst);
-    Ok(report(&inst, st, hosts, workloads, options))
+    let mut st = density::reference_ffd(&inst);
+    // Effort 0: no repair, only the check whether what is unplaced could be placed at all.
+    let repaired = repair::repair(&mut st, 0);
+    Ok(report(
+        &inst,
+        st,
+        repaired.max_placed_proven,
+        hosts,
+        workloads,
+        options,
+    ))
 }
 
 fn item_name(inst: &Instance, workloads: &[Workload], i: usize) -> String {
@@ -228,6 +248,7 @@ fn misfit_text(
 fn report(
     inst: &Instance,
     mut st: State,
+    max_placed_proven: bool,
     hosts: &[Host],
     workloads: &[Workload],
     options: &PlanOptions,
@@ -296,7 +317,7 @@ fn report(
     let mut unplaced = Vec::new();
     for i in 0..inst.items.len() {
         if st.host_of[i] == NONE {
-            let reason = unplaced_reason(&st, hosts, workloads, i);
+            let reason = unplaced_reason(&st, hosts, workloads, i, max_placed_proven);
             for &m in &inst.items[i].members {
                 unplaced.push((
                     m,
@@ -332,6 +353,11 @@ fn report(
         None
     };
     let best_bound = lp.map_or(volume, |v| volume.max((v - 1e-6).ceil() as usize));
+    // The bounds count only placed workloads, so they speak for the whole plan only when no
+    // unplaced workload could be in any plan at all.
+    let mut empty = State::new(inst);
+    let nothing_placeable_left = (0..inst.items.len())
+        .all(|i| st.host_of[i] != NONE || !repair::placeable_alone(&mut empty, i));
     Plan {
         mode: options.mode,
         max_utilisation: options.max_utilisation,
@@ -344,7 +370,10 @@ fn report(
         bounds: Bounds {
             volume,
             lp,
-            proven_optimal: options.mode == Mode::Density && hosts_used <= best_bound,
+            proven_optimal: options.mode == Mode::Density
+                && hosts_used <= best_bound
+                && nothing_placeable_left,
+            max_placed_proven: max_placed_proven || nothing_placeable_left,
         },
     }
 }
@@ -461,7 +490,13 @@ fn explain(
     }
 }
 
-fn unplaced_reason(st: &State, hosts: &[Host], workloads: &[Workload], i: usize) -> String {
+fn unplaced_reason(
+    st: &State,
+    hosts: &[Host],
+    workloads: &[Workload],
+    i: usize,
+    proven: bool,
+) -> String {
     let inst = st.inst;
     let it = &inst.items[i];
     let prefix = if it.members.len() > 1 {
@@ -569,5 +604,10 @@ fn unplaced_reason(st: &State, hosts: &[Host], workloads: &[Workload], i: usize)
     } else {
         String::new()
     };
-    format!("{prefix}no host has room left: {}{tail}", why.join("; "))
+    let verdict = if proven {
+        "no arrangement of the placed workloads leaves room for it (every arrangement was checked)"
+    } else {
+        "no room found (the search budget ran out; another arrangement might still fit it)"
+    };
+    format!("{prefix}{verdict}: {}{tail}", why.join("; "))
 }

@@ -227,6 +227,78 @@ fn a_full_keep_apart_group_reports_where_its_members_are() {
 }
 
 #[test]
+fn keep_apart_does_not_strand_a_workload_another_arrangement_places() {
+    // Greedy placement puts db1 and mail on A and web1 on B, leaving web2 (apart from web1)
+    // nowhere; A: db1 + web1, B: web2 + mail places everything.
+    let hosts = vec![
+        Host::new("hostA", 8, 2.4, 64.0, 1000.0, 500.0),
+        Host::new("hostB", 8, 2.4, 64.0, 1000.0, 500.0),
+    ];
+    let mut w = vec![
+        Workload::new("web1", 1.6, 8.0, 0.0, 0.0),
+        Workload::new("web2", 1.6, 8.0, 0.0, 0.0),
+        Workload::new("db1", 6.0, 40.0, 0.0, 0.0),
+        Workload::new("mail", 2.0, 12.0, 0.0, 0.0),
+    ];
+    w[0].apart = vec!["web".into()];
+    w[1].apart = vec!["web".into()];
+    for mode in [Mode::Density, Mode::Performance] {
+        let opts = PlanOptions {
+            mode,
+            ..PlanOptions::default()
+        };
+        let p = plan(&hosts, &w, &opts).unwrap();
+        assert!(p.unplaced.is_empty(), "{mode}: {:?}", p.unplaced);
+        assert_eq!(p.hosts_used, 2);
+        assert_ne!(host_of(&p, "web1"), host_of(&p, "web2"));
+        assert_ne!(host_of(&p, "db1"), host_of(&p, "mail"));
+        assert!(p.bounds.max_placed_proven);
+        assert_eq!(p.bounds.proven_optimal, mode == Mode::Density);
+    }
+    // Reference FFD alone still strands web2, and must not call that optimal.
+    let f =
+        corral_placement::plan_first_fit_decreasing(&hosts, &w, &PlanOptions::default()).unwrap();
+    assert_eq!(f.unplaced.len(), 1);
+    assert!(!f.bounds.proven_optimal && !f.bounds.max_placed_proven);
+}
+
+#[test]
+fn a_plan_with_placeable_unplaced_workloads_is_never_called_optimal() {
+    // Three apart members, two hosts: one must stay out. Every plan places two of three, so the
+    // count is proven maximal, but the host-count bound covers only the placed ones.
+    let hosts = vec![
+        Host::new("a", 8, 2.0, 64.0, 1000.0, 500.0),
+        Host::new("b", 8, 2.0, 64.0, 1000.0, 500.0),
+    ];
+    let mut w: Vec<Workload> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Workload::new(n, 0.5, 1.0, 1.0, 1.0))
+        .collect();
+    for x in &mut w {
+        x.apart = vec!["ring".into()];
+    }
+    let p = plan(&hosts, &w, &PlanOptions::default()).unwrap();
+    assert_eq!(p.unplaced.len(), 1);
+    assert!(p.bounds.max_placed_proven);
+    assert!(!p.bounds.proven_optimal);
+    assert!(
+        p.unplaced[0]
+            .reason
+            .contains("every arrangement was checked"),
+        "{}",
+        p.unplaced[0].reason
+    );
+    // A workload too large for any host is provably out; the plan of the rest can be optimal.
+    let w = vec![
+        Workload::new("small", 1.0, 4.0, 1.0, 1.0),
+        Workload::new("huge", 1.0, 400.0, 1.0, 1.0),
+    ];
+    let p = plan(&hosts, &w, &PlanOptions::default()).unwrap();
+    assert_eq!(p.unplaced.len(), 1);
+    assert!(p.bounds.max_placed_proven && p.bounds.proven_optimal);
+}
+
+#[test]
 fn performance_mode_spreads_and_density_packs() {
     let hosts: Vec<Host> = (0..4)
         .map(|i| Host::new(&format!("h{i}"), 16, 2.0, 64.0, 1000.0, 500.0))

@@ -198,3 +198,176 @@ proptest! {
         }
     }
 }
+
+/// An independent brute-force checker for small instances: which sets of workloads some valid
+/// plan places. Written from the model's rules, not from the planner's code.
+struct Brute<'a> {
+    hosts: &'a [Host],
+    workloads: &'a [Workload],
+    cap: f64,
+    reserve: f64,
+    /// Keep-together groups (and single workloads) as units that share one host.
+    units: Vec<Vec<usize>>,
+    nodes: u64,
+}
+
+impl<'a> Brute<'a> {
+    fn new(hosts: &'a [Host], workloads: &'a [Workload], cap: f64, reserve: f64) -> Brute<'a> {
+        let mut units: Vec<Vec<usize>> = Vec::new();
+        let mut by_group: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, w) in workloads.iter().enumerate() {
+            match w.together.first() {
+                Some(g) => match by_group.get(g.as_str()) {
+                    Some(&u) => units[u].push(i),
+                    None => {
+                        by_group.insert(g.as_str(), units.len());
+                        units.push(vec![i]);
+                    }
+                },
+                None => units.push(vec![i]),
+            }
+        }
+        Brute {
+            hosts,
+            workloads,
+            cap,
+            reserve,
+            units,
+            nodes: 0,
+        }
+    }
+
+    /// Can these workloads all run on host `h`?
+    fn host_ok(&self, h: usize, on: &[usize]) -> bool {
+        let host = &self.hosts[h];
+        if let Some(max) = host.max_vms {
+            if on.len() as u32 > max {
+                return false;
+            }
+        }
+        let mut groups: Vec<&str> = Vec::new();
+        for &i in on {
+            let w = &self.workloads[i];
+            if w.host.as_ref().is_some_and(|p| p != &host.name) {
+                return false;
+            }
+            if !w.networks.iter().all(|n| host.networks.contains(n)) {
+                return false;
+            }
+            for g in &w.apart {
+                if groups.contains(&g.as_str()) {
+                    return false;
+                }
+                groups.push(g);
+            }
+        }
+        let caps = host.capacity();
+        for b in 0..TIME_BUCKETS {
+            for (d, c) in caps.iter().enumerate() {
+                let load: f64 = on.iter().map(|&i| self.workloads[i].demand.at(b)[d]).sum();
+                let mut limit = c * self.cap;
+                if d == 1 {
+                    limit = (limit - self.reserve).max(0.0);
+                }
+                if load > 0.0 && load > limit + 1e-9 * limit.abs().max(1.0) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Most workloads any valid plan places, considering only `units[k]` for k in `allowed`
+    /// and requiring those in `required` to be placed. `None` when `required` cannot be met.
+    fn max_placed(&mut self, required: &[usize], optional: &[usize]) -> Option<usize> {
+        let order: Vec<(usize, bool)> = required
+            .iter()
+            .map(|&u| (u, true))
+            .chain(optional.iter().map(|&u| (u, false)))
+            .collect();
+        let mut on: Vec<Vec<usize>> = vec![Vec::new(); self.hosts.len()];
+        let mut best: Option<usize> = None;
+        self.dfs(&order, 0, &mut on, 0, &mut best);
+        best
+    }
+
+    fn dfs(
+        &mut self,
+        order: &[(usize, bool)],
+        k: usize,
+        on: &mut Vec<Vec<usize>>,
+        placed: usize,
+        best: &mut Option<usize>,
+    ) {
+        self.nodes += 1;
+        let rest: usize = order[k..].iter().map(|&(u, _)| self.units[u].len()).sum();
+        if best.is_some_and(|b| placed + rest <= b) {
+            return;
+        }
+        if k == order.len() {
+            *best = Some(placed);
+            return;
+        }
+        let (u, required) = order[k];
+        let members = self.units[u].clone();
+        for h in 0..self.hosts.len() {
+            let before = on[h].len();
+            on[h].extend_from_slice(&members);
+            if self.host_ok(h, &on[h]) {
+                self.dfs(order, k + 1, on, placed + members.len(), best);
+            }
+            on[h].truncate(before);
+        }
+        if !required {
+            self.dfs(order, k + 1, on, placed, best);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, .. ProptestConfig::default() })]
+
+    /// Whenever the planner leaves a workload out, no valid plan places it together with
+    /// everything the planner placed, and no valid plan places more workloads at all; and a
+    /// plan is never called optimal while something placeable is left out.
+    #[test]
+    fn nothing_placeable_is_left_out_and_optimal_claims_hold(
+        hosts_in in prop::collection::vec(host_strategy(), 1..4),
+        loads in prop::collection::vec(workload_strategy(), 1..9),
+        performance in any::<bool>(),
+        cap in 0.5f64..1.0,
+        reserve in 0.0f64..2.0,
+    ) {
+        let (hosts, workloads) = build(hosts_in, loads);
+        let options = PlanOptions {
+            mode: if performance { Mode::Performance } else { Mode::Density },
+            max_utilisation: cap,
+            reserve_memory_gib: reserve,
+            explain: false,
+            ..PlanOptions::default()
+        };
+        let p = plan(&hosts, &workloads, &options).expect("generated input is valid");
+        let mut brute = Brute::new(&hosts, &workloads, cap, reserve);
+        let all: Vec<usize> = (0..brute.units.len()).collect();
+        let most = brute.max_placed(&[], &all).unwrap_or(0);
+        prop_assert_eq!(p.assignments.len(), most, "planner placed {:?}, unplaced {:?}", p.assignments, p.unplaced);
+
+        let placed: Vec<&str> = p.assignments.iter().map(|a| a.workload.as_str()).collect();
+        let units = brute.units.clone();
+        let unit_of = |name: &str| units.iter().position(|u| u.iter().any(|&i| workloads[i].name == name));
+        let placed_units: Vec<usize> = all.iter().copied().filter(|&u| units[u].iter().all(|&i| placed.contains(&workloads[i].name.as_str()))).collect();
+        for u in &p.unplaced {
+            let unit = unit_of(&u.workload).expect("unplaced workload exists");
+            let mut required = placed_units.clone();
+            required.push(unit);
+            prop_assert!(brute.max_placed(&required, &[]).is_none(), "{} could be placed with the others: {}", u.workload, u.reason);
+        }
+        prop_assert!(p.bounds.max_placed_proven, "small instances are searched exhaustively");
+        if p.bounds.proven_optimal {
+            for u in &p.unplaced {
+                let unit = unit_of(&u.workload).expect("unplaced workload exists");
+                prop_assert!(brute.max_placed(&[unit], &[]).is_none(), "optimal claimed while {} is placeable", u.workload);
+            }
+        }
+    }
+}

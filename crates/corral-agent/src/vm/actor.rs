@@ -128,6 +128,16 @@ impl Actor {
         }
     }
 
+    /// Counters for the stats sampler; QMP is asked here because this actor owns the session.
+    async fn counters(&self) -> Option<super::RuntimeCounters> {
+        let run = self.run.as_ref()?;
+        Some(super::RuntimeCounters {
+            pid: run.pid,
+            taps: run.taps.clone(),
+            block: crate::stats::query_block_counters(&run.qmp).await,
+        })
+    }
+
     fn publish(&self) {
         let mut info = VmInfo::from_record(&self.rec);
         if let Some(run) = &self.run {
@@ -168,6 +178,14 @@ impl Actor {
 
     async fn handle(&mut self, cmd: Command) {
         let Command { op, task, reply } = cmd;
+        let op = match op {
+            Op::Counters(answer) => {
+                let _ = answer.send(self.counters().await);
+                let _ = reply.send(Ok(()));
+                return;
+            }
+            op => op,
+        };
         if let Op::Action(VmAction::Shutdown, opts) = &op {
             // Completes later, when QEMU exits.
             match self.begin_shutdown(opts) {
@@ -346,6 +364,11 @@ impl Actor {
                     self.poweroff().await?;
                 }
                 self.delete(req.keep_disks).await
+            }
+            // Answered in `handle` before any task is involved.
+            Op::Counters(answer) => {
+                let _ = answer.send(self.counters().await);
+                Ok(())
             }
         }
     }

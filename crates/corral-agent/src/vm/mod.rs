@@ -27,6 +27,18 @@ pub enum Op {
     FinishInstall {
         eject_cdrom: bool,
     },
+    /// Read the counters only the actor can reach (QMP block statistics, tap names); answers
+    /// `None` when the VM is not running. Changes nothing.
+    Counters(oneshot::Sender<Option<RuntimeCounters>>),
+}
+
+/// What the actor reports for the stats sampler (see `crate::stats`).
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeCounters {
+    pub pid: u32,
+    pub taps: Vec<String>,
+    /// Summed over every block device; `None` when QMP did not answer.
+    pub block: Option<crate::stats::BlockCounters>,
 }
 
 pub(crate) struct Command {
@@ -67,5 +79,15 @@ impl VmHandle {
             return Err(e);
         }
         rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Ask the actor for its runtime counters without recording a task.
+    pub(crate) async fn counters(
+        &self,
+        tasks: &Arc<crate::tasks::Tasks>,
+    ) -> Option<RuntimeCounters> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Op::Counters(tx), tasks.untracked()).await.ok()?;
+        rx.await.ok().flatten()
     }
 }

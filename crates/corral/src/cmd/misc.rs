@@ -120,6 +120,25 @@ pub async fn host(c: &Client, _cmd: HostCommand, json: bool) -> anyhow::Result<(
         ("cpu weight", h.cpu_weight_support.clone()),
         ("state dir", h.state_dir.display().to_string()),
     ]);
+    if let Some(p) = &h.planner {
+        let opt = |v: Option<f64>, unit: &str| {
+            v.map_or("not limited".to_string(), |v| format!("{v:.0} {unit}"))
+        };
+        output::fields(&[(
+            "planner model",
+            format!(
+                "{} cores × {:.2} GHz, {:.1} GiB, network {}, disk {}",
+                p.cores,
+                p.ghz,
+                p.memory_gib,
+                opt(p.net_mbps, "Mbit/s"),
+                opt(p.disk_mbps, "MB/s")
+            ),
+        )]);
+        for n in &p.notes {
+            println!("  note: {n}");
+        }
+    }
     println!();
     print_srs(&h.storage_repositories);
     println!();

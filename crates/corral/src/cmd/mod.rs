@@ -7,4 +7,5 @@ pub mod measure;
 pub mod misc;
 pub mod plan;
 pub mod serve;
+pub mod stats;
 pub mod vm;

@@ -96,6 +96,10 @@ pub enum VmCommand {
     Vnc { name: String },
     /// Operations on this VM, oldest first.
     History { name: String },
+    /// Measured load: current sample and p50/p95/max per metric at 5 s, 1 min and 1 h.
+    Stats { name: String },
+    /// Rate the hosts 0-5 for this VM, with reasons (measured load, else its configuration).
+    RecommendHost { name: String },
 }
 
 #[derive(clap::Args)]
@@ -612,6 +616,22 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         VmCommand::History { name } => {
             let tasks = c.history(&name).await?;
             crate::cmd::misc::print_tasks(&tasks, json);
+        }
+        VmCommand::Stats { name } => {
+            let s = c.vm_stats(&name).await?;
+            if json {
+                output::json(&s);
+            } else {
+                crate::cmd::stats::print_stats(&s);
+            }
+        }
+        VmCommand::RecommendHost { name } => {
+            let r = c.recommend_host(&name).await?;
+            if json {
+                output::json(&r);
+            } else {
+                crate::cmd::stats::print_recommendation(&r);
+            }
         }
     }
     Ok(())

@@ -1,0 +1,105 @@
+//! Measured load of VMs and placement advice: the bodies of `GET /v1/vms/{name}/stats` and
+//! `GET /v1/vms/{name}/recommend-host`, and this host's capacity in the planner's model.
+//!
+//! Rates are per second (bytes/s, operations/s); CPU is consumed GHz (cores busy × clock), the
+//! planner's unit. A metric the agent cannot measure is `null`, never zero: NICs on user-mode
+//! NAT have no counters, so their traffic is "not available".
+
+use serde::{Deserialize, Serialize};
+
+/// One sample of a running VM, or one coarse point averaging finer samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StatsSample {
+    /// End of the interval, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Consumed CPU of the QEMU process in GHz (host cores busy × host clock).
+    pub cpu_ghz: f64,
+    /// The same as a percentage of one host core (200 = two cores busy).
+    pub cpu_percent: f64,
+    /// Resident memory of the QEMU process.
+    pub memory_bytes: u64,
+    /// Received by the guest over bridged NICs; `null` when no NIC has counters.
+    pub net_rx_bytes_per_s: Option<f64>,
+    pub net_tx_bytes_per_s: Option<f64>,
+    /// From QMP `query-blockstats`, summed over the VM's disks and CD-ROMs.
+    pub disk_read_bytes_per_s: Option<f64>,
+    pub disk_write_bytes_per_s: Option<f64>,
+    pub disk_read_iops: Option<f64>,
+    pub disk_write_iops: Option<f64>,
+}
+
+/// p50 / p95 / max of one metric over the points of one resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSummary {
+    /// Field name of [`StatsSample`], e.g. `cpu_ghz`.
+    pub metric: String,
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+/// The points kept at one resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsSeries {
+    /// `5s`, `1m` or `1h`.
+    pub resolution: String,
+    pub step_seconds: u64,
+    /// How far back this resolution reaches.
+    pub span_seconds: u64,
+    /// Oldest first.
+    pub points: Vec<StatsSample>,
+    /// One entry per metric that has values; metrics never measured are left out.
+    pub summary: Vec<MetricSummary>,
+}
+
+/// `GET /v1/vms/{name}/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStats {
+    pub vm: String,
+    /// Seconds between samples.
+    pub interval_seconds: u64,
+    /// The latest sample, while the VM runs; `null` when it is halted (or just started).
+    pub current: Option<StatsSample>,
+    /// Metrics that are not measured, and why.
+    pub not_available: Vec<String>,
+    /// Finest first: 5 s for 10 minutes, 1 min for 2 hours, 1 h for a week.
+    pub series: Vec<StatsSeries>,
+}
+
+/// A host in the planner's capacity model (`corral plan` hosts CSV columns).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannerCapacity {
+    pub name: String,
+    pub cores: u32,
+    pub ghz: f64,
+    pub memory_gib: f64,
+    /// Total speed of the physical NICs in Mbit/s; `null` when the kernel does not report it.
+    pub net_mbps: Option<f64>,
+    /// Disk bandwidth in MB/s; `null`: not measured by the agent, so not limited in ratings.
+    pub disk_mbps: Option<f64>,
+    pub iops: Option<f64>,
+    /// Networks defined on this host.
+    pub networks: Vec<String>,
+    /// What was assumed or could not be measured.
+    pub notes: Vec<String>,
+}
+
+/// One host's rating for a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostScore {
+    pub host: String,
+    /// 0 (cannot take it) to 5 (plenty of room).
+    pub score: f64,
+    pub reasons: Vec<String>,
+}
+
+/// `GET /v1/vms/{name}/recommend-host`: every host of the pool rated for the VM, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecommendation {
+    pub vm: String,
+    /// `measured` (p95 of its stats) or `configured` (its vCPUs and memory).
+    pub basis: String,
+    /// What the VM was taken to need, in planner units (`cpu_ghz`, `memory_gib`, ...).
+    pub demand: Vec<(String, f64)>,
+    pub hosts: Vec<HostScore>,
+}

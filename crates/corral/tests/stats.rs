@@ -1,0 +1,117 @@
+//! End-to-end: the agent measures a real running guest (TCG): `vm stats` shows CPU after a few
+//! seconds, network on user-mode NAT is reported as not available, the coarse history survives
+//! an agent restart, a halted VM has no current sample, and `vm recommend-host` rates this host
+//! with reasons.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn stats(a: &TestAgent, name: &str) -> Value {
+    a.json(&["vm", "stats", name])
+}
+
+fn points(s: &Value, resolution: &str) -> usize {
+    s["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["resolution"] == resolution)
+        .map(|x| x["points"].as_array().unwrap().len())
+        .unwrap_or(0)
+}
+
+#[test]
+fn running_guest_is_measured_and_rated_and_halted_guest_has_no_current_sample() {
+    let mut a = TestAgent::start();
+    a.create_kernel_vm("meter", &["--disk", "32M"]);
+
+    // Halted: nothing to show yet, and the answer says so.
+    let s = stats(&a, "meter");
+    assert!(s["current"].is_null(), "{s}");
+    assert_eq!(points(&s, "5s"), 0);
+    let text = a.ok(&["vm", "stats", "meter"]);
+    assert!(text.contains("no current sample"), "{text}");
+
+    // Configured profile while halted.
+    let r = a.json(&["vm", "recommend-host", "meter"]);
+    assert_eq!(r["basis"], "configured", "{r}");
+
+    a.ok(&["vm", "start", "meter"]);
+    a.wait_console("meter", MARKER, 1, BOOT);
+    let mut last = Value::Null;
+    wait_until(Duration::from_secs(60), "a current sample with CPU", || {
+        last = stats(&a, "meter");
+        last["current"]["cpu_ghz"].as_f64().unwrap_or(0.0) > 0.0
+    });
+    let cur = &last["current"];
+    assert!(cur["cpu_percent"].as_f64().unwrap() > 0.0, "{last}");
+    assert!(cur["memory_bytes"].as_u64().unwrap() > 16 << 20, "{last}");
+    // The default network is user-mode NAT: no counters, so no numbers.
+    assert!(
+        cur["net_rx_bytes_per_s"].is_null() && cur["net_tx_bytes_per_s"].is_null(),
+        "{last}"
+    );
+    let na = last["not_available"].to_string();
+    assert!(na.contains("user-mode NAT"), "{last}");
+    // Disks are measured through QMP.
+    assert!(cur["disk_read_bytes_per_s"].as_f64().is_some(), "{last}");
+    assert!(cur["disk_write_iops"].as_f64().is_some(), "{last}");
+    let summary = last["series"][0]["summary"].as_array().unwrap();
+    assert!(summary
+        .iter()
+        .any(|m| m["metric"] == "cpu_ghz" && m["max"].as_f64().unwrap() > 0.0));
+
+    let text = a.ok(&["vm", "stats", "meter"]);
+    assert!(
+        text.contains("GHz") && text.contains("p50/p95/max"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not available: network traffic of nic0"),
+        "{text}"
+    );
+
+    // Measured profile: rated 0-5 with reasons.
+    let r = a.json(&["vm", "recommend-host", "meter"]);
+    assert_eq!(r["basis"], "measured", "{r}");
+    let hosts = r["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "{r}");
+    let score = hosts[0]["score"].as_f64().unwrap();
+    assert!((0.0..=5.0).contains(&score), "{r}");
+    assert!(!hosts[0]["reasons"].as_array().unwrap().is_empty(), "{r}");
+    let text = a.ok(&["vm", "recommend-host", "meter"]);
+    assert!(text.contains("/ 5") && text.contains("measured"), "{text}");
+
+    // This host in the planner's model.
+    let h = a.json(&["host", "info"]);
+    assert!(h["planner"]["cores"].as_u64().unwrap() >= 1, "{h}");
+    assert!(h["planner"]["memory_gib"].as_f64().unwrap() > 0.5, "{h}");
+
+    // The minute history is persisted: it survives an agent restart (the guest keeps running).
+    wait_until(Duration::from_secs(100), "a 1-minute point", || {
+        points(&stats(&a, "meter"), "1m") >= 1
+    });
+    a.stop();
+    a.spawn();
+    assert_eq!(a.power_state("meter"), "running");
+    let s = stats(&a, "meter");
+    assert!(
+        points(&s, "1m") >= 1,
+        "coarse history kept across the restart: {s}"
+    );
+
+    // Halted again: no current sample.
+    a.ok(&["vm", "poweroff", "meter"]);
+    let s = stats(&a, "meter");
+    assert!(s["current"].is_null(), "{s}");
+    assert!(
+        points(&s, "1m") >= 1,
+        "history stays after the VM stops: {s}"
+    );
+
+    // Unknown VM: a clear error.
+    let err = a.fails(&["vm", "stats", "nosuch"]);
+    assert!(err.contains("no VM named \"nosuch\""), "{err}");
+}
