@@ -12,6 +12,7 @@ pub mod event;
 pub mod host;
 pub mod size;
 pub mod task;
+pub mod transfer;
 pub mod validate;
 pub mod vm;
 
