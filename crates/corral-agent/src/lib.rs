@@ -10,6 +10,7 @@
 //! QEMU processes outlive the agent and are re-attached at start ([`Agent::start`]).
 
 pub mod cgroup;
+pub mod clone;
 mod clock;
 pub mod config;
 pub mod events;
@@ -18,6 +19,7 @@ pub mod network;
 mod registry;
 pub mod tasks;
 pub mod templates;
+pub mod transfer;
 pub mod vm;
 
 mod agent;

@@ -23,6 +23,23 @@ pub enum Op {
     NicAdd(NicRequest),
     NicRemove(String),
     Delete(VmDeleteRequest),
+    /// Hold the halted VM's disks for reading (export, copy): while the lease lives, start,
+    /// delete, disk changes and clones are refused. Does not finish the caller's task.
+    Lease(Arc<Lease>),
+    /// Freeze the disks into read-only bases and give the VM overlays on them, for a linked
+    /// clone (`crate::clone`); answers the bases. Does not finish the caller's task.
+    Freeze(oneshot::Sender<Vec<crate::clone::FrozenDisk>>),
+    /// Make the VM a template: its disks become read-only bases.
+    ConvertToTemplate,
+}
+
+/// A read hold on a VM's disks; released when the last clone of the `Arc` is dropped.
+#[derive(Debug)]
+pub struct Lease {
+    /// What holds the VM: "export", "copy".
+    pub verb: &'static str,
+    /// The same as a past participle: "exported", "copied".
+    pub what: &'static str,
 }
 
 pub(crate) struct Command {

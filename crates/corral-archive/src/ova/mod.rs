@@ -450,6 +450,15 @@ pub fn plan_ovf(path: &Path, limits: &Limits) -> Result<OvfPlan, ArchiveError> {
     parse_ovf(&xml)
 }
 
+/// Parse the descriptor at the head of an OVA stream without reading further: the
+/// `--dry-run` plan of an upload.
+pub fn plan_ova<R: Read>(input: R, limits: &Limits) -> Result<OvfPlan, ArchiveError> {
+    let mut ar = tar::Archive::new(GuardedTar::new(input));
+    let mut entries = ar.entries().map_err(ArchiveError::read)?;
+    let xml = ova_descriptor(&mut entries, limits)?.1;
+    parse_ovf(&xml)
+}
+
 fn ova_descriptor<R: Read>(
     entries: &mut tar::Entries<'_, R>,
     limits: &Limits,
