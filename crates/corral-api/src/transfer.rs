@@ -47,17 +47,26 @@ pub async fn import_vm(
 ) -> Result<Response> {
     let (tx, rx) = corral_agent::transfer::byte_channel();
     let mut body = req.into_body().into_data_stream();
-    // Pump the upload into the agent's bounded channel; stops when the agent stops reading.
-    tokio::spawn(async move {
+    // Pump the upload into the agent's bounded channel. When the agent stops reading early
+    // (a dry run, a name collision, a bad archive), the rest is drained before answering:
+    // an HTTP/1.1 client still writing its body would otherwise see a broken connection
+    // instead of the answer.
+    let pump = tokio::spawn(async move {
+        let mut forward = true;
         while let Some(chunk) = body.next().await {
-            let item = chunk.map_err(|e| std::io::Error::other(format!("upload failed: {e}")));
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
+            let failed = chunk.is_err();
+            if forward {
+                let item = chunk.map_err(|e| std::io::Error::other(format!("upload failed: {e}")));
+                forward = tx.send(item).await.is_ok();
+            }
+            if failed {
                 break;
             }
         }
     });
-    match a.import_vm(q, rx).await? {
+    let result = a.import_vm(q, rx).await;
+    let _ = pump.await;
+    match result? {
         Ok(done) => Ok((StatusCode::CREATED, Json(done)).into_response()),
         Err(plan) => Ok(Json(plan).into_response()),
     }

@@ -14,7 +14,7 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Wait for task `id` to finish, showing its progress unless `quiet`. Returns the finished task
 /// when it succeeded, the task's error when it failed or was cancelled.
-#[allow(dead_code)] // first users: vm install, export and import (land next)
+
 pub async fn follow_task(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Task> {
     let task = watch_task(c, id, quiet).await?;
     match task.state {

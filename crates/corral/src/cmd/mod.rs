@@ -7,3 +7,4 @@ pub mod misc;
 pub mod plan;
 pub mod serve;
 pub mod vm;
+pub mod transfer;

@@ -91,6 +91,22 @@ pub enum VmCommand {
     Vnc { name: String },
     /// Operations on this VM, oldest first.
     History { name: String },
+    /// Export a halted VM to an archive file (corral or OVA), with progress.
+    Export(super::transfer::ExportArgs),
+    /// Import a VM from a corral archive, OVA, OVF package or XenServer XVA.
+    Import(super::transfer::ImportArgs),
+    /// Linked clone of a halted VM or template (copy-on-write, instant).
+    Clone { source: String, name: String },
+    /// Full, independent copy of a halted VM or template.
+    Copy {
+        source: String,
+        name: String,
+        /// Storage repository for the copy's disks.
+        #[arg(long)]
+        sr: Option<String>,
+    },
+    /// Make a halted VM a template: it can no longer start; create VMs from it.
+    ConvertToTemplate { name: String },
 }
 
 #[derive(clap::Args)]
@@ -364,7 +380,17 @@ pub fn create_request(a: CreateArgs) -> anyhow::Result<VmCreateRequest> {
 }
 
 pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
+    use super::transfer;
     match cmd {
+        VmCommand::Export(a) => transfer::export(c, a, json).await?,
+        VmCommand::Import(a) => transfer::import(c, a, json).await?,
+        VmCommand::Clone { source, name } => transfer::clone(c, &source, &name, json).await?,
+        VmCommand::Copy { source, name, sr } => {
+            transfer::copy(c, &source, &name, sr, json).await?
+        }
+        VmCommand::ConvertToTemplate { name } => {
+            transfer::convert_to_template(c, &name, json).await?
+        }
         VmCommand::Create(a) => {
             let req = create_request(a)?;
             let ans = c.create_vm(&req).await?;
