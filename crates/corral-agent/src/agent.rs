@@ -297,7 +297,11 @@ impl Agent {
         validate_name("VM", &req.name).map_err(ApiError::invalid)?;
         if let Some(t) = &req.template {
             // A template VM (rather than an OS template) gives clones of its disks.
-            if self.registry().find(t).is_some_and(|h| h.info().is_template) {
+            if self
+                .registry()
+                .find(t)
+                .is_some_and(|h| h.info().is_template)
+            {
                 return self.create_from_template_vm(req).await;
             }
         }

@@ -22,12 +22,12 @@
 //! source's actor, write the overlays, record the VM, spawn its actor.
 
 use crate::agent::{random_mac, Agent};
-use corral_model::host::StorageRepository;
 use crate::network::DEFAULT_NETWORK;
 use crate::tasks::TaskHandle;
 use crate::vm::{self, Lease, Op};
 use corral_model::api::*;
 use corral_model::event::Event;
+use corral_model::host::StorageRepository;
 use corral_model::transfer::CloneRequest;
 use corral_model::validate::*;
 use corral_model::*;
@@ -526,15 +526,15 @@ impl Agent {
         let agent = self.clone();
         let name = req.name.clone();
         let job = async move {
-            let r = agent
-                .copy_leased(info, &name, target_sr, &task)
-                .await;
+            let r = agent.copy_leased(info, &name, target_sr, &task).await;
             drop(lease);
             if r.is_err() {
                 agent.registry_mut().release(&name);
             }
             match (&r, task.is_cancelled()) {
-                (Err(_), true) => task.cancelled_with("the copy was cancelled; nothing was created"),
+                (Err(_), true) => {
+                    task.cancelled_with("the copy was cancelled; nothing was created")
+                }
                 _ => task.complete(&r),
             }
             r.and_then(|_| agent.vm(&name).map(|h| h.info()))
@@ -568,7 +568,13 @@ impl Agent {
                     d.sr.clone(),
                     d.path
                         .parent()
-                        .map(|p| if is_base(d.path.as_path()) { p.parent().unwrap_or(p) } else { p })
+                        .map(|p| {
+                            if is_base(d.path.as_path()) {
+                                p.parent().unwrap_or(p)
+                            } else {
+                                p
+                            }
+                        })
                         .unwrap_or(Path::new("/"))
                         .to_path_buf(),
                 ),
@@ -580,7 +586,9 @@ impl Agent {
             ));
             task.phase(&format!("copying {}", d.device), 0.0);
             created.push(path.clone());
-            if let Err(e) = convert_with_progress(&d.path, &path, task, done, d.size_bytes, total).await {
+            if let Err(e) =
+                convert_with_progress(&d.path, &path, task, done, d.size_bytes, total).await
+            {
                 result = Err(e);
                 break;
             }
@@ -639,7 +647,10 @@ async fn convert_with_progress(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| io_err("cannot run qemu-img", e))?;
-    let mut out = child.stdout.take().ok_or_else(|| ApiError::internal("no stdout"))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| ApiError::internal("no stdout"))?;
     let mut buf = [0u8; 256];
     let mut text = String::new();
     let mut cancel = task.clone();
@@ -662,7 +673,10 @@ async fn convert_with_progress(
             }
         }
     }
-    let status = child.wait_with_output().await.map_err(|e| io_err("qemu-img", e))?;
+    let status = child
+        .wait_with_output()
+        .await
+        .map_err(|e| io_err("qemu-img", e))?;
     if !status.status.success() {
         let _ = std::fs::remove_file(dst);
         return Err(ApiError::internal(format!(
@@ -674,7 +688,6 @@ async fn convert_with_progress(
     task.bytes(before + size, total);
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

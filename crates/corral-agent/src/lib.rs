@@ -10,8 +10,8 @@
 //! QEMU processes outlive the agent and are re-attached at start ([`Agent::start`]).
 
 pub mod cgroup;
-pub mod clone;
 mod clock;
+pub mod clone;
 pub mod config;
 pub mod events;
 pub mod host;

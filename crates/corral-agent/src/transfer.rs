@@ -305,9 +305,12 @@ impl Agent {
             spec.name = n.clone();
         }
         validate_name("VM", &spec.name).map_err(|e| {
-            ApiError::invalid(format!("the archive's VM name: {e}; choose one with --name"))
+            ApiError::invalid(format!(
+                "the archive's VM name: {e}; choose one with --name"
+            ))
         })?;
-        validate_vcpus(spec.vcpus).map_err(|e| ApiError::invalid(format!("the archive's VM: {e}")))?;
+        validate_vcpus(spec.vcpus)
+            .map_err(|e| ApiError::invalid(format!("the archive's VM: {e}")))?;
         self.validate_memory_on_host(spec.memory_bytes)
             .map_err(|e| e.context("the archive's VM"))?;
         if validate_cpu_weight(spec.cpu_weight).is_err() {
@@ -434,7 +437,18 @@ impl Agent {
             as_template: spec.is_template,
         };
         let result = self
-            .import_staged(&id, spec, &head, recorded, reader, &staging, &target, &task, &limits, &mut warnings)
+            .import_staged(
+                &id,
+                spec,
+                &head,
+                recorded,
+                reader,
+                &staging,
+                &target,
+                &task,
+                &limits,
+                &mut warnings,
+            )
             .await;
         let _ = std::fs::remove_dir_all(&staging);
         match &result {
@@ -481,9 +495,8 @@ impl Agent {
         limits: &Limits,
         warnings: &mut Vec<String>,
     ) -> Result<(), ApiError> {
-        std::fs::create_dir_all(staging).map_err(|e| {
-            ApiError::internal(format!("cannot create {}: {e}", staging.display()))
-        })?;
+        std::fs::create_dir_all(staging)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", staging.display())))?;
         task.phase("importing", 0.0);
         reader.task = Some(task.clone());
         let kind = head.kind;
@@ -586,7 +599,9 @@ impl Agent {
                 "zstd level {level} is outside 1..19"
             )));
         }
-        if q.format == ExportFormat::Ova && (q.level.is_some() || q.compress != ExportCompression::Zstd) {
+        if q.format == ExportFormat::Ova
+            && (q.level.is_some() || q.compress != ExportCompression::Zstd)
+        {
             return Err(ApiError::invalid(
                 "--compress and --level apply to the corral format; OVA disks are streamOptimized VMDKs",
             ));

@@ -78,7 +78,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/nics/{device}", delete(nic_remove))
         .route("/v1/vms/{name}/history", get(vm_history))
         .route("/v1/vms/{name}/export", get(crate::transfer::export_vm))
-        .route("/v1/vms/import", axum::routing::put(crate::transfer::import_vm))
+        .route(
+            "/v1/vms/import",
+            axum::routing::put(crate::transfer::import_vm),
+        )
         .route("/v1/vms/{name}/clone", post(crate::transfer::clone_vm))
         .route("/v1/vms/{name}/copy", post(crate::transfer::copy_vm))
         .route(

@@ -118,4 +118,3 @@ pub async fn convert_to_template(
     let (vm, task) = a.convert_to_template(&name).await?;
     Ok(Json(serde_json::json!({ "task": task, "vm": vm })).into_response())
 }
-

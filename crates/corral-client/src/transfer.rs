@@ -44,7 +44,11 @@ impl Download {
         loop {
             match self.body.frame().await {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(ClientError::Protocol(format!("the export stream broke off: {e}"))),
+                Some(Err(e)) => {
+                    return Err(ClientError::Protocol(format!(
+                        "the export stream broke off: {e}"
+                    )))
+                }
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         return Ok(Some(data));
@@ -71,7 +75,10 @@ async fn error_of(resp: hyper::Response<Incoming>) -> ClientError {
     };
     serde_json::from_slice::<ApiError>(&bytes)
         .unwrap_or_else(|_| {
-            ApiError::internal(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)))
+            ApiError::internal(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ))
         })
         .into()
 }
@@ -130,8 +137,11 @@ impl Client {
                 .map(str::to_string)
         };
         let task = header("x-corral-task").unwrap_or_default();
-        let file_name = header("content-disposition")
-            .and_then(|d| d.split("filename=\"").nth(1).map(|s| s.trim_end_matches('"').to_string()));
+        let file_name = header("content-disposition").and_then(|d| {
+            d.split("filename=\"")
+                .nth(1)
+                .map(|s| s.trim_end_matches('"').to_string())
+        });
         Ok(Download {
             task,
             file_name,
@@ -176,9 +186,13 @@ impl Client {
         }
         let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
         if status == StatusCode::CREATED {
-            serde_json::from_slice(&bytes).map(ImportOutcome::Imported).map_err(proto)
+            serde_json::from_slice(&bytes)
+                .map(ImportOutcome::Imported)
+                .map_err(proto)
         } else {
-            serde_json::from_slice(&bytes).map(ImportOutcome::Plan).map_err(proto)
+            serde_json::from_slice(&bytes)
+                .map(ImportOutcome::Plan)
+                .map_err(proto)
         }
     }
 

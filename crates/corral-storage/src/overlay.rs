@@ -36,7 +36,10 @@ pub fn create_overlay(
     if !backing.is_absolute() || name.is_empty() || name.len() > 1023 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("backing file {} must be an absolute path of at most 1023 bytes", backing.display()),
+            format!(
+                "backing file {} must be an absolute path of at most 1023 bytes",
+                backing.display()
+            ),
         ));
     }
     // One L2 table (a cluster of 8-byte entries) maps CLUSTER * CLUSTER / 8 bytes.
@@ -45,7 +48,10 @@ pub fn create_overlay(
     let l1_clusters = (l1_entries * 8).div_ceil(CLUSTER);
     let clusters = 3 + l1_clusters;
     if clusters > CLUSTER / 2 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "virtual size too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "virtual size too large",
+        ));
     }
     let mut head = vec![0u8; (3 * CLUSTER) as usize];
     put32(&mut head, 0, MAGIC);
@@ -105,7 +111,10 @@ pub fn backing_file(path: &Path) -> io::Result<Option<PathBuf>> {
         return Ok(None);
     }
     if len > 1023 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "backing file name too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "backing file name too long",
+        ));
     }
     let mut name = vec![0u8; len as usize];
     use std::os::unix::fs::FileExt;
@@ -143,7 +152,11 @@ mod tests {
 
     fn qemu_img(args: &[&str]) -> String {
         let o = Command::new("qemu-img").args(args).output().unwrap();
-        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -161,7 +174,11 @@ mod tests {
             assert!(t.elapsed().as_millis() < 50);
             qemu_img(&["check", "-f", "qcow2", ov.to_str().unwrap()]);
             let info: serde_json::Value = serde_json::from_str(&qemu_img(&[
-                "info", "--output=json", "-f", "qcow2", ov.to_str().unwrap(),
+                "info",
+                "--output=json",
+                "-f",
+                "qcow2",
+                ov.to_str().unwrap(),
             ]))
             .unwrap();
             assert_eq!(info["virtual-size"], size);
@@ -171,19 +188,37 @@ mod tests {
         }
         // Same guest data as the base.
         qemu_img(&[
-            "compare", "-f", "raw", "-F", "qcow2",
-            base.to_str().unwrap(), dir.path().join("o0.qcow2").to_str().unwrap(),
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            base.to_str().unwrap(),
+            dir.path().join("o0.qcow2").to_str().unwrap(),
         ]);
         // A chain of two, and QEMU can write into the top.
         let top = dir.path().join("top.qcow2");
-        create_overlay(&top, &dir.path().join("o0.qcow2"), DiskFormat::Qcow2, 3 << 20).unwrap();
+        create_overlay(
+            &top,
+            &dir.path().join("o0.qcow2"),
+            DiskFormat::Qcow2,
+            3 << 20,
+        )
+        .unwrap();
         qemu_img(&["check", "-f", "qcow2", top.to_str().unwrap()]);
         assert_eq!(backing_chain(&top).len(), 2);
-        let o = Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 0x5a 1M 128k"]).arg(&top).output().unwrap();
+        let o = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "write -P 0x5a 1M 128k"])
+            .arg(&top)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         qemu_img(&["resize", "-f", "qcow2", top.to_str().unwrap(), "4M"]);
         qemu_img(&["check", "-f", "qcow2", top.to_str().unwrap()]);
         assert_eq!(backing_file(&base).unwrap(), None);
-        assert!(create_overlay(&top, &base, DiskFormat::Raw, 1).is_err(), "never overwrites");
+        assert!(
+            create_overlay(&top, &base, DiskFormat::Raw, 1).is_err(),
+            "never overwrites"
+        );
     }
 }

@@ -62,17 +62,30 @@ fn boots_from_disk(a: &TestAgent, name: &str) {
 }
 
 fn assert_spec_preserved(src: &Value, dst: &Value, same_macs: bool) {
-    for k in ["vcpus", "memory_bytes", "description", "cpu_weight", "autostart", "firmware"] {
+    for k in [
+        "vcpus",
+        "memory_bytes",
+        "description",
+        "cpu_weight",
+        "autostart",
+        "firmware",
+    ] {
         assert_eq!(src[k], dst[k], "{k}");
     }
-    let (sd, dd) = (src["disks"].as_array().unwrap(), dst["disks"].as_array().unwrap());
+    let (sd, dd) = (
+        src["disks"].as_array().unwrap(),
+        dst["disks"].as_array().unwrap(),
+    );
     assert_eq!(sd.len(), dd.len());
     for (s, d) in sd.iter().zip(dd) {
         for k in ["device", "size_bytes", "bus"] {
             assert_eq!(s[k], d[k], "disk {k}");
         }
     }
-    let (sn, dn) = (src["nics"].as_array().unwrap(), dst["nics"].as_array().unwrap());
+    let (sn, dn) = (
+        src["nics"].as_array().unwrap(),
+        dst["nics"].as_array().unwrap(),
+    );
     assert_eq!(sn.len(), dn.len());
     for (s, d) in sn.iter().zip(dn) {
         assert_eq!(s["network"], d["network"]);
@@ -143,7 +156,10 @@ fn native_export_import_round_trip_preserves_the_vm_and_boots() {
 
     // Name collision: a clear conflict before any data is written.
     let err = a.fails(&["vm", "import", out_s]);
-    assert!(err.contains("already exists") && err.contains("--name"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("--name"),
+        "{err}"
+    );
     assert_eq!(files(&a), before);
 
     a.ok(&["vm", "import", out_s, "--name", "web02"]);
@@ -162,12 +178,30 @@ fn ova_export_import_round_trip_preserves_the_vm_and_boots() {
     let dir = tempfile::tempdir().unwrap();
     create_source(&a, "app");
     let out = dir.path().join("app.ova");
-    a.ok(&["vm", "export", "app", "-o", out.to_str().unwrap(), "--format", "ova"]);
+    a.ok(&[
+        "vm",
+        "export",
+        "app",
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "ova",
+    ]);
     // An OVA: descriptor first, then the manifest, then a streamOptimized VMDK.
     let listing = run(Command::new("tar").arg("tf").arg(&out));
     let names: Vec<&str> = listing.lines().collect();
-    assert!(names[0].ends_with(".ovf") && names[1].ends_with(".mf"), "{names:?}");
-    let plan = a.json(&["vm", "import", out.to_str().unwrap(), "--name", "app2", "--dry-run"]);
+    assert!(
+        names[0].ends_with(".ovf") && names[1].ends_with(".mf"),
+        "{names:?}"
+    );
+    let plan = a.json(&[
+        "vm",
+        "import",
+        out.to_str().unwrap(),
+        "--name",
+        "app2",
+        "--dry-run",
+    ]);
     assert_eq!(plan["format"], "ova");
     a.ok(&["vm", "import", out.to_str().unwrap(), "--name", "app2"]);
     let (src, dst) = (a.vm("app"), a.vm("app2"));
@@ -190,7 +224,8 @@ fn xva_writer() -> PathBuf {
     let dir = std::env::var_os("CORRAL_XVA_WRITER_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/corral/xva-writer")
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/corral/xva-writer")
         });
     if !dir.join("node_modules/@xen-orchestra/xva").exists() {
         std::fs::create_dir_all(&dir).unwrap();
@@ -223,7 +258,10 @@ fn xva_from_an_independent_writer_imports_and_boots() {
         .arg(&xva)
         .arg(opts.to_string()));
     let zst = dir.path().join("xo.xva.zst");
-    run(Command::new("zstd").args(["-q", "-f", "-o"]).arg(&zst).arg(&xva));
+    run(Command::new("zstd")
+        .args(["-q", "-f", "-o"])
+        .arg(&zst)
+        .arg(&xva));
     let plan = a.json(&["vm", "import", zst.to_str().unwrap(), "--dry-run"]);
     assert_eq!(plan["format"], "xva");
     assert!(
@@ -286,7 +324,11 @@ fn broken_and_malicious_uploads_leave_no_vm_and_no_files() {
         std::fs::write(&p, &data).unwrap();
         let err = a.fails(&["vm", "import", p.to_str().unwrap(), "--name", "evil"]);
         assert!(err.contains(expect), "{what}: {err}");
-        assert_eq!(a.json(&["vm", "list"]).as_array().unwrap().len(), vms_before, "{what}");
+        assert_eq!(
+            a.json(&["vm", "list"]).as_array().unwrap().len(),
+            vms_before,
+            "{what}"
+        );
         assert_eq!(files(&a), files_before, "{what}: nothing left behind");
     }
     // The agent still imports a good archive afterwards.
@@ -310,8 +352,24 @@ fn task_ms(a: &TestAgent, vm: &str, op: &str) -> u64 {
 fn linked_clones_are_instant_independent_and_survive_their_source() {
     let a = TestAgent::start();
     // Same time whatever the disk size.
-    a.ok(&["vm", "create", "--name", "small", "--disk", "1G", "--no-nics"]);
-    a.ok(&["vm", "create", "--name", "big", "--disk", "100G", "--no-nics"]);
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "small",
+        "--disk",
+        "1G",
+        "--no-nics",
+    ]);
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "big",
+        "--disk",
+        "100G",
+        "--no-nics",
+    ]);
     let mut times = Vec::new();
     for (src, dst) in [("small", "small-c"), ("big", "big-c")] {
         let t = Instant::now();
@@ -320,7 +378,10 @@ fn linked_clones_are_instant_independent_and_survive_their_source() {
     }
     eprintln!("clone 1 GiB: {:?}, 100 GiB: {:?}", times[0], times[1]);
     assert!(times[1].1 <= times[0].1 + 20, "agent time {times:?}");
-    assert!(times[1].0 < times[0].0 * 3 + Duration::from_millis(100), "{times:?}");
+    assert!(
+        times[1].0 < times[0].0 * 3 + Duration::from_millis(100),
+        "{times:?}"
+    );
     assert_eq!(a.vm("big-c")["disks"][0]["size_bytes"], 100u64 << 30);
 
     // The source gets its own overlay: neither writes into the shared base.
@@ -337,19 +398,27 @@ fn linked_clones_are_instant_independent_and_survive_their_source() {
         info["backing-filename"].as_str().unwrap_or("").to_string()
     };
     let base = backing(&disk_path(&src, 0));
-    assert!(base.contains("/bases/"), "source is an overlay on a base: {base}");
+    assert!(
+        base.contains("/bases/"),
+        "source is an overlay on a base: {base}"
+    );
     assert_eq!(backing(&disk_path(&dup, 0)), base, "clone shares the base");
     assert_ne!(src["nics"][0]["mac"], dup["nics"][0]["mac"]);
     images_identical(&guest().disk_qcow2, &disk_path(&dup, 0));
 
     // Deleting the source is safe: the clone keeps the base and boots.
     a.ok(&["vm", "delete", "src"]);
-    assert!(Path::new(&base).exists(), "the base stays while the clone uses it");
+    assert!(
+        Path::new(&base).exists(),
+        "the base stays while the clone uses it"
+    );
     boots_from_disk(&a, "dup");
     a.ok(&["vm", "delete", "dup"]);
-    wait_until(Duration::from_secs(10), "the unused base to be removed", || {
-        !Path::new(&base).exists()
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the unused base to be removed",
+        || !Path::new(&base).exists(),
+    );
 }
 
 #[test]
@@ -362,10 +431,23 @@ fn templates_refuse_to_start_and_create_vms_from_clones_and_copies() {
     let err = a.fails(&["vm", "start", "golden"]);
     assert!(err.contains("template"), "{err}");
 
-    a.ok(&["vm", "create", "--template", "golden", "--name", "w1", "--memory", "256M"]);
+    a.ok(&[
+        "vm",
+        "create",
+        "--template",
+        "golden",
+        "--name",
+        "w1",
+        "--memory",
+        "256M",
+    ]);
     let w1 = a.vm("w1");
     assert_eq!(w1["is_template"], false);
-    assert_eq!(w1["memory_bytes"], 256u64 << 20, "request overrides the template");
+    assert_eq!(
+        w1["memory_bytes"],
+        256u64 << 20,
+        "request overrides the template"
+    );
     assert_eq!(w1["vcpus"], t["vcpus"]);
     assert_eq!(w1["description"], t["description"]);
     assert_eq!(w1["template"], "golden");

@@ -712,7 +712,13 @@ impl Actor {
         if !keep_disks {
             // Bases (template disks, disks shared by linked clones) go when nothing uses
             // them any more: `gc_bases` below.
-            for d in self.rec.spec.disks.iter().filter(|d| !crate::clone::is_base(&d.path)) {
+            for d in self
+                .rec
+                .spec
+                .disks
+                .iter()
+                .filter(|d| !crate::clone::is_base(&d.path))
+            {
                 corral_storage::remove_volume(&d.path)
                     .await
                     .map_err(|e| ApiError::internal(error_chain(&e)))?;

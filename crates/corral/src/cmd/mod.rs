@@ -6,5 +6,5 @@ pub mod measure;
 pub mod misc;
 pub mod plan;
 pub mod serve;
-pub mod vm;
 pub mod transfer;
+pub mod vm;

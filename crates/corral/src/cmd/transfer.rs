@@ -86,7 +86,10 @@ fn partial_path(out: &Path) -> PathBuf {
 
 pub async fn export(c: &Client, a: ExportArgs, json: bool) -> anyhow::Result<()> {
     if a.output.exists() {
-        bail!("{} already exists; remove it or choose another file", a.output.display());
+        bail!(
+            "{} already exists; remove it or choose another file",
+            a.output.display()
+        );
     }
     let partial = partial_path(&a.output);
     let q = ExportQuery {
@@ -148,8 +151,13 @@ pub async fn export(c: &Client, a: ExportArgs, json: bool) -> anyhow::Result<()>
             }
         },
     };
-    std::fs::rename(&partial, &a.output)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), a.output.display()))?;
+    std::fs::rename(&partial, &a.output).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            partial.display(),
+            a.output.display()
+        )
+    })?;
     let secs = started.elapsed().as_secs_f64();
     if json {
         output::json(&serde_json::json!({
@@ -219,7 +227,8 @@ fn ovf_descriptor(path: &Path) -> anyhow::Result<Option<PathBuf>> {
         };
     }
     let mut head = [0u8; 4096];
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut n = 0;
     while n < head.len() {
         match f.read(&mut head[n..])? {
@@ -236,12 +245,16 @@ fn ovf_descriptor(path: &Path) -> anyhow::Result<Option<PathBuf>> {
 /// Tar an OVF package as an OVA into `out`: descriptor, manifest, referenced files.
 fn tar_ovf_package(desc: &Path, out: ChanWriter) -> anyhow::Result<()> {
     let dir = desc.parent().unwrap_or(Path::new("."));
-    let xml = std::fs::read_to_string(desc)
-        .with_context(|| format!("cannot read {}", desc.display()))?;
+    let xml =
+        std::fs::read_to_string(desc).with_context(|| format!("cannot read {}", desc.display()))?;
     let plan = corral_archive::ova::parse_ovf(xml.trim_start_matches('\u{feff}'))
         .with_context(|| format!("{} is not a valid OVF descriptor", desc.display()))?;
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name_of = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
     files.push((name_of(desc), desc.to_path_buf()));
     let mf = desc.with_extension("mf");
     if mf.is_file() {
@@ -249,8 +262,15 @@ fn tar_ovf_package(desc: &Path, out: ChanWriter) -> anyhow::Result<()> {
     }
     for f in &plan.files {
         let rel = Path::new(&f.href);
-        if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            bail!("the descriptor references {:?}, which is not a file inside the package", f.href);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "the descriptor references {:?}, which is not a file inside the package",
+                f.href
+            );
         }
         files.push((f.href.clone(), dir.join(rel)));
     }
@@ -288,12 +308,20 @@ pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()>
     if a.dry_run {
         return print_outcome(plan, json);
     }
-    let q = ImportQuery { dry_run: false, ..q };
+    let q = ImportQuery {
+        dry_run: false,
+        ..q
+    };
     let done = upload(c, &file, &q, json).await?;
     print_outcome(done, json)
 }
 
-async fn upload(c: &Client, file: &Path, q: &ImportQuery, quiet: bool) -> anyhow::Result<ImportOutcome> {
+async fn upload(
+    c: &Client,
+    file: &Path,
+    q: &ImportQuery,
+    quiet: bool,
+) -> anyhow::Result<ImportOutcome> {
     let cap = if q.dry_run { DRY_RUN_BYTES } else { u64::MAX };
     let desc = ovf_descriptor(file)?;
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
@@ -397,7 +425,11 @@ fn print_outcome(answer: ImportOutcome, json: bool) -> anyhow::Result<()> {
                     "imported {} ({}){}",
                     ans.vm.name,
                     ans.vm.id,
-                    if ans.vm.is_template { " as a template" } else { "" }
+                    if ans.vm.is_template {
+                        " as a template"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
@@ -426,7 +458,9 @@ fn print_plan(p: &ImportPlan) {
                 vec![
                     d.device.clone(),
                     format_size(d.virtual_size_bytes),
-                    d.allocated_bytes.map(format_size).unwrap_or_else(|| "-".into()),
+                    d.allocated_bytes
+                        .map(format_size)
+                        .unwrap_or_else(|| "-".into()),
                     format!("{:?}", d.bus).to_lowercase(),
                     d.format.as_str().into(),
                 ]

@@ -385,9 +385,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         VmCommand::Export(a) => transfer::export(c, a, json).await?,
         VmCommand::Import(a) => transfer::import(c, a, json).await?,
         VmCommand::Clone { source, name } => transfer::clone(c, &source, &name, json).await?,
-        VmCommand::Copy { source, name, sr } => {
-            transfer::copy(c, &source, &name, sr, json).await?
-        }
+        VmCommand::Copy { source, name, sr } => transfer::copy(c, &source, &name, sr, json).await?,
         VmCommand::ConvertToTemplate { name } => {
             transfer::convert_to_template(c, &name, json).await?
         }
