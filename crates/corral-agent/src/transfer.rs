@@ -630,7 +630,7 @@ impl Agent {
         tokio::task::spawn_blocking(move || {
             let fail_tx = tx.clone();
             let r = std::fs::create_dir_all(&scratch)
-                .map_err(|e| ArchiveError::WriteArchive(e))
+                .map_err(ArchiveError::WriteArchive)
                 .and_then(|_| write_export(&spec, &q, level, &scratch, tx, &task));
             let _ = std::fs::remove_dir_all(&scratch);
             drop(lease);

@@ -14,7 +14,6 @@ const POLL: Duration = Duration::from_millis(250);
 
 /// Wait for task `id` to finish, showing its progress unless `quiet`. Returns the finished task
 /// when it succeeded, the task's error when it failed or was cancelled.
-
 pub async fn follow_task(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Task> {
     let task = watch_task(c, id, quiet).await?;
     match task.state {

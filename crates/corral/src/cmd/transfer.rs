@@ -329,7 +329,7 @@ async fn upload(
     let (length, bar) = match &desc {
         Some(_) => (None, None),
         None => {
-            let len = std::fs::metadata(&file)
+            let len = std::fs::metadata(file)
                 .with_context(|| format!("cannot open {}", file.display()))?
                 .len()
                 .min(cap);
