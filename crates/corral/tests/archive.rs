@@ -471,3 +471,61 @@ fn templates_refuse_to_start_and_create_vms_from_clones_and_copies() {
         !disk_path(&t, 0).exists()
     });
 }
+
+#[test]
+fn interrupted_export_leaves_no_file_and_cancels_the_task() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Incompressible data, so the export takes long enough to interrupt.
+    let raw = dir.path().join("rnd.raw");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 400M /dev/urandom > {}", raw.display())));
+    let from = format!(",from={},format=raw", raw.display());
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "rnd",
+        "--disk",
+        &from,
+        "--no-nics",
+    ]);
+    let out = dir.path().join("rnd.corral");
+    let mut child = Command::new(corral_bin())
+        .arg("--connect")
+        .arg(&a.socket)
+        .args(["vm", "export", "rnd", "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = dir.path().join("rnd.corral.partial");
+    wait_until(
+        Duration::from_secs(20),
+        "the export to start writing",
+        || std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0),
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    assert!(!out.exists() && !partial.exists(), "nothing left on Ctrl-C");
+    wait_until(
+        Duration::from_secs(20),
+        "the export task to be cancelled",
+        || {
+            a.json(&["vm", "history", "rnd"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["operation"] == "vm.export" && t["state"] == "cancelled")
+        },
+    );
+    assert!(files(&a).0.is_empty(), "the export's scratch space is gone");
+    // The lease went with the task: the VM can be deleted.
+    a.ok(&["vm", "delete", "rnd"]);
+}
