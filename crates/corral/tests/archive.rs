@@ -492,7 +492,7 @@ fn interrupted_export_leaves_no_file_and_cancels_the_task() {
         "--no-nics",
     ]);
     let out = dir.path().join("rnd.corral");
-    let mut child = Command::new(corral_bin())
+    let child = Command::new(corral_bin())
         .arg("--connect")
         .arg(&a.socket)
         .args(["vm", "export", "rnd", "-o"])
