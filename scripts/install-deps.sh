@@ -20,7 +20,29 @@ for p in "${want[@]}"; do
 done
 # qemu-img must be the one matching qemu-system (7.2), see above.
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+# The XVA import test drives an independent writer (@xen-orchestra/xva) with node.
+if [[ "${1:-}" == "--test" ]]; then
+  command -v node >/dev/null || missing+=(nodejs)
+  command -v npm >/dev/null || missing+=(npm)
+fi
+
+install_xva_writer() {
+  # Into a cache dir, from the lock file in the tree (npm registry only).
+  local src dir
+  src="$(cd "$(dirname "$0")/.." && pwd)/crates/corral-archive/tests/xva-writer"
+  dir="${CORRAL_XVA_WRITER_DIR:-$HOME/.cache/corral/xva-writer}"
+  mkdir -p "$dir"
+  cp "$src/package.json" "$src/package-lock.json" "$src/write-xva.mjs" "$dir/"
+  if [[ ! -d "$dir/node_modules/@xen-orchestra/xva" ]]; then
+    echo "corral: installing the XVA test writer into $dir" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  [[ "${1:-}" == "--test" ]] && install_xva_writer
+  exit 0
+fi
 
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
@@ -31,3 +53,5 @@ if printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86; then
   $SUDO apt-get install -y -qq qemu-system-x86 >/dev/null
 fi
 $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+[[ "${1:-}" == "--test" ]] && install_xva_writer
+exit 0

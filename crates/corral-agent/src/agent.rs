@@ -78,6 +78,7 @@ impl Agent {
             SqliteStore::open(&layout.db())
                 .map_err(|e| internal("cannot open state", error_chain(&e)))?,
         );
+        crate::transfer::clean_staging(&layout.staging());
         let events = Arc::new(EventBus::default());
         let tasks = Tasks::new(store.clone(), events.clone());
         tasks.recover();
@@ -122,6 +123,7 @@ impl Agent {
         agent.ensure_default_sr()?;
         agent.load_vms().await?;
         agent.resume_installs();
+        crate::clone::gc_bases(agent.clone()).await;
         if agent.config.autostart {
             agent.autostart().await;
         }
@@ -299,6 +301,16 @@ impl Agent {
         req: VmCreateRequest,
     ) -> Result<(VmInfo, String), ApiError> {
         validate_name("VM", &req.name).map_err(ApiError::invalid)?;
+        if let Some(t) = &req.template {
+            // A template VM (rather than an OS template) gives clones of its disks.
+            if self
+                .registry()
+                .find(t)
+                .is_some_and(|h| h.info().is_template)
+            {
+                return self.create_from_template_vm(req).await;
+            }
+        }
         let task = self.tasks.start("vm.create", None);
         let task_id = task.id.clone();
         self.registry_mut()

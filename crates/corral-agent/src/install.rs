@@ -84,6 +84,15 @@ impl Agent {
     /// Returns the task id; the VM appears when the installer is about to boot.
     pub async fn install_vm(self: &Arc<Self>, req: VmInstallRequest) -> Result<String, ApiError> {
         validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
+        if let Some(t) = &req.vm.template {
+            if self
+                .registry()
+                .find(t)
+                .is_some_and(|h| h.info().is_template)
+            {
+                return self.install_from_template_vm(req).await;
+            }
+        }
         let prepared = self.prepare_install(req)?;
         let name = prepared.spec.name.clone();
         self.registry_mut().reserve(&name)?;
@@ -98,6 +107,29 @@ impl Agent {
             }
         });
         Ok(task_id)
+    }
+
+    /// `vm install --template T` where T is a template VM (`vm convert-to-template`): the
+    /// installed system is T's, so the VM is a linked clone of it, started at once.
+    async fn install_from_template_vm(
+        self: &Arc<Self>,
+        req: VmInstallRequest,
+    ) -> Result<String, ApiError> {
+        if req.source.is_some()
+            || req.unattended.is_some()
+            || req.cloud_init.is_some()
+            || req.extra_args.is_some()
+        {
+            return Err(invalid(format!(
+                "{:?} is a template VM: installing from it clones its installed system, so it \
+                 takes no install source, answer file or installer arguments",
+                req.vm.template.as_deref().unwrap_or_default()
+            )));
+        }
+        let mut create = req.vm;
+        create.start = true;
+        let (_, task) = self.create_from_template_vm(create).await?;
+        Ok(task)
     }
 
     /// Every check that needs no network; nothing is written.
@@ -139,6 +171,12 @@ impl Agent {
         check_kernel_args(&extra_args)?;
 
         let first_nic_bridged = self.first_nic_is_bridged(&create, template.as_ref())?;
+        let source = source.ok_or_else(|| {
+            invalid(
+                "give one install source: --location URL, --cdrom ISO, --pxe or --disk-import \
+                 IMAGE (or --template NAME of a template VM)",
+            )
+        })?;
         let (plan, method) = match source {
             InstallSource::Location { location } => {
                 let loc = parse_location(&location)?;

@@ -12,6 +12,7 @@
 pub mod advice;
 pub mod cgroup;
 mod clock;
+pub mod clone;
 pub mod config;
 pub mod events;
 pub mod host;
@@ -21,6 +22,7 @@ mod registry;
 pub mod stats;
 pub mod tasks;
 pub mod templates;
+pub mod transfer;
 pub mod vm;
 
 mod agent;

@@ -8,6 +8,7 @@
 //! (`Upgrade: corral-console`) spliced to the VM's console socket; events are NDJSON.
 
 mod routes;
+mod transfer;
 
 pub use routes::router;
 

@@ -81,6 +81,17 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/history", get(vm_history))
         .route("/v1/vms/{name}/stats", get(vm_stats))
         .route("/v1/vms/{name}/recommend-host", get(vm_recommend_host))
+        .route("/v1/vms/{name}/export", get(crate::transfer::export_vm))
+        .route(
+            "/v1/vms/import",
+            axum::routing::put(crate::transfer::import_vm),
+        )
+        .route("/v1/vms/{name}/clone", post(crate::transfer::clone_vm))
+        .route("/v1/vms/{name}/copy", post(crate::transfer::copy_vm))
+        .route(
+            "/v1/vms/{name}/convert-to-template",
+            post(crate::transfer::convert_to_template),
+        )
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/vms/{name}/console/log", get(console_log))
         .route("/v1/srs", get(list_srs).post(create_sr))

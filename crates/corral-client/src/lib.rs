@@ -40,6 +40,9 @@ impl ClientError {
     }
 }
 
+mod transfer;
+pub use transfer::{ChannelBody, Download, ImportOutcome};
+
 type Result<T> = std::result::Result<T, ClientError>;
 
 /// Answer of operations that ran as a task on a VM.

@@ -125,7 +125,10 @@ pub enum DeviceModel {
 pub struct VmInstallRequest {
     /// The VM to create; the template fills in what is absent.
     pub vm: VmCreateRequest,
-    pub source: InstallSource,
+    /// Where the installer comes from. Absent only when `vm.template` names a template VM:
+    /// its installed system is cloned instead.
+    #[serde(default)]
+    pub source: Option<InstallSource>,
     /// Added to the installer's kernel command line.
     #[serde(default)]
     pub extra_args: Option<String>,

@@ -13,6 +13,7 @@ pub mod host;
 pub mod size;
 pub mod stats;
 pub mod task;
+pub mod transfer;
 pub mod validate;
 pub mod vm;
 

@@ -14,3 +14,5 @@ pub use volume::{
     create_volume, fs_space, import_volume, remove_volume, volume_file_name, volume_info,
     VolumeError, VolumeInfo,
 };
+pub mod overlay;
+pub use overlay::{backing_chain, backing_file, create_overlay};

@@ -597,3 +597,41 @@ fn install_survives_an_agent_restart() {
     );
     assert!(a.vm("resumed")["install"].is_null());
 }
+
+/// `vm install --template T` where T is a template VM: a linked clone of its installed system,
+/// started; install sources make no sense there and are refused.
+#[test]
+fn install_from_a_template_vm() {
+    let a = TestAgent::start();
+    let g = guest();
+    let from = format!(",from={}", g.disk_qcow2.display());
+    a.ok(&[
+        "vm", "create", "--name", "golden", "--memory", "192M", "--disk", &from,
+    ]);
+    a.ok(&["vm", "convert-to-template", "golden"]);
+    let err = a.fails(&[
+        "vm",
+        "install",
+        "--template",
+        "golden",
+        "--name",
+        "x",
+        "--location",
+        "http://h/",
+    ]);
+    assert!(err.contains("template VM"), "{err}");
+    a.ok(&[
+        "vm",
+        "install",
+        "--template",
+        "golden",
+        "--name",
+        "from-golden",
+    ]);
+    a.wait_console("from-golden", MARKER, 1, BOOT);
+    assert!(a
+        .console_log("from-golden")
+        .contains("CORRAL-BOOT-SOURCE=disk"));
+    let vm = a.vm("from-golden");
+    assert_ne!(vm["disks"][0]["path"], a.vm("golden")["disks"][0]["path"]);
+}

@@ -39,6 +39,7 @@ struct Actor {
     info: Arc<RwLock<VmInfo>>,
     pending: Vec<PendingShutdown>,
     deleted: bool,
+    leases: Vec<std::sync::Weak<super::Lease>>,
 }
 
 /// Load a VM: re-attach to its QEMU if one is running, then start its actor.
@@ -52,6 +53,7 @@ pub(crate) async fn spawn(agent: Arc<Agent>, rec: VmRecord, rev: u64) -> VmHandl
         info: info.clone(),
         pending: Vec::new(),
         deleted: false,
+        leases: Vec::new(),
     };
     actor.recover().await;
     let (tx, rx) = mpsc::channel(64);
@@ -201,18 +203,70 @@ impl Actor {
             }
             return;
         }
+        // Leases and freezes are steps of a larger task that the caller finishes.
+        let step = matches!(op, Op::Lease(_) | Op::Freeze(_));
         let result = self.apply(op, &task).await;
-        task.complete(&result);
+        match (&result, step) {
+            (Ok(()), true) => {}
+            _ => task.complete(&result),
+        }
         let _ = reply.send(result);
     }
 
     async fn apply(&mut self, op: Op, task: &TaskHandle) -> Result<(), ApiError> {
         let state = self.rec.power_state;
         match op {
-            Op::Action(action, _) => self.action(action, task).await,
+            Op::Action(action, _) => {
+                if action == VmAction::Start {
+                    self.require_free("start")?;
+                }
+                self.action(action, task).await
+            }
+            Op::Lease(lease) => {
+                self.require_halted(lease.verb)?;
+                self.leases.push(Arc::downgrade(&lease));
+                Ok(())
+            }
+            Op::Freeze(answer) => {
+                self.require_halted("clone")?;
+                self.require_free("clone")?;
+                let mut spec = self.rec.spec.clone();
+                let (frozen, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, true)?;
+                let old = std::mem::replace(&mut self.rec.spec, spec);
+                if let Err(e) = self.persist() {
+                    self.rec.spec = old;
+                    crate::clone::unfreeze(undo);
+                    return Err(e);
+                }
+                let _ = answer.send(frozen);
+                self.changed();
+                Ok(())
+            }
+            Op::ConvertToTemplate => {
+                self.require_halted("convert to a template")?;
+                self.require_free("convert to a template")?;
+                if self.rec.spec.is_template {
+                    return Err(ApiError::new(
+                        ErrorKind::InvalidState,
+                        format!("VM {:?} is already a template", self.name()),
+                    ));
+                }
+                let mut spec = self.rec.spec.clone();
+                let (_, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, false)?;
+                spec.is_template = true;
+                let old = std::mem::replace(&mut self.rec.spec, spec);
+                if let Err(e) = self.persist() {
+                    self.rec.spec = old;
+                    crate::clone::unfreeze(undo);
+                    return Err(e);
+                }
+                self.changed();
+                Ok(())
+            }
             Op::Update(req) => self.update(req).await,
             Op::DiskAdd(req) => {
                 self.require_halted("add a disk to")?;
+                self.require_free("add a disk to")?;
                 if self.rec.spec.disks.len() >= MAX_DISKS {
                     return Err(ApiError::invalid(format!(
                         "VM already has the maximum of {MAX_DISKS} disks"
@@ -245,6 +299,7 @@ impl Actor {
             }
             Op::DiskRemove(device) => {
                 self.require_halted("remove a disk from")?;
+                self.require_free("remove a disk from")?;
                 let idx = self
                     .rec
                     .spec
@@ -256,9 +311,12 @@ impl Actor {
                     })?;
                 let disk = self.rec.spec.disks.remove(idx);
                 self.persist()?;
-                corral_storage::remove_volume(&disk.path)
-                    .await
-                    .map_err(|e| ApiError::internal(error_chain(&e)))?;
+                if !crate::clone::is_base(&disk.path) {
+                    corral_storage::remove_volume(&disk.path)
+                        .await
+                        .map_err(|e| ApiError::internal(error_chain(&e)))?;
+                }
+                tokio::spawn(crate::clone::gc_bases(self.agent.clone()));
                 self.changed();
                 Ok(())
             }
@@ -353,6 +411,7 @@ impl Actor {
                 Ok(())
             }
             Op::Delete(req) => {
+                self.require_free("delete")?;
                 if state != PowerState::Halted {
                     if !req.force {
                         return Err(ApiError::new(
@@ -378,6 +437,22 @@ impl Actor {
             vm: self.rec.spec.name.clone(),
             id: self.rec.id.clone(),
         });
+    }
+
+    /// Refuse changes to the disks while an export or copy reads them.
+    fn require_free(&mut self, what: &str) -> Result<(), ApiError> {
+        self.leases.retain(|l| l.strong_count() > 0);
+        match self.leases.iter().find_map(|l| l.upgrade()) {
+            Some(l) => Err(ApiError::new(
+                ErrorKind::Busy,
+                format!(
+                    "cannot {what} VM {:?}: it is being {} (wait for that task or cancel it)",
+                    self.name(),
+                    l.what
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn require_halted(&self, what: &str) -> Result<(), ApiError> {
@@ -678,7 +753,15 @@ impl Actor {
 
     async fn delete(&mut self, keep_disks: bool) -> Result<(), ApiError> {
         if !keep_disks {
-            for d in &self.rec.spec.disks {
+            // Bases (template disks, disks shared by linked clones) go when nothing uses
+            // them any more: `gc_bases` below.
+            for d in self
+                .rec
+                .spec
+                .disks
+                .iter()
+                .filter(|d| !crate::clone::is_base(&d.path))
+            {
                 corral_storage::remove_volume(&d.path)
                     .await
                     .map_err(|e| ApiError::internal(error_chain(&e)))?;
@@ -704,6 +787,7 @@ impl Actor {
             id: self.rec.id.clone(),
         });
         self.deleted = true;
+        tokio::spawn(crate::clone::gc_bases(self.agent.clone()));
         Ok(())
     }
 }

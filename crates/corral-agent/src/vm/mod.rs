@@ -30,6 +30,14 @@ pub enum Op {
     /// Read the counters only the actor can reach (QMP block statistics, tap names); answers
     /// `None` when the VM is not running. Changes nothing.
     Counters(oneshot::Sender<Option<RuntimeCounters>>),
+    /// Hold the halted VM's disks for reading (export, copy): while the lease lives, start,
+    /// delete, disk changes and clones are refused. Does not finish the caller's task.
+    Lease(Arc<Lease>),
+    /// Freeze the disks into read-only bases and give the VM overlays on them, for a linked
+    /// clone (`crate::clone`); answers the bases. Does not finish the caller's task.
+    Freeze(oneshot::Sender<Vec<crate::clone::FrozenDisk>>),
+    /// Make the VM a template: its disks become read-only bases.
+    ConvertToTemplate,
 }
 
 /// What the actor reports for the stats sampler (see `crate::stats`).
@@ -39,6 +47,15 @@ pub struct RuntimeCounters {
     pub taps: Vec<String>,
     /// Summed over every block device; `None` when QMP did not answer.
     pub block: Option<crate::stats::BlockCounters>,
+}
+
+/// A read hold on a VM's disks; released when the last clone of the `Arc` is dropped.
+#[derive(Debug)]
+pub struct Lease {
+    /// What holds the VM: "export", "copy".
+    pub verb: &'static str,
+    /// The same as a past participle: "exported", "copied".
+    pub what: &'static str,
 }
 
 pub(crate) struct Command {

@@ -70,7 +70,7 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
     let mut x = String::new();
     let name = xml_escape(&spec.name);
     x.push_str(r#"<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ovf:version="1.0">
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:corral="urn:corral:ovf:1" ovf:version="1.0">
   <References>
 "#);
     for (i, d) in disks.iter().enumerate() {
@@ -118,7 +118,7 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
         id += 1;
         id - 1
     };
-    item(&mut x, format!("        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>\n        <rasd:Description>Number of virtual CPUs</rasd:Description>\n        <rasd:ElementName>{} virtual CPU(s)</rasd:ElementName>\n        <rasd:ResourceType>3</rasd:ResourceType>\n        <rasd:VirtualQuantity>{}</rasd:VirtualQuantity>\n", spec.vcpus, spec.vcpus));
+    item(&mut x, format!("        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>\n        <rasd:Description>Number of virtual CPUs</rasd:Description>\n        <rasd:ElementName>{} virtual CPU(s)</rasd:ElementName>\n        <rasd:ResourceType>3</rasd:ResourceType>\n        <rasd:VirtualQuantity>{}</rasd:VirtualQuantity>\n        <rasd:Weight>{}</rasd:Weight>\n", spec.vcpus, spec.vcpus, spec.cpu_weight));
     item(&mut x, format!("        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>\n        <rasd:Description>Memory size</rasd:Description>\n        <rasd:ElementName>{} MB of memory</rasd:ElementName>\n        <rasd:ResourceType>4</rasd:ResourceType>\n        <rasd:VirtualQuantity>{}</rasd:VirtualQuantity>\n", spec.memory_bytes >> 20, spec.memory_bytes >> 20));
     let need =
         |b: DiskBus| disks.iter().any(|d| d.bus == b) || spec.cdroms.iter().any(|c| c.bus == b);
@@ -173,7 +173,13 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
             "      <vmw:Config ovf:required=\"false\" vmw:key=\"firmware\" vmw:value=\"efi\"/>\n",
         );
     }
-    x.push_str("    </VirtualHardwareSection>\n  </VirtualSystem>\n</Envelope>\n");
+    x.push_str("    </VirtualHardwareSection>\n");
+    // Settings OVF has no element for, in a section other tools may ignore (DSP0243 9.1).
+    x.push_str(&format!(
+        "    <corral:SettingsSection ovf:required=\"false\">\n      <Info>corral settings</Info>\n      <corral:Autostart>{}</corral:Autostart>\n    </corral:SettingsSection>\n",
+        spec.autostart
+    ));
+    x.push_str("  </VirtualSystem>\n</Envelope>\n");
     x
 }
 
@@ -447,6 +453,15 @@ pub fn plan_ovf(path: &Path, limits: &Limits) -> Result<OvfPlan, ArchiveError> {
             )?)?
         }
     };
+    parse_ovf(&xml)
+}
+
+/// Parse the descriptor at the head of an OVA stream without reading further: the
+/// `--dry-run` plan of an upload.
+pub fn plan_ova<R: Read>(input: R, limits: &Limits) -> Result<OvfPlan, ArchiveError> {
+    let mut ar = tar::Archive::new(GuardedTar::new(input));
+    let mut entries = ar.entries().map_err(ArchiveError::read)?;
+    let xml = ova_descriptor(&mut entries, limits)?.1;
     parse_ovf(&xml)
 }
 

@@ -346,6 +346,7 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         .ok_or_else(|| ArchiveError::InvalidOvf("no VirtualHardwareSection".into()))?;
 
     let mut vcpus: Option<u32> = None;
+    let mut cpu_weight = CPU_WEIGHT_NORMAL;
     let mut memory: Option<u64> = None;
     let mut firmware = Firmware::Bios;
     // controller InstanceID -> bus
@@ -425,6 +426,12 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
                     warnings.push(format!("{q} vCPUs is outside 1..{MAX_VCPUS}; using {n}"));
                 }
                 vcpus = Some(n);
+                // CIM's relative weight; corral writes its Xen-style weight here.
+                if let Some(w) = child_text(it, "Weight").and_then(|w| w.parse::<u32>().ok()) {
+                    if (1..=65535).contains(&w) {
+                        cpu_weight = w;
+                    }
+                }
             }
             4 => {
                 let q = child_text(it, "VirtualQuantity")
@@ -631,8 +638,12 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         description,
         vcpus,
         memory_bytes,
-        autostart: false,
-        cpu_weight: CPU_WEIGHT_NORMAL,
+        autostart: vs
+            .descendants()
+            .find(|c| c.is_element() && local(c) == "Autostart")
+            .and_then(|c| c.text())
+            .is_some_and(|t| t.trim() == "true"),
+        cpu_weight,
         firmware,
         disks: disks
             .iter()

@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
     --pxe                 network boot: on the default network with --boot-server DIR (boot.ipxe \
     or pxelinux.0) or --location URL (the agent serves the tree's kernel and initrd); on a \
     bridged network the LAN's boot server answers.\n  \
-    --disk-import IMAGE   a cloud image as the first disk, optionally seeded with --cloud-init.\n\n\
+    --disk-import IMAGE   a cloud image as the first disk, optionally seeded with --cloud-init.\n\
+    With --template NAME of a template VM (`corral vm convert-to-template`) no source is needed: \
+    the new VM is a linked clone of its installed system.\n\n\
     The installer's own reboot (or power-off) ends the install; the VM then boots from its \
     disk. A failure before the installer boots leaves no VM; after it (timeout, cancel), the \
     VM is left halted so `corral vm console NAME --log` shows the installer's last screen.\n\n\
@@ -133,17 +135,19 @@ fn absolute_location(loc: String) -> String {
 
 pub fn install_request(a: InstallArgs) -> anyhow::Result<VmInstallRequest> {
     let source = match (a.location, a.cdrom, a.pxe, a.disk_import) {
-        (location, None, true, None) => InstallSource::Pxe {
+        // Only a template VM needs no source; the agent says so otherwise.
+        (None, None, false, None) => None,
+        (location, None, true, None) => Some(InstallSource::Pxe {
             boot_server: a.boot_server.map(abs_file),
             location: location.map(absolute_location),
-        },
-        (Some(location), None, false, None) => InstallSource::Location {
+        }),
+        (Some(location), None, false, None) => Some(InstallSource::Location {
             location: absolute_location(location),
-        },
-        (None, Some(iso), false, None) => InstallSource::Cdrom { iso: abs(iso) },
-        (None, None, false, Some(image)) => InstallSource::DiskImport {
+        }),
+        (None, Some(iso), false, None) => Some(InstallSource::Cdrom { iso: abs(iso) }),
+        (None, None, false, Some(image)) => Some(InstallSource::DiskImport {
             image: abs_file(image),
-        },
+        }),
         _ => bail!(
             "give one install source: --location URL, --cdrom ISO, --pxe or --disk-import IMAGE \
              (see `corral vm install --help`)"

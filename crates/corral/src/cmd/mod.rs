@@ -8,4 +8,5 @@ pub mod misc;
 pub mod plan;
 pub mod serve;
 pub mod stats;
+pub mod transfer;
 pub mod vm;

@@ -100,6 +100,22 @@ pub enum VmCommand {
     Stats { name: String },
     /// Rate the hosts 0-5 for this VM, with reasons (measured load, else its configuration).
     RecommendHost { name: String },
+    /// Export a halted VM to an archive file (corral or OVA), with progress.
+    Export(super::transfer::ExportArgs),
+    /// Import a VM from a corral archive, OVA, OVF package or XenServer XVA.
+    Import(super::transfer::ImportArgs),
+    /// Linked clone of a halted VM or template (copy-on-write, instant).
+    Clone { source: String, name: String },
+    /// Full, independent copy of a halted VM or template.
+    Copy {
+        source: String,
+        name: String,
+        /// Storage repository for the copy's disks.
+        #[arg(long)]
+        sr: Option<String>,
+    },
+    /// Make a halted VM a template: it can no longer start; create VMs from it.
+    ConvertToTemplate { name: String },
 }
 
 #[derive(clap::Args)]
@@ -409,6 +425,7 @@ pub fn settings_request(a: SettingsArgs) -> anyhow::Result<VmCreateRequest> {
 }
 
 pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
+    use super::transfer;
     match cmd {
         VmCommand::Install(a) => crate::cmd::install::run(c, a, json).await?,
         VmCommand::Tools(ToolsCommand::Insert { name }) => {
@@ -425,6 +442,13 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 println!("inserted guest tools {media} into {name}'s CD drive");
             }
+        }
+        VmCommand::Export(a) => transfer::export(c, a, json).await?,
+        VmCommand::Import(a) => transfer::import(c, a, json).await?,
+        VmCommand::Clone { source, name } => transfer::clone(c, &source, &name, json).await?,
+        VmCommand::Copy { source, name, sr } => transfer::copy(c, &source, &name, sr, json).await?,
+        VmCommand::ConvertToTemplate { name } => {
+            transfer::convert_to_template(c, &name, json).await?
         }
         VmCommand::Create(a) => {
             let req = create_request(a)?;

@@ -1,0 +1,745 @@
+//! Linked clones, full copies, templates made from VMs, and creating VMs from them.
+//!
+//! Linked clones share data through qcow2 backing files, and a backing file must never be
+//! written again once something is layered on it. So a clone *freezes* the source first: the
+//! source VM's actor renames each of its volumes into the repository's `bases/` directory
+//! (read-only from then on) and gives the source a fresh empty overlay at its old volume path;
+//! the clone gets an overlay on the same base. Both then write only to their own overlays, so
+//! neither can corrupt the other, and deleting either one (the source included) is safe: a
+//! base is removed by [`gc_bases`] once no VM's backing chain names it. Overlays are written
+//! natively (`corral_storage::create_overlay`), so a clone takes the same time whatever the
+//! disk size.
+//!
+//! A template VM keeps its volumes *in* `bases/` (conversion moves them there without an
+//! overlay: a template never starts, so never writes), and VMs created from it
+//! ([`Agent::create_from_template_vm`], used by `vm create --template` and `vm install
+//! --template` when the name is a template VM) get overlays directly on its bases, so cloning a
+//! template repeatedly does not lengthen chains. A copy flattens the whole chain with
+//! `qemu-img convert` into independent volumes, as a task with progress.
+//!
+//! Request flow of a clone: validate and reserve the new name, take the bases lock (so the
+//! collector cannot run between freezing and recording the clone), `Op::Freeze` on the
+//! source's actor, write the overlays, record the VM, spawn its actor.
+
+use crate::agent::{random_mac, Agent};
+use crate::network::DEFAULT_NETWORK;
+use crate::tasks::TaskHandle;
+use crate::vm::{self, Lease, Op};
+use corral_model::api::*;
+use corral_model::event::Event;
+use corral_model::host::StorageRepository;
+use corral_model::transfer::CloneRequest;
+use corral_model::validate::*;
+use corral_model::*;
+use corral_store::Expect;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Held by whatever creates or removes references to bases, and by the collector.
+static BASES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Name of the directory of read-only bases inside a repository.
+pub const BASES_DIR: &str = "bases";
+
+/// A source disk after freezing: the base its clones are layered on.
+#[derive(Debug, Clone)]
+pub struct FrozenDisk {
+    /// The source disk (device, size, bus, repository) as it was.
+    pub disk: Disk,
+    pub base: PathBuf,
+    pub base_format: DiskFormat,
+}
+
+/// What to undo when recording a freeze fails: (base, original path, overlay created).
+pub(crate) type Undo = Vec<(PathBuf, PathBuf, Option<PathBuf>)>;
+
+/// Whether a volume is a base (lives in a repository's `bases/`).
+pub fn is_base(path: &Path) -> bool {
+    path.parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == BASES_DIR)
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("{what}: {e}"))
+}
+
+/// Move each disk of `spec` into its repository's `bases/`; with `overlay`, give the VM an
+/// empty qcow2 overlay on it (for a clone source), else point the disk at the base (for a
+/// template). Disks already in `bases/` are returned as they are.
+pub(crate) fn freeze_disks(
+    spec: &mut VmSpec,
+    vm_id: &str,
+    overlay: bool,
+) -> Result<(Vec<FrozenDisk>, Undo), ApiError> {
+    let mut frozen = Vec::new();
+    let mut undo: Undo = Vec::new();
+    for d in spec.disks.iter_mut() {
+        let before = d.clone();
+        if is_base(&d.path) {
+            frozen.push(FrozenDisk {
+                disk: before,
+                base: d.path.clone(),
+                base_format: d.format,
+            });
+            continue;
+        }
+        let step = (|| {
+            let sr_dir = d
+                .path
+                .parent()
+                .ok_or_else(|| ApiError::internal("volume path has no directory"))?;
+            let bases = sr_dir.join(BASES_DIR);
+            std::fs::create_dir_all(&bases)
+                .map_err(|e| io_err(&format!("cannot create {}", bases.display()), e))?;
+            let base = bases.join(format!("{}.{}", uuid::Uuid::new_v4(), d.format.as_str()));
+            std::fs::rename(&d.path, &base).map_err(|e| {
+                io_err(
+                    &format!("cannot move {} to {}", d.path.display(), base.display()),
+                    e,
+                )
+            })?;
+            let mut created = None;
+            if overlay {
+                let path = sr_dir.join(corral_storage::volume_file_name(
+                    vm_id,
+                    &d.device,
+                    DiskFormat::Qcow2,
+                ));
+                if let Err(e) = corral_storage::create_overlay(&path, &base, d.format, d.size_bytes)
+                {
+                    let _ = std::fs::rename(&base, &d.path);
+                    return Err(io_err(
+                        &format!("cannot create overlay {}", path.display()),
+                        e,
+                    ));
+                }
+                created = Some(path.clone());
+                d.path = path;
+                d.format = DiskFormat::Qcow2;
+            } else {
+                d.path = base.clone();
+            }
+            Ok((base, created))
+        })();
+        match step {
+            Ok((base, created)) => {
+                undo.push((base.clone(), before.path.clone(), created));
+                frozen.push(FrozenDisk {
+                    base_format: before.format,
+                    disk: before,
+                    base,
+                });
+            }
+            Err(e) => {
+                unfreeze(undo);
+                return Err(e);
+            }
+        }
+    }
+    Ok((frozen, undo))
+}
+
+/// Put volumes back where they were before a freeze.
+pub(crate) fn unfreeze(undo: Undo) {
+    for (base, original, overlay) in undo.into_iter().rev() {
+        if let Some(o) = overlay {
+            let _ = std::fs::remove_file(o);
+        }
+        let _ = std::fs::rename(base, original);
+    }
+}
+
+/// Remove bases no VM's backing chain names any more. Conservative: when any VM disk's chain
+/// cannot be read completely, nothing is removed.
+pub async fn gc_bases(agent: Arc<Agent>) {
+    let _guard = BASES.lock().await;
+    let mut used = std::collections::HashSet::new();
+    for info in agent.list_vms() {
+        for d in &info.disks {
+            let mut cur = d.path.clone();
+            for _ in 0..64 {
+                used.insert(cur.clone());
+                match corral_storage::backing_file(&cur) {
+                    Ok(Some(b)) => cur = b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(path = %cur.display(), error = %e,
+                            "cannot read a backing chain; leaving unused bases in place");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    let Ok(srs) = agent.list_srs() else { return };
+    for sr in srs {
+        let Ok(entries) = std::fs::read_dir(sr.path.join(BASES_DIR)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !used.contains(&p) && p.is_file() {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => tracing::info!(base = %p.display(), "removed unused base"),
+                    Err(e) => tracing::warn!(base = %p.display(), error = %e, "cannot remove base"),
+                }
+            }
+        }
+    }
+}
+
+/// The spec of a VM as its snapshot shows it.
+pub fn spec_of(i: &VmInfo) -> VmSpec {
+    VmSpec {
+        name: i.name.clone(),
+        description: i.description.clone(),
+        vcpus: i.vcpus,
+        memory_bytes: i.memory_bytes,
+        autostart: i.autostart,
+        cpu_weight: i.cpu_weight,
+        firmware: i.firmware,
+        disks: i.disks.clone(),
+        cdroms: i.cdroms.clone(),
+        nics: i.nics.clone(),
+        kernel_boot: i.kernel_boot.clone(),
+        boot_device: i.boot_device,
+        template: i.template.clone(),
+        is_template: i.is_template,
+        install: i.install.clone(),
+    }
+}
+
+impl Agent {
+    /// Record a new VM and start its actor; the name must be reserved by the caller.
+    pub(crate) async fn add_vm(self: &Arc<Self>, rec: VmRecord) -> Result<(), ApiError> {
+        let rev = self.put_json(&format!("vms/{}", rec.id), &rec, Expect::Absent)?;
+        let (name, id) = (rec.spec.name.clone(), rec.id.clone());
+        let handle = vm::actor::spawn(self.clone(), rec, rev).await;
+        self.registry_mut().insert(&name, handle);
+        self.events.publish(Event::VmCreated { vm: name, id });
+        Ok(())
+    }
+
+    /// Run `f` with `name` reserved as a task `operation`; releases the name on failure.
+    async fn with_new_name<F, Fut>(
+        self: &Arc<Self>,
+        name: &str,
+        operation: &str,
+        f: F,
+    ) -> Result<(VmInfo, String), ApiError>
+    where
+        F: FnOnce(TaskHandle) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ApiError>>,
+    {
+        validate_name("VM", name).map_err(ApiError::invalid)?;
+        self.registry_mut().reserve(name)?;
+        let task = self.tasks.start(operation, None);
+        let id = task.id.clone();
+        let result = f(task.clone()).await;
+        if result.is_err() {
+            self.registry_mut().release(name);
+        }
+        task.complete(&result);
+        result?;
+        Ok((self.vm(name)?.info(), id))
+    }
+
+    /// `vm clone SRC DST`: a linked clone of a halted VM (or a template).
+    pub async fn clone_vm(
+        self: &Arc<Self>,
+        source: &str,
+        req: CloneRequest,
+    ) -> Result<(VmInfo, String), ApiError> {
+        let src = self.vm(source)?;
+        if req.sr.is_some() {
+            return Err(ApiError::invalid(
+                "a linked clone shares its source's repository; use `vm copy --sr` for another one",
+            ));
+        }
+        let name = req.name.clone();
+        self.with_new_name(&req.name, "vm.clone", |task| async move {
+            let _guard = BASES.lock().await;
+            let info = src.info();
+            let frozen = if info.is_template {
+                let mut spec = spec_of(&info);
+                freeze_disks(&mut spec, &info.id, true)?.0
+            } else {
+                let (tx, rx) = oneshot::channel();
+                src.call(Op::Freeze(tx), task.clone()).await?;
+                rx.await
+                    .map_err(|_| ApiError::internal("the source VM did not answer"))?
+            };
+            let mut spec = spec_of(&src.info());
+            spec.name = name.clone();
+            spec.is_template = false;
+            spec.autostart = spec.autostart && !info.is_template;
+            for n in spec.nics.iter_mut() {
+                n.mac = random_mac();
+            }
+            self.layer_and_record(spec, &frozen, &task).await
+        })
+        .await
+    }
+
+    /// Give a new VM overlays on `frozen` bases and record it.
+    async fn layer_and_record(
+        self: &Arc<Self>,
+        mut spec: VmSpec,
+        frozen: &[FrozenDisk],
+        task: &TaskHandle,
+    ) -> Result<(), ApiError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        task.set_vm(&id, &spec.name);
+        let mut disks = Vec::new();
+        let mut created: Vec<PathBuf> = Vec::new();
+        for f in frozen {
+            let sr_dir = f
+                .base
+                .parent()
+                .and_then(Path::parent)
+                .ok_or_else(|| ApiError::internal("base has no repository"))?;
+            let path = sr_dir.join(corral_storage::volume_file_name(
+                &id,
+                &f.disk.device,
+                DiskFormat::Qcow2,
+            ));
+            if let Err(e) =
+                corral_storage::create_overlay(&path, &f.base, f.base_format, f.disk.size_bytes)
+            {
+                for p in &created {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(io_err(&format!("cannot create {}", path.display()), e));
+            }
+            created.push(path.clone());
+            disks.push(Disk {
+                path,
+                format: DiskFormat::Qcow2,
+                ..f.disk.clone()
+            });
+        }
+        // Disks the request adds on top of the cloned ones keep their own volumes.
+        let mut extra = std::mem::take(&mut spec.disks);
+        extra.retain(|d| !frozen.iter().any(|f| f.disk.device == d.device));
+        disks.extend(extra);
+        spec.disks = disks;
+        let rec = VmRecord {
+            id,
+            host: self.host_id.clone(),
+            spec,
+            power_state: PowerState::Halted,
+            created_at_ms: crate::now_ms(),
+        };
+        if let Err(e) = self.add_vm(rec).await {
+            for p in &created {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `vm convert-to-template NAME`.
+    pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), ApiError> {
+        let _guard = BASES.lock().await;
+        self.vm_op(name, "vm.convert_to_template", Op::ConvertToTemplate)
+            .await
+    }
+
+    /// `vm create --template T` (and `vm install --template T`) where `T` is a template VM:
+    /// the new VM gets linked clones of T's disks and T's settings, overridden by the request.
+    /// Disks the request lists are added after the cloned ones; NICs the request lists replace
+    /// T's (otherwise T's NICs are kept with new MACs).
+    pub async fn create_from_template_vm(
+        self: &Arc<Self>,
+        req: VmCreateRequest,
+    ) -> Result<(VmInfo, String), ApiError> {
+        let tname = req.template.clone().unwrap_or_default();
+        let tpl = self.vm(&tname)?;
+        let t = tpl.info();
+        if !t.is_template {
+            return Err(ApiError::invalid(format!(
+                "VM {tname:?} is not a template (convert it with `vm convert-to-template`, or clone it)"
+            )));
+        }
+        let name = req.name.clone();
+        let start = req.start;
+        let (info, task) = self
+            .with_new_name(&name, "vm.create", |task| async move {
+                let _guard = BASES.lock().await;
+                let t = tpl.info();
+                let mut spec = spec_of(&t);
+                let frozen: Vec<FrozenDisk> = t
+                    .disks
+                    .iter()
+                    .map(|d| FrozenDisk {
+                        disk: d.clone(),
+                        base: d.path.clone(),
+                        base_format: d.format,
+                    })
+                    .collect();
+                self.apply_overrides(&mut spec, &req, &frozen)?;
+                self.layer_and_record(spec, &frozen, &task).await
+            })
+            .await?;
+        if start {
+            let h = self.vm(&name)?;
+            let t = self.tasks.start("vm.start", Some((&info.id, &info.name)));
+            h.call(Op::Action(VmAction::Start, ActionRequest::default()), t)
+                .await?;
+            return Ok((h.info(), task));
+        }
+        Ok((info, task))
+    }
+
+    fn apply_overrides(
+        &self,
+        spec: &mut VmSpec,
+        req: &VmCreateRequest,
+        frozen: &[FrozenDisk],
+    ) -> Result<(), ApiError> {
+        spec.template = req.template.clone();
+        spec.name = req.name.clone();
+        spec.is_template = false;
+        if let Some(d) = &req.description {
+            spec.description = d.clone();
+        }
+        if let Some(v) = req.vcpus {
+            validate_vcpus(v).map_err(ApiError::invalid)?;
+            spec.vcpus = v;
+        }
+        if let Some(m) = req.memory_bytes {
+            self.validate_memory_on_host(m)?;
+            spec.memory_bytes = m;
+        }
+        if let Some(a) = req.autostart {
+            spec.autostart = a;
+        }
+        if let Some(w) = req.cpu_weight {
+            validate_cpu_weight(w).map_err(ApiError::invalid)?;
+            spec.cpu_weight = w;
+        }
+        if let Some(f) = req.firmware {
+            spec.firmware = f;
+        }
+        if let Some(b) = req.boot_device {
+            spec.boot_device = b;
+        }
+        match &req.nics {
+            Some(nics) => {
+                if nics.len() > MAX_NICS {
+                    return Err(ApiError::invalid(format!(
+                        "{} NICs is more than the maximum of {MAX_NICS}",
+                        nics.len()
+                    )));
+                }
+                spec.nics = nics
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| self.nic_from_request(&format!("nic{i}"), n, NicModel::Virtio))
+                    .collect::<Result<_, _>>()?;
+            }
+            None => {
+                for n in spec.nics.iter_mut() {
+                    n.mac = random_mac();
+                    if self.network(&n.network).is_err() {
+                        n.network = DEFAULT_NETWORK.into();
+                    }
+                }
+            }
+        }
+        if let Some(extra) = &req.disks {
+            if frozen.len() + extra.len() > MAX_DISKS {
+                return Err(ApiError::invalid(format!(
+                    "{} disks is more than the maximum of {MAX_DISKS}",
+                    frozen.len() + extra.len()
+                )));
+            }
+            if !extra.is_empty() {
+                return Err(ApiError::new(
+                    ErrorKind::Unsupported,
+                    "extra disks with a template VM: create the VM, then `vm disk add`",
+                ));
+            }
+        }
+        if let Some(k) = &req.kernel {
+            if !k.is_absolute() || !k.is_file() {
+                return Err(ApiError::invalid(format!(
+                    "kernel {} is not an existing absolute path",
+                    k.display()
+                )));
+            }
+            spec.kernel_boot = Some(KernelBoot {
+                kernel: k.clone(),
+                initrd: req.initrd.clone(),
+                cmdline: req.cmdline.clone().unwrap_or_default(),
+            });
+        } else if let Some(kb) = spec.kernel_boot.as_mut() {
+            if let Some(i) = &req.initrd {
+                kb.initrd = Some(i.clone());
+            }
+            if let Some(c) = &req.cmdline {
+                kb.cmdline = c.clone();
+            }
+        }
+        if let Some(iso) = &req.cdrom {
+            let path = self.check_iso_path(iso)?;
+            match spec.cdroms.first_mut() {
+                Some(c) => c.media = Some(path),
+                None => spec.cdroms.push(Cdrom {
+                    device: "cdrom0".into(),
+                    bus: DiskBus::Sata,
+                    media: Some(path),
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// `vm copy SRC DST [--sr NAME]`: independent, flattened volumes. Runs as a task; with
+    /// `wait` the answer comes when it is done, else at once with the task id.
+    pub async fn copy_vm(
+        self: &Arc<Self>,
+        source: &str,
+        req: CloneRequest,
+        wait: bool,
+    ) -> Result<(Option<VmInfo>, String), ApiError> {
+        let src = self.vm(source)?;
+        validate_name("VM", &req.name).map_err(ApiError::invalid)?;
+        let target_sr = match &req.sr {
+            Some(s) => Some(self.sr(s)?),
+            None => None,
+        };
+        self.registry_mut().reserve(&req.name)?;
+        let info = src.info();
+        let task = self.tasks.start("vm.copy", None);
+        let lease = Arc::new(Lease {
+            verb: "copy",
+            what: "copied",
+        });
+        if let Err(e) = src.call(Op::Lease(lease.clone()), task.clone()).await {
+            self.registry_mut().release(&req.name);
+            return Err(e);
+        }
+        let task_id = task.id.clone();
+        let agent = self.clone();
+        let name = req.name.clone();
+        let job = async move {
+            let r = agent.copy_leased(info, &name, target_sr, &task).await;
+            drop(lease);
+            if r.is_err() {
+                agent.registry_mut().release(&name);
+            }
+            match (&r, task.is_cancelled()) {
+                (Err(_), true) => {
+                    task.cancelled_with("the copy was cancelled; nothing was created")
+                }
+                _ => task.complete(&r),
+            }
+            r.and_then(|_| agent.vm(&name).map(|h| h.info()))
+        };
+        if wait {
+            Ok((Some(job.await?), task_id))
+        } else {
+            tokio::spawn(job);
+            Ok((None, task_id))
+        }
+    }
+
+    async fn copy_leased(
+        self: &Arc<Self>,
+        info: VmInfo,
+        name: &str,
+        target_sr: Option<StorageRepository>,
+        task: &TaskHandle,
+    ) -> Result<(), ApiError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        task.set_vm(&id, name);
+        let total: u64 = info.disks.iter().map(|d| d.size_bytes).sum();
+        let mut done = 0u64;
+        let mut created: Vec<PathBuf> = Vec::new();
+        let mut disks = Vec::new();
+        let mut result = Ok(());
+        for d in &info.disks {
+            let (sr_name, sr_dir) = match &target_sr {
+                Some(sr) => (sr.name.clone(), sr.path.clone()),
+                None => (
+                    d.sr.clone(),
+                    d.path
+                        .parent()
+                        .map(|p| {
+                            if is_base(d.path.as_path()) {
+                                p.parent().unwrap_or(p)
+                            } else {
+                                p
+                            }
+                        })
+                        .unwrap_or(Path::new("/"))
+                        .to_path_buf(),
+                ),
+            };
+            let path = sr_dir.join(corral_storage::volume_file_name(
+                &id,
+                &d.device,
+                DiskFormat::Qcow2,
+            ));
+            task.phase(&format!("copying {}", d.device), 0.0);
+            created.push(path.clone());
+            if let Err(e) =
+                convert_with_progress(&d.path, &path, task, done, d.size_bytes, total).await
+            {
+                result = Err(e);
+                break;
+            }
+            done += d.size_bytes;
+            disks.push(Disk {
+                path,
+                format: DiskFormat::Qcow2,
+                sr: sr_name,
+                ..d.clone()
+            });
+        }
+        if result.is_ok() {
+            let mut spec = spec_of(&info);
+            spec.name = name.to_string();
+            spec.is_template = false;
+            spec.disks = disks;
+            for n in spec.nics.iter_mut() {
+                n.mac = random_mac();
+            }
+            result = self
+                .add_vm(VmRecord {
+                    id,
+                    host: self.host_id.clone(),
+                    spec,
+                    power_state: PowerState::Halted,
+                    created_at_ms: crate::now_ms(),
+                })
+                .await;
+        }
+        if result.is_err() {
+            for p in &created {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        result
+    }
+}
+
+/// `qemu-img convert -p` (flattens any backing chain) reporting progress into the task;
+/// cancelling the task kills the conversion.
+async fn convert_with_progress(
+    src: &Path,
+    dst: &Path,
+    task: &TaskHandle,
+    before: u64,
+    size: u64,
+    total: u64,
+) -> Result<(), ApiError> {
+    use tokio::io::AsyncReadExt;
+    let mut child = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-p", "-O", "qcow2"])
+        .arg(src)
+        .arg(dst)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| io_err("cannot run qemu-img", e))?;
+    let mut out = child
+        .stdout
+        .take()
+        .ok_or_else(|| ApiError::internal("no stdout"))?;
+    let mut buf = [0u8; 256];
+    let mut text = String::new();
+    let mut cancel = task.clone();
+    loop {
+        tokio::select! {
+            n = out.read(&mut buf) => {
+                let n = n.unwrap_or(0);
+                if n == 0 { break; }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                // Lines look like "    (42.00/100%)\r".
+                if let Some(pct) = text.rsplit('(').next().and_then(|t| t.split('/').next()).and_then(|p| p.trim().parse::<f64>().ok()) {
+                    task.bytes(before + (size as f64 * pct / 100.0) as u64, total);
+                }
+                if text.len() > 4096 { text.drain(..text.len() - 64); }
+            }
+            _ = cancel.cancelled() => {
+                let _ = child.kill().await;
+                let _ = std::fs::remove_file(dst);
+                return Err(ApiError::new(ErrorKind::InvalidState, "cancelled"));
+            }
+        }
+    }
+    let status = child
+        .wait_with_output()
+        .await
+        .map_err(|e| io_err("qemu-img", e))?;
+    if !status.status.success() {
+        let _ = std::fs::remove_file(dst);
+        return Err(ApiError::internal(format!(
+            "cannot copy {}: qemu-img convert failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&status.stderr).trim()
+        )));
+    }
+    task.bytes(before + size, total);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bases_are_recognised_by_directory() {
+        assert!(is_base(Path::new("/srv/sr/bases/x.qcow2")));
+        assert!(!is_base(Path::new("/srv/sr/x.qcow2")));
+        assert!(!is_base(Path::new("/x.qcow2")));
+    }
+
+    #[test]
+    fn freeze_moves_volumes_and_undo_restores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vm-disk0.raw");
+        std::fs::write(&vol, vec![7u8; 4096]).unwrap();
+        let mut spec = VmSpec {
+            name: "a".into(),
+            description: String::new(),
+            vcpus: 1,
+            memory_bytes: 1 << 30,
+            autostart: false,
+            cpu_weight: 256,
+            firmware: Firmware::Bios,
+            disks: vec![Disk {
+                device: "disk0".into(),
+                size_bytes: 4096,
+                format: DiskFormat::Raw,
+                bus: DiskBus::Virtio,
+                sr: "default".into(),
+                path: vol.clone(),
+            }],
+            cdroms: vec![],
+            nics: vec![],
+            kernel_boot: None,
+            boot_device: BootDevice::Disk,
+            template: None,
+            is_template: false,
+            install: None,
+        };
+        let (frozen, undo) = freeze_disks(&mut spec, "vm", true).unwrap();
+        assert!(is_base(&frozen[0].base) && frozen[0].base.exists());
+        assert!(!vol.exists(), "the raw volume became the base");
+        assert_eq!(spec.disks[0].format, DiskFormat::Qcow2);
+        assert_eq!(
+            corral_storage::backing_file(&spec.disks[0].path).unwrap(),
+            Some(frozen[0].base.clone())
+        );
+        unfreeze(undo);
+        assert!(vol.exists() && !frozen[0].base.exists());
+        assert!(!dir.path().join("vm-disk0.qcow2").exists());
+    }
+}

@@ -1,0 +1,788 @@
+//! Export and import: the agent side of `GET /v1/vms/{name}/export` and `PUT /v1/vms/import`.
+//!
+//! The formats live in `corral-archive`, whose readers and writers are synchronous and stream
+//! through `Read`/`Write`; here they run on blocking threads joined to the HTTP body by bounded
+//! channels of byte chunks, so memory stays bounded whatever the disk size and a slow client
+//! slows the export down instead of filling memory.
+//!
+//! Export: the VM's actor grants a read lease (the VM must be halted; while the lease lives it
+//! cannot start, be deleted, change disks or be cloned), a task `vm.export` reports bytes,
+//! and the archive is written into the channel the HTTP response streams. A write error (the
+//! client went away) or a cancelled task stops the writer; the stream then ends with an error,
+//! so a client never mistakes a partial archive for a complete one.
+//!
+//! Import: the head of the upload is read while being recorded (at most [`HEAD_LIMIT`]), the
+//! format is detected and the plan (manifest, OVF descriptor or `ova.xml`) is parsed, and the
+//! target name is checked and reserved: a dry run answers here, and a name collision fails
+//! here, before any data is written. Then the recorded head and the rest of the stream feed
+//! the reader, which writes into `STATE/staging/<uuid>/`. Only when the whole archive has been
+//! verified are the volumes moved into the repository and the VM recorded; on any error or
+//! cancel the staging directory is removed and the name released. Stale staging directories
+//! (an agent that died mid-import) are removed at agent start.
+
+use crate::agent::{error_chain, random_mac, Agent};
+use crate::clone::{spec_of, BASES_DIR};
+use crate::network::DEFAULT_NETWORK;
+use crate::tasks::TaskHandle;
+use crate::vm::{Lease, Op};
+use bytes::Bytes;
+use corral_archive::{ArchiveError, ArchiveKind, Limits};
+use corral_model::host::StorageRepository;
+use corral_model::transfer::*;
+use corral_model::validate::*;
+use corral_model::*;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Chunks in flight between a blocking archive thread and the HTTP body.
+const CHANNEL_CHUNKS: usize = 8;
+/// Size of the chunks an export sends.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Most bytes of an upload recorded while its plan is read (manifest / descriptor / ova.xml).
+pub const HEAD_LIMIT: usize = 32 << 20;
+
+/// A stream of body chunks: what an export produces and an import consumes.
+pub type ByteStream = mpsc::Receiver<io::Result<Bytes>>;
+pub type ByteSink = mpsc::Sender<io::Result<Bytes>>;
+
+/// A bounded channel for an upload or download body.
+pub fn byte_channel() -> (ByteSink, ByteStream) {
+    mpsc::channel(CHANNEL_CHUNKS)
+}
+
+/// Remove staging directories left by an agent that stopped mid-import or mid-export.
+pub fn clean_staging(staging: &Path) {
+    if let Ok(entries) = std::fs::read_dir(staging) {
+        for e in entries.flatten() {
+            tracing::info!(path = %e.path().display(), "removing stale staging directory");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let _ = std::fs::create_dir_all(staging);
+}
+
+fn archive_error(what: &str, e: &ArchiveError) -> ApiError {
+    ApiError::new(e.kind(), format!("{what}: {}", error_chain(e)))
+}
+
+/// Writes an archive into the body channel in chunks; fails once the task is cancelled or the
+/// client has gone.
+struct ChanWriter {
+    tx: ByteSink,
+    buf: Vec<u8>,
+    task: TaskHandle,
+}
+
+impl ChanWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.task.is_cancelled() {
+            return Err(io::Error::other("the export was cancelled"));
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES));
+        self.tx
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK_BYTES - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.send()
+    }
+}
+
+/// Reads an upload from the body channel; fails once the task is cancelled.
+pub struct ChanReader {
+    rx: ByteStream,
+    cur: Bytes,
+    task: Option<TaskHandle>,
+}
+
+impl ChanReader {
+    pub fn new(rx: ByteStream) -> Self {
+        ChanReader {
+            rx,
+            cur: Bytes::new(),
+            task: None,
+        }
+    }
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            if self.task.as_ref().is_some_and(|t| t.is_cancelled()) {
+                return Err(io::Error::other("the import was cancelled"));
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Records what is read through it (up to a limit), so the head of a stream can be parsed
+/// and then replayed to the real reader.
+struct Recorder<R> {
+    inner: R,
+    rec: Vec<u8>,
+}
+
+impl<R: Read> Read for Recorder<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        if self.rec.len() + n > HEAD_LIMIT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the archive's description (manifest, descriptor or ova.xml) does not end within its first {} MiB",
+                    HEAD_LIMIT >> 20
+                ),
+            ));
+        }
+        self.rec.extend_from_slice(&out[..n]);
+        Ok(n)
+    }
+}
+
+/// What the head of an upload says.
+struct Head {
+    kind: ArchiveKind,
+    spec: VmSpec,
+    disks: Vec<PlannedDisk>,
+    warnings: Vec<String>,
+}
+
+fn kind_name(k: ArchiveKind) -> &'static str {
+    match k {
+        ArchiveKind::Native => "corral",
+        ArchiveKind::Ova => "ova",
+        ArchiveKind::Xva => "xva",
+        ArchiveKind::OvfDescriptor => "ovf",
+        ArchiveKind::Unknown => "unknown",
+    }
+}
+
+/// Detect the format and parse the plan from the head of `input`; returns the recorded bytes.
+fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec<u8>, ChanReader) {
+    let mut r = Recorder {
+        inner: input,
+        rec: Vec::new(),
+    };
+    let mut first = vec![0u8; 4096];
+    let mut got = 0;
+    while got < first.len() {
+        match r.read(&mut first[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                let err = ApiError::invalid(format!("cannot read the upload: {e}"));
+                return (Err(err), r.rec, r.inner);
+            }
+        }
+    }
+    let kind = corral_archive::detect_format(&first[..got]);
+    let head_bytes = first[..got].to_vec();
+    let mut replay = io::Cursor::new(head_bytes).chain(&mut r);
+    let bad = |e: ArchiveError| archive_error("cannot read the archive", &e);
+    let result = match kind {
+        ArchiveKind::Native => corral_archive::read_manifest(&mut replay, limits)
+            .map_err(bad)
+            .map(|(m, spec, warnings)| {
+                let disks = m
+                    .disks
+                    .iter()
+                    .map(|d| PlannedDisk {
+                        device: d.device.clone(),
+                        virtual_size_bytes: d.virtual_size,
+                        allocated_bytes: Some(d.allocated_bytes),
+                        format: DiskFormat::Qcow2,
+                        bus: bus_of(&spec, &d.device),
+                    })
+                    .collect();
+                Head {
+                    kind,
+                    spec,
+                    disks,
+                    warnings,
+                }
+            }),
+        ArchiveKind::Ova => corral_archive::ova::plan_ova(&mut replay, limits)
+            .map_err(bad)
+            .map(|p| Head {
+                kind,
+                disks: p
+                    .disks
+                    .iter()
+                    .map(|d| PlannedDisk {
+                        device: d.device.clone(),
+                        virtual_size_bytes: d.capacity_bytes,
+                        allocated_bytes: d.file.as_ref().and_then(|f| f.size),
+                        format: DiskFormat::Qcow2,
+                        bus: d.bus,
+                    })
+                    .collect(),
+                spec: p.spec,
+                warnings: p.warnings,
+            }),
+        ArchiveKind::Xva => corral_archive::xva::plan_xva(&mut replay, limits)
+            .map_err(bad)
+            .map(|p| {
+                let mut warnings = p.warnings;
+                warnings.retain(|w| !w.is_empty());
+                Head {
+                    kind,
+                    disks: p
+                        .disks
+                        .iter()
+                        .map(|d| PlannedDisk {
+                            device: d.device.clone(),
+                            virtual_size_bytes: d.virtual_size,
+                            allocated_bytes: None,
+                            format: DiskFormat::Qcow2,
+                            bus: d.bus,
+                        })
+                        .collect(),
+                    spec: p.spec,
+                    warnings,
+                }
+            }),
+        ArchiveKind::OvfDescriptor => Err(ApiError::invalid(
+            "a bare OVF descriptor cannot be uploaded (its disks are separate files); \
+             `corral vm import FILE.ovf` sends the package as an OVA stream",
+        )),
+        ArchiveKind::Unknown => Err(ApiError::invalid(
+            "the upload is not a corral archive, an OVA or an XVA (plain, gzip or zstd)",
+        )),
+    };
+    drop(replay);
+    (result, r.rec, r.inner)
+}
+
+fn bus_of(spec: &VmSpec, device: &str) -> DiskBus {
+    spec.disks
+        .iter()
+        .find(|d| d.device == device)
+        .map(|d| d.bus)
+        .unwrap_or_default()
+}
+
+/// Where an import's volumes end up.
+struct Target {
+    sr: StorageRepository,
+    as_template: bool,
+}
+
+impl Agent {
+    /// Map an archive's spec onto this host: name, networks, MACs, host paths, limits.
+    fn map_imported_spec(
+        &self,
+        spec: &mut VmSpec,
+        q: &ImportQuery,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ApiError> {
+        if let Some(n) = &q.name {
+            spec.name = n.clone();
+        }
+        validate_name("VM", &spec.name).map_err(|e| {
+            ApiError::invalid(format!(
+                "the archive's VM name: {e}; choose one with --name"
+            ))
+        })?;
+        validate_vcpus(spec.vcpus)
+            .map_err(|e| ApiError::invalid(format!("the archive's VM: {e}")))?;
+        self.validate_memory_on_host(spec.memory_bytes)
+            .map_err(|e| e.context("the archive's VM"))?;
+        if validate_cpu_weight(spec.cpu_weight).is_err() {
+            warnings.push(format!(
+                "CPU weight {} is out of range; set to normal ({CPU_WEIGHT_NORMAL})",
+                spec.cpu_weight
+            ));
+            spec.cpu_weight = CPU_WEIGHT_NORMAL;
+        }
+        if spec.nics.len() > MAX_NICS {
+            return Err(ApiError::invalid(format!(
+                "the archive's VM has {} NICs, more than the maximum of {MAX_NICS}",
+                spec.nics.len()
+            )));
+        }
+        for n in spec.nics.iter_mut() {
+            if self.network(&n.network).is_err() {
+                warnings.push(format!(
+                    "{}: network {:?} does not exist on this host; attached to {DEFAULT_NETWORK:?}",
+                    n.device, n.network
+                ));
+                n.network = DEFAULT_NETWORK.into();
+            }
+            if q.preserve_macs {
+                if validate_mac(&n.mac).is_ok() {
+                    n.mac = n.mac.to_ascii_lowercase();
+                } else {
+                    warnings.push(format!(
+                        "{}: MAC {:?} is not a unicast address; a new one was chosen",
+                        n.device, n.mac
+                    ));
+                    n.mac = random_mac();
+                }
+            } else {
+                n.mac = random_mac();
+            }
+        }
+        for c in spec.cdroms.iter_mut() {
+            if c.media.as_ref().is_some_and(|m| !m.is_file()) {
+                c.media = None;
+            }
+        }
+        if spec.cdroms.is_empty() {
+            spec.cdroms.push(Cdrom {
+                device: "cdrom0".into(),
+                bus: DiskBus::Sata,
+                media: None,
+            });
+        }
+        if let Some(kb) = &spec.kernel_boot {
+            let missing = !kb.kernel.is_file() || kb.initrd.as_ref().is_some_and(|i| !i.is_file());
+            if missing {
+                warnings.push(format!(
+                    "direct kernel boot from {} is not possible on this host; the VM boots from its disks",
+                    kb.kernel.display()
+                ));
+                spec.kernel_boot = None;
+                spec.boot_device = BootDevice::Disk;
+            }
+        }
+        spec.is_template = spec.is_template || q.as_template;
+        if spec.is_template {
+            spec.autostart = false;
+        }
+        Ok(())
+    }
+
+    /// `PUT /v1/vms/import`: read the upload from `body`. A dry run answers the plan; else the
+    /// VM is imported (see the module documentation) and its info answered.
+    pub async fn import_vm(
+        self: &Arc<Self>,
+        q: ImportQuery,
+        body: ByteStream,
+    ) -> Result<Result<ImportAnswer, ImportPlan>, ApiError> {
+        if let Some(n) = &q.name {
+            validate_name("VM", n).map_err(ApiError::invalid)?;
+        }
+        let sr = self.sr(q.sr.as_deref().unwrap_or("default"))?;
+        let limits = Limits::default();
+        let (head, recorded, reader) = {
+            let limits = limits.clone();
+            tokio::task::spawn_blocking(move || read_head(ChanReader::new(body), &limits))
+                .await
+                .map_err(|e| ApiError::internal(format!("import worker failed: {e}")))?
+        };
+        let mut head = head?;
+        let mut warnings = std::mem::take(&mut head.warnings);
+        let mut spec = head.spec.clone();
+        self.map_imported_spec(&mut spec, &q, &mut warnings)?;
+        if head.disks.len() > MAX_DISKS {
+            return Err(ApiError::invalid(format!(
+                "the archive has {} disks, more than the maximum of {MAX_DISKS}",
+                head.disks.len()
+            )));
+        }
+        if q.dry_run {
+            if self.registry().find(&spec.name).is_some() {
+                return Err(ApiError::conflict(format!(
+                    "a VM named {:?} already exists; choose another name with --name",
+                    spec.name
+                )));
+            }
+            for d in spec.disks.iter_mut() {
+                d.path = PathBuf::new();
+                d.sr = sr.name.clone();
+                d.format = DiskFormat::Qcow2;
+            }
+            return Ok(Err(ImportPlan {
+                format: kind_name(head.kind).into(),
+                spec,
+                disks: head.disks,
+                warnings,
+            }));
+        }
+        let name = spec.name.clone();
+        self.registry_mut().reserve(&name).map_err(|e| {
+            ApiError::conflict(format!("{}; choose another name with --name", e.message))
+        })?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let task = self.tasks.start("vm.import", Some((&id, &name)));
+        let staging = self.layout.staging().join(&id);
+        let target = Target {
+            sr,
+            as_template: spec.is_template,
+        };
+        let result = self
+            .import_staged(
+                &id,
+                spec,
+                &head,
+                recorded,
+                reader,
+                &staging,
+                &target,
+                &task,
+                &limits,
+                &mut warnings,
+            )
+            .await;
+        let _ = std::fs::remove_dir_all(&staging);
+        match &result {
+            Ok(()) => {
+                let note = if warnings.is_empty() {
+                    format!("imported from a {} archive", kind_name(head.kind))
+                } else {
+                    format!(
+                        "imported from a {} archive; {}",
+                        kind_name(head.kind),
+                        warnings.join("; ")
+                    )
+                };
+                task.succeed(Some(note));
+            }
+            Err(e) => {
+                self.registry_mut().release(&name);
+                if task.is_cancelled() {
+                    task.cancelled_with("the import was cancelled; nothing was created");
+                } else {
+                    task.fail(e);
+                }
+            }
+        }
+        result?;
+        Ok(Ok(ImportAnswer {
+            task: task.id.clone(),
+            vm: self.vm(&name)?.info(),
+            warnings,
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn import_staged(
+        self: &Arc<Self>,
+        id: &str,
+        mut spec: VmSpec,
+        head: &Head,
+        recorded: Vec<u8>,
+        mut reader: ChanReader,
+        staging: &Path,
+        target: &Target,
+        task: &TaskHandle,
+        limits: &Limits,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ApiError> {
+        std::fs::create_dir_all(staging)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", staging.display())))?;
+        task.phase("importing", 0.0);
+        reader.task = Some(task.clone());
+        let kind = head.kind;
+        let imported = {
+            let (staging, limits, task) = (staging.to_path_buf(), limits.clone(), task.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut sink = corral_archive::DirSink::new(&staging, Some(DiskFormat::Qcow2));
+                let input = io::Cursor::new(recorded).chain(reader);
+                let progress = |p: corral_archive::Progress| {
+                    if p.phase == corral_archive::Phase::Finishing {
+                        task.phase(
+                            &format!("converting {}", p.device.as_deref().unwrap_or("disk")),
+                            1.0,
+                        );
+                    } else {
+                        task.bytes(p.bytes_done, p.bytes_total);
+                    }
+                };
+                match kind {
+                    ArchiveKind::Native => {
+                        corral_archive::read_archive(input, &mut sink, &limits, &progress)
+                    }
+                    ArchiveKind::Ova => {
+                        corral_archive::ova::read_ova(input, &mut sink, &limits, &progress)
+                    }
+                    _ => corral_archive::xva::read_xva(input, &mut sink, &limits, &progress),
+                }
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("import worker failed: {e}")))?
+        };
+        let imported = imported.map_err(|e| {
+            if task.is_cancelled() {
+                ApiError::new(ErrorKind::InvalidState, "the import was cancelled")
+            } else {
+                archive_error("cannot import the archive", &e)
+            }
+        })?;
+        for w in imported.warnings {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        // Settings from the plan (already mapped), disks from what was imported.
+        let mut disks = imported.spec.disks.clone();
+        task.phase("moving volumes into place", 1.0);
+        let dir = if target.as_template {
+            target.sr.path.join(BASES_DIR)
+        } else {
+            target.sr.path.clone()
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+        let mut placed: Vec<PathBuf> = Vec::new();
+        let mut result = Ok(());
+        for d in disks.iter_mut() {
+            let dest = dir.join(corral_storage::volume_file_name(id, &d.device, d.format));
+            match place_volume(&d.path, &dest).await {
+                Ok(()) => {
+                    placed.push(dest.clone());
+                    d.path = dest;
+                    d.sr = target.sr.name.clone();
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            spec.disks = disks;
+            result = self
+                .add_vm(VmRecord {
+                    id: id.to_string(),
+                    host: self.host_id.clone(),
+                    spec,
+                    power_state: PowerState::Halted,
+                    created_at_ms: crate::now_ms(),
+                })
+                .await;
+        }
+        if result.is_err() {
+            for p in placed {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        result
+    }
+
+    /// `GET /v1/vms/{name}/export`: lease the (halted) VM, start the `vm.export` task and
+    /// return its id, a file name suggestion and the archive stream.
+    pub async fn export_vm(
+        self: &Arc<Self>,
+        name: &str,
+        q: ExportQuery,
+    ) -> Result<(String, String, ByteStream), ApiError> {
+        let level = q.level.unwrap_or(1);
+        if !(1..=19).contains(&level) {
+            return Err(ApiError::invalid(format!(
+                "zstd level {level} is outside 1..19"
+            )));
+        }
+        if q.format == ExportFormat::Ova
+            && (q.level.is_some() || q.compress != ExportCompression::Zstd)
+        {
+            return Err(ApiError::invalid(
+                "--compress and --level apply to the corral format; OVA disks are streamOptimized VMDKs",
+            ));
+        }
+        let h = self.vm(name)?;
+        let info = h.info();
+        let task = self.tasks.start("vm.export", Some((&info.id, &info.name)));
+        let lease = Arc::new(Lease {
+            verb: "export",
+            what: "exported",
+        });
+        h.call(Op::Lease(lease.clone()), task.clone()).await?;
+        // The snapshot after the lease: nothing changes the disks from here on.
+        let spec = spec_of(&h.info());
+        let scratch = self.layout.staging().join(format!("export-{}", task.id));
+        let (tx, rx) = byte_channel();
+        let file_name = format!(
+            "{}.{}",
+            spec.name,
+            match q.format {
+                ExportFormat::Corral => "corral",
+                ExportFormat::Ova => "ova",
+            }
+        );
+        let id = task.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let fail_tx = tx.clone();
+            let r = std::fs::create_dir_all(&scratch)
+                .map_err(ArchiveError::WriteArchive)
+                .and_then(|_| write_export(&spec, &q, level, &scratch, tx, &task));
+            let _ = std::fs::remove_dir_all(&scratch);
+            drop(lease);
+            match r {
+                Ok(note) => task.succeed(Some(note)),
+                Err(e) => {
+                    // End the HTTP body with an error so the client sees a failed transfer.
+                    let _ = fail_tx.blocking_send(Err(io::Error::other(e.to_string())));
+                    if task.is_cancelled() {
+                        task.cancelled_with("the export was cancelled");
+                    } else {
+                        task.fail(&archive_error("cannot export", &e));
+                    }
+                }
+            }
+        });
+        Ok((id, file_name, rx))
+    }
+}
+
+fn write_export(
+    spec: &VmSpec,
+    q: &ExportQuery,
+    level: i32,
+    scratch: &Path,
+    tx: ByteSink,
+    task: &TaskHandle,
+) -> Result<String, ArchiveError> {
+    let mut out = ChanWriter {
+        tx,
+        buf: Vec::with_capacity(CHUNK_BYTES),
+        task: task.clone(),
+    };
+    let progress = |p: corral_archive::Progress| match p.phase {
+        corral_archive::Phase::Preparing => task.phase(
+            &format!("preparing {}", p.device.as_deref().unwrap_or("disks")),
+            0.0,
+        ),
+        _ => task.bytes(p.bytes_done, p.bytes_total),
+    };
+    task.phase("exporting", 0.0);
+    let note = match q.format {
+        ExportFormat::Corral => {
+            let mut disks = Vec::new();
+            for d in &spec.disks {
+                disks.push((
+                    d.device.clone(),
+                    corral_archive::open_disk_source(&d.path, d.format, scratch)?,
+                ));
+            }
+            let opts = corral_archive::WriteOptions {
+                compression: match q.compress {
+                    ExportCompression::Zstd => corral_archive::Compression::Zstd,
+                    ExportCompression::None => corral_archive::Compression::None,
+                },
+                level,
+                ..Default::default()
+            };
+            let s = corral_archive::write_archive(&mut out, spec, disks, &opts, &progress)?;
+            format!(
+                "{} bytes, archive xxh3-128 {}",
+                s.archive_bytes, s.archive_hash
+            )
+        }
+        ExportFormat::Ova => {
+            let disks: Vec<corral_archive::ova::OvaDisk> = spec
+                .disks
+                .iter()
+                .map(|d| corral_archive::ova::OvaDisk {
+                    device: d.device.clone(),
+                    path: d.path.clone(),
+                    format: d.format,
+                })
+                .collect();
+            let s = corral_archive::ova::write_ova(&mut out, spec, &disks, scratch, &progress)?;
+            format!("{} bytes (OVA)", s.archive_bytes)
+        }
+    };
+    out.flush().map_err(ArchiveError::WriteArchive)?;
+    Ok(note)
+}
+
+/// Move a verified staged volume into its repository: a rename on the same file system, else a
+/// copy under a temporary name renamed at the end.
+async fn place_volume(staged: &Path, dest: &Path) -> Result<(), ApiError> {
+    if dest.exists() {
+        return Err(ApiError::conflict(format!(
+            "volume {} already exists",
+            dest.display()
+        )));
+    }
+    match std::fs::rename(staged, dest) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() != Some(libc::EXDEV) => {
+            return Err(ApiError::internal(format!(
+                "cannot move {} to {}: {e}",
+                staged.display(),
+                dest.display()
+            )))
+        }
+        Err(_) => {}
+    }
+    let tmp = dest.with_extension("partial");
+    let out = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "qcow2", "-O", "qcow2"])
+        .arg(staged)
+        .arg(&tmp)
+        .output()
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ApiError::internal(format!(
+            "cannot copy {} into {}: {}",
+            staged.display(),
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::rename(&tmp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ApiError::internal(format!("cannot rename {}: {e}", tmp.display()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_replays_exactly_what_was_consumed() {
+        let (tx, rx) = byte_channel();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for c in data.chunks(7000) {
+            tx.try_send(Ok(Bytes::copy_from_slice(c))).ok();
+            if tx.capacity() == 0 {
+                break;
+            }
+        }
+        drop(tx);
+        let mut r = Recorder {
+            inner: ChanReader::new(rx),
+            rec: Vec::new(),
+        };
+        let mut buf = [0u8; 1000];
+        r.read_exact(&mut buf).unwrap();
+        let mut rest = Vec::new();
+        io::Cursor::new(r.rec.clone())
+            .chain(r.inner)
+            .read_to_end(&mut rest)
+            .unwrap();
+        assert_eq!(&rest[..], &data[..rest.len()]);
+        assert_eq!(rest.len(), 7000 * 8);
+    }
+}

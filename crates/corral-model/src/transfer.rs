@@ -1,0 +1,112 @@
+//! Wire types of export, import, clone, copy and templates made from VMs
+//! (`GET /v1/vms/{name}/export`, `PUT /v1/vms/import`, `POST /v1/vms/{name}/clone|copy|
+//! convert-to-template`). Query structs reject unknown parameters like request bodies do.
+
+use crate::vm::{DiskBus, DiskFormat, VmSpec};
+use serde::{Deserialize, Serialize};
+
+/// Archive format of an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// corral's native streaming archive (`docs/formats/corral-archive.md`).
+    #[default]
+    Corral,
+    /// OVF 1.0 package in one tar, streamOptimized VMDKs.
+    Ova,
+}
+
+impl ExportFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Corral => "corral",
+            ExportFormat::Ova => "ova",
+        }
+    }
+}
+
+/// Compression of a native export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportCompression {
+    #[default]
+    Zstd,
+    None,
+}
+
+/// Query of `GET /v1/vms/{name}/export`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    #[serde(default)]
+    pub format: ExportFormat,
+    #[serde(default)]
+    pub compress: ExportCompression,
+    /// zstd level 1..=19 (default 1, the fast level exports are measured with).
+    #[serde(default)]
+    pub level: Option<i32>,
+}
+
+/// Query of `PUT /v1/vms/import` (the body is the archive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// Name of the new VM; default: the name in the archive.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Storage repository for the disks; default: the host's default repository.
+    #[serde(default)]
+    pub sr: Option<String>,
+    /// Make the imported VM a template (it cannot start; VMs are created from it).
+    #[serde(default)]
+    pub as_template: bool,
+    /// Keep the NICs' MAC addresses; default: new random ones.
+    #[serde(default)]
+    pub preserve_macs: bool,
+    /// Answer what would be created, write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One disk of an import plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedDisk {
+    pub device: String,
+    pub virtual_size_bytes: u64,
+    /// Bytes of data the archive holds for the disk, when the format says so up front.
+    #[serde(default)]
+    pub allocated_bytes: Option<u64>,
+    pub format: DiskFormat,
+    pub bus: DiskBus,
+}
+
+/// Answer of `PUT /v1/vms/import?dry_run=true`: what an import would create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportPlan {
+    /// `corral`, `ova` or `xva`.
+    pub format: String,
+    /// The VM as it would be created (name, MACs and networks already mapped; disk paths empty).
+    pub spec: VmSpec,
+    pub disks: Vec<PlannedDisk>,
+    /// Anything that could not be mapped, or was changed on the way in.
+    pub warnings: Vec<String>,
+}
+
+/// Answer of a completed import.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportAnswer {
+    pub task: String,
+    pub vm: crate::VmInfo,
+    pub warnings: Vec<String>,
+}
+
+/// Body of `POST /v1/vms/{name}/clone` and `.../copy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    /// Name of the new VM.
+    pub name: String,
+    /// For `copy`: repository of the new disks (default: each source disk's repository).
+    #[serde(default)]
+    pub sr: Option<String>,
+}

@@ -1,0 +1,554 @@
+//! `corral vm export|import|clone|copy|convert-to-template`.
+//!
+//! Export downloads the archive stream into `FILE.partial` while following the export task's
+//! progress, and renames it to `FILE` only when the stream ended cleanly and the task
+//! succeeded; on any failure or Ctrl-C the partial file is removed (and the task cancelled).
+//! Import uploads the file as a stream with a byte counter; an OVF package given as a
+//! directory or a `.ovf` file is sent as an OVA that is tarred on the fly (descriptor, its
+//! manifest, then the files the descriptor references), so the agent has one import path
+//! for streams and never reads client-side paths.
+
+use crate::output;
+use crate::progress::{follow_task, watch_task};
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use corral_client::{ChannelBody, Client, ImportOutcome};
+use corral_model::transfer::*;
+use corral_model::*;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+const CHUNK: usize = 1 << 20;
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    pub name: String,
+    /// Archive file to write (refused if it exists).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// corral (native, fast) or ova (OVF 1.0 package for other hypervisors).
+    #[arg(long, default_value = "corral", value_parser = parse_format)]
+    pub format: ExportFormat,
+    /// zstd or none (corral format only).
+    #[arg(long, value_parser = parse_compress)]
+    pub compress: Option<ExportCompression>,
+    /// zstd level 1..19 (corral format only; default 1).
+    #[arg(long)]
+    pub level: Option<i32>,
+}
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    /// A corral archive, an OVA, an XVA (plain, gzip or zstd), a .ovf file or a directory
+    /// holding one; the format is detected from the content.
+    pub file: PathBuf,
+    /// Name of the new VM (default: the name in the archive).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Storage repository for the disks.
+    #[arg(long)]
+    pub sr: Option<String>,
+    /// Import as a template VM.
+    #[arg(long)]
+    pub as_template: bool,
+    /// Keep the archive's MAC addresses (default: new ones).
+    #[arg(long)]
+    pub preserve_macs: bool,
+    /// Show what would be created and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_format(s: &str) -> Result<ExportFormat, String> {
+    match s {
+        "corral" => Ok(ExportFormat::Corral),
+        "ova" => Ok(ExportFormat::Ova),
+        o => Err(format!("format {o:?} is not corral or ova")),
+    }
+}
+
+fn parse_compress(s: &str) -> Result<ExportCompression, String> {
+    match s {
+        "zstd" => Ok(ExportCompression::Zstd),
+        "none" => Ok(ExportCompression::None),
+        o => Err(format!("compression {o:?} is not zstd or none")),
+    }
+}
+
+fn partial_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+pub async fn export(c: &Client, a: ExportArgs, json: bool) -> anyhow::Result<()> {
+    if a.output.exists() {
+        bail!(
+            "{} already exists; remove it or choose another file",
+            a.output.display()
+        );
+    }
+    let partial = partial_path(&a.output);
+    let q = ExportQuery {
+        format: a.format,
+        compress: a.compress.unwrap_or_default(),
+        level: a.level,
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&partial)
+        .await
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let started = std::time::Instant::now();
+    let mut dl = match c.export_vm(&a.name, &q).await {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    let task = dl.task.clone();
+    let download = async {
+        let mut written = 0u64;
+        while let Some(chunk) = dl.chunk().await? {
+            file.write_all(&chunk)
+                .await
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            written += chunk.len() as u64;
+        }
+        file.sync_all().await?;
+        anyhow::Ok(written)
+    };
+    let watch = watch_task(c, &task, json);
+    let outcome = tokio::select! {
+        r = async { tokio::join!(download, watch) } => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let (written, t) = match outcome {
+        None => {
+            let _ = std::fs::remove_file(&partial);
+            let _ = c.cancel_task(&task).await;
+            bail!("interrupted; the export was cancelled and nothing was written");
+        }
+        Some((d, w)) => match (d, w) {
+            (Ok(n), Ok(t)) if t.state == task::TaskState::Succeeded => (n, t),
+            (d, w) => {
+                let _ = std::fs::remove_file(&partial);
+                // The task's error says why; else the stream's.
+                if let Ok(t) = &w {
+                    if let Some(e) = &t.error {
+                        return Err(corral_client::ClientError::Api(e.clone()).into());
+                    }
+                }
+                d?;
+                w?;
+                bail!("the export did not complete");
+            }
+        },
+    };
+    std::fs::rename(&partial, &a.output).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            partial.display(),
+            a.output.display()
+        )
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    if json {
+        output::json(&serde_json::json!({
+            "file": a.output, "bytes": written, "seconds": secs, "task": t.id, "result": t.result,
+        }));
+    } else {
+        println!(
+            "exported {} to {} ({}, {:.1} s)",
+            a.name,
+            a.output.display(),
+            format_size(written),
+            secs
+        );
+    }
+    Ok(())
+}
+
+/// Writes into the upload channel in chunks.
+struct ChanWriter {
+    tx: mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+    /// Bytes left to send (a dry run sends only the head).
+    left: u64,
+}
+
+const CAP_REACHED: &str = "enough of the archive was sent for a dry run";
+
+impl Write for ChanWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            self.flush()?;
+            return Err(std::io::Error::other(CAP_REACHED));
+        }
+        let data = &data[..data.len().min(self.left as usize)];
+        self.left -= data.len() as u64;
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let b = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(b))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload closed"))
+    }
+}
+
+/// The OVF descriptor of a package given as a directory or a `.ovf` file, if it is one.
+fn ovf_descriptor(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if path.is_dir() {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(path)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x.eq_ignore_ascii_case("ovf")) {
+                found.push(p);
+            }
+        }
+        return match found.len() {
+            1 => Ok(found.pop()),
+            0 => bail!("{} holds no .ovf file", path.display()),
+            n => bail!("{} holds {n} .ovf files; name one", path.display()),
+        };
+    }
+    let mut head = [0u8; 4096];
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(
+        (corral_archive::detect_format(&head[..n]) == corral_archive::ArchiveKind::OvfDescriptor)
+            .then(|| path.to_path_buf()),
+    )
+}
+
+/// Tar an OVF package as an OVA into `out`: descriptor, manifest, referenced files.
+fn tar_ovf_package(desc: &Path, out: ChanWriter) -> anyhow::Result<()> {
+    let dir = desc.parent().unwrap_or(Path::new("."));
+    let xml =
+        std::fs::read_to_string(desc).with_context(|| format!("cannot read {}", desc.display()))?;
+    let plan = corral_archive::ova::parse_ovf(xml.trim_start_matches('\u{feff}'))
+        .with_context(|| format!("{} is not a valid OVF descriptor", desc.display()))?;
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let name_of = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    files.push((name_of(desc), desc.to_path_buf()));
+    let mf = desc.with_extension("mf");
+    if mf.is_file() {
+        files.push((name_of(&mf), mf));
+    }
+    for f in &plan.files {
+        let rel = Path::new(&f.href);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "the descriptor references {:?}, which is not a file inside the package",
+                f.href
+            );
+        }
+        files.push((f.href.clone(), dir.join(rel)));
+    }
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Deterministic);
+    for (name, path) in files {
+        let mut file = std::fs::File::open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let mut h = tar::Header::new_ustar();
+        h.set_size(file.metadata()?.len());
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &name, &mut file)
+            .with_context(|| format!("cannot send {}", path.display()))?;
+    }
+    b.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// Most bytes a dry run sends: the agent reads no further than the archive's description.
+const DRY_RUN_BYTES: u64 = 32 << 20;
+
+pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()> {
+    let file = std::path::absolute(&a.file).unwrap_or(a.file.clone());
+    let q = ImportQuery {
+        name: a.name,
+        sr: a.sr,
+        as_template: a.as_template,
+        preserve_macs: a.preserve_macs,
+        dry_run: true,
+    };
+    // A dry run first: a name collision or an unreadable archive is reported after a few
+    // megabytes instead of after the whole upload.
+    let plan = upload(c, &file, &q, json || !a.dry_run).await?;
+    if a.dry_run {
+        return print_outcome(plan, json);
+    }
+    let q = ImportQuery {
+        dry_run: false,
+        ..q
+    };
+    let done = upload(c, &file, &q, json).await?;
+    print_outcome(done, json)
+}
+
+async fn upload(
+    c: &Client,
+    file: &Path,
+    q: &ImportQuery,
+    quiet: bool,
+) -> anyhow::Result<ImportOutcome> {
+    let cap = if q.dry_run { DRY_RUN_BYTES } else { u64::MAX };
+    let desc = ovf_descriptor(file)?;
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let show = !quiet && std::io::stderr().is_terminal();
+    let (length, bar) = match &desc {
+        Some(_) => (None, None),
+        None => {
+            let len = std::fs::metadata(file)
+                .with_context(|| format!("cannot open {}", file.display()))?
+                .len()
+                .min(cap);
+            let bar = show.then(|| {
+                let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                b
+            });
+            (Some(len), bar)
+        }
+    };
+    let feeder = {
+        let (file, bar) = (file.to_path_buf(), bar.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut out = ChanWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHUNK),
+                left: cap,
+            };
+            let r = match desc {
+                Some(d) => tar_ovf_package(&d, out),
+                None => (|| {
+                    let mut f = std::fs::File::open(&file)?;
+                    let mut buf = vec![0u8; CHUNK];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 || out.left == 0 {
+                            break;
+                        }
+                        out.write_all(&buf[..n])?;
+                        if let Some(b) = &bar {
+                            b.inc(n as u64);
+                        }
+                    }
+                    out.flush()?;
+                    anyhow::Ok(())
+                })(),
+            };
+            if let Err(e) = &r {
+                if format!("{e:#}").contains(CAP_REACHED) {
+                    return Ok(());
+                }
+                // Abort the upload rather than let the agent see a short, clean stream.
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+            r
+        })
+    };
+    let answer = c.import_vm(q, ChannelBody(rx), length).await;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            // A local read error explains a failed upload better than the agent's view.
+            if let Ok(Err(local)) = feeder.await {
+                if !local.to_string().contains("upload closed") {
+                    return Err(local);
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    // A dry run of a tarred OVF package stops reading early; the feeder's error is expected.
+    let _ = feeder.await;
+    Ok(answer)
+}
+
+fn print_outcome(answer: ImportOutcome, json: bool) -> anyhow::Result<()> {
+    match answer {
+        ImportOutcome::Plan(p) => {
+            if json {
+                output::json(&p);
+            } else {
+                print_plan(&p);
+            }
+        }
+        ImportOutcome::Imported(ans) => {
+            if json {
+                output::json(&ans);
+            } else {
+                for w in &ans.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "imported {} ({}){}",
+                    ans.vm.name,
+                    ans.vm.id,
+                    if ans.vm.is_template {
+                        " as a template"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_plan(p: &ImportPlan) {
+    let s = &p.spec;
+    println!("would import a {} archive as:", p.format);
+    output::fields(&[
+        ("name", s.name.clone()),
+        ("description", s.description.clone()),
+        ("vcpus", s.vcpus.to_string()),
+        ("memory", format_size(s.memory_bytes)),
+        ("cpu weight", s.cpu_weight.to_string()),
+        ("autostart", s.autostart.to_string()),
+        ("firmware", format!("{:?}", s.firmware).to_lowercase()),
+        ("template", s.is_template.to_string()),
+    ]);
+    output::table(
+        &["DISK", "SIZE", "DATA", "BUS", "FORMAT"],
+        p.disks
+            .iter()
+            .map(|d| {
+                vec![
+                    d.device.clone(),
+                    format_size(d.virtual_size_bytes),
+                    d.allocated_bytes
+                        .map(format_size)
+                        .unwrap_or_else(|| "-".into()),
+                    format!("{:?}", d.bus).to_lowercase(),
+                    d.format.as_str().into(),
+                ]
+            })
+            .collect(),
+    );
+    output::table(
+        &["NIC", "NETWORK", "MODEL", "MAC"],
+        s.nics
+            .iter()
+            .map(|n| {
+                vec![
+                    n.device.clone(),
+                    n.network.clone(),
+                    format!("{:?}", n.model).to_lowercase(),
+                    n.mac.clone(),
+                ]
+            })
+            .collect(),
+    );
+    for w in &p.warnings {
+        println!("warning: {w}");
+    }
+}
+
+pub async fn clone(c: &Client, source: &str, name: &str, json: bool) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let ans = c
+        .clone_vm(
+            source,
+            &CloneRequest {
+                name: name.into(),
+                sr: None,
+            },
+        )
+        .await?;
+    if json {
+        output::json(&ans.vm);
+    } else {
+        println!(
+            "cloned {source} to {} ({}) in {:.1} ms",
+            ans.vm.name,
+            ans.vm.id,
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+pub async fn copy(
+    c: &Client,
+    source: &str,
+    name: &str,
+    sr: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let task = c
+        .copy_vm_nowait(
+            source,
+            &CloneRequest {
+                name: name.into(),
+                sr,
+            },
+        )
+        .await?;
+    let interrupted = tokio::select! {
+        r = follow_task(c, &task, json) => { r?; false }
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    if interrupted {
+        let _ = c.cancel_task(&task).await;
+        bail!("interrupted; the copy was cancelled");
+    }
+    let vm = c.show_vm(name).await?;
+    if json {
+        output::json(&vm);
+    } else {
+        println!("copied {source} to {} ({})", vm.name, vm.id);
+    }
+    Ok(())
+}
+
+pub async fn convert_to_template(c: &Client, name: &str, json: bool) -> anyhow::Result<()> {
+    let ans = c.convert_to_template(name).await?;
+    if json {
+        output::json(&ans.vm);
+    } else {
+        println!("{name} is now a template; create VMs from it with `corral vm create --template {name} --name NEW`");
+    }
+    Ok(())
+}

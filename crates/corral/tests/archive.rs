@@ -1,0 +1,531 @@
+//! End-to-end export, import, clone, copy and templates: a real agent, the real CLI, real
+//! `qemu-img`, and the test guest's disk image booting under TCG from its own (imported,
+//! cloned or copied) disk to its marker.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("run");
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn disk_path(vm: &Value, i: usize) -> PathBuf {
+    PathBuf::from(vm["disks"][i]["path"].as_str().expect("disk path"))
+}
+
+fn images_identical(a: &Path, b: &Path) {
+    let out = run(Command::new("qemu-img").arg("compare").arg(a).arg(b));
+    assert!(out.contains("identical"), "{out}");
+}
+
+/// The disk-boot source VM with non-default settings.
+fn create_source(a: &TestAgent, name: &str) {
+    let from = format!(",from={}", guest().disk_qcow2.display());
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        name,
+        "--memory",
+        "192M",
+        "--vcpus",
+        "2",
+        "--description",
+        "web server, exported",
+        "--cpu-weight",
+        "high",
+        "--autostart",
+        "--disk",
+        &from,
+        "--nic",
+        "default,model=e1000",
+    ]);
+}
+
+fn boots_from_disk(a: &TestAgent, name: &str) {
+    a.ok(&["vm", "start", name]);
+    a.wait_console(name, "CORRAL-BOOT-SOURCE=disk", 1, BOOT);
+    a.wait_console(name, MARKER, 1, BOOT);
+    a.ok(&["vm", "poweroff", name]);
+}
+
+fn assert_spec_preserved(src: &Value, dst: &Value, same_macs: bool) {
+    for k in [
+        "vcpus",
+        "memory_bytes",
+        "description",
+        "cpu_weight",
+        "autostart",
+        "firmware",
+    ] {
+        assert_eq!(src[k], dst[k], "{k}");
+    }
+    let (sd, dd) = (
+        src["disks"].as_array().unwrap(),
+        dst["disks"].as_array().unwrap(),
+    );
+    assert_eq!(sd.len(), dd.len());
+    for (s, d) in sd.iter().zip(dd) {
+        for k in ["device", "size_bytes", "bus"] {
+            assert_eq!(s[k], d[k], "disk {k}");
+        }
+    }
+    let (sn, dn) = (
+        src["nics"].as_array().unwrap(),
+        dst["nics"].as_array().unwrap(),
+    );
+    assert_eq!(sn.len(), dn.len());
+    for (s, d) in sn.iter().zip(dn) {
+        assert_eq!(s["network"], d["network"]);
+        assert_eq!(s["model"], d["model"]);
+        if same_macs {
+            assert_eq!(s["mac"], d["mac"]);
+        } else {
+            assert_ne!(s["mac"], d["mac"], "a new MAC unless --preserve-macs");
+        }
+    }
+}
+
+/// Files in the state directory's staging area and the default repository.
+fn files(a: &TestAgent) -> (Vec<String>, Vec<String>) {
+    let list = |p: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    (
+        list(a.state_dir().join("staging")),
+        list(a.state_dir().join("srs/default")),
+    )
+}
+
+#[test]
+fn native_export_import_round_trip_preserves_the_vm_and_boots() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    create_source(&a, "web01");
+    let out = dir.path().join("web01.corral");
+    let out_s = out.to_str().unwrap();
+
+    a.ok(&["vm", "start", "web01"]);
+    let err = a.fails(&["vm", "export", "web01", "-o", out_s]);
+    assert!(err.contains("it is running"), "{err}");
+    assert!(!out.exists() && !dir.path().join("web01.corral.partial").exists());
+    a.ok(&["vm", "poweroff", "web01"]);
+
+    a.ok(&["vm", "export", "web01", "-o", out_s]);
+    assert!(out.exists());
+    assert!(!dir.path().join("web01.corral.partial").exists());
+    let hist = a.json(&["vm", "history", "web01"]);
+    let export = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|t| t["operation"] == "vm.export")
+        .expect("export task");
+    assert_eq!(export["state"], "succeeded");
+    assert_eq!(export["bytes_done"], export["bytes_total"]);
+
+    // The dry run says what would be created and writes nothing.
+    let before = files(&a);
+    let plan = a.json(&["vm", "import", out_s, "--name", "web02", "--dry-run"]);
+    assert_eq!(plan["format"], "corral");
+    assert_eq!(plan["spec"]["name"], "web02");
+    assert_eq!(plan["disks"][0]["virtual_size_bytes"], 64u64 << 20);
+    assert_eq!(files(&a), before);
+    assert!(a.cli(&["vm", "show", "web02"]).status.code() != Some(0));
+
+    // Name collision: a clear conflict before any data is written.
+    let err = a.fails(&["vm", "import", out_s]);
+    assert!(
+        err.contains("already exists") && err.contains("--name"),
+        "{err}"
+    );
+    assert_eq!(files(&a), before);
+
+    a.ok(&["vm", "import", out_s, "--name", "web02"]);
+    a.ok(&["vm", "import", out_s, "--name", "web03", "--preserve-macs"]);
+    let (src, dst, kept) = (a.vm("web01"), a.vm("web02"), a.vm("web03"));
+    assert_spec_preserved(&src, &dst, false);
+    assert_spec_preserved(&src, &kept, true);
+    images_identical(&disk_path(&src, 0), &disk_path(&dst, 0));
+    assert!(files(&a).0.is_empty(), "staging is empty after an import");
+    boots_from_disk(&a, "web02");
+}
+
+#[test]
+fn ova_export_import_round_trip_preserves_the_vm_and_boots() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    create_source(&a, "app");
+    let out = dir.path().join("app.ova");
+    a.ok(&[
+        "vm",
+        "export",
+        "app",
+        "-o",
+        out.to_str().unwrap(),
+        "--format",
+        "ova",
+    ]);
+    // An OVA: descriptor first, then the manifest, then a streamOptimized VMDK.
+    let listing = run(Command::new("tar").arg("tf").arg(&out));
+    let names: Vec<&str> = listing.lines().collect();
+    assert!(
+        names[0].ends_with(".ovf") && names[1].ends_with(".mf"),
+        "{names:?}"
+    );
+    let plan = a.json(&[
+        "vm",
+        "import",
+        out.to_str().unwrap(),
+        "--name",
+        "app2",
+        "--dry-run",
+    ]);
+    assert_eq!(plan["format"], "ova");
+    a.ok(&["vm", "import", out.to_str().unwrap(), "--name", "app2"]);
+    let (src, dst) = (a.vm("app"), a.vm("app2"));
+    assert_spec_preserved(&src, &dst, false);
+    images_identical(&disk_path(&src, 0), &disk_path(&dst, 0));
+
+    // The directory form: the CLI sends the package as an OVA stream.
+    let pkg = dir.path().join("pkg");
+    std::fs::create_dir(&pkg).unwrap();
+    run(Command::new("tar").arg("xf").arg(&out).arg("-C").arg(&pkg));
+    a.ok(&["vm", "import", pkg.to_str().unwrap(), "--name", "app3"]);
+    images_identical(&disk_path(&src, 0), &disk_path(&a.vm("app3"), 0));
+    boots_from_disk(&a, "app2");
+}
+
+/// Where `scripts/install-deps.sh --test` installs the independent XVA writer
+/// (`@xen-orchestra/xva` from npm); installed here the same way when missing.
+fn xva_writer() -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corral-archive/tests/xva-writer");
+    let dir = std::env::var_os("CORRAL_XVA_WRITER_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/corral/xva-writer")
+        });
+    if !dir.join("node_modules/@xen-orchestra/xva").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["package.json", "package-lock.json", "write-xva.mjs"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir));
+    }
+    std::fs::copy(src.join("write-xva.mjs"), dir.join("write-xva.mjs")).unwrap();
+    dir
+}
+
+#[test]
+fn xva_from_an_independent_writer_imports_and_boots() {
+    let writer = xva_writer();
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("disk.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&guest().disk_qcow2)
+        .arg(&raw));
+    let xva = dir.path().join("xo.xva");
+    let opts = serde_json::json!({"name": "xo-vm", "nCpus": 2, "memory": 201326592u64,
+        "firmware": "bios", "disks": [raw], "macs": ["aa:bb:cc:dd:ee:01"], "network": "lan"});
+    run(Command::new("node")
+        .arg(writer.join("write-xva.mjs"))
+        .arg(&xva)
+        .arg(opts.to_string()));
+    let zst = dir.path().join("xo.xva.zst");
+    run(Command::new("zstd")
+        .args(["-q", "-f", "-o"])
+        .arg(&zst)
+        .arg(&xva));
+    let plan = a.json(&["vm", "import", zst.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(plan["format"], "xva");
+    assert!(
+        plan["warnings"].to_string().contains("lan"),
+        "the unknown network is reported: {plan}"
+    );
+    a.ok(&["vm", "import", zst.to_str().unwrap(), "--preserve-macs"]);
+    let vm = a.vm("xo-vm");
+    assert_eq!(vm["vcpus"], 2);
+    assert_eq!(vm["memory_bytes"], 201326592u64);
+    assert_eq!(vm["nics"][0]["mac"], "aa:bb:cc:dd:ee:01");
+    assert_eq!(vm["nics"][0]["network"], "default");
+    images_identical(&raw, &disk_path(&vm, 0));
+    boots_from_disk(&a, "xo-vm");
+}
+
+#[test]
+fn broken_and_malicious_uploads_leave_no_vm_and_no_files() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    create_source(&a, "src");
+    let good = dir.path().join("good.corral");
+    a.ok(&["vm", "export", "src", "-o", good.to_str().unwrap()]);
+    let bytes = std::fs::read(&good).unwrap();
+
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    cases.push(("truncated", bytes[..bytes.len() / 2].to_vec(), "truncated"));
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    cases.push(("bit flip", flipped, ""));
+    cases.push(("garbage", vec![0x42; 100_000], "not a corral archive"));
+    // A tar whose first member climbs out of the staging directory.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    {
+        let name = b"../../corral-archive.json";
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name);
+    }
+    h.set_cksum();
+    b.append(&h, &b"evil"[..]).unwrap();
+    cases.push(("path traversal", b.into_inner().unwrap(), ""));
+    // An XVA whose ova.xml is an entity-expansion bomb.
+    let bomb = "<?xml version=\"1.0\"?><!DOCTYPE v [<!ENTITY a \"aaaaaaaaaa\"><!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\">]><value>&b;</value>";
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(bomb.len() as u64);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "ova.xml", bomb.as_bytes()).unwrap();
+    cases.push(("xml bomb", b.into_inner().unwrap(), ""));
+
+    let vms_before = a.json(&["vm", "list"]).as_array().unwrap().len();
+    let files_before = files(&a);
+    for (what, data, expect) in cases {
+        let p = dir.path().join("bad.bin");
+        std::fs::write(&p, &data).unwrap();
+        let err = a.fails(&["vm", "import", p.to_str().unwrap(), "--name", "evil"]);
+        assert!(err.contains(expect), "{what}: {err}");
+        assert_eq!(
+            a.json(&["vm", "list"]).as_array().unwrap().len(),
+            vms_before,
+            "{what}"
+        );
+        assert_eq!(files(&a), files_before, "{what}: nothing left behind");
+    }
+    // The agent still imports a good archive afterwards.
+    a.ok(&["vm", "import", good.to_str().unwrap(), "--name", "fine"]);
+}
+
+/// Milliseconds the agent spent on a VM's last task of `op`.
+fn task_ms(a: &TestAgent, vm: &str, op: &str) -> u64 {
+    let hist = a.json(&["vm", "history", vm]);
+    let t = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|t| t["operation"] == op)
+        .unwrap_or_else(|| panic!("no {op} task: {hist}"));
+    t["finished_at_ms"].as_u64().unwrap() - t["started_at_ms"].as_u64().unwrap()
+}
+
+#[test]
+fn linked_clones_are_instant_independent_and_survive_their_source() {
+    let a = TestAgent::start();
+    // Same time whatever the disk size.
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "small",
+        "--disk",
+        "1G",
+        "--no-nics",
+    ]);
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "big",
+        "--disk",
+        "100G",
+        "--no-nics",
+    ]);
+    let mut times = Vec::new();
+    for (src, dst) in [("small", "small-c"), ("big", "big-c")] {
+        let t = Instant::now();
+        a.ok(&["vm", "clone", src, dst]);
+        times.push((t.elapsed(), task_ms(&a, dst, "vm.clone")));
+    }
+    eprintln!("clone 1 GiB: {:?}, 100 GiB: {:?}", times[0], times[1]);
+    assert!(times[1].1 <= times[0].1 + 20, "agent time {times:?}");
+    assert!(
+        times[1].0 < times[0].0 * 3 + Duration::from_millis(100),
+        "{times:?}"
+    );
+    assert_eq!(a.vm("big-c")["disks"][0]["size_bytes"], 100u64 << 30);
+
+    // The source gets its own overlay: neither writes into the shared base.
+    create_source(&a, "src");
+    let orig = disk_path(&a.vm("src"), 0);
+    a.ok(&["vm", "clone", "src", "dup"]);
+    let (src, dup) = (a.vm("src"), a.vm("dup"));
+    assert_eq!(disk_path(&src, 0), orig, "the source keeps its volume path");
+    let backing = |p: &Path| -> String {
+        let info: Value = serde_json::from_str(&run(Command::new("qemu-img")
+            .args(["info", "--output=json", "-U"])
+            .arg(p)))
+        .unwrap();
+        info["backing-filename"].as_str().unwrap_or("").to_string()
+    };
+    let base = backing(&disk_path(&src, 0));
+    assert!(
+        base.contains("/bases/"),
+        "source is an overlay on a base: {base}"
+    );
+    assert_eq!(backing(&disk_path(&dup, 0)), base, "clone shares the base");
+    assert_ne!(src["nics"][0]["mac"], dup["nics"][0]["mac"]);
+    images_identical(&guest().disk_qcow2, &disk_path(&dup, 0));
+
+    // Deleting the source is safe: the clone keeps the base and boots.
+    a.ok(&["vm", "delete", "src"]);
+    assert!(
+        Path::new(&base).exists(),
+        "the base stays while the clone uses it"
+    );
+    boots_from_disk(&a, "dup");
+    a.ok(&["vm", "delete", "dup"]);
+    wait_until(
+        Duration::from_secs(10),
+        "the unused base to be removed",
+        || !Path::new(&base).exists(),
+    );
+}
+
+#[test]
+fn templates_refuse_to_start_and_create_vms_from_clones_and_copies() {
+    let a = TestAgent::start();
+    create_source(&a, "golden");
+    a.ok(&["vm", "convert-to-template", "golden"]);
+    let t = a.vm("golden");
+    assert_eq!(t["is_template"], true);
+    let err = a.fails(&["vm", "start", "golden"]);
+    assert!(err.contains("template"), "{err}");
+
+    a.ok(&[
+        "vm",
+        "create",
+        "--template",
+        "golden",
+        "--name",
+        "w1",
+        "--memory",
+        "256M",
+    ]);
+    let w1 = a.vm("w1");
+    assert_eq!(w1["is_template"], false);
+    assert_eq!(
+        w1["memory_bytes"],
+        256u64 << 20,
+        "request overrides the template"
+    );
+    assert_eq!(w1["vcpus"], t["vcpus"]);
+    assert_eq!(w1["description"], t["description"]);
+    assert_eq!(w1["template"], "golden");
+    images_identical(&disk_path(&t, 0), &disk_path(&w1, 0));
+
+    // A full copy has no backing file and the same data.
+    a.ok(&["vm", "copy", "golden", "full"]);
+    let full = a.vm("full");
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(disk_path(&full, 0)));
+    assert!(!info.contains("backing-filename"), "{info}");
+    images_identical(&disk_path(&t, 0), &disk_path(&full, 0));
+
+    boots_from_disk(&a, "w1");
+    // The template's base is still in use by w1 after the template goes.
+    a.ok(&["vm", "delete", "golden"]);
+    assert!(disk_path(&t, 0).exists());
+    a.ok(&["vm", "delete", "w1"]);
+    wait_until(Duration::from_secs(10), "the template's base to go", || {
+        !disk_path(&t, 0).exists()
+    });
+}
+
+#[test]
+fn interrupted_export_leaves_no_file_and_cancels_the_task() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Incompressible data, so the export takes long enough to interrupt.
+    let raw = dir.path().join("rnd.raw");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c 400M /dev/urandom > {}", raw.display())));
+    let from = format!(",from={},format=raw", raw.display());
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "rnd",
+        "--disk",
+        &from,
+        "--no-nics",
+    ]);
+    let out = dir.path().join("rnd.corral");
+    let child = Command::new(corral_bin())
+        .arg("--connect")
+        .arg(&a.socket)
+        .args(["vm", "export", "rnd", "-o"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = dir.path().join("rnd.corral.partial");
+    wait_until(
+        Duration::from_secs(20),
+        "the export to start writing",
+        || std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0),
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("interrupted"));
+    assert!(!out.exists() && !partial.exists(), "nothing left on Ctrl-C");
+    wait_until(
+        Duration::from_secs(20),
+        "the export task to be cancelled",
+        || {
+            a.json(&["vm", "history", "rnd"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["operation"] == "vm.export" && t["state"] == "cancelled")
+        },
+    );
+    assert!(files(&a).0.is_empty(), "the export's scratch space is gone");
+    // The lease went with the task: the VM can be deleted.
+    a.ok(&["vm", "delete", "rnd"]);
+}
