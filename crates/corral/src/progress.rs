@@ -10,7 +10,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
 
+/// Polls start fast (short tasks finish in milliseconds; the user should not wait a whole
+/// interval for them) and slow down to this.
 const POLL: Duration = Duration::from_millis(250);
+const FIRST_POLL: Duration = Duration::from_millis(10);
 
 /// Wait for task `id` to finish, showing its progress unless `quiet`. Returns the finished task
 /// when it succeeded, the task's error when it failed or was cancelled.
@@ -45,6 +48,7 @@ pub async fn watch_task(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Tas
         None
     };
     let mut last_phase = String::new();
+    let mut poll = FIRST_POLL;
     let task = loop {
         let t = c.show_task(id, false).await?;
         if let Some(b) = &bar {
@@ -56,7 +60,8 @@ pub async fn watch_task(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Tas
         if t.state.is_finished() {
             break t;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(POLL);
     };
     if let Some(b) = bar {
         b.finish_and_clear();
