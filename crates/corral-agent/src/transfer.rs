@@ -1,4 +1,4 @@
-//! Export and import: the agent side of `GET /v1/vms/{name}/export` and `PUT /v1/vms/import`.
+//! Export and import: the agent side of `GET /v1/vms/{name}/export` and `PUT /v1/imports`.
 //!
 //! The formats live in `corral-archive`, whose readers and writers are synchronous and stream
 //! through `Read`/`Write`; here they run on blocking threads joined to the HTTP body by bounded
@@ -378,7 +378,7 @@ impl Agent {
         Ok(())
     }
 
-    /// `PUT /v1/vms/import`: read the upload from `body`. A dry run answers the plan; else the
+    /// `PUT /v1/imports`: read the upload from `body`. A dry run answers the plan; else the
     /// VM is imported (see the module documentation) and its info answered.
     pub async fn import_vm(
         self: &Arc<Self>,

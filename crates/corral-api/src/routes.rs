@@ -83,7 +83,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/vms/{name}/recommend-host", get(vm_recommend_host))
         .route("/v1/vms/{name}/export", get(crate::transfer::export_vm))
         .route(
-            "/v1/vms/import",
+            "/v1/imports",
             axum::routing::put(crate::transfer::import_vm),
         )
         .route("/v1/vms/{name}/clone", post(crate::transfer::clone_vm))

@@ -158,7 +158,7 @@ impl Client {
         length: Option<u64>,
     ) -> Result<ImportOutcome> {
         let mut path = format!(
-            "/v1/vms/import?as_template={}&preserve_macs={}&dry_run={}",
+            "/v1/imports?as_template={}&preserve_macs={}&dry_run={}",
             q.as_template, q.preserve_macs, q.dry_run
         );
         if let Some(n) = &q.name {

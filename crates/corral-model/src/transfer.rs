@@ -1,5 +1,5 @@
 //! Wire types of export, import, clone, copy and templates made from VMs
-//! (`GET /v1/vms/{name}/export`, `PUT /v1/vms/import`, `POST /v1/vms/{name}/clone|copy|
+//! (`GET /v1/vms/{name}/export`, `PUT /v1/imports`, `POST /v1/vms/{name}/clone|copy|
 //! convert-to-template`). Query structs reject unknown parameters like request bodies do.
 
 use crate::vm::{DiskBus, DiskFormat, VmSpec};
@@ -47,7 +47,7 @@ pub struct ExportQuery {
     pub level: Option<i32>,
 }
 
-/// Query of `PUT /v1/vms/import` (the body is the archive).
+/// Query of `PUT /v1/imports` (the body is the archive).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
@@ -80,7 +80,7 @@ pub struct PlannedDisk {
     pub bus: DiskBus,
 }
 
-/// Answer of `PUT /v1/vms/import?dry_run=true`: what an import would create.
+/// Answer of `PUT /v1/imports?dry_run=true`: what an import would create.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImportPlan {
     /// `corral`, `ova` or `xva`.
