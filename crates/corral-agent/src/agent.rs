@@ -708,6 +708,7 @@ impl Agent {
             storage_repositories: self.list_srs()?,
             networks: self.list_networks()?,
             cpu_weight_support: self.cgroups.describe(),
+            remote: self.config.remote.clone(),
         })
     }
 }

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub probe_kernel: Option<(PathBuf, PathBuf)>,
     /// Autostart VMs marked `autostart` when the agent starts.
     pub autostart: bool,
+    /// HTTPS listeners, certificate and token, shown by `host info`; `None`: unix socket only.
+    pub remote: Option<corral_model::host::RemoteAccess>,
 }
 
 /// Optional settings from `STATE_DIR/corral.toml`.

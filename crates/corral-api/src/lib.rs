@@ -6,7 +6,11 @@
 //! Long operations answer `202 {"task": ID}` when called with `?wait=false`; by default they
 //! wait and answer `200 {"task": ID, "vm": VmInfo}`. The serial console is an HTTP upgrade
 //! (`Upgrade: corral-console`) spliced to the VM's console socket; events are NDJSON.
+//!
+//! The same router serves the unix socket (protected by its file mode) and, with
+//! `corral serve --listen`, HTTPS listeners guarded by a bearer token ([`remote`]).
 
+pub mod remote;
 mod routes;
 
 pub use routes::router;
@@ -24,5 +28,6 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
     }
 }

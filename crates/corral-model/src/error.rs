@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Unsupported,
     Busy,
     Internal,
+    /// The request came over the network without the agent's token (or with a wrong one).
+    Unauthorized,
 }
 
 impl ErrorKind {
@@ -27,6 +29,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Busy => "busy",
             ErrorKind::Internal => "internal",
+            ErrorKind::Unauthorized => "unauthorized",
         }
     }
 }

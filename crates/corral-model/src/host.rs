@@ -44,6 +44,24 @@ pub struct HostInfo {
     /// How the agent applies CPU weights: "cgroup v2 at ...", "cgroup v1 cpu.shares at ...",
     /// or why it cannot.
     pub cpu_weight_support: String,
+    /// Network access over HTTPS (`corral serve --listen`); absent when the agent serves its
+    /// unix socket only.
+    #[serde(default)]
+    pub remote: Option<RemoteAccess>,
+}
+
+/// How remote clients reach this agent: TLS with a self-signed certificate pinned by its
+/// SHA-256 fingerprint, and a bearer token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteAccess {
+    /// `ADDR:PORT` of each TLS listener.
+    pub listen: Vec<String>,
+    /// SHA-256 of the certificate (DER), upper-case hex pairs joined by `:`.
+    pub cert_sha256: String,
+    /// Where the certificate lives on the host.
+    pub cert_path: PathBuf,
+    /// Where the token lives on the host (readable by the agent's user only).
+    pub token_path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
