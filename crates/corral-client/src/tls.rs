@@ -196,12 +196,7 @@ impl HttpsTarget {
 
     /// Why a handshake failed: our pin refused the certificate, or something else.
     fn refused(&self, source: std::io::Error) -> ClientError {
-        let seen = self
-            .verifier
-            .seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let seen = *self.verifier.seen.lock().unwrap_or_else(|p| p.into_inner());
         match (seen, self.verifier.expected) {
             (Some(actual), None) => ClientError::UnknownCertificate {
                 endpoint: self.url.clone(),
