@@ -10,10 +10,11 @@
 //! The same router serves the unix socket (protected by its file mode) and, with
 //! `corral serve --listen`, HTTPS listeners guarded by a bearer token ([`remote`]).
 
+pub mod openapi;
 pub mod remote;
 mod routes;
 
-pub use routes::router;
+pub use routes::{router, served_paths};
 
 use axum::http::StatusCode;
 use corral_model::ErrorKind;

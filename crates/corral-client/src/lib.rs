@@ -20,7 +20,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +73,7 @@ impl ClientError {
 type Result<T> = std::result::Result<T, ClientError>;
 
 /// Answer of operations that ran as a task on a VM.
-#[derive(Debug, Clone, Deserialize)]
-pub struct VmTaskAnswer {
-    pub task: String,
-    pub vm: VmInfo,
-}
+pub use corral_model::api::VmTaskAnswer;
 
 #[derive(Debug, Clone)]
 pub struct Client {

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Accelerator {
     Kvm,
@@ -20,6 +21,7 @@ impl Accelerator {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AcceleratorInfo {
     pub name: Accelerator,
     /// Why this accelerator: "probe: kvm guest did not boot within 5s (...)", "forced by --accel".
@@ -27,6 +29,7 @@ pub struct AcceleratorInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostInfo {
     pub hostname: String,
     pub host_id: String,
@@ -53,6 +56,7 @@ pub struct HostInfo {
 /// How remote clients reach this agent: TLS with a self-signed certificate pinned by its
 /// SHA-256 fingerprint, and a bearer token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RemoteAccess {
     /// `ADDR:PORT` of each TLS listener.
     pub listen: Vec<String>,
@@ -65,6 +69,7 @@ pub struct RemoteAccess {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StorageRepository {
     pub name: String,
     pub path: PathBuf,
@@ -78,6 +83,7 @@ pub struct StorageRepository {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkKind {
     /// QEMU user-mode NAT: works unprivileged, guests reach out, nothing reaches in.
@@ -87,6 +93,7 @@ pub enum NetworkKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Network {
     pub name: String,
     pub kind: NetworkKind,
@@ -95,6 +102,7 @@ pub struct Network {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct IsoImage {
     pub name: String,
     pub path: PathBuf,
