@@ -270,7 +270,14 @@ fn move_when_daemonized(
             .and_then(|t| t.trim().parse::<u32>().ok())
             .filter(|p| *p > 1)
         {
+            let t0 = std::time::Instant::now();
             cgroups.move_pid(vm_id, pid)?;
+            tracing::debug!(
+                vm = vm_id,
+                pid,
+                move_ms = t0.elapsed().as_secs_f64() * 1000.0,
+                "QEMU moved into its cgroup while initialising"
+            );
             return Ok(pid);
         }
         if stopping {
