@@ -298,3 +298,46 @@ pub async fn serve_tls(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn material_is_created_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = RemoteMaterial::load_or_create(dir.path(), &["10.0.0.5".into()]).unwrap();
+        let b = RemoteMaterial::load_or_create(dir.path(), &[]).unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.token, b.token);
+        assert_eq!(a.token.len(), 64);
+        assert_eq!(a.fingerprint.len(), 32 * 3 - 1);
+        for secret in [dir.path().join("token"), dir.path().join("tls/key.pem")] {
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", secret.display());
+        }
+        // A widened secret is narrowed again on the next start.
+        let token = dir.path().join("token");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        RemoteMaterial::load_or_create(dir.path(), &[]).unwrap();
+        let mode = std::fs::metadata(&token).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // The fingerprint is that of the certificate on disk.
+        let pem = std::fs::read(dir.path().join("tls/cert.pem")).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        assert_eq!(fingerprint(&der), a.fingerprint);
+    }
+
+    #[test]
+    fn weak_tokens_and_broken_keys_are_refused_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        RemoteMaterial::load_or_create(dir.path(), &[]).unwrap();
+        std::fs::write(dir.path().join("token"), "short\n").unwrap();
+        let e = RemoteMaterial::load_or_create(dir.path(), &[]).unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        std::fs::remove_file(dir.path().join("token")).unwrap();
+        std::fs::write(dir.path().join("tls/key.pem"), "not a key").unwrap();
+        let e = RemoteMaterial::load_or_create(dir.path(), &[]).unwrap_err();
+        assert!(e.to_string().contains("key.pem"), "{e}");
+    }
+}
