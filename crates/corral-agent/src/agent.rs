@@ -745,6 +745,7 @@ impl Agent {
             networks: self.list_networks()?,
             cpu_weight_support: self.cgroups.describe(),
             planner: Some(self.planner_capacity()),
+            remote: self.config.remote.clone(),
         })
     }
 }

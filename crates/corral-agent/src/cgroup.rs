@@ -91,6 +91,14 @@ impl CgroupSupport {
     /// Put `pid` (and its threads) in the VM's cgroup with the weight. Returns
     /// `file=value` as applied, or why it could not be.
     pub fn apply(&self, vm_id: &str, pid: u32, weight: u32) -> Result<String, String> {
+        let applied = self.prepare(vm_id, weight)?;
+        self.move_pid(vm_id, pid)?;
+        Ok(applied)
+    }
+
+    /// Create the VM's cgroup with its weight, before any process is in it (cheap: a mkdir
+    /// and a write). Returns `file=value` as applied, or why it could not be.
+    pub fn prepare(&self, vm_id: &str, weight: u32) -> Result<String, String> {
         let (Some(dir), Some((file, value))) = (self.vm_dir(vm_id), self.setting(weight)) else {
             return Err(self.describe());
         };
@@ -98,10 +106,53 @@ impl CgroupSupport {
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         std::fs::write(dir.join(file), value.to_string())
             .map_err(|e| format!("cannot write {}/{file}: {e}", dir.display()))?;
+        Ok(format!("{}={value}", dir.join(file).display()))
+    }
+
+    /// Move `pid` with all its threads into the VM's cgroup (made by [`Self::prepare`]).
+    /// This is the slow step: the kernel takes `cgroup_threadgroup_rwsem` for writing, which
+    /// waits for an RCU grace period (about 12 ms on this project's cgroup v1 hosts) unless
+    /// another move happened just before. Callers overlap it with QEMU's start.
+    pub fn move_pid(&self, vm_id: &str, pid: u32) -> Result<(), String> {
+        let Some(dir) = self.vm_dir(vm_id) else {
+            return Err(self.describe());
+        };
         // v1 `cgroup.procs` moves the whole thread group; v2 likewise.
         std::fs::write(dir.join("cgroup.procs"), pid.to_string())
-            .map_err(|e| format!("cannot move pid {pid} into {}: {e}", dir.display()))?;
-        Ok(format!("{}={value}", dir.join(file).display()))
+            .map_err(|e| format!("cannot move pid {pid} into {}: {e}", dir.display()))
+    }
+
+    /// Whether `pid` sits in the VM's cgroup, from `/proc/PID/cgroup`.
+    pub fn contains(&self, vm_id: &str, pid: u32) -> bool {
+        let (Some(dir), root) = (self.vm_dir(vm_id), self.mount_root()) else {
+            return false;
+        };
+        let Some(rel) = root.and_then(|r| dir.strip_prefix(r).ok().map(|p| p.to_path_buf())) else {
+            return false;
+        };
+        let want = format!("/{}", rel.display());
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map(|text| {
+                text.lines().any(|l| {
+                    let mut parts = l.splitn(3, ':');
+                    let (_, controllers, path) = (parts.next(), parts.next(), parts.next());
+                    let cpu = match self {
+                        CgroupSupport::V2 { .. } => controllers == Some(""),
+                        _ => controllers.is_some_and(|c| c.split(',').any(|c| c == "cpu")),
+                    };
+                    cpu && path == Some(want.as_str())
+                })
+            })
+            .unwrap_or(false)
+    }
+
+    /// The directory the hierarchy is mounted at (`/proc/PID/cgroup` paths are relative to it).
+    fn mount_root(&self) -> Option<&Path> {
+        match self {
+            // base = ROOT/corral (v2) or ROOT/cpu/corral (v1)
+            CgroupSupport::V2 { base } | CgroupSupport::V1 { base } => base.parent(),
+            CgroupSupport::Unavailable { .. } => None,
+        }
     }
 
     /// Change the weight of a running VM.

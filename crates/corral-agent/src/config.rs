@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub autostart: bool,
     /// Guest-tools ISO for `vm tools insert`; default: `virtio-win*.iso` in the ISO library.
     pub tools_iso: Option<PathBuf>,
+    /// HTTPS listeners, certificate and token, shown by `host info`; `None`: unix socket only.
+    pub remote: Option<corral_model::host::RemoteAccess>,
 }
 
 /// Optional settings from `STATE_DIR/corral.toml`.

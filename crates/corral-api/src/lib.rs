@@ -6,11 +6,16 @@
 //! Long operations answer `202 {"task": ID}` when called with `?wait=false`; by default they
 //! wait and answer `200 {"task": ID, "vm": VmInfo}`. The serial console is an HTTP upgrade
 //! (`Upgrade: corral-console`) spliced to the VM's console socket; events are NDJSON.
+//!
+//! The same router serves the unix socket (protected by its file mode) and, with
+//! `corral serve --listen`, HTTPS listeners guarded by a bearer token ([`remote`]).
 
+pub mod openapi;
+pub mod remote;
 mod routes;
 mod transfer;
 
-pub use routes::router;
+pub use routes::{router, served_paths};
 
 use axum::http::StatusCode;
 use corral_model::ErrorKind;
@@ -26,5 +31,6 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
     }
 }

@@ -1,8 +1,14 @@
 //! Typed async client of the corral API.
 //!
-//! One HTTP/1.1 connection per request to the agent's unix socket (cheap on a local socket,
-//! and it keeps the client free of pooling state). Every method maps an error response back to
-//! the `ApiError` the agent sent, so callers see the agent's kind and message unchanged.
+//! One HTTP/1.1 connection per request, to the agent's unix socket or to one of its HTTPS
+//! listeners (cheap on a local socket, and it keeps the client free of pooling state). Every
+//! method maps an error response back to the `ApiError` the agent sent, so callers see the
+//! agent's kind and message unchanged. HTTPS pins the agent's self-signed certificate by its
+//! SHA-256 fingerprint and sends the bearer token (module `tls`).
+
+mod tls;
+
+pub use tls::{parse_fingerprint, HttpsTarget};
 
 use bytes::Bytes;
 use corral_model::api::*;
@@ -14,7 +20,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +32,31 @@ pub enum ClientError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// `--connect` is not something the client can talk to.
+    #[error("{0}")]
+    Address(String),
+    #[error(
+        "the agent at {endpoint} presented a certificate with SHA-256 fingerprint {actual}, \
+         which corral does not trust yet: check it on the agent's host (`corral host info` \
+         shows it), then pass --fingerprint {actual} or set CORRAL_FINGERPRINT"
+    )]
+    UnknownCertificate { endpoint: String, actual: String },
+    #[error(
+        "refusing to talk to {endpoint}: its certificate has SHA-256 fingerprint {actual}, \
+         not the expected {expected} (the connection may be intercepted, or the agent's \
+         certificate was regenerated; `corral host info` on the agent's host shows the current one)"
+    )]
+    FingerprintMismatch {
+        endpoint: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("TLS handshake with the corral agent at {endpoint} failed")]
+    Tls {
+        endpoint: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("bad answer from the agent: {0}")]
     Protocol(String),
 }
@@ -46,15 +76,38 @@ pub use transfer::{ChannelBody, Download, ImportOutcome};
 type Result<T> = std::result::Result<T, ClientError>;
 
 /// Answer of operations that ran as a task on a VM.
-#[derive(Debug, Clone, Deserialize)]
-pub struct VmTaskAnswer {
-    pub task: String,
-    pub vm: VmInfo,
-}
+pub use corral_model::api::VmTaskAnswer;
 
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    transport: Transport,
+}
+
+#[derive(Debug, Clone)]
+enum Transport {
+    Unix(PathBuf),
+    Https(std::sync::Arc<HttpsTarget>),
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Run the HTTP/1.1 handshake on any byte stream; the connection task lives until the
+/// request (or the upgraded console) is done. `B` is the request body type (JSON, or a
+/// streamed upload).
+async fn handshake<S, B>(stream: S) -> Result<hyper::client::conn::http1::SendRequest<B>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(proto)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
 }
 
 fn proto(e: impl std::fmt::Display) -> ClientError {
@@ -78,35 +131,78 @@ fn seg(s: &str) -> String {
 impl Client {
     pub fn unix(socket: impl Into<PathBuf>) -> Self {
         Client {
-            socket: socket.into(),
+            transport: Transport::Unix(socket.into()),
         }
     }
 
+    /// An agent's HTTPS listener: `url` is `https://HOST:PORT`; `token` is the agent's
+    /// bearer token; `fingerprint` the SHA-256 of its certificate. Without a fingerprint every
+    /// request fails with [`ClientError::UnknownCertificate`], which names the fingerprint the
+    /// agent presented: the client never trusts a certificate silently.
+    pub fn https(url: &str, token: Option<&str>, fingerprint: Option<&str>) -> Result<Self> {
+        Ok(Client {
+            transport: Transport::Https(std::sync::Arc::new(HttpsTarget::new(
+                url,
+                token,
+                fingerprint,
+            )?)),
+        })
+    }
+
     pub fn endpoint(&self) -> String {
-        self.socket.display().to_string()
+        match &self.transport {
+            Transport::Unix(p) => p.display().to_string(),
+            Transport::Https(t) => t.url.clone(),
+        }
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect {
-                endpoint: self.endpoint(),
-                source,
-            })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(proto)?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+    async fn connect(&self) -> Result<Sender> {
+        self.connect_with().await
     }
 
-    fn build(method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>> {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "corral");
+    /// A connection whose requests carry bodies of type `B`.
+    pub(crate) async fn connect_with<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        match &self.transport {
+            Transport::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        endpoint: self.endpoint(),
+                        source,
+                    })?;
+                handshake(stream).await
+            }
+            Transport::Https(t) => handshake(t.connect().await?).await,
+        }
+    }
+
+    /// A request with the headers every call carries (host; the token over HTTPS).
+    pub(crate) fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        let b = Request::builder().method(method).uri(path);
+        match &self.transport {
+            Transport::Unix(_) => b.header("host", "corral"),
+            Transport::Https(t) => {
+                let b = b.header("host", &t.authority);
+                match &t.token {
+                    Some(token) => b.header("authorization", format!("Bearer {token}")),
+                    None => b,
+                }
+            }
+        }
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Request<Full<Bytes>>> {
+        let mut b = self.request(method, path);
         if body.is_some() {
             b = b.header("content-type", "application/json");
         }
@@ -123,7 +219,7 @@ impl Client {
     ) -> Result<(StatusCode, Bytes)> {
         let mut sender = self.connect().await?;
         let resp = sender
-            .send_request(Self::build(method, path, body)?)
+            .send_request(self.build(method, path, body)?)
             .await
             .map_err(proto)?;
         let status = resp.status();
@@ -373,7 +469,7 @@ impl Client {
             None => "/v1/events".to_string(),
         };
         let resp = sender
-            .send_request(Self::build(Method::GET, &path, None)?)
+            .send_request(self.build(Method::GET, &path, None)?)
             .await
             .map_err(proto)?;
         let mut body = resp.into_body();
@@ -398,10 +494,8 @@ impl Client {
     /// Open the VM's serial console as a raw byte stream.
     pub async fn console(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
         let mut sender = self.connect().await?;
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("/v1/vms/{}/console", seg(name)))
-            .header("host", "corral")
+        let req = self
+            .request(Method::GET, &format!("/v1/vms/{}/console", seg(name)))
             .header("connection", "upgrade")
             .header("upgrade", "corral-console")
             .body(Full::new(Bytes::new()))

@@ -9,8 +9,7 @@ use corral_model::transfer::*;
 use corral_model::ApiError;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
@@ -84,27 +83,6 @@ async fn error_of(resp: hyper::Response<Incoming>) -> ClientError {
 }
 
 impl Client {
-    async fn connect_with<B>(&self) -> Result<hyper::client::conn::http1::SendRequest<B>>
-    where
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect {
-                endpoint: self.endpoint(),
-                source,
-            })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(proto)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-
     /// Start an export; read the archive with [`Download::chunk`].
     pub async fn export_vm(&self, name: &str, q: &ExportQuery) -> Result<Download> {
         let mut path = format!(
@@ -120,10 +98,8 @@ impl Client {
             path.push_str(&format!("&level={l}"));
         }
         let mut sender = self.connect_with::<http_body_util::Empty<Bytes>>().await?;
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header("host", "corral")
+        let req = self
+            .request(Method::GET, &path)
             .body(http_body_util::Empty::new())
             .map_err(proto)?;
         let resp = sender.send_request(req).await.map_err(proto)?;
@@ -168,10 +144,8 @@ impl Client {
             path.push_str(&format!("&sr={}", seg(s)));
         }
         let mut sender = self.connect_with::<ChannelBody>().await?;
-        let mut b = Request::builder()
-            .method(Method::PUT)
-            .uri(path)
-            .header("host", "corral")
+        let mut b = self
+            .request(Method::PUT, &path)
             .header("content-type", "application/octet-stream");
         if let Some(l) = length {
             b = b.header("content-length", l);

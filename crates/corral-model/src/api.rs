@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 /// A disk to create with a new VM or add to an existing one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DiskRequest {
     /// Virtual size. With `import_from`, 0 means "the image's size"; a larger size grows it.
@@ -25,6 +26,7 @@ pub struct DiskRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NicRequest {
     pub network: String,
@@ -37,6 +39,7 @@ pub struct NicRequest {
 
 /// `POST /v1/vms`. Absent fields come from the template, then from built-in defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmCreateRequest {
     pub name: String,
@@ -77,6 +80,7 @@ pub struct VmCreateRequest {
 
 /// `PATCH /v1/vms/{name}`: change settings. Memory and vCPUs apply at the next start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmUpdateRequest {
     #[serde(default)]
@@ -109,6 +113,7 @@ pub struct VmUpdateRequest {
 
 /// Paravirtual (virtio) or emulated devices, as templates and `vm set --device-model` say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceModel {
     Pv,
@@ -121,6 +126,7 @@ pub enum DeviceModel {
 /// installer boots leaves no VM behind; a failure after (timeout, installer error) leaves the
 /// VM halted with the failed task in its history, so its console log can be read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmInstallRequest {
     /// The VM to create; the template fills in what is absent.
@@ -146,6 +152,7 @@ pub struct VmInstallRequest {
 
 /// Where the installer comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum InstallSource {
     /// An install tree: `http://`, `ftp://`, `nfs://`, a local directory; optionally
@@ -167,6 +174,7 @@ pub enum InstallSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitRequest {
     pub user_data: String,
@@ -178,6 +186,7 @@ pub struct CloudInitRequest {
 
 /// Power actions: `POST /v1/vms/{name}/actions/{action}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VmAction {
     Start,
@@ -216,6 +225,7 @@ impl VmAction {
 
 /// Options of a power action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     /// For `shutdown`: seconds to wait for the guest before failing the task (default 120).
@@ -224,6 +234,7 @@ pub struct ActionRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmDeleteRequest {
     #[serde(default)]
@@ -233,12 +244,14 @@ pub struct VmDeleteRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CdromInsertRequest {
     pub iso: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SrCreateRequest {
     pub name: String,
@@ -248,6 +261,7 @@ pub struct SrCreateRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NetworkCreateRequest {
     pub name: String,
@@ -256,6 +270,23 @@ pub struct NetworkCreateRequest {
 
 /// Answer to a request that started a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskAccepted {
     pub task: String,
+}
+
+/// Answer to an operation on a VM that ran as a task and was waited for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct VmTaskAnswer {
+    pub task: String,
+    pub vm: crate::vm::VmInfo,
+}
+
+/// `POST /v1/templates`: a template in its TOML form (docs/install.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TemplateCreateRequest {
+    pub toml: String,
 }

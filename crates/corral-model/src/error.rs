@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// What kind of failure an error is. The API maps each kind to one HTTP status in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     NotFound,
@@ -17,6 +18,8 @@ pub enum ErrorKind {
     /// Something did not finish in the time it was given (an install, a guest shutdown).
     Timeout,
     Internal,
+    /// The request came over the network without the agent's token (or with a wrong one).
+    Unauthorized,
 }
 
 impl ErrorKind {
@@ -30,12 +33,14 @@ impl ErrorKind {
             ErrorKind::Busy => "busy",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
+            ErrorKind::Unauthorized => "unauthorized",
         }
     }
 }
 
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[error("{message}")]
 pub struct ApiError {
     pub kind: ErrorKind,

@@ -5,6 +5,7 @@ use crate::vm::PowerState;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     VmCreated {
@@ -33,6 +34,7 @@ pub enum Event {
 
 /// An event with its sequence number and time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct EventEnvelope {
     pub seq: u64,
     pub time_ms: u64,

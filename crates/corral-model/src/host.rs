@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Accelerator {
     Kvm,
@@ -20,6 +21,7 @@ impl Accelerator {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AcceleratorInfo {
     pub name: Accelerator,
     /// Why this accelerator: "probe: kvm guest did not boot within 5s (...)", "forced by --accel".
@@ -27,6 +29,7 @@ pub struct AcceleratorInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostInfo {
     pub hostname: String,
     pub host_id: String,
@@ -47,9 +50,29 @@ pub struct HostInfo {
     /// This host in the planner's capacity model (what `corral plan` and recommend-host use).
     #[serde(default)]
     pub planner: Option<crate::stats::PlannerCapacity>,
+    /// Network access over HTTPS (`corral serve --listen`); absent when the agent serves its
+    /// unix socket only.
+    #[serde(default)]
+    pub remote: Option<RemoteAccess>,
+}
+
+/// How remote clients reach this agent: TLS with a self-signed certificate pinned by its
+/// SHA-256 fingerprint, and a bearer token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RemoteAccess {
+    /// `ADDR:PORT` of each TLS listener.
+    pub listen: Vec<String>,
+    /// SHA-256 of the certificate (DER), upper-case hex pairs joined by `:`.
+    pub cert_sha256: String,
+    /// Where the certificate lives on the host.
+    pub cert_path: PathBuf,
+    /// Where the token lives on the host (readable by the agent's user only).
+    pub token_path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StorageRepository {
     pub name: String,
     pub path: PathBuf,
@@ -63,6 +86,7 @@ pub struct StorageRepository {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkKind {
     /// QEMU user-mode NAT: works unprivileged, guests reach out, nothing reaches in.
@@ -72,6 +96,7 @@ pub enum NetworkKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Network {
     pub name: String,
     pub kind: NetworkKind,
@@ -80,6 +105,7 @@ pub struct Network {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct IsoImage {
     pub name: String,
     pub path: PathBuf,

@@ -4,7 +4,8 @@
 //! defined here, with units in field names (`memory_bytes`, `size_bytes`) and validation of the
 //! values a user controls (`validate` module). Front ends parse user text into these types,
 //! the agent checks them once more against host facts, and the store persists them as JSON.
-//! This crate depends on serde only, so every other crate can use it.
+//! This crate depends on serde only, so every other crate can use it; the `schema` feature
+//! adds `schemars::JsonSchema` derives, from which corral-api generates its OpenAPI document.
 
 pub mod api;
 pub mod error;

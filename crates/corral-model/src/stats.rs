@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One sample of a running VM, or one coarse point averaging finer samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StatsSample {
     /// End of the interval, milliseconds since the Unix epoch.
     pub at_ms: u64,
@@ -30,6 +31,7 @@ pub struct StatsSample {
 
 /// p50 / p95 / max of one metric over the points of one resolution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct MetricSummary {
     /// Field name of [`StatsSample`], e.g. `cpu_ghz`.
     pub metric: String,
@@ -40,6 +42,7 @@ pub struct MetricSummary {
 
 /// The points kept at one resolution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StatsSeries {
     /// `5s`, `1m` or `1h`.
     pub resolution: String,
@@ -54,6 +57,7 @@ pub struct StatsSeries {
 
 /// `GET /v1/vms/{name}/stats`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VmStats {
     pub vm: String,
     /// Seconds between samples.
@@ -68,6 +72,7 @@ pub struct VmStats {
 
 /// A host in the planner's capacity model (`corral plan` hosts CSV columns).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PlannerCapacity {
     pub name: String,
     pub cores: u32,
@@ -86,6 +91,7 @@ pub struct PlannerCapacity {
 
 /// One host's rating for a VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostScore {
     pub host: String,
     /// 0 (cannot take it) to 5 (plenty of room).
@@ -95,6 +101,7 @@ pub struct HostScore {
 
 /// `GET /v1/vms/{name}/recommend-host`: every host of the pool rated for the VM, best first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct HostRecommendation {
     pub vm: String,
     /// `measured` (p95 of its stats) or `configured` (its vCPUs and memory).

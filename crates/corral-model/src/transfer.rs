@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Archive format of an export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExportFormat {
     /// corral's native streaming archive (`docs/formats/corral-archive.md`).
@@ -27,6 +28,7 @@ impl ExportFormat {
 
 /// Compression of a native export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ExportCompression {
     #[default]
@@ -36,6 +38,7 @@ pub enum ExportCompression {
 
 /// Query of `GET /v1/vms/{name}/export`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     #[serde(default)]
@@ -49,6 +52,7 @@ pub struct ExportQuery {
 
 /// Query of `PUT /v1/imports` (the body is the archive).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImportQuery {
     /// Name of the new VM; default: the name in the archive.
@@ -70,6 +74,7 @@ pub struct ImportQuery {
 
 /// One disk of an import plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PlannedDisk {
     pub device: String,
     pub virtual_size_bytes: u64,
@@ -82,6 +87,7 @@ pub struct PlannedDisk {
 
 /// Answer of `PUT /v1/imports?dry_run=true`: what an import would create.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImportPlan {
     /// `corral`, `ova` or `xva`.
     pub format: String,
@@ -94,6 +100,7 @@ pub struct ImportPlan {
 
 /// Answer of a completed import.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ImportAnswer {
     pub task: String,
     pub vm: crate::VmInfo,
@@ -102,6 +109,7 @@ pub struct ImportAnswer {
 
 /// Body of `POST /v1/vms/{name}/clone` and `.../copy`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     /// Name of the new VM.

@@ -15,6 +15,7 @@ pub const MAX_DISKS: usize = 16;
 
 /// Power state as users see it (Xen's words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PowerState {
     Halted,
@@ -41,6 +42,7 @@ impl std::fmt::Display for PowerState {
 /// How a disk is presented to the guest. `Virtio` is paravirtual; `Sata` and `Ide` are the
 /// emulated controllers unmodified guests (and Windows before PV drivers) need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DiskBus {
     #[default]
@@ -50,6 +52,7 @@ pub enum DiskBus {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DiskFormat {
     #[default]
@@ -67,6 +70,7 @@ impl DiskFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NicModel {
     #[default]
@@ -76,6 +80,7 @@ pub enum NicModel {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Firmware {
     #[default]
@@ -85,6 +90,7 @@ pub enum Firmware {
 
 /// A virtual disk attached to a VM, backed by a volume in a storage repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
     /// Stable device name within the VM: `disk0`, `disk1`, ...
@@ -100,6 +106,7 @@ pub struct Disk {
 
 /// A CD-ROM/DVD drive; `media` is the inserted ISO, if any. An empty drive stays attached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Cdrom {
     /// `cdrom0`, ...
@@ -109,6 +116,7 @@ pub struct Cdrom {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
     /// `nic0`, ...
@@ -121,6 +129,7 @@ pub struct Nic {
 
 /// Direct kernel boot (installers, the test guest). Absent: boot from the devices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KernelBoot {
     pub kernel: PathBuf,
@@ -132,6 +141,7 @@ pub struct KernelBoot {
 
 /// Which device the firmware tries first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BootDevice {
     #[default]
@@ -142,6 +152,7 @@ pub enum BootDevice {
 
 /// Everything the user decides about a VM: the chapter's "Install XenVM" form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: String,
@@ -180,6 +191,7 @@ pub struct VmSpec {
 
 /// Boot settings that only hold during an install.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct InstallBoot {
     /// The `vm.install` task driving the install.
@@ -191,6 +203,7 @@ pub struct InstallBoot {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PxeBoot {
     pub tftp_root: PathBuf,
@@ -204,6 +217,7 @@ pub const CPU_WEIGHT_HIGH: u32 = 512;
 
 /// A VM record as stored: id, owning host, spec, and the last known power state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VmRecord {
     pub id: String,
     /// Host that owns (runs) this VM; lets a pool move VMs between hosts later.
@@ -215,6 +229,7 @@ pub struct VmRecord {
 
 /// How the CPU weight was applied to the running QEMU process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CpuWeightStatus {
     /// The weight asked for.
     pub requested: u32,
@@ -246,6 +261,7 @@ impl CpuWeightStatus {
 
 /// The runtime view `vm show` prints: the spec flattened plus what is live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VmInfo {
     pub id: String,
     pub name: String,

@@ -27,10 +27,18 @@ use std::path::PathBuf;
         corral vm start web01 && corral vm console web01"
 )]
 struct Cli {
-    /// Agent to talk to: a unix socket path. Default: $CORRAL_CONNECT, else the socket in the
-    /// default state directory.
+    /// Agent to talk to: a unix socket path, or https://HOST:PORT (an agent started with
+    /// `serve --listen`; needs --token and --fingerprint). Default: the socket in the default
+    /// state directory.
     #[arg(long, global = true, env = "CORRAL_CONNECT")]
     connect: Option<String>,
+    /// Token of a remote agent (its STATE_DIR/token file).
+    #[arg(long, global = true, env = "CORRAL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// SHA-256 fingerprint of a remote agent's certificate (`corral host info` on that host
+    /// shows it).
+    #[arg(long, global = true, env = "CORRAL_FINGERPRINT")]
+    fingerprint: Option<String>,
     /// Print machine-readable JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -72,13 +80,20 @@ enum Command {
     Plan(cmd::plan::PlanArgs),
 }
 
-/// Where the CLI finds the agent.
-pub fn client_for(connect: Option<&str>) -> corral_client::Client {
-    let socket = match connect {
-        Some(c) => PathBuf::from(c.strip_prefix("unix:").unwrap_or(c)),
-        None => corral_agent::config::default_state_dir().join("corral.sock"),
+/// Where the CLI finds the agent: an `https://` URL is a remote agent, anything else a socket.
+pub fn client_for(
+    connect: Option<&str>,
+    token: Option<&str>,
+    fingerprint: Option<&str>,
+) -> anyhow::Result<corral_client::Client> {
+    let c = match connect {
+        Some(c) if c.contains("://") => corral_client::Client::https(c, token, fingerprint)?,
+        Some(c) => corral_client::Client::unix(PathBuf::from(c.strip_prefix("unix:").unwrap_or(c))),
+        None => corral_client::Client::unix(
+            corral_agent::config::default_state_dir().join("corral.sock"),
+        ),
     };
-    corral_client::Client::unix(socket)
+    Ok(c)
 }
 
 fn main() {
@@ -88,9 +103,13 @@ fn main() {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Measure(args) => cmd::measure::run(args),
         Command::Plan(args) => cmd::plan::run(args),
-        other => {
-            let client = client_for(cli.connect.as_deref());
-            runtime().block_on(async move {
+        other => match client_for(
+            cli.connect.as_deref(),
+            cli.token.as_deref(),
+            cli.fingerprint.as_deref(),
+        ) {
+            Err(e) => Err(e),
+            Ok(client) => runtime().block_on(async move {
                 match other {
                     Command::Host(c) => cmd::misc::host(&client, c, json).await,
                     Command::Vm(c) => cmd::vm::run(&client, c, json).await,
@@ -104,8 +123,8 @@ fn main() {
                         unreachable!("handled above")
                     }
                 }
-            })
-        }
+            }),
+        },
     };
     if let Err(e) = result {
         output::print_error(&e, json);

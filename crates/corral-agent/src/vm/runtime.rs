@@ -9,6 +9,8 @@ use corral_model::*;
 use corral_qemu::argv::{build_argv, Launch, NicBackend, OvmfPaths, RuntimePaths};
 use corral_qemu::qmp::{Qmp, QmpEvent};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -193,6 +195,18 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
     // Hold the vCPUs until the process sits in its cgroup with its weight.
     argv.push("-S".into());
     let log = run_dir.join("qemu.log");
+    // The cgroup exists before QEMU does; moving QEMU into it overlaps QEMU's own start.
+    let prepared = agent.cgroups.prepare(&rec.id, rec.spec.cpu_weight);
+    let stop_mover = Arc::new(AtomicBool::new(false));
+    let mover = prepared.is_ok().then(|| {
+        let (cgroups, vm_id, pidfile, stop) = (
+            agent.cgroups.clone(),
+            rec.id.clone(),
+            paths.pidfile.clone(),
+            stop_mover.clone(),
+        );
+        tokio::task::spawn_blocking(move || move_when_daemonized(&cgroups, &vm_id, &pidfile, &stop))
+    });
     let spawned = corral_qemu::process::spawn_daemonized(
         &agent.config.qemu_binary,
         &argv,
@@ -203,6 +217,7 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
     let pid = match spawned.await {
         Ok(pid) => pid,
         Err(e) => {
+            stop_mover.store(true, Ordering::Relaxed);
             cleanup_taps(&taps).await;
             return Err(ApiError::internal(format!(
                 "QEMU did not start: {}",
@@ -210,6 +225,14 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
             )));
         }
     };
+    // QEMU wrote its pid file before its parent exited, so the mover has its pid by now.
+    stop_mover.store(true, Ordering::Relaxed);
+    let moved = match mover {
+        Some(handle) => handle.await.unwrap_or_else(|e| Err(e.to_string())),
+        None => Err("no cgroup".into()),
+    };
+    let cpu_weight =
+        cpu_weight_after_move(agent, &rec.id, pid, rec.spec.cpu_weight, prepared, moved);
     let result = async {
         let qmp = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
             .await
@@ -217,7 +240,6 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
                 ApiError::internal(format!("cannot reach QEMU's monitor: {}", error_chain(&e)))
             })?;
         let events = qmp.subscribe();
-        let cpu_weight = apply_cpu_weight(agent, &rec.id, pid, rec.spec.cpu_weight);
         if !paused {
             qmp.execute("cont", serde_json::json!({}))
                 .await
@@ -230,7 +252,7 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
             qmp,
             events,
             taps: taps.clone(),
-            cpu_weight,
+            cpu_weight: cpu_weight.clone(),
             vnc: format!("unix:{}", paths.vnc_socket.display()),
         })
     }
@@ -242,8 +264,64 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
     result
 }
 
-pub fn apply_cpu_weight(agent: &Agent, vm_id: &str, pid: u32, weight: u32) -> CpuWeightStatus {
-    let outcome = agent.cgroups.apply(vm_id, pid, weight);
+/// Wait (polling, 1 ms steps) for QEMU's pid file, then move that process into the VM's
+/// cgroup. QEMU writes the file right after it daemonizes, about 10 ms into a start that takes
+/// about 80 ms, so the cgroup move (an RCU grace period on cgroup v1) runs while QEMU
+/// initialises instead of after it. Gives up when `stop` is set and the file never appeared.
+fn move_when_daemonized(
+    cgroups: &crate::cgroup::CgroupSupport,
+    vm_id: &str,
+    pidfile: &std::path::Path,
+    stop: &AtomicBool,
+) -> Result<u32, String> {
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .filter(|p| *p > 1)
+        {
+            let t0 = std::time::Instant::now();
+            cgroups.move_pid(vm_id, pid)?;
+            tracing::debug!(
+                vm = vm_id,
+                pid,
+                move_ms = t0.elapsed().as_secs_f64() * 1000.0,
+                "QEMU moved into its cgroup while initialising"
+            );
+            return Ok(pid);
+        }
+        if stopping {
+            return Err("QEMU's pid file did not appear".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The CPU weight status of a fresh QEMU: the early move must have caught the daemonized
+/// process (the pid the start returned); otherwise move it now, the slow way.
+fn cpu_weight_after_move(
+    agent: &Agent,
+    vm_id: &str,
+    pid: u32,
+    weight: u32,
+    prepared: Result<String, String>,
+    moved: Result<u32, String>,
+) -> CpuWeightStatus {
+    let outcome = match (prepared, moved) {
+        (Err(reason), _) => Err(reason),
+        (Ok(applied), Ok(moved)) if moved == pid && agent.cgroups.contains(vm_id, pid) => {
+            Ok(applied)
+        }
+        (Ok(applied), early) => {
+            tracing::debug!(
+                vm = vm_id,
+                ?early,
+                "early cgroup move missed QEMU; moving it now"
+            );
+            agent.cgroups.move_pid(vm_id, pid).map(|_| applied)
+        }
+    };
     if let Err(reason) = &outcome {
         tracing::warn!(vm = vm_id, %reason, "CPU weight not applied");
     }

@@ -93,7 +93,7 @@ pub async fn host(c: &Client, _cmd: HostCommand, json: bool) -> anyhow::Result<(
         output::json(&h);
         return Ok(());
     }
-    output::fields(&[
+    let mut rows = vec![
         ("hostname", h.hostname.clone()),
         ("host id", h.host_id.clone()),
         (
@@ -119,7 +119,24 @@ pub async fn host(c: &Client, _cmd: HostCommand, json: bool) -> anyhow::Result<(
         ("agent", h.agent_version.clone()),
         ("cpu weight", h.cpu_weight_support.clone()),
         ("state dir", h.state_dir.display().to_string()),
-    ]);
+        (
+            "remote access",
+            match &h.remote {
+                None => {
+                    "none (unix socket only; `corral serve --listen ADDR:PORT` adds HTTPS)".into()
+                }
+                Some(r) => format!("https on {}", r.listen.join(", ")),
+            },
+        ),
+    ];
+    if let Some(r) = &h.remote {
+        rows.extend([
+            ("certificate sha256", r.cert_sha256.clone()),
+            ("certificate", r.cert_path.display().to_string()),
+            ("token file", r.token_path.display().to_string()),
+        ]);
+    }
+    output::fields(&rows);
     if let Some(p) = &h.planner {
         let opt = |v: Option<f64>, unit: &str| {
             v.map_or("not limited".to_string(), |v| format!("{v:.0} {unit}"))

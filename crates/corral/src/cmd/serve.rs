@@ -1,5 +1,6 @@
 //! `corral serve`: validate the configuration, start the agent, serve the API on a unix
-//! socket until SIGINT/SIGTERM. Guests keep running when the agent stops.
+//! socket (and, with `--listen`, over HTTPS with a token) until SIGINT/SIGTERM. Guests keep
+//! running when the agent stops.
 
 use anyhow::{bail, Context};
 use corral_agent::config::{AccelMode, AgentConfig, ConfigFile};
@@ -13,7 +14,12 @@ use std::path::PathBuf;
     tools_iso, qemu_binary, accel, probe_kernel, probe_initrd); flags win.\n\n\
     VMs keep running when the agent stops or crashes; on start it re-attaches to them, marks \
     those that died as halted, and starts the VMs marked --autostart.\n\n\
-    Examples:\n  corral serve\n  corral serve --state-dir /srv/corral --accel tcg")]
+    With --listen ADDR:PORT the same API is also served over HTTPS on TCP. The first start \
+    generates a self-signed certificate (STATE_DIR/tls/cert.pem) and a token (STATE_DIR/token); \
+    remote clients pass the token and pin the certificate's SHA-256 fingerprint (`corral host \
+    info` shows it): corral --connect https://HOST:PORT --token TOKEN --fingerprint FP ...\n\n\
+    Examples:\n  corral serve\n  corral serve --state-dir /srv/corral --accel tcg\n  \
+    corral serve --listen 0.0.0.0:8443")]
 pub struct ServeArgs {
     /// State directory [default: /var/lib/corral as root, else ~/.local/state/corral].
     #[arg(long)]
@@ -42,6 +48,10 @@ pub struct ServeArgs {
     /// Do not start --autostart VMs.
     #[arg(long)]
     no_autostart: bool,
+    /// Also serve the API over HTTPS on this TCP address (repeatable), e.g. 0.0.0.0:8443.
+    /// Every request there needs the token in STATE_DIR/token. Default: unix socket only.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<std::net::SocketAddr>,
 }
 
 fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
@@ -77,7 +87,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("probe_kernel and probe_initrd go together"),
     };
+    let remote = if args.listen.is_empty() {
+        None
+    } else {
+        let mut names: Vec<String> = args.listen.iter().map(|a| a.ip().to_string()).collect();
+        names.extend(hostname());
+        let material = corral_api::remote::RemoteMaterial::load_or_create(&state_dir, &names)?;
+        Some(material)
+    };
     let config = AgentConfig {
+        remote: remote.as_ref().map(|m| corral_model::host::RemoteAccess {
+            listen: args.listen.iter().map(|a| a.to_string()).collect(),
+            cert_sha256: m.fingerprint.clone(),
+            cert_path: m.cert_path.clone(),
+            token_path: m.token_path.clone(),
+        }),
         iso_dir: absolute(
             args.iso_dir
                 .or(file.iso_dir)
@@ -105,10 +129,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(config, socket))
+    rt.block_on(serve(config, socket, args.listen, remote))
 }
 
-async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+async fn serve(
+    config: AgentConfig,
+    socket: PathBuf,
+    listen: Vec<std::net::SocketAddr>,
+    remote: Option<corral_api::remote::RemoteMaterial>,
+) -> anyhow::Result<()> {
     if socket.exists() {
         if tokio::net::UnixStream::connect(&socket).await.is_ok() {
             bail!("another agent is already listening on {}", socket.display());
@@ -116,10 +152,33 @@ async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
         std::fs::remove_file(&socket)
             .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
     }
+    // Bind the TCP listeners before the agent starts (and autostarts VMs), so a taken port
+    // fails the start cleanly; they serve once the agent exists.
+    let mut tcp = Vec::new();
+    for addr in &listen {
+        tcp.push(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
+    }
     let _ = std::fs::create_dir_all(&config.iso_dir);
     let agent = corral_agent::Agent::start(config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let app = corral_api::router(agent);
+    if let Some(m) = &remote {
+        let guarded = m.guard(app.clone());
+        for (listener, addr) in tcp.into_iter().zip(&listen) {
+            tracing::info!(%addr, fingerprint = %m.fingerprint, "serving HTTPS");
+            tokio::spawn(corral_api::remote::serve_tls(
+                listener,
+                guarded.clone(),
+                m.tls.clone(),
+            ));
+        }
+    }
+    // The unix socket comes last: its appearance tells scripts and tests the agent is ready.
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     {
@@ -127,7 +186,6 @@ async fn serve(config: AgentConfig, socket: PathBuf) -> anyhow::Result<()> {
         let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
     }
     tracing::info!(socket = %socket.display(), "corral agent ready");
-    let app = corral_api::router(agent);
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     let shutdown = async move {

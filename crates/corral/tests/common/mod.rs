@@ -296,3 +296,24 @@ pub fn tail(s: &str, lines: usize) -> String {
 
 /// Boot timeouts are generous: CI runs two TCG guests at once on two cores.
 pub const BOOT: Duration = Duration::from_secs(90);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (for `serve --listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
+/// Run the CLI with exactly `args` (no implicit `--connect`), ignoring CORRAL_* variables of
+/// the caller's environment.
+pub fn corral(args: &[&str]) -> Output {
+    Command::new(corral_bin())
+        .args(args)
+        .env_remove("CORRAL_CONNECT")
+        .env_remove("CORRAL_TOKEN")
+        .env_remove("CORRAL_FINGERPRINT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run corral")
+}
