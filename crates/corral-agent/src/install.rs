@@ -100,11 +100,8 @@ impl Agent {
         let task_id = task.id.clone();
         let agent = self.clone();
         tokio::spawn(async move {
-            match agent.run_install(prepared, &task).await {
-                Ok(note) => task.succeed(Some(note)),
-                Err(e) if task.is_cancelled() => task.cancelled_with(&e.message),
-                Err(e) => task.fail(&e),
-            }
+            let result = agent.run_install(prepared, &task).await;
+            task.finish_with_note(result);
         });
         Ok(task_id)
     }
@@ -484,11 +481,7 @@ impl Agent {
                         .await
                 }
                 .await;
-                match result {
-                    Ok(note) => task.succeed(Some(note)),
-                    Err(e) if task.is_cancelled() => task.cancelled_with(&e.message),
-                    Err(e) => task.fail(&e),
-                }
+                task.finish_with_note(result);
             });
         }
     }

@@ -83,6 +83,15 @@ impl TaskHandle {
         self.tasks
             .finish(&self.id, TaskState::Cancelled, Some(note.to_string()), None);
     }
+    /// Finish with a note on success; a failure after the task was cancelled counts as the
+    /// cancellation it is.
+    pub fn finish_with_note(&self, result: Result<String, ApiError>) {
+        match result {
+            Ok(note) => self.succeed(Some(note)),
+            Err(e) if self.is_cancelled() => self.cancelled_with(&e.message),
+            Err(e) => self.fail(&e),
+        }
+    }
     /// Finish from a result.
     pub fn complete<T>(&self, result: &Result<T, ApiError>) {
         match result {

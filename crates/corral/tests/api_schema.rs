@@ -415,8 +415,10 @@ fn answers_match_the_openapi_document() {
         "POST",
         "/v1/installs",
         "/v1/installs",
-        Some(json!({"vm": {"name": "i1", "template": "debian-12", "vcpus": 9},
-                    "source": {"kind": "location", "location": "http://127.0.0.1:9/"}})),
+        Some(
+            json!({"vm": {"name": "i1", "template": "debian-12", "vcpus": 9},
+                    "source": {"kind": "location", "location": "http://127.0.0.1:9/"}}),
+        ),
         400,
     );
     c.call(
