@@ -23,6 +23,14 @@ fn tree_copy() -> tempfile::TempDir {
     d
 }
 
+/// The test installer's tree served over HTTP; keep the first two alive while it is used.
+fn tree_over_http() -> (tempfile::TempDir, servers::Server, String) {
+    let tree = tree_copy();
+    let http = servers::http_server(tree.path());
+    let url = format!("http://127.0.0.1:{}/", http.port);
+    (tree, http, url)
+}
+
 fn files_in(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -165,9 +173,7 @@ fn test_installer_over_pxe_from_a_boot_server_and_from_a_tree() {
     assert_installed(&a, "inst-pxe", None);
 
     // No boot server of one's own: the agent builds one from the tree's kernel and initrd.
-    let tree = tree_copy();
-    let http = servers::http_server(tree.path());
-    let url = format!("http://127.0.0.1:{}/", http.port);
+    let (_tree, _http, url) = tree_over_http();
     a.ok(&[
         "vm",
         "install",
@@ -189,9 +195,7 @@ fn test_installer_over_pxe_from_a_boot_server_and_from_a_tree() {
 #[test]
 fn emulated_install_switches_to_virtio_with_same_disk_and_mac() {
     let a = TestAgent::start();
-    let tree = tree_copy();
-    let http = servers::http_server(tree.path());
-    let url = format!("http://127.0.0.1:{}/", http.port);
+    let (_tree, _http, url) = tree_over_http();
     install(
         &a,
         "legacy",
@@ -376,9 +380,7 @@ fn debian_installer_first_dialog_over_http_and_ftp() {
 #[test]
 fn installer_that_never_finishes_times_out_and_is_powered_off() {
     let a = TestAgent::start();
-    let tree = tree_copy();
-    let http = servers::http_server(tree.path());
-    let url = format!("http://127.0.0.1:{}/", http.port);
+    let (_tree, _http, url) = tree_over_http();
     let err = a.fails(&[
         "vm",
         "install",
@@ -554,9 +556,7 @@ fn bad_install_input_leaves_nothing_behind() {
 #[test]
 fn install_survives_an_agent_restart() {
     let mut a = TestAgent::start();
-    let tree = tree_copy();
-    let http = servers::http_server(tree.path());
-    let url = format!("http://127.0.0.1:{}/", http.port);
+    let (_tree, _http, url) = tree_over_http();
     a.ok(&[
         "vm",
         "install",
