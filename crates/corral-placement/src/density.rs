@@ -2,13 +2,15 @@
 //!
 //! A portfolio of constructive heuristics runs on the same [`Instance`]: first-fit decreasing
 //! under three size measures (sum, largest resource, sum of squares of the normalised demand),
-//! best-fit decreasing, and a bin-oriented "minimum bin slack" fill that seeds each host with the
-//! largest remaining workload and searches (depth-first, with a node budget) for the set of
-//! remaining workloads that fills it best. The plan with fewest unplaced workloads, then fewest
-//! hosts, wins; `repair` then places what the heuristics stranded, a local search tries to
-//! empty the least-filled hosts by moving and swapping their workloads onto the others, and
-//! the pool search in `repack` closes hosts that need several swaps at once. Every step is budgeted in fit checks, never in
-//! wall-clock time, so the same input always gives the same plan. The reference first-fit
+//! best-fit decreasing, and a bin-oriented "minimum bin slack" fill that takes an exact
+//! fill of each host when one is found (`exact`), and otherwise seeds the host with the largest
+//! remaining workload and searches (depth-first, with a node budget) for the set of remaining
+//! workloads that fills it best. The plan with fewest unplaced workloads, then fewest hosts,
+//! wins; `repair` then places what the heuristics stranded, a local search tries to empty the
+//! least-filled hosts by moving and swapping their workloads onto the others, the pool search
+//! in `repack` closes hosts that need several swaps at once, and on small instances refill
+//! rounds empty and refill every host with slack. Every step is budgeted in fit checks or
+//! search nodes, never in wall-clock time, so the same input always gives the same plan. The reference first-fit
 //! decreasing is part of the portfolio, so the result never uses more hosts than it.
 
 use crate::engine::{FitTree, Instance, State, NONE};
@@ -144,13 +146,43 @@ fn min_bin_slack<'a>(inst: &'a Instance, order: &[u32], node_limit: u64) -> Stat
     st
 }
 
-/// Fill `hosts` one after another from `remaining` (minimum bin slack): seed an empty host with
-/// the first remaining item that fits, then search for the subset that fills it best.
+/// Fill `hosts` one after another from `remaining` (minimum bin slack): first hunt for the
+/// shallowest exact fill of an empty host (`exact::hunt`); failing that, seed it with the first
+/// remaining item that fits and search for the subset that fills it best.
 fn fill_hosts(st: &mut State, hosts: &[u32], mut remaining: Vec<u32>, node_limit: u64) {
+    // Exact-fill hunts cost up to HUNT_BUDGET × the per-host budget each; after two misses in a
+    // row the hosts left are filled by the seeded search alone (instances with slack everywhere
+    // have no exact fills to find).
+    let mut misses = 0;
     for &h in hosts {
         let h = h as usize;
         if remaining.is_empty() {
             break;
+        }
+        if misses < 2 && st.on[h].is_empty() {
+            match crate::exact::hunt(st, h, &remaining, node_limit * HUNT_BUDGET, HUNT_DEPTH) {
+                Some(set) => {
+                    let mut placed = Vec::new();
+                    for &i in &set {
+                        if st.fits(i as usize, h) {
+                            st.place(i as usize, h);
+                            placed.push(i);
+                        } else {
+                            break;
+                        }
+                    }
+                    if placed.len() == set.len() {
+                        misses = 0;
+                        remaining.retain(|&i| st.host_of[i as usize] == NONE);
+                        continue;
+                    }
+                    for i in placed {
+                        st.remove(i as usize);
+                    }
+                    misses += 1;
+                }
+                None => misses += 1,
+            }
         }
         let seed = if st.on[h].is_empty() {
             match remaining.iter().position(|&i| st.fits(i as usize, h)) {
@@ -458,6 +490,12 @@ impl Fill {
         false
     }
 }
+
+/// Budget of an exact-fill hunt, as a multiple of the per-host fill budget (a hunt node is a
+/// few integer compares and a hash lookup, far cheaper than a fill node).
+const HUNT_BUDGET: u64 = 10;
+/// Deepest hunt: a seed, this many more workloads, and one or two looked up.
+const HUNT_DEPTH: usize = 5;
 
 /// Largest instance (in items) the refill search runs on.
 const REFILL_MAX_ITEMS: usize = 200;
