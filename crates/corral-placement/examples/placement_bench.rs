@@ -175,78 +175,108 @@ fn main() {
     println!("## Placement (issue 5)\n");
     println!("`cargo run --release -p corral-placement --example placement_bench` (fixed seeds; times are wall clock on this machine).\n");
 
-    println!("### (a) Known optimum: host capacities split into 3–8 workloads each\n");
-    println!("| resources | hosts (optimum) | instances | density / optimum (mean) | density / optimum (worst) | FFD / optimum (mean) | density > FFD on | density ms (mean) |");
-    println!("|---|---|---|---|---|---|---|---|");
-    let mut all_ratios = Vec::new();
-    let mut worse_than_ffd_total = 0;
-    for dims in [2, 4, 6] {
-        for k in [10, 25, 50] {
-            let runs = 10;
-            let (mut ours, mut ffd, mut worst, mut worse, mut ms) = (0.0, 0.0, 0.0f64, 0, 0.0);
-            for _ in 0..runs {
-                let (hosts, workloads) = split_instance(&mut rng, dims, k, 100);
-                let t = Instant::now();
-                let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
-                ms += t.elapsed().as_secs_f64() * 1e3;
-                let f =
-                    plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
-                assert!(p.unplaced.is_empty() && f.unplaced.is_empty());
-                let r = p.hosts_used as f64 / k as f64;
-                all_ratios.push(r);
-                ours += r;
-                worst = worst.max(r);
-                ffd += f.hosts_used as f64 / k as f64;
-                if p.hosts_used > f.hosts_used {
-                    worse += 1;
+    // BENCH_ONLY=ab runs only sections (a) and (b); BENCH_CASES=4x25,6x50 plans only those
+    // (resources x hosts) cases of (a). Instances are generated either way, so a filtered run
+    // plans exactly the instances a full run does.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_else(|_| "abc".to_string());
+    let cases = std::env::var("BENCH_CASES").ok();
+    if !only.contains('a') {
+        // Same random stream for the sections that do run.
+        for dims in [2, 4, 6] {
+            for k in [10, 25, 50] {
+                for _ in 0..10 {
+                    split_instance(&mut rng, dims, k, 100);
                 }
             }
-            worse_than_ffd_total += worse;
-            println!(
-                "| {dims} | {k} | {runs} | {:.4} | {:.3} | {:.4} | {worse} | {:.1} |",
-                ours / runs as f64,
-                worst,
-                ffd / runs as f64,
-                ms / runs as f64
-            );
         }
-    }
-    let mean = all_ratios.iter().sum::<f64>() / all_ratios.len() as f64;
-    println!(
+    } else {
+        println!("### (a) Known optimum: host capacities split into 3–8 workloads each\n");
+        println!("| resources | hosts (optimum) | instances | density / optimum (mean) | density / optimum (worst) | FFD / optimum (mean) | density > FFD on | density ms (mean) |");
+        println!("|---|---|---|---|---|---|---|---|");
+        let mut all_ratios = Vec::new();
+        let mut worse_than_ffd_total = 0;
+        for dims in [2, 4, 6] {
+            for k in [10, 25, 50] {
+                let runs = 10;
+                let (mut ours, mut ffd, mut worst, mut worse, mut ms) = (0.0, 0.0, 0.0f64, 0, 0.0);
+                for _ in 0..runs {
+                    let (hosts, workloads) = split_instance(&mut rng, dims, k, 100);
+                    if cases
+                        .as_ref()
+                        .is_some_and(|c| !c.split(',').any(|c| c == format!("{dims}x{k}")))
+                    {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
+                    ms += t.elapsed().as_secs_f64() * 1e3;
+                    let f = plan_first_fit_decreasing(&hosts, &workloads, &raw())
+                        .expect("valid instance");
+                    assert!(p.unplaced.is_empty() && f.unplaced.is_empty());
+                    let r = p.hosts_used as f64 / k as f64;
+                    all_ratios.push(r);
+                    ours += r;
+                    worst = worst.max(r);
+                    ffd += f.hosts_used as f64 / k as f64;
+                    if p.hosts_used > f.hosts_used {
+                        worse += 1;
+                    }
+                }
+                worse_than_ffd_total += worse;
+                println!(
+                    "| {dims} | {k} | {runs} | {:.4} | {:.3} | {:.4} | {worse} | {:.1} |",
+                    ours / runs as f64,
+                    worst,
+                    ffd / runs as f64,
+                    ms / runs as f64
+                );
+            }
+        }
+        let mean = all_ratios.iter().sum::<f64>() / all_ratios.len() as f64;
+        println!(
         "\nOverall: density mode uses {:.2} % more hosts than the optimum on average (target ≤ 1 %); more than FFD on {worse_than_ffd_total} instances (target 0).\n",
         (mean - 1.0) * 100.0
     );
-
-    println!("### (b) Caprara–Toth-style random classes (2 resources)\n");
-    println!("Classes: 1 uncorrelated [10,50] of 150; 2 uncorrelated [20,100] of 150; 3 positively correlated; 4 negatively correlated; 5 [0.4,400] of 1000.\n");
-    println!("| class | workloads | instances | hosts (mean) | FFD (mean) | volume bound (mean) | LP bound (mean, where found) | LP found on | gap to best bound | ms (mean) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for class in 1..=5 {
-        for n in [25, 50, 100, 200] {
-            let runs = 5;
-            let mut lp_found = 0;
-            let (mut hosts_sum, mut ffd_sum, mut vol, mut lp, mut gap, mut ms) =
-                (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-            for _ in 0..runs {
-                let (hosts, workloads) = ct_instance(&mut rng, class, n);
-                let t = Instant::now();
-                let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
-                ms += t.elapsed().as_secs_f64() * 1e3;
-                let f =
-                    plan_first_fit_decreasing(&hosts, &workloads, &raw()).expect("valid instance");
-                let lpv = p.bounds.lp.unwrap_or(0.0);
-                if p.bounds.lp.is_some() {
-                    lp_found += 1;
+    }
+    if !only.contains('b') {
+        for class in 1..=5 {
+            for n in [25, 50, 100, 200] {
+                for _ in 0..5 {
+                    ct_instance(&mut rng, class, n);
                 }
-                let best = (p.bounds.volume as f64).max((lpv - 1e-6).ceil());
-                hosts_sum += p.hosts_used as f64;
-                ffd_sum += f.hosts_used as f64;
-                vol += p.bounds.volume as f64;
-                lp += lpv;
-                gap += (p.hosts_used as f64 - best) / best;
             }
-            let r = runs as f64;
-            println!(
+        }
+    } else {
+        println!("### (b) Caprara–Toth-style random classes (2 resources)\n");
+        println!("Classes: 1 uncorrelated [10,50] of 150; 2 uncorrelated [20,100] of 150; 3 positively correlated; 4 negatively correlated; 5 [0.4,400] of 1000.\n");
+        println!("| class | workloads | instances | hosts (mean) | FFD (mean) | volume bound (mean) | LP bound (mean, where found) | LP found on | gap to best bound | ms (mean) |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for class in 1..=5 {
+            for n in [25, 50, 100, 200] {
+                let runs = 5;
+                let mut lp_found = 0;
+                let (mut hosts_sum, mut ffd_sum, mut vol, mut lp, mut gap, mut ms) =
+                    (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+                for _ in 0..runs {
+                    let (hosts, workloads) = ct_instance(&mut rng, class, n);
+                    let t = Instant::now();
+                    let p = plan(&hosts, &workloads, &raw()).expect("valid instance");
+                    ms += t.elapsed().as_secs_f64() * 1e3;
+                    let f = plan_first_fit_decreasing(&hosts, &workloads, &raw())
+                        .expect("valid instance");
+                    let lpv = p.bounds.lp.unwrap_or(0.0);
+                    if p.bounds.lp.is_some() {
+                        lp_found += 1;
+                    }
+                    let best = (p.bounds.volume as f64).max((lpv - 1e-6).ceil());
+                    hosts_sum += p.hosts_used as f64;
+                    ffd_sum += f.hosts_used as f64;
+                    vol += p.bounds.volume as f64;
+                    lp += lpv;
+                    gap += (p.hosts_used as f64 - best) / best;
+                }
+                let r = runs as f64;
+                println!(
                 "| {class} | {n} | {runs} | {:.1} | {:.1} | {:.1} | {} | {lp_found}/{runs} | {:.2} % | {:.0} |",
                 hosts_sum / r,
                 ffd_sum / r,
@@ -255,9 +285,12 @@ fn main() {
                 gap / r * 100.0,
                 ms / r
             );
+            }
         }
     }
-
+    if !only.contains('c') {
+        return;
+    }
     println!("\n### (c) Speed\n");
     let hosts: Vec<Host> = (0..1000)
         .map(|i| {

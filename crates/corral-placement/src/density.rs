@@ -2,13 +2,15 @@
 //!
 //! A portfolio of constructive heuristics runs on the same [`Instance`]: first-fit decreasing
 //! under three size measures (sum, largest resource, sum of squares of the normalised demand),
-//! best-fit decreasing, and a bin-oriented "minimum bin slack" fill that seeds each host with the
-//! largest remaining workload and searches (depth-first, with a node budget) for the set of
-//! remaining workloads that fills it best. The plan with fewest unplaced workloads, then fewest
-//! hosts, wins; `repair` then places what the heuristics stranded, a local search tries to
-//! empty the least-filled hosts by moving and swapping their workloads onto the others, and
-//! the pool search in `repack` closes hosts that need several swaps at once. Every step is budgeted in fit checks, never in
-//! wall-clock time, so the same input always gives the same plan. The reference first-fit
+//! best-fit decreasing, and a bin-oriented "minimum bin slack" fill that takes an exact
+//! fill of each host when one is found (`exact`), and otherwise seeds the host with the largest
+//! remaining workload and searches (depth-first, with a node budget) for the set of remaining
+//! workloads that fills it best. The plan with fewest unplaced workloads, then fewest hosts,
+//! wins; `repair` then places what the heuristics stranded, a local search tries to empty the
+//! least-filled hosts by moving and swapping their workloads onto the others, the pool search
+//! in `repack` closes hosts that need several swaps at once, and on small instances refill
+//! rounds empty and refill every host with slack. Every step is budgeted in fit checks or
+//! search nodes, never in wall-clock time, so the same input always gives the same plan. The reference first-fit
 //! decreasing is part of the portfolio, so the result never uses more hosts than it.
 
 use crate::engine::{FitTree, Instance, State, NONE};
@@ -140,10 +142,47 @@ fn min_bin_slack<'a>(inst: &'a Instance, order: &[u32], node_limit: u64) -> Stat
             remaining.push(i);
         }
     }
-    for &h in &inst.host_order {
+    fill_hosts(&mut st, &inst.host_order, remaining, node_limit);
+    st
+}
+
+/// Fill `hosts` one after another from `remaining` (minimum bin slack): first hunt for the
+/// shallowest exact fill of an empty host (`exact::hunt`); failing that, seed it with the first
+/// remaining item that fits and search for the subset that fills it best.
+fn fill_hosts(st: &mut State, hosts: &[u32], mut remaining: Vec<u32>, node_limit: u64) {
+    // Exact-fill hunts cost up to HUNT_BUDGET × the per-host budget each; after two misses in a
+    // row the hosts left are filled by the seeded search alone (instances with slack everywhere
+    // have no exact fills to find).
+    let mut misses = 0;
+    for &h in hosts {
         let h = h as usize;
         if remaining.is_empty() {
             break;
+        }
+        if misses < 2 && st.on[h].is_empty() {
+            match crate::exact::hunt(st, h, &remaining, node_limit * HUNT_BUDGET, HUNT_DEPTH) {
+                Some(set) => {
+                    let mut placed = Vec::new();
+                    for &i in &set {
+                        if st.fits(i as usize, h) {
+                            st.place(i as usize, h);
+                            placed.push(i);
+                        } else {
+                            break;
+                        }
+                    }
+                    if placed.len() == set.len() {
+                        misses = 0;
+                        remaining.retain(|&i| st.host_of[i as usize] == NONE);
+                        continue;
+                    }
+                    for i in placed {
+                        st.remove(i as usize);
+                    }
+                    misses += 1;
+                }
+                None => misses += 1,
+            }
         }
         let seed = if st.on[h].is_empty() {
             match remaining.iter().position(|&i| st.fits(i as usize, h)) {
@@ -165,16 +204,97 @@ fn min_bin_slack<'a>(inst: &'a Instance, order: &[u32], node_limit: u64) -> Stat
             .copied()
             .filter(|&i| st.fits(i as usize, h))
             .collect();
-        let mut search = Fill::new(&st, h, &cands, node_limit);
-        if !search.complete(&mut st) {
-            search.dfs(&mut st, &cands);
+        let mut search = Fill::new(st, h, &cands, node_limit);
+        if !search.complete(st) {
+            search.dfs(st, &cands);
         }
         for &i in &search.best {
             st.place(i as usize, h);
         }
         remaining.retain(|&i| st.host_of[i as usize] == NONE);
     }
-    st
+}
+
+/// How concentrated the load is: sum over used hosts of the squared relative fill. Between
+/// plans with the same number of hosts, the higher one has its slack on fewer hosts, which is
+/// closer to emptying one.
+fn concentration(st: &State) -> f64 {
+    (0..st.inst.hosts.len())
+        .filter(|&h| !st.on[h].is_empty())
+        .map(|h| {
+            let f = st.fill(h) / perfect_fill(st.inst, h);
+            f * f
+        })
+        .sum()
+}
+
+/// Large-neighbourhood search over the hosts with slack: take every workload off the used
+/// hosts that are not perfectly full and fill those hosts again (minimum bin slack) with a
+/// deeper per-host search, under a different size order each round and twice the depth every
+/// third round. A round is kept when it uses fewer hosts, or as many with the load more
+/// concentrated; otherwise it is undone. Perfectly full hosts stay as they are, so each kept
+/// round searches a smaller remainder, where the fill search finds exact fits it missed among
+/// all workloads. Stops after `rounds` rounds, when fewer than two hosts have slack, when the
+/// volume bound is met, or when `budget` fit checks are spent.
+fn refill(st: &mut State, rounds: u32, per_host: u64, budget: u64) {
+    let inst = st.inst;
+    let stop = st.work + budget;
+    let keys = [SizeKey::Sum, SizeKey::Max, SizeKey::Squares];
+    for round in 0..rounds {
+        if st.work >= stop || st.hosts_used() <= crate::bound::volume_bound(inst, st) {
+            return;
+        }
+        // Hosts with slack, in host order; hosts holding pinned workloads stay as they are.
+        let slack: Vec<u32> = inst
+            .host_order
+            .iter()
+            .copied()
+            .filter(|&h| {
+                let h = h as usize;
+                !st.on[h].is_empty()
+                    && st.fill(h) < perfect_fill(inst, h) - 1e-9
+                    && st.on[h]
+                        .iter()
+                        .all(|&i| inst.items[i as usize].pinned.is_none())
+            })
+            .collect();
+        if slack.len() < 2 {
+            return;
+        }
+        let before = (st.hosts_used(), concentration(st));
+        let snapshot = st.clone();
+        let mut items: Vec<u32> = Vec::new();
+        for &h in &slack {
+            items.extend(st.on[h as usize].iter().copied());
+        }
+        for &i in &items {
+            st.remove(i as usize);
+        }
+        let rank = order_items(inst, keys[round as usize % keys.len()]);
+        let mut pos = vec![0usize; inst.items.len()];
+        for (p, &i) in rank.iter().enumerate() {
+            pos[i as usize] = p;
+        }
+        items.sort_by_key(|&i| pos[i as usize]);
+        // The emptied hosts first, then unused ones (a round may need one more host).
+        let mut hosts = slack.clone();
+        hosts.extend(
+            inst.host_order
+                .iter()
+                .copied()
+                .filter(|&h| st.on[h as usize].is_empty() && !slack.contains(&h)),
+        );
+        let depth = per_host << (round / 3).min(6);
+        fill_hosts(st, &hosts, items, depth);
+        let after = (st.hosts_used(), concentration(st));
+        let kept = st.unplaced_workloads() <= snapshot.unplaced_workloads()
+            && (after.0 < before.0 || (after.0 == before.0 && after.1 > before.1 + 1e-9));
+        if !kept {
+            let work = st.work;
+            *st = snapshot;
+            st.work = work;
+        }
+    }
 }
 
 /// Depth-first search for the subset of `cands` that fills host `h` best. Two things keep it
@@ -371,6 +491,15 @@ impl Fill {
     }
 }
 
+/// Budget of an exact-fill hunt, as a multiple of the per-host fill budget (a hunt node is a
+/// few integer compares and a hash lookup, far cheaper than a fill node).
+const HUNT_BUDGET: u64 = 10;
+/// Deepest hunt: a seed, this many more workloads, and one or two looked up.
+const HUNT_DEPTH: usize = 5;
+
+/// Largest instance (in items) the refill search runs on.
+const REFILL_MAX_ITEMS: usize = 200;
+
 /// Lexicographic quality of a density plan: fewer unplaced workloads, then fewer hosts.
 fn better(a: &State, b: &State) -> bool {
     match a.unplaced_workloads().cmp(&b.unplaced_workloads()) {
@@ -431,6 +560,11 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
         // goal (10,000 workloads in 50 ms) leaves no room for it.
         if !large && !done(&best) {
             reduce_hosts(&mut best, 2_000_000 * effort, 400_000 * effort);
+        }
+        // The refill rounds pay on instances of up to a few hundred workloads; beyond that a
+        // round costs too much for what it finds.
+        if n <= REFILL_MAX_ITEMS && !done(&best) {
+            refill(&mut best, 12, 20_000 * effort, 40_000_000 * effort);
         }
     }
     (best, repaired)

@@ -13,6 +13,7 @@
 mod bound;
 mod density;
 mod engine;
+mod exact;
 pub mod input;
 mod model;
 mod performance;
