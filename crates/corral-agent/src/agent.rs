@@ -374,6 +374,24 @@ impl Agent {
             }
             created.push(disk.path.clone());
         }
+        match self.add_vm(id, spec).await {
+            Ok(handle) => Ok(handle),
+            Err(e) => {
+                for p in &created {
+                    let _ = corral_storage::remove_volume(p).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Record a new, halted VM on this host (its volumes exist), start its actor and
+    /// announce it. The name must be reserved by the caller.
+    pub(crate) async fn add_vm(
+        self: &Arc<Self>,
+        id: String,
+        spec: VmSpec,
+    ) -> Result<VmHandle, ApiError> {
         let rec = VmRecord {
             id: id.clone(),
             host: self.host_id.clone(),
@@ -381,15 +399,7 @@ impl Agent {
             power_state: PowerState::Halted,
             created_at_ms: crate::now_ms(),
         };
-        let rev = match self.put_json(&format!("vms/{id}"), &rec, Expect::Absent) {
-            Ok(r) => r,
-            Err(e) => {
-                for p in &created {
-                    let _ = corral_storage::remove_volume(p).await;
-                }
-                return Err(e);
-            }
-        };
+        let rev = self.put_json(&format!("vms/{id}"), &rec, Expect::Absent)?;
         let name = rec.spec.name.clone();
         let handle = vm::actor::spawn(self.clone(), rec, rev).await;
         self.registry_mut().insert(&name, handle.clone());

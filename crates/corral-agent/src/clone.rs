@@ -24,14 +24,12 @@
 use crate::agent::{random_mac, Agent};
 use crate::network::DEFAULT_NETWORK;
 use crate::tasks::TaskHandle;
-use crate::vm::{self, Lease, Op};
+use crate::vm::{Lease, Op};
 use corral_model::api::*;
-use corral_model::event::Event;
 use corral_model::host::StorageRepository;
 use corral_model::transfer::CloneRequest;
 use corral_model::validate::*;
 use corral_model::*;
-use corral_store::Expect;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -212,16 +210,6 @@ pub fn spec_of(i: &VmInfo) -> VmSpec {
 }
 
 impl Agent {
-    /// Record a new VM and start its actor; the name must be reserved by the caller.
-    pub(crate) async fn add_vm(self: &Arc<Self>, rec: VmRecord) -> Result<(), ApiError> {
-        let rev = self.put_json(&format!("vms/{}", rec.id), &rec, Expect::Absent)?;
-        let (name, id) = (rec.spec.name.clone(), rec.id.clone());
-        let handle = vm::actor::spawn(self.clone(), rec, rev).await;
-        self.registry_mut().insert(&name, handle);
-        self.events.publish(Event::VmCreated { vm: name, id });
-        Ok(())
-    }
-
     /// Run `f` with `name` reserved as a task `operation`; releases the name on failure.
     async fn with_new_name<F, Fut>(
         self: &Arc<Self>,
@@ -325,14 +313,7 @@ impl Agent {
         extra.retain(|d| !frozen.iter().any(|f| f.disk.device == d.device));
         disks.extend(extra);
         spec.disks = disks;
-        let rec = VmRecord {
-            id,
-            host: self.host_id.clone(),
-            spec,
-            power_state: PowerState::Halted,
-            created_at_ms: crate::now_ms(),
-        };
-        if let Err(e) = self.add_vm(rec).await {
+        if let Err(e) = self.add_vm(id, spec).await {
             for p in &created {
                 let _ = std::fs::remove_file(p);
             }
@@ -609,15 +590,7 @@ impl Agent {
             for n in spec.nics.iter_mut() {
                 n.mac = random_mac();
             }
-            result = self
-                .add_vm(VmRecord {
-                    id,
-                    host: self.host_id.clone(),
-                    spec,
-                    power_state: PowerState::Halted,
-                    created_at_ms: crate::now_ms(),
-                })
-                .await;
+            result = self.add_vm(id, spec).await.map(|_| ());
         }
         if result.is_err() {
             for p in &created {

@@ -568,15 +568,7 @@ impl Agent {
         }
         if result.is_ok() {
             spec.disks = disks;
-            result = self
-                .add_vm(VmRecord {
-                    id: id.to_string(),
-                    host: self.host_id.clone(),
-                    spec,
-                    power_state: PowerState::Halted,
-                    created_at_ms: crate::now_ms(),
-                })
-                .await;
+            result = self.add_vm(id.to_string(), spec).await.map(|_| ());
         }
         if result.is_err() {
             for p in placed {

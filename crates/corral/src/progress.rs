@@ -69,18 +69,22 @@ pub async fn watch_task(c: &Client, id: &str, quiet: bool) -> anyhow::Result<Tas
     Ok(task)
 }
 
+/// The bar for a byte count: `LABEL [=====>   ] 1.2 GiB/4 GiB 300 MiB/s ETA 9s`; `label` is
+/// literal text or an indicatif field such as `{msg}`.
+pub fn bytes_style(label: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
+        "{label} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{bytes_per_sec}} ETA {{eta}}"
+    ))
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
 fn render(b: &ProgressBar, t: &Task) {
     match (t.bytes_done, t.bytes_total) {
         (Some(done), Some(total)) if total > 0 => {
             if b.length() != Some(total) {
                 b.set_length(total);
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                );
+                b.set_style(bytes_style("{msg:30!}"));
             }
             b.set_position(done);
         }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use corral_client::{ChannelBody, Client, ImportOutcome};
 use corral_model::transfer::*;
 use corral_model::*;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
@@ -335,13 +335,7 @@ async fn upload(
                 .min(cap);
             let bar = show.then(|| {
                 let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                );
+                b.set_style(crate::progress::bytes_style("uploading"));
                 b
             });
             (Some(len), bar)
