@@ -40,6 +40,59 @@ pub struct AgentConfig {
     pub tools_iso: Option<PathBuf>,
     /// HTTPS listeners, certificate and token, shown by `host info`; `None`: unix socket only.
     pub remote: Option<corral_model::host::RemoteAccess>,
+    /// Figures of this host's planner capacity that the admin states instead of the measured
+    /// or assumed ones (disk bandwidth is only guessed from the device type, for example).
+    pub capacity: CapacityOverrides,
+}
+
+/// Planner capacity figures set by configuration (`[capacity]` in corral.toml or
+/// `corral serve --capacity-*`); each one that is set replaces what the agent would find.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityOverrides {
+    pub cores: Option<u32>,
+    pub ghz: Option<f64>,
+    pub memory_gib: Option<f64>,
+    pub net_mbps: Option<f64>,
+    pub disk_mbps: Option<f64>,
+    pub iops: Option<f64>,
+}
+
+impl CapacityOverrides {
+    /// Each field from `self` when set, else from `other` (flags over the file).
+    pub fn or(self, other: CapacityOverrides) -> CapacityOverrides {
+        CapacityOverrides {
+            cores: self.cores.or(other.cores),
+            ghz: self.ghz.or(other.ghz),
+            memory_gib: self.memory_gib.or(other.memory_gib),
+            net_mbps: self.net_mbps.or(other.net_mbps),
+            disk_mbps: self.disk_mbps.or(other.disk_mbps),
+            iops: self.iops.or(other.iops),
+        }
+    }
+
+    /// Every figure that is set must be a positive, finite number.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cores == Some(0) {
+            return Err("capacity cores must be at least 1".into());
+        }
+        for (name, v) in [
+            ("ghz", self.ghz),
+            ("memory_gib", self.memory_gib),
+            ("net_mbps", self.net_mbps),
+            ("disk_mbps", self.disk_mbps),
+            ("iops", self.iops),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return Err(format!(
+                        "capacity {name} must be a positive number, got {v}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Optional settings from `STATE_DIR/corral.toml`.
@@ -52,6 +105,9 @@ pub struct ConfigFile {
     pub accel: Option<AccelMode>,
     pub probe_kernel: Option<PathBuf>,
     pub probe_initrd: Option<PathBuf>,
+    /// `[capacity]`: planner capacity figures stated by the admin.
+    #[serde(default)]
+    pub capacity: CapacityOverrides,
 }
 
 impl ConfigFile {

@@ -12,8 +12,9 @@
 //!
 //! Each 5 s sample goes into a ring of 120; samples are averaged into one point per minute
 //! (ring of 120) and minute points into one point per hour (ring of 168). Coarse points are
-//! averages (like RRD's AVERAGE), so a burst shorter than the step is smoothed out there; the
-//! 5 s ring keeps the short peaks of the last 10 minutes. The minute and hour rings are
+//! averages (like RRD's AVERAGE) and carry the maximum of each metric beside the mean (like
+//! RRD's MAX), so a burst shorter than the step still counts for placement: the summaries'
+//! `max` and the hourly demand profile of `crate::advice` use it. The minute and hour rings are
 //! persisted in the state database (`stats/<vm id>`) each time a minute point is added, so an
 //! agent restart keeps the coarse history; the 5 s ring is memory only (it is rebuilt within
 //! minutes). A VM's statistics are dropped when the VM is deleted.
@@ -150,10 +151,33 @@ fn rates(prev: &Reading, cur: &Reading, ghz_per_core: f64, ticks: f64) -> Option
         disk_write_bytes_per_s: block.map(|(a, b)| per_s(a.wr_bytes, b.wr_bytes)),
         disk_read_iops: block.map(|(a, b)| per_s(a.rd_ops, b.rd_ops)),
         disk_write_iops: block.map(|(a, b)| per_s(a.wr_ops, b.wr_ops)),
+        max: None,
     })
 }
 
-/// Average of samples; a metric is `None` only if it is `None` in all of them.
+/// The highest value of each metric over samples (their own maxima where they are coarse
+/// points); a metric is `None` only if it is `None` in all of them.
+fn maximum(samples: &[StatsSample], at_ms: u64) -> StatsSample {
+    let peak = |s: &StatsSample| s.max.as_deref().cloned().unwrap_or_else(|| s.clone());
+    let peaks: Vec<StatsSample> = samples.iter().map(peak).collect();
+    let opt = |f: fn(&StatsSample) -> Option<f64>| peaks.iter().filter_map(f).reduce(f64::max);
+    StatsSample {
+        at_ms,
+        cpu_ghz: peaks.iter().map(|s| s.cpu_ghz).fold(0.0, f64::max),
+        cpu_percent: peaks.iter().map(|s| s.cpu_percent).fold(0.0, f64::max),
+        memory_bytes: peaks.iter().map(|s| s.memory_bytes).max().unwrap_or(0),
+        net_rx_bytes_per_s: opt(|s| s.net_rx_bytes_per_s),
+        net_tx_bytes_per_s: opt(|s| s.net_tx_bytes_per_s),
+        disk_read_bytes_per_s: opt(|s| s.disk_read_bytes_per_s),
+        disk_write_bytes_per_s: opt(|s| s.disk_write_bytes_per_s),
+        disk_read_iops: opt(|s| s.disk_read_iops),
+        disk_write_iops: opt(|s| s.disk_write_iops),
+        max: None,
+    }
+}
+
+/// Average of samples, with their maxima in `max`; a metric is `None` only if it is `None`
+/// in all of them.
 fn mean(samples: &[StatsSample], at_ms: u64) -> StatsSample {
     let n = samples.len().max(1) as f64;
     let opt = |f: fn(&StatsSample) -> Option<f64>| {
@@ -171,6 +195,7 @@ fn mean(samples: &[StatsSample], at_ms: u64) -> StatsSample {
         disk_write_bytes_per_s: opt(|s| s.disk_write_bytes_per_s),
         disk_read_iops: opt(|s| s.disk_read_iops),
         disk_write_iops: opt(|s| s.disk_write_iops),
+        max: Some(Box::new(maximum(samples, at_ms))),
     }
 }
 
@@ -198,7 +223,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// p50 / p95 / max of each metric over `points`.
+/// p50 / p95 / max of each metric over `points`; p50 and p95 of coarse points are over their
+/// means, the max over their maxima.
 pub(crate) fn summarise<'a>(
     points: impl Iterator<Item = &'a StatsSample> + Clone,
 ) -> Vec<MetricSummary> {
@@ -210,11 +236,15 @@ pub(crate) fn summarise<'a>(
             continue;
         }
         v.sort_by(f64::total_cmp);
+        let max = points
+            .clone()
+            .filter_map(|s| metrics(s.max.as_deref().unwrap_or(s))[k].1)
+            .fold(v[v.len() - 1], f64::max);
         out.push(MetricSummary {
             metric: name.to_string(),
             p50: percentile(&v, 50.0),
             p95: percentile(&v, 95.0),
-            max: v[v.len() - 1],
+            max,
         });
     }
     out
@@ -333,8 +363,9 @@ pub(crate) fn spawn_sampler(agent: &Arc<Agent>) {
 
 async fn sample_all(agent: &Arc<Agent>) {
     let handles: Vec<crate::vm::VmHandle> = agent.registry().by_id.values().cloned().collect();
-    let cpu = crate::host::cpu_facts();
-    let ghz = if cpu.mhz > 0.0 { cpu.mhz / 1000.0 } else { 1.0 };
+    // Consumed GHz at the clock the planner's capacity states (the cpufreq maximum when
+    // known), so a VM's demand and the host's capacity are in the same unit.
+    let ghz = agent.planner_host().0.ghz;
     let ticks = clock_ticks();
     let user_networks: Vec<String> = agent
         .list_networks()
@@ -494,12 +525,21 @@ impl Agent {
         })
     }
 
-    /// The 5 s points of a VM (for placement advice).
-    pub(crate) fn recent_samples(&self, vm_id: &str) -> Vec<StatsSample> {
+    /// Every point of a VM's history, 5 s samples, minute and hour points alike (for
+    /// placement advice, which takes the highest value per hour of the day).
+    pub(crate) fn stats_history(&self, vm_id: &str) -> Vec<StatsSample> {
         self.stats
             .lock()
             .get(vm_id)
-            .map(|s| s.fine.iter().cloned().collect())
+            .map(|s| {
+                s.fine
+                    .iter()
+                    .chain(&s.pending_minute)
+                    .chain(&s.coarse.minutes)
+                    .chain(&s.coarse.hours)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -589,6 +629,20 @@ mod tests {
             .iter()
             .all(|h| (h.cpu_ghz - 2.0).abs() < 1e-9));
         assert_eq!(s.coarse.hours[0].at_ms, HOUR_MS);
+        // The mean flattens the alternation; the maximum beside it keeps the peak.
+        assert!(s
+            .coarse
+            .minutes
+            .iter()
+            .all(|m| m.max.as_ref().is_some_and(|x| x.cpu_ghz == 3.0)));
+        assert!(s
+            .coarse
+            .hours
+            .iter()
+            .all(|h| h.max.as_ref().is_some_and(|x| x.cpu_ghz == 3.0)));
+        let hours = summarise(s.coarse.hours.iter());
+        let cpu = hours.iter().find(|m| m.metric == "cpu_ghz").unwrap();
+        assert_eq!((cpu.p50, cpu.max), (2.0, 3.0));
         let sum = summarise(s.fine.iter());
         let cpu = sum.iter().find(|m| m.metric == "cpu_ghz").unwrap();
         assert_eq!((cpu.p50, cpu.p95, cpu.max), (1.0, 3.0, 3.0));

@@ -225,6 +225,7 @@ impl Sampler {
             hostname: hostname(&self.root),
             cpu_model: self.cpu.model.clone(),
             cores: self.cpu.cores,
+            physical_cores: self.cpu.physical_cores,
             mhz: self.cpu.mhz,
             memory_total_gib: mem.total_bytes as f64 / f64::from(1u32 << 30),
             interval_s: interval.as_secs_f64(),
@@ -242,8 +243,14 @@ fn hostname(root: &Path) -> String {
 }
 
 fn cpu_info(root: &Path) -> Result<CpuInfo, MeasureError> {
+    cpu_info_with_source(root).map(|(info, _)| info)
+}
+
+/// CPU facts and where the clock came from (`cpufreq` rated maximum or `/proc/cpuinfo`).
+fn cpu_info_with_source(root: &Path) -> Result<(CpuInfo, &'static str), MeasureError> {
     let text = read(root, "proc/cpuinfo")?;
     let mut info = parse_cpuinfo(&text);
+    let mut source = "the mean momentary \"cpu MHz\" of /proc/cpuinfo";
     if info.cores == 0 {
         // Some architectures list no "processor" lines; count cpuN lines in /proc/stat.
         let stat = read(root, "proc/stat")?;
@@ -251,12 +258,14 @@ fn cpu_info(root: &Path) -> Result<CpuInfo, MeasureError> {
             .lines()
             .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
             .count() as u32;
+        info.physical_cores = info.cores;
     }
     // The rated clock, when cpufreq tells it, is steadier than the momentary "cpu MHz".
     if let Ok(khz) = read(root, "sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") {
         if let Ok(k) = khz.trim().parse::<f64>() {
             if k > 0.0 {
                 info.mhz = k / 1000.0;
+                source = "the rated maximum in cpufreq (cpuinfo_max_freq)";
             }
         }
     }
@@ -267,7 +276,7 @@ fn cpu_info(root: &Path) -> Result<CpuInfo, MeasureError> {
             "no processors or clock found".to_string(),
         ));
     }
-    Ok(info)
+    Ok((info, source))
 }
 
 /// How long and how often to sample.
@@ -316,7 +325,8 @@ pub fn measure(
     }
 }
 
-/// This machine as a planner host, with a note for every figure that had to be assumed.
+/// This machine as a planner host, with a note saying where each figure came from (read from
+/// the kernel, or a typical figure assumed).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HostCapacity {
     pub host: Host,
@@ -326,10 +336,17 @@ pub struct HostCapacity {
 /// Describe this machine (or the one under `root`) in the placement model.
 pub fn host_capacity(root: impl AsRef<Path>) -> Result<HostCapacity, MeasureError> {
     let root = root.as_ref();
-    let cpu = cpu_info(root)?;
+    let (cpu, clock_source) = cpu_info_with_source(root)?;
     let mem = parse_meminfo(&read(root, "proc/meminfo")?)
         .map_err(|m| parse_err(root, "proc/meminfo", m))?;
-    let mut notes = Vec::new();
+    let mut notes = vec![
+        format!(
+            "cores: {} logical CPUs from /proc/cpuinfo ({} physical cores); consumed GHz counts logical CPUs",
+            cpu.cores, cpu.physical_cores
+        ),
+        format!("clock: {:.2} GHz from {clock_source}", cpu.mhz / 1000.0),
+        "memory: MemTotal of /proc/meminfo".to_string(),
+    ];
     let mut net = 0.0;
     for nic in list(&root.join("sys/class/net")) {
         let dir = root.join("sys/class/net").join(&nic);
@@ -340,7 +357,12 @@ pub fn host_capacity(root: impl AsRef<Path>) -> Result<HostCapacity, MeasureErro
             .ok()
             .and_then(|s| s.trim().parse::<f64>().ok())
         {
-            Some(s) if s > 0.0 => net += s,
+            Some(s) if s > 0.0 => {
+                notes.push(format!(
+                    "NIC {nic}: {s} Mbit/s link speed from /sys/class/net"
+                ));
+                net += s
+            }
             _ => {
                 notes.push(format!(
                     "NIC {nic} reports no link speed (virtual NIC?): counted as 1000 Mbit/s"

@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CpuInfo {
     pub model: String,
+    /// Logical CPUs (hardware threads): what the kernel schedules on, and what consumed GHz
+    /// counts (`cores × clock × utilisation`, utilisation being over all logical CPUs).
     pub cores: u32,
+    /// Physical cores (distinct `physical id`/`core id` pairs); equals `cores` when the kernel
+    /// does not list the topology (many VMs and non-x86 machines).
+    pub physical_cores: u32,
     /// Mean "cpu MHz" over the CPUs (or the rated maximum from cpufreq when known).
     pub mhz: f64,
 }
@@ -14,13 +19,22 @@ pub struct CpuInfo {
 pub fn parse_cpuinfo(text: &str) -> CpuInfo {
     let mut info = CpuInfo::default();
     let (mut mhz_sum, mut mhz_n) = (0.0, 0u32);
+    let mut package = String::new();
+    let mut physical = std::collections::BTreeSet::new();
     for line in text.lines() {
         let Some((k, v)) = line.split_once(':') else {
             continue;
         };
         let (k, v) = (k.trim(), v.trim());
         match k {
-            "processor" => info.cores += 1,
+            "processor" => {
+                info.cores += 1;
+                package.clear();
+            }
+            "physical id" => package = v.to_string(),
+            "core id" => {
+                physical.insert((package.clone(), v.to_string()));
+            }
             "model name" | "Processor" | "cpu model" if info.model.is_empty() => {
                 info.model = v.to_string()
             }
@@ -36,6 +50,11 @@ pub fn parse_cpuinfo(text: &str) -> CpuInfo {
     if mhz_n > 0 {
         info.mhz = mhz_sum / f64::from(mhz_n);
     }
+    info.physical_cores = if physical.is_empty() {
+        info.cores
+    } else {
+        physical.len() as u32
+    };
     info
 }
 

@@ -163,6 +163,23 @@ fn measure_writes_a_profile_that_plan_reads() {
         "{} samples",
         profile.samples.len()
     );
+    // Read and write IOPS apart, and each disk and NIC on its own.
+    for (name, _) in profile.samples[0].disks.iter() {
+        for m in ["read_mbps", "write_mbps", "read_iops", "write_iops"] {
+            assert!(
+                profile.summary.contains_key(&format!("disk.{name}.{m}")),
+                "disk.{name}.{m} in {:?}",
+                profile.summary.keys()
+            );
+        }
+        assert!(profile.summary.contains_key("read_iops"));
+        assert!(profile.summary.contains_key("write_iops"));
+    }
+    for (name, _) in profile.samples[0].nics.iter() {
+        assert!(profile.summary.contains_key(&format!("nic.{name}.rx_mbps")));
+        assert!(profile.summary.contains_key(&format!("nic.{name}.tx_mbps")));
+    }
+    assert!(profile.physical_cores >= 1 && profile.physical_cores <= profile.cores);
     let hosts = dir.path().join("hosts.csv");
     std::fs::write(
         &hosts,
@@ -177,4 +194,90 @@ fn measure_writes_a_profile_that_plan_reads() {
         out.parent().expect("dir").to_str().expect("utf-8"),
     ])
     .expect("plan reads profiles");
+}
+
+#[test]
+fn measure_fails_at_once_on_an_unwritable_output_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("no-such-dir").join("srv1.json");
+    let started = std::time::Instant::now();
+    let err = run(&[
+        "measure",
+        "--duration",
+        "1h",
+        "--quiet",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ])
+    .expect_err("an output directory that does not exist");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("cannot write the profile to") && msg.contains("no-such-dir"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "failed before measuring"
+    );
+}
+
+#[test]
+fn measure_stops_when_a_save_fails_midway_and_says_what_it_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sub = dir.path().join("profiles");
+    std::fs::create_dir_all(&sub).expect("mkdir");
+    let out = sub.join("srv1.json");
+    let arg = out.to_str().expect("utf-8").to_string();
+    let started = std::time::Instant::now();
+    let runner = std::thread::spawn(move || {
+        run(&[
+            "measure",
+            "--interval",
+            "100ms",
+            "--duration",
+            "1h",
+            "--quiet",
+            "-o",
+            &arg,
+        ])
+    });
+    // The first save (10 samples, 1 s) succeeds; then the directory turns into a file, so
+    // the next save cannot be written (as root, permissions would not stop it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let n = std::fs::read_to_string(&out)
+            .ok()
+            .and_then(|t| serde_json::from_str::<corral_measure::Profile>(&t).ok())
+            .map_or(0, |p| p.samples.len());
+        if n >= 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no save with samples");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_dir_all(&sub).expect("remove dir");
+    std::fs::write(&sub, "not a directory").expect("file in its place");
+    let err = runner
+        .join()
+        .expect("no panic")
+        .expect_err("a save that fails midway stops the run");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "stopped at the failed save, not after an hour"
+    );
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("measuring stopped after") && msg.contains("the last good save to"),
+        "{msg}"
+    );
+    // The samples are kept in the temporary directory, and the message names the file.
+    let rescue = msg
+        .split("saved in ")
+        .nth(1)
+        .expect("names where the samples are kept")
+        .trim();
+    let text = std::fs::read_to_string(rescue).expect("rescued profile");
+    let profile: corral_measure::Profile = serde_json::from_str(&text).expect("profile json");
+    assert!(profile.samples.len() >= 20, "{}", profile.samples.len());
+    let _ = std::fs::remove_file(rescue);
 }

@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One sample of a running VM, or one coarse point averaging finer samples.
+/// One sample of a running VM, or one coarse point averaging finer samples (with their
+/// maxima in `max`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct StatsSample {
@@ -27,6 +28,11 @@ pub struct StatsSample {
     pub disk_write_bytes_per_s: Option<f64>,
     pub disk_read_iops: Option<f64>,
     pub disk_write_iops: Option<f64>,
+    /// On a coarse point (1 min, 1 h): the highest value of each metric over its interval, so
+    /// a burst shorter than the step still shows (the point itself is the mean). Absent on
+    /// 5 s samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Box<StatsSample>>,
 }
 
 /// p50 / p95 / max of one metric over the points of one resolution.
@@ -70,22 +76,27 @@ pub struct VmStats {
     pub series: Vec<StatsSeries>,
 }
 
-/// A host in the planner's capacity model (`corral plan` hosts CSV columns).
+/// A host in the planner's capacity model (`corral plan` hosts CSV columns), as
+/// `corral measure`'s host model finds it, with the figures set in the agent's configuration
+/// (`[capacity]`, `corral serve --capacity-*`) in their place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PlannerCapacity {
     pub name: String,
+    /// Logical CPUs.
     pub cores: u32,
+    /// Clock of each core: the cpufreq rated maximum when the kernel has it.
     pub ghz: f64,
     pub memory_gib: f64,
-    /// Total speed of the physical NICs in Mbit/s; `null` when the kernel does not report it.
-    pub net_mbps: Option<f64>,
-    /// Disk bandwidth in MB/s; `null`: not measured by the agent, so not limited in ratings.
-    pub disk_mbps: Option<f64>,
-    pub iops: Option<f64>,
+    /// NIC bandwidth in Mbit/s each way, summed over the physical NICs (pooled per host).
+    pub net_mbps: f64,
+    /// Disk bandwidth in MB/s, reads plus writes; a typical figure per device unless configured.
+    pub disk_mbps: f64,
+    /// Disk operations per second; a typical figure per device unless configured.
+    pub iops: f64,
     /// Networks defined on this host.
     pub networks: Vec<String>,
-    /// What was assumed or could not be measured.
+    /// Where each figure came from: read from the kernel, assumed, or set by configuration.
     pub notes: Vec<String>,
 }
 

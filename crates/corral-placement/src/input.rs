@@ -329,6 +329,16 @@ const WORKLOAD_COLUMNS: &[&str] = &[
 /// `net_in_mbps,net_out_mbps` to be exact. `disk_mbps` is reads plus writes, or give
 /// `disk_read_mbps,disk_write_mbps`.
 pub fn parse_workloads_csv(text: &str, file: &str) -> Result<Vec<Workload>, InputError> {
+    parse_workloads_csv_for(text, file, None)
+}
+
+/// Workloads from CSV, with each `host` pin checked against `hosts` (when given) so an unknown
+/// host is reported at its file and line.
+fn parse_workloads_csv_for(
+    text: &str,
+    file: &str,
+    hosts: Option<&[Host]>,
+) -> Result<Vec<Workload>, InputError> {
     let table = read_table(text, file, WORKLOAD_COLUMNS)?;
     let has = |c: &str| table.columns.iter().any(|x| x == c);
     if !has("name") || !has("memory_gib") {
@@ -400,6 +410,16 @@ pub fn parse_workloads_csv(text: &str, file: &str) -> Result<Vec<Workload>, Inpu
             None => row.non_negative("disk_read_mbps")? + row.non_negative("disk_write_mbps")?,
         };
         let iops = row.optional_non_negative("iops")?.unwrap_or(0.0);
+        let pin = row.get("host").map(str::to_string);
+        if let (Some(p), Some(hosts)) = (&pin, hosts) {
+            if !hosts.iter().any(|h| &h.name == p) {
+                return Err(at(
+                    file,
+                    *line,
+                    format!("workload {name:?} is pinned to unknown host {p:?}"),
+                ));
+            }
+        }
         out.push(Workload {
             name,
             demand: Demand::constant([
@@ -412,7 +432,7 @@ pub fn parse_workloads_csv(text: &str, file: &str) -> Result<Vec<Workload>, Inpu
             ]),
             apart: row.list("group_apart"),
             together: row.list("group_together"),
-            host: row.get("host").map(str::to_string),
+            host: pin,
             networks: row.list("networks"),
         });
     }
@@ -457,7 +477,8 @@ struct HostDefaults {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HostToml {
-    name: String,
+    /// Spanned so errors point at this host's own `name` line.
+    name: toml::Spanned<String>,
     #[serde(default)]
     count: Option<u32>,
     cores: i64,
@@ -497,9 +518,12 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
         return Err(in_file(file, "has no [[host]] tables"));
     }
     let mut hosts = Vec::new();
+    // Line of each host's `name`, for the duplicate check after expansion.
+    let mut lines = Vec::new();
     for h in doc.host {
-        let line = line_of(text, &format!("\"{}\"", h.name)).unwrap_or(1);
-        let err = |m: String| at(file, line, format!("host {:?}: {m}", h.name));
+        let line = line_of_offset(text, h.name.span().start);
+        let name = h.name.into_inner();
+        let err = |m: String| at(file, line, format!("host {name:?}: {m}"));
         let positive = |what: &str, v: f64| {
             if v > 0.0 && v.is_finite() {
                 Ok(v)
@@ -552,7 +576,7 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
             }
         }
         let template = Host {
-            name: h.name.clone(),
+            name: name.clone(),
             cores: h.cores as u32,
             ghz: positive("ghz", h.ghz)?,
             memory_gib: positive("memory_gib", h.memory_gib)?,
@@ -568,25 +592,28 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
             return Err(err("max_vms must be more than zero".into()));
         }
         match h.count {
-            None => hosts.push(template),
+            None => {
+                hosts.push(template);
+                lines.push(line);
+            }
             Some(0) => return Err(err("count must be more than zero".into())),
             Some(n) => {
                 for k in 1..=n {
                     let mut c = template.clone();
-                    c.name = format!("{}-{k}", h.name);
+                    c.name = format!("{name}-{k}");
                     hosts.push(c);
+                    lines.push(line);
                 }
             }
         }
     }
     let mut seen = BTreeMap::new();
-    for h in &hosts {
-        if seen.insert(h.name.clone(), ()).is_some() {
-            let line = line_of(text, &format!("\"{}\"", h.name)).unwrap_or(1);
+    for (h, line) in hosts.iter().zip(&lines) {
+        if let Some(first) = seen.insert(h.name.clone(), *line) {
             return Err(at(
                 file,
-                line,
-                format!("host {:?} is defined twice", h.name),
+                *line,
+                format!("host {:?} is already defined on line {first}", h.name),
             ));
         }
     }
@@ -675,12 +702,21 @@ pub struct Profile {
     pub format: String,
     pub hostname: String,
     pub cpu_model: String,
+    /// Logical CPUs (hardware threads). `cpu_ghz` in the samples is
+    /// `cores × mhz × utilisation` over these, so it is the clock the threads were given.
     pub cores: u32,
+    /// Physical cores (0 in profiles written before this field existed). A host of `cores`
+    /// threads on fewer physical cores delivers less than `cores × GHz` when every thread is
+    /// busy; the planner takes the host's `cores` column as given.
+    #[serde(default)]
+    pub physical_cores: u32,
     pub mhz: f64,
     pub memory_total_gib: f64,
     pub interval_s: f64,
     pub samples: Vec<Sample>,
-    /// p50/p95/max per metric, keyed by the sample field name.
+    /// p50/p95/max per metric, keyed by the sample field name; also `read_iops`, `write_iops`,
+    /// and per device `nic.NAME.rx_mbps`/`tx_mbps`, `disk.NAME.read_mbps`/`write_mbps`/
+    /// `read_iops`/`write_iops`.
     pub summary: BTreeMap<String, Stats>,
     /// Whether the measurement was stopped early (Ctrl-C) instead of running its duration.
     #[serde(default)]
@@ -726,6 +762,56 @@ impl Profile {
                 (k.to_string(), Stats::of(&v))
             })
             .collect();
+        // Read and write operations apart (a disk's budget differs between them), and each
+        // NIC and disk on its own (`nic.eth0.rx_mbps`, `disk.sda.write_iops`): the totals
+        // cannot tell one saturated NIC from two half-busy ones.
+        let per =
+            |f: &dyn Fn(&Sample) -> f64| Stats::of(&self.samples.iter().map(f).collect::<Vec<_>>());
+        let sum_disks =
+            |f: fn(&DiskSample) -> f64| move |s: &Sample| s.disks.values().map(f).sum::<f64>();
+        if self.samples.iter().any(|s| !s.disks.is_empty()) {
+            self.summary
+                .insert("read_iops".into(), per(&sum_disks(|d| d.read_iops)));
+            self.summary
+                .insert("write_iops".into(), per(&sum_disks(|d| d.write_iops)));
+        }
+        let nics: std::collections::BTreeSet<String> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.nics.keys().cloned())
+            .collect();
+        for n in nics {
+            let nic = |s: &Sample| s.nics.get(&n).copied().unwrap_or_default();
+            let mbit = |b: f64| b * 8.0 / 1e6;
+            self.summary.insert(
+                format!("nic.{n}.rx_mbps"),
+                per(&|s| mbit(nic(s).rx_bytes_per_s)),
+            );
+            self.summary.insert(
+                format!("nic.{n}.tx_mbps"),
+                per(&|s| mbit(nic(s).tx_bytes_per_s)),
+            );
+        }
+        let disks: std::collections::BTreeSet<String> = self
+            .samples
+            .iter()
+            .flat_map(|s| s.disks.keys().cloned())
+            .collect();
+        for d in disks {
+            let disk = |s: &Sample| s.disks.get(&d).copied().unwrap_or_default();
+            self.summary.insert(
+                format!("disk.{d}.read_mbps"),
+                per(&|s| disk(s).read_bytes_per_s / 1e6),
+            );
+            self.summary.insert(
+                format!("disk.{d}.write_mbps"),
+                per(&|s| disk(s).write_bytes_per_s / 1e6),
+            );
+            self.summary
+                .insert(format!("disk.{d}.read_iops"), per(&|s| disk(s).read_iops));
+            self.summary
+                .insert(format!("disk.{d}.write_iops"), per(&|s| disk(s).write_iops));
+        }
     }
 
     /// The workload this profile describes: each hour of the day (UTC) takes the highest
@@ -785,6 +871,24 @@ pub fn parse_profile(text: &str, file: &str, name: &str) -> Result<Workload, Inp
 /// Workloads from one file's text, by extension: `.json` is a profile (named after the file
 /// stem), anything else CSV.
 pub fn parse_workloads(text: &str, file: &str) -> Result<Vec<Workload>, InputError> {
+    parse_workloads_inner(text, file, None)
+}
+
+/// [`parse_workloads`], with CSV `host` pins checked against `hosts` while parsing, so an
+/// unknown host is an error naming the file and line (the model's own check cannot).
+pub fn parse_workloads_for(
+    text: &str,
+    file: &str,
+    hosts: &[Host],
+) -> Result<Vec<Workload>, InputError> {
+    parse_workloads_inner(text, file, Some(hosts))
+}
+
+fn parse_workloads_inner(
+    text: &str,
+    file: &str,
+    hosts: Option<&[Host]>,
+) -> Result<Vec<Workload>, InputError> {
     if file.to_ascii_lowercase().ends_with(".json") {
         let stem = std::path::Path::new(file)
             .file_stem()
@@ -792,7 +896,7 @@ pub fn parse_workloads(text: &str, file: &str) -> Result<Vec<Workload>, InputErr
             .unwrap_or(file);
         Ok(vec![parse_profile(text, file, stem)?])
     } else {
-        parse_workloads_csv(text, file)
+        parse_workloads_csv_for(text, file, hosts)
     }
 }
 

@@ -86,7 +86,10 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// Why a workload (or keep-together group) went to its host.
+/// Why a workload (or keep-together group) went to its host. Computed on the final plan: the
+/// chosen host without and with the workload, and the other hosts, with every other workload
+/// where the plan puts it (not replayed from the moment of the heuristic's decision, since the
+/// improvement phase moves workloads afterwards).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The workload, or the members of a keep-together group joined with `+`.

@@ -18,6 +18,21 @@ fn cell(r: &ResourceUse) -> String {
     }
 }
 
+/// What the figures of an explanation are relative to: they are computed on the finished plan
+/// (the improvement phase moves workloads after their first placement), not replayed from the
+/// moment of the decision.
+pub const FINAL_PLAN_NOTE: &str = "figures are against the final plan: the chosen host \
+    without and with the workload, every other workload where the plan puts it";
+
+/// `1 host`, `2 hosts`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
+}
+
 /// A plain-text report: the verdict, one row per used host with the peak utilisation of each
 /// resource, the unplaced workloads with reasons, and (when `explain`) one line per decision.
 pub fn to_table(plan: &Plan, explain: bool) -> String {
@@ -26,9 +41,11 @@ pub fn to_table(plan: &Plan, explain: bool) -> String {
     let total = placed + plan.unplaced.len();
     let _ = writeln!(
         out,
-        "{placed} of {total} workloads fit on {} of {} hosts ({} mode, every resource capped at {}).",
+        "{placed} of {total} {} fit on {} of {} {} ({} mode, every resource capped at {}).",
+        plural(total, "workload"),
         plan.hosts_used,
         plan.hosts_available,
+        plural(plan.hosts_available, "host"),
         plan.mode,
         percent(plan.max_utilisation)
     );
@@ -37,12 +54,14 @@ pub fn to_table(plan: &Plan, explain: bool) -> String {
         .lp
         .map(|v| format!(", LP bound {v:.2}"))
         .unwrap_or_default();
+    let bound = plan
+        .bounds
+        .volume
+        .max(plan.bounds.lp.map_or(0, |v| (v - 1e-6).ceil() as usize));
     let _ = writeln!(
         out,
-        "Lower bound: {} hosts (volume{lp}){}.",
-        plan.bounds
-            .volume
-            .max(plan.bounds.lp.map_or(0, |v| (v - 1e-6).ceil() as usize)),
+        "Lower bound: {bound} {} (volume{lp}){}.",
+        plural(bound, "host"),
         if plan.bounds.proven_optimal {
             "; this plan is optimal"
         } else {
@@ -113,7 +132,7 @@ pub fn to_table(plan: &Plan, explain: bool) -> String {
         }
     }
     if explain && !plan.decisions.is_empty() {
-        let _ = writeln!(out, "\nWhy:");
+        let _ = writeln!(out, "\nWhy ({FINAL_PLAN_NOTE}):");
         for d in &plan.decisions {
             let _ = writeln!(out, "  {}", d.summary);
         }
@@ -300,7 +319,11 @@ pub fn to_html(plan: &Plan) -> String {
         s.push_str("</table></div>");
     }
     if !plan.decisions.is_empty() {
-        s.push_str("<h2>Why each workload went where it did</h2><ul>");
+        let _ = write!(
+            s,
+            "<h2>Why each workload went where it did</h2><p>{}.</p><ul>",
+            esc(FINAL_PLAN_NOTE)
+        );
         for d in &plan.decisions {
             let _ = write!(s, "<li>{}</li>", esc(&d.summary));
         }

@@ -1,7 +1,8 @@
 //! Hand-computed plans, the chapter's example, and bad input.
 
 use corral_placement::input::{
-    apply_constraints, parse_hosts_csv, parse_hosts_toml, parse_workloads_csv, InputError,
+    apply_constraints, parse_hosts_csv, parse_hosts_toml, parse_workloads_csv, parse_workloads_for,
+    InputError,
 };
 use corral_placement::{
     consumed_ghz, plan, rate_hosts, report, Demand, Host, HostLoad, Mode, ModelError, PlanOptions,
@@ -193,7 +194,7 @@ fn a_workload_larger_than_any_host_is_unplaced_with_its_reason() {
     );
     let table = report::to_table(&p, true);
     assert!(
-        table.contains("1 of 2 workloads fit on 1 of 1 hosts") && table.contains("Cannot place:"),
+        table.contains("1 of 2 workloads fit on 1 of 1 host ") && table.contains("Cannot place:"),
         "{table}"
     );
     let html = report::to_html(&p);
@@ -481,5 +482,44 @@ fn zero_capacity_hosts_built_in_code_are_rejected() {
     assert_eq!(
         e.to_string(),
         "host \"a\": ghz must be a positive number, got 0"
+    );
+}
+
+#[test]
+fn error_lines_come_from_the_parser_not_a_text_search() {
+    // hv2's name appears (quoted) in hv1's networks first; the error is on hv2's own line.
+    let text = "[[host]]\nname = \"hv1\"\ncores = 8\nghz = 2.0\nmemory_gib = 64\n\
+                net_mbps = 1000\ndisk_mbps = 500\nnetworks = [\"hv2\"]\n\n\
+                [[host]]\nname = \"hv2\"\ncores = 8\nghz = 0\nmemory_gib = 64\n\
+                net_mbps = 1000\ndisk_mbps = 500\n";
+    let e = parse_hosts_toml(text, "h.toml").unwrap_err();
+    assert_eq!(
+        err_text(e),
+        "h.toml:11: host \"hv2\": ghz must be more than zero, got 0"
+    );
+    // A name defined twice points at the second definition and names the first.
+    let twice = "[[host]]\nname = \"a\"\ncores = 8\nghz = 2.0\nmemory_gib = 64\n\
+                 net_mbps = 1000\ndisk_mbps = 500\n[[host]]\nname = \"a\"\ncores = 8\n\
+                 ghz = 2.0\nmemory_gib = 64\nnet_mbps = 1000\ndisk_mbps = 500\n";
+    let e = parse_hosts_toml(twice, "h.toml").unwrap_err();
+    assert_eq!(
+        err_text(e),
+        "h.toml:9: host \"a\" is already defined on line 2"
+    );
+    // A CSV `host` column naming an unknown host: file and line, while parsing.
+    let hosts = vec![Host::new("hv1", 8, 2.0, 64.0, 1000.0, 500.0)];
+    let csv = "name,cpu_ghz,memory_gib,net_mbps,disk_mbps,host\n\
+               web,1,2,10,5,hv1\n\
+               db,1,2,10,5,hv9\n";
+    let e = parse_workloads_for(csv, "w.csv", &hosts).unwrap_err();
+    assert_eq!(
+        err_text(e),
+        "w.csv:3: workload \"db\" is pinned to unknown host \"hv9\""
+    );
+    assert_eq!(
+        parse_workloads_for(&csv.replace("hv9", "hv1"), "w.csv", &hosts)
+            .unwrap()
+            .len(),
+        2
     );
 }

@@ -1,7 +1,8 @@
 //! End-to-end: the agent measures a real running guest (TCG): `vm stats` shows CPU after a few
 //! seconds, network on user-mode NAT is reported as not available, the coarse history survives
-//! an agent restart, a halted VM has no current sample, and `vm recommend-host` rates this host
-//! with reasons.
+//! an agent restart (with each point's maximum beside its mean), a halted VM has no current
+//! sample, `vm recommend-host` rates this host with reasons, and the host's planner capacity
+//! takes figures from `--capacity-*` and `[capacity]`.
 
 mod common;
 use common::*;
@@ -24,7 +25,8 @@ fn points(s: &Value, resolution: &str) -> usize {
 
 #[test]
 fn running_guest_is_measured_and_rated_and_halted_guest_has_no_current_sample() {
-    let mut a = TestAgent::start();
+    // Disk bandwidth stated on the command line (it is only a typical figure otherwise).
+    let mut a = TestAgent::start_with(&["--capacity-disk-mbps", "1234"]);
     a.create_kernel_vm("meter", &["--disk", "32M"]);
 
     // Halted: nothing to show yet, and the answer says so.
@@ -84,22 +86,64 @@ fn running_guest_is_measured_and_rated_and_halted_guest_has_no_current_sample() 
     let text = a.ok(&["vm", "recommend-host", "meter"]);
     assert!(text.contains("/ 5") && text.contains("measured"), "{text}");
 
-    // This host in the planner's model.
+    // The demand covers all six resources.
+    let keys: Vec<&str> = r["demand"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d[0].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 6, "{r}");
+
+    // This host in the planner's model: every resource has a finite capacity (ratings weigh
+    // all six), the configured one replaces the typical figure, and notes say where each
+    // figure came from.
     let h = a.json(&["host", "info"]);
-    assert!(h["planner"]["cores"].as_u64().unwrap() >= 1, "{h}");
-    assert!(h["planner"]["memory_gib"].as_f64().unwrap() > 0.5, "{h}");
+    let p = &h["planner"];
+    assert!(p["cores"].as_u64().unwrap() >= 1, "{h}");
+    assert!(p["ghz"].as_f64().unwrap() > 0.0, "{h}");
+    assert!(p["memory_gib"].as_f64().unwrap() > 0.5, "{h}");
+    assert!(p["net_mbps"].as_f64().unwrap() > 0.0, "{h}");
+    assert_eq!(p["disk_mbps"].as_f64(), Some(1234.0), "{h}");
+    assert!(p["iops"].as_f64().unwrap() > 0.0, "{h}");
+    let notes = p["notes"].to_string();
+    assert!(
+        notes.contains("disk bandwidth: 1234 MB/s set by configuration"),
+        "{h}"
+    );
+    assert!(
+        notes.contains("logical CPUs from /proc/cpuinfo") && notes.contains("clock:"),
+        "{h}"
+    );
+    let text = a.ok(&["host", "info"]);
+    assert!(text.contains("disk 1234 MB/s"), "{text}");
 
     // The minute history is persisted: it survives an agent restart (the guest keeps running).
     wait_until(Duration::from_secs(100), "a 1-minute point", || {
         points(&stats(&a, "meter"), "1m") >= 1
     });
     a.stop();
+    // IOPS stated in the configuration file's [capacity] table.
+    std::fs::write(
+        a.state_dir().join("corral.toml"),
+        "[capacity]\niops = 4321\n",
+    )
+    .unwrap();
     a.spawn();
     assert_eq!(a.power_state("meter"), "running");
+    let h = a.json(&["host", "info"]);
+    assert_eq!(h["planner"]["iops"].as_f64(), Some(4321.0), "{h}");
+    assert_eq!(h["planner"]["disk_mbps"].as_f64(), Some(1234.0), "{h}");
     let s = stats(&a, "meter");
     assert!(
         points(&s, "1m") >= 1,
         "coarse history kept across the restart: {s}"
+    );
+    // Coarse points keep the maximum beside the mean.
+    let minute = &s["series"][1]["points"][0];
+    assert!(
+        minute["max"]["cpu_ghz"].as_f64().unwrap() >= minute["cpu_ghz"].as_f64().unwrap(),
+        "{minute}"
     );
 
     // Halted again: no current sample.

@@ -20,8 +20,10 @@ Examples:
   # Then plan with a directory of profiles; each is named after its file
   corral plan --hosts hosts.csv --workloads profiles/
 
-Ctrl-C stops early and keeps every sample taken. The profile is also saved every minute
-while measuring, so even a killed run leaves most of its data. It holds every sample (CPU
+Ctrl-C stops early and keeps every sample taken. The output file is written at the start
+(an unwritable path fails at once) and saved again every minute (every 10 samples at most)
+while measuring, so even a killed run leaves most of its data. If a save fails midway, the
+run stops there and says what was kept, saving the samples to the temporary directory. It holds every sample (CPU
 utilisation and consumed GHz = cores x clock x utilisation, memory used without page cache,
 receive/transmit Mbit/s per NIC, read/write MB/s and IOPS per whole disk) and p50/p95/max
 of each metric.";
@@ -78,6 +80,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Saves happen about every minute, and at least every this many samples.
+const SAVE_EVERY_SAMPLES: usize = 10;
+
 /// Write via a temporary file and rename, so a reader never sees half a profile.
 fn save(path: &Path, profile: &Profile) -> anyhow::Result<()> {
     let tmp = path.with_extension("json.partial");
@@ -110,12 +115,18 @@ pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
         interval: args.interval,
         duration: Some(args.duration),
     };
-    let every = (60.0 / args.interval.as_secs_f64()).ceil().max(1.0) as usize;
+    let every = ((60.0 / args.interval.as_secs_f64()).ceil() as usize).clamp(1, SAVE_EVERY_SAMPLES);
+    // Write the (empty) profile now: a bad output path fails before any time is spent.
+    save(&args.output, &sampler.profile(args.interval)?)
+        .with_context(|| format!("cannot write the profile to {}", args.output.display()))?;
+    // (samples in the last good save, the error that stopped the run)
+    let mut saved = 0;
     let mut save_error = None;
     eprintln!(
-        "measuring {} ({} x {:.0} MHz, disks: {}) every {:?} for {:?}; Ctrl-C stops and keeps what was measured",
+        "measuring {} ({} logical CPUs on {} physical cores x {:.0} MHz, disks: {}) every {:?} for {:?}; Ctrl-C stops and keeps what was measured",
         sampler.cpu.model,
         sampler.cpu.cores,
+        sampler.cpu.physical_cores,
         sampler.cpu.mhz,
         sampler.disks().join(", "),
         args.interval,
@@ -137,15 +148,35 @@ pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        if p.samples.len() % every == 0 {
-            if let Err(e) = save(&args.output, p) {
-                save_error.get_or_insert(e);
+        if save_error.is_none() && p.samples.len() % every == 0 {
+            match save(&args.output, p) {
+                Ok(()) => saved = p.samples.len(),
+                // Measuring on without a place to keep it would lose the whole run: stop.
+                Err(e) => {
+                    save_error = Some(e);
+                    stop.store(true, Ordering::SeqCst);
+                }
             }
         }
     })
     .context("measurement failed")?;
     if let Some(e) = save_error {
-        return Err(e);
+        let rescue =
+            std::env::temp_dir().join(format!("corral-measure-{}.json", std::process::id()));
+        let kept = match save(&rescue, &profile) {
+            Ok(()) => format!(
+                "all {} samples are saved in {}",
+                profile.samples.len(),
+                rescue.display()
+            ),
+            Err(e2) => format!("the samples could not be saved elsewhere either ({e2:#})"),
+        };
+        anyhow::bail!(
+            "measuring stopped after {} samples because the profile could not be saved: {e:#}; \
+             the last good save to {} has {saved} samples; {kept}",
+            profile.samples.len(),
+            args.output.display()
+        );
     }
     save(&args.output, &profile)?;
     println!(
@@ -158,9 +189,25 @@ pub fn run(args: MeasureArgs) -> anyhow::Result<()> {
         },
         args.output.display()
     );
-    println!("{:<16} {:>10} {:>10} {:>10}", "metric", "p50", "p95", "max");
-    for (k, s) in &profile.summary {
-        println!("{k:<16} {:>10.2} {:>10.2} {:>10.2}", s.p50, s.p95, s.max);
+    // Totals first, then each NIC and disk (`nic.eth0.rx_mbps`, `disk.sda.read_iops`).
+    let width = profile
+        .summary
+        .keys()
+        .map(|k| k.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:<width$} {:>10} {:>10} {:>10}",
+        "metric", "p50", "p95", "max"
+    );
+    let (totals, devices): (Vec<_>, Vec<_>) =
+        profile.summary.iter().partition(|(k, _)| !k.contains('.'));
+    for (k, s) in totals.into_iter().chain(devices) {
+        println!(
+            "{k:<width$} {:>10.2} {:>10.2} {:>10.2}",
+            s.p50, s.p95, s.max
+        );
     }
     Ok(())
 }

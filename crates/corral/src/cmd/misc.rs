@@ -138,18 +138,11 @@ pub async fn host(c: &Client, _cmd: HostCommand, json: bool) -> anyhow::Result<(
     }
     output::fields(&rows);
     if let Some(p) = &h.planner {
-        let opt = |v: Option<f64>, unit: &str| {
-            v.map_or("not limited".to_string(), |v| format!("{v:.0} {unit}"))
-        };
         output::fields(&[(
             "planner model",
             format!(
-                "{} cores × {:.2} GHz, {:.1} GiB, network {}, disk {}",
-                p.cores,
-                p.ghz,
-                p.memory_gib,
-                opt(p.net_mbps, "Mbit/s"),
-                opt(p.disk_mbps, "MB/s")
+                "{} cores × {:.2} GHz, {:.1} GiB, network {:.0} Mbit/s, disk {:.0} MB/s and {:.0} IOPS",
+                p.cores, p.ghz, p.memory_gib, p.net_mbps, p.disk_mbps, p.iops
             ),
         )]);
         for n in &p.notes {

@@ -3,7 +3,7 @@
 //! running when the agent stops.
 
 use anyhow::{bail, Context};
-use corral_agent::config::{AccelMode, AgentConfig, ConfigFile};
+use corral_agent::config::{AccelMode, AgentConfig, CapacityOverrides, ConfigFile};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -11,7 +11,11 @@ use std::path::PathBuf;
     State (SQLite database, storage repository `default`, templates, runtime files) lives in \
     the state directory. The API listens on STATE_DIR/corral.sock unless --socket says \
     otherwise. Settings may also come from STATE_DIR/corral.toml (keys: iso_dir, \
-    tools_iso, qemu_binary, accel, probe_kernel, probe_initrd); flags win.\n\n\
+    tools_iso, qemu_binary, accel, probe_kernel, probe_initrd, and a [capacity] table with \
+    cores, ghz, memory_gib, net_mbps, disk_mbps, iops); flags win.\n\n\
+    This host's capacity in the planner's model (`corral host info`, `corral vm \
+    recommend-host`) is read from /proc and /sys; disk bandwidth and IOPS are typical figures \
+    for the device type. State the real figures with --capacity-* or [capacity].\n\n\
     VMs keep running when the agent stops or crashes; on start it re-attaches to them, marks \
     those that died as halted, and starts the VMs marked --autostart.\n\n\
     With --listen ADDR:PORT the same API is also served over HTTPS on TCP. The first start \
@@ -52,6 +56,24 @@ pub struct ServeArgs {
     /// Every request there needs the token in STATE_DIR/token. Default: unix socket only.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<std::net::SocketAddr>,
+    /// Planner capacity: cores (logical CPUs) instead of those in /proc/cpuinfo.
+    #[arg(long, value_name = "N")]
+    capacity_cores: Option<u32>,
+    /// Planner capacity: clock of each core in GHz instead of the cpufreq maximum.
+    #[arg(long, value_name = "GHZ")]
+    capacity_ghz: Option<f64>,
+    /// Planner capacity: memory in GiB instead of MemTotal.
+    #[arg(long, value_name = "GIB")]
+    capacity_memory_gib: Option<f64>,
+    /// Planner capacity: NIC bandwidth in Mbit/s (each direction) instead of the link speeds.
+    #[arg(long, value_name = "MBPS")]
+    capacity_net_mbps: Option<f64>,
+    /// Planner capacity: disk bandwidth in MB/s instead of a typical figure per device.
+    #[arg(long, value_name = "MBPS")]
+    capacity_disk_mbps: Option<f64>,
+    /// Planner capacity: disk operations per second instead of a typical figure per device.
+    #[arg(long, value_name = "IOPS")]
+    capacity_iops: Option<f64>,
 }
 
 fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
@@ -87,6 +109,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => bail!("probe_kernel and probe_initrd go together"),
     };
+    let capacity = CapacityOverrides {
+        cores: args.capacity_cores,
+        ghz: args.capacity_ghz,
+        memory_gib: args.capacity_memory_gib,
+        net_mbps: args.capacity_net_mbps,
+        disk_mbps: args.capacity_disk_mbps,
+        iops: args.capacity_iops,
+    }
+    .or(file.capacity);
+    capacity.validate().map_err(anyhow::Error::msg)?;
     let remote = if args.listen.is_empty() {
         None
     } else {
@@ -120,6 +152,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(absolute)
             .transpose()?,
         state_dir: state_dir.clone(),
+        capacity,
     };
     let socket = absolute(args.socket.unwrap_or_else(|| state_dir.join("corral.sock")))?;
     // The agent is mostly idle; two workers keep its footprint small.
