@@ -62,8 +62,8 @@ pub(crate) fn volume_bound(inst: &Instance, st: &State) -> usize {
 }
 
 /// The configuration-LP bound for the placed items, when hosts are interchangeable and the
-/// instance is small enough to be worth it.
-pub(crate) fn configuration_lp_bound(inst: &Instance, st: &State) -> Option<f64> {
+/// instance is small enough to be worth it, and whether it was cut short (see [`config_lp`]).
+pub(crate) fn configuration_lp_bound(inst: &Instance, st: &State) -> Option<(f64, bool)> {
     let placed: Vec<usize> = (0..inst.items.len())
         .filter(|&i| st.host_of[i] != NONE)
         .collect();
@@ -94,13 +94,16 @@ pub(crate) fn configuration_lp_bound(inst: &Instance, st: &State) -> Option<f64>
 }
 
 /// Column generation in the dual. `items` are item indexes; `configs` hold positions in `items`.
+/// Returns the bound and whether it was cut short: when the pricing search runs out of nodes
+/// or the rounds run out, the bound is the best Farley bound so far, a valid but weaker one
+/// (it can be below the volume bound).
 pub(crate) fn config_lp(
     inst: &Instance,
     items: &[usize],
     mut configs: Vec<Vec<usize>>,
     max_rounds: usize,
     node_limit: u64,
-) -> Option<f64> {
+) -> Option<(f64, bool)> {
     let n = items.len();
     let pricer = Pricer::new(inst, items);
     let mut best_bound: f64 = 0.0;
@@ -126,11 +129,11 @@ pub(crate) fn config_lp(
             best_bound = best_bound.max(total / value.max(1.0));
         }
         if value <= 1.0 + 1e-7 {
-            return Some(best_bound.max(total));
+            return Some((best_bound.max(total), false));
         }
         configs.push(config);
     }
-    (best_bound > 0.0).then_some(best_bound)
+    (best_bound > 0.0).then_some((best_bound, true))
 }
 
 /// Exact maximum-value host filling for dual prices, by depth-first branch and bound.

@@ -86,8 +86,10 @@ pub(crate) fn compile(
             let cap = h.capacity();
             let reserve = h.reserve_memory_gib.unwrap_or(options.reserve_memory_gib);
             let overhead = h.vm_overhead_gib.unwrap_or(options.vm_overhead_gib);
-            let mut limit = cap.map(|c| c * options.max_utilisation);
-            limit[MEM] = (limit[MEM] - reserve).max(0.0);
+            let cap_fraction = h.max_utilisation.unwrap_or(options.max_utilisation);
+            let mut limit = cap.map(|c| c * cap_fraction);
+            // Overcommit stretches what VMs may be given, never the reserve the host keeps.
+            limit[MEM] = (limit[MEM] * options.memory_overcommit - reserve).max(0.0);
             let max_vms = match (h.max_vms, options.max_vms_per_host) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,

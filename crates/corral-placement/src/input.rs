@@ -238,6 +238,7 @@ const HOST_COLUMNS: &[&str] = &[
     "max_vms",
     "reserve_memory_gib",
     "vm_overhead_gib",
+    "max_utilisation",
 ];
 
 /// Hosts from CSV: `name,cores,ghz,memory_gib,net_mbps,disk_mbps` and optionally `iops`,
@@ -293,6 +294,12 @@ pub fn parse_hosts_csv(text: &str, file: &str) -> Result<Vec<Host>, InputError> 
             max_vms: row.whole("max_vms")?,
             reserve_memory_gib: row.optional_non_negative("reserve_memory_gib")?,
             vm_overhead_gib: row.optional_non_negative("vm_overhead_gib")?,
+            max_utilisation: match row.get("max_utilisation") {
+                Some(v) => Some(
+                    fraction(v).map_err(|m| at(file, *line, format!("max_utilisation: {m}")))?,
+                ),
+                None => None,
+            },
         });
     }
     if hosts.is_empty() {
@@ -499,6 +506,9 @@ struct HostToml {
     reserve_memory_gib: Option<f64>,
     #[serde(default)]
     vm_overhead_gib: Option<f64>,
+    /// Percent (`70`) or fraction (`0.7`).
+    #[serde(default)]
+    max_utilisation: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -587,6 +597,12 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
             max_vms: h.max_vms.or(doc.defaults.max_vms),
             reserve_memory_gib: h.reserve_memory_gib.or(doc.defaults.reserve_memory_gib),
             vm_overhead_gib: h.vm_overhead_gib.or(doc.defaults.vm_overhead_gib),
+            max_utilisation: match h.max_utilisation {
+                Some(v) => Some(
+                    fraction(&v.to_string()).map_err(|m| err(format!("max_utilisation: {m}")))?,
+                ),
+                None => None,
+            },
         };
         if template.max_vms == Some(0) {
             return Err(err("max_vms must be more than zero".into()));
@@ -618,6 +634,27 @@ pub fn parse_hosts_toml(text: &str, file: &str) -> Result<Vec<Host>, InputError>
         }
     }
     Ok(hosts)
+}
+
+/// A utilisation cap: `70%` or `70` → 0.7 (a bare number of at most 1 is a fraction: `0.7`).
+fn fraction(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let v: f64 = t
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage (e.g. 85%)"))?;
+    let f = if t.ends_with('%') || v > 1.0 {
+        v / 100.0
+    } else {
+        v
+    };
+    if !(f > 0.0 && f <= 1.0) {
+        return Err(format!(
+            "must be more than 0 % and at most 100 %, got {text}"
+        ));
+    }
+    Ok(f)
 }
 
 /// Hosts from a file's text, by extension: `.toml` is TOML, anything else CSV.

@@ -45,6 +45,10 @@ pub struct Host {
     /// Memory each VM costs beyond its guest memory (QEMU itself), in GiB (overrides the option).
     #[serde(default)]
     pub vm_overhead_gib: Option<f64>,
+    /// Cap on every resource of this host as a fraction of raw capacity (overrides the
+    /// plan-wide `max_utilisation`).
+    #[serde(default)]
+    pub max_utilisation: Option<f64>,
 }
 
 impl Host {
@@ -69,6 +73,7 @@ impl Host {
             max_vms: None,
             reserve_memory_gib: None,
             vm_overhead_gib: None,
+            max_utilisation: None,
         }
     }
 
@@ -217,10 +222,18 @@ pub struct PlanOptions {
     pub vm_overhead_gib: f64,
     /// At most this many VMs on any host.
     pub max_vms_per_host: Option<u32>,
+    /// VMs' memory may add up to this many times a host's memory (before the cap and the
+    /// reserve); 1 (the default) never overcommits memory.
+    #[serde(default = "one")]
+    pub memory_overcommit: f64,
     /// Write an explanation for every decision (costs a scan of the hosts per workload).
     pub explain: bool,
     /// Search effort multiplier for the improvement phase; 0 keeps the constructive heuristics only.
     pub effort: u32,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for PlanOptions {
@@ -231,6 +244,7 @@ impl Default for PlanOptions {
             reserve_memory_gib: 1.0,
             vm_overhead_gib: 0.0,
             max_vms_per_host: None,
+            memory_overcommit: 1.0,
             explain: true,
             effort: 1,
         }
@@ -290,6 +304,23 @@ pub fn validate(
             "max utilisation must be more than 0 % and at most 100 %, got {} %",
             options.max_utilisation * 100.0
         )));
+    }
+    if !(options.memory_overcommit >= 1.0 && options.memory_overcommit.is_finite()) {
+        return Err(ModelError::InvalidOption(format!(
+            "memory overcommit must be at least 1 (1 = none), got {}",
+            options.memory_overcommit
+        )));
+    }
+    for h in hosts {
+        if let Some(u) = h.max_utilisation {
+            if !(u > 0.0 && u <= 1.0) {
+                return Err(ModelError::InvalidOption(format!(
+                    "host {:?}: max utilisation must be more than 0 % and at most 100 %, got {} %",
+                    h.name,
+                    u * 100.0
+                )));
+            }
+        }
     }
     if !(options.reserve_memory_gib >= 0.0 && options.reserve_memory_gib.is_finite()) {
         return Err(ModelError::InvalidOption(format!(

@@ -4,7 +4,10 @@
 //! Workloads are placed largest first on the host whose pressure (highest load / limit over
 //! resources and hours) would be lowest afterwards, then a local search moves or swaps
 //! workloads off the most pressed host while that lowers its pressure without raising another
-//! host to the same level. Budgeted in fit checks, so the result is deterministic.
+//! host to the same level. Budgeted in fit checks, so the result is deterministic. On small
+//! instances (at most [`EXACT_ITEMS`] workloads, all placed) a branch and bound over every
+//! assignment then finds the lowest highest-pressure plan exactly, since the local search can
+//! stop at a plan one swap of three cannot improve.
 
 use crate::density::{order_items, SizeKey};
 use crate::engine::{Instance, State};
@@ -30,8 +33,112 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
     let repaired = repair(&mut st, u64::from(effort));
     if effort > 0 {
         relieve(&mut st, 300_000 * u64::from(effort));
+        exact(&mut st, 200_000 * u64::from(effort));
     }
     (st, repaired)
+}
+
+/// Instances up to this many items are searched exhaustively (within a node budget).
+const EXACT_ITEMS: usize = 10;
+
+fn max_pressure(st: &State) -> f64 {
+    (0..st.inst.hosts.len())
+        .filter(|&h| !st.on[h].is_empty())
+        .map(|h| st.pressure(h))
+        .fold(0.0, f64::max)
+}
+
+/// Branch and bound over every assignment of a small, fully placed instance: the lowest
+/// highest pressure, everything still placed. Keeps the current plan if the budget runs out
+/// before a better one is proven.
+fn exact(st: &mut State, budget: u64) {
+    let n = st.inst.items.len();
+    if n == 0 || n > EXACT_ITEMS || st.host_of.iter().any(|&h| h == crate::engine::NONE) {
+        return;
+    }
+    let items: Vec<usize> = order_items(st.inst, SizeKey::Sum)
+        .iter()
+        .map(|&i| i as usize)
+        .collect();
+    let mut best = max_pressure(st);
+    let incumbent: Vec<usize> = (0..n).map(|i| st.host_of[i] as usize).collect();
+    for &i in &items {
+        st.remove(i);
+    }
+    let mut found: Option<Vec<usize>> = None;
+    let mut nodes = 0u64;
+    let mut assign = vec![0usize; n];
+    search(
+        st,
+        &items,
+        0,
+        0.0,
+        &mut best,
+        &mut assign,
+        &mut found,
+        &mut nodes,
+        budget,
+    );
+    let plan = found.unwrap_or(incumbent);
+    for (i, &h) in plan.iter().enumerate() {
+        st.place(i, h);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn search(
+    st: &mut State,
+    items: &[usize],
+    k: usize,
+    worst: f64,
+    best: &mut f64,
+    assign: &mut Vec<usize>,
+    found: &mut Option<Vec<usize>>,
+    nodes: &mut u64,
+    budget: u64,
+) {
+    if k == items.len() {
+        if worst < *best - 1e-12 {
+            *best = worst;
+            *found = Some(assign.clone());
+        }
+        return;
+    }
+    let i = items[k];
+    // Hosts differ for items with a pin or required networks; otherwise empty hosts with
+    // the same limits are interchangeable.
+    let symmetric = st.inst.items.iter().all(|it| it.mask.is_none());
+    let mut empty_tried = Vec::new();
+    for h in 0..st.inst.hosts.len() {
+        *nodes += 1;
+        if *nodes > budget {
+            return;
+        }
+        // Empty hosts with the same limits are interchangeable: try one of each kind.
+        if symmetric && st.on[h].is_empty() {
+            let key = &st.inst.hosts[h];
+            let same = |g: usize| {
+                let o = &st.inst.hosts[g];
+                o.limit == key.limit && o.overhead == key.overhead && o.max_vms == key.max_vms
+            };
+            if empty_tried.iter().any(|&g| same(g)) {
+                continue;
+            }
+            empty_tried.push(h);
+        }
+        if !st.fits(i, h) {
+            continue;
+        }
+        let p = st.pressure_with(i, h);
+        let w = worst.max(p);
+        if w >= *best - 1e-12 {
+            continue;
+        }
+        st.place(i, h);
+        assign[i] = h;
+        search(st, items, k + 1, w, best, assign, found, nodes, budget);
+        st.remove(i);
+    }
 }
 
 /// Move or swap items off the most pressed host while that strictly lowers it.

@@ -112,6 +112,10 @@ pub struct Bounds {
     pub volume: usize,
     /// Linear-programming bound (configuration LP, solved with an LP solver) when computed.
     pub lp: Option<f64>,
+    /// True when the LP was cut short (pricing or round limit): `lp` is then the best Farley
+    /// bound found, valid but weaker than the LP optimum.
+    #[serde(default)]
+    pub lp_truncated: bool,
     /// True when `hosts_used` equals a lower bound and every unplaced workload fits no host
     /// even alone, so no plan places more workloads or uses fewer hosts.
     pub proven_optimal: bool,
@@ -350,10 +354,12 @@ fn report(
 
     let hosts_used = st.hosts_used();
     let volume = bound::volume_bound(inst, &st);
-    let lp = if options.effort > 0 {
-        bound::configuration_lp_bound(inst, &st)
-    } else {
-        None
+    let (lp, lp_truncated) = match options.effort {
+        0 => (None, false),
+        _ => match bound::configuration_lp_bound(inst, &st) {
+            Some((v, cut)) => (Some(v), cut),
+            None => (None, false),
+        },
     };
     let best_bound = lp.map_or(volume, |v| volume.max((v - 1e-6).ceil() as usize));
     // The bounds count only placed workloads, so they speak for the whole plan only when no
@@ -373,6 +379,7 @@ fn report(
         bounds: Bounds {
             volume,
             lp,
+            lp_truncated,
             proven_optimal: options.mode == Mode::Density
                 && hosts_used <= best_bound
                 && nothing_placeable_left,

@@ -176,7 +176,11 @@ fn rate_one(w: &Workload, hl: &HostLoad, options: &PlanOptions) -> HostRating {
             continue;
         }
         let (ub, ua) = (before[d] / cap[d], after[d] / cap[d]);
-        let limit = options.max_utilisation;
+        let limit = if d == mem {
+            host.max_utilisation.unwrap_or(options.max_utilisation) * options.memory_overcommit
+        } else {
+            host.max_utilisation.unwrap_or(options.max_utilisation)
+        };
         if ua > limit + 1e-9 {
             blocked = true;
             reasons.push(Reason::Over {

@@ -52,7 +52,14 @@ pub fn to_table(plan: &Plan, explain: bool) -> String {
     let lp = plan
         .bounds
         .lp
-        .map(|v| format!(", LP bound {v:.2}"))
+        .map(|v| {
+            let cut = if plan.bounds.lp_truncated {
+                " (LP cut short: best Farley bound)"
+            } else {
+                ""
+            };
+            format!(", LP bound {v:.2}{cut}")
+        })
         .unwrap_or_default();
     let bound = plan
         .bounds

@@ -128,12 +128,16 @@ proptest! {
         performance in any::<bool>(),
         cap in 0.5f64..1.0,
         reserve in 0.0f64..2.0,
+        overhead in prop_oneof![Just(0.0f64), 0.0f64..1.5],
+        max_vms_per_host in prop::option::of(1u32..4),
     ) {
         let (hosts, workloads) = build(hosts_in, loads);
         let options = PlanOptions {
             mode: if performance { Mode::Performance } else { Mode::Density },
             max_utilisation: cap,
             reserve_memory_gib: reserve,
+            vm_overhead_gib: overhead,
+            max_vms_per_host,
             ..PlanOptions::default()
         };
         let p = plan(&hosts, &workloads, &options).expect("generated input is valid");
@@ -156,7 +160,8 @@ proptest! {
                     let mut load: f64 = on.iter().map(|w| w.demand.at(b)[d]).sum();
                     let mut limit = raw_cap * cap;
                     if d == 1 {
-                        load += reserve;
+                        // Each VM costs its QEMU overhead on top of its guest memory.
+                        load += reserve + overhead * on.len() as f64;
                         limit = limit.max(reserve);
                     }
                     if !on.is_empty() {
@@ -166,6 +171,9 @@ proptest! {
             }
             if let Some(max) = h.max_vms {
                 prop_assert!(on.len() as u32 <= max);
+            }
+            if let Some(max) = max_vms_per_host {
+                prop_assert!(on.len() as u32 <= max, "{} VMs on {} (plan-wide max {})", on.len(), h.name, max);
             }
             for w in &on {
                 if let Some(pin) = &w.host {
@@ -368,6 +376,123 @@ proptest! {
                 let unit = unit_of(&u.workload).expect("unplaced workload exists");
                 prop_assert!(brute.max_placed(&[unit], &[]).is_none(), "optimal claimed while {} is placeable", u.workload);
             }
+        }
+    }
+}
+
+/// Highest pressure (load / limit over resources; memory with the reserve) of an assignment,
+/// or `None` if it breaks a limit. Written from the model's rules, not the planner's code.
+fn pressure(
+    hosts: &[Host],
+    loads: &[[f64; RESOURCES]],
+    on: &[usize],
+    cap: f64,
+    reserve: f64,
+) -> Option<f64> {
+    let mut worst: f64 = 0.0;
+    for (h, host) in hosts.iter().enumerate() {
+        let caps = host.capacity();
+        for d in 0..RESOURCES {
+            let load: f64 = (0..loads.len())
+                .filter(|&i| on[i] == h)
+                .map(|i| loads[i][d])
+                .sum();
+            let mut limit = caps[d] * cap;
+            if d == 1 {
+                limit -= reserve;
+            }
+            if load > limit + 1e-9 * limit.abs().max(1.0) {
+                return None;
+            }
+            if limit > 0.0 && limit.is_finite() {
+                worst = worst.max(load / limit);
+            }
+        }
+    }
+    Some(worst)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Performance mode against every assignment of a small instance: when all workloads fit,
+    /// the plan places them all and its highest utilisation (relative to the limits) is the
+    /// lowest any assignment reaches.
+    #[test]
+    fn performance_mode_minimises_the_highest_utilisation(
+        hosts_in in prop::collection::vec((1u32..8, 1.0f64..3.0, 8.0f64..64.0), 2..4),
+        loads in prop::collection::vec([0.1f64..6.0, 0.5f64..16.0], 1..7),
+    ) {
+        let hosts: Vec<Host> = hosts_in
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, g, m))| Host::new(&format!("h{i}"), c, g, m, 1000.0, 1000.0))
+            .collect();
+        let workloads: Vec<Workload> = loads
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Workload::new(&format!("w{i}"), l[0], l[1], 0.0, 0.0))
+            .collect();
+        let amounts: Vec<[f64; RESOURCES]> = workloads.iter().map(|w| w.demand.peak).collect();
+        let (cap, reserve) = (0.85, 1.0);
+        let options = PlanOptions { mode: Mode::Performance, ..PlanOptions::default() };
+        // Every assignment: hosts^workloads, at most 3^6 = 729.
+        let (m, n) = (hosts.len(), workloads.len());
+        let mut best: Option<f64> = None;
+        let mut on = vec![0usize; n];
+        for code in 0..m.pow(n as u32) {
+            let mut c = code;
+            for x in on.iter_mut() {
+                *x = c % m;
+                c /= m;
+            }
+            if let Some(p) = pressure(&hosts, &amounts, &on, cap, reserve) {
+                best = Some(best.map_or(p, |b: f64| b.min(p)));
+            }
+        }
+        let p = plan(&hosts, &workloads, &options).expect("valid input");
+        let Some(best) = best else {
+            // No assignment places everything; the plan must say some are unplaced.
+            prop_assert!(!p.unplaced.is_empty());
+            return Ok(());
+        };
+        prop_assert!(p.unplaced.is_empty(), "all fit, yet unplaced: {:?}", p.unplaced);
+        let index: BTreeMap<&str, usize> = hosts.iter().enumerate().map(|(i, h)| (h.name.as_str(), i)).collect();
+        let mut got = vec![0usize; n];
+        for a in &p.assignments {
+            let w: usize = a.workload[1..].parse().expect("w<i>");
+            got[w] = index[a.host.as_str()];
+        }
+        let mine = pressure(&hosts, &amounts, &got, cap, reserve).expect("plan within limits");
+        prop_assert!(mine <= best + 1e-9, "plan's highest utilisation {} vs best possible {}", mine, best);
+    }
+
+    /// Memory is never overcommitted unless asked; with `memory_overcommit` the VMs' memory
+    /// stays within ratio × memory × cap − reserve, and an instance that needs the overcommit
+    /// fits only with it.
+    #[test]
+    fn memory_overcommit_only_when_asked(
+        mem in 8.0f64..64.0,
+        ratio in 1.1f64..3.0,
+        n in 2usize..6,
+    ) {
+        let hosts = vec![Host::new("h", 64, 3.0, mem, 10_000.0, 10_000.0)];
+        // n workloads whose memory together is just over what fits without overcommit.
+        let limit = mem * 0.85 - 1.0;
+        let each = limit * 1.05 / n as f64;
+        let workloads: Vec<Workload> = (0..n)
+            .map(|i| Workload::new(&format!("w{i}"), 0.1, each, 0.0, 0.0))
+            .collect();
+        let plain = plan(&hosts, &workloads, &PlanOptions::default()).expect("valid");
+        prop_assert!(!plain.unplaced.is_empty(), "memory overcommitted without being asked");
+        let placed_mem: f64 = each * plain.assignments.len() as f64;
+        prop_assert!(placed_mem <= limit + 1e-9);
+        let over = PlanOptions { memory_overcommit: ratio, ..PlanOptions::default() };
+        let p = plan(&hosts, &workloads, &over).expect("valid");
+        let placed_mem: f64 = each * p.assignments.len() as f64;
+        prop_assert!(placed_mem <= mem * 0.85 * ratio - 1.0 + 1e-9);
+        if each * n as f64 <= mem * 0.85 * ratio - 1.0 {
+            prop_assert!(p.unplaced.is_empty(), "fits with overcommit {}: {:?}", ratio, p.unplaced);
         }
     }
 }

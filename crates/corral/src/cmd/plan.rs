@@ -46,8 +46,10 @@ constraints.toml (for profiles, which carry no constraints):
   [pin]
   db1 = \"hv-1\"
 
-Every resource is capped at --max-utilisation of the host's raw capacity; memory counts the
---reserve-memory as used and is never overcommitted. Workloads measured over time are packed
+Every resource is capped at --max-utilisation of the host's raw capacity (a host's own
+max_utilisation column wins); memory counts the --reserve-memory as used and is never
+overcommitted unless --memory-overcommit RATIO says so. NIC bandwidth is pooled per host.
+`corral plan ... --json | head` is fine: a closed pipe ends the output quietly. Workloads measured over time are packed
 hour by hour (UTC), so a nightly backup and a daytime web server can share a host.
 See docs/placement.md for the model and the algorithm.";
 
@@ -88,6 +90,10 @@ pub struct PlanArgs {
     /// At most this many VMs on any host.
     #[arg(long, value_name = "N")]
     pub max_vms_per_host: Option<u32>,
+    /// Let VMs' memory add up to RATIO × each host's memory (e.g. 1.5). Without it memory is
+    /// never overcommitted.
+    #[arg(long, value_name = "RATIO", default_value = "1", value_parser = parse_ratio)]
+    pub memory_overcommit: f64,
     /// Print the plan as JSON (hosts_used, assignments, unplaced, per-host utilisation, decisions).
     #[arg(long, conflicts_with = "html")]
     pub json: bool,
@@ -97,6 +103,18 @@ pub struct PlanArgs {
     /// In the table, also print why each workload went where it did.
     #[arg(long)]
     pub explain: bool,
+}
+
+/// `1.5` → 1.5; at least 1 (below 1 would be a smaller host: say so with the hosts file).
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a ratio (e.g. 1.5)"))?;
+    if !(v.is_finite() && v >= 1.0) {
+        return Err(format!("{s:?} must be at least 1 (1 = no overcommit)"));
+    }
+    Ok(v)
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -204,6 +222,7 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
         reserve_memory_gib: args.reserve_memory,
         vm_overhead_gib: args.vm_overhead,
         max_vms_per_host: args.max_vms_per_host,
+        memory_overcommit: args.memory_overcommit,
         // Explanations cost a scan of the hosts per workload (about ten times the plan
         // itself on 10,000 workloads): only for the outputs that show them.
         explain: args.json || args.explain || args.html.is_some(),
