@@ -19,7 +19,7 @@ pub type Amounts = [f64; RESOURCES];
 pub enum Resource {
     /// Consumed processor clock: cores × GHz × utilisation.
     Cpu,
-    /// Resident memory; never overcommitted.
+    /// Resident memory; never overcommitted unless the plan's `memory_overcommit` says so.
     Memory,
     /// Network receive bandwidth (NICs are full duplex: each direction has the NIC's speed).
     NetIn,
