@@ -523,3 +523,29 @@ fn error_lines_come_from_the_parser_not_a_text_search() {
         2
     );
 }
+
+#[test]
+fn a_hosts_own_max_utilisation_replaces_the_plan_wide_cap() {
+    let toml = "[[host]]\nname = \"a\"\ncores = 4\nghz = 2.5\nmemory_gib = 16\nnet_mbps = 1000\n\
+                disk_mbps = 500\nmax_utilisation = 50\n";
+    let hosts = parse_hosts_toml(toml, "h.toml").unwrap();
+    assert_eq!(hosts[0].max_utilisation, Some(0.5));
+    let bad = toml.replace("= 50", "= 150");
+    let e = parse_hosts_toml(&bad, "h.toml").unwrap_err();
+    assert!(err_text(e).starts_with("h.toml:2: host \"a\": max_utilisation:"));
+    let csv = "name,cores,ghz,memory_gib,net_mbps,disk_mbps,max_utilisation\n\
+               a,4,2.5,16,1000,500,60%\nb,4,2.5,16,1000,500,0%\n";
+    let e = parse_hosts_csv(csv, "h.csv").unwrap_err();
+    assert!(err_text(e).starts_with("h.csv:3: max_utilisation:"));
+    // 6 GHz fits under a's own 60 % of 10 GHz at the plan's 100 %, 7 GHz does not.
+    let hosts = parse_hosts_csv(&csv.replace("\nb,4,2.5,16,1000,500,0%", ""), "h.csv").unwrap();
+    let w = vec![
+        Workload::new("six", 6.0, 1.0, 0.0, 0.0),
+        Workload::new("seven", 7.0, 1.0, 0.0, 0.0),
+    ];
+    let p = plan(&hosts[..1], &w[..1], &raw()).unwrap();
+    assert!(p.unplaced.is_empty(), "{:?}", p.unplaced);
+    let p = plan(&hosts[..1], &w[1..], &raw()).unwrap();
+    assert_eq!(p.unplaced.len(), 1);
+    assert!(p.unplaced[0].reason.contains("60 %"), "{}", p.unplaced[0].reason);
+}
