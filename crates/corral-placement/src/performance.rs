@@ -53,7 +53,7 @@ fn max_pressure(st: &State) -> f64 {
 /// before a better one is proven.
 fn exact(st: &mut State, budget: u64) {
     let n = st.inst.items.len();
-    if n == 0 || n > EXACT_ITEMS || st.host_of.iter().any(|&h| h == crate::engine::NONE) {
+    if n == 0 || n > EXACT_ITEMS || st.host_of.contains(&crate::engine::NONE) {
         return;
     }
     let items: Vec<usize> = order_items(st.inst, SizeKey::Sum)

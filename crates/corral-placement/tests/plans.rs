@@ -547,5 +547,9 @@ fn a_hosts_own_max_utilisation_replaces_the_plan_wide_cap() {
     assert!(p.unplaced.is_empty(), "{:?}", p.unplaced);
     let p = plan(&hosts[..1], &w[1..], &raw()).unwrap();
     assert_eq!(p.unplaced.len(), 1);
-    assert!(p.unplaced[0].reason.contains("60 %"), "{}", p.unplaced[0].reason);
+    assert!(
+        p.unplaced[0].reason.contains("60 %"),
+        "{}",
+        p.unplaced[0].reason
+    );
 }
