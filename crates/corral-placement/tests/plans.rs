@@ -539,7 +539,7 @@ fn a_hosts_own_max_utilisation_replaces_the_plan_wide_cap() {
     assert!(err_text(e).starts_with("h.csv:3: max_utilisation:"));
     // 6 GHz fits under a's own 60 % of 10 GHz at the plan's 100 %, 7 GHz does not.
     let hosts = parse_hosts_csv(&csv.replace("\nb,4,2.5,16,1000,500,0%", ""), "h.csv").unwrap();
-    let w = vec![
+    let w = [
         Workload::new("six", 6.0, 1.0, 0.0, 0.0),
         Workload::new("seven", 7.0, 1.0, 0.0, 0.0),
     ];
