@@ -9,6 +9,7 @@ use crate::model::{Demand, Host, Workload, TIME_BUCKETS};
 use crate::resource::{Amounts, RESOURCES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use toml::Spanned;
 
 /// An input that does not parse or does not make sense.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -449,11 +450,6 @@ fn parse_workloads_csv_for(
 /// Line (1-based) of a byte offset.
 fn line_of_offset(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// Line of the first occurrence of `needle`, if any.
-fn line_of(text: &str, needle: &str) -> Option<usize> {
-    text.find(needle).map(|o| line_of_offset(text, o))
 }
 
 fn toml_error(text: &str, file: &str, e: toml::de::Error) -> InputError {
@@ -944,10 +940,11 @@ struct ConstraintsToml {
     apart: Vec<GroupToml>,
     #[serde(default)]
     together: Vec<GroupToml>,
+    /// Spanned (keys and values) so errors point at the line that names the thing.
     #[serde(default)]
-    pin: BTreeMap<String, String>,
+    pin: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
-    networks: BTreeMap<String, Vec<String>>,
+    networks: BTreeMap<Spanned<String>, Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -955,7 +952,7 @@ struct ConstraintsToml {
 struct GroupToml {
     #[serde(default)]
     name: Option<String>,
-    workloads: Vec<String>,
+    workloads: Spanned<Vec<Spanned<String>>>,
 }
 
 /// Apply a constraints TOML to workloads (useful with profiles, which carry none):
@@ -985,15 +982,14 @@ pub fn apply_constraints(
         .enumerate()
         .map(|(i, w)| (w.name.clone(), i))
         .collect();
-    let find = |name: &str| {
-        index.get(name).copied().ok_or_else(|| {
-            let line = line_of(text, &format!("\"{name}\""))
-                .or_else(|| line_of(text, name))
-                .unwrap_or(1);
+    // Lines come from the TOML parser's spans, never from searching the text.
+    let line = |span: std::ops::Range<usize>| line_of_offset(text, span.start);
+    let find = |name: &Spanned<String>| {
+        index.get(name.get_ref()).copied().ok_or_else(|| {
             at(
                 file,
-                line,
-                format!("constraint names unknown workload {name:?}"),
+                line(name.span()),
+                format!("constraint names unknown workload {:?}", name.get_ref()),
             )
         })
     };
@@ -1003,15 +999,14 @@ pub fn apply_constraints(
                 .name
                 .clone()
                 .unwrap_or_else(|| format!("{kind}-{}", k + 1));
-            if g.workloads.len() < 2 {
-                let line = line_of(text, &format!("[[{kind}]]")).unwrap_or(1);
+            if g.workloads.get_ref().len() < 2 {
                 return Err(at(
                     file,
-                    line,
+                    line(g.workloads.span()),
                     format!("{kind} group {group:?} needs at least two workloads"),
                 ));
             }
-            for w in &g.workloads {
+            for w in g.workloads.get_ref() {
                 let i = find(w)?;
                 let list = if kind == "apart" {
                     &mut workloads[i].apart
@@ -1024,15 +1019,18 @@ pub fn apply_constraints(
     }
     for (w, h) in &doc.pin {
         let i = find(w)?;
-        if !hosts.iter().any(|x| &x.name == h) {
-            let line = line_of(text, &format!("\"{h}\"")).unwrap_or(1);
+        if !hosts.iter().any(|x| &x.name == h.get_ref()) {
             return Err(at(
                 file,
-                line,
-                format!("workload {w:?} is pinned to unknown host {h:?}"),
+                line(h.span()),
+                format!(
+                    "workload {:?} is pinned to unknown host {:?}",
+                    w.get_ref(),
+                    h.get_ref()
+                ),
             ));
         }
-        workloads[i].host = Some(h.clone());
+        workloads[i].host = Some(h.get_ref().clone());
     }
     for (w, nets) in &doc.networks {
         let i = find(w)?;

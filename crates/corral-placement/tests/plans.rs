@@ -449,6 +449,29 @@ fn constraints_naming_unknown_workloads_or_hosts_are_errors() {
         err_text(e),
         "c.toml:3: constraint names unknown workload \"db9\""
     );
+    // The first mention of db9 is a comment; the error is on the line that names it.
+    let e = apply_constraints(
+        "# db9 retired\n[pin]\ndb9 = \"a\"\n",
+        "c.toml",
+        &mut w,
+        &hosts,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err_text(e),
+        "c.toml:3: constraint names unknown workload \"db9\""
+    );
+    let e = apply_constraints(
+        "[[apart]]\nname = \"x\"\nworkloads = [\"db1\"]\n",
+        "c.toml",
+        &mut w,
+        &hosts,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err_text(e),
+        "c.toml:3: apart group \"x\" needs at least two workloads"
+    );
     let e = apply_constraints("[pin]\ndb1 = \"nowhere\"\n", "c.toml", &mut w, &hosts).unwrap_err();
     assert_eq!(
         err_text(e),
