@@ -422,14 +422,22 @@ fn explain(
         if rejected.len() >= 3 && alternatives.len() >= 3 {
             break;
         }
-        match st.misfit(i, g) {
+        // The reason is worked out only while it is shown (the first three); past that a
+        // quick fit check (constraints, then loads with an early exit) is enough, which is
+        // most of the cost on a large pool of full hosts.
+        let why = if rejected.len() < 3 {
+            st.misfit(i, g)
+        } else if st.allowed(i, g) && st.fits_load(i, g) {
+            None
+        } else {
+            continue;
+        };
+        match why {
             Some(why) => {
-                if rejected.len() < 3 {
-                    rejected.push(Rejection {
-                        host: hosts[g].name.clone(),
-                        reason: misfit_text(st, hosts, workloads, i, g, &why),
-                    });
-                }
+                rejected.push(Rejection {
+                    host: hosts[g].name.clone(),
+                    reason: misfit_text(st, hosts, workloads, i, g, &why),
+                });
             }
             None if st.on[g].is_empty() && mode == Mode::Density => unused_fitting += 1,
             None => {
