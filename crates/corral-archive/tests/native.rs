@@ -579,7 +579,11 @@ fn extents_are_capped_at_16_mib_on_both_sides() {
     // The reader refuses a manifest declaring extents larger than writers produce, so a hostile
     // archive cannot make it hold more than the byte budget of extents.
     let big = edit_manifest(|m| m["extent_max_bytes"] = serde_json::json!(32u64 << 20));
-    expect_rejected("32 MiB extents", &big, "extent size 33554432 is outside 1..16777216");
+    expect_rejected(
+        "32 MiB extents",
+        &big,
+        "extent size 33554432 is outside 1..16777216",
+    );
     // 16 MiB extents still round trip (readers accept what writers write).
     let opts = WriteOptions {
         extent_max_bytes: native::MAX_EXTENT_BYTES,

@@ -50,7 +50,10 @@ pub const WINDOW_BUDGET_BYTES: u64 = 128 << 20;
 pub(crate) fn window_jobs(threads: usize, extent_max_bytes: u64) -> usize {
     let per_job = 2 * extent_max_bytes.max(1);
     let by_budget = usize::try_from(WINDOW_BUDGET_BYTES / per_job).unwrap_or(usize::MAX);
-    (threads.saturating_mul(2)).clamp(2, 24).min(by_budget).max(2)
+    (threads.saturating_mul(2))
+        .clamp(2, 24)
+        .min(by_budget)
+        .max(2)
 }
 
 /// How extent members are stored.
