@@ -158,8 +158,10 @@ impl Qcow2Writer {
         self.file.write_all_at(&table_bytes, table_at)?;
 
         let mut head = vec![0u8; CLUSTER as usize];
-        let put32 = |h: &mut [u8], at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_be_bytes());
-        let put64 = |h: &mut [u8], at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_be_bytes());
+        let put32 =
+            |h: &mut [u8], at: usize, v: u32| h[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        let put64 =
+            |h: &mut [u8], at: usize, v: u64| h[at..at + 8].copy_from_slice(&v.to_be_bytes());
         put32(&mut head, 0, MAGIC);
         put32(&mut head, 4, 3);
         put32(&mut head, 20, CLUSTER_BITS);
@@ -237,8 +239,19 @@ mod tests {
         let q = qcow.to_str().unwrap();
         qemu_img(&["check", "-f", "qcow2", q]);
         let info = qemu_img(&["info", "--output=json", "-f", "qcow2", q]);
-        assert!(info.contains(&format!("\"virtual-size\": {size}")), "{info}");
-        let out = qemu_img(&["compare", "-f", "raw", "-F", "qcow2", raw.to_str().unwrap(), q]);
+        assert!(
+            info.contains(&format!("\"virtual-size\": {size}")),
+            "{info}"
+        );
+        let out = qemu_img(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            raw.to_str().unwrap(),
+            q,
+        ]);
         assert!(out.contains("identical"), "{out}");
         // Only the written clusters are allocated: a few MiB, not the 1 GiB disk.
         assert!(len < 16 << 20, "{len}");
