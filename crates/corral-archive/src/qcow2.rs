@@ -44,7 +44,7 @@ pub struct Qcow2Writer {
 impl Qcow2Writer {
     /// Start an image of `size` bytes (a multiple of 512) in `file`, which must be empty.
     pub fn new(file: File, size: u64) -> io::Result<Self> {
-        if size % 512 != 0 {
+        if !size.is_multiple_of(512) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "qcow2 virtual size must be a multiple of 512 bytes",

@@ -161,7 +161,7 @@ impl DirSink {
 impl ImportSink for DirSink {
     fn create_disk(&mut self, target: &DiskTarget) -> io::Result<()> {
         let format = self.format.unwrap_or(target.format);
-        let direct = format == DiskFormat::Qcow2 && target.virtual_size % 512 == 0;
+        let direct = format == DiskFormat::Qcow2 && target.virtual_size.is_multiple_of(512);
         let path = if direct {
             self.qcow2_path(target.index)
         } else {

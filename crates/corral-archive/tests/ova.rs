@@ -324,6 +324,48 @@ fn ovf_directory_imports_and_checks_the_manifest() {
 }
 
 #[test]
+fn image_files_larger_than_their_disk_allows_are_refused() {
+    // A 2 MiB disk whose image file is 70 MiB (declared consistently, so only the capacity
+    // bound catches it): refused before it is copied, as a directory and as an OVA.
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![1u8; 70 << 20];
+    package_dir(dir.path(), &data, false);
+    let st = tempfile::tempdir().unwrap();
+    let err = import_ovf(
+        dir.path(),
+        &mut DirSink::new(st.path(), None),
+        &Limits::default(),
+        &no_progress,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("its disk's capacity allows"),
+        "{err}"
+    );
+    let desc = std::fs::read(dir.path().join("edge.ovf")).unwrap();
+    let ova = write_tar(&[
+        Member::file("edge.ovf", &desc),
+        Member::file("disk.img", &data),
+    ]);
+    let st = tempfile::tempdir().unwrap();
+    let err = read_ova(
+        &ova[..],
+        &mut DirSink::new(st.path(), None),
+        &Limits::default(),
+        &no_progress,
+    )
+    .unwrap_err();
+    let msg = format!("{err}");
+    assert!(
+        msg.contains("more than the") && msg.contains("capacity allows"),
+        "{msg}"
+    );
+    assert!(files_under(st.path())
+        .iter()
+        .all(|f| !f.contains("ova-file")));
+}
+
+#[test]
 fn hostile_packages_are_refused() {
     // Lying size.
     let dir = tempfile::tempdir().unwrap();

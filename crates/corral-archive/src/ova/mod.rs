@@ -634,6 +634,24 @@ struct Digests {
     sha256: String,
 }
 
+/// Most bytes the image file `href` may hold: the largest capacity of the disks it backs plus
+/// room for image-format metadata (VMDK grain markers and tables, qcow2 tables: well under 1/32
+/// of the capacity), so a package cannot make an import copy unbounded data into its scratch
+/// space, whether or not `References` declares a size. Files no disk uses keep the global cap.
+fn image_file_cap(plan: &OvfPlan, href: &str, limits: &Limits) -> u64 {
+    plan.disks
+        .iter()
+        .filter(|d| d.file.as_ref().is_some_and(|f| f.href == href))
+        .map(|d| {
+            d.capacity_bytes
+                .saturating_add(d.capacity_bytes / 32)
+                .saturating_add(64 << 20)
+        })
+        .max()
+        .unwrap_or(limits.max_virtual_size)
+        .min(limits.max_virtual_size)
+}
+
 fn hash_copy(
     r: &mut impl Read,
     w: Option<&mut File>,
@@ -804,7 +822,13 @@ pub fn import_ovf(
             });
         }
         let mut f = File::open(&p).map_err(ArchiveError::ReadArchive)?;
-        let (size, dg) = hash_copy(&mut f, None, limits.max_virtual_size)?;
+        let cap = image_file_cap(&plan, &file.href, limits);
+        let (size, dg) = hash_copy(&mut f, None, cap).map_err(|_| {
+            ArchiveError::InvalidOvf(format!(
+                "file {:?} is larger than the {cap} bytes its disk's capacity allows",
+                file.href
+            ))
+        })?;
         if file.size.is_some_and(|s| s != size) {
             return Err(ArchiveError::InvalidOvf(format!(
                 "file {:?} is {size} bytes, not the declared {}",
@@ -893,9 +917,16 @@ pub fn read_ova<R: Read>(
                 ),
             ));
         }
+        let cap = image_file_cap(&plan, &name, limits);
+        if size > cap {
+            return Err(ArchiveError::member(
+                &name,
+                format!("is {size} bytes, more than the {cap} its disk's capacity allows"),
+            ));
+        }
         let path = scratch.join(format!("ova-file{idx}"));
         let mut out = File::create(&path).map_err(ArchiveError::WriteArchive)?;
-        let (n, dg) = hash_copy(&mut e, Some(&mut out), limits.max_virtual_size)?;
+        let (n, dg) = hash_copy(&mut e, Some(&mut out), cap)?;
         if n != size {
             return Err(ArchiveError::Truncated(format!(
                 "member {name:?} ends early"
