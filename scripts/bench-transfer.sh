@@ -3,7 +3,11 @@
 #   1. linked clone of a halted VM with a 1 GiB and with a 100 GiB disk: `POST .../clone`
 #      round trip (curl) and the agent's own task time, N runs each (goal <= 10 ms);
 #   2. export of a VM with an empty 100 GiB disk: `GET .../export` streamed to /dev/null, and
-#      `corral vm export` to a file (goal < 1 s).
+#      `corral vm export` to a file (goal < 1 s);
+#   3. with the export/import benchmark's data (~/.cache/corral-bench/disk.raw and
+#      allocated.bin, from the corral-archive bench example): end-to-end `corral vm import`
+#      of that VM's archive (upload over the socket, decode, verify, qcow2 written directly,
+#      volume placed, VM recorded) against `zstd -d -T0` of the same bytes (goal >= 0.8 x).
 # The format library's throughput figures come from
 # `cargo run --release -p corral-archive --example bench` (see docs/benchmarks.md).
 # Usage: scripts/bench-transfer.sh [--runs N (20)] [--no-build]
@@ -82,3 +86,32 @@ print(f"| export, empty 100 GiB disk: `GET .../export` to /dev/null | {statistic
 print(f"| export, empty 100 GiB disk: `corral vm export` to a file | {statistics.median(cli)*1e3:.0f} ms | {max(cli)*1e3:.0f} ms | < 1 s |")
 print(f"| archive size of the empty 100 GiB disk | {int(sys.argv[3])} bytes | | |")
 PY
+
+DATA="${CORRAL_BENCH_DATA:-$HOME/.cache/corral-bench}"
+if [ -f "$DATA/disk.raw" ] && [ -f "$DATA/allocated.bin" ]; then
+    C vm create --name deb --disk ",from=$DATA/disk.raw,format=raw" --no-nics >/dev/null
+    C vm export deb -o "$STATE/deb.corral" >/dev/null 2>&1
+    zstd -q -f -T0 -1 -c "$DATA/allocated.bin" >"$STATE/alloc.zst"
+    cat "$STATE/deb.corral" "$STATE/alloc.zst" >/dev/null
+    imp=(); unz=()
+    for i in 1 2 3; do
+        s=$(date +%s.%N)
+        zstd -q -f -d -T0 -c "$STATE/alloc.zst" >"$STATE/alloc.out"
+        e=$(date +%s.%N)
+        unz+=("$(python3 -c "print($e - $s)")")
+        rm -f "$STATE/alloc.out"
+        s=$(date +%s.%N)
+        C vm import "$STATE/deb.corral" --name "deb-i$i" >/dev/null 2>&1
+        e=$(date +%s.%N)
+        imp+=("$(python3 -c "print($e - $s)")")
+        C vm delete "deb-i$i" >/dev/null
+    done
+    MIB=$(python3 -c "import os; print(os.path.getsize('$DATA/allocated.bin') / 2**20)")
+    python3 - "$MIB" "${imp[*]}" "${unz[*]}" <<'PY'
+import sys
+mib = float(sys.argv[1]); imp = min(map(float, sys.argv[2].split())); unz = min(map(float, sys.argv[3].split()))
+print(f"| import through the agent, {mib:.0f} MiB allocated (best of 3) | {imp:.2f} s ({mib/imp:.0f} MiB/s) | | |")
+print(f"| `zstd -d -T0` of the same bytes (best of 3) | {unz:.2f} s ({mib/unz:.0f} MiB/s) | | |")
+print(f"| agent import / zstd -d | {unz/imp:.2f} x | | >= 0.8 x |")
+PY
+fi

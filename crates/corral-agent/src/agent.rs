@@ -78,7 +78,7 @@ impl Agent {
             SqliteStore::open(&layout.db())
                 .map_err(|e| internal("cannot open state", error_chain(&e)))?,
         );
-        crate::transfer::clean_staging(&layout.staging());
+        let interrupted_imports = crate::transfer::clean_staging(&layout.staging());
         let events = Arc::new(EventBus::default());
         let tasks = Tasks::new(store.clone(), events.clone());
         tasks.recover();
@@ -122,6 +122,7 @@ impl Agent {
         });
         agent.ensure_default_sr()?;
         agent.load_vms().await?;
+        agent.remove_interrupted_import_volumes(&interrupted_imports);
         agent.resume_installs();
         crate::clone::gc_bases(agent.clone()).await;
         if agent.config.autostart {

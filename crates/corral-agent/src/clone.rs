@@ -149,24 +149,56 @@ pub(crate) fn unfreeze(undo: Undo) {
     }
 }
 
+/// Longest backing chain followed. Beyond it the chain is treated as unreadable: a base deeper
+/// than this might still be in use, so garbage collection must not guess.
+pub(crate) const MAX_CHAIN_DEPTH: usize = 64;
+
+/// Every file of the backing chain that starts at `top` (itself included), with `next` giving
+/// a file's backing file. An error when a link cannot be read, when the chain loops, or when
+/// it is longer than `max` files: in each case the full set of used files is unknown.
+pub(crate) fn backing_chain(
+    top: &Path,
+    max: usize,
+    next: impl Fn(&Path) -> Result<Option<PathBuf>, String>,
+) -> Result<Vec<PathBuf>, String> {
+    let mut chain = vec![top.to_path_buf()];
+    loop {
+        let cur = chain.last().cloned().unwrap_or_default();
+        match next(&cur).map_err(|e| format!("{}: {e}", cur.display()))? {
+            None => return Ok(chain),
+            Some(b) => {
+                if chain.contains(&b) {
+                    return Err(format!("{}: the backing chain loops", b.display()));
+                }
+                if chain.len() >= max {
+                    return Err(format!(
+                        "{}: the backing chain is longer than {max} files",
+                        top.display()
+                    ));
+                }
+                chain.push(b);
+            }
+        }
+    }
+}
+
 /// Remove bases no VM's backing chain names any more. Conservative: when any VM disk's chain
-/// cannot be read completely, nothing is removed.
+/// cannot be read completely (an unreadable link, a loop, or more than [`MAX_CHAIN_DEPTH`]
+/// files), nothing is removed.
 pub async fn gc_bases(agent: Arc<Agent>) {
     let _guard = BASES.lock().await;
     let mut used = std::collections::HashSet::new();
     for info in agent.list_vms() {
         for d in &info.disks {
-            let mut cur = d.path.clone();
-            for _ in 0..64 {
-                used.insert(cur.clone());
-                match corral_storage::backing_file(&cur) {
-                    Ok(Some(b)) => cur = b,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(path = %cur.display(), error = %e,
-                            "cannot read a backing chain; leaving unused bases in place");
-                        return;
-                    }
+            let chain = backing_chain(&d.path, MAX_CHAIN_DEPTH, |p| {
+                corral_storage::backing_file(p).map_err(|e| e.to_string())
+            });
+            match chain {
+                Ok(c) => used.extend(c),
+                Err(e) => {
+                    tracing::warn!(vm = %info.name, error = %e,
+                        "cannot read a backing chain completely; leaving unused bases in place");
+                    return;
                 }
             }
         }
@@ -672,6 +704,57 @@ mod tests {
         assert!(is_base(Path::new("/srv/sr/bases/x.qcow2")));
         assert!(!is_base(Path::new("/srv/sr/x.qcow2")));
         assert!(!is_base(Path::new("/x.qcow2")));
+    }
+
+    /// A chain `/c/0 -> /c/1 -> ... -> /c/<len-1>`.
+    fn synthetic(len: usize) -> impl Fn(&Path) -> Result<Option<PathBuf>, String> {
+        move |p: &Path| {
+            let i: usize = p.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            Ok((i + 1 < len).then(|| PathBuf::from(format!("/c/{}", i + 1))))
+        }
+    }
+
+    #[test]
+    fn deep_or_broken_backing_chains_are_unknown_not_short() {
+        let top = Path::new("/c/0");
+        // Up to the cap, the whole chain is returned.
+        let c = backing_chain(top, MAX_CHAIN_DEPTH, synthetic(MAX_CHAIN_DEPTH)).unwrap();
+        assert_eq!(c.len(), MAX_CHAIN_DEPTH);
+        assert_eq!(c.last().unwrap(), Path::new("/c/63"));
+        // One deeper: an error (gc then removes nothing), never a truncated "used" set in
+        // which the deepest bases look unused and get deleted.
+        let e = backing_chain(top, MAX_CHAIN_DEPTH, synthetic(MAX_CHAIN_DEPTH + 1)).unwrap_err();
+        assert!(e.contains("longer than 64 files"), "{e}");
+        assert!(backing_chain(top, MAX_CHAIN_DEPTH, synthetic(1000)).is_err());
+        // A loop and an unreadable link are unknown too.
+        let looped = |p: &Path| {
+            Ok(Some(if p == Path::new("/a") {
+                PathBuf::from("/b")
+            } else {
+                PathBuf::from("/a")
+            }))
+        };
+        let e = backing_chain(Path::new("/a"), MAX_CHAIN_DEPTH, looped).unwrap_err();
+        assert!(e.contains("loops"), "{e}");
+        let broken = |_: &Path| Err("permission denied".to_string());
+        assert!(backing_chain(top, MAX_CHAIN_DEPTH, broken).is_err());
+    }
+
+    #[test]
+    fn backing_chain_follows_real_overlays() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.raw");
+        std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+        let mid = dir.path().join("mid.qcow2");
+        let top = dir.path().join("top.qcow2");
+        corral_storage::create_overlay(&mid, &base, DiskFormat::Raw, 1 << 20).unwrap();
+        corral_storage::create_overlay(&top, &mid, DiskFormat::Qcow2, 1 << 20).unwrap();
+        let next = |p: &Path| corral_storage::backing_file(p).map_err(|e| e.to_string());
+        assert_eq!(
+            backing_chain(&top, MAX_CHAIN_DEPTH, next).unwrap(),
+            vec![top.clone(), mid.clone(), base.clone()]
+        );
+        assert!(backing_chain(&top, 2, next).is_err());
     }
 
     #[test]

@@ -52,15 +52,81 @@ pub fn byte_channel() -> (ByteSink, ByteStream) {
     mpsc::channel(CHANNEL_CHUNKS)
 }
 
-/// Remove staging directories left by an agent that stopped mid-import or mid-export.
-pub fn clean_staging(staging: &Path) {
+/// Remove staging directories left by an agent that stopped mid-import or mid-export. Returns
+/// the ids of the interrupted imports (directories named by a UUID): the agent stopped before
+/// removing their staging directory, so it may also have stopped after moving some of their
+/// volumes into a repository and before recording the VM; see
+/// [`Agent::remove_interrupted_import_volumes`].
+pub fn clean_staging(staging: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
     if let Ok(entries) = std::fs::read_dir(staging) {
         for e in entries.flatten() {
             tracing::info!(path = %e.path().display(), "removing stale staging directory");
             let _ = std::fs::remove_dir_all(e.path());
+            let name = e.file_name().to_string_lossy().into_owned();
+            if uuid::Uuid::parse_str(&name).is_ok() {
+                ids.push(name);
+            }
         }
     }
     let _ = std::fs::create_dir_all(staging);
+    ids
+}
+
+/// Files in `dirs` that belong to one of the imports `ids`: volume names start with the VM id
+/// (`<id>-<device>.<format>`, or `.partial` while copied across file systems), and an import's
+/// id is a fresh UUID, so no other VM's volume can match.
+fn import_volumes_in(dirs: &[PathBuf], ids: &[String]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let owned = ids.iter().any(|id| {
+                name.strip_prefix(id.as_str())
+                    .is_some_and(|rest| rest.starts_with('-'))
+            });
+            if owned && e.path().is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+impl Agent {
+    /// Remove volumes an interrupted import (`ids` from [`clean_staging`]) had moved into a
+    /// repository before the agent stopped, unless its VM was recorded (then the import had
+    /// finished and only its staging directory was left).
+    pub(crate) fn remove_interrupted_import_volumes(&self, ids: &[String]) {
+        let recorded: std::collections::HashSet<String> =
+            self.list_vms().into_iter().map(|v| v.id).collect();
+        let ids: Vec<String> = ids
+            .iter()
+            .filter(|id| !recorded.contains(*id))
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let Ok(srs) = self.list_srs() else { return };
+        let dirs: Vec<PathBuf> = srs
+            .iter()
+            .flat_map(|sr| [sr.path.clone(), sr.path.join(BASES_DIR)])
+            .collect();
+        for p in import_volumes_in(&dirs, &ids) {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {
+                    tracing::info!(path = %p.display(), "removed a volume of an interrupted import")
+                }
+                Err(e) => tracing::warn!(path = %p.display(), error = %e,
+                    "cannot remove a volume of an interrupted import"),
+            }
+        }
+    }
 }
 
 fn archive_error(what: &str, e: &ArchiveError) -> ApiError {
@@ -348,29 +414,7 @@ impl Agent {
                 n.mac = random_mac();
             }
         }
-        for c in spec.cdroms.iter_mut() {
-            if c.media.as_ref().is_some_and(|m| !m.is_file()) {
-                c.media = None;
-            }
-        }
-        if spec.cdroms.is_empty() {
-            spec.cdroms.push(Cdrom {
-                device: "cdrom0".into(),
-                bus: DiskBus::Sata,
-                media: None,
-            });
-        }
-        if let Some(kb) = &spec.kernel_boot {
-            let missing = !kb.kernel.is_file() || kb.initrd.as_ref().is_some_and(|i| !i.is_file());
-            if missing {
-                warnings.push(format!(
-                    "direct kernel boot from {} is not possible on this host; the VM boots from its disks",
-                    kb.kernel.display()
-                ));
-                spec.kernel_boot = None;
-                spec.boot_device = BootDevice::Disk;
-            }
-        }
+        drop_host_paths(spec, warnings);
         spec.is_template = spec.is_template || q.as_template;
         if spec.is_template {
             spec.autostart = false;
@@ -643,6 +687,42 @@ impl Agent {
     }
 }
 
+/// Clear every host path an archive names outside its disks: CD-ROM media and direct kernel
+/// boot files. An archive is untrusted, so honouring them would let a crafted one attach any
+/// host file (`/etc/shadow`) to the VM, readable by its guest. The drives stay, empty; a
+/// warning lists what was dropped so the user can attach media from the ISO library again.
+pub(crate) fn drop_host_paths(spec: &mut VmSpec, warnings: &mut Vec<String>) {
+    // Install state (its PXE TFTP root is a host directory) never survives an export.
+    spec.install = None;
+    for c in spec.cdroms.iter_mut() {
+        if let Some(m) = c.media.take() {
+            warnings.push(format!(
+                "{}: media {} from the archive was not attached (an archive cannot name host files); the drive is empty",
+                c.device,
+                m.display()
+            ));
+        }
+    }
+    if spec.cdroms.is_empty() {
+        spec.cdroms.push(Cdrom {
+            device: "cdrom0".into(),
+            bus: DiskBus::Sata,
+            media: None,
+        });
+    }
+    if let Some(kb) = spec.kernel_boot.take() {
+        let mut files = vec![kb.kernel.display().to_string()];
+        if let Some(i) = &kb.initrd {
+            files.push(i.display().to_string());
+        }
+        warnings.push(format!(
+            "direct kernel boot from {} was dropped (an archive cannot name host files); the VM boots from its disks",
+            files.join(" and ")
+        ));
+        spec.boot_device = BootDevice::Disk;
+    }
+}
+
 fn write_export(
     spec: &VmSpec,
     q: &ExportQuery,
@@ -751,6 +831,67 @@ async fn place_volume(staged: &Path, dest: &Path) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interrupted_imports_are_found_by_staging_id() {
+        let root = tempfile::tempdir().unwrap();
+        let staging = root.path().join("staging");
+        let id = uuid::Uuid::new_v4().to_string();
+        let other = uuid::Uuid::new_v4().to_string();
+        std::fs::create_dir_all(staging.join(&id)).unwrap();
+        std::fs::create_dir_all(staging.join("export-123")).unwrap();
+        assert_eq!(clean_staging(&staging), vec![id.clone()]);
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+
+        let sr = root.path().join("sr");
+        let bases = sr.join(BASES_DIR);
+        std::fs::create_dir_all(&bases).unwrap();
+        let mine = [
+            sr.join(format!("{id}-disk0.qcow2")),
+            sr.join(format!("{id}-disk1.partial")),
+            bases.join(format!("{id}-disk2.qcow2")),
+        ];
+        let theirs = [
+            sr.join(format!("{other}-disk0.qcow2")),
+            sr.join(format!("{id}x-disk0.qcow2")),
+        ];
+        for p in mine.iter().chain(&theirs) {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let mut want = mine.to_vec();
+        want.sort();
+        assert_eq!(import_volumes_in(&[sr.clone(), bases], &[id]), want);
+    }
+
+    #[test]
+    fn imported_specs_name_no_host_files() {
+        let mut spec: VmSpec = serde_json::from_value(serde_json::json!({
+            "name": "evil", "vcpus": 1, "memory_bytes": 268435456, "cpu_weight": 256,
+            "disks": [], "nics": [],
+            "cdroms": [{"device": "cdrom0", "bus": "sata", "media": "/etc/shadow"},
+                       {"device": "cdrom1", "bus": "sata"}],
+            "kernel_boot": {"kernel": "/etc/passwd", "initrd": "/etc/hostname", "cmdline": "x"},
+            "boot_device": "cdrom"
+        }))
+        .unwrap();
+        let mut warnings = Vec::new();
+        drop_host_paths(&mut spec, &mut warnings);
+        assert!(spec.cdroms.iter().all(|c| c.media.is_none()));
+        assert_eq!(spec.cdroms.len(), 2, "the drives stay");
+        assert!(spec.kernel_boot.is_none());
+        assert_eq!(spec.boot_device, BootDevice::Disk);
+        let all = warnings.join("\n");
+        assert!(all.contains("cdrom0: media /etc/shadow"), "{all}");
+        assert!(all.contains("/etc/passwd and /etc/hostname"), "{all}");
+        assert_eq!(warnings.len(), 2, "{all}");
+        // An archive without host paths gets no warning, and an empty drive when it had none.
+        let mut plain = spec.clone();
+        plain.cdroms.clear();
+        let mut w = Vec::new();
+        drop_host_paths(&mut plain, &mut w);
+        assert!(w.is_empty());
+        assert_eq!(plain.cdroms.len(), 1);
+    }
 
     #[test]
     fn recorder_replays_exactly_what_was_consumed() {

@@ -20,7 +20,7 @@
 //! calling thread only.
 //!
 //! Modules: `native` (format 1.0, see `docs/formats/corral-archive.md`), `ova` (OVF 1.x/2.0
-//! descriptors, OVA packages), `xva` (XenServer exports), `source` and `sink` (disk I/O),
+//! descriptors, OVA packages), `xva` (XenServer exports), `source` and `sink` (disk I/O), `qcow2` (the streaming qcow2 writer imports use),
 //! `tarsafe` (member checks shared by all tar readers).
 
 pub mod detect;
@@ -28,6 +28,7 @@ pub mod error;
 pub mod native;
 pub mod ova;
 pub mod progress;
+pub mod qcow2;
 pub mod sink;
 pub mod source;
 mod tarsafe;

@@ -5,12 +5,13 @@
 //! caller chose (file names derive from the disk index, never from archive contents), so on
 //! error the caller deletes that directory and nothing is left anywhere else.
 //!
-//! Disks are written as sparse raw files (zero ranges are never written, so they stay holes)
-//! and, when the target format is qcow2, converted once at the end with `qemu-img convert`,
-//! which keeps holes as unallocated clusters.
+//! Raw disks are written as sparse raw files (zero ranges are never written, so they stay
+//! holes); qcow2 disks are written directly by the streaming [`Qcow2Writer`] (unwritten ranges
+//! stay unallocated clusters), so an import is one pass over the data.
 
 use crate::error::ArchiveError;
 use crate::progress::{Phase, Progress};
+use crate::qcow2::Qcow2Writer;
 use corral_model::DiskFormat;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -110,13 +111,25 @@ pub(crate) fn copy_source(
     Ok(())
 }
 
-/// Writes disks into a staging directory as `disk<N>.raw`, converted to `disk<N>.qcow2` when the
-/// target format is qcow2.
+/// Writes disks into a staging directory: `disk<N>.raw` (sparse) for raw targets, and for
+/// qcow2 targets `disk<N>.qcow2` written directly by [`Qcow2Writer`] (one pass; only a disk
+/// whose size is not a multiple of 512 bytes goes through raw and `qemu-img convert`).
 #[derive(Debug)]
 pub struct DirSink {
     dir: PathBuf,
     format: Option<DiskFormat>,
-    disks: Vec<Option<(DiskTarget, File)>>,
+    disks: Vec<Option<(DiskTarget, Out)>>,
+}
+
+/// Where a disk's data is going.
+#[derive(Debug)]
+enum Out {
+    Raw(File),
+    Qcow2(Qcow2Writer),
+    /// A whole image was converted into `disk<N>.qcow2` ([`ImportSink::import_image`]).
+    Converted,
+    /// `finish_disk` is running or failed.
+    Taken,
 }
 
 impl DirSink {
@@ -133,32 +146,47 @@ impl DirSink {
         self.dir.join(format!("disk{index}.raw"))
     }
 
-    fn disk(&self, index: usize) -> io::Result<&(DiskTarget, File)> {
+    fn qcow2_path(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("disk{index}.qcow2"))
+    }
+
+    fn disk(&mut self, index: usize) -> io::Result<&mut (DiskTarget, Out)> {
         self.disks
-            .get(index)
-            .and_then(|d| d.as_ref())
+            .get_mut(index)
+            .and_then(|d| d.as_mut())
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no disk {index}")))
     }
 }
 
 impl ImportSink for DirSink {
     fn create_disk(&mut self, target: &DiskTarget) -> io::Result<()> {
-        let path = self.raw_path(target.index);
+        let format = self.format.unwrap_or(target.format);
+        let direct = format == DiskFormat::Qcow2 && target.virtual_size.is_multiple_of(512);
+        let path = if direct {
+            self.qcow2_path(target.index)
+        } else {
+            self.raw_path(target.index)
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)?;
-        file.set_len(target.virtual_size)?;
+        let out = if direct {
+            Out::Qcow2(Qcow2Writer::new(file, target.virtual_size)?)
+        } else {
+            file.set_len(target.virtual_size)?;
+            Out::Raw(file)
+        };
         if self.disks.len() <= target.index {
             self.disks.resize_with(target.index + 1, || None);
         }
-        self.disks[target.index] = Some((target.clone(), file));
+        self.disks[target.index] = Some((target.clone(), out));
         Ok(())
     }
 
     fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
-        let (target, file) = self.disk(disk)?;
+        let (target, out) = self.disk(disk)?;
         let end = offset.checked_add(data.len() as u64);
         if end.is_none_or(|e| e > target.virtual_size) {
             return Err(io::Error::new(
@@ -166,7 +194,11 @@ impl ImportSink for DirSink {
                 "write outside the disk",
             ));
         }
-        file.write_all_at(data, offset)
+        match out {
+            Out::Raw(file) => file.write_all_at(data, offset),
+            Out::Qcow2(w) => w.write_at(offset, data),
+            Out::Converted | Out::Taken => Err(io::Error::other("disk already complete")),
+        }
     }
 
     fn finish_disk(
@@ -174,20 +206,32 @@ impl ImportSink for DirSink {
         disk: usize,
         progress: &dyn Fn(Progress),
     ) -> io::Result<(PathBuf, DiskFormat)> {
-        let (target, file) = self.disk(disk)?;
-        let format = self.format.unwrap_or(target.format);
-        let raw = self.raw_path(disk);
-        file.sync_all()?;
-        if format == DiskFormat::Raw {
+        let (raw, qcow) = (self.raw_path(disk), self.qcow2_path(disk));
+        let format = self.format;
+        let (target, out) = self.disk(disk)?;
+        let target = target.clone();
+        match std::mem::replace(out, Out::Taken) {
+            Out::Qcow2(w) => {
+                w.finish()?;
+                return Ok((qcow, DiskFormat::Qcow2));
+            }
+            Out::Converted => {
+                File::open(&qcow)?.sync_all()?;
+                return Ok((qcow, DiskFormat::Qcow2));
+            }
+            Out::Taken => return Err(io::Error::other("disk already finished")),
+            Out::Raw(file) => file.sync_all()?,
+        }
+        if format.unwrap_or(target.format) == DiskFormat::Raw {
             return Ok((raw, DiskFormat::Raw));
         }
+        // A qcow2 target whose size qcow2 cannot hold exactly: convert the raw file.
         progress(Progress {
             phase: Phase::Finishing,
             device: Some(target.device.clone()),
             bytes_done: 0,
             bytes_total: target.virtual_size,
         });
-        let qcow = self.dir.join(format!("disk{disk}.qcow2"));
         crate::source::qemu_img(&[
             "convert".as_ref(),
             "-f".as_ref(),
@@ -214,17 +258,53 @@ impl ImportSink for DirSink {
     }
 
     fn import_image(&mut self, disk: usize, image: &Path, format: &str) -> io::Result<()> {
-        // Convert straight into the disk's raw file: one pass, holes stay holes.
-        let raw = self.raw_path(disk);
-        let (target, _) = self.disk(disk)?;
+        // Convert straight into the disk's file: one pass, holes stay holes.
+        let (raw, qcow) = (self.raw_path(disk), self.qcow2_path(disk));
+        let (target, out) = self.disk(disk)?;
         let size = target.virtual_size;
-        convert_to_raw(image, format, &raw, true)?;
-        let file = OpenOptions::new().read(true).write(true).open(&raw)?;
-        if file.metadata()?.len() != size {
-            file.set_len(size)?;
-        }
-        if let Some(Some((_, f))) = self.disks.get_mut(disk) {
-            *f = file;
+        match out {
+            Out::Raw(_) => {
+                convert_to_raw(image, format, &raw, true)?;
+                let file = OpenOptions::new().read(true).write(true).open(&raw)?;
+                if file.metadata()?.len() != size {
+                    file.set_len(size)?;
+                }
+                *out = Out::Raw(file);
+            }
+            Out::Qcow2(_) => {
+                *out = Out::Taken;
+                std::fs::remove_file(&qcow)?;
+                crate::source::qemu_img(&[
+                    "convert".as_ref(),
+                    "-f".as_ref(),
+                    format.as_ref(),
+                    "-O".as_ref(),
+                    "qcow2".as_ref(),
+                    "-W".as_ref(),
+                    image.as_os_str(),
+                    qcow.as_os_str(),
+                ])
+                .map_err(|e: ArchiveError| io::Error::other(e.to_string()))?;
+                let info = crate::source::image_info(&qcow, "qcow2")
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                if info["virtual-size"].as_u64() != Some(size) {
+                    // As the raw path does with set_len: the disk has the declared capacity.
+                    crate::source::qemu_img(&[
+                        "resize".as_ref(),
+                        "-q".as_ref(),
+                        "--shrink".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        qcow.as_os_str(),
+                        size.to_string().as_ref(),
+                    ])
+                    .map_err(|e: ArchiveError| io::Error::other(e.to_string()))?;
+                }
+                self.disk(disk)?.1 = Out::Converted;
+            }
+            Out::Converted | Out::Taken => {
+                return Err(io::Error::other("disk already complete"));
+            }
         }
         Ok(())
     }

@@ -573,3 +573,40 @@ fn malicious_and_broken_archives_are_rejected() {
     let ova = write_tar(&[Member::file("vm.ovf", b"<Envelope/>")]);
     expect_rejected("an ova", &ova, "first member is \"vm.ovf\"");
 }
+
+#[test]
+fn extents_are_capped_at_16_mib_on_both_sides() {
+    // The reader refuses a manifest declaring extents larger than writers produce, so a hostile
+    // archive cannot make it hold more than the byte budget of extents.
+    let big = edit_manifest(|m| m["extent_max_bytes"] = serde_json::json!(32u64 << 20));
+    expect_rejected(
+        "32 MiB extents",
+        &big,
+        "extent size 33554432 is outside 1..16777216",
+    );
+    // 16 MiB extents still round trip (readers accept what writers write).
+    let opts = WriteOptions {
+        extent_max_bytes: native::MAX_EXTENT_BYTES,
+        ..Default::default()
+    };
+    let src = sample_disk();
+    let want = src.data.clone();
+    let (bytes, _) = export(vec![("disk0", src)], &opts);
+    let dir = tempfile::tempdir().unwrap();
+    let vm = import(&bytes, dir.path()).unwrap();
+    assert!(std::fs::read(&vm.disks[0].path).unwrap() == want);
+    // The writer refuses larger extents.
+    let spec = spec("web01", &["disk0"]);
+    let e = write_archive(
+        std::io::sink(),
+        &spec,
+        vec![("disk0".into(), Box::new(sample_disk()))],
+        &WriteOptions {
+            extent_max_bytes: 32 << 20,
+            ..Default::default()
+        },
+        &no_progress,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("outside 64 KiB..16 MiB"), "{e}");
+}

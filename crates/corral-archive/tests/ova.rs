@@ -233,8 +233,9 @@ fn ova_export_follows_dsp0243_and_round_trips() {
         );
         run("qemu-img", &["check", "-f", "vmdk", p.to_str().unwrap()]);
     }
-    // The descriptor says what we exported.
+    // The descriptor says what we exported, in the structure DSP8023 requires.
     let desc = String::from_utf8(members[0].1.clone()).unwrap();
+    check_dsp8023(&desc).unwrap_or_else(|e| panic!("{e}\n{desc}"));
     let plan = parse_ovf(&desc).unwrap();
     assert_eq!(plan.spec.vcpus, 2);
     assert_eq!(plan.spec.memory_bytes, 512 << 20);
@@ -320,6 +321,48 @@ fn ovf_directory_imports_and_checks_the_manifest() {
             .contains("checksum mismatch in disk.img (SHA1)"),
         "{err}"
     );
+}
+
+#[test]
+fn image_files_larger_than_their_disk_allows_are_refused() {
+    // A 2 MiB disk whose image file is 70 MiB (declared consistently, so only the capacity
+    // bound catches it): refused before it is copied, as a directory and as an OVA.
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![1u8; 70 << 20];
+    package_dir(dir.path(), &data, false);
+    let st = tempfile::tempdir().unwrap();
+    let err = import_ovf(
+        dir.path(),
+        &mut DirSink::new(st.path(), None),
+        &Limits::default(),
+        &no_progress,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("its disk's capacity allows"),
+        "{err}"
+    );
+    let desc = std::fs::read(dir.path().join("edge.ovf")).unwrap();
+    let ova = write_tar(&[
+        Member::file("edge.ovf", &desc),
+        Member::file("disk.img", &data),
+    ]);
+    let st = tempfile::tempdir().unwrap();
+    let err = read_ova(
+        &ova[..],
+        &mut DirSink::new(st.path(), None),
+        &Limits::default(),
+        &no_progress,
+    )
+    .unwrap_err();
+    let msg = format!("{err}");
+    assert!(
+        msg.contains("more than the") && msg.contains("capacity allows"),
+        "{msg}"
+    );
+    assert!(files_under(st.path())
+        .iter()
+        .all(|f| !f.contains("ova-file")));
 }
 
 #[test]
@@ -464,4 +507,282 @@ fn hostile_packages_are_refused() {
             "{case}"
         );
     }
+}
+
+const OVF_NS: &str = "http://schemas.dmtf.org/ovf/envelope/1";
+const RASD_NS: &str =
+    "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData";
+const VSSD_NS: &str =
+    "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData";
+
+fn elements<'a, 'i>(n: roxmltree::Node<'a, 'i>) -> Vec<roxmltree::Node<'a, 'i>> {
+    n.children().filter(|c| c.is_element()).collect()
+}
+
+fn ovf_attr<'a>(n: roxmltree::Node<'a, '_>, name: &str) -> Result<&'a str, String> {
+    n.attribute((OVF_NS, name))
+        .ok_or_else(|| format!("<{}> lacks the required ovf:{name}", n.tag_name().name()))
+}
+
+/// Children of `n` are in the namespace `ns` and in the order of `order` (repeats allowed).
+fn check_sequence(n: roxmltree::Node, ns: &str, order: &[&str]) -> Result<(), String> {
+    let mut last = 0;
+    for c in elements(n) {
+        if c.tag_name().namespace() != Some(ns) {
+            return Err(format!("<{}> in {ns:?}", c.tag_name().name()));
+        }
+        let name = c.tag_name().name();
+        let pos = order
+            .iter()
+            .position(|o| *o == name)
+            .ok_or_else(|| format!("<{name}> is not in the schema's sequence"))?;
+        if pos < last {
+            return Err(format!("<{name}> comes after <{}>", order[last]));
+        }
+        last = pos;
+    }
+    Ok(())
+}
+
+/// A structural check of an OVF 1.x descriptor against DSP8023's rules that matter to other
+/// tools: Envelope children References, sections, one VirtualSystem; sections open with Info;
+/// required attributes; every File used by a Disk and every Disk by an Item's HostResource;
+/// NetworkSection with at least one Network; RASD and VSSD elements in schema order.
+fn check_dsp8023(desc: &str) -> Result<(), String> {
+    let doc = roxmltree::Document::parse(desc).map_err(|e| e.to_string())?;
+    let env = doc.root_element();
+    if env.tag_name().name() != "Envelope" || env.tag_name().namespace() != Some(OVF_NS) {
+        return Err("the root is not an OVF Envelope".into());
+    }
+    let kids = elements(env);
+    let name = |n: &roxmltree::Node| n.tag_name().name().to_string();
+    if kids.first().map(name).as_deref() != Some("References") {
+        return Err("References is not the Envelope's first child".into());
+    }
+    let content: Vec<_> = kids
+        .iter()
+        .filter(|k| {
+            matches!(
+                name(k).as_str(),
+                "VirtualSystem" | "VirtualSystemCollection"
+            )
+        })
+        .collect();
+    if content.len() != 1 || kids.last().map(name).as_deref() != Some("VirtualSystem") {
+        return Err("the Envelope must end with exactly one VirtualSystem".into());
+    }
+    let sections = &kids[1..kids.len() - 1];
+    for s in sections {
+        if !name(s).ends_with("Section") {
+            return Err(format!(
+                "<{}> between References and VirtualSystem",
+                name(s)
+            ));
+        }
+    }
+    let check_section = |s: roxmltree::Node| -> Result<(), String> {
+        if elements(s).first().map(|c| c.tag_name().name()) != Some("Info") {
+            return Err(format!("<{}> does not open with <Info>", name(&s)));
+        }
+        Ok(())
+    };
+    // References.
+    let mut files = std::collections::BTreeMap::new();
+    for f in elements(kids[0]) {
+        if name(&f) != "File" {
+            return Err(format!("<{}> in References", name(&f)));
+        }
+        let id = ovf_attr(f, "id")?;
+        ovf_attr(f, "href")?;
+        if files.insert(id.to_string(), false).is_some() {
+            return Err(format!("File id {id:?} twice"));
+        }
+    }
+    // DiskSection and NetworkSection.
+    let mut disks = std::collections::BTreeMap::new();
+    let mut networks = std::collections::BTreeSet::new();
+    for s in sections {
+        check_section(*s)?;
+        match name(s).as_str() {
+            "DiskSection" => {
+                for d in elements(*s).into_iter().skip(1) {
+                    let id = ovf_attr(d, "diskId")?;
+                    ovf_attr(d, "capacity")?;
+                    ovf_attr(d, "format")?;
+                    if let Some(f) = d.attribute((OVF_NS, "fileRef")) {
+                        *files
+                            .get_mut(f)
+                            .ok_or_else(|| format!("Disk {id:?} names unknown File {f:?}"))? = true;
+                    }
+                    disks.insert(id.to_string(), false);
+                }
+            }
+            "NetworkSection" => {
+                let nets = &elements(*s)[1..];
+                if nets.is_empty() {
+                    return Err("NetworkSection without a Network".into());
+                }
+                for n in nets {
+                    networks.insert(ovf_attr(*n, "name")?.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some((f, _)) = files.iter().find(|(_, used)| !**used) {
+        return Err(format!("File {f:?} is referenced by no Disk"));
+    }
+    // VirtualSystem.
+    let vs = *content[0];
+    ovf_attr(vs, "id")?;
+    check_section(vs)?;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut parents = Vec::new();
+    for s in elements(vs).into_iter().skip(1) {
+        if name(&s) == "Name" {
+            continue;
+        }
+        check_section(s)?;
+        if name(&s) != "VirtualHardwareSection" {
+            continue;
+        }
+        let mut items = 0;
+        for c in elements(s).into_iter().skip(1) {
+            match name(&c).as_str() {
+                "System" => check_sequence(
+                    c,
+                    VSSD_NS,
+                    &[
+                        "AutomaticRecoveryAction",
+                        "AutomaticShutdownAction",
+                        "AutomaticStartupAction",
+                        "AutomaticStartupActionDelay",
+                        "AutomaticStartupActionSequenceNumber",
+                        "Caption",
+                        "ConfigurationDataRoot",
+                        "ConfigurationFile",
+                        "ConfigurationID",
+                        "CreationTime",
+                        "Description",
+                        "ElementName",
+                        "InstanceID",
+                        "LogDataRoot",
+                        "Notes",
+                        "RecoveryFile",
+                        "SnapshotDataRoot",
+                        "SuspendDataRoot",
+                        "SwapFileDataRoot",
+                        "VirtualSystemIdentifier",
+                        "VirtualSystemType",
+                    ],
+                )?,
+                "Item" => {
+                    items += 1;
+                    check_sequence(c, RASD_NS, RASD_ORDER)
+                        .map_err(|e| format!("Item {items}: {e}"))?;
+                    let field = |f: &str| {
+                        elements(c)
+                            .into_iter()
+                            .filter(|e| e.tag_name().name() == f)
+                            .filter_map(|e| e.text().map(str::to_string))
+                            .collect::<Vec<_>>()
+                    };
+                    for req in ["ElementName", "InstanceID", "ResourceType"] {
+                        if field(req).len() != 1 {
+                            return Err(format!("Item {items} lacks rasd:{req}"));
+                        }
+                    }
+                    if !ids.insert(field("InstanceID")[0].clone()) {
+                        return Err(format!("Item {items}: InstanceID repeated"));
+                    }
+                    parents.extend(field("Parent"));
+                    for h in field("HostResource") {
+                        let d = h
+                            .strip_prefix("ovf:/disk/")
+                            .and_then(|d| disks.get_mut(d))
+                            .ok_or_else(|| format!("HostResource {h:?} names no Disk"))?;
+                        *d = true;
+                    }
+                    if field("ResourceType")[0] == "10" {
+                        for n in field("Connection") {
+                            if !networks.contains(&n) {
+                                return Err(format!("Connection {n:?} names no Network"));
+                            }
+                        }
+                    }
+                }
+                other if other == "Config" || c.tag_name().namespace() != Some(OVF_NS) => {}
+                other => return Err(format!("<{other}> in VirtualHardwareSection")),
+            }
+        }
+        if items == 0 {
+            return Err("VirtualHardwareSection without an Item".into());
+        }
+    }
+    if let Some((d, _)) = disks.iter().find(|(_, used)| !**used) {
+        return Err(format!("Disk {d:?} is used by no Item"));
+    }
+    if let Some(p) = parents.iter().find(|p| !ids.contains(*p)) {
+        return Err(format!("Parent {p:?} names no Item"));
+    }
+    Ok(())
+}
+
+#[test]
+fn descriptors_validate_structurally_against_dsp8023() {
+    let disk = |device: &str, bus| DescriptorDisk {
+        device: device.into(),
+        bus,
+        file_name: format!("app-{device}.vmdk"),
+        file_size: 1 << 20,
+        capacity: 8 << 20,
+    };
+    let mut spec = spec("app", &["disk0", "disk1"]);
+    spec.cdroms.push(Cdrom {
+        device: "cdrom0".into(),
+        bus: DiskBus::Ide,
+        media: None,
+    });
+    let disks = [disk("disk0", DiskBus::Virtio), disk("disk1", DiskBus::Sata)];
+    let full = ovf_descriptor(&spec, &disks);
+    check_dsp8023(&full).unwrap_or_else(|e| panic!("{e}\n{full}"));
+    // InstanceID sits between HostResource and Parent, not first.
+    assert!(
+        full.contains(
+            "<rasd:HostResource>ovf:/disk/vmdisk0</rasd:HostResource>\n        <rasd:InstanceID>"
+        ),
+        "{full}"
+    );
+
+    // No NICs: no NetworkSection at all (the schema needs at least one Network in one).
+    spec.nics.clear();
+    let bare = ovf_descriptor(&spec, &disks[..1]);
+    assert!(!bare.contains("NetworkSection"), "{bare}");
+    check_dsp8023(&bare).unwrap_or_else(|e| panic!("{e}\n{bare}"));
+    assert_eq!(parse_ovf(&bare).unwrap().spec.nics.len(), 0);
+
+    // The checker catches what the old writer did and other breakage.
+    let instance_first = full.replacen(
+        "<rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>",
+        "<rasd:Weight>1</rasd:Weight><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>",
+        1,
+    );
+    assert!(check_dsp8023(&instance_first)
+        .unwrap_err()
+        .contains("comes after <Weight>"));
+    let empty_net = bare.replace(
+        "  <VirtualSystem",
+        "  <NetworkSection><Info>n</Info></NetworkSection>\n  <VirtualSystem",
+    );
+    assert!(check_dsp8023(&empty_net)
+        .unwrap_err()
+        .contains("without a Network"));
+    let orphan_disk = full.replace("ovf:/disk/vmdisk1", "ovf:/disk/vmdisk0");
+    assert!(check_dsp8023(&orphan_disk)
+        .unwrap_err()
+        .contains("\"vmdisk1\" is used by no Item"));
+    let no_capacity = full.replacen("ovf:capacity=", "ovf:kapacity=", 1);
+    assert!(check_dsp8023(&no_capacity)
+        .unwrap_err()
+        .contains("ovf:capacity"));
 }

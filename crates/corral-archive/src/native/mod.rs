@@ -36,6 +36,25 @@ pub const CHECKSUMS_NAME: &str = "checksums.json";
 pub const DEFAULT_EXTENT_BYTES: u64 = 4 << 20;
 /// Granularity of zero detection inside an extent.
 pub const ZERO_BLOCK_BYTES: usize = 64 << 10;
+/// Largest `extent_max_bytes` a writer uses and a reader accepts: with the byte budget below it
+/// keeps at least a few extents in flight on every host.
+pub const MAX_EXTENT_BYTES: u64 = 16 << 20;
+/// Most bytes of extents (compressed payload plus decoded data, so two buffers of up to
+/// `extent_max_bytes` each per job) the reader or writer holds in flight. Bounded in bytes
+/// rather than in jobs so a many-core host fed a hostile archive of maximal extents cannot be
+/// made to hold gigabytes.
+pub const WINDOW_BUDGET_BYTES: u64 = 128 << 20;
+
+/// How many extent jobs may be in flight: two per worker thread for overlap, at least two, and
+/// never more than [`WINDOW_BUDGET_BYTES`] allows for extents of `extent_max_bytes`.
+pub(crate) fn window_jobs(threads: usize, extent_max_bytes: u64) -> usize {
+    let per_job = 2 * extent_max_bytes.max(1);
+    let by_budget = usize::try_from(WINDOW_BUDGET_BYTES / per_job).unwrap_or(usize::MAX);
+    (threads.saturating_mul(2))
+        .clamp(2, 24)
+        .min(by_budget)
+        .max(2)
+}
 
 /// How extent members are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -311,6 +330,22 @@ pub(crate) fn bad_manifest(msg: impl Into<String>) -> ArchiveError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn window_stays_within_the_byte_budget_on_any_host() {
+        for threads in [1, 2, 8, 64, 256, 4096] {
+            for extent in [64 << 10, 4 << 20, super::MAX_EXTENT_BYTES] {
+                let w = super::window_jobs(threads, extent);
+                assert!(w >= 2, "threads {threads} extent {extent}: window {w}");
+                assert!(
+                    w as u64 * 2 * extent <= super::WINDOW_BUDGET_BYTES,
+                    "threads {threads} extent {extent}: window {w} exceeds the budget"
+                );
+            }
+        }
+        // Default extents on 2 cores keep the old overlap.
+        assert_eq!(super::window_jobs(2, super::DEFAULT_EXTENT_BYTES), 4);
+    }
+
     use super::*;
 
     #[test]

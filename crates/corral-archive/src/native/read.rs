@@ -39,7 +39,7 @@ impl Default for Limits {
             max_manifest_bytes: 4 << 20,
             max_disks: corral_model::MAX_DISKS,
             max_virtual_size: 64 << 40,
-            max_extent_bytes: 64 << 20,
+            max_extent_bytes: super::MAX_EXTENT_BYTES,
             threads: 0,
         }
     }
@@ -326,7 +326,7 @@ pub fn read_archive<R: Read>(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let window = (threads * 2).clamp(2, 24);
+    let window = super::window_jobs(threads, m.extent_max_bytes);
     let compression = m.compression;
     let mut counts: Vec<(u64, u64)> = vec![(0, 0); m.disks.len()];
     let mut cursor = Cursor {

@@ -5,7 +5,8 @@
 //! offsets, and run them on `threads` workers. A worker reads its range, splits it at all-zero
 //! 64 KiB blocks, hashes and compresses each non-zero run. The calling thread hands out job
 //! numbers only while fewer than a window of jobs are unwritten, and writes results strictly in
-//! job order, so memory stays at about `window x 2 x extent_max_bytes` whatever the disk size.
+//! job order, so memory stays at about `window x 2 x extent_max_bytes` (at most 128 MiB) whatever the
+//! disk size.
 //! To cancel, make `out` fail: the writer stops, the workers drain and exit.
 
 use super::*;
@@ -186,9 +187,11 @@ pub fn write_archive<W: Write>(
     opts: &WriteOptions,
     progress: &dyn Fn(Progress),
 ) -> Result<ArchiveSummary, ArchiveError> {
-    if opts.extent_max_bytes < ZERO_BLOCK_BYTES as u64 || opts.extent_max_bytes > (64 << 20) {
+    if opts.extent_max_bytes < ZERO_BLOCK_BYTES as u64
+        || opts.extent_max_bytes > super::MAX_EXTENT_BYTES
+    {
         return Err(ArchiveError::InvalidInput(format!(
-            "extent size {} is outside 64 KiB..64 MiB",
+            "extent size {} is outside 64 KiB..16 MiB",
             opts.extent_max_bytes
         )));
     }
@@ -196,8 +199,8 @@ pub fn write_archive<W: Write>(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    // Keep at most this many jobs in memory (each up to 2 x extent_max_bytes).
-    let window = (threads * 2).clamp(2, 24);
+    // Keep at most this many jobs in memory (each up to 2 x extent_max_bytes, 128 MiB in all).
+    let window = super::window_jobs(threads, opts.extent_max_bytes);
 
     // Map disks.
     let mut mdisks = Vec::new();

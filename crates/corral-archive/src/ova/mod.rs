@@ -87,18 +87,23 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
             d.capacity
         ));
     }
-    x.push_str("  </DiskSection>\n  <NetworkSection>\n    <Info>Networks</Info>\n");
+    x.push_str("  </DiskSection>\n");
+    // The schema requires at least one Network in a NetworkSection: none without NICs.
     let mut nets: Vec<&str> = spec.nics.iter().map(|n| n.network.as_str()).collect();
     nets.sort();
     nets.dedup();
-    for n in &nets {
-        let n = xml_escape(n);
-        x.push_str(&format!(
-            "    <Network ovf:name=\"{n}\">\n      <Description>{n}</Description>\n    </Network>\n"
-        ));
+    if !nets.is_empty() {
+        x.push_str("  <NetworkSection>\n    <Info>Networks</Info>\n");
+        for n in &nets {
+            let n = xml_escape(n);
+            x.push_str(&format!(
+                "    <Network ovf:name=\"{n}\">\n      <Description>{n}</Description>\n    </Network>\n"
+            ));
+        }
+        x.push_str("  </NetworkSection>\n");
     }
     x.push_str(&format!(
-        "  </NetworkSection>\n  <VirtualSystem ovf:id=\"{name}\">\n    <Info>A virtual machine exported by corral</Info>\n    <Name>{name}</Name>\n"
+        "  <VirtualSystem ovf:id=\"{name}\">\n    <Info>A virtual machine exported by corral</Info>\n    <Name>{name}</Name>\n"
     ));
     if !spec.description.is_empty() {
         x.push_str(&format!(
@@ -111,20 +116,78 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
         "    <VirtualHardwareSection>\n      <Info>Virtual hardware</Info>\n      <System>\n        <vssd:ElementName>Virtual Hardware Family</vssd:ElementName>\n        <vssd:InstanceID>0</vssd:InstanceID>\n        <vssd:VirtualSystemIdentifier>{name}</vssd:VirtualSystemIdentifier>\n        <vssd:VirtualSystemType>vmx-07</vssd:VirtualSystemType>\n      </System>\n"
     ));
     let mut id = 1u32;
-    let mut item = |x: &mut String, body: String| {
-        x.push_str(&format!(
-            "      <Item>\n        <rasd:InstanceID>{id}</rasd:InstanceID>\n{body}      </Item>\n"
-        ));
+    // Each Item's RASD elements (name, escaped text), written in schema order with its
+    // InstanceID added.
+    let mut item = |x: &mut String, mut fields: Vec<(&'static str, String)>| {
+        fields.push(("InstanceID", id.to_string()));
+        fields.sort_by_key(|(n, _)| rasd_position(n));
+        x.push_str("      <Item>\n");
+        for (n, v) in fields {
+            x.push_str(&format!("        <rasd:{n}>{v}</rasd:{n}>\n"));
+        }
+        x.push_str("      </Item>\n");
         id += 1;
         id - 1
     };
-    item(&mut x, format!("        <rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits>\n        <rasd:Description>Number of virtual CPUs</rasd:Description>\n        <rasd:ElementName>{} virtual CPU(s)</rasd:ElementName>\n        <rasd:ResourceType>3</rasd:ResourceType>\n        <rasd:VirtualQuantity>{}</rasd:VirtualQuantity>\n        <rasd:Weight>{}</rasd:Weight>\n", spec.vcpus, spec.vcpus, spec.cpu_weight));
-    item(&mut x, format!("        <rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>\n        <rasd:Description>Memory size</rasd:Description>\n        <rasd:ElementName>{} MB of memory</rasd:ElementName>\n        <rasd:ResourceType>4</rasd:ResourceType>\n        <rasd:VirtualQuantity>{}</rasd:VirtualQuantity>\n", spec.memory_bytes >> 20, spec.memory_bytes >> 20));
+    let f = |n: &'static str, v: &dyn std::fmt::Display| (n, xml_escape(&v.to_string()));
+    item(
+        &mut x,
+        vec![
+            f("AllocationUnits", &"hertz * 10^6"),
+            f("Description", &"Number of virtual CPUs"),
+            f("ElementName", &format!("{} virtual CPU(s)", spec.vcpus)),
+            f("ResourceType", &3),
+            f("VirtualQuantity", &spec.vcpus),
+            f("Weight", &spec.cpu_weight),
+        ],
+    );
+    item(
+        &mut x,
+        vec![
+            f("AllocationUnits", &"byte * 2^20"),
+            f("Description", &"Memory size"),
+            f(
+                "ElementName",
+                &format!("{} MB of memory", spec.memory_bytes >> 20),
+            ),
+            f("ResourceType", &4),
+            f("VirtualQuantity", &(spec.memory_bytes >> 20)),
+        ],
+    );
     let need =
         |b: DiskBus| disks.iter().any(|d| d.bus == b) || spec.cdroms.iter().any(|c| c.bus == b);
-    let ide = need(DiskBus::Ide).then(|| item(&mut x, "        <rasd:Address>0</rasd:Address>\n        <rasd:ElementName>IDE controller</rasd:ElementName>\n        <rasd:ResourceType>5</rasd:ResourceType>\n".into()));
-    let sata = need(DiskBus::Sata).then(|| item(&mut x, "        <rasd:Address>0</rasd:Address>\n        <rasd:ElementName>SATA controller</rasd:ElementName>\n        <rasd:ResourceSubType>AHCI</rasd:ResourceSubType>\n        <rasd:ResourceType>20</rasd:ResourceType>\n".into()));
-    let virtio = need(DiskBus::Virtio).then(|| item(&mut x, "        <rasd:Address>0</rasd:Address>\n        <rasd:ElementName>virtio block controller</rasd:ElementName>\n        <rasd:ResourceSubType>virtio</rasd:ResourceSubType>\n        <rasd:ResourceType>20</rasd:ResourceType>\n".into()));
+    let ide = need(DiskBus::Ide).then(|| {
+        item(
+            &mut x,
+            vec![
+                f("Address", &0),
+                f("ElementName", &"IDE controller"),
+                f("ResourceType", &5),
+            ],
+        )
+    });
+    let sata = need(DiskBus::Sata).then(|| {
+        item(
+            &mut x,
+            vec![
+                f("Address", &0),
+                f("ElementName", &"SATA controller"),
+                f("ResourceSubType", &"AHCI"),
+                f("ResourceType", &20),
+            ],
+        )
+    });
+    let virtio = need(DiskBus::Virtio).then(|| {
+        item(
+            &mut x,
+            vec![
+                f("Address", &0),
+                f("ElementName", &"virtio block controller"),
+                f("ResourceSubType", &"virtio"),
+                f("ResourceType", &20),
+            ],
+        )
+    });
     let parent = |b: DiskBus| {
         match b {
             DiskBus::Ide => ide,
@@ -141,7 +204,16 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
     };
     for (i, d) in disks.iter().enumerate() {
         let (p, a) = (parent(d.bus), next_slot(d.bus));
-        item(&mut x, format!("        <rasd:AddressOnParent>{a}</rasd:AddressOnParent>\n        <rasd:ElementName>{}</rasd:ElementName>\n        <rasd:HostResource>ovf:/disk/vmdisk{i}</rasd:HostResource>\n        <rasd:Parent>{p}</rasd:Parent>\n        <rasd:ResourceType>17</rasd:ResourceType>\n", xml_escape(&d.device)));
+        item(
+            &mut x,
+            vec![
+                f("AddressOnParent", &a),
+                f("ElementName", &d.device),
+                f("HostResource", &format!("ovf:/disk/vmdisk{i}")),
+                f("Parent", &p),
+                f("ResourceType", &17),
+            ],
+        );
     }
     for c in &spec.cdroms {
         let bus = if c.bus == DiskBus::Virtio {
@@ -150,7 +222,16 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
             c.bus
         };
         let (p, a) = (parent(bus), next_slot(bus));
-        item(&mut x, format!("        <rasd:AddressOnParent>{a}</rasd:AddressOnParent>\n        <rasd:AutomaticAllocation>false</rasd:AutomaticAllocation>\n        <rasd:ElementName>{}</rasd:ElementName>\n        <rasd:Parent>{p}</rasd:Parent>\n        <rasd:ResourceType>15</rasd:ResourceType>\n", xml_escape(&c.device)));
+        item(
+            &mut x,
+            vec![
+                f("AddressOnParent", &a),
+                f("AutomaticAllocation", &false),
+                f("ElementName", &c.device),
+                f("Parent", &p),
+                f("ResourceType", &15),
+            ],
+        );
     }
     for n in &spec.nics {
         let sub = match n.model {
@@ -158,15 +239,17 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
             NicModel::E1000 => "E1000",
             NicModel::Rtl8139 => "rtl8139",
         };
-        let mac = if n.mac.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "        <rasd:Address>{}</rasd:Address>\n",
-                xml_escape(&n.mac)
-            )
-        };
-        item(&mut x, format!("{mac}        <rasd:AutomaticAllocation>true</rasd:AutomaticAllocation>\n        <rasd:Connection>{}</rasd:Connection>\n        <rasd:ElementName>{}</rasd:ElementName>\n        <rasd:ResourceSubType>{sub}</rasd:ResourceSubType>\n        <rasd:ResourceType>10</rasd:ResourceType>\n", xml_escape(&n.network), xml_escape(&n.device)));
+        let mut fields = vec![
+            f("AutomaticAllocation", &true),
+            f("Connection", &n.network),
+            f("ElementName", &n.device),
+            f("ResourceSubType", &sub),
+            f("ResourceType", &10),
+        ];
+        if !n.mac.is_empty() {
+            fields.push(f("Address", &n.mac));
+        }
+        item(&mut x, fields);
     }
     if spec.firmware == Firmware::Uefi {
         x.push_str(
@@ -181,6 +264,41 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
     ));
     x.push_str("  </VirtualSystem>\n</Envelope>\n");
     x
+}
+
+/// The element order of CIM_ResourceAllocationSettingData (the `xs:sequence` of its schema,
+/// alphabetical), which every `<Item>` must follow to validate against DSP8023.
+pub const RASD_ORDER: &[&str] = &[
+    "Address",
+    "AddressOnParent",
+    "AllocationUnits",
+    "AutomaticAllocation",
+    "AutomaticDeallocation",
+    "Caption",
+    "Connection",
+    "ConsumerVisibility",
+    "Description",
+    "ElementName",
+    "HostResource",
+    "InstanceID",
+    "Limit",
+    "MappingBehavior",
+    "OtherResourceType",
+    "Parent",
+    "PoolID",
+    "Reservation",
+    "ResourceSubType",
+    "ResourceType",
+    "VirtualQuantity",
+    "VirtualQuantityUnits",
+    "Weight",
+];
+
+fn rasd_position(name: &str) -> usize {
+    RASD_ORDER
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(RASD_ORDER.len())
 }
 
 fn sha256_file(path: &Path) -> io::Result<String> {
@@ -516,6 +634,24 @@ struct Digests {
     sha256: String,
 }
 
+/// Most bytes the image file `href` may hold: the largest capacity of the disks it backs plus
+/// room for image-format metadata (VMDK grain markers and tables, qcow2 tables: well under 1/32
+/// of the capacity), so a package cannot make an import copy unbounded data into its scratch
+/// space, whether or not `References` declares a size. Files no disk uses keep the global cap.
+fn image_file_cap(plan: &OvfPlan, href: &str, limits: &Limits) -> u64 {
+    plan.disks
+        .iter()
+        .filter(|d| d.file.as_ref().is_some_and(|f| f.href == href))
+        .map(|d| {
+            d.capacity_bytes
+                .saturating_add(d.capacity_bytes / 32)
+                .saturating_add(64 << 20)
+        })
+        .max()
+        .unwrap_or(limits.max_virtual_size)
+        .min(limits.max_virtual_size)
+}
+
 fn hash_copy(
     r: &mut impl Read,
     w: Option<&mut File>,
@@ -686,7 +822,13 @@ pub fn import_ovf(
             });
         }
         let mut f = File::open(&p).map_err(ArchiveError::ReadArchive)?;
-        let (size, dg) = hash_copy(&mut f, None, limits.max_virtual_size)?;
+        let cap = image_file_cap(&plan, &file.href, limits);
+        let (size, dg) = hash_copy(&mut f, None, cap).map_err(|_| {
+            ArchiveError::InvalidOvf(format!(
+                "file {:?} is larger than the {cap} bytes its disk's capacity allows",
+                file.href
+            ))
+        })?;
         if file.size.is_some_and(|s| s != size) {
             return Err(ArchiveError::InvalidOvf(format!(
                 "file {:?} is {size} bytes, not the declared {}",
@@ -775,9 +917,16 @@ pub fn read_ova<R: Read>(
                 ),
             ));
         }
+        let cap = image_file_cap(&plan, &name, limits);
+        if size > cap {
+            return Err(ArchiveError::member(
+                &name,
+                format!("is {size} bytes, more than the {cap} its disk's capacity allows"),
+            ));
+        }
         let path = scratch.join(format!("ova-file{idx}"));
         let mut out = File::create(&path).map_err(ArchiveError::WriteArchive)?;
-        let (n, dg) = hash_copy(&mut e, Some(&mut out), limits.max_virtual_size)?;
+        let (n, dg) = hash_copy(&mut e, Some(&mut out), cap)?;
         if n != size {
             return Err(ArchiveError::Truncated(format!(
                 "member {name:?} ends early"

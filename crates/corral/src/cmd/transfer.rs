@@ -365,6 +365,16 @@ async fn upload(
                         }
                     }
                     out.flush()?;
+                    if let Some(b) = &bar {
+                        // The agent still decodes, verifies and places the last data it
+                        // received: say so rather than leave a bar standing at 100 %.
+                        b.set_style(
+                            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                        );
+                        b.set_message("uploaded; the agent is verifying and placing the volumes");
+                        b.enable_steady_tick(std::time::Duration::from_millis(200));
+                    }
                     anyhow::Ok(())
                 })(),
             };
