@@ -72,7 +72,6 @@ struct Prepared {
     plan: Plan,
     extra_args: String,
     unattended: Option<(UnattendedKind, String)>,
-    timeout: Duration,
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -344,6 +343,8 @@ impl Agent {
             spec.install = Some(InstallBoot {
                 task_id: String::new(),
                 pxe: None,
+                timeout_secs: Some(timeout.as_secs()),
+                deadline_ms: None,
             });
         }
         spec.boot_device = match plan {
@@ -359,7 +360,6 @@ impl Agent {
             plan,
             extra_args,
             unattended,
-            timeout,
         })
     }
 
@@ -440,8 +440,9 @@ impl Agent {
             0.5,
         );
         // On failure the installer files stay (removed with the VM), so `vm start` retries
-        // the installer and the console log can be read.
-        self.wait_for_installer(&handle, p.timeout, task).await?;
+        // the installer (a new `vm.install` task watches the retry: `watch_install`) and the
+        // console log can be read; `vm set --abandon-install` gives up.
+        self.wait_for_installer(&handle, task).await?;
         let done = self
             .finish_install(&handle, matches!(p.plan, Plan::Cdrom), task)
             .await?;
@@ -452,7 +453,8 @@ impl Agent {
     /// After an agent restart: an install whose task the restart interrupted gets a new
     /// `vm.install` task that waits for the installer (or, when the guest powered off while
     /// the agent was down, takes that as the installer's end) and switches the VM to disk
-    /// boot, as the lost task would have. Installs that had failed stay as they were.
+    /// boot, as the lost task would have, within the deadline the install had. Installs that
+    /// had failed stay as they were (`vm start` retries them).
     pub(crate) fn resume_installs(self: &Arc<Self>) {
         let handles: Vec<VmHandle> = self.registry().by_id.values().cloned().collect();
         for h in handles {
@@ -469,20 +471,7 @@ impl Agent {
                 continue;
             }
             let task = self.tasks.start("vm.install", Some((&info.id, &info.name)));
-            task.phase("installing (resumed after an agent restart)", 0.5);
-            let agent = self.clone();
-            tokio::spawn(async move {
-                let result = async {
-                    agent
-                        .wait_for_installer(&h, DEFAULT_INSTALL_TIMEOUT, &task)
-                        .await?;
-                    agent
-                        .finish_install(&h, info.boot_device == BootDevice::Cdrom, &task)
-                        .await
-                }
-                .await;
-                task.finish_with_note(result);
-            });
+            watch_install(self.clone(), info.id.clone(), task);
         }
     }
 
@@ -651,9 +640,10 @@ impl Agent {
             let src = fetch::open(&location.url, &FetchOptions::default()).map_err(fetch_err)?;
             let d = tree::detect(src.as_ref(), &location.url, &opts)
                 .map_err(|e| ApiError::new(e.kind(), error_chain(&e)))?;
-            t.phase(
+            t.phase_span(
                 &format!("fetching the installer's kernel ({})", d.kernel_path),
                 0.05,
+                0.15,
             );
             let mut progress = |pr: Progress| {
                 if let Some(total) = pr.total_bytes {
@@ -663,9 +653,10 @@ impl Agent {
             };
             src.fetch_to_file(&d.kernel_path, &k, &mut progress)
                 .map_err(fetch_err)?;
-            t.phase(
+            t.phase_span(
                 &format!("fetching the installer's initrd ({})", d.initrd_path),
                 0.15,
+                0.33,
             );
             src.fetch_to_file(&d.initrd_path, &i, &mut progress)
                 .map_err(fetch_err)?;
@@ -739,13 +730,8 @@ impl Agent {
 
     /// Wait until the installer powers the guest off (or reboots it, which ends QEMU during an
     /// install). When the timeout passes or the task is cancelled, power the VM off and fail.
-    async fn wait_for_installer(
-        &self,
-        h: &VmHandle,
-        timeout: Duration,
-        task: &TaskHandle,
-    ) -> Result<(), ApiError> {
-        let result = self.installer_finished(h, timeout, task).await;
+    async fn wait_for_installer(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), ApiError> {
+        let result = self.installer_finished(h, task).await;
         if result.is_err() && h.info().power_state != PowerState::Halted {
             let _ = self
                 .sub_op(
@@ -758,13 +744,18 @@ impl Agent {
         result
     }
 
-    async fn installer_finished(
-        &self,
-        h: &VmHandle,
-        timeout: Duration,
-        task: &TaskHandle,
-    ) -> Result<(), ApiError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    async fn installer_finished(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), ApiError> {
+        // The deadline is the install's own (set when the installer started), so a resumed
+        // install keeps the user's --timeout and a retry gets it afresh.
+        let install = h.info().install.unwrap_or_default();
+        let timeout = install
+            .timeout_secs
+            .map_or(DEFAULT_INSTALL_TIMEOUT, Duration::from_secs);
+        let left = match install.deadline_ms {
+            Some(at) => Duration::from_millis(at.saturating_sub(crate::clock::now_ms())),
+            None => timeout,
+        };
+        let deadline = tokio::time::Instant::now() + left;
         loop {
             if h.info().power_state == PowerState::Halted {
                 return Ok(());
@@ -813,6 +804,36 @@ impl Agent {
             ))),
         }
     }
+}
+
+/// Watch an installer that runs without its original task (after an agent restart, or a
+/// `vm start` that retries a failed install): wait for it within the install's deadline,
+/// then switch the VM to disk boot. `task` is the new `vm.install` task.
+pub(crate) fn watch_install(agent: Arc<Agent>, vm_id: String, task: TaskHandle) {
+    tokio::spawn(async move {
+        let result = async {
+            let h = agent
+                .registry()
+                .by_id
+                .get(&vm_id)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} is gone")))?;
+            let info = h.info();
+            task.phase(
+                &format!(
+                    "installing (watch it: corral vm console {}; the installer was restarted)",
+                    info.name
+                ),
+                0.5,
+            );
+            agent.wait_for_installer(&h, &task).await?;
+            agent
+                .finish_install(&h, h.info().boot_device == BootDevice::Cdrom, &task)
+                .await
+        }
+        .await;
+        task.finish_with_note(result);
+    });
 }
 
 struct FetchedInstaller {

@@ -289,7 +289,7 @@ fn detects_every_layout() {
             codename: None,
             kernel: "boot/vmlinuz",
             initrd: "boot/initrd.img",
-            args: "corral.location=http://10.0.2.2:8000/tree/ console=ttyS0",
+            args: "corral.install=http://10.0.2.2:8000/tree/ console=ttyS0",
             method: InstallMethod::Http,
         },
         Case {
@@ -303,7 +303,7 @@ fn detects_every_layout() {
             codename: None,
             kernel: "images/pxeboot/vmlinuz",
             initrd: "images/pxeboot/initrd.img",
-            args: "corral.location=nfs://127.0.0.1/srv/tree/ console=ttyS0 corral.install",
+            args: "corral.install=nfs://127.0.0.1/srv/tree/ console=ttyS0 corral.install",
             method: InstallMethod::Nfs,
         },
         Case {
