@@ -18,6 +18,7 @@
 //! usually the only explanation there is.
 
 use crate::agent::{error_chain, Agent};
+use crate::answers::AnswerServer;
 use crate::network::DEFAULT_NETWORK;
 use crate::tasks::TaskHandle;
 use crate::vm::{Op, VmHandle};
@@ -72,6 +73,11 @@ struct Prepared {
     plan: Plan,
     extra_args: String,
     unattended: Option<(UnattendedKind, String)>,
+    /// Serve the answer file over HTTP (cloud-init autoinstall, or a template whose
+    /// `installer_args` use `{unattended_url}`); only on the default (NAT) network.
+    serve_answers: bool,
+    /// The answer-file listener while the install task runs.
+    answers: Option<AnswerServer>,
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -308,17 +314,26 @@ impl Agent {
                 }
                 if !matches!(plan, Plan::Tree { .. }) {
                     return Err(invalid(
-                        "--unattended goes into the installer's initrd, so it needs --location \
-                         (or --pxe --location)",
+                        "--unattended is read by the installer the tree boots, so it needs \
+                         --location (or --pxe --location)",
                     ));
                 }
                 let kind = template.as_ref().map(|t| t.unattended);
                 match kind {
                     Some(k) if seed::initrd_file_name(k).is_some() => Some((k, text)),
+                    Some(UnattendedKind::CloudInit) if first_nic_bridged => {
+                        return Err(invalid(
+                            "cloud-init autoinstall reads its answers from the agent over HTTP, \
+                             which a guest reaches on the default (NAT) network only; the VM's \
+                             first NIC is on a bridge",
+                        ))
+                    }
+                    Some(k @ UnattendedKind::CloudInit) => Some((k, text)),
                     _ => {
                         return Err(invalid(format!(
-                            "template {} has no unattended installer (preseed, kickstart or \
-                             AutoYaST); pick the OS's template with --template",
+                            "template {} has no unattended installer (preseed, kickstart, \
+                             AutoYaST or cloud-init autoinstall); pick the OS's template with \
+                             --template",
                             create.template.as_deref().unwrap_or("(none)")
                         )))
                     }
@@ -352,6 +367,13 @@ impl Agent {
             Plan::Pxe { .. } | Plan::Tree { pxe: true, .. } => BootDevice::Network,
             _ => BootDevice::Disk,
         };
+        let serve_answers = !first_nic_bridged
+            && unattended.as_ref().is_some_and(|(kind, _)| {
+                *kind == UnattendedKind::CloudInit
+                    || template
+                        .as_ref()
+                        .is_some_and(|t| t.installer_args.contains("{unattended_url}"))
+            });
         Ok(Prepared {
             id,
             spec,
@@ -360,6 +382,8 @@ impl Agent {
             plan,
             extra_args,
             unattended,
+            serve_answers,
+            answers: None,
         })
     }
 
@@ -559,6 +583,7 @@ impl Agent {
                     .fetch_installer(p, location.clone(), *pxe, scratch, task)
                     .await?;
                 notes.extend(installer.notes);
+                p.answers = installer.answers;
                 if *pxe {
                     let script = format!(
                         "#!ipxe\nkernel vmlinuz {}\ninitrd initrd.img\nboot\n",
@@ -635,7 +660,23 @@ impl Agent {
         let initrd = scratch.join(initrd_name);
         let (k, i) = (kernel.clone(), initrd.clone());
         let t = task.clone();
-        let unattended = p.unattended.clone();
+        let mut opts = opts;
+        let (answers, unattended_url) = match (&p.unattended, p.serve_answers) {
+            (Some((kind, text)), true) => {
+                let (server, url) = self.serve_answers(p, *kind, text, scratch).await?;
+                if *kind == UnattendedKind::CloudInit {
+                    opts.unattended = Unattended::Url(url.clone());
+                }
+                (Some(server), Some(url))
+            }
+            _ => (None, None),
+        };
+        // Answer files the installer can read from its initrd go there too: that needs no
+        // network and survives a retry.
+        let unattended = p
+            .unattended
+            .clone()
+            .filter(|(kind, _)| seed::initrd_file_name(*kind).is_some());
         let detected = blocking(move || {
             let src = fetch::open(&location.url, &FetchOptions::default()).map_err(fetch_err)?;
             let d = tree::detect(src.as_ref(), &location.url, &opts)
@@ -704,7 +745,7 @@ impl Agent {
             .map(|t| {
                 t.render_installer_args(&ArgValues {
                     location: Some(guest_location.to_string_with_credentials()),
-                    unattended_url: None,
+                    unattended_url: unattended_url.clone(),
                     name: Some(p.spec.name.clone()),
                 })
             })
@@ -720,12 +761,47 @@ impl Agent {
         .collect::<Vec<_>>()
         .join(" ");
         check_kernel_args(&cmdline)?;
+        if let Some(url) = &unattended_url {
+            notes.push(format!("the agent serves the answer file at {url}"));
+        }
         Ok(FetchedInstaller {
             kernel,
             initrd,
             cmdline,
             notes,
+            answers,
         })
+    }
+
+    /// Start the install's answer-file listener; returns it and the URL the installer is
+    /// given (cloud-init: the NoCloud directory holding `user-data` and `meta-data`; others:
+    /// the file itself).
+    async fn serve_answers(
+        &self,
+        p: &Prepared,
+        kind: UnattendedKind,
+        text: &str,
+        scratch: &Path,
+    ) -> Result<(AnswerServer, String), ApiError> {
+        let meta;
+        let files: Vec<(&str, &[u8])> = if kind == UnattendedKind::CloudInit {
+            meta = seed::nocloud_meta_data(&p.id, &p.spec.name);
+            vec![
+                ("user-data", text.as_bytes()),
+                ("meta-data", meta.as_bytes()),
+            ]
+        } else {
+            let name = seed::initrd_file_name(kind).unwrap_or("answers");
+            vec![(name, text.as_bytes())]
+        };
+        let server = AnswerServer::start(scratch, &files)
+            .await
+            .map_err(|e| ApiError::internal(error_chain(&e)))?;
+        let url = match kind {
+            UnattendedKind::CloudInit => server.guest_url(),
+            _ => format!("{}{}", server.guest_url(), files[0].0),
+        };
+        Ok((server, url))
     }
 
     /// Wait until the installer powers the guest off (or reboots it, which ends QEMU during an
@@ -819,6 +895,10 @@ pub(crate) fn watch_install(agent: Arc<Agent>, vm_id: String, task: TaskHandle) 
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} is gone")))?;
             let info = h.info();
+            // The answer files the installer may fetch again, at the URL it was given.
+            let _answers = AnswerServer::resume(&agent.layout.install_dir(&vm_id))
+                .await
+                .map_err(|e| ApiError::internal(error_chain(&e)))?;
             task.phase(
                 &format!(
                     "installing (watch it: corral vm console {}; the installer was restarted)",
@@ -841,6 +921,7 @@ struct FetchedInstaller {
     initrd: PathBuf,
     cmdline: String,
     notes: Vec<String>,
+    answers: Option<AnswerServer>,
 }
 
 async fn blocking<T: Send + 'static>(

@@ -119,9 +119,11 @@ fn install_tasks(a: &TestAgent, name: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The test installer really reads its payload from the served tree (the servers' access
-/// logs show the guest's download of `images/disk.img.gz`, which the agent never fetches), and
-/// the CLI reports the install's phases, one line each, when stderr is not a terminal.
+/// The test installer really reads its payload from the served tree: while it installs, its
+/// console says `CORRAL-INSTALL-SOURCE=<tree>/images/disk.img.gz` (a file the agent never
+/// fetches; the servers' logs show the guest's download too). It gets 256 MiB: in 128 MiB the
+/// download does not fit beside the initrd and the installer falls back to its built-in
+/// payload. The CLI reports the install's phases, one line each, when stderr is no terminal.
 #[test]
 fn test_installer_from_http_and_ftp_trees() {
     let a = TestAgent::start();
@@ -133,25 +135,61 @@ fn test_installer_from_http_and_ftp_trees() {
     let http_url = format!("http://127.0.0.1:{}/", http.port);
     let ftp_url = format!("ftp://127.0.0.1:{}/", ftp.port);
 
-    let out = a.cli(&[
-        "vm",
-        "install",
-        "--template",
-        "corral-test-guest",
-        "--name",
-        "inst-http",
-        "--timeout",
-        "200",
-        "--location",
-        &http_url,
-        "--extra-args",
-        "no_timer_check corral.install.id=http1",
-    ]);
+    // Install in one thread, watch the installer's console in this one.
+    let run = |name: &str, url: &str, id: &str| -> (std::process::Output, String) {
+        let extra = format!("no_timer_check corral.install.id={id}");
+        std::thread::scope(|sc| {
+            let cli = sc.spawn(|| {
+                a.cli(&[
+                    "vm",
+                    "install",
+                    "--template",
+                    "corral-test-guest",
+                    "--name",
+                    name,
+                    "--memory",
+                    "256M",
+                    "--timeout",
+                    "200",
+                    "--location",
+                    url,
+                    "--extra-args",
+                    &extra,
+                ])
+            });
+            let mut source = String::new();
+            wait_until(
+                Duration::from_secs(200),
+                "the installer's source line",
+                || {
+                    let log = a.console_log(name);
+                    if let Some(l) = log
+                        .lines()
+                        .find(|l| l.starts_with("CORRAL-INSTALL-SOURCE="))
+                    {
+                        source = l.trim().to_string();
+                        return true;
+                    }
+                    cli.is_finished()
+                },
+            );
+            (cli.join().expect("install thread"), source)
+        })
+    };
+
+    let (out, source) = run("inst-http", &http_url, "http1");
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        source,
+        format!(
+            "CORRAL-INSTALL-SOURCE=http://10.0.2.2:{}/images/disk.img.gz",
+            http.port
+        )
+    );
     assert!(stdout.contains("installed VM inst-http"), "{stdout}");
     assert!(
         stdout.contains("corral-test-installer"),
@@ -185,7 +223,19 @@ fn test_installer_from_http_and_ftp_trees() {
         "the installer did not fetch its payload from the HTTP tree:\n{log}"
     );
 
-    install(&a, "inst-ftp", &["--location", &ftp_url], "ftp1");
+    let (out, source) = run("inst-ftp", &ftp_url, "ftp1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        source,
+        format!(
+            "CORRAL-INSTALL-SOURCE=ftp://10.0.2.2:{}/images/disk.img.gz",
+            ftp.port
+        )
+    );
     assert_installed(&a, "inst-ftp", Some("ftp1"));
     let log = std::fs::read_to_string(&ftp_log).unwrap();
     assert!(
@@ -480,11 +530,12 @@ fn installer_that_never_finishes_times_out_then_retries_or_is_abandoned() {
         )
     };
     // Two in the background, one in the foreground: each waits out its timeout.
-    assert!(hang("gives-up", "abandon1", "25", false).0);
-    assert!(hang("deleted", "delete1", "25", false).0);
-    let (ok, err) = hang("hangs", "retry1", "25s", true);
+    // The timeout also bounds the retry, which writes the disk: long enough for that under TCG.
+    assert!(hang("gives-up", "abandon1", "100", false).0);
+    assert!(hang("deleted", "delete1", "100", false).0);
+    let (ok, err) = hang("hangs", "retry1", "100s", true);
     assert!(!ok);
-    assert!(err.contains("did not finish within 25 s"), "{err}");
+    assert!(err.contains("did not finish within 100 s"), "{err}");
     for name in ["hangs", "gives-up", "deleted"] {
         wait_until(Duration::from_secs(120), "the install to time out", || {
             install_tasks(&a, name)
@@ -497,7 +548,7 @@ fn installer_that_never_finishes_times_out_then_retries_or_is_abandoned() {
             a.power_state(name) == "halted"
         });
         let vm = a.vm(name);
-        assert_eq!(vm["install"]["timeout_secs"], 25, "{vm}");
+        assert_eq!(vm["install"]["timeout_secs"], 100, "{vm}");
         let scratch = a
             .state_dir()
             .join("install")
@@ -896,4 +947,84 @@ fn install_from_a_template_vm() {
         .contains("CORRAL-BOOT-SOURCE=disk"));
     let vm = a.vm("from-golden");
     assert_ne!(vm["disks"][0]["path"], a.vm("golden")["disks"][0]["path"]);
+}
+
+/// An answer file the agent serves over HTTP: a template whose installer arguments use
+/// `{unattended_url}` gets a URL (the host's loopback as the NAT guest sees it) that serves the
+/// `--unattended` file while the install runs, and nothing after it.
+#[test]
+fn answer_file_served_to_the_installer_over_http() {
+    use std::io::{Read, Write};
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = dir.path().join("answered.toml");
+    std::fs::write(
+        &tpl,
+        "name = \"answered\"\nderived_from = \"corral-test-guest\"\nunattended = \"kickstart\"\n\
+         installer_args = \"console=ttyS0 corral.answer={unattended_url}\"\n",
+    )
+    .unwrap();
+    a.ok(&["template", "create", "--file", tpl.to_str().unwrap()]);
+    let ks = dir.path().join("ks.cfg");
+    let answer = "# corral kickstart\nrootpw --plaintext s3cret\n";
+    std::fs::write(&ks, answer).unwrap();
+    let (_tree, _http, url) = tree_over_http();
+    a.ok(&[
+        "vm",
+        "install",
+        "--template",
+        "answered",
+        "--name",
+        "ans",
+        "--location",
+        &url,
+        "--unattended",
+        ks.to_str().unwrap(),
+        "--extra-args",
+        "no_timer_check corral.install.id=ans1",
+        "--timeout",
+        "200",
+        "--no-wait",
+    ]);
+    wait_until(Duration::from_secs(120), "the installer to boot", || {
+        let out = a.cli(&["--json", "vm", "show", "ans"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"running\"")
+    });
+    let cmdline = a.vm("ans")["kernel_boot"]["cmdline"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let served = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("corral.answer="))
+        .unwrap_or_else(|| panic!("no answer URL in {cmdline}"))
+        .to_string();
+    let rest = served
+        .strip_prefix("http://10.0.2.2:")
+        .unwrap_or_else(|| panic!("not a URL the NAT guest reaches: {served}"));
+    let (port, path) = rest.split_once('/').unwrap();
+    assert!(path.ends_with("/ks.cfg"), "{served}");
+    let get = |path: &str| -> std::io::Result<String> {
+        let mut c = std::net::TcpStream::connect(format!("127.0.0.1:{port}"))?;
+        write!(c, "GET /{path} HTTP/1.1\r\nHost: 10.0.2.2\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let reply = get(path).expect("the answer file is served");
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(reply.ends_with(answer), "{reply}");
+    let other = get("ks.cfg").expect("the listener answers");
+    assert!(other.starts_with("HTTP/1.0 404"), "{other}");
+
+    wait_until(BOOT * 2, "the install to finish", || {
+        install_tasks(&a, "ans")
+            .iter()
+            .any(|t| t["state"] == "succeeded")
+    });
+    assert_installed(&a, "ans", Some("ans1"));
+    assert!(
+        get(path).is_err(),
+        "the answer file is still served after the install"
+    );
 }

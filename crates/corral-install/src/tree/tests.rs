@@ -186,6 +186,24 @@ fn detects_every_layout() {
             method: InstallMethod::Nfs,
         },
         Case {
+            // cloud-init autoinstall with the NoCloud seed the agent serves.
+            fixture: "ubuntu-casper",
+            url: "http://h/jammy/",
+            opts: DetectOptions {
+                unattended: Unattended::Url("http://10.0.2.2:8080/t0k/".into()),
+                ..Default::default()
+            },
+            family: OsFamily::Ubuntu,
+            layout: Layout::UbuntuCasper,
+            name: "Ubuntu-Server",
+            version: "22.04.3",
+            codename: Some("jammy"),
+            kernel: "casper/vmlinuz",
+            initrd: "casper/initrd",
+            args: "boot=casper ip=dhcp fetch=http://h/jammy/casper/filesystem.squashfs autoinstall ds=nocloud-net;s=http://10.0.2.2:8080/t0k/",
+            method: InstallMethod::Http,
+        },
+        Case {
             fixture: "rhel-treeinfo",
             url: "http://h/rhel9/",
             opts: DetectOptions {
