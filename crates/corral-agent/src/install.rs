@@ -18,6 +18,7 @@
 //! usually the only explanation there is.
 
 use crate::agent::{error_chain, Agent};
+use crate::answers::AnswerServer;
 use crate::network::DEFAULT_NETWORK;
 use crate::tasks::TaskHandle;
 use crate::vm::{Op, VmHandle};
@@ -72,7 +73,11 @@ struct Prepared {
     plan: Plan,
     extra_args: String,
     unattended: Option<(UnattendedKind, String)>,
-    timeout: Duration,
+    /// Serve the answer file over HTTP (cloud-init autoinstall, or a template whose
+    /// `installer_args` use `{unattended_url}`); only on the default (NAT) network.
+    serve_answers: bool,
+    /// The answer-file listener while the install task runs.
+    answers: Option<AnswerServer>,
 }
 
 fn invalid(msg: impl Into<String>) -> ApiError {
@@ -309,17 +314,26 @@ impl Agent {
                 }
                 if !matches!(plan, Plan::Tree { .. }) {
                     return Err(invalid(
-                        "--unattended goes into the installer's initrd, so it needs --location \
-                         (or --pxe --location)",
+                        "--unattended is read by the installer the tree boots, so it needs \
+                         --location (or --pxe --location)",
                     ));
                 }
                 let kind = template.as_ref().map(|t| t.unattended);
                 match kind {
                     Some(k) if seed::initrd_file_name(k).is_some() => Some((k, text)),
+                    Some(UnattendedKind::CloudInit) if first_nic_bridged => {
+                        return Err(invalid(
+                            "cloud-init autoinstall reads its answers from the agent over HTTP, \
+                             which a guest reaches on the default (NAT) network only; the VM's \
+                             first NIC is on a bridge",
+                        ))
+                    }
+                    Some(k @ UnattendedKind::CloudInit) => Some((k, text)),
                     _ => {
                         return Err(invalid(format!(
-                            "template {} has no unattended installer (preseed, kickstart or \
-                             AutoYaST); pick the OS's template with --template",
+                            "template {} has no unattended installer (preseed, kickstart, \
+                             AutoYaST or cloud-init autoinstall); pick the OS's template with \
+                             --template",
                             create.template.as_deref().unwrap_or("(none)")
                         )))
                     }
@@ -344,6 +358,8 @@ impl Agent {
             spec.install = Some(InstallBoot {
                 task_id: String::new(),
                 pxe: None,
+                timeout_secs: Some(timeout.as_secs()),
+                deadline_ms: None,
             });
         }
         spec.boot_device = match plan {
@@ -351,6 +367,13 @@ impl Agent {
             Plan::Pxe { .. } | Plan::Tree { pxe: true, .. } => BootDevice::Network,
             _ => BootDevice::Disk,
         };
+        let serve_answers = !first_nic_bridged
+            && unattended.as_ref().is_some_and(|(kind, _)| {
+                *kind == UnattendedKind::CloudInit
+                    || template
+                        .as_ref()
+                        .is_some_and(|t| t.installer_args.contains("{unattended_url}"))
+            });
         Ok(Prepared {
             id,
             spec,
@@ -359,7 +382,8 @@ impl Agent {
             plan,
             extra_args,
             unattended,
-            timeout,
+            serve_answers,
+            answers: None,
         })
     }
 
@@ -440,8 +464,9 @@ impl Agent {
             0.5,
         );
         // On failure the installer files stay (removed with the VM), so `vm start` retries
-        // the installer and the console log can be read.
-        self.wait_for_installer(&handle, p.timeout, task).await?;
+        // the installer (a new `vm.install` task watches the retry: `watch_install`) and the
+        // console log can be read; `vm set --abandon-install` gives up.
+        self.wait_for_installer(&handle, task).await?;
         let done = self
             .finish_install(&handle, matches!(p.plan, Plan::Cdrom), task)
             .await?;
@@ -452,7 +477,8 @@ impl Agent {
     /// After an agent restart: an install whose task the restart interrupted gets a new
     /// `vm.install` task that waits for the installer (or, when the guest powered off while
     /// the agent was down, takes that as the installer's end) and switches the VM to disk
-    /// boot, as the lost task would have. Installs that had failed stay as they were.
+    /// boot, as the lost task would have, within the deadline the install had. Installs that
+    /// had failed stay as they were (`vm start` retries them).
     pub(crate) fn resume_installs(self: &Arc<Self>) {
         let handles: Vec<VmHandle> = self.registry().by_id.values().cloned().collect();
         for h in handles {
@@ -469,20 +495,7 @@ impl Agent {
                 continue;
             }
             let task = self.tasks.start("vm.install", Some((&info.id, &info.name)));
-            task.phase("installing (resumed after an agent restart)", 0.5);
-            let agent = self.clone();
-            tokio::spawn(async move {
-                let result = async {
-                    agent
-                        .wait_for_installer(&h, DEFAULT_INSTALL_TIMEOUT, &task)
-                        .await?;
-                    agent
-                        .finish_install(&h, info.boot_device == BootDevice::Cdrom, &task)
-                        .await
-                }
-                .await;
-                task.finish_with_note(result);
-            });
+            watch_install(self.clone(), info.id.clone(), task);
         }
     }
 
@@ -570,6 +583,7 @@ impl Agent {
                     .fetch_installer(p, location.clone(), *pxe, scratch, task)
                     .await?;
                 notes.extend(installer.notes);
+                p.answers = installer.answers;
                 if *pxe {
                     let script = format!(
                         "#!ipxe\nkernel vmlinuz {}\ninitrd initrd.img\nboot\n",
@@ -646,14 +660,31 @@ impl Agent {
         let initrd = scratch.join(initrd_name);
         let (k, i) = (kernel.clone(), initrd.clone());
         let t = task.clone();
-        let unattended = p.unattended.clone();
+        let mut opts = opts;
+        let (answers, unattended_url) = match (&p.unattended, p.serve_answers) {
+            (Some((kind, text)), true) => {
+                let (server, url) = self.serve_answers(p, *kind, text, scratch).await?;
+                if *kind == UnattendedKind::CloudInit {
+                    opts.unattended = Unattended::Url(url.clone());
+                }
+                (Some(server), Some(url))
+            }
+            _ => (None, None),
+        };
+        // Answer files the installer can read from its initrd go there too: that needs no
+        // network and survives a retry.
+        let unattended = p
+            .unattended
+            .clone()
+            .filter(|(kind, _)| seed::initrd_file_name(*kind).is_some());
         let detected = blocking(move || {
             let src = fetch::open(&location.url, &FetchOptions::default()).map_err(fetch_err)?;
             let d = tree::detect(src.as_ref(), &location.url, &opts)
                 .map_err(|e| ApiError::new(e.kind(), error_chain(&e)))?;
-            t.phase(
+            t.phase_span(
                 &format!("fetching the installer's kernel ({})", d.kernel_path),
                 0.05,
+                0.15,
             );
             let mut progress = |pr: Progress| {
                 if let Some(total) = pr.total_bytes {
@@ -663,9 +694,10 @@ impl Agent {
             };
             src.fetch_to_file(&d.kernel_path, &k, &mut progress)
                 .map_err(fetch_err)?;
-            t.phase(
+            t.phase_span(
                 &format!("fetching the installer's initrd ({})", d.initrd_path),
                 0.15,
+                0.33,
             );
             src.fetch_to_file(&d.initrd_path, &i, &mut progress)
                 .map_err(fetch_err)?;
@@ -713,7 +745,7 @@ impl Agent {
             .map(|t| {
                 t.render_installer_args(&ArgValues {
                     location: Some(guest_location.to_string_with_credentials()),
-                    unattended_url: None,
+                    unattended_url: unattended_url.clone(),
                     name: Some(p.spec.name.clone()),
                 })
             })
@@ -729,23 +761,53 @@ impl Agent {
         .collect::<Vec<_>>()
         .join(" ");
         check_kernel_args(&cmdline)?;
+        if let Some(url) = &unattended_url {
+            notes.push(format!("the agent serves the answer file at {url}"));
+        }
         Ok(FetchedInstaller {
             kernel,
             initrd,
             cmdline,
             notes,
+            answers,
         })
+    }
+
+    /// Start the install's answer-file listener; returns it and the URL the installer is
+    /// given (cloud-init: the NoCloud directory holding `user-data` and `meta-data`; others:
+    /// the file itself).
+    async fn serve_answers(
+        &self,
+        p: &Prepared,
+        kind: UnattendedKind,
+        text: &str,
+        scratch: &Path,
+    ) -> Result<(AnswerServer, String), ApiError> {
+        let meta;
+        let files: Vec<(&str, &[u8])> = if kind == UnattendedKind::CloudInit {
+            meta = seed::nocloud_meta_data(&p.id, &p.spec.name);
+            vec![
+                ("user-data", text.as_bytes()),
+                ("meta-data", meta.as_bytes()),
+            ]
+        } else {
+            let name = seed::initrd_file_name(kind).unwrap_or("answers");
+            vec![(name, text.as_bytes())]
+        };
+        let server = AnswerServer::start(scratch, &files)
+            .await
+            .map_err(|e| ApiError::internal(error_chain(&e)))?;
+        let url = match kind {
+            UnattendedKind::CloudInit => server.guest_url(),
+            _ => format!("{}{}", server.guest_url(), files[0].0),
+        };
+        Ok((server, url))
     }
 
     /// Wait until the installer powers the guest off (or reboots it, which ends QEMU during an
     /// install). When the timeout passes or the task is cancelled, power the VM off and fail.
-    async fn wait_for_installer(
-        &self,
-        h: &VmHandle,
-        timeout: Duration,
-        task: &TaskHandle,
-    ) -> Result<(), ApiError> {
-        let result = self.installer_finished(h, timeout, task).await;
+    async fn wait_for_installer(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), ApiError> {
+        let result = self.installer_finished(h, task).await;
         if result.is_err() && h.info().power_state != PowerState::Halted {
             let _ = self
                 .sub_op(
@@ -758,13 +820,18 @@ impl Agent {
         result
     }
 
-    async fn installer_finished(
-        &self,
-        h: &VmHandle,
-        timeout: Duration,
-        task: &TaskHandle,
-    ) -> Result<(), ApiError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+    async fn installer_finished(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), ApiError> {
+        // The deadline is the install's own (set when the installer started), so a resumed
+        // install keeps the user's --timeout and a retry gets it afresh.
+        let install = h.info().install.unwrap_or_default();
+        let timeout = install
+            .timeout_secs
+            .map_or(DEFAULT_INSTALL_TIMEOUT, Duration::from_secs);
+        let left = match install.deadline_ms {
+            Some(at) => Duration::from_millis(at.saturating_sub(crate::clock::now_ms())),
+            None => timeout,
+        };
+        let deadline = tokio::time::Instant::now() + left;
         loop {
             if h.info().power_state == PowerState::Halted {
                 return Ok(());
@@ -815,11 +882,46 @@ impl Agent {
     }
 }
 
+/// Watch an installer that runs without its original task (after an agent restart, or a
+/// `vm start` that retries a failed install): wait for it within the install's deadline,
+/// then switch the VM to disk boot. `task` is the new `vm.install` task.
+pub(crate) fn watch_install(agent: Arc<Agent>, vm_id: String, task: TaskHandle) {
+    tokio::spawn(async move {
+        let result = async {
+            let h = agent
+                .registry()
+                .by_id
+                .get(&vm_id)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} is gone")))?;
+            let info = h.info();
+            // The answer files the installer may fetch again, at the URL it was given.
+            let _answers = AnswerServer::resume(&agent.layout.install_dir(&vm_id))
+                .await
+                .map_err(|e| ApiError::internal(error_chain(&e)))?;
+            task.phase(
+                &format!(
+                    "installing (watch it: corral vm console {}; the installer was restarted)",
+                    info.name
+                ),
+                0.5,
+            );
+            agent.wait_for_installer(&h, &task).await?;
+            agent
+                .finish_install(&h, h.info().boot_device == BootDevice::Cdrom, &task)
+                .await
+        }
+        .await;
+        task.finish_with_note(result);
+    });
+}
+
 struct FetchedInstaller {
     kernel: PathBuf,
     initrd: PathBuf,
     cmdline: String,
     notes: Vec<String>,
+    answers: Option<AnswerServer>,
 }
 
 async fn blocking<T: Send + 'static>(

@@ -10,6 +10,7 @@
 //! QEMU processes outlive the agent and are re-attached at start ([`Agent::start`]).
 
 pub mod advice;
+pub mod answers;
 pub mod cgroup;
 mod clock;
 pub mod clone;

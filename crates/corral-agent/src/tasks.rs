@@ -36,21 +36,38 @@ pub struct TaskHandle {
     pub id: String,
     tasks: Arc<Tasks>,
     cancel: watch::Receiver<bool>,
+    /// The share of the whole task the current phase covers, `[from, to]`: byte progress
+    /// within the phase is mapped into it, so the overall progress never jumps back.
+    span: Arc<Mutex<(f64, f64)>>,
 }
 
 impl TaskHandle {
+    /// A new phase starting at `progress`; bytes reported in it fill the rest of the task.
     pub fn phase(&self, phase: &str, progress: f64) {
+        self.phase_span(phase, progress, 1.0);
+    }
+    /// A new phase covering `[from, to]` of the task. Byte counts of the previous phase are
+    /// cleared, so a client does not keep showing a finished download.
+    pub fn phase_span(&self, phase: &str, from: f64, to: f64) {
+        let from = from.clamp(0.0, 1.0);
+        let to = to.clamp(from, 1.0);
+        *self.span.lock().unwrap_or_else(|p| p.into_inner()) = (from, to);
         self.tasks.update(&self.id, |t| {
             t.phase = phase.to_string();
-            t.progress = progress.clamp(0.0, 1.0);
+            t.progress = from;
+            t.bytes_done = None;
+            t.bytes_total = None;
         });
     }
+    /// Bytes done in the current phase; the overall progress moves through the phase's span.
     pub fn bytes(&self, done: u64, total: u64) {
+        let (from, to) = *self.span.lock().unwrap_or_else(|p| p.into_inner());
         self.tasks.update(&self.id, |t| {
             t.bytes_done = Some(done);
             t.bytes_total = Some(total);
             if total > 0 {
-                t.progress = (done as f64 / total as f64).clamp(0.0, 1.0);
+                let frac = (done as f64 / total as f64).clamp(0.0, 1.0);
+                t.progress = from + (to - from) * frac;
             }
         });
     }
@@ -142,6 +159,7 @@ impl Tasks {
             id,
             tasks: self.clone(),
             cancel: cancel_rx,
+            span: Arc::new(Mutex::new((0.0, 1.0))),
         }
     }
 
@@ -153,6 +171,7 @@ impl Tasks {
             id: String::new(),
             tasks: self.clone(),
             cancel,
+            span: Arc::new(Mutex::new((0.0, 1.0))),
         }
     }
 
@@ -297,5 +316,38 @@ impl Tasks {
                 let _ = self.store.delete(&format!("tasks/{}", t.id), Expect::Any);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_store::SqliteStore;
+
+    fn tasks() -> Arc<Tasks> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().expect("store"));
+        Tasks::new(store, Arc::new(EventBus::default()))
+    }
+
+    #[test]
+    fn bytes_move_within_the_phase_and_a_new_phase_clears_them() {
+        let tasks = tasks();
+        let t = tasks.start("vm.install", None);
+        t.phase_span("fetching the kernel", 0.05, 0.15);
+        t.bytes(50, 100);
+        let now = tasks.get(&t.id).expect("task");
+        assert!((now.progress - 0.10).abs() < 1e-9, "{}", now.progress);
+        assert_eq!((now.bytes_done, now.bytes_total), (Some(50), Some(100)));
+        t.bytes(100, 100);
+        assert!((tasks.get(&t.id).expect("task").progress - 0.15).abs() < 1e-9);
+
+        t.phase("booting the installer", 0.4);
+        let now = tasks.get(&t.id).expect("task");
+        assert_eq!(now.phase, "booting the installer");
+        assert_eq!((now.bytes_done, now.bytes_total), (None, None));
+        assert!((now.progress - 0.4).abs() < 1e-9);
+        // A plain phase's bytes fill the rest of the task (copies, exports).
+        t.bytes(1, 2);
+        assert!((tasks.get(&t.id).expect("task").progress - 0.7).abs() < 1e-9);
     }
 }

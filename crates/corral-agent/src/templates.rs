@@ -30,6 +30,10 @@ impl Templates {
     pub fn list(&self) -> Vec<&Template> {
         self.catalog.list()
     }
+    /// The `osinfo:<short-id>` templates read from osinfo-db (empty when it is not installed).
+    pub fn list_osinfo(&self) -> Vec<&Template> {
+        self.catalog.list_osinfo()
+    }
     pub fn add(&mut self, toml_text: &str) -> Result<Template, ApiError> {
         self.catalog.add_user(toml_text, &self.dir).map_err(api)
     }

@@ -250,7 +250,7 @@ pub fn operations() -> Vec<Op> {
         Op::get("/v1/isos", "ISO images in the library").ok::<Vec<IsoImage>>(),
         Op::get("/v1/networks", "Networks").ok::<Vec<Network>>(),
         Op::post("/v1/networks", "Create a bridged network").body::<NetworkCreateRequest>().created::<Network>(),
-        Op::get("/v1/templates", "Templates").ok_with(templates),
+        Op::get("/v1/templates", "Templates").query("osinfo", "boolean", "true: the templates read from osinfo-db").ok_with(templates),
         Op::post("/v1/templates", "Add a template from TOML").body::<TemplateCreateRequest>().created_with(template),
         Op::get("/v1/templates/{name}", "One template, resolved").ok_with(template),
         Op::delete("/v1/templates/{name}", "Delete a user template").empty(204, "Deleted"),

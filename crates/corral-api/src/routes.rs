@@ -368,9 +368,22 @@ async fn create_network(
     Ok((StatusCode::CREATED, Json(a.create_network(req)?)).into_response())
 }
 
-async fn list_templates(State(a): State<AppState>) -> Response {
+/// `GET /v1/templates[?osinfo=true]`: built-in and user templates, or with `osinfo` the
+/// templates read from osinfo-db.
+async fn list_templates(State(a): State<AppState>, Query(q): Query<TemplateListQuery>) -> Response {
     let t = a.templates.read().unwrap_or_else(|p| p.into_inner());
-    Json(t.list()).into_response()
+    if q.osinfo {
+        Json(t.list_osinfo()).into_response()
+    } else {
+        Json(t.list()).into_response()
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TemplateListQuery {
+    #[serde(default)]
+    osinfo: bool,
 }
 
 async fn show_template(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {

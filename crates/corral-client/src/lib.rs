@@ -416,8 +416,14 @@ impl Client {
         self.call(Method::POST, "/v1/networks", Self::json(req))
             .await
     }
-    pub async fn list_templates(&self) -> Result<Vec<serde_json::Value>> {
-        self.call(Method::GET, "/v1/templates", None).await
+    /// Built-in and user templates; with `osinfo`, the `osinfo:<id>` ones from osinfo-db.
+    pub async fn list_templates(&self, osinfo: bool) -> Result<Vec<serde_json::Value>> {
+        let path = if osinfo {
+            "/v1/templates?osinfo=true"
+        } else {
+            "/v1/templates"
+        };
+        self.call(Method::GET, path, None).await
     }
     pub async fn show_template(&self, name: &str) -> Result<serde_json::Value> {
         self.call(Method::GET, &format!("/v1/templates/{}", seg(name)), None)

@@ -109,6 +109,10 @@ pub struct VmUpdateRequest {
     /// keeping disk contents and MAC addresses (the chapter's "paravirtualize after install").
     #[serde(default)]
     pub device_model: Option<DeviceModel>,
+    /// Give up an unfinished install (VM halted): drop the installer's boot settings (kernel,
+    /// install media, network boot), boot from disk, and remove the installer's scratch files.
+    #[serde(default)]
+    pub abandon_install: bool,
 }
 
 /// Paravirtual (virtio) or emulated devices, as templates and `vm set --device-model` say.

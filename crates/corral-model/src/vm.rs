@@ -200,6 +200,15 @@ pub struct InstallBoot {
     /// directory and DHCP announces `boot_file`. On bridged networks the LAN's server is used.
     #[serde(default)]
     pub pxe: Option<PxeBoot>,
+    /// How long the installer may run from each start (`vm install --timeout`); absent in
+    /// records written before it was kept, which then get the default.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// When the installer started now must have finished (milliseconds since the epoch); set
+    /// at every start of the installer, so a retry (`vm start`) gets the whole timeout again
+    /// and an install resumed after an agent restart keeps the user's deadline.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

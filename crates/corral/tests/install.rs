@@ -96,34 +96,153 @@ fn assert_installed(a: &TestAgent, name: &str, id: Option<&str>) {
         scratch.display()
     );
     let history = a.json(&["vm", "history", name]);
-    let install = history
+    let installs: Vec<&serde_json::Value> = history
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["operation"] == "vm.install")
-        .expect("vm.install in history");
-    assert_eq!(install["state"], "succeeded", "{install}");
+        .filter(|t| t["operation"] == "vm.install")
+        .collect();
+    assert!(
+        installs.iter().any(|t| t["state"] == "succeeded"),
+        "no successful vm.install in {installs:?}"
+    );
 }
 
+/// The `vm.install` tasks in a VM's history, oldest first as the history lists them.
+fn install_tasks(a: &TestAgent, name: &str) -> Vec<serde_json::Value> {
+    a.json(&["vm", "history", name])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["operation"] == "vm.install")
+        .cloned()
+        .collect()
+}
+
+/// The test installer really reads its payload from the served tree: while it installs, its
+/// console says `CORRAL-INSTALL-SOURCE=<tree>/images/disk.img.gz` (a file the agent never
+/// fetches; the servers' logs show the guest's download too). It gets 256 MiB: in 128 MiB the
+/// download does not fit beside the initrd and the installer falls back to its built-in
+/// payload. The CLI reports the install's phases, one line each, when stderr is no terminal.
 #[test]
 fn test_installer_from_http_and_ftp_trees() {
     let a = TestAgent::start();
     let tree = tree_copy();
-    let http = servers::http_server(tree.path());
-    let ftp = servers::ftp_server(tree.path());
+    let logs = tempfile::tempdir().unwrap();
+    let (http_log, ftp_log) = (logs.path().join("http.log"), logs.path().join("ftp.log"));
+    let http = servers::http_server_logged(tree.path(), &http_log);
+    let ftp = servers::ftp_server_logged(tree.path(), &ftp_log);
     let http_url = format!("http://127.0.0.1:{}/", http.port);
     let ftp_url = format!("ftp://127.0.0.1:{}/", ftp.port);
 
-    let out = install(&a, "inst-http", &["--location", &http_url], "http1");
-    assert!(out.contains("installed VM inst-http"), "{out}");
+    // Install in one thread, watch the installer's console in this one.
+    let run = |name: &str, url: &str, id: &str| -> (std::process::Output, String) {
+        let extra = format!("no_timer_check corral.install.id={id}");
+        std::thread::scope(|sc| {
+            let cli = sc.spawn(|| {
+                a.cli(&[
+                    "vm",
+                    "install",
+                    "--template",
+                    "corral-test-guest",
+                    "--name",
+                    name,
+                    "--memory",
+                    "256M",
+                    "--timeout",
+                    "200",
+                    "--location",
+                    url,
+                    "--extra-args",
+                    &extra,
+                ])
+            });
+            let mut source = String::new();
+            wait_until(
+                Duration::from_secs(200),
+                "the installer's source line",
+                || {
+                    let log = a.console_log(name);
+                    if let Some(l) = log
+                        .lines()
+                        .find(|l| l.starts_with("CORRAL-INSTALL-SOURCE="))
+                    {
+                        source = l.trim().to_string();
+                        return true;
+                    }
+                    cli.is_finished()
+                },
+            );
+            (cli.join().expect("install thread"), source)
+        })
+    };
+
+    let (out, source) = run("inst-http", &http_url, "http1");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        source,
+        format!(
+            "CORRAL-INSTALL-SOURCE=http://10.0.2.2:{}/images/disk.img.gz",
+            http.port
+        )
+    );
+    assert!(stdout.contains("installed VM inst-http"), "{stdout}");
     assert!(
-        out.contains("corral-test-installer"),
-        "detection not reported: {out}"
+        stdout.contains("corral-test-installer"),
+        "detection not reported: {stdout}"
+    );
+    // Phases arrive in order, each once (short ones may pass between two polls).
+    let phases: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("vm.install: "))
+        .collect();
+    let installing = phases
+        .iter()
+        .position(|p| p.starts_with("installing (watch it: corral vm console inst-http)"))
+        .unwrap_or_else(|| panic!("no installing phase in:\n{stderr}"));
+    if let Some(fetch) = phases.iter().position(|p| p.starts_with("fetching")) {
+        assert!(fetch < installing, "{stderr}");
+    }
+    assert_eq!(
+        phases
+            .iter()
+            .filter(|p| p.starts_with("installing"))
+            .count(),
+        1,
+        "{stderr}"
     );
     assert_installed(&a, "inst-http", Some("http1"));
+    let log = std::fs::read_to_string(&http_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("GET /images/disk.img.gz") && l.contains("\" 200 ")),
+        "the installer did not fetch its payload from the HTTP tree:\n{log}"
+    );
 
-    install(&a, "inst-ftp", &["--location", &ftp_url], "ftp1");
+    let (out, source) = run("inst-ftp", &ftp_url, "ftp1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        source,
+        format!(
+            "CORRAL-INSTALL-SOURCE=ftp://10.0.2.2:{}/images/disk.img.gz",
+            ftp.port
+        )
+    );
     assert_installed(&a, "inst-ftp", Some("ftp1"));
+    let log = std::fs::read_to_string(&ftp_log).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("RETR ") && l.contains("/images/disk.img.gz completed=1")),
+        "the installer did not fetch its payload from the FTP tree:\n{log}"
+    );
 }
 
 #[test]
@@ -377,35 +496,102 @@ fn debian_installer_first_dialog_over_http_and_ftp() {
     }
 }
 
+/// An installer that never finishes: the install times out, the VM is powered off and left
+/// halted with the installer's files in place. Then the three ways on: `vm start` retries
+/// (a new `vm.install` task watches it and switches to disk boot), `vm set --abandon-install`
+/// gives up (disk boot, files gone), `vm delete` removes the files with the VM.
 #[test]
-fn installer_that_never_finishes_times_out_and_is_powered_off() {
+fn installer_that_never_finishes_times_out_then_retries_or_is_abandoned() {
     let a = TestAgent::start();
     let (_tree, _http, url) = tree_over_http();
-    let err = a.fails(&[
-        "vm",
-        "install",
-        "--template",
-        "corral-test-guest",
-        "--name",
-        "hangs",
-        "--location",
-        &url,
-        "--extra-args",
-        "no_timer_check corral.install.hang",
-        "--timeout",
-        "25s",
-    ]);
-    assert!(err.contains("did not finish within 25 s"), "{err}");
-    assert_eq!(a.power_state("hangs"), "halted");
-    let history = a.json(&["vm", "history", "hangs"]);
-    let t = history
-        .as_array()
+    let hang = |name: &str, id: &str, timeout: &str, wait: bool| {
+        let extra = format!("no_timer_check corral.install.hang corral.install.id={id}");
+        let mut args = vec![
+            "vm",
+            "install",
+            "--template",
+            "corral-test-guest",
+            "--name",
+            name,
+            "--location",
+            &url,
+            "--extra-args",
+            &extra,
+            "--timeout",
+            timeout,
+        ];
+        if !wait {
+            args.push("--no-wait");
+        }
+        let out = a.cli(&args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Two in the background, one in the foreground: each waits out its timeout.
+    // The timeout also bounds the retry, which writes the disk: long enough for that under TCG.
+    assert!(hang("gives-up", "abandon1", "100", false).0);
+    assert!(hang("deleted", "delete1", "100", false).0);
+    let (ok, err) = hang("hangs", "retry1", "100s", true);
+    assert!(!ok);
+    assert!(err.contains("did not finish within 100 s"), "{err}");
+    for name in ["hangs", "gives-up", "deleted"] {
+        wait_until(Duration::from_secs(120), "the install to time out", || {
+            install_tasks(&a, name)
+                .first()
+                .is_some_and(|t| t["state"] == "failed")
+        });
+        let t = &install_tasks(&a, name)[0];
+        assert_eq!(t["error"]["kind"], "timeout", "{t}");
+        wait_until(Duration::from_secs(30), "the VM to be powered off", || {
+            a.power_state(name) == "halted"
+        });
+        let vm = a.vm(name);
+        assert_eq!(vm["install"]["timeout_secs"], 100, "{vm}");
+        let scratch = a
+            .state_dir()
+            .join("install")
+            .join(vm["id"].as_str().unwrap());
+        assert!(
+            files_in(&scratch).contains(&"kernel".to_string()),
+            "installer files must stay for a retry: {:?}",
+            files_in(&scratch)
+        );
+    }
+
+    // Retry: the user drops the hang from the installer's arguments and starts the VM.
+    let cmdline = a.vm("hangs")["kernel_boot"]["cmdline"]
+        .as_str()
         .unwrap()
-        .iter()
-        .find(|t| t["operation"] == "vm.install")
-        .unwrap();
-    assert_eq!(t["state"], "failed");
-    assert_eq!(t["error"]["kind"], "timeout");
+        .replace("corral.install.hang", "");
+    a.ok(&["vm", "set", "hangs", "--cmdline", &cmdline]);
+    a.ok(&["vm", "start", "hangs"]);
+    wait_until(BOOT * 2, "the retried install to finish", || {
+        install_tasks(&a, "hangs")
+            .iter()
+            .any(|t| t["state"] == "succeeded")
+    });
+    assert_installed(&a, "hangs", Some("retry1"));
+    assert_eq!(install_tasks(&a, "hangs").len(), 2);
+
+    // Abandon: nothing of the installer is left; the VM boots from its (empty) disk.
+    let id = a.vm("gives-up")["id"].as_str().unwrap().to_string();
+    a.ok(&["vm", "set", "gives-up", "--abandon-install"]);
+    let vm = a.vm("gives-up");
+    assert!(vm["install"].is_null(), "{vm}");
+    assert!(vm["kernel_boot"].is_null(), "{vm}");
+    assert_eq!(vm["boot_device"], "disk");
+    assert!(!a.state_dir().join("install").join(&id).exists());
+    let err = a.fails(&["vm", "set", "gives-up", "--abandon-install"]);
+    assert!(err.contains("has no unfinished install"), "{err}");
+    let err = a.fails(&["vm", "set", "hangs", "--abandon-install"]);
+    assert!(err.contains("running"), "{err}");
+
+    // Delete: the installer files go with the VM.
+    let id = a.vm("deleted")["id"].as_str().unwrap().to_string();
+    a.ok(&["vm", "delete", "deleted"]);
+    assert!(!a.state_dir().join("install").join(&id).exists());
 }
 
 #[test]
@@ -423,10 +609,131 @@ fn guest_tools_insert() {
     )
     .unwrap();
     a.ok(&["vm", "tools", "insert", "win"]);
-    assert_eq!(
-        a.vm("win")["cdroms"][0]["media"],
-        isos.join("virtio-win-0.1.240.iso").to_str().unwrap()
+    let media = isos.join("virtio-win-0.1.240.iso");
+    assert_eq!(a.vm("win")["cdroms"][0]["media"], media.to_str().unwrap());
+    // While the guest runs: QEMU changes the medium, and the guest sees an ISO in its drive.
+    a.ok(&["vm", "cdrom", "eject", "win"]);
+    a.ok(&["vm", "start", "win"]);
+    a.wait_console("win", MARKER, 1, BOOT);
+    a.ok(&["vm", "tools", "insert", "win"]);
+    assert_eq!(a.vm("win")["cdroms"][0]["media"], media.to_str().unwrap());
+    assert_eq!(a.power_state("win"), "running");
+}
+
+/// `--location URL,kernel=PATH,initrd=PATH`: the given paths are booted even where the tree's
+/// own `.treeinfo` points elsewhere (here, at files that are gone).
+#[test]
+fn manual_kernel_and_initrd_override() {
+    let a = TestAgent::start();
+    let (tree, _http, url) = tree_over_http();
+    std::fs::create_dir_all(tree.path().join("alt")).unwrap();
+    std::fs::rename(
+        tree.path().join("images/pxeboot"),
+        tree.path().join("alt/boot"),
+    )
+    .unwrap();
+    let err = a.fails(&[
+        "vm",
+        "install",
+        "--template",
+        "corral-test-guest",
+        "--name",
+        "no-kernel",
+        "--location",
+        &url,
+    ]);
+    assert!(err.contains("images/pxeboot/vmlinuz"), "{err}");
+    let location = format!("{url},kernel=alt/boot/vmlinuz,initrd=alt/boot/initrd.img");
+    let out = install(&a, "manual", &["--location", &location], "manual1");
+    assert!(out.contains("installed VM manual"), "{out}");
+    assert_installed(&a, "manual", Some("manual1"));
+}
+
+/// Templates through the CLI: a user template derived from a built-in, a VM created from it
+/// whose restrictions hold for devices added later, built-ins that cannot be deleted, the
+/// short Windows names, and user templates surviving an agent restart.
+#[test]
+fn user_templates_and_their_restrictions() {
+    let mut a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("small.toml");
+    std::fs::write(
+        &file,
+        "name = \"small\"\nderived_from = \"corral-test-guest\"\n\
+         description = \"one disk, one NIC\"\n\n[restrictions]\nmax_nics = 1\nmax_disks = 1\n",
+    )
+    .unwrap();
+    a.ok(&["template", "create", "--file", file.to_str().unwrap()]);
+    let t = a.json(&["template", "show", "small"]);
+    assert_eq!(t["derived_from"], "corral-test-guest", "{t}");
+    assert_eq!(t["restrictions"]["max_nics"], 1, "{t}");
+    let list = a.ok(&["template", "list"]);
+    assert!(
+        list.contains("small") && !list.contains("osinfo:"),
+        "{list}"
     );
+    // osinfo-db (a test dependency) gives templates for OSes without a built-in one.
+    let osinfo = a.json(&["template", "list", "--osinfo"]);
+    let names: Vec<&str> = osinfo
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(names.contains(&"osinfo:debian11"), "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("osinfo:")), "{names:?}");
+
+    a.ok(&["vm", "create", "--template", "small", "--name", "s1"]);
+    let vm = a.vm("s1");
+    assert_eq!(vm["memory_bytes"], 128 << 20, "inherited memory: {vm}");
+    let err = a.fails(&["vm", "nic", "add", "s1", "default"]);
+    assert!(
+        err.contains("small allows at most 1 NICs; asked for 2"),
+        "{err}"
+    );
+    let err = a.fails(&["vm", "disk", "add", "s1", "16M"]);
+    assert!(
+        err.contains("small allows at most 1 disks; asked for 2"),
+        "{err}"
+    );
+    let vm = a.vm("s1");
+    assert_eq!(vm["nics"].as_array().unwrap().len(), 1);
+    assert_eq!(vm["disks"].as_array().unwrap().len(), 1);
+
+    let err = a.fails(&[
+        "vm",
+        "create",
+        "--template",
+        "debian-12",
+        "--name",
+        "big",
+        "--vcpus",
+        "9",
+    ]);
+    assert!(
+        err.contains("debian-12 allows at most 8 vCPUs; asked for 9"),
+        "{err}"
+    );
+    assert!(a.cli(&["vm", "show", "big"]).status.code() != Some(0));
+
+    let err = a.fails(&["template", "delete", "debian-12"]);
+    assert!(err.contains("is built in and cannot be deleted"), "{err}");
+    let w = a.json(&["template", "show", "windows-2022"]);
+    assert_eq!(w["derived_from"], "windows-server-2022", "{w}");
+    assert_eq!(w["firmware"], "uefi", "{w}");
+    assert!(a
+        .ok(&["template", "show", "windows-2019"])
+        .contains("windows-server-2019"));
+
+    a.stop();
+    a.spawn();
+    assert_eq!(
+        a.json(&["template", "show", "small"])["restrictions"]["max_disks"],
+        1
+    );
+    a.ok(&["template", "delete", "small"]);
+    let err = a.fails(&["template", "show", "small"]);
+    assert!(err.contains("no template named \"small\""), "{err}");
 }
 
 /// Bad input: each is a clear error, a non-zero exit, and no VM, volume or scratch file left.
@@ -442,12 +749,32 @@ fn bad_install_input_leaves_nothing_behind() {
     let unreachable = format!("http://127.0.0.1:{closed}/debian/");
     let missing = format!("http://127.0.0.1:{}/no/such/tree/", http.port);
     let unknown = format!("http://127.0.0.1:{}/", http.port);
+    let ftp = servers::ftp_server(odd.path());
+    let ftp_unreachable = format!("ftp://127.0.0.1:{closed}/debian/");
+    let ftp_missing = format!("ftp://127.0.0.1:{}/no/such/tree/", ftp.port);
+    let not_iso_msg = format!(
+        "{} is not an ISO 9660 image (no CD001 volume descriptor at 32 KiB)",
+        not_iso.display()
+    );
     let preseed_missing = empty.path().join("preseed.cfg");
     let base = ["vm", "install", "--name", "bad"];
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--template", "debian-12", "--location", &unreachable],
-            "127.0.0.1",
+            "refused",
+        ),
+        (
+            vec!["--template", "debian-12", "--location", &ftp_unreachable],
+            "refused",
+        ),
+        (
+            vec![
+                "--template",
+                "corral-test-guest",
+                "--location",
+                &ftp_missing,
+            ],
+            "no installable tree found",
         ),
         (
             vec!["--template", "debian-12", "--location", &missing],
@@ -464,7 +791,7 @@ fn bad_install_input_leaves_nothing_behind() {
                 "--cdrom",
                 not_iso.to_str().unwrap(),
             ],
-            "ISO",
+            &not_iso_msg,
         ),
         (
             vec![
@@ -634,4 +961,84 @@ fn install_from_a_template_vm() {
         .contains("CORRAL-BOOT-SOURCE=disk"));
     let vm = a.vm("from-golden");
     assert_ne!(vm["disks"][0]["path"], a.vm("golden")["disks"][0]["path"]);
+}
+
+/// An answer file the agent serves over HTTP: a template whose installer arguments use
+/// `{unattended_url}` gets a URL (the host's loopback as the NAT guest sees it) that serves the
+/// `--unattended` file while the install runs, and nothing after it.
+#[test]
+fn answer_file_served_to_the_installer_over_http() {
+    use std::io::{Read, Write};
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let tpl = dir.path().join("answered.toml");
+    std::fs::write(
+        &tpl,
+        "name = \"answered\"\nderived_from = \"corral-test-guest\"\nunattended = \"kickstart\"\n\
+         installer_args = \"console=ttyS0 corral.answer={unattended_url}\"\n",
+    )
+    .unwrap();
+    a.ok(&["template", "create", "--file", tpl.to_str().unwrap()]);
+    let ks = dir.path().join("ks.cfg");
+    let answer = "# corral kickstart\nrootpw --plaintext s3cret\n";
+    std::fs::write(&ks, answer).unwrap();
+    let (_tree, _http, url) = tree_over_http();
+    a.ok(&[
+        "vm",
+        "install",
+        "--template",
+        "answered",
+        "--name",
+        "ans",
+        "--location",
+        &url,
+        "--unattended",
+        ks.to_str().unwrap(),
+        "--extra-args",
+        "no_timer_check corral.install.id=ans1",
+        "--timeout",
+        "200",
+        "--no-wait",
+    ]);
+    wait_until(Duration::from_secs(120), "the installer to boot", || {
+        let out = a.cli(&["--json", "vm", "show", "ans"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"running\"")
+    });
+    let cmdline = a.vm("ans")["kernel_boot"]["cmdline"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let served = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("corral.answer="))
+        .unwrap_or_else(|| panic!("no answer URL in {cmdline}"))
+        .to_string();
+    let rest = served
+        .strip_prefix("http://10.0.2.2:")
+        .unwrap_or_else(|| panic!("not a URL the NAT guest reaches: {served}"));
+    let (port, path) = rest.split_once('/').unwrap();
+    assert!(path.ends_with("/ks.cfg"), "{served}");
+    let get = |path: &str| -> std::io::Result<String> {
+        let mut c = std::net::TcpStream::connect(format!("127.0.0.1:{port}"))?;
+        write!(c, "GET /{path} HTTP/1.1\r\nHost: 10.0.2.2\r\n\r\n")?;
+        let mut out = String::new();
+        c.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let reply = get(path).expect("the answer file is served");
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(reply.ends_with(answer), "{reply}");
+    let other = get("ks.cfg").expect("the listener answers");
+    assert!(other.starts_with("HTTP/1.0 404"), "{other}");
+
+    wait_until(BOOT * 2, "the install to finish", || {
+        install_tasks(&a, "ans")
+            .iter()
+            .any(|t| t["state"] == "succeeded")
+    });
+    assert_installed(&a, "ans", Some("ans1"));
+    assert!(
+        get(path).is_err(),
+        "the answer file is still served after the install"
+    );
 }

@@ -272,6 +272,7 @@ impl Actor {
                         "VM already has the maximum of {MAX_DISKS} disks"
                     )));
                 }
+                self.check_template_restrictions(0, 1)?;
                 let device = next_device(
                     "disk",
                     self.rec.spec.disks.iter().map(|d| d.device.as_str()),
@@ -363,6 +364,7 @@ impl Actor {
                         self.name()
                     )));
                 }
+                self.check_template_restrictions(1, 0)?;
                 let device =
                     next_device("nic", self.rec.spec.nics.iter().map(|n| n.device.as_str()));
                 let default_model = self
@@ -494,6 +496,9 @@ impl Actor {
                 let run = runtime::launch(&self.agent, &self.rec, false).await?;
                 self.run = Some(run);
                 self.set_power(PowerState::Running, "started");
+                if self.rec.spec.install.is_some() {
+                    self.installer_started();
+                }
                 Ok(())
             }
             VmAction::Poweroff => {
@@ -526,6 +531,62 @@ impl Actor {
             }
             VmAction::Shutdown => unreachable!("shutdown is handled before apply"),
         }
+    }
+
+    /// The installer (re)started: it gets a fresh deadline, and when no `vm.install` task is
+    /// watching (the start is a retry after a failed or cancelled install), a new one waits
+    /// for the installer and switches the VM to disk boot, as the first task would have.
+    fn installer_started(&mut self) {
+        let watched = self.rec.spec.install.as_ref().is_some_and(|i| {
+            self.agent
+                .tasks
+                .get(&i.task_id)
+                .is_some_and(|t| t.state == corral_model::task::TaskState::Running)
+        });
+        let watcher = (!watched).then(|| {
+            self.agent
+                .tasks
+                .start("vm.install", Some((&self.rec.id, &self.rec.spec.name)))
+        });
+        if let Some(install) = &mut self.rec.spec.install {
+            let secs = install
+                .timeout_secs
+                .unwrap_or(crate::install::DEFAULT_INSTALL_TIMEOUT.as_secs());
+            install.deadline_ms = Some(crate::clock::now_ms().saturating_add(secs * 1000));
+            if let Some(t) = &watcher {
+                install.task_id = t.id.clone();
+            }
+        }
+        if let Err(e) = self.persist() {
+            tracing::warn!(vm = %self.name(), "cannot record the installer's deadline: {}", e.message);
+        }
+        self.publish();
+        if let Some(task) = watcher {
+            crate::install::watch_install(self.agent.clone(), self.rec.id.clone(), task);
+        }
+    }
+
+    /// Template restrictions (`max_nics`, `max_disks`, ...) hold for devices added later too.
+    fn check_template_restrictions(
+        &self,
+        more_nics: usize,
+        more_disks: usize,
+    ) -> Result<(), ApiError> {
+        let spec = &self.rec.spec;
+        let Some(t) = &spec.template else {
+            return Ok(());
+        };
+        let Ok(tpl) = self.agent.templates_read().get(t).cloned() else {
+            // The template was deleted since: nothing left to enforce.
+            return Ok(());
+        };
+        tpl.check_restrictions(
+            spec.vcpus,
+            spec.memory_bytes,
+            spec.nics.len() + more_nics,
+            spec.disks.len() + more_disks,
+        )
+        .map_err(|p| ApiError::invalid(p.join("; ")))
     }
 
     async fn qmp(&self, command: &str) -> Result<(), ApiError> {
@@ -682,6 +743,17 @@ impl Actor {
             self.require_halted("change the device model of")?;
             set_device_model(&mut spec, model);
         }
+        let abandoned = req.abandon_install;
+        if abandoned {
+            self.require_halted("abandon the install of")?;
+            if spec.install.is_none() {
+                return Err(ApiError::new(
+                    ErrorKind::InvalidState,
+                    format!("VM {:?} has no unfinished install", spec.name),
+                ));
+            }
+            abandon_install(&mut spec);
+        }
         match req.kernel {
             Some(k) if k.as_os_str().is_empty() => spec.kernel_boot = None,
             Some(k) => {
@@ -747,6 +819,9 @@ impl Actor {
         for n in notes {
             tracing::info!(vm = %self.name(), "{n}");
         }
+        if abandoned {
+            let _ = std::fs::remove_dir_all(self.agent.layout.install_dir(&self.rec.id));
+        }
         self.changed();
         Ok(())
     }
@@ -790,6 +865,19 @@ impl Actor {
         tokio::spawn(crate::clone::gc_bases(self.agent.clone()));
         Ok(())
     }
+}
+
+/// Give up an install: the installer's boot settings go, the VM boots from its disk, and
+/// install media leaves the drive (which stays).
+fn abandon_install(spec: &mut VmSpec) {
+    spec.install = None;
+    spec.kernel_boot = None;
+    if spec.boot_device == BootDevice::Cdrom {
+        for c in &mut spec.cdroms {
+            c.media = None;
+        }
+    }
+    spec.boot_device = BootDevice::Disk;
 }
 
 /// Move disks and NICs between paravirtual and emulated devices. Volumes and MACs stay, so

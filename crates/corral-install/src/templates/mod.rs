@@ -79,6 +79,14 @@ const BUILTIN_FILES: &[(&str, &str)] = &[
         include_str!("../../templates/windows-server-2022.toml"),
     ),
     (
+        "windows-2019.toml",
+        include_str!("../../templates/windows-2019.toml"),
+    ),
+    (
+        "windows-2022.toml",
+        include_str!("../../templates/windows-2022.toml"),
+    ),
+    (
         "other-install-media.toml",
         include_str!("../../templates/other-install-media.toml"),
     ),

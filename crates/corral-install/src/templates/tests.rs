@@ -47,6 +47,8 @@ fn every_required_builtin_is_present_and_valid() {
         "windows-11",
         "windows-server-2019",
         "windows-server-2022",
+        "windows-2019",
+        "windows-2022",
         "other-install-media",
         "corral-test-guest",
     ] {
@@ -391,7 +393,7 @@ fn not_found_suggests_close_names() {
     let cases: &[(&str, &[&str])] = &[
         ("debian-13", &["debian-12", "debian-11"]),
         ("debian", &["debian-11", "debian-12"]),
-        ("windows-2022", &["windows-server-2022"]),
+        ("windows-2021", &["windows-2022"]),
         ("rhel9", &["rhel-9"]),
     ];
     for (asked, want) in cases {
@@ -797,4 +799,22 @@ fn osinfo_regex_versions() {
         !osinfo::version_matches("^(", "9"),
         "a bad pattern matches nothing"
     );
+}
+
+#[test]
+fn short_windows_names_are_the_server_templates() {
+    let cat = builtins();
+    for (short, long) in [
+        ("windows-2019", "windows-server-2019"),
+        ("windows-2022", "windows-server-2022"),
+    ] {
+        let (s, l) = (cat.get(short).expect(short), cat.get(long).expect(long));
+        assert_eq!(s.firmware, l.firmware, "{short}");
+        assert_eq!(s.os.version, l.os.version, "{short}");
+        assert_eq!(s.install_methods, l.install_methods, "{short}");
+        assert_eq!(
+            s.memory_recommended_bytes, l.memory_recommended_bytes,
+            "{short}"
+        );
+    }
 }

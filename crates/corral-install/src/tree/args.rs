@@ -134,7 +134,9 @@ pub fn installer_args(
         }
         OsFamily::CorralTest => {
             if !local {
-                a.push(format!("corral.location={url}"));
+                // The test installer's /init reads `corral.install=URL` and fetches its
+                // payload (`images/disk.img.gz`) from the tree (docs/test-guest.md).
+                a.push(format!("corral.install={url}"));
             }
         }
         OsFamily::Windows | OsFamily::Other => {}

@@ -186,6 +186,24 @@ fn detects_every_layout() {
             method: InstallMethod::Nfs,
         },
         Case {
+            // cloud-init autoinstall with the NoCloud seed the agent serves.
+            fixture: "ubuntu-casper",
+            url: "http://h/jammy/",
+            opts: DetectOptions {
+                unattended: Unattended::Url("http://10.0.2.2:8080/t0k/".into()),
+                ..Default::default()
+            },
+            family: OsFamily::Ubuntu,
+            layout: Layout::UbuntuCasper,
+            name: "Ubuntu-Server",
+            version: "22.04.3",
+            codename: Some("jammy"),
+            kernel: "casper/vmlinuz",
+            initrd: "casper/initrd",
+            args: "boot=casper ip=dhcp fetch=http://h/jammy/casper/filesystem.squashfs autoinstall ds=nocloud-net;s=http://10.0.2.2:8080/t0k/",
+            method: InstallMethod::Http,
+        },
+        Case {
             fixture: "rhel-treeinfo",
             url: "http://h/rhel9/",
             opts: DetectOptions {
@@ -289,7 +307,7 @@ fn detects_every_layout() {
             codename: None,
             kernel: "boot/vmlinuz",
             initrd: "boot/initrd.img",
-            args: "corral.location=http://10.0.2.2:8000/tree/ console=ttyS0",
+            args: "corral.install=http://10.0.2.2:8000/tree/ console=ttyS0",
             method: InstallMethod::Http,
         },
         Case {
@@ -303,7 +321,7 @@ fn detects_every_layout() {
             codename: None,
             kernel: "images/pxeboot/vmlinuz",
             initrd: "images/pxeboot/initrd.img",
-            args: "corral.location=nfs://127.0.0.1/srv/tree/ console=ttyS0 corral.install",
+            args: "corral.install=nfs://127.0.0.1/srv/tree/ console=ttyS0 corral.install",
             method: InstallMethod::Nfs,
         },
         Case {

@@ -92,6 +92,19 @@ fn wait_line<T>(child: &mut Child, what: &str, pred: impl Fn(&str) -> Option<T>)
 
 /// `python3 -m http.server` on 127.0.0.1 with a free port.
 pub fn http_server(root: &Path) -> Server {
+    http_server_to(root, Stdio::null())
+}
+
+/// [`http_server`] whose access log (one line per request) goes to `log`.
+pub fn http_server_logged(root: &Path, log: &Path) -> Server {
+    http_server_to(root, log_file(log))
+}
+
+fn log_file(log: &Path) -> Stdio {
+    Stdio::from(std::fs::File::create(log).expect("create the server log"))
+}
+
+fn http_server_to(root: &Path, stderr: Stdio) -> Server {
     let mut child = Command::new(python())
         .args([
             "-u",
@@ -104,7 +117,7 @@ pub fn http_server(root: &Path) -> Server {
         ])
         .arg(root)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("start python3 -m http.server");
     let port = wait_line(&mut child, "http.server", |l| {
@@ -120,11 +133,24 @@ pub fn http_server(root: &Path) -> Server {
 
 /// `tests/servers/ftp_server.py` (pyftpdlib) on 127.0.0.1 with a free port.
 pub fn ftp_server(root: &Path) -> Server {
-    let mut child = Command::new(python())
+    ftp_server_to(root, None)
+}
+
+/// [`ftp_server`] logging every transfer (`RETR /path completed=1 ...`) to `log`.
+pub fn ftp_server_logged(root: &Path, log: &Path) -> Server {
+    ftp_server_to(root, Some(log))
+}
+
+fn ftp_server_to(root: &Path, log: Option<&Path>) -> Server {
+    let mut cmd = Command::new(python());
+    if log.is_some() {
+        cmd.env("FTP_SERVER_LOG", "INFO");
+    }
+    let mut child = cmd
         .arg(crate_dir().join("tests/servers/ftp_server.py"))
         .arg(root)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log.map_or_else(Stdio::null, log_file))
         .spawn()
         .expect("start ftp_server.py");
     let port = wait_line(&mut child, "ftp_server.py", |l| {

@@ -5,6 +5,7 @@ Usage: ftp_server.py DIR [PORT]
 Prints "PORT <n>" once listening (PORT 0 = pick a free one), then serves until killed.
 Needs pyftpdlib: Debian package python3-pyftpdlib (use /usr/bin/python3), or pip.
 """
+import os
 import sys
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
@@ -14,7 +15,10 @@ import logging
 def main():
     root = sys.argv[1]
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    logging.basicConfig(level=logging.WARNING)
+    # FTP_SERVER_LOG=INFO logs every transfer ("RETR /path completed=1") on stderr, which
+    # tests keep as an access log to prove a guest read the tree.
+    level = os.environ.get("FTP_SERVER_LOG", "WARNING")
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING))
     auth = DummyAuthorizer()
     auth.add_anonymous(root, perm="elr")
     auth.add_user("corral", "s3cret", root, perm="elr")

@@ -52,8 +52,12 @@ pub enum NetworkCommand {
 
 #[derive(Subcommand)]
 pub enum TemplateCommand {
-    /// List templates.
-    List,
+    /// List templates (built-in and user ones).
+    List {
+        /// List the templates read from osinfo-db (`osinfo:<short-id>`) instead.
+        #[arg(long)]
+        osinfo: bool,
+    },
     /// Show one template, fully resolved.
     Show { name: String },
     /// Add a template from a TOML file (see docs/install.md for the format).
@@ -278,8 +282,8 @@ pub async fn template(c: &Client, cmd: TemplateCommand, json: bool) -> anyhow::R
         other => other.to_string(),
     };
     match cmd {
-        TemplateCommand::List => {
-            let ts = c.list_templates().await?;
+        TemplateCommand::List { osinfo } => {
+            let ts = c.list_templates(osinfo).await?;
             if json {
                 output::json(&ts);
             } else {

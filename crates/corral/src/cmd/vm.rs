@@ -210,6 +210,10 @@ pub struct SetArgs {
     /// paravirtual drivers, then switch to pv.
     #[arg(long, value_parser = parse_device_model)]
     device_model: Option<DeviceModel>,
+    /// Give up an unfinished install (VM halted): boot from disk from now on and remove the
+    /// installer's files. Without it, `vm start` retries the installer.
+    #[arg(long)]
+    abandon_install: bool,
 }
 
 fn parse_device_model(s: &str) -> Result<DeviceModel, String> {
@@ -563,6 +567,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 initrd: a.initrd.map(abs_file),
                 cmdline: a.cmdline,
                 device_model: a.device_model,
+                abandon_install: a.abandon_install,
             };
             if req == VmUpdateRequest::default() {
                 bail!("nothing to change: give at least one setting (see `corral vm set --help`)");
