@@ -4,6 +4,36 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// `--accel auto` with no probe flags boots a real Linux kernel (here the cached test guest)
+/// under KVM; on these machines Linux hangs under KVM, so the agent must settle on TCG and say
+/// why, and guests still boot.
+#[test]
+fn auto_accelerator_probes_a_real_kernel_and_falls_back_to_tcg() {
+    let started = std::time::Instant::now();
+    let a = TestAgent::start_with(&["--accel", "auto"]);
+    // The probe is bounded (8 s) before the agent listens.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let host = a.json(&["host", "info"]);
+    let acc = &host["accelerator"];
+    assert_eq!(acc["name"], "tcg", "{host}");
+    let reason = acc["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("probe: "), "{reason}");
+    if std::path::Path::new("/dev/kvm").exists() {
+        assert!(
+            reason.contains("cached test guest") && !reason.contains("boot sector only"),
+            "the probe must boot a real kernel: {reason}"
+        );
+        let cache = std::fs::read_to_string(a.state_dir().join("accel-probe.json"))
+            .expect("verdict cached");
+        assert!(cache.contains("probe test-guest "), "{cache}");
+    }
+    assert!(a.log().contains("accelerator chosen"), "{}", a.log());
+    a.create_kernel_vm("probed", &[]);
+    a.ok(&["vm", "start", "probed"]);
+    a.wait_console("probed", MARKER, 1, BOOT);
+    a.ok(&["vm", "poweroff", "probed"]);
+}
+
 #[test]
 fn create_start_shutdown_poweroff_reboot_pause_delete() {
     let a = TestAgent::start();
