@@ -318,3 +318,81 @@ fn cpu_weight_lands_in_the_cgroup() {
         want.to_string()
     );
 }
+
+/// Connect to a `vm vnc` address and read the RFB greeting a VNC client would see.
+fn rfb_greeting(addr: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).expect("RFB greeting");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The graphical console is on loopback TCP and found again after an agent restart; a pending
+/// ACPI shutdown can be cancelled (the VM keeps running); tasks that cannot be cancelled say so.
+#[test]
+fn vnc_on_loopback_and_shutdown_cancel() {
+    let mut a = TestAgent::start();
+    // acpi=off: the guest ignores the power button, so the shutdown stays pending.
+    a.create_kernel_vm_cmdline("ignorer", "console=ttyS0 no_timer_check acpi=off", &[]);
+    a.ok(&["vm", "start", "ignorer"]);
+    a.wait_console("ignorer", MARKER, 1, BOOT);
+
+    let vnc = a.json(&["vm", "vnc", "ignorer"]);
+    let addr = vnc["vnc"].as_str().expect("vnc address").to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{vnc}");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(vnc["display"], u64::from(port - 5900), "{vnc}");
+    assert_eq!(rfb_greeting(&addr), "RFB 003.008\n");
+    let text = a.ok(&["vm", "vnc", "ignorer"]);
+    assert_eq!(text.trim(), format!("{addr} (display :{})", port - 5900));
+
+    // A shutdown the guest ignores, cancelled: the task ends cancelled, the VM runs on.
+    let t = a.json(&["vm", "shutdown", "ignorer", "--no-wait", "--timeout", "300"]);
+    let task = t["task"].as_str().expect("task id").to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = a.json(&["task", "cancel", &task]);
+    assert_eq!(c["task"], task.as_str());
+    wait_until(Duration::from_secs(10), "shutdown task cancelled", || {
+        a.json(&["task", "show", &task])["state"] == "cancelled"
+    });
+    let shown = a.json(&["task", "show", &task]);
+    assert!(
+        shown["result"].as_str().unwrap_or_default().contains("still running"),
+        "{shown}"
+    );
+    assert_eq!(a.power_state("ignorer"), "running");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(a.power_state("ignorer"), "running", "no press after cancel powered it off");
+
+    // Finished or non-cancellable tasks: 409 invalid_state naming the task and operation.
+    let err = a.fails(&["task", "cancel", &task]);
+    assert!(err.contains(&format!("task {task} (vm.shutdown) cannot be cancelled")), "{err}");
+    let tasks = a.json(&["task", "list"]);
+    let start = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["operation"] == "vm.start")
+        .expect("vm.start task");
+    let start_id = start["id"].as_str().unwrap();
+    let err = a.fails(&["task", "cancel", start_id]);
+    assert!(
+        err.contains(&format!("task {start_id} (vm.start) cannot be cancelled")),
+        "{err}"
+    );
+    let err = a.fails(&["task", "cancel", "no-such-task"]);
+    assert!(err.contains("no task"), "{err}");
+
+    // The VNC address is read back from QEMU after an agent restart.
+    a.kill9();
+    a.spawn();
+    assert_eq!(a.power_state("ignorer"), "running");
+    let again = a.json(&["vm", "vnc", "ignorer"]);
+    assert_eq!(again["vnc"], addr.as_str(), "{again}");
+    assert_eq!(rfb_greeting(&addr), "RFB 003.008\n");
+    a.ok(&["vm", "poweroff", "ignorer"]);
+    let err = a.fails(&["vm", "vnc", "ignorer"]);
+    assert!(err.contains("halted"), "{err}");
+}

@@ -85,7 +85,9 @@ pub enum VmCommand {
     /// Interactive serial console (Ctrl-] detaches), or its log with --log.
     Console {
         name: String,
-        /// Print what the console has shown since the VM started, and exit.
+        /// Print what the console has shown since the VM started, and exit. With --json:
+        /// {"vm", "log" (text; bytes that are not UTF-8 become U+FFFD), "bytes" (the raw
+        /// length), "lossy" (true if any byte was replaced)}.
         #[arg(long)]
         log: bool,
     },
@@ -167,9 +169,10 @@ pub struct SettingsArgs {
     /// Create the VM without NICs.
     #[arg(long, conflicts_with = "nics")]
     no_nics: bool,
-    /// Start when the host agent starts.
-    #[arg(long)]
-    autostart: bool,
+    /// Start when the host agent starts (--autostart, --autostart=true|false); absent: the
+    /// template's setting, else no.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    autostart: Option<bool>,
     /// low (128), normal (256), high (512) or 1..65535.
     #[arg(long, value_parser = weight)]
     cpu_weight: Option<u32>,
@@ -415,7 +418,8 @@ pub fn settings_request(a: SettingsArgs) -> anyhow::Result<VmCreateRequest> {
         description: a.description,
         vcpus: a.vcpus,
         memory_bytes: a.memory,
-        autostart: Some(a.autostart),
+        // Absent means "not given": a template's autostart must not be overridden by a default.
+        autostart: a.autostart,
         cpu_weight: a.cpu_weight,
         firmware: a.firmware,
         disks,
@@ -620,8 +624,19 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         VmCommand::Console { name, log } => {
             if log {
                 let bytes = c.console_log(&name).await?;
-                use std::io::Write;
-                std::io::stdout().write_all(&bytes)?;
+                if json {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let lossy = matches!(text, std::borrow::Cow::Owned(_));
+                    output::json(&serde_json::json!({
+                        "vm": name,
+                        "log": text,
+                        "bytes": bytes.len(),
+                        "lossy": lossy,
+                    }));
+                } else {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
             } else {
                 crate::cmd::console::attach(c, &name).await?;
             }
@@ -629,8 +644,21 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         VmCommand::Vnc { name } => {
             let v = c.show_vm(&name).await?;
             match &v.vnc {
-                Some(addr) if json => output::json(&serde_json::json!({ "vnc": addr })),
-                Some(addr) => println!("{addr}"),
+                Some(addr) => {
+                    // QEMU's display N listens on port 5900 + N.
+                    let display = addr
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse::<u32>().ok())
+                        .and_then(|p| p.checked_sub(5900));
+                    if json {
+                        output::json(&serde_json::json!({ "vnc": addr, "display": display }))
+                    } else if let Some(d) = display {
+                        println!("{addr} (display :{d})")
+                    } else {
+                        println!("{addr}")
+                    }
+                }
                 None => bail!(
                     "VM {name:?} is {}; the graphical console exists while it runs",
                     v.power_state
