@@ -109,7 +109,9 @@ fn main() {
             cli.fingerprint.as_deref(),
         ) {
             Err(e) => Err(e),
-            Ok(client) => runtime().block_on(async move {
+            Ok(client) => {
+                let rt = runtime();
+                let result = rt.block_on(async move {
                 match other {
                     Command::Host(c) => cmd::misc::host(&client, c, json).await,
                     Command::Vm(c) => cmd::vm::run(&client, c, json).await,
@@ -123,7 +125,12 @@ fn main() {
                         unreachable!("handled above")
                     }
                 }
-            }),
+                });
+                // Do not wait for blocking tasks: a detached console leaves tokio's stdin
+                // thread in a read(2) that only the next key press would end.
+                rt.shutdown_background();
+                result
+            }
         },
     };
     if let Err(e) = result {
