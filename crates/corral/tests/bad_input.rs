@@ -157,7 +157,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             vec!["sr", "create", "x", "--path", "/nonexistent/dir"],
             "not a directory",
         ),
-        (vec!["sr", "create", "x", "--path", "relative/dir"], "not absolute"),
+        (vec!["sr", "create", "x", "--path", "/proc/version"], "not a directory"),
         (vec!["sr", "create", "bad name", "--path", "/tmp"], "' '"),
         (vec!["sr", "create", "default", "--path", "/tmp"], "already exists"),
         (
