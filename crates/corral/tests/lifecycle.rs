@@ -396,3 +396,63 @@ fn vnc_on_loopback_and_shutdown_cancel() {
     let err = a.fails(&["vm", "vnc", "ignorer"]);
     assert!(err.contains("halted"), "{err}");
 }
+
+/// An agent that dies between spawning QEMU and `cont` leaves a QEMU in `prelaunch` for a VM
+/// recorded halted. The next agent must not show it as paused: it stops that QEMU, keeps the
+/// VM halted and says so in the history; the VM then starts normally.
+#[test]
+fn a_start_cut_short_by_an_agent_crash_is_undone() {
+    let mut a = TestAgent::start();
+    a.create_kernel_vm("half", &[]);
+    a.ok(&["vm", "start", "half"]);
+    a.ok(&["vm", "poweroff", "half"]);
+    let run = a.state_dir().join("run").join(a_id(&a, "half"));
+    let qlog = std::fs::read_to_string(run.join("qemu.log")).expect("qemu.log");
+    let line = qlog
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("--- corral: starting QEMU at unix time "))
+        .expect("a start line");
+    // "--- corral: starting QEMU at unix time N: <shell-quoted command line>"
+    let after_time = &line["--- corral: starting QEMU at unix time ".len()..];
+    let command = after_time.split_once(": ").expect("command").1;
+    assert!(command.contains(" -S"), "{command}");
+    a.kill9();
+
+    // QEMU exactly as the agent starts it (daemonized, vCPUs held by -S), and no `cont`.
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .expect("sh");
+    assert!(st.success(), "QEMU did not start: {st}");
+    let pid: u32 = std::fs::read_to_string(run.join("qemu.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(pid_alive(pid));
+
+    a.spawn();
+    assert_eq!(a.power_state("half"), "halted");
+    wait_until(Duration::from_secs(10), "the half-started QEMU is gone", || {
+        !pid_alive(pid)
+    });
+    let hist = a.json(&["vm", "history", "half"]);
+    let recover = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["operation"] == "vm.recover")
+        .unwrap_or_else(|| panic!("no vm.recover in {hist}"));
+    assert!(
+        recover["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("half-started"),
+        "{recover}"
+    );
+    a.ok(&["vm", "start", "half"]);
+    a.wait_console("half", MARKER, 1, BOOT);
+    a.ok(&["vm", "poweroff", "half"]);
+}
