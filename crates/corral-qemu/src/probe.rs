@@ -209,7 +209,11 @@ fn readable(p: &Path) -> bool {
 /// The test guest's cache directory: `$CORRAL_TEST_GUEST_DIR`, else
 /// `$XDG_CACHE_HOME/corral/test-guest`, else `~/.cache/corral/test-guest`.
 pub fn test_guest_dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(d) = var("CORRAL_TEST_GUEST_DIR") {
         return Some(d);
     }
@@ -584,12 +588,20 @@ mod tests {
     fn cache_round_trip_and_key_mismatch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("accel.json");
-        let key = probe_cache_key("7.2.22", "6.1.0-1", "test-guest /g/vmlinuz (1 bytes, mtime 2)");
+        let key = probe_cache_key(
+            "7.2.22",
+            "6.1.0-1",
+            "test-guest /g/vmlinuz (1 bytes, mtime 2)",
+        );
         assert!(load_cached_probe(&path, &key).is_none());
         let info = tcg("probe: kvm probe kernel did not print its marker within 8s".into());
         store_cached_probe(&path, &key, &info).expect("store");
         assert_eq!(load_cached_probe(&path, &key), Some(info));
-        let other = probe_cache_key("8.0.0", "6.1.0-1", "test-guest /g/vmlinuz (1 bytes, mtime 2)");
+        let other = probe_cache_key(
+            "8.0.0",
+            "6.1.0-1",
+            "test-guest /g/vmlinuz (1 bytes, mtime 2)",
+        );
         assert!(load_cached_probe(&path, &other).is_none());
         let other_guest = probe_cache_key("7.2.22", "6.1.0-1", "boot-sector");
         assert!(load_cached_probe(&path, &other_guest).is_none());
@@ -613,7 +625,11 @@ mod tests {
         let host = plan_probe(None, Some(&guest), &boot, "6.1.0-9-amd64");
         assert_eq!(host.source, ProbeSource::HostKernel);
         assert_eq!(host.initrd, None);
-        assert!(host.identity().starts_with("host-kernel "), "{}", host.identity());
+        assert!(
+            host.identity().starts_with("host-kernel "),
+            "{}",
+            host.identity()
+        );
         // Another release's kernel is not this host's.
         let other = plan_probe(None, Some(&guest), &boot, "6.1.0-10-amd64");
         assert_eq!(other.source, ProbeSource::BootSector);
@@ -625,7 +641,11 @@ mod tests {
         std::fs::write(guest.join("initrd.img"), b"i").expect("write");
         let tg = plan_probe(None, Some(&guest), &boot, "6.1.0-9-amd64");
         assert_eq!(tg.source, ProbeSource::TestGuest);
-        assert!(tg.describe().starts_with("cached test guest "), "{}", tg.describe());
+        assert!(
+            tg.describe().starts_with("cached test guest "),
+            "{}",
+            tg.describe()
+        );
         assert_ne!(tg.identity(), host.identity());
 
         let (k, i) = (dir.path().join("k"), dir.path().join("i"));

@@ -79,10 +79,7 @@ async fn probe_gives_a_verdict_with_a_reason() {
     .await;
     assert!(info.reason.starts_with("probe: "), "{info:?}");
     match info.name {
-        Accelerator::Kvm => assert!(
-            info.reason.contains("under KVM in"),
-            "{info:?}"
-        ),
+        Accelerator::Kvm => assert!(info.reason.contains("under KVM in"), "{info:?}"),
         Accelerator::Tcg => assert!(info.reason.contains("kvm"), "{info:?}"),
     }
     eprintln!("accelerator verdict: {info:?}");

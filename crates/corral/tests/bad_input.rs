@@ -5,7 +5,14 @@ use common::*;
 
 /// Everything a failed command could have changed: the VM list, the volume files, the
 /// storage repositories (without their free space, which other tests move) and the networks.
-fn snapshot(a: &TestAgent) -> (serde_json::Value, Vec<String>, serde_json::Value, serde_json::Value) {
+fn snapshot(
+    a: &TestAgent,
+) -> (
+    serde_json::Value,
+    Vec<String>,
+    serde_json::Value,
+    serde_json::Value,
+) {
     let mut files: Vec<String> = std::fs::read_dir(a.state_dir().join("srs/default"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -157,9 +164,15 @@ fn bad_input_is_refused_and_changes_nothing() {
             vec!["sr", "create", "x", "--path", "/nonexistent/dir"],
             "not a directory",
         ),
-        (vec!["sr", "create", "x", "--path", "/proc/version"], "not a directory"),
+        (
+            vec!["sr", "create", "x", "--path", "/proc/version"],
+            "not a directory",
+        ),
         (vec!["sr", "create", "bad name", "--path", "/tmp"], "' '"),
-        (vec!["sr", "create", "default", "--path", "/tmp"], "already exists"),
+        (
+            vec!["sr", "create", "default", "--path", "/tmp"],
+            "already exists",
+        ),
         (
             vec!["network", "create", "lan", "--bridge", "nosuchbr0"],
             "does not exist",

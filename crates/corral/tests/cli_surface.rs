@@ -48,10 +48,7 @@ fn console_in_a_pty(
             std::ptr::null(),
         );
         assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-        (
-            std::fs::File::from_raw_fd(m),
-            OwnedFd::from_raw_fd(s),
-        )
+        (std::fs::File::from_raw_fd(m), OwnedFd::from_raw_fd(s))
     };
     let mut child = Command::new(corral_bin())
         .arg("--connect")
@@ -77,12 +74,16 @@ fn console_in_a_pty(
             }
         })
     };
-    let text = |screen: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+    let text = |screen: &Arc<Mutex<Vec<u8>>>| {
+        String::from_utf8_lossy(&screen.lock().unwrap()).into_owned()
+    };
     wait_until(Duration::from_secs(10), "console banner", || {
         text(&screen).contains("Ctrl-]")
     });
     master.write_all(input).unwrap();
-    wait_until(Duration::from_secs(60), expect, || text(&screen).contains(expect));
+    wait_until(Duration::from_secs(60), expect, || {
+        text(&screen).contains(expect)
+    });
     master.write_all(&[0x1d]).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -156,9 +157,14 @@ fn nics_disks_cdroms_repositories_isos_and_vm_set() {
         .map(|i| i["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["alpha.iso", "beta.iso"], "{list}");
-    assert!(arr(&list).iter().all(|i| i["size_bytes"].as_u64() > Some(0)));
+    assert!(arr(&list)
+        .iter()
+        .all(|i| i["size_bytes"].as_u64() > Some(0)));
     let text = a.ok(&["iso", "list"]);
-    assert!(text.contains("alpha.iso") && text.contains("beta.iso"), "{text}");
+    assert!(
+        text.contains("alpha.iso") && text.contains("beta.iso"),
+        "{text}"
+    );
 
     // CD media: insert by library name, eject; the drive stays.
     a.ok(&["vm", "cdrom", "insert", "surf", "alpha.iso"]);
@@ -201,7 +207,10 @@ fn nics_disks_cdroms_repositories_isos_and_vm_set() {
     let host = a.json(&["host", "info"]);
     assert_eq!(host["accelerator"]["name"], "tcg", "{host}");
     assert!(
-        !host["accelerator"]["reason"].as_str().unwrap_or("").is_empty(),
+        !host["accelerator"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty(),
         "{host}"
     );
     assert!(
@@ -333,7 +342,13 @@ fn serve_socket_and_corral_connect() {
         "name = \"tiny\"\nderived_from = \"corral-test-guest\"\ndescription = \"tiny test template\"\n",
     )
     .unwrap();
-    let out = run(&["--json", "template", "create", "--file", file.to_str().unwrap()]);
+    let out = run(&[
+        "--json",
+        "template",
+        "create",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
     assert!(
         out.status.success(),
         "{}",

@@ -322,7 +322,8 @@ fn cpu_weight_lands_in_the_cgroup() {
 /// Connect to a `vm vnc` address and read the RFB greeting a VNC client would see.
 fn rfb_greeting(addr: &str) -> String {
     use std::io::Read;
-    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 12];
     s.read_exact(&mut buf).expect("RFB greeting");
@@ -359,16 +360,26 @@ fn vnc_on_loopback_and_shutdown_cancel() {
     });
     let shown = a.json(&["task", "show", &task]);
     assert!(
-        shown["result"].as_str().unwrap_or_default().contains("still running"),
+        shown["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("still running"),
         "{shown}"
     );
     assert_eq!(a.power_state("ignorer"), "running");
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(a.power_state("ignorer"), "running", "no press after cancel powered it off");
+    assert_eq!(
+        a.power_state("ignorer"),
+        "running",
+        "no press after cancel powered it off"
+    );
 
     // Finished or non-cancellable tasks: 409 invalid_state naming the task and operation.
     let err = a.fails(&["task", "cancel", &task]);
-    assert!(err.contains(&format!("task {task} (vm.shutdown) cannot be cancelled")), "{err}");
+    assert!(
+        err.contains(&format!("task {task} (vm.shutdown) cannot be cancelled")),
+        "{err}"
+    );
     let tasks = a.json(&["task", "list"]);
     let start = tasks
         .as_array()
@@ -435,9 +446,11 @@ fn a_start_cut_short_by_an_agent_crash_is_undone() {
 
     a.spawn();
     assert_eq!(a.power_state("half"), "halted");
-    wait_until(Duration::from_secs(10), "the half-started QEMU is gone", || {
-        !pid_alive(pid)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the half-started QEMU is gone",
+        || !pid_alive(pid),
+    );
     let hist = a.json(&["vm", "history", "half"]);
     let recover = hist
         .as_array()

@@ -102,7 +102,9 @@ impl Actor {
                 self.agent.tasks.record(
                     "vm.recover",
                     Some((&vm.0, &vm.1)),
-                    Ok(format!("a start interrupted by an agent restart ({why}); the VM stays halted")),
+                    Ok(format!(
+                        "a start interrupted by an agent restart ({why}); the VM stays halted"
+                    )),
                 );
                 runtime::cleanup_taps(&runtime::existing_taps(&self.rec)).await;
                 self.agent.cgroups.remove(&self.rec.id);
@@ -883,17 +885,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_names_fill_gaps() {
-        assert_eq!(next_device("disk", ["disk0", "disk2"].into_iter()), "disk1");
-        assert_eq!(next_device("nic", std::iter::empty()), "nic0");
-    }
-}
-
 /// Resolves with the id of the first of `tasks` to be cancelled; never when there are none.
 async fn first_cancelled(tasks: Vec<TaskHandle>) -> String {
     use std::future::Future;
@@ -919,4 +910,15 @@ async fn first_cancelled(tasks: Vec<TaskHandle>) -> String {
         Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_fill_gaps() {
+        assert_eq!(next_device("disk", ["disk0", "disk2"].into_iter()), "disk1");
+        assert_eq!(next_device("nic", std::iter::empty()), "nic0");
+    }
 }

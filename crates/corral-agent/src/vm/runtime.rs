@@ -152,11 +152,7 @@ pub async fn cleanup_taps(taps: &[String]) {
 }
 
 fn remove_stale(paths: &RuntimePaths) {
-    for p in [
-        &paths.qmp_socket,
-        &paths.serial_socket,
-        &paths.pidfile,
-    ] {
+    for p in [&paths.qmp_socket, &paths.serial_socket, &paths.pidfile] {
         let _ = std::fs::remove_file(p);
     }
 }

@@ -851,4 +851,25 @@ mod tests {
         assert_eq!(n.mac.as_deref(), Some("52:54:00:00:00:01"));
         assert!(parse_nic(",model=e1000").is_err());
     }
+
+    /// `vm create` without `--autostart` sends no autostart, so a template VM's setting (or
+    /// the agent's default) decides; the flag alone means true; `=false` is explicit.
+    #[test]
+    fn autostart_is_sent_only_when_given() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: CreateArgs,
+        }
+        let req = |extra: &[&str]| {
+            let mut argv = vec!["t", "--name", "a1"];
+            argv.extend_from_slice(extra);
+            create_request(T::try_parse_from(argv).expect("parse").a).expect("request")
+        };
+        assert_eq!(req(&[]).autostart, None);
+        assert_eq!(req(&["--autostart"]).autostart, Some(true));
+        assert_eq!(req(&["--autostart=false"]).autostart, Some(false));
+        assert_eq!(req(&["--autostart", "--vcpus", "2"]).autostart, Some(true));
+    }
 }
