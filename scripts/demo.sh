@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "corral: cargo (Rust) is required: https://rustup.rs" >&2; exit 1; }
+scripts/check-rust.sh
 scripts/install-deps.sh --test
 GUEST=$(scripts/build-test-guest.sh --quiet)
 cargo build --release -p corral

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "corral: cargo (Rust) is required" >&2; exit 1; }
+scripts/check-rust.sh
 scripts/install-deps.sh --test
 scripts/build-test-guest.sh --quiet >/dev/null
 

@@ -638,7 +638,23 @@ impl Agent {
         Ok(out)
     }
 
+    /// `sr create`, recorded as an `sr.create` task (with its events) like every operation.
     pub fn create_sr(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
+        let task = self.tasks.start("sr.create", None);
+        task.phase("checking the directory", 0.0);
+        let result = self.create_sr_checked(req);
+        task.finish_with_note(result.as_ref().map_err(Clone::clone).map(|sr| {
+            format!(
+                "created storage repository {:?} at {}{}",
+                sr.name,
+                sr.path.display(),
+                if sr.shared { " (shared)" } else { "" }
+            )
+        }));
+        result
+    }
+
+    fn create_sr_checked(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
         validate_name("storage repository", &req.name).map_err(ApiError::invalid)?;
         if !req.path.is_absolute() {
             return Err(ApiError::invalid(format!(
@@ -703,7 +719,22 @@ impl Agent {
         Ok(out)
     }
 
+    /// `network create`, recorded as a `network.create` task (with its events).
     pub fn create_network(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
+        let task = self.tasks.start("network.create", None);
+        task.phase("checking the bridge", 0.0);
+        let result = self.create_network_checked(req);
+        task.finish_with_note(result.as_ref().map_err(Clone::clone).map(|n| {
+            format!(
+                "created network {:?} on bridge {}",
+                n.name,
+                n.bridge.as_deref().unwrap_or("-")
+            )
+        }));
+        result
+    }
+
+    fn create_network_checked(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
         validate_name("network", &req.name).map_err(ApiError::invalid)?;
         if req.name == DEFAULT_NETWORK {
             return Err(ApiError::conflict("the network \"default\" is built in"));
@@ -837,41 +868,19 @@ async fn choose_accelerator(
         }
         AccelMode::Auto => {}
     }
-    let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let key = format!("{qemu_version}|{}", kernel_release.trim());
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Cached {
-        key: String,
-        info: AcceleratorInfo,
-    }
-    if let Ok(bytes) = std::fs::read(layout.accel_cache()) {
-        if let Ok(c) = serde_json::from_slice::<Cached>(&bytes) {
-            if c.key == key {
-                let mut info = c.info;
-                info.reason = format!(
-                    "{} (cached probe; delete {} to probe again)",
-                    info.reason,
-                    layout.accel_cache().display()
-                );
-                return info;
-            }
-        }
-    }
-    let probe_kernel = config
+    // The probe boots a real Linux kernel whenever one is available (configured, the cached
+    // test guest, the host's own): a boot sector passes on hosts where Linux hangs under KVM.
+    let configured = config
         .probe_kernel
         .as_ref()
         .map(|(k, i)| (k.as_path(), i.as_path()));
-    let info = corral_qemu::probe::probe_accelerator(
+    let plan = corral_qemu::probe::default_probe_plan(configured);
+    tracing::info!(guest = %plan.describe(), qemu = qemu_version, "probing KVM");
+    corral_qemu::probe::probe_accelerator_cached(
+        &layout.accel_cache(),
         &config.qemu_binary,
-        probe_kernel,
-        std::time::Duration::from_secs(10),
+        &plan,
+        corral_qemu::probe::DEFAULT_PROBE_TIMEOUT,
     )
-    .await;
-    if let Ok(bytes) = serde_json::to_vec(&Cached {
-        key,
-        info: info.clone(),
-    }) {
-        let _ = std::fs::write(layout.accel_cache(), bytes);
-    }
-    info
+    .await
 }

@@ -16,6 +16,17 @@ use tokio::sync::watch;
 /// The error of a task that was running when the agent stopped (set at the next start).
 pub const INTERRUPTED: &str = "the agent stopped while this task was running";
 
+/// Operations whose workers watch for cancellation: copies, installs and transfers stop and
+/// clean up; a shutdown stops waiting for the guest (which keeps running). Cancelling any
+/// other task is refused rather than "requested" and silently ignored.
+pub const CANCELLABLE: &[&str] = &[
+    "vm.copy",
+    "vm.install",
+    "vm.import",
+    "vm.export",
+    "vm.shutdown",
+];
+
 /// Finished tasks kept in the store; older ones are pruned at start.
 const HISTORY_LIMIT: usize = 5000;
 
@@ -267,13 +278,27 @@ impl Tasks {
         let live = self.lock();
         match live.get(id) {
             Some(l) => {
+                let operation = l.tx.borrow().operation.clone();
+                if !CANCELLABLE.contains(&operation.as_str()) {
+                    return Err(ApiError::new(
+                        corral_model::ErrorKind::InvalidState,
+                        format!(
+                            "task {id} ({operation}) cannot be cancelled; cancellable operations: {}",
+                            CANCELLABLE.join(", ")
+                        ),
+                    ));
+                }
                 let _ = l.cancel.send(true);
                 Ok(())
             }
             None => match self.get_stored(id) {
                 Some(t) => Err(ApiError::new(
                     corral_model::ErrorKind::InvalidState,
-                    format!("task {id} already {}", t.state.as_str()),
+                    format!(
+                        "task {id} ({}) cannot be cancelled: it has already finished ({})",
+                        t.operation,
+                        t.state.as_str()
+                    ),
                 )),
                 None => Err(ApiError::not_found(format!("no task {id}"))),
             },

@@ -256,7 +256,7 @@ pub fn operations() -> Vec<Op> {
         Op::delete("/v1/templates/{name}", "Delete a user template").empty(204, "Deleted"),
         Op::get("/v1/tasks", "All tasks, oldest first").ok::<Vec<Task>>(),
         Op::get("/v1/tasks/{id}", "One task").query("wait", "boolean", "true: answer when it has finished").ok::<Task>(),
-        Op::post("/v1/tasks/{id}/cancel", "Ask a running task to stop").empty(202, "Cancellation requested"),
+        Op::post("/v1/tasks/{id}/cancel", "Ask a running task to stop (vm.copy, vm.install, vm.import, vm.export, vm.shutdown; others and finished tasks: 409 invalid_state)").empty(202, "Cancellation requested"),
         Op::get("/v1/events", "Event stream until the client disconnects").query("since", "integer", "also replay remembered events after this sequence number").ndjson::<EventEnvelope>(),
     ]
 }

@@ -296,7 +296,8 @@ pub struct VmInfo {
     pub pid: Option<u32>,
     /// Effective CPU weight on the host (cgroup), while running.
     pub cpu_weight_status: Option<CpuWeightStatus>,
-    /// `127.0.0.1:5901`-style address of the graphical console, while running.
+    /// `127.0.0.1:5901`-style loopback TCP address of the graphical console (VNC display
+    /// = port - 5900), while QEMU runs.
     pub vnc: Option<String>,
     pub created_at_ms: u64,
 }

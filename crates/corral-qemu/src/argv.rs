@@ -44,6 +44,9 @@ pub const KVM_CPU: &str = "host,-arch-capabilities";
 /// CPU model under TCG: everything TCG can emulate.
 pub const TCG_CPU: &str = "max";
 
+/// `-vnc` value: loopback only, first free display from 0 (port 5900) to 99 (port 5999).
+pub const VNC_LISTEN: &str = "127.0.0.1:0,to=99";
+
 /// Per-VM runtime files. All must be absolute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +56,6 @@ pub struct RuntimePaths {
     /// Everything the serial console printed, appended across restarts.
     pub serial_log: PathBuf,
     pub pidfile: PathBuf,
-    pub vnc_socket: PathBuf,
     /// QEMU's messages while it runs (`-D`): a daemonized QEMU sends its stderr there, e.g.
     /// "terminating on signal 15" or I/O errors. Truncated at each start.
     pub runtime_log: PathBuf,
@@ -67,7 +69,6 @@ impl RuntimePaths {
             serial_socket: dir.join("serial.sock"),
             serial_log: dir.join("serial.log"),
             pidfile: dir.join("qemu.pid"),
-            vnc_socket: dir.join("vnc.sock"),
             runtime_log: dir.join("qemu-runtime.log"),
         }
     }
@@ -463,11 +464,11 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
         "-serial",
         format!("chardev:{}", ids::SERIAL_CHARDEV),
     );
-    push(
-        &mut argv,
-        "-vnc",
-        format!("unix:{}", path_opt("VNC socket", &p.vnc_socket)?),
-    );
+    // The graphical console listens on loopback TCP only (VNC clients speak TCP, and a unix
+    // socket would need a forwarder): QEMU takes the first free display from :0 to :99
+    // itself, so concurrent starts never race for a port; the agent reads the port back with
+    // QMP `query-vnc`.
+    push(&mut argv, "-vnc", VNC_LISTEN.to_string());
     push(
         &mut argv,
         "-device",

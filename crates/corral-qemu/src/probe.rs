@@ -7,15 +7,21 @@
 //! on the serial port:
 //! - with `probe_kernel` (a kernel and initrd whose init prints `CORRAL-GUEST-READY` on
 //!   ttyS0, like the project's test guest) that kernel boots; this is the trustworthy probe;
-//! - without it, a 512-byte boot sector embedded in this crate (`probe/guest.S`) runs through
-//!   SeaBIOS, real mode, 32-bit protected mode, paging and 64-bit long mode and prints
+//! - a host kernel (`/boot/vmlinuz-$(uname -r)`) booted without an initrd: reaching the
+//!   panic for its missing root file system (`Kernel panic - not syncing`) proves that KVM
+//!   carried Linux through decompression, paging, interrupts and the timer;
+//! - as a last resort, a 512-byte boot sector embedded in this crate (`probe/guest.S`) runs
+//!   through SeaBIOS, real mode, 32-bit protected mode, paging and 64-bit long mode and prints
 //!   `CORRAL-PROBE-READY`. It catches a missing or broken KVM, but not every failure a full
 //!   kernel meets (on the development machines it passes where Linux hangs right after its
-//!   real-mode setup code), so callers should pass a kernel whenever they have one.
+//!   real-mode setup code), so its verdict is reported as weak ("probe: boot sector only").
+//!
+//! [`plan_probe`] picks the strongest guest available: `--probe-kernel/--probe-initrd`, else
+//! the cached test guest, else the host's kernel, else the boot sector.
 //!
 //! Any failure means TCG, with the reason kept for `corral host info`. Probing costs a few
 //! seconds, so [`probe_accelerator_cached`] remembers the verdict per QEMU version, host
-//! kernel release and probe kind.
+//! kernel release and probe guest (kind, path, size and modification time).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +40,8 @@ pub const PROBE_BOOT_SECTOR: &[u8; 512] = include_bytes!("probe/guest.bin");
 pub const PROBE_MARKER: &str = "CORRAL-PROBE-READY";
 /// What the test guest's init prints on ttyS0.
 pub const GUEST_MARKER: &str = "CORRAL-GUEST-READY";
+/// What a host kernel booted without an initrd prints once it gave up finding its root.
+pub const HOST_KERNEL_MARKER: &str = "Kernel panic - not syncing";
 /// A sensible probe timeout: the test guest needs 2-3 s under TCG, far less under KVM.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 /// Serial output kept for error messages.
@@ -100,6 +108,9 @@ pub enum ProbeGuest<'a> {
     BootSector,
     /// A kernel and initrd that print [`GUEST_MARKER`] on ttyS0.
     Kernel { kernel: &'a Path, initrd: &'a Path },
+    /// A stock kernel without initrd: it panics for want of a root file system
+    /// ([`HOST_KERNEL_MARKER`]).
+    HostKernel { kernel: &'a Path },
 }
 
 impl ProbeGuest<'_> {
@@ -107,14 +118,162 @@ impl ProbeGuest<'_> {
         match self {
             ProbeGuest::BootSector => "probe boot sector",
             ProbeGuest::Kernel { .. } => "probe kernel",
+            ProbeGuest::HostKernel { .. } => "host kernel",
         }
     }
     fn marker(&self) -> &'static str {
         match self {
             ProbeGuest::BootSector => PROBE_MARKER,
             ProbeGuest::Kernel { .. } => GUEST_MARKER,
+            ProbeGuest::HostKernel { .. } => HOST_KERNEL_MARKER,
         }
     }
+}
+
+/// Where the probe guest of a [`ProbePlan`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeSource {
+    /// `--probe-kernel/--probe-initrd` (or `probe_kernel`/`probe_initrd` in corral.toml).
+    Configured,
+    /// The project's test guest in the user's cache (`scripts/build-test-guest.sh`).
+    TestGuest,
+    /// `/boot/vmlinuz-$(uname -r)`.
+    HostKernel,
+    /// Nothing better: the embedded boot sector.
+    BootSector,
+}
+
+/// What the probe will boot, chosen by [`plan_probe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePlan {
+    pub source: ProbeSource,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+}
+
+impl ProbePlan {
+    fn guest(&self) -> ProbeGuest<'_> {
+        match (&self.kernel, &self.initrd) {
+            (Some(kernel), Some(initrd)) => ProbeGuest::Kernel { kernel, initrd },
+            (Some(kernel), None) => ProbeGuest::HostKernel { kernel },
+            _ => ProbeGuest::BootSector,
+        }
+    }
+
+    /// Human words for the guest: "cached test guest /root/.cache/corral/test-guest/vmlinuz".
+    pub fn describe(&self) -> String {
+        let what = match self.source {
+            ProbeSource::Configured => "configured probe kernel",
+            ProbeSource::TestGuest => "cached test guest",
+            ProbeSource::HostKernel => "host kernel",
+            ProbeSource::BootSector => return "boot sector only".into(),
+        };
+        match &self.kernel {
+            Some(k) => format!("{what} {}", k.display()),
+            None => what.into(),
+        }
+    }
+
+    /// The guest's identity for the cache key: kind, path, size and modification time, so a
+    /// rebuilt or different kernel is probed again.
+    pub fn identity(&self) -> String {
+        let kind = match self.source {
+            ProbeSource::Configured => "configured",
+            ProbeSource::TestGuest => "test-guest",
+            ProbeSource::HostKernel => "host-kernel",
+            ProbeSource::BootSector => return "boot-sector".into(),
+        };
+        let mut out = kind.to_string();
+        for p in self.kernel.iter().chain(self.initrd.iter()) {
+            let (size, mtime) = std::fs::metadata(p)
+                .map(|m| {
+                    let mtime = m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    (m.len(), mtime)
+                })
+                .unwrap_or((0, 0));
+            out.push_str(&format!(" {} ({size} bytes, mtime {mtime})", p.display()));
+        }
+        out
+    }
+}
+
+fn readable(p: &Path) -> bool {
+    p.is_file() && std::fs::File::open(p).is_ok()
+}
+
+/// The test guest's cache directory: `$CORRAL_TEST_GUEST_DIR`, else
+/// `$XDG_CACHE_HOME/corral/test-guest`, else `~/.cache/corral/test-guest`.
+pub fn test_guest_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = var("CORRAL_TEST_GUEST_DIR") {
+        return Some(d);
+    }
+    if let Some(d) = var("XDG_CACHE_HOME") {
+        return Some(d.join("corral/test-guest"));
+    }
+    var("HOME").map(|h| h.join(".cache/corral/test-guest"))
+}
+
+/// Choose the strongest probe guest available: the configured kernel and initrd, else the
+/// test guest in `test_guest` (a directory with `vmlinuz` and `initrd.img`), else
+/// `boot_dir/vmlinuz-<kernel_release>`, else the boot sector. Unreadable candidates are
+/// skipped (an agent not running as root cannot read Debian's `/boot/vmlinuz-*`).
+pub fn plan_probe(
+    configured: Option<(&Path, &Path)>,
+    test_guest: Option<&Path>,
+    boot_dir: &Path,
+    kernel_release: &str,
+) -> ProbePlan {
+    if let Some((k, i)) = configured {
+        return ProbePlan {
+            source: ProbeSource::Configured,
+            kernel: Some(k.to_path_buf()),
+            initrd: Some(i.to_path_buf()),
+        };
+    }
+    if let Some(dir) = test_guest {
+        let (k, i) = (dir.join("vmlinuz"), dir.join("initrd.img"));
+        if readable(&k) && readable(&i) {
+            return ProbePlan {
+                source: ProbeSource::TestGuest,
+                kernel: Some(k),
+                initrd: Some(i),
+            };
+        }
+    }
+    let host = boot_dir.join(format!("vmlinuz-{kernel_release}"));
+    if !kernel_release.is_empty() && readable(&host) {
+        return ProbePlan {
+            source: ProbeSource::HostKernel,
+            kernel: Some(host),
+            initrd: None,
+        };
+    }
+    ProbePlan {
+        source: ProbeSource::BootSector,
+        kernel: None,
+        initrd: None,
+    }
+}
+
+/// [`plan_probe`] with this host's defaults: the test guest from [`test_guest_dir`], `/boot`
+/// and the running kernel's release.
+pub fn default_probe_plan(configured: Option<(&Path, &Path)>) -> ProbePlan {
+    plan_probe(
+        configured,
+        test_guest_dir().as_deref(),
+        Path::new("/boot"),
+        &host_kernel_release(),
+    )
 }
 
 /// Check that `/dev/kvm` exists, opens read-write and speaks KVM API 12.
@@ -198,6 +357,14 @@ pub async fn boot_probe_guest(
                 kernel.display().to_string(),
                 "-initrd".into(),
                 initrd.display().to_string(),
+                "-append".into(),
+                "console=ttyS0 panic=-1".into(),
+            ]);
+        }
+        ProbeGuest::HostKernel { kernel } => {
+            args.extend([
+                "-kernel".into(),
+                kernel.display().to_string(),
                 "-append".into(),
                 "console=ttyS0 panic=-1".into(),
             ]);
@@ -291,30 +458,40 @@ pub async fn probe_accelerator(
     if let Err(e) = check_kvm_device() {
         return tcg(format!("probe: {e}"));
     }
-    probe_with_guest(qemu, probe_kernel, timeout).await
+    let plan = match probe_kernel {
+        Some(_) => plan_probe(probe_kernel, None, Path::new("/nonexistent"), ""),
+        None => ProbePlan {
+            source: ProbeSource::BootSector,
+            kernel: None,
+            initrd: None,
+        },
+    };
+    probe_with_plan(qemu, &plan, timeout).await
 }
 
-async fn probe_with_guest(
-    qemu: &Path,
-    probe_kernel: Option<(&Path, &Path)>,
-    timeout: Duration,
-) -> AcceleratorInfo {
-    let guest = match probe_kernel {
-        Some((kernel, initrd)) => ProbeGuest::Kernel { kernel, initrd },
-        None => ProbeGuest::BootSector,
+/// Boot `plan`'s guest under KVM and turn the outcome into a verdict whose reason names the
+/// guest; a boot-sector-only verdict says it is weak.
+pub async fn probe_with_plan(qemu: &Path, plan: &ProbePlan, timeout: Duration) -> AcceleratorInfo {
+    let guest = plan.guest();
+    let weak = if plan.source == ProbeSource::BootSector {
+        "probe: boot sector only, no Linux kernel to boot (give --probe-kernel/--probe-initrd, \
+         build the test guest or make /boot/vmlinuz-$(uname -r) readable); "
+    } else {
+        "probe: "
     };
     match boot_probe_guest(qemu, Accelerator::Kvm, guest, timeout).await {
         Ok(took) => AcceleratorInfo {
             name: Accelerator::Kvm,
             reason: format!(
-                "probe: {} printed its marker under KVM in {} ms",
-                guest.describe(),
+                "{weak}{} printed {:?} under KVM in {} ms",
+                plan.describe(),
+                guest.marker(),
                 took.as_millis()
             ),
         },
         Err(e) => {
-            tracing::warn!(error = %e, "KVM probe failed; using TCG");
-            tcg(format!("probe: {e}"))
+            tracing::warn!(error = %e, guest = %plan.describe(), "KVM probe failed; using TCG");
+            tcg(format!("{weak}{}: {e}", plan.describe()))
         }
     }
 }
@@ -333,10 +510,10 @@ pub fn host_kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The cache key for a probe verdict: the QEMU version, the host kernel, the probe kind.
-pub fn probe_cache_key(qemu_version: &str, kernel_release: &str, with_kernel: bool) -> String {
-    let kind = if with_kernel { "kernel" } else { "boot-sector" };
-    format!("qemu {qemu_version}; host kernel {kernel_release}; probe {kind}")
+/// The cache key for a probe verdict: the QEMU version, the host kernel, the probe guest
+/// ([`ProbePlan::identity`]).
+pub fn probe_cache_key(qemu_version: &str, kernel_release: &str, guest: &str) -> String {
+    format!("qemu {qemu_version}; host kernel {kernel_release}; probe {guest}")
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -364,13 +541,13 @@ pub fn store_cached_probe(path: &Path, key: &str, info: &AcceleratorInfo) -> std
     std::fs::rename(&tmp, path)
 }
 
-/// [`probe_accelerator`], reusing the verdict stored in `cache` when QEMU version, host
-/// kernel and probe kind are unchanged. An unusable `/dev/kvm` is checked every time (cheap)
-/// and never cached.
+/// Probe with `plan`, reusing the verdict stored in `cache` when QEMU version, host kernel
+/// and probe guest are unchanged. An unusable `/dev/kvm` is checked every time (cheap) and
+/// never cached.
 pub async fn probe_accelerator_cached(
     cache: &Path,
     qemu: &Path,
-    probe_kernel: Option<(&Path, &Path)>,
+    plan: &ProbePlan,
     timeout: Duration,
 ) -> AcceleratorInfo {
     if let Err(e) = check_kvm_device() {
@@ -380,12 +557,16 @@ pub async fn probe_accelerator_cached(
         Ok(v) => v.to_string(),
         Err(e) => return tcg(format!("probe: {e}")),
     };
-    let key = probe_cache_key(&version, &host_kernel_release(), probe_kernel.is_some());
+    let key = probe_cache_key(&version, &host_kernel_release(), &plan.identity());
     if let Some(mut info) = load_cached_probe(cache, &key) {
-        info.reason = format!("{} (cached for {key})", info.reason);
+        info.reason = format!(
+            "{} (cached; delete {} to probe again)",
+            info.reason,
+            cache.display()
+        );
         return info;
     }
-    let info = probe_with_guest(qemu, probe_kernel, timeout).await;
+    let info = probe_with_plan(qemu, plan, timeout).await;
     if let Err(e) = store_cached_probe(cache, &key, &info) {
         tracing::warn!(error = %e, cache = %cache.display(), "cannot cache the accelerator probe");
     }
@@ -407,15 +588,70 @@ mod tests {
     fn cache_round_trip_and_key_mismatch() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("accel.json");
-        let key = probe_cache_key("7.2.22", "6.1.0-1", true);
+        let key = probe_cache_key(
+            "7.2.22",
+            "6.1.0-1",
+            "test-guest /g/vmlinuz (1 bytes, mtime 2)",
+        );
         assert!(load_cached_probe(&path, &key).is_none());
         let info = tcg("probe: kvm probe kernel did not print its marker within 8s".into());
         store_cached_probe(&path, &key, &info).expect("store");
         assert_eq!(load_cached_probe(&path, &key), Some(info));
-        let other = probe_cache_key("8.0.0", "6.1.0-1", true);
+        let other = probe_cache_key(
+            "8.0.0",
+            "6.1.0-1",
+            "test-guest /g/vmlinuz (1 bytes, mtime 2)",
+        );
         assert!(load_cached_probe(&path, &other).is_none());
+        let other_guest = probe_cache_key("7.2.22", "6.1.0-1", "boot-sector");
+        assert!(load_cached_probe(&path, &other_guest).is_none());
         std::fs::write(&path, "not json").expect("write");
         assert!(load_cached_probe(&path, &key).is_none());
+    }
+
+    #[test]
+    fn plan_prefers_configured_then_test_guest_then_host_kernel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let guest = dir.path().join("guest");
+        let boot = dir.path().join("boot");
+        std::fs::create_dir_all(&guest).expect("mkdir");
+        std::fs::create_dir_all(&boot).expect("mkdir");
+        let none = plan_probe(None, Some(&guest), &boot, "6.1.0-9-amd64");
+        assert_eq!(none.source, ProbeSource::BootSector);
+        assert_eq!(none.describe(), "boot sector only");
+        assert_eq!(none.identity(), "boot-sector");
+
+        std::fs::write(boot.join("vmlinuz-6.1.0-9-amd64"), b"k").expect("write");
+        let host = plan_probe(None, Some(&guest), &boot, "6.1.0-9-amd64");
+        assert_eq!(host.source, ProbeSource::HostKernel);
+        assert_eq!(host.initrd, None);
+        assert!(
+            host.identity().starts_with("host-kernel "),
+            "{}",
+            host.identity()
+        );
+        // Another release's kernel is not this host's.
+        let other = plan_probe(None, Some(&guest), &boot, "6.1.0-10-amd64");
+        assert_eq!(other.source, ProbeSource::BootSector);
+
+        // Half a test guest does not count.
+        std::fs::write(guest.join("vmlinuz"), b"kk").expect("write");
+        let half = plan_probe(None, Some(&guest), &boot, "6.1.0-9-amd64");
+        assert_eq!(half.source, ProbeSource::HostKernel);
+        std::fs::write(guest.join("initrd.img"), b"i").expect("write");
+        let tg = plan_probe(None, Some(&guest), &boot, "6.1.0-9-amd64");
+        assert_eq!(tg.source, ProbeSource::TestGuest);
+        assert!(
+            tg.describe().starts_with("cached test guest "),
+            "{}",
+            tg.describe()
+        );
+        assert_ne!(tg.identity(), host.identity());
+
+        let (k, i) = (dir.path().join("k"), dir.path().join("i"));
+        let conf = plan_probe(Some((&k, &i)), Some(&guest), &boot, "6.1.0-9-amd64");
+        assert_eq!(conf.source, ProbeSource::Configured);
+        assert_eq!(conf.kernel.as_deref(), Some(k.as_path()));
     }
 
     #[test]

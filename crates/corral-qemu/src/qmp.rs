@@ -491,6 +491,21 @@ impl Qmp {
         decode("query-status", v)
     }
 
+    /// Where the VNC server listens (`query-vnc`): `Some((host, port))`, or `None` when VNC
+    /// is disabled.
+    pub async fn query_vnc(&self) -> Result<Option<(String, u16)>, QmpError> {
+        let v = self.execute("query-vnc", Value::Null).await?;
+        if !v.get("enabled").and_then(Value::as_bool).unwrap_or(false) {
+            return Ok(None);
+        }
+        let host = v.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
+        let port = v
+            .get("service")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<u16>().ok());
+        Ok(port.map(|p| (host.to_string(), p)))
+    }
+
     /// The `-name guest=` value QEMU holds.
     pub async fn query_name(&self) -> Result<Option<String>, QmpError> {
         let v = self.execute("query-name", Value::Null).await?;

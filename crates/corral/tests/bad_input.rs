@@ -3,14 +3,34 @@
 mod common;
 use common::*;
 
-/// Everything a failed command could have changed: the VM list and the volume files.
-fn snapshot(a: &TestAgent) -> (serde_json::Value, Vec<String>) {
+/// Everything a failed command could have changed: the VM list, the volume files, the
+/// storage repositories (without their free space, which other tests move) and the networks.
+fn snapshot(
+    a: &TestAgent,
+) -> (
+    serde_json::Value,
+    Vec<String>,
+    serde_json::Value,
+    serde_json::Value,
+) {
     let mut files: Vec<String> = std::fs::read_dir(a.state_dir().join("srs/default"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    (a.json(&["vm", "list"]), files)
+    let mut srs = a.json(&["sr", "list"]);
+    for sr in srs.as_array_mut().expect("sr list is an array") {
+        if let Some(o) = sr.as_object_mut() {
+            o.remove("free_bytes");
+            o.remove("total_bytes");
+        }
+    }
+    (
+        a.json(&["vm", "list"]),
+        files,
+        srs,
+        a.json(&["network", "list"]),
+    )
 }
 
 #[test]
@@ -145,8 +165,29 @@ fn bad_input_is_refused_and_changes_nothing() {
             "not a directory",
         ),
         (
+            vec!["sr", "create", "x", "--path", "/proc/version"],
+            "not a directory",
+        ),
+        (vec!["sr", "create", "bad name", "--path", "/tmp"], "' '"),
+        (
+            vec!["sr", "create", "default", "--path", "/tmp"],
+            "already exists",
+        ),
+        (
             vec!["network", "create", "lan", "--bridge", "nosuchbr0"],
             "does not exist",
+        ),
+        (
+            vec!["network", "create", "default", "--bridge", "br0"],
+            "built in",
+        ),
+        (
+            vec!["network", "create", "bad,name", "--bridge", "br0"],
+            "','",
+        ),
+        (
+            vec!["network", "create", "lan", "--bridge", "br/0"],
+            "bridge",
         ),
     ];
     for (args, needle) in cases {

@@ -4,6 +4,36 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// `--accel auto` with no probe flags boots a real Linux kernel (here the cached test guest)
+/// under KVM; on these machines Linux hangs under KVM, so the agent must settle on TCG and say
+/// why, and guests still boot.
+#[test]
+fn auto_accelerator_probes_a_real_kernel_and_falls_back_to_tcg() {
+    let started = std::time::Instant::now();
+    let a = TestAgent::start_with(&["--accel", "auto"]);
+    // The probe is bounded (8 s) before the agent listens.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let host = a.json(&["host", "info"]);
+    let acc = &host["accelerator"];
+    assert_eq!(acc["name"], "tcg", "{host}");
+    let reason = acc["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("probe: "), "{reason}");
+    if std::path::Path::new("/dev/kvm").exists() {
+        assert!(
+            reason.contains("cached test guest") && !reason.contains("boot sector only"),
+            "the probe must boot a real kernel: {reason}"
+        );
+        let cache = std::fs::read_to_string(a.state_dir().join("accel-probe.json"))
+            .expect("verdict cached");
+        assert!(cache.contains("probe test-guest "), "{cache}");
+    }
+    assert!(a.log().contains("accelerator chosen"), "{}", a.log());
+    a.create_kernel_vm("probed", &[]);
+    a.ok(&["vm", "start", "probed"]);
+    a.wait_console("probed", MARKER, 1, BOOT);
+    a.ok(&["vm", "poweroff", "probed"]);
+}
+
 #[test]
 fn create_start_shutdown_poweroff_reboot_pause_delete() {
     let a = TestAgent::start();
@@ -287,4 +317,155 @@ fn cpu_weight_lands_in_the_cgroup() {
         std::fs::read_to_string(file).unwrap().trim(),
         want.to_string()
     );
+}
+
+/// Connect to a `vm vnc` address and read the RFB greeting a VNC client would see.
+fn rfb_greeting(addr: &str) -> String {
+    use std::io::Read;
+    let mut s =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).expect("RFB greeting");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The graphical console is on loopback TCP and found again after an agent restart; a pending
+/// ACPI shutdown can be cancelled (the VM keeps running); tasks that cannot be cancelled say so.
+#[test]
+fn vnc_on_loopback_and_shutdown_cancel() {
+    let mut a = TestAgent::start();
+    // acpi=off: the guest ignores the power button, so the shutdown stays pending.
+    a.create_kernel_vm_cmdline("ignorer", "console=ttyS0 no_timer_check acpi=off", &[]);
+    a.ok(&["vm", "start", "ignorer"]);
+    a.wait_console("ignorer", MARKER, 1, BOOT);
+
+    let vnc = a.json(&["vm", "vnc", "ignorer"]);
+    let addr = vnc["vnc"].as_str().expect("vnc address").to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{vnc}");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(vnc["display"], u64::from(port - 5900), "{vnc}");
+    assert_eq!(rfb_greeting(&addr), "RFB 003.008\n");
+    let text = a.ok(&["vm", "vnc", "ignorer"]);
+    assert_eq!(text.trim(), format!("{addr} (display :{})", port - 5900));
+
+    // A shutdown the guest ignores, cancelled: the task ends cancelled, the VM runs on.
+    let t = a.json(&["vm", "shutdown", "ignorer", "--no-wait", "--timeout", "300"]);
+    let task = t["task"].as_str().expect("task id").to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = a.json(&["task", "cancel", &task]);
+    assert_eq!(c["task"], task.as_str());
+    wait_until(Duration::from_secs(10), "shutdown task cancelled", || {
+        a.json(&["task", "show", &task])["state"] == "cancelled"
+    });
+    let shown = a.json(&["task", "show", &task]);
+    assert!(
+        shown["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("still running"),
+        "{shown}"
+    );
+    assert_eq!(a.power_state("ignorer"), "running");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        a.power_state("ignorer"),
+        "running",
+        "no press after cancel powered it off"
+    );
+
+    // Finished or non-cancellable tasks: 409 invalid_state naming the task and operation.
+    let err = a.fails(&["task", "cancel", &task]);
+    assert!(
+        err.contains(&format!("task {task} (vm.shutdown) cannot be cancelled")),
+        "{err}"
+    );
+    let tasks = a.json(&["task", "list"]);
+    let start = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["operation"] == "vm.start")
+        .expect("vm.start task");
+    let start_id = start["id"].as_str().unwrap();
+    let err = a.fails(&["task", "cancel", start_id]);
+    assert!(
+        err.contains(&format!("task {start_id} (vm.start) cannot be cancelled")),
+        "{err}"
+    );
+    let err = a.fails(&["task", "cancel", "no-such-task"]);
+    assert!(err.contains("no task"), "{err}");
+
+    // The VNC address is read back from QEMU after an agent restart.
+    a.kill9();
+    a.spawn();
+    assert_eq!(a.power_state("ignorer"), "running");
+    let again = a.json(&["vm", "vnc", "ignorer"]);
+    assert_eq!(again["vnc"], addr.as_str(), "{again}");
+    assert_eq!(rfb_greeting(&addr), "RFB 003.008\n");
+    a.ok(&["vm", "poweroff", "ignorer"]);
+    let err = a.fails(&["vm", "vnc", "ignorer"]);
+    assert!(err.contains("halted"), "{err}");
+}
+
+/// An agent that dies between spawning QEMU and `cont` leaves a QEMU in `prelaunch` for a VM
+/// recorded halted. The next agent must not show it as paused: it stops that QEMU, keeps the
+/// VM halted and says so in the history; the VM then starts normally.
+#[test]
+fn a_start_cut_short_by_an_agent_crash_is_undone() {
+    let mut a = TestAgent::start();
+    a.create_kernel_vm("half", &[]);
+    a.ok(&["vm", "start", "half"]);
+    a.ok(&["vm", "poweroff", "half"]);
+    let run = a.state_dir().join("run").join(a_id(&a, "half"));
+    let qlog = std::fs::read_to_string(run.join("qemu.log")).expect("qemu.log");
+    let line = qlog
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("--- corral: starting QEMU at unix time "))
+        .expect("a start line");
+    // "--- corral: starting QEMU at unix time N: <shell-quoted command line>"
+    let after_time = &line["--- corral: starting QEMU at unix time ".len()..];
+    let command = after_time.split_once(": ").expect("command").1;
+    assert!(command.contains(" -S"), "{command}");
+    a.kill9();
+
+    // QEMU exactly as the agent starts it (daemonized, vCPUs held by -S), and no `cont`.
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .status()
+        .expect("sh");
+    assert!(st.success(), "QEMU did not start: {st}");
+    let pid: u32 = std::fs::read_to_string(run.join("qemu.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(pid_alive(pid));
+
+    a.spawn();
+    assert_eq!(a.power_state("half"), "halted");
+    wait_until(
+        Duration::from_secs(10),
+        "the half-started QEMU is gone",
+        || !pid_alive(pid),
+    );
+    let hist = a.json(&["vm", "history", "half"]);
+    let recover = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["operation"] == "vm.recover")
+        .unwrap_or_else(|| panic!("no vm.recover in {hist}"));
+    assert!(
+        recover["result"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("half-started"),
+        "{recover}"
+    );
+    a.ok(&["vm", "start", "half"]);
+    a.wait_console("half", MARKER, 1, BOOT);
+    a.ok(&["vm", "poweroff", "half"]);
 }

@@ -29,6 +29,8 @@ struct PendingShutdown {
     task: TaskHandle,
     reply: oneshot::Sender<Result<(), ApiError>>,
     deadline: Instant,
+    /// Presses the ACPI button every few seconds; aborted when the shutdown is cancelled.
+    presser: tokio::task::JoinHandle<()>,
 }
 
 struct Actor {
@@ -95,6 +97,18 @@ impl Actor {
                     .tasks
                     .record("vm.reattach", Some((&vm.0, &vm.1)), Ok(note));
             }
+            Err(why) if why.starts_with(runtime::HALF_STARTED) => {
+                // Halted in the record already; say in its history what was cleaned up.
+                self.agent.tasks.record(
+                    "vm.recover",
+                    Some((&vm.0, &vm.1)),
+                    Ok(format!(
+                        "a start interrupted by an agent restart ({why}); the VM stays halted"
+                    )),
+                );
+                runtime::cleanup_taps(&runtime::existing_taps(&self.rec)).await;
+                self.agent.cgroups.remove(&self.rec.id);
+            }
             Err(why) => {
                 if self.rec.power_state != PowerState::Halted {
                     self.set_power(PowerState::Halted, "QEMU exited while the agent was down");
@@ -116,7 +130,9 @@ impl Actor {
     async fn run_loop(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             let deadline = self.pending.iter().map(|p| p.deadline).min();
+            let cancels: Vec<TaskHandle> = self.pending.iter().map(|p| p.task.clone()).collect();
             tokio::select! {
+                id = first_cancelled(cancels) => self.cancel_shutdown(&id),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.handle(cmd).await,
                     None => break,
@@ -145,7 +161,7 @@ impl Actor {
         if let Some(run) = &self.run {
             info.pid = Some(run.pid);
             info.cpu_weight_status = Some(run.cpu_weight.clone());
-            info.vnc = Some(run.vnc.clone());
+            info.vnc = run.vnc.clone();
         }
         *self.info.write().unwrap_or_else(|p| p.into_inner()) = info;
     }
@@ -191,10 +207,11 @@ impl Actor {
         if let Op::Action(VmAction::Shutdown, opts) = &op {
             // Completes later, when QEMU exits.
             match self.begin_shutdown(opts) {
-                Ok(deadline) => self.pending.push(PendingShutdown {
+                Ok((deadline, presser)) => self.pending.push(PendingShutdown {
                     task,
                     reply,
                     deadline,
+                    presser,
                 }),
                 Err(e) => {
                     task.fail(&e);
@@ -601,7 +618,10 @@ impl Actor {
             .map_err(|e| ApiError::internal(format!("QMP {command} failed: {}", error_chain(&e))))
     }
 
-    fn begin_shutdown(&mut self, opts: &ActionRequest) -> Result<Instant, ApiError> {
+    fn begin_shutdown(
+        &mut self,
+        opts: &ActionRequest,
+    ) -> Result<(Instant, tokio::task::JoinHandle<()>), ApiError> {
         let state = self.rec.power_state;
         if state != PowerState::Running {
             return Err(state_error(self.name(), state, "shut down"));
@@ -617,7 +637,7 @@ impl Actor {
             .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
         // Press the button again every few seconds: a guest still booting (before its ACPI
         // daemon runs) drops the first press. Exit arrives through the QMP event stream.
-        tokio::spawn(async move {
+        let presser = tokio::spawn(async move {
             let give_up = Instant::now() + timeout;
             while !qmp.is_closed() && Instant::now() < give_up {
                 if let Err(e) = qmp.system_powerdown().await {
@@ -631,7 +651,24 @@ impl Actor {
                 }
             }
         });
-        Ok(Instant::now() + timeout)
+        Ok((Instant::now() + timeout, presser))
+    }
+
+    /// `task cancel` of a pending shutdown: stop pressing and waiting; the guest keeps running.
+    fn cancel_shutdown(&mut self, task_id: &str) {
+        let Some(i) = self.pending.iter().position(|p| p.task.id == task_id) else {
+            return;
+        };
+        let p = self.pending.remove(i);
+        p.presser.abort();
+        let note = format!(
+            "shutdown cancelled; VM {:?} is still {}",
+            self.rec.spec.name, self.rec.power_state
+        );
+        p.task.cancelled_with(&note);
+        let _ = p
+            .reply
+            .send(Err(ApiError::new(ErrorKind::InvalidState, note)));
     }
 
     fn expire_shutdowns(&mut self) {
@@ -640,6 +677,7 @@ impl Actor {
             self.pending.drain(..).partition(|p| p.deadline <= now);
         self.pending = keep;
         for p in expired {
+            p.presser.abort();
             let e = ApiError::new(
                 ErrorKind::Busy,
                 format!(
@@ -696,6 +734,7 @@ impl Actor {
         self.set_power(PowerState::Halted, reason);
         self.publish();
         for p in self.pending.drain(..) {
+            p.presser.abort();
             p.task.succeed(None);
             let _ = p.reply.send(Ok(()));
         }
@@ -932,6 +971,33 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Resolves with the id of the first of `tasks` to be cancelled; never when there are none.
+async fn first_cancelled(tasks: Vec<TaskHandle>) -> String {
+    use std::future::Future;
+    use std::task::Poll;
+    if tasks.is_empty() {
+        return std::future::pending().await;
+    }
+    let mut waits: Vec<std::pin::Pin<Box<dyn Future<Output = String> + Send>>> = tasks
+        .into_iter()
+        .map(|mut t| {
+            Box::pin(async move {
+                t.cancelled().await;
+                t.id.clone()
+            }) as std::pin::Pin<Box<dyn Future<Output = String> + Send>>
+        })
+        .collect();
+    std::future::poll_fn(|cx| {
+        for w in waits.iter_mut() {
+            if let Poll::Ready(id) = w.as_mut().poll(cx) {
+                return Poll::Ready(id);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ pub struct Running {
     pub events: broadcast::Receiver<QmpEvent>,
     pub taps: Vec<String>,
     pub cpu_weight: CpuWeightStatus,
-    pub vnc: String,
+    /// Loopback address of the VNC server (`None` if QEMU did not say).
+    pub vnc: Option<String>,
 }
 
 pub fn paths(agent: &Agent, vm_id: &str) -> RuntimePaths {
@@ -151,12 +152,7 @@ pub async fn cleanup_taps(taps: &[String]) {
 }
 
 fn remove_stale(paths: &RuntimePaths) {
-    for p in [
-        &paths.qmp_socket,
-        &paths.serial_socket,
-        &paths.pidfile,
-        &paths.vnc_socket,
-    ] {
+    for p in [&paths.qmp_socket, &paths.serial_socket, &paths.pidfile] {
         let _ = std::fs::remove_file(p);
     }
 }
@@ -247,13 +243,14 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
                     ApiError::internal(format!("cannot start the vCPUs: {}", error_chain(&e)))
                 })?;
         }
+        let vnc = vnc_address(&qmp).await;
         Ok::<_, ApiError>(Running {
             pid,
             qmp,
             events,
             taps: taps.clone(),
             cpu_weight: cpu_weight.clone(),
-            vnc: format!("unix:{}", paths.vnc_socket.display()),
+            vnc,
         })
     }
     .await;
@@ -356,9 +353,29 @@ pub async fn reattach(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerSt
         .map_err(|e| format!("query-status failed: {}", error_chain(&e)))?;
     let state = match status.get("status").and_then(|s| s.as_str()) {
         Some("running") => PowerState::Running,
+        // `prelaunch`: QEMU was spawned with -S and `cont` never came. Recorded paused, it
+        // was started with --paused; recorded running, finish that start; recorded halted,
+        // the agent died between spawn and `cont` and nobody was told the VM started, so the
+        // half-started QEMU is stopped and the VM stays halted.
+        Some("prelaunch") => match rec.power_state {
+            PowerState::Paused => PowerState::Paused,
+            PowerState::Running => {
+                qmp.execute("cont", serde_json::json!({}))
+                    .await
+                    .map_err(|e| format!("cannot finish the start (cont): {}", error_chain(&e)))?;
+                PowerState::Running
+            }
+            PowerState::Halted => {
+                kill_pid(pid);
+                return Err(format!(
+                    "{HALF_STARTED}: QEMU process {pid} was never given its vCPUs (the agent stopped during the start); stopped it"
+                ));
+            }
+        },
         _ => PowerState::Paused,
     };
     let taps = existing_taps(rec);
+    let vnc = vnc_address(&qmp).await;
     let cpu_weight = CpuWeightStatus::from_result(
         rec.spec.cpu_weight,
         agent.cgroups.update(&rec.id, rec.spec.cpu_weight),
@@ -370,11 +387,28 @@ pub async fn reattach(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerSt
             events,
             taps,
             cpu_weight,
-            vnc: format!("unix:{}", paths.vnc_socket.display()),
+            vnc,
         },
         state,
     ))
 }
+
+/// `127.0.0.1:5900` as QEMU reports it (QMP `query-vnc`): the port is only known once QEMU
+/// picked a free display, and asking again on re-attach survives agent restarts.
+async fn vnc_address(qmp: &Qmp) -> Option<String> {
+    match qmp.query_vnc().await {
+        Ok(Some((host, port))) => Some(format!("{host}:{port}")),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "query-vnc failed");
+            None
+        }
+    }
+}
+
+/// Start of the re-attach error for a QEMU left in `prelaunch` by a start the agent never
+/// finished (see [`reattach`]).
+pub const HALF_STARTED: &str = "half-started";
 
 pub fn kill_pid(pid: u32) {
     let _ = corral_qemu::process::send_signal(pid, corral_qemu::process::Signal::Kill);

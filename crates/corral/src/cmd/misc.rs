@@ -317,7 +317,9 @@ pub async fn template(c: &Client, cmd: TemplateCommand, json: bool) -> anyhow::R
         }
         TemplateCommand::Delete { name } => {
             c.delete_template(&name).await?;
-            if !json {
+            if json {
+                output::json(&serde_json::json!({"deleted": name}));
+            } else {
                 println!("deleted template {name}");
             }
         }
@@ -400,7 +402,9 @@ pub async fn task(c: &Client, cmd: TaskCommand, json: bool) -> anyhow::Result<()
         }
         TaskCommand::Cancel { id } => {
             c.cancel_task(&id).await?;
-            if !json {
+            if json {
+                output::json(&serde_json::json!({"task": id, "cancel_requested": true}));
+            } else {
                 println!("cancellation requested for task {id}");
             }
         }

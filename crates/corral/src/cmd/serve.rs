@@ -40,9 +40,12 @@ pub struct ServeArgs {
     /// QEMU binary [default: qemu-system-x86_64].
     #[arg(long)]
     qemu: Option<PathBuf>,
-    /// Kernel for the KVM probe (with --probe-initrd); it must print CORRAL-GUEST-READY.
+    /// Kernel for the KVM probe (with --probe-initrd); its init must print
+    /// CORRAL-GUEST-READY on ttyS0. Default: the cached test guest, else
+    /// /boot/vmlinuz-$(uname -r), else only a boot sector (reported as a weak probe).
     #[arg(long, requires = "probe_initrd")]
     probe_kernel: Option<PathBuf>,
+    /// Initrd for --probe-kernel.
     #[arg(long, requires = "probe_kernel")]
     probe_initrd: Option<PathBuf>,
     /// Guest-tools ISO that `vm tools insert` puts in the CD drive [default: the newest

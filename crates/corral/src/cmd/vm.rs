@@ -85,7 +85,9 @@ pub enum VmCommand {
     /// Interactive serial console (Ctrl-] detaches), or its log with --log.
     Console {
         name: String,
-        /// Print what the console has shown since the VM started, and exit.
+        /// Print what the console has shown since the VM started, and exit. With --json:
+        /// {"vm", "log" (text; bytes that are not UTF-8 become U+FFFD), "bytes" (the raw
+        /// length), "lossy" (true if any byte was replaced)}.
         #[arg(long)]
         log: bool,
     },
@@ -167,9 +169,10 @@ pub struct SettingsArgs {
     /// Create the VM without NICs.
     #[arg(long, conflicts_with = "nics")]
     no_nics: bool,
-    /// Start when the host agent starts.
-    #[arg(long)]
-    autostart: bool,
+    /// Start when the host agent starts (--autostart, --autostart=true|false); absent: the
+    /// template's setting, else no.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    autostart: Option<bool>,
     /// low (128), normal (256), high (512) or 1..65535.
     #[arg(long, value_parser = weight)]
     cpu_weight: Option<u32>,
@@ -419,7 +422,8 @@ pub fn settings_request(a: SettingsArgs) -> anyhow::Result<VmCreateRequest> {
         description: a.description,
         vcpus: a.vcpus,
         memory_bytes: a.memory,
-        autostart: Some(a.autostart),
+        // Absent means "not given": a template's autostart must not be overridden by a default.
+        autostart: a.autostart,
         cpu_weight: a.cpu_weight,
         firmware: a.firmware,
         disks,
@@ -625,8 +629,19 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         VmCommand::Console { name, log } => {
             if log {
                 let bytes = c.console_log(&name).await?;
-                use std::io::Write;
-                std::io::stdout().write_all(&bytes)?;
+                if json {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let lossy = matches!(text, std::borrow::Cow::Owned(_));
+                    output::json(&serde_json::json!({
+                        "vm": name,
+                        "log": text,
+                        "bytes": bytes.len(),
+                        "lossy": lossy,
+                    }));
+                } else {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
             } else {
                 crate::cmd::console::attach(c, &name).await?;
             }
@@ -634,8 +649,21 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         VmCommand::Vnc { name } => {
             let v = c.show_vm(&name).await?;
             match &v.vnc {
-                Some(addr) if json => output::json(&serde_json::json!({ "vnc": addr })),
-                Some(addr) => println!("{addr}"),
+                Some(addr) => {
+                    // QEMU's display N listens on port 5900 + N.
+                    let display = addr
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse::<u32>().ok())
+                        .and_then(|p| p.checked_sub(5900));
+                    if json {
+                        output::json(&serde_json::json!({ "vnc": addr, "display": display }))
+                    } else if let Some(d) = display {
+                        println!("{addr} (display :{d})")
+                    } else {
+                        println!("{addr}")
+                    }
+                }
                 None => bail!(
                     "VM {name:?} is {}; the graphical console exists while it runs",
                     v.power_state
@@ -827,5 +855,26 @@ mod tests {
         assert_eq!(n.model, Some(NicModel::E1000));
         assert_eq!(n.mac.as_deref(), Some("52:54:00:00:00:01"));
         assert!(parse_nic(",model=e1000").is_err());
+    }
+
+    /// `vm create` without `--autostart` sends no autostart, so a template VM's setting (or
+    /// the agent's default) decides; the flag alone means true; `=false` is explicit.
+    #[test]
+    fn autostart_is_sent_only_when_given() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            a: CreateArgs,
+        }
+        let req = |extra: &[&str]| {
+            let mut argv = vec!["t", "--name", "a1"];
+            argv.extend_from_slice(extra);
+            create_request(T::try_parse_from(argv).expect("parse").a).expect("request")
+        };
+        assert_eq!(req(&[]).autostart, None);
+        assert_eq!(req(&["--autostart"]).autostart, Some(true));
+        assert_eq!(req(&["--autostart=false"]).autostart, Some(false));
+        assert_eq!(req(&["--autostart", "--vcpus", "2"]).autostart, Some(true));
     }
 }
