@@ -254,6 +254,16 @@ impl Tasks {
         self.get_stored(id)
     }
 
+    /// Whether a task doing `operation` on VM `vm_id` is running now.
+    pub fn is_running(&self, operation: &str, vm_id: &str) -> bool {
+        self.lock().values().any(|l| {
+            let t = l.tx.borrow();
+            t.operation == operation
+                && t.vm_id.as_deref() == Some(vm_id)
+                && t.state == corral_model::task::TaskState::Running
+        })
+    }
+
     /// All tasks, oldest first.
     pub fn list(&self) -> Vec<Task> {
         let mut out: Vec<Task> = self

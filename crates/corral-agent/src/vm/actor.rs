@@ -553,13 +553,11 @@ impl Actor {
     /// The installer (re)started: it gets a fresh deadline, and when no `vm.install` task is
     /// watching (the start is a retry after a failed or cancelled install), a new one waits
     /// for the installer and switches the VM to disk boot, as the first task would have.
+    /// Any running `vm.install` task of this VM counts, not only the one the install state
+    /// names: after an agent restart `resume_installs` watches under a new task, and an
+    /// autostart of the same VM must not add a second watcher.
     fn installer_started(&mut self) {
-        let watched = self.rec.spec.install.as_ref().is_some_and(|i| {
-            self.agent
-                .tasks
-                .get(&i.task_id)
-                .is_some_and(|t| t.state == corral_model::task::TaskState::Running)
-        });
+        let watched = self.agent.tasks.is_running("vm.install", &self.rec.id);
         let watcher = (!watched).then(|| {
             self.agent
                 .tasks
