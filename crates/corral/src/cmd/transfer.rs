@@ -181,6 +181,8 @@ struct ChanWriter {
     buf: Vec<u8>,
     /// Bytes left to send (a dry run sends only the head).
     left: u64,
+    /// Counts what was sent, when a progress bar is shown.
+    bar: Option<ProgressBar>,
 }
 
 const CAP_REACHED: &str = "enough of the archive was sent for a dry run";
@@ -194,6 +196,9 @@ impl Write for ChanWriter {
         let data = &data[..data.len().min(self.left as usize)];
         self.left -= data.len() as u64;
         self.buf.extend_from_slice(data);
+        if let Some(b) = &self.bar {
+            b.inc(data.len() as u64);
+        }
         if self.buf.len() >= CHUNK {
             self.flush()?;
         }
@@ -242,8 +247,9 @@ fn ovf_descriptor(path: &Path) -> anyhow::Result<Option<PathBuf>> {
     )
 }
 
-/// Tar an OVF package as an OVA into `out`: descriptor, manifest, referenced files.
-fn tar_ovf_package(desc: &Path, out: ChanWriter) -> anyhow::Result<()> {
+/// The members of an OVF package sent as an OVA: descriptor, manifest, referenced files,
+/// each with its name in the archive and its path here.
+fn ovf_package_files(desc: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let dir = desc.parent().unwrap_or(Path::new("."));
     let xml =
         std::fs::read_to_string(desc).with_context(|| format!("cannot read {}", desc.display()))?;
@@ -274,6 +280,25 @@ fn tar_ovf_package(desc: &Path, out: ChanWriter) -> anyhow::Result<()> {
         }
         files.push((f.href.clone(), dir.join(rel)));
     }
+    Ok(files)
+}
+
+/// Bytes of the tar stream `tar_ovf_package` writes for `files`: a header and whole
+/// 512-byte blocks per member, two zero blocks at the end (names over 100 bytes add a
+/// block or two, so this is what the progress bar aims at, not a promise).
+fn ovf_package_tar_len(files: &[(String, PathBuf)]) -> anyhow::Result<u64> {
+    let mut total = 1024;
+    for (_, path) in files {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("cannot open {}", path.display()))?
+            .len();
+        total += 512 + len.div_ceil(512) * 512;
+    }
+    Ok(total)
+}
+
+/// Tar an OVF package as an OVA into `out`.
+fn tar_ovf_package(files: Vec<(String, PathBuf)>, out: ChanWriter) -> anyhow::Result<()> {
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Deterministic);
     for (name, path) in files {
@@ -323,24 +348,27 @@ async fn upload(
     quiet: bool,
 ) -> anyhow::Result<ImportOutcome> {
     let cap = if q.dry_run { DRY_RUN_BYTES } else { u64::MAX };
-    let desc = ovf_descriptor(file)?;
-    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
-    let show = !quiet && std::io::stderr().is_terminal();
-    let (length, bar) = match &desc {
-        Some(_) => (None, None),
+    // A package given as a directory or a .ovf file is tarred on the fly: its length is
+    // known only roughly, so the request is chunked and the bar aims at the tar's size.
+    let package = ovf_descriptor(file)?
+        .map(|d| ovf_package_files(&d))
+        .transpose()?;
+    let (length, bar_len) = match &package {
+        Some(files) => (None, ovf_package_tar_len(files)?.min(cap)),
         None => {
             let len = std::fs::metadata(file)
                 .with_context(|| format!("cannot open {}", file.display()))?
                 .len()
                 .min(cap);
-            let bar = show.then(|| {
-                let b = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
-                b.set_style(crate::progress::bytes_style("uploading"));
-                b
-            });
-            (Some(len), bar)
+            (Some(len), len)
         }
     };
+    let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(8);
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::with_draw_target(Some(bar_len), ProgressDrawTarget::stderr());
+        b.set_style(crate::progress::bytes_style("uploading"));
+        b
+    });
     let feeder = {
         let (file, bar) = (file.to_path_buf(), bar.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -348,9 +376,10 @@ async fn upload(
                 tx: tx.clone(),
                 buf: Vec::with_capacity(CHUNK),
                 left: cap,
+                bar: bar.clone(),
             };
-            let r = match desc {
-                Some(d) => tar_ovf_package(&d, out),
+            let r = match package {
+                Some(files) => tar_ovf_package(files, out),
                 None => (|| {
                     let mut f = std::fs::File::open(&file)?;
                     let mut buf = vec![0u8; CHUNK];
@@ -360,24 +389,21 @@ async fn upload(
                             break;
                         }
                         out.write_all(&buf[..n])?;
-                        if let Some(b) = &bar {
-                            b.inc(n as u64);
-                        }
                     }
                     out.flush()?;
-                    if let Some(b) = &bar {
-                        // The agent still decodes, verifies and places the last data it
-                        // received: say so rather than leave a bar standing at 100 %.
-                        b.set_style(
-                            indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                        );
-                        b.set_message("uploaded; the agent is verifying and placing the volumes");
-                        b.enable_steady_tick(std::time::Duration::from_millis(200));
-                    }
                     anyhow::Ok(())
                 })(),
             };
+            if let (Ok(()), Some(b)) = (&r, &bar) {
+                // The agent still decodes, verifies and places the last data it received:
+                // say so rather than leave a bar standing at 100 %.
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                b.set_message("uploaded; the agent is verifying and placing the volumes");
+                b.enable_steady_tick(std::time::Duration::from_millis(200));
+            }
             if let Err(e) = &r {
                 if format!("{e:#}").contains(CAP_REACHED) {
                     return Ok(());
@@ -555,4 +581,40 @@ pub async fn convert_to_template(c: &Client, name: &str, json: bool) -> anyhow::
         println!("{name} is now a template; create VMs from it with `corral vm create --template {name} --name NEW`");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The upload bar of a directory or .ovf import aims at the tar's size: it must end at
+    /// exactly 100 % for ordinary member names.
+    #[test]
+    fn ovf_package_tar_len_is_the_streamed_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        for (name, len) in [
+            ("app.ovf", 700usize),
+            ("app.mf", 0),
+            ("disk-1.vmdk", (1 << 20) + 3),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, vec![7u8; len]).unwrap();
+            files.push((name.to_string(), p));
+        }
+        let expected = ovf_package_tar_len(&files).unwrap();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let out = ChanWriter {
+            tx,
+            buf: Vec::new(),
+            left: u64::MAX,
+            bar: None,
+        };
+        tar_ovf_package(files, out).unwrap();
+        let mut sent = 0u64;
+        while let Ok(chunk) = rx.try_recv() {
+            sent += chunk.unwrap().len() as u64;
+        }
+        assert_eq!(sent, expected);
+    }
 }
