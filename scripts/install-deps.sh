@@ -9,7 +9,8 @@ set -euo pipefail
 
 RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db)
 TEST_PKGS=(busybox-static cpio xorriso isolinux syslinux syslinux-common extlinux mtools dosfstools
-  fdisk socat zstd python3 python3-pyftpdlib nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils curl)
+  fdisk socat zstd python3 python3-pyftpdlib nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils curl
+  dnsmasq-base)
 
 want=("${RUN_PKGS[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PKGS[@]}")

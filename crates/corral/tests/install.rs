@@ -311,6 +311,307 @@ fn test_installer_over_pxe_from_a_boot_server_and_from_a_tree() {
     assert_installed(&a, "inst-pxe2", Some("pxe2"));
 }
 
+/// Debian's dnsmasq (package `dnsmasq-base`) as a LAN's DHCP + TFTP boot server on one
+/// bridge, in the foreground, logging every lease and transfer; stopped on drop.
+struct Dnsmasq {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    fn start(bridge: &str, range: &str, tftp_root: &Path, work: &Path) -> Dnsmasq {
+        let bin = ["/usr/sbin/dnsmasq", "/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect(
+                "dnsmasq is missing: install Debian's dnsmasq-base (scripts/install-deps.sh --test \
+                 does); the bridged PXE test needs a real external DHCP + TFTP server",
+            );
+        let log = work.join("dnsmasq.log");
+        let child = std::process::Command::new(bin)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                // No DNS; DHCP and TFTP on this bridge only.
+                "--port=0",
+                &format!("--interface={bridge}"),
+                "--bind-interfaces",
+                "--except-interface=lo",
+                &format!("--dhcp-range={range}"),
+                "--dhcp-authoritative",
+                "--enable-tftp",
+                "--dhcp-boot=boot.ipxe",
+                "--log-dhcp",
+                // Keep root: the boot files sit in a private temporary directory.
+                "--user=root",
+                "--group=root",
+            ])
+            .arg(format!("--tftp-root={}", tftp_root.display()))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                work.join("dnsmasq.leases").display()
+            ))
+            .arg(format!("--pid-file={}", work.join("dnsmasq.pid").display()))
+            .arg(format!("--log-facility={}", log.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(
+                std::fs::File::create(work.join("dnsmasq.stderr")).unwrap(),
+            ))
+            .spawn()
+            .expect("start dnsmasq");
+        let mut d = Dnsmasq { child, log };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if d.log_text().contains("TFTP root is") {
+                return d;
+            }
+            let exited = d.child.try_wait().unwrap();
+            if exited.is_some() || std::time::Instant::now() > deadline {
+                panic!(
+                    "dnsmasq did not start ({exited:?}):\n{}\n{}",
+                    std::fs::read_to_string(work.join("dnsmasq.stderr")).unwrap_or_default(),
+                    d.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `--pxe` on a bridged first NIC: the agent sets up no boot server of its own (no QEMU TFTP,
+/// which cannot serve a bridge) and boots the NIC first; the LAN's boot server answers. Here
+/// that is a real dnsmasq on a test bridge serving the test installer's PXE directory (its
+/// kernel and initrd, and its `boot.ipxe` with two arguments added: the install id, and the
+/// tree's URL on the bridge's own address, so the installer fetches its payload over the
+/// bridge as well). The NIC's iPXE ROM gets its lease and `boot.ipxe` from dnsmasq, the
+/// installer its second lease and the payload from the host's bridge address; dnsmasq's and
+/// the HTTP server's logs show the guest's MAC and address. `--boot-server` and `--location`
+/// are refused on a bridge. Needs root (bridge, tap, DHCP); skipped otherwise, except in CI.
+#[test]
+fn test_installer_over_pxe_from_an_external_boot_server_on_a_bridge() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "bridged PXE needs root, and CI runs the suite as root"
+        );
+        eprintln!(
+            "skipped: bridged PXE needs root (a bridge, a tap and a DHCP server); run as root"
+        );
+        return;
+    }
+    let net = 20 + std::process::id() % 200;
+    let host_ip = format!("10.79.{net}.1");
+    let bridge = Bridge::create(
+        &format!("crpxe{}", std::process::id() % 100000),
+        Some(&format!("{host_ip}/24")),
+    );
+    let work = tempfile::tempdir().unwrap();
+
+    // The payload tree, served on the bridge's address only.
+    let tree = tree_copy();
+    let http_log = work.path().join("http.log");
+    let http = servers::http_server_on(tree.path(), &host_ip, &http_log);
+    let tree_url = format!("http://{host_ip}:{}/", http.port);
+
+    // The boot server's directory: the PXE tree's kernel and initrd, its boot.ipxe extended.
+    let pxe_src = installer().join("pxe");
+    let tftp = work.path().join("tftp");
+    std::fs::create_dir(&tftp).unwrap();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(pxe_src.join(f), tftp.join(f)).unwrap();
+    }
+    let script = std::fs::read_to_string(pxe_src.join("boot.ipxe")).unwrap();
+    assert!(script.lines().any(|l| l.starts_with("kernel ")), "{script}");
+    let script: String = script
+        .lines()
+        .map(|l| {
+            if l.starts_with("kernel ") {
+                format!("{l} corral.install={tree_url} corral.install.id=bridged\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(tftp.join("boot.ipxe"), script).unwrap();
+    let dnsmasq = Dnsmasq::start(
+        &bridge.name,
+        &format!("10.79.{net}.50,10.79.{net}.99,255.255.255.0,10m"),
+        &tftp,
+        work.path(),
+    );
+
+    let a = TestAgent::start();
+    a.ok(&["network", "create", "lan", "--bridge", &bridge.name]);
+    let base = [
+        "vm",
+        "install",
+        "--template",
+        "corral-test-guest",
+        "--name",
+        "brpxe",
+        "--nic",
+        "lan",
+        "--timeout",
+        "200",
+        "--pxe",
+    ];
+    // The agent's own boot server is QEMU's user-mode TFTP, which a bridge never sees.
+    for extra in [
+        ["--boot-server", pxe_src.to_str().unwrap()],
+        ["--location", tree_url.as_str()],
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(&extra);
+        let err = a.fails(&args);
+        assert!(
+            err.contains("bridge") && err.contains("LAN's boot server"),
+            "corral {}: {err}",
+            args.join(" ")
+        );
+        assert!(a.json(&["vm", "list"]).as_array().unwrap().is_empty());
+    }
+
+    // Install in one thread; watch QEMU's command line and the installer's console here.
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["--memory", "256M"]);
+    let (out, argv, installing, source) = std::thread::scope(|sc| {
+        let cli = sc.spawn(|| a.cli(&args));
+        let (mut argv, mut installing, mut source) =
+            (Vec::<String>::new(), serde_json::Value::Null, String::new());
+        wait_until(
+            Duration::from_secs(240),
+            "the installer's source line",
+            || {
+                if argv.is_empty() {
+                    if let Some(pid) = a.qemu_pids().first() {
+                        argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .unwrap_or_default()
+                            .split(|b| *b == 0)
+                            .filter(|a| !a.is_empty())
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect();
+                        installing = a.vm("brpxe");
+                    }
+                }
+                let log = a.console_log("brpxe");
+                if let Some(l) = log
+                    .lines()
+                    .find(|l| l.starts_with("CORRAL-INSTALL-SOURCE="))
+                {
+                    source = l.trim().to_string();
+                    return true;
+                }
+                cli.is_finished()
+            },
+        );
+        (
+            cli.join().expect("install thread"),
+            argv,
+            installing,
+            source,
+        )
+    });
+    assert!(
+        out.status.success(),
+        "{}\n{}\ndnsmasq log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&dnsmasq.log_text(), 30)
+    );
+    // The installer's QEMU: a tap on the bridge, booting from the NIC, no TFTP of its own.
+    assert_eq!(installing["boot_device"], "network", "{installing}");
+    assert!(
+        installing["install"].is_object() && installing["install"]["pxe"].is_null(),
+        "the agent set up a boot server of its own: {installing}"
+    );
+    let joined = argv.join(" ");
+    assert!(!joined.is_empty(), "the installer's QEMU was not seen");
+    assert!(!joined.contains("tftp="), "the agent served TFTP: {joined}");
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("tap,") && a.contains("ifname=cr")),
+        "no tap NIC: {joined}"
+    );
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with("virtio-net-pci") && a.contains("bootindex=1")),
+        "the NIC does not boot first: {joined}"
+    );
+    assert_eq!(
+        source,
+        format!("CORRAL-INSTALL-SOURCE={tree_url}images/disk.img.gz")
+    );
+    assert_installed(&a, "brpxe", Some("bridged"));
+
+    // dnsmasq leased the guest's MAC an address and sent it the boot files; the installer
+    // fetched its payload from that address.
+    let mac = a.vm("brpxe")["nics"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = dnsmasq.log_text();
+    let ack = format!("DHCPACK({}) ", bridge.name);
+    let guest_ip = log
+        .lines()
+        .filter_map(|l| l.split_once(&ack).map(|(_, rest)| rest))
+        .find_map(|rest| {
+            let mut w = rest.split_whitespace();
+            let (ip, m) = (w.next()?, w.next()?);
+            (m == mac).then(|| ip.to_string())
+        })
+        .unwrap_or_else(|| panic!("no DHCPACK for {mac} in dnsmasq's log:\n{log}"));
+    for file in ["boot.ipxe", "vmlinuz", "initrd.img"] {
+        let sent = format!("sent {} to {guest_ip}", tftp.join(file).display());
+        assert!(log.contains(&sent), "dnsmasq's log lacks {sent:?}:\n{log}");
+    }
+    eprintln!(
+        "dnsmasq, for {mac} ({guest_ip}):\n{}",
+        log.lines()
+            .filter(|l| l.contains(&mac) || l.contains(&format!("to {guest_ip}")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let http_text = std::fs::read_to_string(&http_log).unwrap();
+    assert!(
+        http_text
+            .lines()
+            .any(|l| l.starts_with(&format!("{guest_ip} "))
+                && l.contains("GET /images/disk.img.gz")
+                && l.contains("\" 200 ")),
+        "the installer ({guest_ip}) did not fetch its payload over the bridge:\n{http_text}"
+    );
+
+    // Its tap leaves the bridge with the VM.
+    a.ok(&["vm", "delete", "brpxe", "--force"]);
+    assert_eq!(
+        bridge.ports(),
+        Vec::<String>::new(),
+        "tap left on the bridge"
+    );
+}
+
 #[test]
 fn emulated_install_switches_to_virtio_with_same_disk_and_mac() {
     let a = TestAgent::start();

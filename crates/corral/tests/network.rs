@@ -4,13 +4,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-struct Bridge(String);
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn two_guests_on_a_bridge_reach_each_other() {
     assert_eq!(
@@ -18,29 +11,17 @@ fn two_guests_on_a_bridge_reach_each_other() {
         0,
         "bridged networking needs root; run the suite as root (CI does)"
     );
-    let name = format!("crbr{}", std::process::id() % 100000);
-    let ok = Command::new("ip")
-        .args(["link", "add", &name, "type", "bridge"])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cannot create bridge {name}");
-    let bridge = Bridge(name);
-    assert!(Command::new("ip")
-        .args(["link", "set", &bridge.0, "up"])
-        .status()
-        .unwrap()
-        .success());
+    let bridge = Bridge::create(&format!("crbr{}", std::process::id() % 100000), None);
 
     let a = TestAgent::start();
-    a.ok(&["network", "create", "lan", "--bridge", &bridge.0]);
+    a.ok(&["network", "create", "lan", "--bridge", &bridge.name]);
     let nets = a.json(&["network", "list"]);
     assert!(nets
         .as_array()
         .unwrap()
         .iter()
-        .any(|n| n["name"] == "lan" && n["bridge"] == bridge.0.as_str()));
-    let err = a.fails(&["network", "create", "lan", "--bridge", &bridge.0]);
+        .any(|n| n["name"] == "lan" && n["bridge"] == bridge.name.as_str()));
+    let err = a.fails(&["network", "create", "lan", "--bridge", &bridge.name]);
     assert!(err.contains("already exists"), "{err}");
 
     a.create_kernel_vm_cmdline(
@@ -58,16 +39,14 @@ fn two_guests_on_a_bridge_reach_each_other() {
     a.wait_console("left", "CORRAL-PING-OK 10.77.0.3", 1, BOOT);
     a.wait_console("right", "CORRAL-PING-OK 10.77.0.2", 1, BOOT);
     // The taps are on the bridge while the VMs run and gone after.
-    let brif = std::fs::read_dir(format!("/sys/class/net/{}/brif", bridge.0))
-        .unwrap()
-        .count();
-    assert_eq!(brif, 2);
+    assert_eq!(bridge.ports().len(), 2);
     a.ok(&["vm", "poweroff", "left"]);
     a.ok(&["vm", "poweroff", "right"]);
-    let brif = std::fs::read_dir(format!("/sys/class/net/{}/brif", bridge.0))
-        .unwrap()
-        .count();
-    assert_eq!(brif, 0, "taps removed after poweroff");
+    assert_eq!(
+        bridge.ports(),
+        Vec::<String>::new(),
+        "taps removed after poweroff"
+    );
 }
 
 #[test]

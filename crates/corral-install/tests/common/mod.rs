@@ -104,7 +104,17 @@ fn log_file(log: &Path) -> Stdio {
     Stdio::from(std::fs::File::create(log).expect("create the server log"))
 }
 
+/// [`http_server_logged`] listening on `address` instead of 127.0.0.1 (e.g. a bridge's
+/// address, for guests on that bridge).
+pub fn http_server_on(root: &Path, address: &str, log: &Path) -> Server {
+    http_server_at(root, address, log_file(log))
+}
+
 fn http_server_to(root: &Path, stderr: Stdio) -> Server {
+    http_server_at(root, "127.0.0.1", stderr)
+}
+
+fn http_server_at(root: &Path, address: &str, stderr: Stdio) -> Server {
     let mut child = Command::new(python())
         .args([
             "-u",
@@ -112,7 +122,7 @@ fn http_server_to(root: &Path, stderr: Stdio) -> Server {
             "http.server",
             "0",
             "--bind",
-            "127.0.0.1",
+            address,
             "--directory",
         ])
         .arg(root)

@@ -317,3 +317,64 @@ pub fn corral(args: &[&str]) -> Output {
         .output()
         .expect("run corral")
 }
+
+/// A Linux bridge for one test (needs root), removed on drop even when the test panics,
+/// together with whatever is still attached to it (taps of VMs a killed agent left behind).
+pub struct Bridge {
+    pub name: String,
+}
+
+impl Bridge {
+    /// Create bridge `name`, give it `address` (CIDR) if any, and bring it up.
+    pub fn create(name: &str, address: Option<&str>) -> Bridge {
+        assert!(name.len() <= 15, "bridge name {name:?} is too long");
+        // A bridge of an earlier, killed run of this test would make `ip link add` fail.
+        if Path::new("/sys/class/net").join(name).exists() {
+            ip(&["link", "del", name]);
+        }
+        ip(&["link", "add", name, "type", "bridge"]);
+        let bridge = Bridge { name: name.into() };
+        if let Some(a) = address {
+            ip(&["addr", "add", a, "dev", name]);
+        }
+        ip(&["link", "set", name, "up"]);
+        bridge
+    }
+
+    /// Interfaces attached to the bridge.
+    pub fn ports(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/sys/class/net/{}/brif", self.name))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        for port in self.ports() {
+            let _ = Command::new("ip").args(["link", "del", &port]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Is the test running as root (bridges, taps and DHCP servers need it)?
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
