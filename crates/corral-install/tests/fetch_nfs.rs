@@ -67,7 +67,7 @@ fn detects_and_downloads_over_nfs() {
     assert_eq!(d.os.family, OsFamily::CorralTest);
     assert!(
         d.installer_args
-            .starts_with("corral.location=nfs://127.0.0.1/"),
+            .starts_with("corral.install=nfs://127.0.0.1/"),
         "{}",
         d.installer_args
     );
