@@ -31,12 +31,16 @@ pub struct DiskTarget {
 }
 
 /// Receives the disks of an import. Calls come in this order: `create_disk` for every disk,
-/// `write_at` any number of times (never overlapping, inside the virtual size), then
-/// `finish_disk` for every disk once the whole archive has been verified. After an error the
-/// reader stops calling; the caller cleans up whatever the sink created.
-pub trait ImportSink {
+/// `write_at` any number of times (never overlapping, inside the virtual size, in no
+/// particular order, possibly from several threads at once), then `finish_disk` for every disk
+/// once the whole archive has been verified. After an error the reader stops calling (every
+/// worker thread has returned before the reader does); the caller cleans up whatever the sink
+/// created.
+pub trait ImportSink: Sync {
     fn create_disk(&mut self, target: &DiskTarget) -> io::Result<()>;
-    fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Write verified guest data. Takes `&self` so import workers write in parallel, each
+    /// straight from its own decompression buffer.
+    fn write_at(&self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Make the disk final; returns the volume path and its format.
     fn finish_disk(
         &mut self,
@@ -154,8 +158,12 @@ impl DirSink {
         self.disks
             .get_mut(index)
             .and_then(|d| d.as_mut())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no disk {index}")))
+            .ok_or_else(|| no_disk(index))
     }
+}
+
+fn no_disk(index: usize) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no disk {index}"))
 }
 
 impl ImportSink for DirSink {
@@ -185,8 +193,12 @@ impl ImportSink for DirSink {
         Ok(())
     }
 
-    fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
-        let (target, out) = self.disk(disk)?;
+    fn write_at(&self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+        let (target, out) = self
+            .disks
+            .get(disk)
+            .and_then(|d| d.as_ref())
+            .ok_or_else(|| no_disk(disk))?;
         let end = offset.checked_add(data.len() as u64);
         if end.is_none_or(|e| e > target.virtual_size) {
             return Err(io::Error::new(
