@@ -24,6 +24,7 @@
 //! of the same host cluster. The host layout therefore depends on completion order, the guest
 //! contents do not.
 
+use crate::sink::DataFile;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -45,7 +46,7 @@ const HEADER_LEN: u32 = 104;
 /// (never overlapping, as [`crate::ImportSink`] promises), from any number of threads.
 #[derive(Debug)]
 pub struct Qcow2Writer {
-    file: File,
+    file: DataFile,
     size: u64,
     alloc: Mutex<Allocation>,
 }
@@ -84,7 +85,7 @@ impl Qcow2Writer {
             ));
         }
         Ok(Qcow2Writer {
-            file,
+            file: DataFile::new(file),
             size,
             alloc: Mutex::new(Allocation {
                 l1: vec![0; l1_entries as usize],
@@ -118,7 +119,7 @@ impl Qcow2Writer {
                 let within = from - (first + i as u64) * CLUSTER;
                 let at = (from - offset) as usize;
                 self.file
-                    .write_all_at(&data[at..at + (to - from) as usize], hosts[i] + within)?;
+                    .write_at(&data[at..at + (to - from) as usize], hosts[i] + within)?;
                 i = j;
             }
             pos = stop;
@@ -140,9 +141,10 @@ impl Qcow2Writer {
             a.l1[l1i] = a.take();
             // Reserve the table's cluster so later reads of its entries see zeros. Every
             // cluster allocated so far lies below it, so this never cuts off written data.
-            self.file.set_len(a.next * CLUSTER)?;
+            self.file.file().set_len(a.next * CLUSTER)?;
         } else {
             self.file
+                .file()
                 .read_exact_at(&mut entries, a.l1[l1i] + (first % L2_ENTRIES) * 8)?;
         }
         let mut hosts = Vec::with_capacity(n);
@@ -158,6 +160,7 @@ impl Qcow2Writer {
         }
         if changed {
             self.file
+                .file()
                 .write_all_at(&entries, a.l1[l1i] + (first % L2_ENTRIES) * 8)?;
         }
         Ok(hosts)
@@ -175,7 +178,7 @@ impl Qcow2Writer {
             .collect();
         let l1_at = next * CLUSTER;
         let l1_clusters = (l1_bytes.len() as u64).div_ceil(CLUSTER);
-        self.file.write_all_at(&l1_bytes, l1_at)?;
+        self.file.file().write_all_at(&l1_bytes, l1_at)?;
         next += l1_clusters;
 
         // Refcount blocks and table after the L1 table; they count themselves too.
@@ -203,10 +206,10 @@ impl Qcow2Writer {
                 block[2 * c..2 * c + 2].copy_from_slice(&1u16.to_be_bytes());
             }
             let at = blocks_at + b * CLUSTER;
-            self.file.write_all_at(&block, at)?;
+            self.file.file().write_all_at(&block, at)?;
             table_bytes[8 * b as usize..8 * b as usize + 8].copy_from_slice(&at.to_be_bytes());
         }
-        self.file.write_all_at(&table_bytes, table_at)?;
+        self.file.file().write_all_at(&table_bytes, table_at)?;
 
         let mut head = vec![0u8; CLUSTER as usize];
         let put32 =
@@ -224,10 +227,10 @@ impl Qcow2Writer {
         put32(&mut head, 96, 4);
         put32(&mut head, 100, HEADER_LEN);
         // The header extensions that follow are all zero: the end marker.
-        self.file.write_all_at(&head, 0)?;
+        self.file.file().write_all_at(&head, 0)?;
         let len = total * CLUSTER;
-        self.file.set_len(len)?;
-        self.file.sync_all()?;
+        self.file.file().set_len(len)?;
+        self.file.file().sync_all()?;
         Ok(len)
     }
 }

@@ -9,6 +9,16 @@
 //! XXH3-128 over all members and per-disk counts, which catches dropped or reordered members.
 //! The import is valid only when [`read_archive`] returns `Ok`; on error the caller discards
 //! what the sink wrote.
+//!
+//! Pipeline: the calling thread only parses tar headers, checks members, reads each extent's
+//! stored bytes into a recycled buffer and feeds the whole-archive hash (XXH3 over the
+//! compressed bytes, a small fraction of the work). Workers decompress, verify and write the
+//! data to the sink themselves ([`ImportSink::write_at`] takes `&self`), so decompression,
+//! hashing and the copies into the page cache all run on every core, and extents complete in
+//! any order. At most `window` extents are in flight (the byte budget of
+//! [`super::WINDOW_BUDGET_BYTES`]); an error stops the workers, which skip what is still queued,
+//! and every worker has returned before [`read_archive`] does, so nothing writes into the sink
+//! afterwards.
 
 use super::*;
 use crate::progress::{Phase, Progress};
