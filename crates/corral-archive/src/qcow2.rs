@@ -261,7 +261,7 @@ mod tests {
         let qcow = dir.path().join("got.qcow2");
         let rawf = File::create(&raw).unwrap();
         rawf.set_len(size).unwrap();
-        let mut w = Qcow2Writer::new(File::create_new(&qcow).unwrap(), size).unwrap();
+        let w = Qcow2Writer::new(File::create_new(&qcow).unwrap(), size).unwrap();
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut noise = |n: usize| -> Vec<u8> {
             (0..n)
