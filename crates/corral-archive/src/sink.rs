@@ -7,7 +7,9 @@
 //!
 //! Raw disks are written as sparse raw files (zero ranges are never written, so they stay
 //! holes); qcow2 disks are written directly by the streaming [`Qcow2Writer`] (unwritten ranges
-//! stay unallocated clusters), so an import is one pass over the data.
+//! stay unallocated clusters), so an import is one pass over the data. Writes come from several
+//! import workers at once ([`ImportSink::write_at`] takes `&self`); each starts the writeback of
+//! what it wrote, and `finish_disk` syncs the file, so an import is durable when it returns.
 
 use crate::error::ArchiveError;
 use crate::progress::{Phase, Progress};
