@@ -10,20 +10,23 @@
 #      volume placed, VM recorded) against `zstd -d -T0` of the same bytes (goal >= 0.8 x).
 # The format library's throughput figures come from
 # `cargo run --release -p corral-archive --example bench` (see docs/benchmarks.md).
-# Usage: scripts/bench-transfer.sh [--runs N (20)] [--no-build]
+# Usage: scripts/bench-transfer.sh [--runs N (20)] [--import-runs N (5)] [--no-build]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNS=20
+IMPORT_RUNS=5
 BUILD=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
+        --import-runs) IMPORT_RUNS=$2; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 [ "$BUILD" = 1 ] && (cd "$ROOT" && cargo build --release -p corral -q)
+echo "load average at the start: $(cut -d" " -f1-3 /proc/loadavg)"
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/corral"
 STATE=$(mktemp -d /tmp/corral-bench-transfer.XXXXXX)
 SOCK="$STATE/corral.sock"
@@ -94,7 +97,7 @@ if [ -f "$DATA/disk.raw" ] && [ -f "$DATA/allocated.bin" ]; then
     zstd -q -f -T0 -1 -c "$DATA/allocated.bin" >"$STATE/alloc.zst"
     cat "$STATE/deb.corral" "$STATE/alloc.zst" >/dev/null
     imp=(); unz=()
-    for i in 1 2 3; do
+    for i in $(seq "$IMPORT_RUNS"); do
         s=$(date +%s.%N)
         zstd -q -f -d -T0 -c "$STATE/alloc.zst" >"$STATE/alloc.out"
         e=$(date +%s.%N)
@@ -108,10 +111,13 @@ if [ -f "$DATA/disk.raw" ] && [ -f "$DATA/allocated.bin" ]; then
     done
     MIB=$(python3 -c "import os; print(os.path.getsize('$DATA/allocated.bin') / 2**20)")
     python3 - "$MIB" "${imp[*]}" "${unz[*]}" <<'PY'
-import sys
-mib = float(sys.argv[1]); imp = min(map(float, sys.argv[2].split())); unz = min(map(float, sys.argv[3].split()))
-print(f"| import through the agent, {mib:.0f} MiB allocated (best of 3) | {imp:.2f} s ({mib/imp:.0f} MiB/s) | | |")
-print(f"| `zstd -d -T0` of the same bytes (best of 3) | {unz:.2f} s ({mib/unz:.0f} MiB/s) | | |")
-print(f"| agent import / zstd -d | {unz/imp:.2f} x | | >= 0.8 x |")
+import sys, statistics
+mib = float(sys.argv[1]); imps = list(map(float, sys.argv[2].split())); unzs = list(map(float, sys.argv[3].split()))
+imp, unz = min(imps), min(unzs)
+n = len(imps)
+print(f"| import through the agent, {mib:.0f} MiB allocated (best of {n}) | {imp:.2f} s ({mib/imp:.0f} MiB/s) | median {statistics.median(imps):.2f} s | |")
+print(f"| `zstd -d -T0` of the same bytes (best of {n}, each right before an import) | {unz:.2f} s ({mib/unz:.0f} MiB/s) | median {statistics.median(unzs):.2f} s | |")
+print(f"| agent import / zstd -d (best / median) | {unz/imp:.2f} x / {statistics.median(unzs)/statistics.median(imps):.2f} x | | >= 0.8 x |")
 PY
+    echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 fi

@@ -610,3 +610,141 @@ fn extents_are_capped_at_16_mib_on_both_sides() {
     .unwrap_err();
     assert!(e.to_string().contains("outside 64 KiB..16 MiB"), "{e}");
 }
+
+/// Wraps a [`DirSink`]: delays writes by an amount that depends on the offset, so workers
+/// complete extents far out of archive order, and counts the writes that reach the disk.
+struct ScramblingSink {
+    inner: DirSink,
+    writes: std::sync::atomic::AtomicUsize,
+}
+
+impl ImportSink for ScramblingSink {
+    fn create_disk(&mut self, target: &DiskTarget) -> std::io::Result<()> {
+        self.inner.create_disk(target)
+    }
+    fn write_at(&self, disk: usize, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        let ms = (offset / 4096).wrapping_mul(0x9e37_79b9) % 7;
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.write_at(disk, offset, data)
+    }
+    fn finish_disk(
+        &mut self,
+        disk: usize,
+        progress: &dyn Fn(Progress),
+    ) -> std::io::Result<(std::path::PathBuf, DiskFormat)> {
+        self.inner.finish_disk(disk, progress)
+    }
+}
+
+/// A 40 MiB disk with allocated ranges that start and end inside qcow2 clusters (4 KiB
+/// aligned, as `SEEK_DATA` reports them), text, noise and zero blocks.
+fn ragged_disk() -> MemSource {
+    let mut data = vec![0u8; 40 << 20];
+    let text = b"ragged extents for the parallel writer; ".repeat(100_000);
+    data[4096..4096 + text.len()].copy_from_slice(&text);
+    data[(9 << 20) + 12288..(31 << 20) + 4096].copy_from_slice(&noise((22 << 20) - 8192, 11));
+    // Zero blocks inside allocated ranges split extents at 64 KiB boundaries.
+    data[(12 << 20)..(12 << 20) + 3 * 65536].fill(0);
+    data[(40 << 20) - 5000] = 0x5a;
+    MemSource {
+        data,
+        allocated: vec![
+            (4096, text.len() as u64 + 8192),
+            ((9 << 20) + 12288, (22 << 20) - 8192),
+            ((40 << 20) - 8192, 8192),
+        ],
+    }
+}
+
+fn write_raw(path: &Path, src: &MemSource) {
+    std::fs::write(path, &src.data).unwrap();
+}
+
+#[test]
+fn extents_completing_out_of_order_import_to_an_identical_qcow2() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = dir.path().join("want.raw");
+    let src = ragged_disk();
+    write_raw(&want, &src);
+    let opts = WriteOptions {
+        extent_max_bytes: 256 << 10,
+        ..Default::default()
+    };
+    let (bytes, summary) = export(vec![("disk0", src)], &opts);
+    assert!(summary.disks[0].extents > 100, "{:?}", summary.disks[0]);
+    for threads in [1, 4] {
+        let staging = dir.path().join(format!("staging{threads}"));
+        std::fs::create_dir(&staging).unwrap();
+        let mut sink = ScramblingSink {
+            inner: DirSink::new(&staging, Some(DiskFormat::Qcow2)),
+            writes: Default::default(),
+        };
+        let limits = Limits {
+            threads,
+            ..Default::default()
+        };
+        let vm = read_archive(&bytes[..], &mut sink, &limits, &no_progress).unwrap();
+        let got = vm.disks[0].path.display().to_string();
+        qemu_img(&["check", "-f", "qcow2", &got]);
+        qemu_img(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            want.to_str().unwrap(),
+            &got,
+        ]);
+    }
+}
+
+/// A corrupted extent in the middle of a disk fails the import with an error naming it, even
+/// while other workers are writing; no write happens after `read_archive` returns, so the
+/// caller's deletion of the staging directory really leaves nothing.
+#[test]
+fn corrupt_extent_fails_cleanly_while_workers_write() {
+    let opts = WriteOptions {
+        extent_max_bytes: 1 << 20,
+        compression: Compression::None,
+        ..Default::default()
+    };
+    let (bytes, _) = export(vec![("disk0", ragged_disk())], &opts);
+    let mut members = read_tar(&bytes);
+    let extents: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].0.starts_with("disks/"))
+        .collect();
+    let bad = extents[extents.len() / 2];
+    members[bad].1[100] ^= 0xff;
+    reseal(&mut members);
+    let corrupted = to_tar(&members);
+
+    let root = tempfile::tempdir().unwrap();
+    let staging = root.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let mut sink = ScramblingSink {
+        inner: DirSink::new(&staging, Some(DiskFormat::Qcow2)),
+        writes: Default::default(),
+    };
+    let limits = Limits {
+        threads: 4,
+        ..Default::default()
+    };
+    let err = read_archive(&corrupted[..], &mut sink, &limits, &no_progress).unwrap_err();
+    let msg = error_chain(&err);
+    assert!(
+        msg.contains("checksum mismatch") && msg.contains(&members[bad].0),
+        "{msg}"
+    );
+    let writes = sink.writes.load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        sink.writes.load(std::sync::atomic::Ordering::SeqCst),
+        writes,
+        "a worker wrote after read_archive returned"
+    );
+    assert_eq!(files_under(&staging), vec!["disk0.qcow2"]);
+    std::fs::remove_dir_all(&staging).unwrap();
+    assert!(files_under(root.path()).is_empty());
+}

@@ -18,7 +18,7 @@ impl ImportSink for NullSink {
         self.sizes.push(t.virtual_size);
         Ok(())
     }
-    fn write_at(&mut self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn write_at(&self, disk: usize, offset: u64, data: &[u8]) -> io::Result<()> {
         let size = self.sizes[disk];
         assert!(
             offset + data.len() as u64 <= size,

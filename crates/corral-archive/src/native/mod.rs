@@ -7,8 +7,9 @@
 //!
 //! [`write_archive`] (in `write.rs`) reads sources on a bounded worker pool and writes members
 //! in order; [`read_archive`] (in `read.rs`) checks each member against the manifest before
-//! reading it, decompresses and verifies on a bounded pool, and hands data to an
-//! [`crate::ImportSink`]. Neither ever holds more than a window of extents in memory.
+//! reading it, then a bounded pool decompresses, verifies and writes each extent to an
+//! [`crate::ImportSink`] (in parallel, in completion order). Neither ever holds more than a
+//! window of extents in memory.
 
 mod read;
 mod write;

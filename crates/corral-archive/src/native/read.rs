@@ -9,6 +9,16 @@
 //! XXH3-128 over all members and per-disk counts, which catches dropped or reordered members.
 //! The import is valid only when [`read_archive`] returns `Ok`; on error the caller discards
 //! what the sink wrote.
+//!
+//! Pipeline: the calling thread only parses tar headers, checks members, reads each extent's
+//! stored bytes into a recycled buffer and feeds the whole-archive hash (XXH3 over the
+//! compressed bytes, a small fraction of the work). Workers decompress, verify and write the
+//! data to the sink themselves ([`ImportSink::write_at`] takes `&self`), so decompression,
+//! hashing and the copies into the page cache all run on every core, and extents complete in
+//! any order. At most `window` extents are in flight (the byte budget of
+//! [`super::WINDOW_BUDGET_BYTES`]); an error stops the workers, which skip what is still queued,
+//! and every worker has returned before [`read_archive`] does, so nothing writes into the sink
+//! afterwards.
 
 use super::*;
 use crate::progress::{Phase, Progress};
@@ -16,6 +26,7 @@ use crate::sink::{DiskTarget, ImportSink};
 use crate::tarsafe::{check_member, GuardedTar, MemberKind};
 use std::io::{self, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
@@ -199,57 +210,88 @@ fn first_manifest<R: Read>(
     decode_manifest(&bytes, limits)
 }
 
+/// One extent for a worker: where it goes, what it must hash to, and its stored bytes.
 struct Work {
     name: String,
     disk: usize,
     offset: u64,
     length: u64,
     hash: u64,
+    /// The member's bytes are `payload[..stored]`; the buffer comes back for reuse.
+    payload: Vec<u8>,
+    stored: usize,
+}
+
+/// A worker's answer for one extent: written to the sink or not, and the payload buffer.
+struct Done {
+    result: Result<(), ArchiveError>,
     payload: Vec<u8>,
 }
 
-type Done = (usize, u64, Result<Vec<u8>, ArchiveError>);
-
-fn decode_extent(
-    w: Work,
+/// Decompress (into `buf`, reused across extents) and verify one extent; returns its data.
+fn decode_extent<'a>(
+    w: &'a Work,
     compression: Compression,
-    dec: &mut Option<zstd::bulk::Decompressor<'static>>,
-) -> Done {
-    let r = (|| {
-        let data = match (compression, dec.as_mut()) {
-            (Compression::Zstd, Some(d)) => {
-                let mut out = Vec::with_capacity(w.length as usize);
-                d.decompress_to_buffer(&w.payload[..], &mut out)
-                    .map_err(|e| {
-                        ArchiveError::member(
-                            &w.name,
-                            format!(
-                                "does not decompress to its declared {} bytes ({e})",
-                                w.length
-                            ),
-                        )
-                    })?;
-                out
+    dec: Option<&mut zstd::bulk::Decompressor<'static>>,
+    buf: &'a mut Vec<u8>,
+) -> Result<&'a [u8], ArchiveError> {
+    let stored = &w.payload[..w.stored];
+    let length = w.length as usize;
+    let data = match compression {
+        Compression::Zstd => {
+            let dec = dec.ok_or_else(|| {
+                ArchiveError::ReadArchive(io::Error::other("cannot create a zstd decompressor"))
+            })?;
+            if buf.len() < length {
+                buf.resize(length, 0);
             }
-            _ => w.payload,
-        };
-        if data.len() as u64 != w.length {
-            return Err(ArchiveError::member(
-                &w.name,
-                format!("holds {} bytes, not the declared {}", data.len(), w.length),
-            ));
+            // Into exactly `length` bytes: a frame that would grow larger fails here.
+            let n = dec
+                .decompress_to_buffer(stored, &mut buf[..length])
+                .map_err(|e| {
+                    ArchiveError::member(
+                        &w.name,
+                        format!("does not decompress to its declared {length} bytes ({e})"),
+                    )
+                })?;
+            &buf[..n]
         }
-        let got = xxhash_rust::xxh3::xxh3_64(&data);
-        if got != w.hash {
-            return Err(ArchiveError::ChecksumMismatch {
-                what: format!("extent {}", w.name),
-                expected: format!("{:016x}", w.hash),
-                actual: format!("{got:016x}"),
-            });
+        Compression::None => stored,
+    };
+    if data.len() != length {
+        return Err(ArchiveError::member(
+            &w.name,
+            format!("holds {} bytes, not the declared {length}", data.len()),
+        ));
+    }
+    let got = xxhash_rust::xxh3::xxh3_64(data);
+    if got != w.hash {
+        return Err(ArchiveError::ChecksumMismatch {
+            what: format!("extent {}", w.name),
+            expected: format!("{:016x}", w.hash),
+            actual: format!("{got:016x}"),
+        });
+    }
+    Ok(data)
+}
+
+/// Read exactly `buf.len()` bytes of member `name`; a short member is a truncated archive.
+fn read_payload(input: &mut impl Read, name: &str, buf: &mut [u8]) -> Result<(), ArchiveError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(ArchiveError::Truncated(format!(
+                    "member {name:?} ends after {got} of {} bytes",
+                    buf.len()
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ArchiveError::read(e)),
         }
-        Ok(data)
-    })();
-    (w.disk, w.offset, r)
+    }
+    Ok(())
 }
 
 /// Where the reader is in one disk's allocated ranges.
@@ -327,6 +369,9 @@ pub fn read_archive<R: Read>(
         n => n,
     };
     let window = super::window_jobs(threads, m.extent_max_bytes);
+    // No more than `window` extents are ever in flight, so more workers would only idle (and
+    // each holds a decompression buffer).
+    let workers = threads.min(window).max(1);
     let compression = m.compression;
     let mut counts: Vec<(u64, u64)> = vec![(0, 0); m.disks.len()];
     let mut cursor = Cursor {
@@ -340,182 +385,212 @@ pub fn read_archive<R: Read>(
         cursor.enter(&m, 0);
     }
 
-    // The receiver outlives the scope; the sender is moved in so that any early return drops
-    // it and the workers stop.
-    let (work_tx_outer, work_rx) = mpsc::sync_channel::<Work>(window);
+    // The calling thread parses headers, checks each member against the manifest, reads its
+    // stored bytes into a recycled buffer and feeds the whole-archive hash (cheap: XXH3 over
+    // the compressed bytes); the workers decompress, verify and write to the sink themselves,
+    // so the sink's page-cache copies and the qcow2 allocation run on every core too.
+    let (work_tx, work_rx) = mpsc::sync_channel::<Work>(window);
     let work_rx = Mutex::new(work_rx);
+    // Set on the first error so workers skip what is still queued instead of writing it.
+    let stop = AtomicBool::new(false);
+    let shared: &dyn ImportSink = &*sink;
     let checksums: Checksums = std::thread::scope(|scope| -> Result<Checksums, ArchiveError> {
-        let work_tx = work_tx_outer;
         let (done_tx, done_rx) = mpsc::channel::<Done>();
-        for _ in 0..threads {
+        for _ in 0..workers {
             let done_tx = done_tx.clone();
-            let work_rx = &work_rx;
+            let (work_rx, stop, m) = (&work_rx, &stop, &m);
             scope.spawn(move || {
                 let mut dec = match compression {
                     Compression::Zstd => zstd::bulk::Decompressor::new().ok(),
                     Compression::None => None,
                 };
+                let mut buf = Vec::new();
                 loop {
                     let next = match work_rx.lock() {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
                     let Ok(w) = next else { return };
-                    if done_tx
-                        .send(decode_extent(w, compression, &mut dec))
-                        .is_err()
-                    {
+                    let result = if stop.load(Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        decode_extent(&w, compression, dec.as_mut(), &mut buf).and_then(|data| {
+                            shared.write_at(w.disk, w.offset, data).map_err(|e| {
+                                ArchiveError::WriteDisk {
+                                    device: m.disks[w.disk].device.clone(),
+                                    source: e,
+                                }
+                            })
+                        })
+                    };
+                    if result.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    let done = Done {
+                        result,
+                        payload: w.payload,
+                    };
+                    if done_tx.send(done).is_err() {
                         return;
                     }
                 }
             });
         }
         drop(done_tx);
-        let mut in_flight = 0usize;
-        let write = |sink: &mut dyn ImportSink, (disk, offset, r): Done| {
-            let data = r?;
-            sink.write_at(disk, offset, &data)
-                .map_err(|e| ArchiveError::WriteDisk {
-                    device: m.disks[disk].device.clone(),
-                    source: e,
-                })
-        };
-        let mut checksums = None;
-        for entry in entries.by_ref() {
-            let mut entry = entry.map_err(ArchiveError::read)?;
-            let (name, kind) = check_member(&entry)?;
-            if kind == MemberKind::Skip {
-                continue;
-            }
-            if kind != MemberKind::File {
-                return Err(ArchiveError::member(&name, "unexpected directory"));
-            }
-            if checksums.is_some() {
-                return Err(ArchiveError::member(&name, "follows checksums.json"));
-            }
-            if name == CHECKSUMS_NAME {
-                let bytes = read_member(&mut entry, &name, 1 << 20, "checksums")?;
-                let c: Checksums = serde_json::from_slice(&bytes)
-                    .map_err(|e| ArchiveError::member(&name, format!("not valid: {e}")))?;
-                checksums = Some(c);
-                continue;
-            }
-            let x = parse_extent_name(&name)
-                .ok_or_else(|| ArchiveError::member(&name, "unexpected member"))?;
-            if x.compression != compression {
-                return Err(ArchiveError::member(
-                    &name,
-                    "compression differs from the manifest's",
-                ));
-            }
-            let Some(disk) = m.disks.get(x.disk) else {
-                return Err(ArchiveError::member(
-                    &name,
-                    "names a disk the manifest lacks",
-                ));
+        let feed = || -> Result<Checksums, ArchiveError> {
+            // Owned here so that any early return hangs up on the workers.
+            let work_tx = work_tx;
+            let mut in_flight = 0usize;
+            let mut free: Vec<Vec<u8>> = Vec::new();
+            let settle = |free: &mut Vec<Vec<u8>>, d: Done| {
+                free.push(d.payload);
+                d.result
             };
-            if x.disk < cursor.disk {
-                return Err(ArchiveError::member(&name, "disk out of order"));
-            }
-            if x.disk > cursor.disk {
-                cursor.enter(&m, x.disk);
-            }
-            if x.length == 0 || x.length > m.extent_max_bytes {
-                return Err(ArchiveError::member(
-                    &name,
-                    format!(
-                        "extent length {} is outside 1..{}",
-                        x.length, m.extent_max_bytes
-                    ),
-                ));
-            }
-            if x.offset < cursor.last_end {
-                return Err(ArchiveError::member(
-                    &name,
-                    "overlaps or precedes the previous extent",
-                ));
-            }
-            let end = x
-                .offset
-                .checked_add(x.length)
-                .ok_or_else(|| ArchiveError::member(&name, "extent end overflows"))?;
-            while cursor.range < disk.allocated.len() {
-                let (o, l) = disk.allocated[cursor.range];
-                if o + l <= x.offset {
-                    cursor.range += 1;
-                } else {
-                    break;
+            let stopped = || ArchiveError::ReadArchive(io::Error::other("import workers stopped"));
+            let mut checksums = None;
+            for entry in entries.by_ref() {
+                let mut entry = entry.map_err(ArchiveError::read)?;
+                let (name, kind) = check_member(&entry)?;
+                if kind == MemberKind::Skip {
+                    continue;
                 }
-            }
-            let inside = disk
-                .allocated
-                .get(cursor.range)
-                .is_some_and(|&(o, l)| o <= x.offset && end <= o + l);
-            if !inside {
-                return Err(ArchiveError::member(
-                    &name,
-                    "lies outside the allocated ranges the manifest declares",
-                ));
-            }
-            cursor.last_end = end;
-            let size = entry.header().size().map_err(ArchiveError::ReadArchive)?;
-            let bound = match compression {
-                Compression::Zstd => zstd::zstd_safe::compress_bound(x.length as usize) as u64 + 64,
-                Compression::None => x.length,
-            };
-            if size > bound || (compression == Compression::None && size != x.length) {
-                return Err(ArchiveError::member(
-                    &name,
-                    format!(
-                        "stores {size} bytes, which disagrees with its length {}",
-                        x.length
-                    ),
-                ));
-            }
-            let payload = read_member(&mut entry, &name, bound, "extent")?;
-            hasher.begin(&name, payload.len() as u64);
-            hasher.data(&payload);
-            counts[x.disk].0 += 1;
-            counts[x.disk].1 += x.length;
-            work_tx
-                .send(Work {
+                if kind != MemberKind::File {
+                    return Err(ArchiveError::member(&name, "unexpected directory"));
+                }
+                if checksums.is_some() {
+                    return Err(ArchiveError::member(&name, "follows checksums.json"));
+                }
+                if name == CHECKSUMS_NAME {
+                    let bytes = read_member(&mut entry, &name, 1 << 20, "checksums")?;
+                    let c: Checksums = serde_json::from_slice(&bytes)
+                        .map_err(|e| ArchiveError::member(&name, format!("not valid: {e}")))?;
+                    checksums = Some(c);
+                    continue;
+                }
+                let x = parse_extent_name(&name)
+                    .ok_or_else(|| ArchiveError::member(&name, "unexpected member"))?;
+                if x.compression != compression {
+                    return Err(ArchiveError::member(
+                        &name,
+                        "compression differs from the manifest's",
+                    ));
+                }
+                let Some(disk) = m.disks.get(x.disk) else {
+                    return Err(ArchiveError::member(
+                        &name,
+                        "names a disk the manifest lacks",
+                    ));
+                };
+                if x.disk < cursor.disk {
+                    return Err(ArchiveError::member(&name, "disk out of order"));
+                }
+                if x.disk > cursor.disk {
+                    cursor.enter(&m, x.disk);
+                }
+                if x.length == 0 || x.length > m.extent_max_bytes {
+                    return Err(ArchiveError::member(
+                        &name,
+                        format!(
+                            "extent length {} is outside 1..{}",
+                            x.length, m.extent_max_bytes
+                        ),
+                    ));
+                }
+                if x.offset < cursor.last_end {
+                    return Err(ArchiveError::member(
+                        &name,
+                        "overlaps or precedes the previous extent",
+                    ));
+                }
+                let end = x
+                    .offset
+                    .checked_add(x.length)
+                    .ok_or_else(|| ArchiveError::member(&name, "extent end overflows"))?;
+                while cursor.range < disk.allocated.len() {
+                    let (o, l) = disk.allocated[cursor.range];
+                    if o + l <= x.offset {
+                        cursor.range += 1;
+                    } else {
+                        break;
+                    }
+                }
+                let inside = disk
+                    .allocated
+                    .get(cursor.range)
+                    .is_some_and(|&(o, l)| o <= x.offset && end <= o + l);
+                if !inside {
+                    return Err(ArchiveError::member(
+                        &name,
+                        "lies outside the allocated ranges the manifest declares",
+                    ));
+                }
+                cursor.last_end = end;
+                let size = entry.header().size().map_err(ArchiveError::ReadArchive)?;
+                let bound = match compression {
+                    Compression::Zstd => {
+                        zstd::zstd_safe::compress_bound(x.length as usize) as u64 + 64
+                    }
+                    Compression::None => x.length,
+                };
+                if size > bound || (compression == Compression::None && size != x.length) {
+                    return Err(ArchiveError::member(
+                        &name,
+                        format!(
+                            "stores {size} bytes, which disagrees with its length {}",
+                            x.length
+                        ),
+                    ));
+                }
+                // `size <= bound`, itself bounded by the extent limit.
+                let stored = size as usize;
+                let mut payload = free.pop().unwrap_or_default();
+                if payload.len() < stored {
+                    payload.resize(stored, 0);
+                }
+                read_payload(&mut entry, &name, &mut payload[..stored])?;
+                hasher.begin(&name, size);
+                hasher.data(&payload[..stored]);
+                counts[x.disk].0 += 1;
+                counts[x.disk].1 += x.length;
+                let work = Work {
                     name,
                     disk: x.disk,
                     offset: x.offset,
                     length: x.length,
                     hash: x.hash,
                     payload,
-                })
-                .map_err(|_| {
-                    ArchiveError::ReadArchive(io::Error::other("import workers stopped"))
-                })?;
-            in_flight += 1;
-            while in_flight >= window {
-                let d = done_rx.recv().map_err(|_| {
-                    ArchiveError::ReadArchive(io::Error::other("import workers stopped"))
-                })?;
-                in_flight -= 1;
-                write(sink, d)?;
+                    stored,
+                };
+                work_tx.send(work).map_err(|_| stopped())?;
+                in_flight += 1;
+                while in_flight >= window {
+                    let d = done_rx.recv().map_err(|_| stopped())?;
+                    in_flight -= 1;
+                    settle(&mut free, d)?;
+                }
+                while let Ok(d) = done_rx.try_recv() {
+                    in_flight -= 1;
+                    settle(&mut free, d)?;
+                }
+                let (o, _) = disk.allocated[cursor.range];
+                report(
+                    cursor.done_before + cursor.prefix[cursor.range] + (end - o),
+                    Some(disk.device.clone()),
+                );
             }
-            while let Ok(d) = done_rx.try_recv() {
+            drop(work_tx);
+            while in_flight > 0 {
+                let d = done_rx.recv().map_err(|_| stopped())?;
                 in_flight -= 1;
-                write(sink, d)?;
+                settle(&mut free, d)?;
             }
-            let (o, _) = disk.allocated[cursor.range];
-            report(
-                cursor.done_before + cursor.prefix[cursor.range] + (end - o),
-                Some(disk.device.clone()),
-            );
+            checksums.ok_or_else(|| ArchiveError::Truncated("it ends before checksums.json".into()))
+        };
+        let r = feed();
+        if r.is_err() {
+            stop.store(true, Ordering::Relaxed);
         }
-        drop(work_tx);
-        while in_flight > 0 {
-            let d = done_rx.recv().map_err(|_| {
-                ArchiveError::ReadArchive(io::Error::other("import workers stopped"))
-            })?;
-            in_flight -= 1;
-            write(sink, d)?;
-        }
-        checksums.ok_or_else(|| ArchiveError::Truncated("it ends before checksums.json".into()))
+        r
     })?;
 
     let computed = hasher.hex();

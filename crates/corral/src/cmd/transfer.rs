@@ -208,7 +208,9 @@ impl Write for ChanWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let b = Bytes::from(std::mem::take(&mut self.buf));
+        // A full-size buffer for the next chunk: `take` would leave an empty one that grows by
+        // doubling, copying every chunk about twice more.
+        let b = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx
             .blocking_send(Ok(b))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload closed"))
