@@ -242,9 +242,15 @@ fn decode_extent<'a>(
             let dec = dec.ok_or_else(|| {
                 ArchiveError::ReadArchive(io::Error::other("cannot create a zstd decompressor"))
             })?;
-            if buf.len() < length {
-                buf.resize(length, 0);
+            // The data starts page-aligned inside `buf`, so the sink can write it with
+            // `O_DIRECT` (see `sink::DataFile`); the buffer is never reallocated once large
+            // enough, so the alignment holds across extents.
+            let want = length + crate::sink::DIRECT_ALIGN;
+            if buf.len() < want {
+                buf.resize(want, 0);
             }
+            let pad = buf.as_ptr().align_offset(crate::sink::DIRECT_ALIGN);
+            let buf = &mut buf[pad..];
             // Into exactly `length` bytes: a frame that would grow larger fails here.
             let n = dec
                 .decompress_to_buffer(stored, &mut buf[..length])
