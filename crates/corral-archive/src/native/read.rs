@@ -14,7 +14,8 @@
 //! stored bytes into a recycled buffer and feeds the whole-archive hash (XXH3 over the
 //! compressed bytes, a small fraction of the work). Workers decompress, verify and write the
 //! data to the sink themselves ([`ImportSink::write_at`] takes `&self`), so decompression,
-//! hashing and the copies into the page cache all run on every core, and extents complete in
+//! hashing and the writes (direct, from page-aligned buffers: `sink::DataFile`) all run on
+//! every core, and extents complete in
 //! any order. At most `window` extents are in flight (the byte budget of
 //! [`super::WINDOW_BUDGET_BYTES`]); an error stops the workers, which skip what is still queued,
 //! and every worker has returned before [`read_archive`] does, so nothing writes into the sink
@@ -394,7 +395,7 @@ pub fn read_archive<R: Read>(
     // The calling thread parses headers, checks each member against the manifest, reads its
     // stored bytes into a recycled buffer and feeds the whole-archive hash (cheap: XXH3 over
     // the compressed bytes); the workers decompress, verify and write to the sink themselves,
-    // so the sink's page-cache copies and the qcow2 allocation run on every core too.
+    // so the sink's writes and the qcow2 allocation run on every core too.
     let (work_tx, work_rx) = mpsc::sync_channel::<Work>(window);
     let work_rx = Mutex::new(work_rx);
     // Set on the first error so workers skip what is still queued instead of writing it.
