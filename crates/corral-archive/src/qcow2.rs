@@ -238,6 +238,7 @@ impl Qcow2Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     fn qemu_img(args: &[&str]) -> String {
@@ -251,28 +252,60 @@ mod tests {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// A qcow2 image being written and a raw file that receives the same writes.
+    struct Pair {
+        raw: PathBuf,
+        qcow: PathBuf,
+        rawf: File,
+        w: Qcow2Writer,
+    }
+
+    impl Pair {
+        fn new(dir: &Path, size: u64) -> Pair {
+            let raw = dir.join("want.raw");
+            let qcow = dir.join("got.qcow2");
+            let rawf = File::create(&raw).unwrap();
+            rawf.set_len(size).unwrap();
+            let w = Qcow2Writer::new(File::create_new(&qcow).unwrap(), size).unwrap();
+            Pair { raw, qcow, rawf, w }
+        }
+
+        fn write_both(&self, off: u64, data: &[u8]) {
+            self.w.write_at(off, data).unwrap();
+            self.rawf.write_all_at(data, off).unwrap();
+        }
+
+        /// `qemu-img check` finds the image clean and `compare` finds it equal to the raw
+        /// file. Returns the image's length.
+        fn finish_and_compare(self) -> u64 {
+            let len = self.w.finish().unwrap();
+            let q = self.qcow.to_str().unwrap();
+            qemu_img(&["check", "-f", "qcow2", q]);
+            let raw = self.raw.to_str().unwrap();
+            let out = qemu_img(&["compare", "-f", "raw", "-F", "qcow2", raw, q]);
+            assert!(out.contains("identical"), "{out}");
+            len
+        }
+    }
+
+    /// xorshift64: the same pseudo-random stream for the same seed.
+    fn xorshift(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
     /// Writes at scattered, unaligned, out-of-order offsets (two L2 tables apart) give an image
     /// that `qemu-img check` finds clean and that compares equal to a raw file written the same.
     #[test]
     fn streamed_image_is_valid_and_holds_the_data() {
-        let dir = tempfile::tempdir().unwrap();
         let size: u64 = (1 << 30) + (3 << 20);
-        let raw = dir.path().join("want.raw");
-        let qcow = dir.path().join("got.qcow2");
-        let rawf = File::create(&raw).unwrap();
-        rawf.set_len(size).unwrap();
-        let w = Qcow2Writer::new(File::create_new(&qcow).unwrap(), size).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pair = Pair::new(dir.path(), size);
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect()
-        };
+        let mut noise =
+            |n: usize| -> Vec<u8> { (0..n).map(|_| xorshift(&mut seed) as u8).collect() };
         let writes: [(u64, usize); 7] = [
             (4 << 20, 4 << 20),
             (0, 65536),
@@ -283,30 +316,23 @@ mod tests {
             ((700 << 20) + 5000, 70_000),
         ];
         for (off, len) in writes {
-            let d = noise(len);
-            w.write_at(off, &d).unwrap();
-            rawf.write_all_at(&d, off).unwrap();
+            pair.write_both(off, &noise(len));
         }
-        assert!(w.write_at(size - 10, &[1; 11]).is_err());
-        let len = w.finish().unwrap();
+        assert!(pair.w.write_at(size - 10, &[1; 11]).is_err());
+        let qcow = pair.qcow.clone();
+        let len = pair.finish_and_compare();
         assert_eq!(std::fs::metadata(&qcow).unwrap().len(), len);
-        let q = qcow.to_str().unwrap();
-        qemu_img(&["check", "-f", "qcow2", q]);
-        let info = qemu_img(&["info", "--output=json", "-f", "qcow2", q]);
+        let info = qemu_img(&[
+            "info",
+            "--output=json",
+            "-f",
+            "qcow2",
+            qcow.to_str().unwrap(),
+        ]);
         assert!(
             info.contains(&format!("\"virtual-size\": {size}")),
             "{info}"
         );
-        let out = qemu_img(&[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            raw.to_str().unwrap(),
-            q,
-        ]);
-        assert!(out.contains("identical"), "{out}");
         // Only the written clusters are allocated: a few MiB, not the 1 GiB disk.
         assert!(len < 16 << 20, "{len}");
     }
@@ -317,20 +343,11 @@ mod tests {
     /// hold exactly what a raw file written the same way holds.
     #[test]
     fn concurrent_out_of_order_writes_give_a_valid_image() {
-        let dir = tempfile::tempdir().unwrap();
         let size: u64 = (1 << 30) + (5 << 20);
-        let raw = dir.path().join("want.raw");
-        let qcow = dir.path().join("got.qcow2");
-        let rawf = File::create(&raw).unwrap();
-        rawf.set_len(size).unwrap();
-        let w = Qcow2Writer::new(File::create_new(&qcow).unwrap(), size).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pair = Pair::new(dir.path(), size);
         let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = move || xorshift(&mut seed);
         // Disjoint extents: lengths from 1 byte to 3 MiB, gaps from 0 (adjacent, often inside
         // one cluster) to 40 MiB (so several L2 tables, each 512 MiB, get touched).
         let mut extents = Vec::new();
@@ -357,40 +374,19 @@ mod tests {
         assert!(extents.len() > 100, "{}", extents.len());
         let fill = |seed: u64, len: usize| -> Vec<u8> {
             let mut x = seed | 1;
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 24) as u8
-                })
-                .collect()
+            (0..len).map(|_| (xorshift(&mut x) >> 24) as u8).collect()
         };
         std::thread::scope(|s| {
             for part in extents.chunks(extents.len().div_ceil(4)) {
-                let (w, rawf) = (&w, &rawf);
+                let pair = &pair;
                 s.spawn(move || {
                     for &(off, len, seed) in part {
-                        let d = fill(seed, len);
-                        w.write_at(off, &d).unwrap();
-                        rawf.write_all_at(&d, off).unwrap();
+                        pair.write_both(off, &fill(seed, len));
                     }
                 });
             }
         });
-        w.finish().unwrap();
-        let q = qcow.to_str().unwrap();
-        qemu_img(&["check", "-f", "qcow2", q]);
-        let out = qemu_img(&[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            raw.to_str().unwrap(),
-            q,
-        ]);
-        assert!(out.contains("identical"), "{out}");
+        pair.finish_and_compare();
     }
 
     #[test]
