@@ -495,20 +495,7 @@ fn interrupted_export_leaves_no_file_and_cancels_the_task() {
     let a = TestAgent::start();
     let dir = tempfile::tempdir().unwrap();
     // Incompressible data, so the export takes long enough to interrupt.
-    let raw = dir.path().join("rnd.raw");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!("head -c 400M /dev/urandom > {}", raw.display())));
-    let from = format!(",from={},format=raw", raw.display());
-    a.ok(&[
-        "vm",
-        "create",
-        "--name",
-        "rnd",
-        "--disk",
-        &from,
-        "--no-nics",
-    ]);
+    create_random_vm(&a, dir.path());
     let out = dir.path().join("rnd.corral");
     let child = Command::new(corral_bin())
         .arg("--connect")
@@ -607,9 +594,8 @@ fn imports_never_keep_host_paths_named_by_the_archive() {
     assert!(!vm.to_string().contains("/etc/shadow"), "{vm}");
 }
 
-/// A VM with 400 MiB of incompressible data, exported: an import of it takes long enough to
-/// interrupt.
-fn big_archive(a: &TestAgent, dir: &Path) -> PathBuf {
+/// VM `rnd` with a disk of 400 MiB of incompressible data (its raw source under `dir`).
+fn create_random_vm(a: &TestAgent, dir: &Path) {
     let raw = dir.join("rnd.raw");
     run(Command::new("sh")
         .arg("-c")
@@ -624,6 +610,12 @@ fn big_archive(a: &TestAgent, dir: &Path) -> PathBuf {
         &from,
         "--no-nics",
     ]);
+}
+
+/// VM `rnd` (400 MiB of incompressible data), exported: an import of it takes long enough to
+/// interrupt.
+fn big_archive(a: &TestAgent, dir: &Path) -> PathBuf {
+    create_random_vm(a, dir);
     let out = dir.join("rnd.corral");
     a.ok(&["vm", "export", "rnd", "-o", out.to_str().unwrap()]);
     std::fs::remove_file(&raw).unwrap();
