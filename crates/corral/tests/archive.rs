@@ -594,8 +594,8 @@ fn imports_never_keep_host_paths_named_by_the_archive() {
     assert!(!vm.to_string().contains("/etc/shadow"), "{vm}");
 }
 
-/// VM `rnd` with a disk of 400 MiB of incompressible data (its raw source under `dir`).
-fn create_random_vm(a: &TestAgent, dir: &Path) {
+/// VM `rnd` with a disk of 400 MiB of incompressible data; returns its raw source under `dir`.
+fn create_random_vm(a: &TestAgent, dir: &Path) -> PathBuf {
     let raw = dir.join("rnd.raw");
     run(Command::new("sh")
         .arg("-c")
@@ -610,12 +610,13 @@ fn create_random_vm(a: &TestAgent, dir: &Path) {
         &from,
         "--no-nics",
     ]);
+    raw
 }
 
 /// VM `rnd` (400 MiB of incompressible data), exported: an import of it takes long enough to
 /// interrupt.
 fn big_archive(a: &TestAgent, dir: &Path) -> PathBuf {
-    create_random_vm(a, dir);
+    let raw = create_random_vm(a, dir);
     let out = dir.join("rnd.corral");
     a.ok(&["vm", "export", "rnd", "-o", out.to_str().unwrap()]);
     std::fs::remove_file(&raw).unwrap();
