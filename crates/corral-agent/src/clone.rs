@@ -21,12 +21,14 @@
 //! collector cannot run between freezing and recording the clone), `Op::Freeze` on the
 //! source's actor, write the overlays, record the VM, spawn its actor.
 
-use crate::agent::{random_mac, Agent};
+use crate::agent::Agent;
 use crate::network::DEFAULT_NETWORK;
+use crate::spec::random_mac;
 use crate::tasks::TaskHandle;
 use crate::vm::{Lease, Op};
 use corral_model::api::*;
 use corral_model::host::StorageRepository;
+use corral_model::task::Operation;
 use corral_model::transfer::CloneRequest;
 use corral_model::validate::*;
 use corral_model::*;
@@ -185,10 +187,10 @@ pub(crate) fn backing_chain(
 /// Remove bases no VM's backing chain names any more. Conservative: when any VM disk's chain
 /// cannot be read completely (an unreadable link, a loop, or more than [`MAX_CHAIN_DEPTH`]
 /// files), nothing is removed.
-pub async fn gc_bases(agent: Arc<Agent>) {
+pub async fn gc_bases(host: Arc<crate::context::Host>) {
     let _guard = BASES.lock().await;
     let mut used = std::collections::HashSet::new();
-    for info in agent.list_vms() {
+    for info in host.list_vms() {
         for d in &info.disks {
             let chain = backing_chain(&d.path, MAX_CHAIN_DEPTH, |p| {
                 corral_storage::backing_file(p).map_err(|e| e.to_string())
@@ -203,7 +205,7 @@ pub async fn gc_bases(agent: Arc<Agent>) {
             }
         }
     }
-    let Ok(srs) = agent.list_srs() else { return };
+    let Ok(srs) = host.list_srs() else { return };
     for sr in srs {
         let Ok(entries) = std::fs::read_dir(sr.path.join(BASES_DIR)) else {
             continue;
@@ -246,7 +248,7 @@ impl Agent {
     async fn with_new_name<F, Fut>(
         self: &Arc<Self>,
         name: &str,
-        operation: &str,
+        operation: Operation,
         f: F,
     ) -> Result<(VmInfo, String), ApiError>
     where
@@ -254,12 +256,12 @@ impl Agent {
         Fut: std::future::Future<Output = Result<(), ApiError>>,
     {
         validate_name("VM", name).map_err(ApiError::invalid)?;
-        self.registry_mut().reserve(name)?;
-        let task = self.tasks.start(operation, None);
+        self.host.registry_mut().reserve(name)?;
+        let task = self.host.tasks.start(operation, None);
         let id = task.id.clone();
         let result = f(task.clone()).await;
         if result.is_err() {
-            self.registry_mut().release(name);
+            self.host.registry_mut().release(name);
         }
         task.complete(&result);
         result?;
@@ -279,7 +281,7 @@ impl Agent {
             ));
         }
         let name = req.name.clone();
-        self.with_new_name(&req.name, "vm.clone", |task| async move {
+        self.with_new_name(&req.name, Operation::VmClone, |task| async move {
             let _guard = BASES.lock().await;
             let info = src.info();
             let frozen = if info.is_template {
@@ -357,7 +359,7 @@ impl Agent {
     /// `vm convert-to-template NAME`.
     pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), ApiError> {
         let _guard = BASES.lock().await;
-        self.vm_op(name, "vm.convert_to_template", Op::ConvertToTemplate)
+        self.vm_op(name, Operation::VmConvertToTemplate, Op::ConvertToTemplate)
             .await
     }
 
@@ -380,7 +382,7 @@ impl Agent {
         let name = req.name.clone();
         let start = req.start;
         let (info, task) = self
-            .with_new_name(&name, "vm.create", |task| async move {
+            .with_new_name(&name, Operation::VmCreate, |task| async move {
                 let _guard = BASES.lock().await;
                 let t = tpl.info();
                 let mut spec = spec_of(&t);
@@ -399,7 +401,10 @@ impl Agent {
             .await?;
         if start {
             let h = self.vm(&name)?;
-            let t = self.tasks.start("vm.start", Some((&info.id, &info.name)));
+            let t = self
+                .host
+                .tasks
+                .start(Operation::VmStart, Some((&info.id, &info.name)));
             h.call(Op::Action(VmAction::Start, ActionRequest::default()), t)
                 .await?;
             return Ok((h.info(), task));
@@ -424,7 +429,7 @@ impl Agent {
             spec.vcpus = v;
         }
         if let Some(m) = req.memory_bytes {
-            self.validate_memory_on_host(m)?;
+            crate::spec::check_memory(self.host.as_ref(), m)?;
             spec.memory_bytes = m;
         }
         if let Some(a) = req.autostart {
@@ -451,7 +456,14 @@ impl Agent {
                 spec.nics = nics
                     .iter()
                     .enumerate()
-                    .map(|(i, n)| self.nic_from_request(&format!("nic{i}"), n, NicModel::Virtio))
+                    .map(|(i, n)| {
+                        crate::spec::nic_from_request(
+                            self.host.as_ref(),
+                            &format!("nic{i}"),
+                            n,
+                            NicModel::Virtio,
+                        )
+                    })
                     .collect::<Result<_, _>>()?;
             }
             None => {
@@ -498,7 +510,7 @@ impl Agent {
             }
         }
         if let Some(iso) = &req.cdrom {
-            let path = self.check_iso_path(iso)?;
+            let path = crate::spec::iso_path(self.host.as_ref(), iso)?;
             match spec.cdroms.first_mut() {
                 Some(c) => c.media = Some(path),
                 None => spec.cdroms.push(Cdrom {
@@ -525,15 +537,14 @@ impl Agent {
             Some(s) => Some(self.sr(s)?),
             None => None,
         };
-        self.registry_mut().reserve(&req.name)?;
+        self.host.registry_mut().reserve(&req.name)?;
         let info = src.info();
-        let task = self.tasks.start("vm.copy", None);
+        let task = self.host.tasks.start(Operation::VmCopy, None);
         let lease = Arc::new(Lease {
-            verb: "copy",
-            what: "copied",
+            kind: crate::vm::state::LeaseKind::Copy,
         });
         if let Err(e) = src.call(Op::Lease(lease.clone()), task.clone()).await {
-            self.registry_mut().release(&req.name);
+            self.host.registry_mut().release(&req.name);
             return Err(e);
         }
         let task_id = task.id.clone();
@@ -543,7 +554,7 @@ impl Agent {
             let r = agent.copy_leased(info, &name, target_sr, &task).await;
             drop(lease);
             if r.is_err() {
-                agent.registry_mut().release(&name);
+                agent.host.registry_mut().release(&name);
             }
             match (&r, task.is_cancelled()) {
                 (Err(_), true) => {

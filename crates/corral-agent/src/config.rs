@@ -171,6 +171,10 @@ impl Layout {
     pub fn seed_iso(&self, vm_id: &str) -> PathBuf {
         self.root.join("seeds").join(format!("{vm_id}.iso"))
     }
+    /// The VM's UEFI variable store, kept beside the state so it survives restarts.
+    pub fn nvram(&self, vm_id: &str) -> PathBuf {
+        self.root.join("nvram").join(format!("{vm_id}.fd"))
+    }
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")
     }

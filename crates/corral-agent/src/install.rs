@@ -17,8 +17,9 @@
 //! failed task in its history, so the console log can be read: an installer's last screen is
 //! usually the only explanation there is.
 
-use crate::agent::{error_chain, Agent};
+use crate::agent::Agent;
 use crate::answers::AnswerServer;
+use crate::context::error_chain;
 use crate::network::DEFAULT_NETWORK;
 use crate::tasks::TaskHandle;
 use crate::vm::{Op, VmHandle};
@@ -29,6 +30,7 @@ use corral_install::url::Scheme;
 use corral_install::{seed, Location, Template};
 use corral_model::api::*;
 use corral_model::host::NetworkKind;
+use corral_model::task::Operation;
 use corral_model::validate::validate_name;
 use corral_model::*;
 use std::path::{Path, PathBuf};
@@ -91,6 +93,7 @@ impl Agent {
         validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
         if let Some(t) = &req.vm.template {
             if self
+                .host
                 .registry()
                 .find(t)
                 .is_some_and(|h| h.info().is_template)
@@ -100,8 +103,11 @@ impl Agent {
         }
         let prepared = self.prepare_install(req)?;
         let name = prepared.spec.name.clone();
-        self.registry_mut().reserve(&name)?;
-        let task = self.tasks.start("vm.install", Some((&prepared.id, &name)));
+        self.host.registry_mut().reserve(&name)?;
+        let task = self
+            .host
+            .tasks
+            .start(Operation::VmInstall, Some((&prepared.id, &name)));
         let task_id = task.id.clone();
         let agent = self.clone();
         tokio::spawn(async move {
@@ -157,7 +163,7 @@ impl Agent {
             ));
         }
         let template = match &create.template {
-            Some(t) => Some(self.templates_read().get(t)?.clone()),
+            Some(t) => Some(self.host.templates().get(t)?.clone()),
             None => None,
         };
         let timeout = match timeout_secs {
@@ -192,7 +198,7 @@ impl Agent {
                 )
             }
             InstallSource::Cdrom { iso } => {
-                let iso = self.check_iso_path(&iso)?;
+                let iso = crate::spec::iso_path(self.host.as_ref(), &iso)?;
                 if create.cdrom.as_ref().is_some_and(|c| c != &iso) {
                     return Err(invalid(
                         "give the install media once (source ISO and cdrom differ)",
@@ -348,7 +354,7 @@ impl Agent {
             .flatten()
             .map(|d| d.import_from.clone())
             .collect();
-        let mut spec = self.spec_from_request(&id, &create)?;
+        let mut spec = crate::spec::spec_from_request(self.host.as_ref(), &id, &create)?;
         if !matches!(plan, Plan::DiskImport { .. }) {
             if spec.disks.is_empty() {
                 return Err(invalid(
@@ -409,7 +415,7 @@ impl Agent {
         mut p: Prepared,
         task: &TaskHandle,
     ) -> Result<String, ApiError> {
-        let scratch = self.layout.install_dir(&p.id);
+        let scratch = self.host.layout.install_dir(&p.id);
         if let Some(i) = &mut p.spec.install {
             i.task_id = task.id.clone();
         }
@@ -432,9 +438,9 @@ impl Agent {
         let (handle, mut notes) = match created {
             Ok(x) => x,
             Err(e) => {
-                self.registry_mut().release(&name);
+                self.host.registry_mut().release(&name);
                 let _ = std::fs::remove_dir_all(&scratch);
-                let _ = std::fs::remove_file(self.layout.seed_iso(&p.id));
+                let _ = std::fs::remove_file(self.host.layout.seed_iso(&p.id));
                 return Err(e);
             }
         };
@@ -444,7 +450,7 @@ impl Agent {
             task.phase("booting the imported image", 0.8);
             self.sub_op(
                 &handle,
-                "vm.start",
+                Operation::VmStart,
                 Op::Action(VmAction::Start, ActionRequest::default()),
             )
             .await?;
@@ -455,7 +461,7 @@ impl Agent {
         task.phase("booting the installer", 0.4);
         self.sub_op(
             &handle,
-            "vm.start",
+            Operation::VmStart,
             Op::Action(VmAction::Start, ActionRequest::default()),
         )
         .await?;
@@ -480,21 +486,24 @@ impl Agent {
     /// boot, as the lost task would have, within the deadline the install had. Installs that
     /// had failed stay as they were (`vm start` retries them).
     pub(crate) fn resume_installs(self: &Arc<Self>) {
-        let handles: Vec<VmHandle> = self.registry().by_id.values().cloned().collect();
+        let handles: Vec<VmHandle> = self.host.registry().by_id.values().cloned().collect();
         for h in handles {
             let info = h.info();
             let Some(install) = &info.install else {
                 continue;
             };
-            let interrupted = self.tasks.get(&install.task_id).is_some_and(|t| {
-                t.error
-                    .as_ref()
-                    .is_some_and(|e| e.message == crate::tasks::INTERRUPTED)
-            });
+            let interrupted = self
+                .host
+                .tasks
+                .get(&install.task_id)
+                .is_some_and(|t| crate::tasks::was_interrupted(&t));
             if !interrupted {
                 continue;
             }
-            let task = self.tasks.start("vm.install", Some((&info.id, &info.name)));
+            let task = self
+                .host
+                .tasks
+                .start(Operation::VmInstall, Some((&info.id, &info.name)));
             watch_install(self.clone(), info.id.clone(), task);
         }
     }
@@ -508,12 +517,16 @@ impl Agent {
         task: &TaskHandle,
     ) -> Result<String, ApiError> {
         task.phase("rebooting into the installed system", 0.9);
-        self.sub_op(h, "vm.finish-install", Op::FinishInstall { eject_cdrom })
-            .await?;
-        let _ = std::fs::remove_dir_all(self.layout.install_dir(&h.id));
         self.sub_op(
             h,
-            "vm.start",
+            Operation::VmFinishInstall,
+            Op::FinishInstall { eject_cdrom },
+        )
+        .await?;
+        let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&h.id));
+        self.sub_op(
+            h,
+            Operation::VmStart,
             Op::Action(VmAction::Start, ActionRequest::default()),
         )
         .await?;
@@ -521,9 +534,12 @@ impl Agent {
     }
 
     /// Run an operation on the VM as its own task (so it shows in the VM's history).
-    async fn sub_op(&self, h: &VmHandle, operation: &str, op: Op) -> Result<(), ApiError> {
+    async fn sub_op(&self, h: &VmHandle, operation: Operation, op: Op) -> Result<(), ApiError> {
         let info = h.info();
-        let t = self.tasks.start(operation, Some((&info.id, &info.name)));
+        let t = self
+            .host
+            .tasks
+            .start(operation, Some((&info.id, &info.name)));
         h.call(op, t).await
     }
 
@@ -548,7 +564,7 @@ impl Agent {
             }
             Plan::DiskImport { cloud_init } => {
                 if let Some(ci) = cloud_init.clone() {
-                    let iso = self.layout.seed_iso(&p.id);
+                    let iso = self.host.layout.seed_iso(&p.id);
                     let meta = ci
                         .meta_data
                         .clone()
@@ -649,7 +665,7 @@ impl Agent {
             } else {
                 Unattended::None
             },
-            extra_kernel_paths: self.templates_read().catalog().osinfo_kernel_paths(),
+            extra_kernel_paths: self.host.templates().catalog().osinfo_kernel_paths(),
         };
         let (kernel_name, initrd_name) = if pxe {
             ("vmlinuz", "initrd.img")
@@ -812,7 +828,7 @@ impl Agent {
             let _ = self
                 .sub_op(
                     h,
-                    "vm.poweroff",
+                    Operation::VmPoweroff,
                     Op::Action(VmAction::Poweroff, ActionRequest::default()),
                 )
                 .await;
@@ -863,7 +879,7 @@ impl Agent {
     /// `virtio-win*.iso` in the ISO library (what Windows guests need for virtio disks and NICs).
     pub fn tools_iso(&self) -> Result<PathBuf, ApiError> {
         if let Some(p) = &self.config.tools_iso {
-            return self.check_iso_path(p);
+            return crate::spec::iso_path(self.host.as_ref(), p);
         }
         // By name, so virtio-win-0.1.240.iso wins over virtio-win-0.1.229.iso.
         let newest = self
@@ -872,7 +888,7 @@ impl Agent {
             .filter(|i| i.name.to_ascii_lowercase().starts_with("virtio-win"))
             .max_by(|a, b| a.name.cmp(&b.name));
         match newest {
-            Some(iso) => self.check_iso_path(&iso.path),
+            Some(iso) => crate::spec::iso_path(self.host.as_ref(), &iso.path),
             None => Err(ApiError::not_found(format!(
                 "no guest-tools ISO: put virtio-win.iso into the ISO library ({}) or start the \
                  agent with --tools-iso PATH",
@@ -889,6 +905,7 @@ pub(crate) fn watch_install(agent: Arc<Agent>, vm_id: String, task: TaskHandle) 
     tokio::spawn(async move {
         let result = async {
             let h = agent
+                .host
                 .registry()
                 .by_id
                 .get(&vm_id)
@@ -896,7 +913,7 @@ pub(crate) fn watch_install(agent: Arc<Agent>, vm_id: String, task: TaskHandle) 
                 .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} is gone")))?;
             let info = h.info();
             // The answer files the installer may fetch again, at the URL it was given.
-            let _answers = AnswerServer::resume(&agent.layout.install_dir(&vm_id))
+            let _answers = AnswerServer::resume(&agent.host.layout.install_dir(&vm_id))
                 .await
                 .map_err(|e| ApiError::internal(error_chain(&e)))?;
             task.phase(

@@ -362,7 +362,7 @@ pub(crate) fn spawn_sampler(agent: &Arc<Agent>) {
 }
 
 async fn sample_all(agent: &Arc<Agent>) {
-    let handles: Vec<crate::vm::VmHandle> = agent.registry().by_id.values().cloned().collect();
+    let handles: Vec<crate::vm::VmHandle> = agent.host.registry().by_id.values().cloned().collect();
     // Consumed GHz at the clock the planner's capacity states (the cpufreq maximum when
     // known), so a VM's demand and the host's capacity are in the same unit.
     let ghz = agent.planner_host().0.ghz;
@@ -384,7 +384,11 @@ async fn sample_all(agent: &Arc<Agent>) {
     };
     for id in gone {
         agent.stats.lock().remove(&id);
-        let _ = agent.store.delete(&format!("stats/{id}"), Expect::Any);
+        let _ = agent
+            .host
+            .records
+            .store()
+            .delete(&format!("stats/{id}"), Expect::Any);
     }
     for h in handles {
         let info = h.info();
@@ -396,7 +400,7 @@ async fn sample_all(agent: &Arc<Agent>) {
             continue;
         }
         let Ok(Some(counters)) =
-            tokio::time::timeout(Duration::from_secs(3), h.counters(&agent.tasks)).await
+            tokio::time::timeout(Duration::from_secs(3), h.counters(&agent.host.tasks)).await
         else {
             continue;
         };
@@ -468,7 +472,12 @@ async fn sample_all(agent: &Arc<Agent>) {
             }
         };
         if let Some(coarse) = persist {
-            if let Err(e) = agent.put_json(&format!("stats/{}", h.id), &coarse, Expect::Any) {
+            if let Err(e) =
+                agent
+                    .host
+                    .records
+                    .put_json(&format!("stats/{}", h.id), &coarse, Expect::Any)
+            {
                 tracing::warn!(vm = %info.name, error = %e, "cannot persist statistics");
             }
         }

@@ -6,7 +6,7 @@
 use crate::clock::now_ms;
 use crate::events::EventBus;
 use corral_model::event::Event;
-use corral_model::task::{Task, TaskState};
+use corral_model::task::{Operation, Task, TaskState};
 use corral_model::ApiError;
 use corral_store::{Expect, Store};
 use std::collections::HashMap;
@@ -16,16 +16,21 @@ use tokio::sync::watch;
 /// The error of a task that was running when the agent stopped (set at the next start).
 pub const INTERRUPTED: &str = "the agent stopped while this task was running";
 
-/// Operations whose workers watch for cancellation: copies, installs and transfers stop and
-/// clean up; a shutdown stops waiting for the guest (which keeps running). Cancelling any
-/// other task is refused rather than "requested" and silently ignored.
-pub const CANCELLABLE: &[&str] = &[
-    "vm.copy",
-    "vm.install",
-    "vm.import",
-    "vm.export",
-    "vm.shutdown",
-];
+/// Marks the error of an interrupted task, so a resumed install recognises it by data, not
+/// by its message.
+fn interrupted_error() -> ApiError {
+    ApiError::internal(INTERRUPTED).with_details(serde_json::json!({ "interrupted": true }))
+}
+
+/// Whether `task` was running when the agent stopped (see [`Tasks::recover`]).
+pub fn was_interrupted(task: &Task) -> bool {
+    task.error
+        .as_ref()
+        .and_then(|e| e.details.as_ref())
+        .and_then(|d| d.get("interrupted"))
+        .and_then(|v| v.as_bool())
+        == Some(true)
+}
 
 /// Finished tasks kept in the store; older ones are pruned at start.
 const HISTORY_LIMIT: usize = 5000;
@@ -142,7 +147,7 @@ impl Tasks {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn start(self: &Arc<Self>, operation: &str, vm: Option<(&str, &str)>) -> TaskHandle {
+    pub fn start(self: &Arc<Self>, operation: Operation, vm: Option<(&str, &str)>) -> TaskHandle {
         let task = Task {
             id: uuid::Uuid::new_v4().to_string(),
             vm_id: vm.map(|v| v.0.to_string()),
@@ -189,7 +194,7 @@ impl Tasks {
     /// Record an already finished task (e.g. "guest died while the agent was down").
     pub fn record(
         self: &Arc<Self>,
-        operation: &str,
+        operation: Operation,
         vm: Option<(&str, &str)>,
         result: Result<String, ApiError>,
     ) {
@@ -255,10 +260,10 @@ impl Tasks {
     }
 
     /// Whether a task doing `operation` on VM `vm_id` is running now.
-    pub fn is_running(&self, operation: &str, vm_id: &str) -> bool {
+    pub fn is_running(&self, operation: Operation, vm_id: &str) -> bool {
         self.lock().values().any(|l| {
             let t = l.tx.borrow();
-            t.operation == operation
+            t.operation == operation.as_str()
                 && t.vm_id.as_deref() == Some(vm_id)
                 && t.state == corral_model::task::TaskState::Running
         })
@@ -289,12 +294,17 @@ impl Tasks {
         match live.get(id) {
             Some(l) => {
                 let operation = l.tx.borrow().operation.clone();
-                if !CANCELLABLE.contains(&operation.as_str()) {
+                if !Operation::parse(&operation).is_some_and(Operation::cancellable) {
+                    let cancellable: Vec<&str> = Operation::ALL
+                        .iter()
+                        .filter(|o| o.cancellable())
+                        .map(|o| o.as_str())
+                        .collect();
                     return Err(ApiError::new(
                         corral_model::ErrorKind::InvalidState,
                         format!(
                             "task {id} ({operation}) cannot be cancelled; cancellable operations: {}",
-                            CANCELLABLE.join(", ")
+                            cancellable.join(", ")
                         ),
                     ));
                 }
@@ -343,7 +353,7 @@ impl Tasks {
         for t in all.iter_mut().filter(|t| !t.state.is_finished()) {
             t.state = TaskState::Failed;
             t.finished_at_ms = Some(now_ms());
-            t.error = Some(ApiError::internal(INTERRUPTED));
+            t.error = Some(interrupted_error());
             self.persist(t);
         }
         if all.len() > HISTORY_LIMIT {
@@ -367,7 +377,7 @@ mod tests {
     #[test]
     fn bytes_move_within_the_phase_and_a_new_phase_clears_them() {
         let tasks = tasks();
-        let t = tasks.start("vm.install", None);
+        let t = tasks.start(Operation::VmInstall, None);
         t.phase_span("fetching the kernel", 0.05, 0.15);
         t.bytes(50, 100);
         let now = tasks.get(&t.id).expect("task");

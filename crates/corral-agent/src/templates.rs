@@ -11,7 +11,7 @@ pub struct Templates {
 }
 
 fn api(e: TemplateError) -> ApiError {
-    ApiError::new(e.kind(), crate::agent::error_chain(&e))
+    ApiError::new(e.kind(), crate::context::error_chain(&e))
 }
 
 impl Templates {
@@ -19,6 +19,19 @@ impl Templates {
         Ok(Templates {
             catalog: Catalog::load(Some(dir)).map_err(api)?,
             dir: dir.to_path_buf(),
+        })
+    }
+    /// Only the built-in templates (no osinfo-db, no user directory): for unit tests.
+    #[cfg(test)]
+    pub fn builtin() -> Result<Self, ApiError> {
+        let catalog = Catalog::load_with(corral_install::templates::LoadOptions {
+            user_dir: None,
+            osinfo_dir: None,
+        })
+        .map_err(api)?;
+        Ok(Templates {
+            catalog,
+            dir: PathBuf::new(),
         })
     }
     pub fn get(&self, name: &str) -> Result<&Template, ApiError> {

@@ -20,14 +20,17 @@
 //! cancel the staging directory is removed and the name released. Stale staging directories
 //! (an agent that died mid-import) are removed at agent start.
 
-use crate::agent::{error_chain, random_mac, Agent};
+use crate::agent::Agent;
 use crate::clone::{spec_of, BASES_DIR};
+use crate::context::error_chain;
 use crate::network::DEFAULT_NETWORK;
+use crate::spec::random_mac;
 use crate::tasks::TaskHandle;
 use crate::vm::{Lease, Op};
 use bytes::Bytes;
 use corral_archive::{ArchiveError, ArchiveKind, Limits};
 use corral_model::host::StorageRepository;
+use corral_model::task::Operation;
 use corral_model::transfer::*;
 use corral_model::validate::*;
 use corral_model::*;
@@ -377,7 +380,7 @@ impl Agent {
         })?;
         validate_vcpus(spec.vcpus)
             .map_err(|e| ApiError::invalid(format!("the archive's VM: {e}")))?;
-        self.validate_memory_on_host(spec.memory_bytes)
+        crate::spec::check_memory(self.host.as_ref(), spec.memory_bytes)
             .map_err(|e| e.context("the archive's VM"))?;
         if validate_cpu_weight(spec.cpu_weight).is_err() {
             warnings.push(format!(
@@ -451,7 +454,7 @@ impl Agent {
             )));
         }
         if q.dry_run {
-            if self.registry().find(&spec.name).is_some() {
+            if self.host.registry().find(&spec.name).is_some() {
                 return Err(ApiError::conflict(format!(
                     "a VM named {:?} already exists; choose another name with --name",
                     spec.name
@@ -470,12 +473,15 @@ impl Agent {
             }));
         }
         let name = spec.name.clone();
-        self.registry_mut().reserve(&name).map_err(|e| {
+        self.host.registry_mut().reserve(&name).map_err(|e| {
             ApiError::conflict(format!("{}; choose another name with --name", e.message))
         })?;
         let id = uuid::Uuid::new_v4().to_string();
-        let task = self.tasks.start("vm.import", Some((&id, &name)));
-        let staging = self.layout.staging().join(&id);
+        let task = self
+            .host
+            .tasks
+            .start(Operation::VmImport, Some((&id, &name)));
+        let staging = self.host.layout.staging().join(&id);
         let target = Target {
             sr,
             as_template: spec.is_template,
@@ -509,7 +515,7 @@ impl Agent {
                 task.succeed(Some(note));
             }
             Err(e) => {
-                self.registry_mut().release(&name);
+                self.host.registry_mut().release(&name);
                 if task.is_cancelled() {
                     task.cancelled_with("the import was cancelled; nothing was created");
                 } else {
@@ -644,15 +650,21 @@ impl Agent {
         }
         let h = self.vm(name)?;
         let info = h.info();
-        let task = self.tasks.start("vm.export", Some((&info.id, &info.name)));
+        let task = self
+            .host
+            .tasks
+            .start(Operation::VmExport, Some((&info.id, &info.name)));
         let lease = Arc::new(Lease {
-            verb: "export",
-            what: "exported",
+            kind: crate::vm::state::LeaseKind::Export,
         });
         h.call(Op::Lease(lease.clone()), task.clone()).await?;
         // The snapshot after the lease: nothing changes the disks from here on.
         let spec = spec_of(&h.info());
-        let scratch = self.layout.staging().join(format!("export-{}", task.id));
+        let scratch = self
+            .host
+            .layout
+            .staging()
+            .join(format!("export-{}", task.id));
         let (tx, rx) = byte_channel();
         let file_name = format!(
             "{}.{}",

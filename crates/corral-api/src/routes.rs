@@ -8,8 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use corral_agent::vm::Op;
-use corral_agent::Agent;
+use corral_agent::{Agent, VmOutcome};
 use corral_model::api::*;
 use corral_model::ApiError;
 use serde::de::DeserializeOwned;
@@ -147,14 +146,13 @@ async fn create_vm(
     Ok((StatusCode::CREATED, vm_answer(task, vm)).into_response())
 }
 
-/// Run `op` on the VM, waiting for it unless `?wait=false`.
-async fn run_op(a: &Agent, name: &str, operation: &str, op: Op, wait: bool) -> Result<Response> {
-    if wait {
-        let (vm, task) = a.vm_op(name, operation, op).await?;
-        Ok(vm_answer(task, vm))
-    } else {
-        let task = a.vm_op_nowait(name, operation, op)?;
-        Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response())
+/// A VM request's answer: 200 with the VM when done, 202 with the task when accepted.
+fn outcome(o: VmOutcome) -> Response {
+    match o {
+        VmOutcome::Done { task, vm } => vm_answer(task, *vm),
+        VmOutcome::Accepted { task } => {
+            (StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response()
+        }
     }
 }
 
@@ -163,7 +161,7 @@ async fn update_vm(
     Path(name): Path<String>,
     Body_(req): Body_<VmUpdateRequest>,
 ) -> Result<Response> {
-    run_op(&a, &name, "vm.update", Op::Update(req), true).await
+    Ok(outcome(a.update_vm(&name, req).await?))
 }
 
 async fn delete_vm(
@@ -171,7 +169,7 @@ async fn delete_vm(
     Path(name): Path<String>,
     Query(q): Query<VmDeleteRequest>,
 ) -> Result<Response> {
-    let (_, task) = a.vm_op(&name, "vm.delete", Op::Delete(q)).await?;
+    let task = a.delete_vm(&name, q).await?;
     Ok(Json(TaskAccepted { task }).into_response())
 }
 
@@ -192,8 +190,7 @@ async fn vm_action(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?
     };
-    let operation = format!("vm.{}", action.as_str());
-    run_op(&a, &name, &operation, Op::Action(action, opts), w.wait).await
+    Ok(outcome(a.vm_action(&name, action, opts, w.wait).await?))
 }
 
 async fn disk_add(
@@ -201,14 +198,14 @@ async fn disk_add(
     Path(name): Path<String>,
     Body_(req): Body_<DiskRequest>,
 ) -> Result<Response> {
-    run_op(&a, &name, "vm.disk.add", Op::DiskAdd(req), true).await
+    Ok(outcome(a.add_disk(&name, req).await?))
 }
 
 async fn disk_remove(
     State(a): State<AppState>,
     Path((name, device)): Path<(String, String)>,
 ) -> Result<Response> {
-    run_op(&a, &name, "vm.disk.remove", Op::DiskRemove(device), true).await
+    Ok(outcome(a.remove_disk(&name, device).await?))
 }
 
 async fn cdrom_insert(
@@ -216,7 +213,7 @@ async fn cdrom_insert(
     Path(name): Path<String>,
     Body_(req): Body_<CdromInsertRequest>,
 ) -> Result<Response> {
-    run_op(&a, &name, "vm.cdrom.insert", Op::CdromInsert(req.iso), true).await
+    Ok(outcome(a.insert_cdrom(&name, req.iso).await?))
 }
 
 /// `POST /v1/installs`: answers 202 with the task once the request is valid; with
@@ -231,7 +228,7 @@ async fn install_vm(
         return Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response());
     }
     let done = a
-        .tasks
+        .tasks()
         .wait(&task)
         .await
         .ok_or_else(|| ApiError::internal(format!("install task {task} vanished")))?;
@@ -251,12 +248,11 @@ struct InstallQuery {
 
 /// `POST /v1/vms/{name}/tools`: put the guest-tools ISO into the CD drive (running or not).
 async fn tools_insert(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    let iso = a.tools_iso()?;
-    run_op(&a, &name, "vm.tools.insert", Op::CdromInsert(iso), true).await
+    Ok(outcome(a.insert_tools(&name).await?))
 }
 
 async fn cdrom_eject(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    run_op(&a, &name, "vm.cdrom.eject", Op::CdromEject, true).await
+    Ok(outcome(a.eject_cdrom(&name).await?))
 }
 
 async fn nic_add(
@@ -264,14 +260,14 @@ async fn nic_add(
     Path(name): Path<String>,
     Body_(req): Body_<NicRequest>,
 ) -> Result<Response> {
-    run_op(&a, &name, "vm.nic.add", Op::NicAdd(req), true).await
+    Ok(outcome(a.add_nic(&name, req).await?))
 }
 
 async fn nic_remove(
     State(a): State<AppState>,
     Path((name, device)): Path<(String, String)>,
 ) -> Result<Response> {
-    run_op(&a, &name, "vm.nic.remove", Op::NicRemove(device), true).await
+    Ok(outcome(a.remove_nic(&name, device).await?))
 }
 
 async fn vm_history(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
@@ -291,7 +287,7 @@ async fn vm_recommend_host(
 
 async fn console_log(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
     let id = a.vm(&name)?.id.clone();
-    let path = a.layout.run_dir(&id).join("serial.log");
+    let path = a.layout().run_dir(&id).join("serial.log");
     let bytes = tokio::fs::read(&path).await.unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
@@ -312,7 +308,7 @@ async fn console(
         )
         .into());
     }
-    let socket = a.layout.run_dir(&info.id).join("serial.sock");
+    let socket = a.layout().run_dir(&info.id).join("serial.sock");
     let serial = tokio::net::UnixStream::connect(&socket)
         .await
         .map_err(|e| {
@@ -371,7 +367,7 @@ async fn create_network(
 /// `GET /v1/templates[?osinfo=true]`: built-in and user templates, or with `osinfo` the
 /// templates read from osinfo-db.
 async fn list_templates(State(a): State<AppState>, Query(q): Query<TemplateListQuery>) -> Response {
-    let t = a.templates.read().unwrap_or_else(|p| p.into_inner());
+    let t = a.templates();
     if q.osinfo {
         Json(t.list_osinfo()).into_response()
     } else {
@@ -387,7 +383,7 @@ struct TemplateListQuery {
 }
 
 async fn show_template(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    let t = a.templates.read().unwrap_or_else(|p| p.into_inner());
+    let t = a.templates();
     Ok(Json(t.get(&name)?).into_response())
 }
 
@@ -395,18 +391,18 @@ async fn create_template(
     State(a): State<AppState>,
     Body_(req): Body_<TemplateCreateRequest>,
 ) -> Result<Response> {
-    let mut t = a.templates.write().unwrap_or_else(|p| p.into_inner());
+    let mut t = a.templates_mut();
     Ok((StatusCode::CREATED, Json(t.add(&req.toml)?)).into_response())
 }
 
 async fn delete_template(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    let mut t = a.templates.write().unwrap_or_else(|p| p.into_inner());
+    let mut t = a.templates_mut();
     t.remove(&name)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_tasks(State(a): State<AppState>) -> Response {
-    Json(a.tasks.list()).into_response()
+    Json(a.tasks().list()).into_response()
 }
 
 #[derive(Deserialize, Default)]
@@ -422,16 +418,16 @@ async fn show_task(
     Query(q): Query<TaskQuery>,
 ) -> Result<Response> {
     let task = if q.wait {
-        a.tasks.wait(&id).await
+        a.tasks().wait(&id).await
     } else {
-        a.tasks.get(&id)
+        a.tasks().get(&id)
     };
     let task = task.ok_or_else(|| ApiError::not_found(format!("no task {id}")))?;
     Ok(Json(task).into_response())
 }
 
 async fn cancel_task(State(a): State<AppState>, Path(id): Path<String>) -> Result<Response> {
-    a.tasks.cancel(&id)?;
+    a.tasks().cancel(&id)?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -445,7 +441,7 @@ struct EventsQuery {
 /// Newline-delimited JSON events until the client goes away.
 async fn events(State(a): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
     use futures_util::StreamExt;
-    let (backlog, rx) = a.events.subscribe(q.since);
+    let (backlog, rx) = a.events().subscribe(q.since);
     let line = |e: &corral_model::event::EventEnvelope| {
         let mut v = serde_json::to_vec(e).unwrap_or_default();
         v.push(b'\n');

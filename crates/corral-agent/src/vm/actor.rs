@@ -2,17 +2,23 @@
 //! connection. Commands arrive in order on a channel; QMP events (pause, resume, QEMU exit)
 //! arrive on another; the actor applies both to one state machine and publishes a snapshot.
 //!
-//! State machine (power states): halted --start--> running <--pause/resume--> paused;
-//! running|paused --poweroff / guest exit--> halted. `shutdown` presses the ACPI button and
-//! completes when the guest's QEMU exits (other commands, such as `poweroff`, stay possible
-//! meanwhile); it fails if the guest ignores the button past its timeout.
+//! Every command and QEMU event is first put to the pure state table ([`super::state`]): a
+//! refusal is answered before anything is touched, naming the state that caused it. The
+//! actor holds a narrow context — the host's records, events, tasks and registry
+//! ([`Host`]) — and a [`Runtime`] that launches, re-attaches and cleans up guests; it never
+//! sees the agent facade. `shutdown` presses the ACPI button and completes when the guest's
+//! QEMU exits (other commands, such as `poweroff`, stay possible meanwhile); it fails if the
+//! guest ignores the button past its timeout.
 
-use super::runtime::{self, Running};
-use super::{Command, Op, VmHandle};
-use crate::agent::{error_chain, Agent};
+use super::runtime::{ReattachError, Running, Runtime};
+use super::state::{self, Edit, Event as VmEvent, VmState};
+use super::{Command, Notice, Op, VmHandle};
+use crate::context::{error_chain, Host};
+use crate::spec;
 use crate::tasks::TaskHandle;
 use corral_model::api::*;
 use corral_model::event::Event;
+use corral_model::task::Operation;
 use corral_model::validate::*;
 use corral_model::*;
 use corral_store::Expect;
@@ -33,8 +39,9 @@ struct PendingShutdown {
     presser: tokio::task::JoinHandle<()>,
 }
 
-struct Actor {
-    agent: Arc<Agent>,
+struct Actor<R: Runtime> {
+    host: Arc<Host>,
+    runtime: Arc<R>,
     rec: VmRecord,
     rev: u64,
     run: Option<Running>,
@@ -45,10 +52,16 @@ struct Actor {
 }
 
 /// Load a VM: re-attach to its QEMU if one is running, then start its actor.
-pub(crate) async fn spawn(agent: Arc<Agent>, rec: VmRecord, rev: u64) -> VmHandle {
+pub(crate) async fn spawn<R: Runtime>(
+    host: Arc<Host>,
+    runtime: Arc<R>,
+    rec: VmRecord,
+    rev: u64,
+) -> VmHandle {
     let info = Arc::new(RwLock::new(VmInfo::from_record(&rec)));
     let mut actor = Actor {
-        agent,
+        host,
+        runtime,
         rec,
         rev,
         run: None,
@@ -68,24 +81,45 @@ pub(crate) async fn spawn(agent: Arc<Agent>, rec: VmRecord, rev: u64) -> VmHandl
     handle
 }
 
-fn state_error(name: &str, state: PowerState, action: &str) -> ApiError {
-    ApiError::new(
-        ErrorKind::InvalidState,
-        format!("cannot {action} VM {name:?}: it is {state}"),
-    )
-    .with_details(serde_json::json!({ "power_state": state }))
+/// A refusal of the state table as the API reports it, with the power state in the details.
+fn refusal_error(name: &str, refusal: state::Refusal, power: PowerState) -> ApiError {
+    ApiError::new(refusal.kind(), refusal.message(name))
+        .with_details(serde_json::json!({ "power_state": power }))
 }
 
-impl Actor {
+/// A failed QMP command, keeping the QMP error's kind (a QEMU that does not answer in time
+/// is `timeout`, a closed connection `invalid_state`).
+fn qmp_error(what: &str, e: corral_qemu::qmp::QmpError) -> ApiError {
+    ApiError::new(e.kind(), format!("{what}: {}", error_chain(&e)))
+}
+
+impl<R: Runtime> Actor<R> {
     fn name(&self) -> &str {
         &self.rec.spec.name
+    }
+
+    /// The state the table decides on.
+    fn state(&mut self) -> VmState {
+        self.leases.retain(|l| l.strong_count() > 0);
+        VmState {
+            power: self.rec.power_state,
+            leased: self.leases.iter().find_map(|l| l.upgrade()).map(|l| l.kind),
+            template: self.rec.spec.is_template,
+            shutting_down: !self.pending.is_empty(),
+        }
+    }
+
+    /// Ask the state table whether `event` may happen now.
+    fn check(&mut self, event: VmEvent) -> Result<VmState, ApiError> {
+        let s = self.state();
+        state::transition(s, event).map_err(|r| refusal_error(self.name(), r, s.power))
     }
 
     /// At load: find the QEMU of a VM recorded as running; a VM whose QEMU died while the
     /// agent was down becomes halted, with the reason in its history.
     async fn recover(&mut self) {
         let vm = (self.rec.id.clone(), self.rec.spec.name.clone());
-        match runtime::reattach(&self.agent, &self.rec).await {
+        match self.runtime.reattach(&self.rec).await {
             Ok((run, state)) => {
                 let note = format!(
                     "re-attached to QEMU process {} after an agent restart ({state})",
@@ -93,34 +127,34 @@ impl Actor {
                 );
                 self.run = Some(run);
                 self.set_power(state, "re-attached");
-                self.agent
+                self.host
                     .tasks
-                    .record("vm.reattach", Some((&vm.0, &vm.1)), Ok(note));
+                    .record(Operation::VmReattach, Some((&vm.0, &vm.1)), Ok(note));
             }
-            Err(why) if why.starts_with(runtime::HALF_STARTED) => {
+            Err(why @ ReattachError::HalfStarted { .. }) => {
                 // Halted in the record already; say in its history what was cleaned up.
-                self.agent.tasks.record(
-                    "vm.recover",
+                self.host.tasks.record(
+                    Operation::VmRecover,
                     Some((&vm.0, &vm.1)),
                     Ok(format!(
-                        "a start interrupted by an agent restart ({why}); the VM stays halted"
+                        "a start interrupted by an agent restart ({}); the VM stays halted",
+                        error_chain(&why)
                     )),
                 );
-                runtime::cleanup_taps(&runtime::existing_taps(&self.rec)).await;
-                self.agent.cgroups.remove(&self.rec.id);
+                self.runtime.clear_leftovers(&self.rec).await;
             }
             Err(why) => {
                 if self.rec.power_state != PowerState::Halted {
                     self.set_power(PowerState::Halted, "QEMU exited while the agent was down");
-                    self.agent.tasks.record(
-                        "vm.recover",
+                    self.host.tasks.record(
+                        Operation::VmRecover,
                         Some((&vm.0, &vm.1)),
                         Ok(format!(
-                            "the guest stopped while the agent was down ({why}); marked halted"
+                            "the guest stopped while the agent was down ({}); marked halted",
+                            error_chain(&why)
                         )),
                     );
-                    runtime::cleanup_taps(&runtime::existing_taps(&self.rec)).await;
-                    self.agent.cgroups.remove(&self.rec.id);
+                    self.runtime.clear_leftovers(&self.rec).await;
                 }
             }
         }
@@ -169,7 +203,8 @@ impl Actor {
     fn persist(&mut self) -> Result<(), ApiError> {
         let key = format!("vms/{}", self.rec.id);
         self.rev = self
-            .agent
+            .host
+            .records
             .put_json(&key, &self.rec, Expect::Revision(self.rev))?;
         self.publish();
         Ok(())
@@ -185,7 +220,7 @@ impl Actor {
             tracing::error!(vm = %self.name(), error = %e, "cannot record power state");
         }
         tracing::info!(vm = %self.name(), from = %from, to = %to, reason, "power state");
-        self.agent.events.publish(Event::PowerStateChanged {
+        self.host.events.publish(Event::PowerStateChanged {
             vm: self.rec.spec.name.clone(),
             id: self.rec.id.clone(),
             from,
@@ -231,22 +266,15 @@ impl Actor {
     }
 
     async fn apply(&mut self, op: Op, task: &TaskHandle) -> Result<(), ApiError> {
-        let state = self.rec.power_state;
         match op {
-            Op::Action(action, _) => {
-                if action == VmAction::Start {
-                    self.require_free("start")?;
-                }
-                self.action(action, task).await
-            }
+            Op::Action(action, _) => self.action(action, task).await,
             Op::Lease(lease) => {
-                self.require_halted(lease.verb)?;
+                self.check(VmEvent::Lease(lease.kind))?;
                 self.leases.push(Arc::downgrade(&lease));
                 Ok(())
             }
             Op::Freeze(answer) => {
-                self.require_halted("clone")?;
-                self.require_free("clone")?;
+                self.check(VmEvent::Freeze)?;
                 let mut spec = self.rec.spec.clone();
                 let (frozen, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, true)?;
                 let old = std::mem::replace(&mut self.rec.spec, spec);
@@ -260,14 +288,7 @@ impl Actor {
                 Ok(())
             }
             Op::ConvertToTemplate => {
-                self.require_halted("convert to a template")?;
-                self.require_free("convert to a template")?;
-                if self.rec.spec.is_template {
-                    return Err(ApiError::new(
-                        ErrorKind::InvalidState,
-                        format!("VM {:?} is already a template", self.name()),
-                    ));
-                }
+                self.check(VmEvent::ConvertToTemplate)?;
                 let mut spec = self.rec.spec.clone();
                 let (_, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, false)?;
                 spec.is_template = true;
@@ -282,14 +303,8 @@ impl Actor {
             }
             Op::Update(req) => self.update(req).await,
             Op::DiskAdd(req) => {
-                self.require_halted("add a disk to")?;
-                self.require_free("add a disk to")?;
-                if self.rec.spec.disks.len() >= MAX_DISKS {
-                    return Err(ApiError::invalid(format!(
-                        "VM already has the maximum of {MAX_DISKS} disks"
-                    )));
-                }
-                self.check_template_restrictions(0, 1)?;
+                self.check(VmEvent::Edit(Edit::Disks { add: true }))?;
+                spec::check_limits(self.host.as_ref(), &self.rec.spec, 0, 1)?;
                 let device = next_device(
                     "disk",
                     self.rec.spec.disks.iter().map(|d| d.device.as_str()),
@@ -301,11 +316,15 @@ impl Actor {
                     .first()
                     .map(|d| d.bus)
                     .unwrap_or_default();
-                let mut disk =
-                    self.agent
-                        .disk_from_request(&self.rec.id, &device, &req, default_bus)?;
+                let mut disk = spec::disk_from_request(
+                    self.host.as_ref(),
+                    &self.rec.id,
+                    &device,
+                    &req,
+                    default_bus,
+                )?;
                 task.phase("creating volume", 0.3);
-                crate::agent::create_disk_volume(&mut disk, req.import_from.clone()).await?;
+                crate::ops::create::create_disk_volume(&mut disk, req.import_from.clone()).await?;
                 self.rec.spec.disks.push(disk.clone());
                 if let Err(e) = self.persist() {
                     self.rec.spec.disks.pop();
@@ -316,8 +335,7 @@ impl Actor {
                 Ok(())
             }
             Op::DiskRemove(device) => {
-                self.require_halted("remove a disk from")?;
-                self.require_free("remove a disk from")?;
+                self.check(VmEvent::Edit(Edit::Disks { add: false }))?;
                 let idx = self
                     .rec
                     .spec
@@ -334,12 +352,13 @@ impl Actor {
                         .await
                         .map_err(|e| ApiError::internal(error_chain(&e)))?;
                 }
-                tokio::spawn(crate::clone::gc_bases(self.agent.clone()));
+                tokio::spawn(crate::clone::gc_bases(self.host.clone()));
                 self.changed();
                 Ok(())
             }
             Op::CdromInsert(iso) => {
-                let path = self.agent.check_iso_path(&iso)?;
+                self.check(VmEvent::Configure)?;
+                let path = spec::iso_path(self.host.as_ref(), &iso)?;
                 let device = self.cdrom_device()?;
                 if let Some(run) = &self.run {
                     run.qmp
@@ -348,7 +367,7 @@ impl Actor {
                             serde_json::json!({ "id": device, "filename": path, "format": "raw", "read-only-mode": "read-only" }),
                         )
                         .await
-                        .map_err(|e| ApiError::internal(format!("cannot insert {}: {}", path.display(), error_chain(&e))))?;
+                        .map_err(|e| qmp_error(&format!("cannot insert {}", path.display()), e))?;
                 }
                 self.rec.spec.cdroms[0].media = Some(path);
                 self.persist()?;
@@ -356,14 +375,13 @@ impl Actor {
                 Ok(())
             }
             Op::CdromEject => {
+                self.check(VmEvent::Configure)?;
                 let device = self.cdrom_device()?;
                 if let Some(run) = &self.run {
                     run.qmp
                         .execute("eject", serde_json::json!({ "id": device, "force": true }))
                         .await
-                        .map_err(|e| {
-                            ApiError::internal(format!("cannot eject: {}", error_chain(&e)))
-                        })?;
+                        .map_err(|e| qmp_error("cannot eject", e))?;
                 }
                 self.rec.spec.cdroms[0].media = None;
                 if self.rec.spec.boot_device == BootDevice::Cdrom {
@@ -374,14 +392,8 @@ impl Actor {
                 Ok(())
             }
             Op::NicAdd(req) => {
-                self.require_halted("add a NIC to")?;
-                if self.rec.spec.nics.len() >= MAX_NICS {
-                    return Err(ApiError::invalid(format!(
-                        "VM {:?} already has the maximum of {MAX_NICS} NICs",
-                        self.name()
-                    )));
-                }
-                self.check_template_restrictions(1, 0)?;
+                self.check(VmEvent::Edit(Edit::Nics { add: true }))?;
+                spec::check_limits(self.host.as_ref(), &self.rec.spec, 1, 0)?;
                 let device =
                     next_device("nic", self.rec.spec.nics.iter().map(|n| n.device.as_str()));
                 let default_model = self
@@ -391,14 +403,14 @@ impl Actor {
                     .first()
                     .map(|n| n.model)
                     .unwrap_or_default();
-                let nic = self.agent.nic_from_request(&device, &req, default_model)?;
+                let nic = spec::nic_from_request(self.host.as_ref(), &device, &req, default_model)?;
                 self.rec.spec.nics.push(nic);
                 self.persist()?;
                 self.changed();
                 Ok(())
             }
             Op::NicRemove(device) => {
-                self.require_halted("remove a NIC from")?;
+                self.check(VmEvent::Edit(Edit::Nics { add: false }))?;
                 let idx = self
                     .rec
                     .spec
@@ -414,7 +426,7 @@ impl Actor {
                 Ok(())
             }
             Op::FinishInstall { eject_cdrom } => {
-                self.require_halted("finish the install of")?;
+                self.check(VmEvent::Edit(Edit::FinishInstall))?;
                 let spec = &mut self.rec.spec;
                 spec.install = None;
                 spec.kernel_boot = None;
@@ -430,15 +442,8 @@ impl Actor {
                 Ok(())
             }
             Op::Delete(req) => {
-                self.require_free("delete")?;
-                if state != PowerState::Halted {
-                    if !req.force {
-                        return Err(ApiError::new(
-                            ErrorKind::InvalidState,
-                            format!("cannot delete VM {:?}: it is {state}; shut it down first or use --force", self.name()),
-                        )
-                        .with_details(serde_json::json!({ "power_state": state })));
-                    }
+                self.check(VmEvent::Delete { force: req.force })?;
+                if self.rec.power_state != PowerState::Halted {
                     self.poweroff().await?;
                 }
                 self.delete(req.keep_disks).await
@@ -452,33 +457,10 @@ impl Actor {
     }
 
     fn changed(&self) {
-        self.agent.events.publish(Event::VmChanged {
+        self.host.events.publish(Event::VmChanged {
             vm: self.rec.spec.name.clone(),
             id: self.rec.id.clone(),
         });
-    }
-
-    /// Refuse changes to the disks while an export or copy reads them.
-    fn require_free(&mut self, what: &str) -> Result<(), ApiError> {
-        self.leases.retain(|l| l.strong_count() > 0);
-        match self.leases.iter().find_map(|l| l.upgrade()) {
-            Some(l) => Err(ApiError::new(
-                ErrorKind::Busy,
-                format!(
-                    "cannot {what} VM {:?}: it is being {} (wait for that task or cancel it)",
-                    self.name(),
-                    l.what
-                ),
-            )),
-            None => Ok(()),
-        }
-    }
-
-    fn require_halted(&self, what: &str) -> Result<(), ApiError> {
-        match self.rec.power_state {
-            PowerState::Halted => Ok(()),
-            s => Err(state_error(self.name(), s, what)),
-        }
     }
 
     fn cdrom_device(&self) -> Result<String, ApiError> {
@@ -496,21 +478,11 @@ impl Actor {
     }
 
     async fn action(&mut self, action: VmAction, task: &TaskHandle) -> Result<(), ApiError> {
-        let state = self.rec.power_state;
-        let name = self.name().to_string();
         match action {
             VmAction::Start => {
-                if state != PowerState::Halted {
-                    return Err(state_error(&name, state, "start"));
-                }
-                if self.rec.spec.is_template {
-                    return Err(ApiError::new(
-                        ErrorKind::InvalidState,
-                        format!("{name:?} is a template; install a VM from it instead"),
-                    ));
-                }
+                self.check(VmEvent::Start)?;
                 task.phase("starting QEMU", 0.2);
-                let run = runtime::launch(&self.agent, &self.rec, false).await?;
+                let run = self.runtime.launch(&self.rec, false).await?;
                 self.run = Some(run);
                 self.set_power(PowerState::Running, "started");
                 if self.rec.spec.install.is_some() {
@@ -519,34 +491,29 @@ impl Actor {
                 Ok(())
             }
             VmAction::Poweroff => {
-                if state == PowerState::Halted {
-                    return Err(state_error(&name, state, "power off"));
-                }
+                self.check(VmEvent::Poweroff)?;
                 self.poweroff().await
             }
             VmAction::Reboot => {
-                if state != PowerState::Running {
-                    return Err(state_error(&name, state, "reboot"));
-                }
+                self.check(VmEvent::Reboot)?;
                 self.qmp("system_reset").await
             }
             VmAction::Pause => {
-                if state != PowerState::Running {
-                    return Err(state_error(&name, state, "pause"));
-                }
+                self.check(VmEvent::Pause)?;
                 self.qmp("stop").await?;
                 self.set_power(PowerState::Paused, "paused");
                 Ok(())
             }
             VmAction::Resume => {
-                if state != PowerState::Paused {
-                    return Err(state_error(&name, state, "resume"));
-                }
+                self.check(VmEvent::Resume)?;
                 self.qmp("cont").await?;
                 self.set_power(PowerState::Running, "resumed");
                 Ok(())
             }
-            VmAction::Shutdown => unreachable!("shutdown is handled before apply"),
+            // Handled in `handle`: it completes later, when QEMU exits.
+            VmAction::Shutdown => Err(ApiError::internal(
+                "shutdown reached the synchronous action path",
+            )),
         }
     }
 
@@ -554,14 +521,18 @@ impl Actor {
     /// watching (the start is a retry after a failed or cancelled install), a new one waits
     /// for the installer and switches the VM to disk boot, as the first task would have.
     /// Any running `vm.install` task of this VM counts, not only the one the install state
-    /// names: after an agent restart `resume_installs` watches under a new task, and an
+    /// names: after an agent restart the resumed install watches under a new task, and an
     /// autostart of the same VM must not add a second watcher.
     fn installer_started(&mut self) {
-        let watched = self.agent.tasks.is_running("vm.install", &self.rec.id);
+        let watched = self
+            .host
+            .tasks
+            .is_running(Operation::VmInstall, &self.rec.id);
         let watcher = (!watched).then(|| {
-            self.agent
-                .tasks
-                .start("vm.install", Some((&self.rec.id, &self.rec.spec.name)))
+            self.host.tasks.start(
+                Operation::VmInstall,
+                Some((&self.rec.id, &self.rec.spec.name)),
+            )
         });
         if let Some(install) = &mut self.rec.spec.install {
             let secs = install
@@ -577,31 +548,11 @@ impl Actor {
         }
         self.publish();
         if let Some(task) = watcher {
-            crate::install::watch_install(self.agent.clone(), self.rec.id.clone(), task);
+            self.host.notify(Notice::InstallerStarted {
+                vm_id: self.rec.id.clone(),
+                task,
+            });
         }
-    }
-
-    /// Template restrictions (`max_nics`, `max_disks`, ...) hold for devices added later too.
-    fn check_template_restrictions(
-        &self,
-        more_nics: usize,
-        more_disks: usize,
-    ) -> Result<(), ApiError> {
-        let spec = &self.rec.spec;
-        let Some(t) = &spec.template else {
-            return Ok(());
-        };
-        let Ok(tpl) = self.agent.templates_read().get(t).cloned() else {
-            // The template was deleted since: nothing left to enforce.
-            return Ok(());
-        };
-        tpl.check_restrictions(
-            spec.vcpus,
-            spec.memory_bytes,
-            spec.nics.len() + more_nics,
-            spec.disks.len() + more_disks,
-        )
-        .map_err(|p| ApiError::invalid(p.join("; ")))
     }
 
     async fn qmp(&self, command: &str) -> Result<(), ApiError> {
@@ -613,17 +564,14 @@ impl Actor {
             .execute(command, serde_json::json!({}))
             .await
             .map(|_| ())
-            .map_err(|e| ApiError::internal(format!("QMP {command} failed: {}", error_chain(&e))))
+            .map_err(|e| qmp_error(&format!("QMP {command} failed"), e))
     }
 
     fn begin_shutdown(
         &mut self,
         opts: &ActionRequest,
     ) -> Result<(Instant, tokio::task::JoinHandle<()>), ApiError> {
-        let state = self.rec.power_state;
-        if state != PowerState::Running {
-            return Err(state_error(self.name(), state, "shut down"));
-        }
+        self.check(VmEvent::Shutdown)?;
         let run = self
             .run
             .as_ref()
@@ -701,7 +649,7 @@ impl Actor {
                 .await
                 .is_ok();
             if !exited {
-                runtime::kill_pid(run.pid);
+                self.runtime.kill(run);
             }
         }
         self.on_exit("powered off").await;
@@ -713,21 +661,21 @@ impl Actor {
             self.on_exit("the guest powered off").await;
             return;
         };
-        match ev.event.as_str() {
-            "STOP" if self.rec.power_state == PowerState::Running => {
-                self.set_power(PowerState::Paused, "paused")
-            }
-            "RESUME" if self.rec.power_state == PowerState::Paused => {
-                self.set_power(PowerState::Running, "resumed")
-            }
-            _ => {}
+        let (event, reason) = match ev.event.as_str() {
+            "STOP" => (VmEvent::QemuStopped, "paused"),
+            "RESUME" => (VmEvent::QemuResumed, "resumed"),
+            _ => return,
+        };
+        // QEMU's news is never refused; it may not change the state.
+        if let Ok(next) = self.check(event) {
+            self.set_power(next.power, reason);
         }
     }
 
     /// QEMU is gone: clean up and record the VM halted; pending shutdowns succeed.
     async fn on_exit(&mut self, reason: &str) {
         if let Some(run) = self.run.take() {
-            runtime::cleanup(&self.agent, &self.rec.id, &run).await;
+            self.runtime.cleanup(&self.rec.id, &run).await;
         }
         self.set_power(PowerState::Halted, reason);
         self.publish();
@@ -745,26 +693,16 @@ impl Actor {
             spec.description = d;
         }
         if let Some(v) = req.vcpus {
-            validate_vcpus(v).map_err(ApiError::invalid)?;
             spec.vcpus = v;
         }
         if let Some(m) = req.memory_bytes {
-            self.agent.validate_memory_on_host(m)?;
             spec.memory_bytes = m;
         }
         if (req.vcpus.is_some() || req.memory_bytes.is_some()) && self.run.is_some() {
             notes.push("vCPU and memory changes take effect at the next start");
         }
-        if let Some(t) = &spec.template {
-            if let Ok(tpl) = self.agent.templates_read().get(t) {
-                tpl.check_restrictions(
-                    spec.vcpus,
-                    spec.memory_bytes,
-                    spec.nics.len(),
-                    spec.disks.len(),
-                )
-                .map_err(|p| ApiError::invalid(p.join("; ")))?;
-            }
+        if req.vcpus.is_some() || req.memory_bytes.is_some() {
+            spec::check_limits(self.host.as_ref(), &spec, 0, 0)?;
         }
         if let Some(a) = req.autostart {
             spec.autostart = a;
@@ -777,12 +715,12 @@ impl Actor {
             spec.boot_device = b;
         }
         if let Some(model) = req.device_model {
-            self.require_halted("change the device model of")?;
+            self.check(VmEvent::Edit(Edit::DeviceModel))?;
             set_device_model(&mut spec, model);
         }
         let abandoned = req.abandon_install;
         if abandoned {
-            self.require_halted("abandon the install of")?;
+            self.check(VmEvent::Edit(Edit::AbandonInstall))?;
             if spec.install.is_none() {
                 return Err(ApiError::new(
                     ErrorKind::InvalidState,
@@ -826,7 +764,7 @@ impl Actor {
         let rename = match req.name {
             Some(n) if n != spec.name => {
                 validate_name("VM", &n).map_err(ApiError::invalid)?;
-                self.agent.registry_mut().reserve(&n)?;
+                self.host.registry_mut().reserve(&n)?;
                 Some(n)
             }
             _ => None,
@@ -839,25 +777,24 @@ impl Actor {
         if let Err(e) = self.persist() {
             self.rec.spec = old;
             if let Some(n) = &rename {
-                self.agent.registry_mut().release(n);
+                self.host.registry_mut().release(n);
             }
             return Err(e);
         }
         if let Some(n) = &rename {
-            let mut reg = self.agent.registry_mut();
+            let mut reg = self.host.registry_mut();
             reg.release(n);
             reg.rename(&old_name, n);
         }
         if let (Some(w), Some(run)) = (req.cpu_weight, self.run.as_mut()) {
-            run.cpu_weight =
-                CpuWeightStatus::from_result(w, self.agent.cgroups.update(&self.rec.id, w));
+            run.cpu_weight = self.runtime.set_cpu_weight(&self.rec.id, w);
             self.publish();
         }
         for n in notes {
             tracing::info!(vm = %self.name(), "{n}");
         }
         if abandoned {
-            let _ = std::fs::remove_dir_all(self.agent.layout.install_dir(&self.rec.id));
+            let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
         }
         self.changed();
         Ok(())
@@ -879,27 +816,20 @@ impl Actor {
                     .map_err(|e| ApiError::internal(error_chain(&e)))?;
             }
         }
-        self.agent
-            .store
-            .delete(&format!("vms/{}", self.rec.id), Expect::Any)
-            .map_err(|e| ApiError::internal(error_chain(&e)))?;
-        let _ = std::fs::remove_dir_all(self.agent.layout.run_dir(&self.rec.id));
-        let _ = std::fs::remove_dir_all(self.agent.layout.install_dir(&self.rec.id));
-        let _ = std::fs::remove_file(self.agent.layout.seed_iso(&self.rec.id));
-        let _ = std::fs::remove_file(
-            self.agent
-                .layout
-                .root
-                .join("nvram")
-                .join(format!("{}.fd", self.rec.id)),
-        );
-        self.agent.registry_mut().remove(&self.rec.id);
-        self.agent.events.publish(Event::VmDeleted {
+        self.host
+            .records
+            .delete(&format!("vms/{}", self.rec.id), Expect::Any)?;
+        let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
+        let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
+        let _ = std::fs::remove_file(self.host.layout.seed_iso(&self.rec.id));
+        let _ = std::fs::remove_file(self.host.layout.nvram(&self.rec.id));
+        self.host.registry_mut().remove(&self.rec.id);
+        self.host.events.publish(Event::VmDeleted {
             vm: self.rec.spec.name.clone(),
             id: self.rec.id.clone(),
         });
         self.deleted = true;
-        tokio::spawn(crate::clone::gc_bases(self.agent.clone()));
+        tokio::spawn(crate::clone::gc_bases(self.host.clone()));
         Ok(())
     }
 }

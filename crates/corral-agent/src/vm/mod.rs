@@ -2,7 +2,10 @@
 //! to its actor and the latest published snapshot of its state.
 
 pub mod actor;
-mod runtime;
+pub mod runtime;
+pub mod state;
+#[cfg(test)]
+mod tests;
 
 use crate::tasks::TaskHandle;
 use corral_model::api::*;
@@ -13,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Something to do to one VM.
 #[derive(Debug)]
-pub enum Op {
+pub(crate) enum Op {
     Action(VmAction, ActionRequest),
     Update(VmUpdateRequest),
     DiskAdd(DiskRequest),
@@ -52,10 +55,15 @@ pub struct RuntimeCounters {
 /// A read hold on a VM's disks; released when the last clone of the `Arc` is dropped.
 #[derive(Debug)]
 pub struct Lease {
-    /// What holds the VM: "export", "copy".
-    pub verb: &'static str,
-    /// The same as a past participle: "exported", "copied".
-    pub what: &'static str,
+    pub kind: state::LeaseKind,
+}
+
+/// What an actor tells the rest of the agent, one way: the actor never calls back into the
+/// facade, it leaves a notice that the facade's loop acts on.
+pub enum Notice {
+    /// An installer started with no task watching it (a retried install): the receiver
+    /// watches it under `task` and switches the VM to disk boot when it powers off.
+    InstallerStarted { vm_id: String, task: TaskHandle },
 }
 
 pub(crate) struct Command {
@@ -78,7 +86,7 @@ impl VmHandle {
     }
 
     /// Hand an operation to the actor and wait for it; the actor finishes `task`.
-    pub async fn call(&self, op: Op, task: TaskHandle) -> Result<(), ApiError> {
+    pub(crate) async fn call(&self, op: Op, task: TaskHandle) -> Result<(), ApiError> {
         let (reply, rx) = oneshot::channel();
         let gone = || ApiError::not_found("the VM was deleted");
         if self

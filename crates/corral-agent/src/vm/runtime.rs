@@ -1,10 +1,13 @@
-//! The running side of a VM: launching its QEMU process (tap devices, argv, daemonized spawn,
-//! QMP, cgroup, then letting the vCPUs run), finding it again after an agent restart, and
-//! cleaning up after it exits. Only the VM's actor calls these.
+//! The running side of a VM behind the [`Runtime`] trait: launching its QEMU process (tap
+//! devices, argv, daemonized spawn, QMP, cgroup, then letting the vCPUs run), finding it again
+//! after an agent restart, and cleaning up after it exits. Only the VM's actor calls these.
+//! [`QemuRuntime`] is the real one; the actor's unit tests drive a fake that answers QMP
+//! without QEMU.
 
-use crate::agent::{error_chain, Agent};
+use crate::cgroup::CgroupSupport;
+use crate::context::{error_chain, Host};
 use crate::network;
-use corral_model::host::NetworkKind;
+use corral_model::host::{Accelerator, NetworkKind};
 use corral_model::*;
 use corral_qemu::argv::{build_argv, Launch, NicBackend, OvmfPaths, RuntimePaths};
 use corral_qemu::qmp::{Qmp, QmpEvent};
@@ -27,23 +30,108 @@ pub struct Running {
     pub vnc: Option<String>,
 }
 
-pub fn paths(agent: &Agent, vm_id: &str) -> RuntimePaths {
-    RuntimePaths::in_dir(&agent.layout.run_dir(vm_id))
+/// Why a VM recorded running could not be re-attached after an agent restart.
+#[derive(Debug, thiserror::Error)]
+pub enum ReattachError {
+    #[error("its QEMU process is gone")]
+    Gone,
+    /// The agent died between spawning QEMU (with `-S`) and `cont` of a start nobody was told
+    /// about; the half-started QEMU was stopped.
+    #[error("QEMU process {pid} was never given its vCPUs (the agent stopped during the start); stopped it")]
+    HalfStarted { pid: u32 },
+    #[error("QEMU process {pid} does not answer on QMP")]
+    NoAnswer {
+        pid: u32,
+        #[source]
+        source: corral_qemu::qmp::QmpError,
+    },
+    #[error("query-status failed")]
+    Status(#[source] corral_qemu::qmp::QmpError),
+    #[error("cannot finish the start (cont)")]
+    FinishStart(#[source] corral_qemu::qmp::QmpError),
 }
 
-/// Per-VM UEFI variable store, kept beside the state so it survives restarts.
-fn nvram_path(agent: &Agent, vm_id: &str) -> PathBuf {
-    agent.layout.root.join("nvram").join(format!("{vm_id}.fd"))
+/// What the actor needs from the machinery that runs guests.
+pub trait Runtime: Send + Sync + 'static {
+    /// Start the VM's guest; with `paused` the vCPUs stay stopped.
+    fn launch(
+        &self,
+        rec: &VmRecord,
+        paused: bool,
+    ) -> impl std::future::Future<Output = Result<Running, ApiError>> + Send;
+    /// Find the guest of a VM that was running when the agent last stopped.
+    fn reattach(
+        &self,
+        rec: &VmRecord,
+    ) -> impl std::future::Future<Output = Result<(Running, PowerState), ReattachError>> + Send;
+    /// After the guest exited (or was killed): release what it held.
+    fn cleanup(&self, vm_id: &str, run: &Running) -> impl std::future::Future<Output = ()> + Send;
+    /// After a failed re-attach: remove what a dead guest left behind (taps, cgroup).
+    fn clear_leftovers(&self, rec: &VmRecord) -> impl std::future::Future<Output = ()> + Send;
+    /// Kill the guest at once.
+    fn kill(&self, run: &Running);
+    /// Apply a new CPU weight to a running guest.
+    fn set_cpu_weight(&self, vm_id: &str, weight: u32) -> CpuWeightStatus;
 }
 
-fn prepare_ovmf(agent: &Agent, vm_id: &str) -> Result<OvmfPaths, ApiError> {
+/// The real runtime: QEMU processes, taps on bridges, cgroups.
+pub struct QemuRuntime {
+    host: Arc<Host>,
+    qemu_binary: PathBuf,
+    accel: Accelerator,
+    cgroups: CgroupSupport,
+}
+
+impl QemuRuntime {
+    pub fn new(
+        host: Arc<Host>,
+        qemu_binary: PathBuf,
+        accel: Accelerator,
+        cgroups: CgroupSupport,
+    ) -> Self {
+        QemuRuntime {
+            host,
+            qemu_binary,
+            accel,
+            cgroups,
+        }
+    }
+}
+
+impl Runtime for QemuRuntime {
+    async fn launch(&self, rec: &VmRecord, paused: bool) -> Result<Running, ApiError> {
+        launch(self, rec, paused).await
+    }
+    async fn reattach(&self, rec: &VmRecord) -> Result<(Running, PowerState), ReattachError> {
+        reattach(self, rec).await
+    }
+    async fn cleanup(&self, vm_id: &str, run: &Running) {
+        cleanup(self, vm_id, run).await
+    }
+    async fn clear_leftovers(&self, rec: &VmRecord) {
+        cleanup_taps(&existing_taps(rec)).await;
+        self.cgroups.remove(&rec.id);
+    }
+    fn kill(&self, run: &Running) {
+        kill_pid(run.pid)
+    }
+    fn set_cpu_weight(&self, vm_id: &str, weight: u32) -> CpuWeightStatus {
+        CpuWeightStatus::from_result(weight, self.cgroups.update(vm_id, weight))
+    }
+}
+
+pub fn paths(layout: &crate::config::Layout, vm_id: &str) -> RuntimePaths {
+    RuntimePaths::in_dir(&layout.run_dir(vm_id))
+}
+
+fn prepare_ovmf(layout: &crate::config::Layout, vm_id: &str) -> Result<OvmfPaths, ApiError> {
     let fw = corral_qemu::firmware::find_ovmf().ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unsupported,
             "UEFI firmware needs Debian's ovmf package (no OVMF code under /usr/share/OVMF)",
         )
     })?;
-    let vars = nvram_path(agent, vm_id);
+    let vars = layout.nvram(vm_id);
     if !vars.exists() {
         std::fs::create_dir_all(vars.parent().unwrap_or(Path::new("/")))
             .and_then(|_| std::fs::copy(&fw.vars_template, &vars).map(|_| ()))
@@ -97,14 +185,14 @@ fn preflight(spec: &VmSpec) -> Result<(), ApiError> {
 }
 
 async fn setup_nics(
-    agent: &Agent,
+    host: &Host,
     rec: &VmRecord,
 ) -> Result<(Vec<NicBackend>, Vec<String>), ApiError> {
     let mut backends = Vec::new();
     let mut taps = Vec::new();
     let mut pxe_served = false;
     for (i, nic) in rec.spec.nics.iter().enumerate() {
-        let net = agent.network(&nic.network)?;
+        let net = host.network(&nic.network)?;
         match (net.kind, net.bridge) {
             (NetworkKind::Bridge, Some(bridge)) => {
                 if !network::bridge_exists(&bridge) {
@@ -145,7 +233,7 @@ async fn setup_nics(
     Ok((backends, taps))
 }
 
-pub async fn cleanup_taps(taps: &[String]) {
+async fn cleanup_taps(taps: &[String]) {
     for t in taps {
         network::delete_tap(t).await;
     }
@@ -158,24 +246,25 @@ fn remove_stale(paths: &RuntimePaths) {
 }
 
 /// Start QEMU for `rec` and return once the vCPUs run.
-pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Running, ApiError> {
+async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Running, ApiError> {
     preflight(&rec.spec)?;
-    let run_dir = agent.layout.run_dir(&rec.id);
+    let layout = &rt.host.layout;
+    let run_dir = layout.run_dir(&rec.id);
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", run_dir.display())))?;
-    let paths = paths(agent, &rec.id);
+    let paths = paths(layout, &rec.id);
     remove_stale(&paths);
     // The console log shows this run only.
     let _ = std::fs::write(&paths.serial_log, b"");
     let ovmf = match rec.spec.firmware {
-        Firmware::Uefi => Some(prepare_ovmf(agent, &rec.id)?),
+        Firmware::Uefi => Some(prepare_ovmf(layout, &rec.id)?),
         Firmware::Bios => None,
     };
-    let (nics, taps) = setup_nics(agent, rec).await?;
+    let (nics, taps) = setup_nics(&rt.host, rec).await?;
     let launch = Launch {
         spec: &rec.spec,
         vm_id: &rec.id,
-        accel: agent.accel.name,
+        accel: rt.accel,
         paths: paths.clone(),
         nics,
         ovmf,
@@ -192,11 +281,11 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
     argv.push("-S".into());
     let log = run_dir.join("qemu.log");
     // The cgroup exists before QEMU does; moving QEMU into it overlaps QEMU's own start.
-    let prepared = agent.cgroups.prepare(&rec.id, rec.spec.cpu_weight);
+    let prepared = rt.cgroups.prepare(&rec.id, rec.spec.cpu_weight);
     let stop_mover = Arc::new(AtomicBool::new(false));
     let mover = prepared.is_ok().then(|| {
         let (cgroups, vm_id, pidfile, stop) = (
-            agent.cgroups.clone(),
+            rt.cgroups.clone(),
             rec.id.clone(),
             paths.pidfile.clone(),
             stop_mover.clone(),
@@ -204,7 +293,7 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
         tokio::task::spawn_blocking(move || move_when_daemonized(&cgroups, &vm_id, &pidfile, &stop))
     });
     let spawned = corral_qemu::process::spawn_daemonized(
-        &agent.config.qemu_binary,
+        &rt.qemu_binary,
         &argv,
         &log,
         &paths.pidfile,
@@ -227,8 +316,14 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
         Some(handle) => handle.await.unwrap_or_else(|e| Err(e.to_string())),
         None => Err("no cgroup".into()),
     };
-    let cpu_weight =
-        cpu_weight_after_move(agent, &rec.id, pid, rec.spec.cpu_weight, prepared, moved);
+    let cpu_weight = cpu_weight_after_move(
+        &rt.cgroups,
+        &rec.id,
+        pid,
+        rec.spec.cpu_weight,
+        prepared,
+        moved,
+    );
     let result = async {
         let qmp = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
             .await
@@ -298,7 +393,7 @@ fn move_when_daemonized(
 /// The CPU weight status of a fresh QEMU: the early move must have caught the daemonized
 /// process (the pid the start returned); otherwise move it now, the slow way.
 fn cpu_weight_after_move(
-    agent: &Agent,
+    cgroups: &CgroupSupport,
     vm_id: &str,
     pid: u32,
     weight: u32,
@@ -307,16 +402,14 @@ fn cpu_weight_after_move(
 ) -> CpuWeightStatus {
     let outcome = match (prepared, moved) {
         (Err(reason), _) => Err(reason),
-        (Ok(applied), Ok(moved)) if moved == pid && agent.cgroups.contains(vm_id, pid) => {
-            Ok(applied)
-        }
+        (Ok(applied), Ok(moved)) if moved == pid && cgroups.contains(vm_id, pid) => Ok(applied),
         (Ok(applied), early) => {
             tracing::debug!(
                 vm = vm_id,
                 ?early,
                 "early cgroup move missed QEMU; moving it now"
             );
-            agent.cgroups.move_pid(vm_id, pid).map(|_| applied)
+            cgroups.move_pid(vm_id, pid).map(|_| applied)
         }
     };
     if let Err(reason) = &outcome {
@@ -326,7 +419,7 @@ fn cpu_weight_after_move(
 }
 
 /// Tap devices of the VM's bridged NICs that exist on the host now.
-pub fn existing_taps(rec: &VmRecord) -> Vec<String> {
+fn existing_taps(rec: &VmRecord) -> Vec<String> {
     (0..rec.spec.nics.len())
         .map(|i| network::tap_name(&rec.id, i))
         .filter(|t| Path::new("/sys/class/net").join(t).exists())
@@ -334,23 +427,21 @@ pub fn existing_taps(rec: &VmRecord) -> Vec<String> {
 }
 
 /// Find the QEMU of a VM that was running when the agent last stopped.
-pub async fn reattach(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerState), String> {
-    let paths = paths(agent, &rec.id);
+async fn reattach(
+    rt: &QemuRuntime,
+    rec: &VmRecord,
+) -> Result<(Running, PowerState), ReattachError> {
+    let paths = paths(&rt.host.layout, &rec.id);
     let pid = corral_qemu::process::find_vm_process(&paths.pidfile, &rec.id)
-        .ok_or_else(|| "its QEMU process is gone".to_string())?;
+        .ok_or(ReattachError::Gone)?;
     let qmp = Qmp::connect(&paths.qmp_socket, Duration::from_secs(5))
         .await
-        .map_err(|e| {
-            format!(
-                "QEMU process {pid} does not answer on QMP: {}",
-                error_chain(&e)
-            )
-        })?;
+        .map_err(|source| ReattachError::NoAnswer { pid, source })?;
     let events = qmp.subscribe();
     let status = qmp
         .execute("query-status", serde_json::json!({}))
         .await
-        .map_err(|e| format!("query-status failed: {}", error_chain(&e)))?;
+        .map_err(ReattachError::Status)?;
     let state = match status.get("status").and_then(|s| s.as_str()) {
         Some("running") => PowerState::Running,
         // `prelaunch`: QEMU was spawned with -S and `cont` never came. Recorded paused, it
@@ -362,24 +453,19 @@ pub async fn reattach(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerSt
             PowerState::Running => {
                 qmp.execute("cont", serde_json::json!({}))
                     .await
-                    .map_err(|e| format!("cannot finish the start (cont): {}", error_chain(&e)))?;
+                    .map_err(ReattachError::FinishStart)?;
                 PowerState::Running
             }
             PowerState::Halted => {
                 kill_pid(pid);
-                return Err(format!(
-                    "{HALF_STARTED}: QEMU process {pid} was never given its vCPUs (the agent stopped during the start); stopped it"
-                ));
+                return Err(ReattachError::HalfStarted { pid });
             }
         },
         _ => PowerState::Paused,
     };
     let taps = existing_taps(rec);
     let vnc = vnc_address(&qmp).await;
-    let cpu_weight = CpuWeightStatus::from_result(
-        rec.spec.cpu_weight,
-        agent.cgroups.update(&rec.id, rec.spec.cpu_weight),
-    );
+    let cpu_weight = rt.set_cpu_weight(&rec.id, rec.spec.cpu_weight);
     Ok((
         Running {
             pid,
@@ -406,11 +492,7 @@ async fn vnc_address(qmp: &Qmp) -> Option<String> {
     }
 }
 
-/// Start of the re-attach error for a QEMU left in `prelaunch` by a start the agent never
-/// finished (see [`reattach`]).
-pub const HALF_STARTED: &str = "half-started";
-
-pub fn kill_pid(pid: u32) {
+fn kill_pid(pid: u32) {
     let _ = corral_qemu::process::send_signal(pid, corral_qemu::process::Signal::Kill);
 }
 
@@ -420,7 +502,7 @@ fn pid_alive(pid: u32) -> bool {
 
 /// After QEMU has exited (or been killed): wait for the pid to vanish, remove taps, cgroup
 /// and sockets. The console log stays for `vm console --log`.
-pub async fn cleanup(agent: &Agent, vm_id: &str, run: &Running) {
+async fn cleanup(rt: &QemuRuntime, vm_id: &str, run: &Running) {
     for _ in 0..100 {
         if !pid_alive(run.pid) {
             break;
@@ -432,6 +514,6 @@ pub async fn cleanup(agent: &Agent, vm_id: &str, run: &Running) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     cleanup_taps(&run.taps).await;
-    agent.cgroups.remove(vm_id);
-    remove_stale(&paths(agent, vm_id));
+    rt.cgroups.remove(vm_id);
+    remove_stale(&paths(&rt.host.layout, vm_id));
 }

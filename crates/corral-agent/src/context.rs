@@ -1,0 +1,248 @@
+//! [`Host`]: the narrow context that VM actors and operations share, instead of the whole
+//! [`crate::Agent`]. It holds the host's records (store), the event bus, the task registry,
+//! the state directory layout, the VM registry (names, ids, handles) and the template
+//! catalogue, and answers the host facts the spec step checks requests against
+//! ([`crate::spec::HostFacts`]). It knows nothing of QEMU: launching and re-attaching
+//! processes is the [`crate::vm::runtime::Runtime`]'s job, and the accelerator probe, stats
+//! sampler and configuration stay in the facade.
+//!
+//! Flow: the facade builds one `Host` at start and hands an `Arc<Host>` to every actor and
+//! operation; they read and write records through [`Records`], publish events, report tasks.
+
+use crate::config::Layout;
+use crate::events::EventBus;
+use crate::network::{self, DEFAULT_NETWORK};
+use crate::registry::Registry;
+use crate::tasks::Tasks;
+use crate::templates::Templates;
+use crate::vm::{Notice, VmHandle};
+use corral_model::host::{Network, StorageRepository};
+use corral_model::{ApiError, ErrorKind, VmInfo};
+use corral_store::{Expect, Store, StoreError};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio::sync::mpsc;
+
+/// JSON records in the store, with errors mapped to API kinds once.
+#[derive(Clone)]
+pub struct Records {
+    store: Arc<dyn Store>,
+}
+
+/// A store failure as the API reports it: a write that lost a compare-and-swap is a
+/// `conflict`; anything else is `internal` with the store's own chain.
+pub(crate) fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
+        other => ApiError::internal(format!("state database: {}", error_chain(&other))),
+    }
+}
+
+/// `a: b: c` from an error and its sources.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+impl Records {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Records { store }
+    }
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn put_json<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        expect: Expect,
+    ) -> Result<u64, ApiError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| ApiError::internal(format!("cannot encode record {key}: {e}")))?;
+        self.store.put(key, &bytes, expect).map_err(store_error)
+    }
+
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, ApiError> {
+        match self.store.get(key).map_err(store_error)? {
+            Some(v) => serde_json::from_slice(&v.value)
+                .map(Some)
+                .map_err(|e| ApiError::internal(format!("corrupt record {key}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record under `prefix`, decoded; `what` names them in errors.
+    pub fn list_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        what: &str,
+    ) -> Result<Vec<T>, ApiError> {
+        self.store
+            .list(prefix)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|(key, v)| {
+                serde_json::from_slice(&v.value)
+                    .map_err(|e| ApiError::internal(format!("corrupt {what} record {key}: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn delete(&self, key: &str, expect: Expect) -> Result<(), ApiError> {
+        self.store.delete(key, expect).map_err(store_error)
+    }
+}
+
+/// What actors and operations share; see the module documentation.
+pub struct Host {
+    pub records: Records,
+    pub events: Arc<EventBus>,
+    pub tasks: Arc<Tasks>,
+    pub layout: Layout,
+    /// This host's id, written into every VM record it owns.
+    pub host_id: String,
+    /// Where ISO names without a path are looked up.
+    pub iso_dir: PathBuf,
+    templates: RwLock<Templates>,
+    registry: RwLock<Registry>,
+    notices: mpsc::UnboundedSender<Notice>,
+}
+
+impl Host {
+    /// The context and the receiving end of the actors' notices (see [`Notice`]).
+    pub fn new(
+        records: Records,
+        events: Arc<EventBus>,
+        tasks: Arc<Tasks>,
+        layout: Layout,
+        host_id: String,
+        iso_dir: PathBuf,
+        templates: Templates,
+    ) -> (Self, mpsc::UnboundedReceiver<Notice>) {
+        let (notices, rx) = mpsc::unbounded_channel();
+        let host = Host {
+            records,
+            events,
+            tasks,
+            layout,
+            host_id,
+            iso_dir,
+            templates: RwLock::new(templates),
+            registry: RwLock::new(Registry::default()),
+            notices,
+        };
+        (host, rx)
+    }
+
+    /// Leave a notice for the facade (see [`Notice`]); dropped if nobody listens any more.
+    pub fn notify(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
+    }
+
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn templates(&self) -> RwLockReadGuard<'_, Templates> {
+        self.templates.read().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn templates_mut(&self) -> RwLockWriteGuard<'_, Templates> {
+        self.templates.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The VM named (or with the id) `name`.
+    pub fn vm(&self, name: &str) -> Result<VmHandle, ApiError> {
+        self.registry()
+            .find(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no VM named {name:?}")))
+    }
+
+    /// Snapshots of every VM, by name.
+    pub fn list_vms(&self) -> Vec<VmInfo> {
+        let mut out: Vec<VmInfo> = self.registry().by_id.values().map(|h| h.info()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+        self.records
+            .get_json::<StorageRepository>(&format!("srs/{name}"))?
+            .ok_or_else(|| ApiError::invalid(format!("no storage repository named {name:?}")))
+    }
+
+    /// Every repository, with its free and total space filled in.
+    pub fn list_srs(&self) -> Result<Vec<StorageRepository>, ApiError> {
+        let mut out: Vec<StorageRepository> = self.records.list_json("srs/", "repository")?;
+        for sr in &mut out {
+            if let Some((free, total)) = corral_storage::fs_space(&sr.path) {
+                sr.free_bytes = Some(free);
+                sr.total_bytes = Some(total);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn network(&self, name: &str) -> Result<Network, ApiError> {
+        if name == DEFAULT_NETWORK {
+            return Ok(network::default_network());
+        }
+        self.records
+            .get_json::<Network>(&format!("networks/{name}"))?
+            .ok_or_else(|| ApiError::invalid(format!("no network named {name:?}")))
+    }
+
+    pub fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
+        let mut out = vec![network::default_network()];
+        out.extend(self.records.list_json::<Network>("networks/", "network")?);
+        Ok(out)
+    }
+
+    /// A conflict from a create-only write, renamed for the user.
+    pub(crate) fn exists_as(e: ApiError, what: &str, name: &str) -> ApiError {
+        if e.kind == ErrorKind::Conflict {
+            ApiError::conflict(format!("a {what} named {name:?} already exists"))
+        } else {
+            e
+        }
+    }
+}
+
+impl crate::spec::HostFacts for Host {
+    fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+        Host::sr(self, name)
+    }
+    fn network(&self, name: &str) -> Result<Network, ApiError> {
+        Host::network(self, name)
+    }
+    fn template(&self, name: &str) -> Result<corral_install::Template, ApiError> {
+        self.templates().get(name).cloned()
+    }
+    fn memory_total_bytes(&self) -> u64 {
+        crate::host::memory().0
+    }
+    fn iso_dir(&self) -> &Path {
+        &self.iso_dir
+    }
+    fn is_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+    fn check_iso(&self, path: &Path) -> Result<(), String> {
+        corral_storage::check_iso(path)
+    }
+}

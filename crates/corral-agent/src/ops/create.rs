@@ -1,0 +1,109 @@
+//! `vm create`: a validated spec becomes volumes, a record and a running actor.
+//!
+//! Flow: the facade reserves the name, [`crate::spec::spec_from_request`] turns the request
+//! into a spec (nothing written yet), [`materialize_vm`] creates each volume (empty or copied
+//! from an image) and then [`add_vm`] writes the record create-only and spawns the VM's actor.
+//! A failure at any step removes the volumes this step made, so nothing is left half-created.
+
+use crate::context::{error_chain, Host};
+use crate::tasks::TaskHandle;
+use crate::vm::runtime::Runtime;
+use crate::vm::{self, VmHandle};
+use corral_model::event::Event;
+use corral_model::*;
+use corral_store::Expect;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Create the volumes of a validated spec (`sources[i]`: image to copy into disk i), store
+/// the record and start the VM's actor. The name must be reserved; on error every volume
+/// created here is removed again.
+pub async fn materialize_vm<R: Runtime>(
+    host: &Arc<Host>,
+    runtime: &Arc<R>,
+    id: String,
+    mut spec: VmSpec,
+    sources: Vec<Option<PathBuf>>,
+    task: &TaskHandle,
+) -> Result<VmHandle, ApiError> {
+    task.phase("creating disks", 0.3);
+    let mut created: Vec<PathBuf> = Vec::new();
+    for (i, disk) in spec.disks.iter_mut().enumerate() {
+        if let Some(phase) = sources.get(i).and_then(|s| s.as_ref()) {
+            task.phase(&format!("importing {}", phase.display()), 0.3);
+        }
+        if let Err(e) = create_disk_volume(disk, sources.get(i).cloned().flatten()).await {
+            remove_volumes(&created).await;
+            return Err(e);
+        }
+        created.push(disk.path.clone());
+    }
+    match add_vm(host, runtime, id, spec).await {
+        Ok(handle) => Ok(handle),
+        Err(e) => {
+            remove_volumes(&created).await;
+            Err(e)
+        }
+    }
+}
+
+async fn remove_volumes(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = corral_storage::remove_volume(p).await;
+    }
+}
+
+/// Record a new, halted VM on this host (its volumes exist), start its actor and announce
+/// it. The name must be reserved by the caller.
+pub async fn add_vm<R: Runtime>(
+    host: &Arc<Host>,
+    runtime: &Arc<R>,
+    id: String,
+    spec: VmSpec,
+) -> Result<VmHandle, ApiError> {
+    let rec = VmRecord {
+        id: id.clone(),
+        host: host.host_id.clone(),
+        spec,
+        power_state: PowerState::Halted,
+        created_at_ms: crate::now_ms(),
+    };
+    let rev = host
+        .records
+        .put_json(&format!("vms/{id}"), &rec, Expect::Absent)?;
+    let name = rec.spec.name.clone();
+    let handle = vm::actor::spawn(host.clone(), runtime.clone(), rec, rev).await;
+    host.registry_mut().insert(&name, handle.clone());
+    host.events.publish(Event::VmCreated { vm: name, id });
+    Ok(handle)
+}
+
+/// Create the volume of a new disk, empty or as a copy of `source`; records the final size.
+pub async fn create_disk_volume(disk: &mut Disk, source: Option<PathBuf>) -> Result<(), ApiError> {
+    match source {
+        Some(src) => {
+            let size =
+                corral_storage::import_volume(&src, &disk.path, disk.format, disk.size_bytes)
+                    .await
+                    .map_err(|e| {
+                        ApiError::invalid(format!(
+                            "cannot import {} as disk {}: {}",
+                            src.display(),
+                            disk.device,
+                            error_chain(&e)
+                        ))
+                    })?;
+            disk.size_bytes = size;
+            Ok(())
+        }
+        None => corral_storage::create_volume(&disk.path, disk.format, disk.size_bytes, None)
+            .await
+            .map_err(|e| {
+                ApiError::internal(format!(
+                    "cannot create disk {}: {}",
+                    disk.device,
+                    error_chain(&e)
+                ))
+            }),
+    }
+}
