@@ -17,6 +17,7 @@
 //!   import is durable (fsync'd) when it returns and `zstd -d` is not;
 //! - an empty 100 GiB disk;
 //! - peak RSS of the export and import (each run in a child process).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 use corral_archive::*;
 use corral_model::*;

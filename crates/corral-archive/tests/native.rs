@@ -1,6 +1,7 @@
 //! Native format: round trips through real files and qcow2 images, version handling, and a
 //! corpus of malicious and broken archives, each of which must fail with a clear error and
 //! leave nothing outside the sink's staging directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! OVA/OVF: vendor descriptors map to the right spec, corral's OVA export follows DSP0243 and
 //! round-trips, and hostile packages (XML bombs, traversal, lying sizes, bad digests, VMDKs
 //! that point at host files, backing files) are refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 

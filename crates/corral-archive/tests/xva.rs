@@ -1,6 +1,7 @@
 //! XVA import: archives from two independent writers (xen-orchestra's `@xen-orchestra/xva`
 //! package through node, and a Python generator in xapi's style with SHA-1 checksums), plain,
 //! gzip and zstd; and a corpus of hostile XVAs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 

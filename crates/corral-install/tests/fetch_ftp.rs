@@ -1,4 +1,5 @@
 //! FTP fetcher against a real server (pyftpdlib, `tests/servers/ftp_server.py`, on 127.0.0.1).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! HTTP fetcher against a real server (`python3 -m http.server` on 127.0.0.1).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Unattended seeds, checked with the system's own tools: xorriso reads the NoCloud ISO back,
 //! cpio lists and extracts the archive appended to an initrd.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 use corral_install::seed::{append_to_initrd, build_nocloud_iso, nocloud_meta_data, SeedFile};
 use std::io::Write;

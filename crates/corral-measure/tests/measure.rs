@@ -1,4 +1,5 @@
 //! Measurement against known loads on this machine, and against fixed kernel files.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 use corral_measure::{
     host_capacity, measure, parse_cpuinfo, parse_diskstats, parse_meminfo, MeasureOptions, Sampler,

@@ -8,6 +8,7 @@
 //! (c) speed: 10,000 workloads onto 1,000 hosts, and one `rate_hosts` call over 1,000 hosts.
 //!
 //! Instances come from a fixed-seed generator, so every run plans the same instances.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 use corral_placement::{
     plan, plan_first_fit_decreasing, rate_hosts, Demand, Host, HostLoad, Mode, PlanOptions,

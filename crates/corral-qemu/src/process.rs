@@ -65,7 +65,8 @@ impl ProcessError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ProcessError::StartFailed { .. } => ErrorKind::InvalidInput,
-            ProcessError::StartTimeout { .. } => ErrorKind::Busy,
+            // QEMU that did not detach in time: a wait that ran out, as the API names it.
+            ProcessError::StartTimeout { .. } => ErrorKind::Timeout,
             _ => ErrorKind::Internal,
         }
     }

@@ -58,7 +58,7 @@ impl QmpError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             QmpError::Closed => ErrorKind::InvalidState,
-            QmpError::Timeout { .. } => ErrorKind::Busy,
+            QmpError::Timeout { .. } => ErrorKind::Timeout,
             QmpError::CommandFailed { class, .. } if class == "DeviceNotFound" => {
                 ErrorKind::NotFound
             }

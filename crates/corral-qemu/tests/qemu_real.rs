@@ -2,6 +2,7 @@
 //! `qemu-system-x86_64`: hostile paths and names are built into an argv, QEMU is started
 //! daemonized (mostly with `-S`, so no guest code runs), and QMP shows that QEMU understood
 //! every escaped value exactly.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 

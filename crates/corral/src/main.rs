@@ -109,28 +109,30 @@ fn main() {
             cli.fingerprint.as_deref(),
         ) {
             Err(e) => Err(e),
-            Ok(client) => {
-                let rt = runtime();
-                let result = rt.block_on(async move {
-                    match other {
-                        Command::Host(c) => cmd::misc::host(&client, c, json).await,
-                        Command::Vm(c) => cmd::vm::run(&client, c, json).await,
-                        Command::Sr(c) => cmd::misc::sr(&client, c, json).await,
-                        Command::Iso(c) => cmd::misc::iso(&client, c, json).await,
-                        Command::Network(c) => cmd::misc::network(&client, c, json).await,
-                        Command::Template(c) => cmd::misc::template(&client, c, json).await,
-                        Command::Task(c) => cmd::misc::task(&client, c, json).await,
-                        Command::Events(a) => cmd::misc::events(&client, a, json).await,
-                        Command::Serve(_) | Command::Measure(_) | Command::Plan(_) => {
-                            unreachable!("handled above")
+            Ok(client) => match runtime() {
+                Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+                Ok(rt) => {
+                    let result = rt.block_on(async move {
+                        match other {
+                            Command::Host(c) => cmd::misc::host(&client, c, json).await,
+                            Command::Vm(c) => cmd::vm::run(&client, c, json).await,
+                            Command::Sr(c) => cmd::misc::sr(&client, c, json).await,
+                            Command::Iso(c) => cmd::misc::iso(&client, c, json).await,
+                            Command::Network(c) => cmd::misc::network(&client, c, json).await,
+                            Command::Template(c) => cmd::misc::template(&client, c, json).await,
+                            Command::Task(c) => cmd::misc::task(&client, c, json).await,
+                            Command::Events(a) => cmd::misc::events(&client, a, json).await,
+                            Command::Serve(_) | Command::Measure(_) | Command::Plan(_) => {
+                                unreachable!("handled above")
+                            }
                         }
-                    }
-                });
-                // Do not wait for blocking tasks: a detached console leaves tokio's stdin
-                // thread in a read(2) that only the next key press would end.
-                rt.shutdown_background();
-                result
-            }
+                    });
+                    // Do not wait for blocking tasks: a detached console leaves tokio's stdin
+                    // thread in a read(2) that only the next key press would end.
+                    rt.shutdown_background();
+                    result
+                }
+            },
         },
     };
     if let Err(e) = result {
@@ -140,9 +142,8 @@ fn main() {
 }
 
 /// A small runtime for CLI commands: they do one request at a time.
-fn runtime() -> tokio::runtime::Runtime {
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("cannot start the async runtime")
 }

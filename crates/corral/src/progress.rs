@@ -95,7 +95,7 @@ fn render(b: &ProgressBar, t: &Task) {
                     ProgressStyle::with_template(
                         "{spinner} {msg:30!} [{bar:30}] {percent:>3}% {elapsed}",
                     )
-                    .expect("valid template")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
                 );
             }

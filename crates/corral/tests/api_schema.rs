@@ -1,6 +1,7 @@
 //! The OpenAPI document against a running agent: every route the router serves is documented
 //! with the methods it answers, and real answers (successes and errors, no guest boot needed)
 //! validate against the schema the document gives for that route and status.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 use common::*;

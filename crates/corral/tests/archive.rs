@@ -1,6 +1,7 @@
 //! End-to-end export, import, clone, copy and templates: a real agent, the real CLI, real
 //! `qemu-img`, and the test guest's disk image booting under TCG from its own (imported,
 //! cloned or copied) disk to its marker.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 

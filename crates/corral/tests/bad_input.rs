@@ -1,4 +1,5 @@
 //! End-to-end: bad input gives a clear error, a non-zero exit, and changes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 use common::*;

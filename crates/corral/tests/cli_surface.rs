@@ -2,6 +2,7 @@
 //! repositories, the ISO library, `vm set` reaching QEMU at the next start, `serve --socket`,
 //! `CORRAL_CONNECT`, `host info --json`, and `--json` output that parses for every read-only
 //! or simple command. One guest boot.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 use common::*;

@@ -3,6 +3,7 @@
 //! writing a bootable system that corral then boots from disk; the real Debian installer over
 //! HTTP and FTP up to its first dialog; emulated devices switched to virtio; image installs with
 //! a cloud-init seed; guest tools; and the bad inputs, each leaving nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 #[path = "../../corral-install/tests/common/mod.rs"]

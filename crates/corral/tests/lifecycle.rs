@@ -1,4 +1,5 @@
 //! End-to-end: the VM lifecycle on real QEMU guests (TCG), through the real CLI and agent.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 use common::*;

@@ -2,6 +2,7 @@
 //! output fields and raw capacities with `--max-utilisation 100% --reserve-memory 0`, a closed
 //! pipe (`corral plan --json | head`) ending quietly, and Ctrl-C (a real SIGINT) stopping
 //! `corral measure` with its partial profile written.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 use serde_json::Value;
 use std::io::Read;

@@ -1,5 +1,6 @@
 //! End-to-end: the API over HTTPS (`serve --listen`) with the agent's token and its pinned
 //! certificate, through the real CLI and a real TCG guest (console and events over TLS).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 use common::*;

@@ -3,6 +3,7 @@
 //! an agent restart (with each point's maximum beside its mean), a halted VM has no current
 //! sample, `vm recommend-host` rates this host with reasons, and the host's planner capacity
 //! takes figures from `--capacity-*` and `[capacity]`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 use common::*;

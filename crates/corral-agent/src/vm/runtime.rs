@@ -37,7 +37,7 @@ pub enum ReattachError {
     Gone,
     /// The agent died between spawning QEMU (with `-S`) and `cont` of a start nobody was told
     /// about; the half-started QEMU was stopped.
-    #[error("QEMU process {pid} was never given its vCPUs (the agent stopped during the start); stopped it")]
+    #[error("half-started: QEMU process {pid} was never given its vCPUs (the agent stopped during the start); stopped it")]
     HalfStarted { pid: u32 },
     #[error("QEMU process {pid} does not answer on QMP")]
     NoAnswer {
@@ -304,10 +304,10 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         Err(e) => {
             stop_mover.store(true, Ordering::Relaxed);
             cleanup_taps(&taps).await;
-            return Err(ApiError::internal(format!(
-                "QEMU did not start: {}",
-                error_chain(&e)
-            )));
+            return Err(ApiError::new(
+                e.kind(),
+                format!("QEMU did not start: {}", error_chain(&e)),
+            ));
         }
     };
     // QEMU wrote its pid file before its parent exited, so the mover has its pid by now.
@@ -328,14 +328,20 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         let qmp = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
             .await
             .map_err(|e| {
-                ApiError::internal(format!("cannot reach QEMU's monitor: {}", error_chain(&e)))
+                ApiError::new(
+                    e.kind(),
+                    format!("cannot reach QEMU's monitor: {}", error_chain(&e)),
+                )
             })?;
         let events = qmp.subscribe();
         if !paused {
             qmp.execute("cont", serde_json::json!({}))
                 .await
                 .map_err(|e| {
-                    ApiError::internal(format!("cannot start the vCPUs: {}", error_chain(&e)))
+                    ApiError::new(
+                        e.kind(),
+                        format!("cannot start the vCPUs: {}", error_chain(&e)),
+                    )
                 })?;
         }
         let vnc = vnc_address(&qmp).await;

@@ -1,6 +1,7 @@
 //! Test helpers: an in-memory disk source, a minimal independent tar writer (so tests can
 //! build members the `tar` crate refuses to write: `..`, links, devices), and an independent
 //! implementation of the archive hash for re-sealing edited archives.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 #![allow(dead_code)]
 
 use corral_archive::DiskSource;

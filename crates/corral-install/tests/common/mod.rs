@@ -1,6 +1,6 @@
 //! Helpers shared by the fetcher integration tests: real servers on 127.0.0.1 serving a copy
 //! of the fixture trees, killed when the guard drops.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};

@@ -1,5 +1,5 @@
 //! Helpers shared by the tests that run real QEMU.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

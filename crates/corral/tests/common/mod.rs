@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests: a real `corral serve` in a temporary state directory, the
 //! real CLI, real QEMU guests (TCG) booting the project's test guest. Every wait has a
 //! timeout; dropping a `TestAgent` kills the agent and every QEMU it started.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 #![allow(dead_code)]
 
 use serde_json::Value;
