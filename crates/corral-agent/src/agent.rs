@@ -8,6 +8,7 @@ use crate::cgroup::CgroupSupport;
 use crate::config::{AccelMode, AgentConfig, Layout};
 use crate::context::{error_chain, store_error, Host, Records};
 use crate::events::EventBus;
+use crate::keys;
 use crate::network;
 use crate::spec;
 use crate::tasks::{TaskHandle, Tasks};
@@ -67,20 +68,22 @@ impl Agent {
                 .map_err(|e| internal("cannot open state", error_chain(&e)))?,
         );
         let interrupted_imports = crate::transfer::clean_staging(&layout.staging());
+        let host_id = keys::host_id(&layout.root, store.as_ref()).await?;
+        let upgraded = keys::upgrade(store.as_ref(), &host_id).await?;
+        if let Some(u) = &upgraded {
+            tracing::info!(
+                from = u.from,
+                to = keys::SCHEMA,
+                moved = u.moved,
+                names = u.names,
+                "upgraded the state's layout"
+            );
+        }
         let events = Arc::new(EventBus::default());
-        let tasks = Tasks::new(store.clone(), events.clone());
-        tasks.recover();
+        let tasks = Tasks::load(store.clone(), keys::tasks(&host_id), events.clone())
+            .await
+            .map_err(store_error)?;
 
-        let host_id = match store.get("host/id").map_err(store_error)? {
-            Some(v) => String::from_utf8_lossy(&v.value).into_owned(),
-            None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                store
-                    .put("host/id", id.as_bytes(), Expect::Any)
-                    .map_err(store_error)?;
-                id
-            }
-        };
         let qemu_version = corral_qemu::process::qemu_version(&config.qemu_binary)
             .await
             .map_err(|e| internal("cannot run QEMU", error_chain(&e)))?
@@ -92,7 +95,7 @@ impl Agent {
         let templates =
             Templates::load(&layout.templates()).map_err(|e| e.context("cannot load templates"))?;
 
-        let stats = crate::stats::Stats::load(store.as_ref());
+        let stats = crate::stats::Stats::load(store.as_ref(), &keys::stats(&host_id)).await;
         let (host, notices) = Host::new(
             Records::new(store),
             events,
@@ -103,6 +106,7 @@ impl Agent {
             templates,
         );
         let host = Arc::new(host);
+        host.load_catalog().await?;
         let runtime = Arc::new(QemuRuntime::new(
             host.clone(),
             config.qemu_binary.clone(),
@@ -119,8 +123,8 @@ impl Agent {
             cgroups,
             stats,
         });
-        agent.ensure_default_sr()?;
-        agent.load_vms().await?;
+        agent.ensure_default_sr().await?;
+        agent.load_vms(upgraded).await?;
         agent.remove_interrupted_import_volumes(&interrupted_imports);
         agent.resume_installs();
         spawn_notice_loop(Arc::downgrade(&agent), notices);
@@ -153,15 +157,8 @@ impl Agent {
         self.host.templates_mut()
     }
 
-    fn ensure_default_sr(&self) -> Result<(), ApiError> {
-        if self
-            .host
-            .records
-            .store()
-            .get("srs/default")
-            .map_err(store_error)?
-            .is_none()
-        {
+    async fn ensure_default_sr(&self) -> Result<(), ApiError> {
+        if self.host.sr("default").is_err() {
             let sr = StorageRepository {
                 name: "default".into(),
                 path: self.host.layout.default_sr(),
@@ -170,19 +167,18 @@ impl Agent {
                 free_bytes: None,
                 total_bytes: None,
             };
-            self.host
-                .records
-                .put_json("srs/default", &sr, Expect::Any)?;
+            self.host.add_sr(sr, Expect::Any).await?;
         }
         Ok(())
     }
 
-    async fn load_vms(self: &Arc<Self>) -> Result<(), ApiError> {
+    async fn load_vms(self: &Arc<Self>, upgraded: Option<keys::Upgrade>) -> Result<(), ApiError> {
         let records = self
             .host
             .records
             .store()
-            .list("vms/")
+            .list(keys::VMS)
+            .await
             .map_err(store_error)?;
         let mut reattached = Vec::new();
         let mut died = Vec::new();
@@ -194,6 +190,10 @@ impl Agent {
                     continue;
                 }
             };
+            if rec.host != self.host.host_id {
+                // Another member's VM (pools): its owner runs it.
+                continue;
+            }
             let was = rec.power_state;
             let name = rec.spec.name.clone();
             let handle =
@@ -210,6 +210,15 @@ impl Agent {
             self.host.registry_mut().insert(&name, handle);
         }
         let mut note = format!("agent started (accelerator {})", self.accel.name.as_str());
+        if let Some(u) = upgraded {
+            note.push_str(&format!(
+                "; upgraded the state from schema {} to {} ({} host records moved, {} VM names indexed)",
+                u.from,
+                keys::SCHEMA,
+                u.moved,
+                u.names
+            ));
+        }
         if !reattached.is_empty() {
             note.push_str(&format!("; re-attached {}", reattached.join(", ")));
         }
@@ -488,14 +497,14 @@ impl Agent {
     }
 
     pub fn list_srs(&self) -> Result<Vec<StorageRepository>, ApiError> {
-        self.host.list_srs()
+        Ok(self.host.list_srs())
     }
 
     /// `sr create`, recorded as an `sr.create` task (with its events) like every operation.
-    pub fn create_sr(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
+    pub async fn create_sr(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
         let task = self.host.tasks.start(Operation::SrCreate, None);
         task.phase("checking the directory", 0.0);
-        let result = self.create_sr_checked(req);
+        let result = self.create_sr_checked(req).await;
         task.finish_with_note(result.as_ref().map_err(Clone::clone).map(|sr| {
             format!(
                 "created storage repository {:?} at {}{}",
@@ -507,7 +516,7 @@ impl Agent {
         result
     }
 
-    fn create_sr_checked(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
+    async fn create_sr_checked(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
         validate_name("storage repository", &req.name).map_err(ApiError::invalid)?;
         if !req.path.is_absolute() {
             return Err(ApiError::invalid(format!(
@@ -537,10 +546,7 @@ impl Agent {
             free_bytes: None,
             total_bytes: None,
         };
-        self.host
-            .records
-            .put_json(&format!("srs/{}", req.name), &sr, Expect::Absent)
-            .map_err(|e| Host::exists_as(e, "storage repository", &req.name))?;
+        self.host.add_sr(sr.clone(), Expect::Absent).await?;
         Ok(sr)
     }
 
@@ -551,14 +557,14 @@ impl Agent {
     }
 
     pub fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
-        self.host.list_networks()
+        Ok(self.host.list_networks())
     }
 
     /// `network create`, recorded as a `network.create` task (with its events).
-    pub fn create_network(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
+    pub async fn create_network(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
         let task = self.host.tasks.start(Operation::NetworkCreate, None);
         task.phase("checking the bridge", 0.0);
-        let result = self.create_network_checked(req);
+        let result = self.create_network_checked(req).await;
         task.finish_with_note(result.as_ref().map_err(Clone::clone).map(|n| {
             format!(
                 "created network {:?} on bridge {}",
@@ -569,7 +575,7 @@ impl Agent {
         result
     }
 
-    fn create_network_checked(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
+    async fn create_network_checked(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
         validate_name("network", &req.name).map_err(ApiError::invalid)?;
         if req.name == network::DEFAULT_NETWORK {
             return Err(ApiError::conflict("the network \"default\" is built in"));
@@ -586,10 +592,7 @@ impl Agent {
             kind: NetworkKind::Bridge,
             bridge: Some(req.bridge),
         };
-        self.host
-            .records
-            .put_json(&format!("networks/{}", req.name), &net, Expect::Absent)
-            .map_err(|e| Host::exists_as(e, "network", &req.name))?;
+        self.host.add_network(net.clone()).await?;
         Ok(net)
     }
 

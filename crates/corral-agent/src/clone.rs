@@ -205,7 +205,7 @@ pub async fn gc_bases(host: Arc<crate::context::Host>) {
             }
         }
     }
-    let Ok(srs) = host.list_srs() else { return };
+    let srs = host.list_srs();
     for sr in srs {
         let Ok(entries) = std::fs::read_dir(sr.path.join(BASES_DIR)) else {
             continue;

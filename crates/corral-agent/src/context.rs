@@ -11,6 +11,7 @@
 
 use crate::config::Layout;
 use crate::events::EventBus;
+use crate::keys;
 use crate::network::{self, DEFAULT_NETWORK};
 use crate::registry::Registry;
 use crate::tasks::Tasks;
@@ -18,7 +19,8 @@ use crate::templates::Templates;
 use crate::vm::{Notice, VmHandle};
 use corral_model::host::{Network, StorageRepository};
 use corral_model::{ApiError, ErrorKind, VmInfo};
-use corral_store::{Expect, Store, StoreError};
+use corral_store::{Expect, Store, StoreError, TxnOp};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::mpsc;
@@ -58,22 +60,24 @@ impl Records {
         &self.store
     }
 
-    pub fn put_json<T: serde::Serialize>(
+    pub async fn put_json<T: serde::Serialize>(
         &self,
         key: &str,
         value: &T,
         expect: Expect,
     ) -> Result<u64, ApiError> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| ApiError::internal(format!("cannot encode record {key}: {e}")))?;
-        self.store.put(key, &bytes, expect).map_err(store_error)
+        let bytes = encode(key, value)?;
+        self.store
+            .put(key, &bytes, expect)
+            .await
+            .map_err(store_error)
     }
 
-    pub fn get_json<T: serde::de::DeserializeOwned>(
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<T>, ApiError> {
-        match self.store.get(key).map_err(store_error)? {
+        match self.store.get(key).await.map_err(store_error)? {
             Some(v) => serde_json::from_slice(&v.value)
                 .map(Some)
                 .map_err(|e| ApiError::internal(format!("corrupt record {key}: {e}"))),
@@ -82,13 +86,14 @@ impl Records {
     }
 
     /// Every record under `prefix`, decoded; `what` names them in errors.
-    pub fn list_json<T: serde::de::DeserializeOwned>(
+    pub async fn list_json<T: serde::de::DeserializeOwned>(
         &self,
         prefix: &str,
         what: &str,
     ) -> Result<Vec<T>, ApiError> {
         self.store
             .list(prefix)
+            .await
             .map_err(store_error)?
             .into_iter()
             .map(|(key, v)| {
@@ -98,9 +103,20 @@ impl Records {
             .collect()
     }
 
-    pub fn delete(&self, key: &str, expect: Expect) -> Result<(), ApiError> {
-        self.store.delete(key, expect).map_err(store_error)
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<(), ApiError> {
+        self.store.delete(key, expect).await.map_err(store_error)
     }
+
+    /// Apply every op or none.
+    pub async fn txn(&self, ops: Vec<TxnOp>) -> Result<u64, ApiError> {
+        self.store.txn(ops).await.map_err(store_error)
+    }
+}
+
+/// A record as the JSON bytes the store keeps.
+pub fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value)
+        .map_err(|e| ApiError::internal(format!("cannot encode record {key}: {e}")))
 }
 
 /// What actors and operations share; see the module documentation.
@@ -116,6 +132,10 @@ pub struct Host {
     templates: RwLock<Templates>,
     registry: RwLock<Registry>,
     notices: mpsc::UnboundedSender<Notice>,
+    /// This host's repositories and networks, read at start and kept current by the writes
+    /// this host makes (host-scoped records have one writer: their host).
+    srs: RwLock<BTreeMap<String, StorageRepository>>,
+    networks: RwLock<BTreeMap<String, Network>>,
 }
 
 impl Host {
@@ -140,6 +160,8 @@ impl Host {
             templates: RwLock::new(templates),
             registry: RwLock::new(Registry::default()),
             notices,
+            srs: RwLock::new(BTreeMap::new()),
+            networks: RwLock::new(BTreeMap::new()),
         };
         (host, rx)
     }
@@ -177,37 +199,78 @@ impl Host {
         out
     }
 
-    pub fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+    /// Read this host's repositories and networks into the cache (at start).
+    pub async fn load_catalog(&self) -> Result<(), ApiError> {
+        let srs: Vec<StorageRepository> = self
+            .records
+            .list_json(&keys::srs(&self.host_id), "repository")
+            .await?;
+        let networks: Vec<Network> = self
+            .records
+            .list_json(&keys::networks(&self.host_id), "network")
+            .await?;
+        *write(&self.srs) = srs.into_iter().map(|s| (s.name.clone(), s)).collect();
+        *write(&self.networks) = networks.into_iter().map(|n| (n.name.clone(), n)).collect();
+        Ok(())
+    }
+
+    /// Record a new repository (create-only) and cache it.
+    pub async fn add_sr(&self, sr: StorageRepository, expect: Expect) -> Result<(), ApiError> {
         self.records
-            .get_json::<StorageRepository>(&format!("srs/{name}"))?
+            .put_json(&keys::sr(&self.host_id, &sr.name), &sr, expect)
+            .await
+            .map_err(|e| Host::exists_as(e, "storage repository", &sr.name))?;
+        write(&self.srs).insert(sr.name.clone(), sr);
+        Ok(())
+    }
+
+    /// Record a new network (create-only) and cache it.
+    pub async fn add_network(&self, net: Network) -> Result<(), ApiError> {
+        self.records
+            .put_json(
+                &keys::network(&self.host_id, &net.name),
+                &net,
+                Expect::Absent,
+            )
+            .await
+            .map_err(|e| Host::exists_as(e, "network", &net.name))?;
+        write(&self.networks).insert(net.name.clone(), net);
+        Ok(())
+    }
+
+    pub fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+        read(&self.srs)
+            .get(name)
+            .cloned()
             .ok_or_else(|| ApiError::invalid(format!("no storage repository named {name:?}")))
     }
 
     /// Every repository, with its free and total space filled in.
-    pub fn list_srs(&self) -> Result<Vec<StorageRepository>, ApiError> {
-        let mut out: Vec<StorageRepository> = self.records.list_json("srs/", "repository")?;
+    pub fn list_srs(&self) -> Vec<StorageRepository> {
+        let mut out: Vec<StorageRepository> = read(&self.srs).values().cloned().collect();
         for sr in &mut out {
             if let Some((free, total)) = corral_storage::fs_space(&sr.path) {
                 sr.free_bytes = Some(free);
                 sr.total_bytes = Some(total);
             }
         }
-        Ok(out)
+        out
     }
 
     pub fn network(&self, name: &str) -> Result<Network, ApiError> {
         if name == DEFAULT_NETWORK {
             return Ok(network::default_network());
         }
-        self.records
-            .get_json::<Network>(&format!("networks/{name}"))?
+        read(&self.networks)
+            .get(name)
+            .cloned()
             .ok_or_else(|| ApiError::invalid(format!("no network named {name:?}")))
     }
 
-    pub fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
+    pub fn list_networks(&self) -> Vec<Network> {
         let mut out = vec![network::default_network()];
-        out.extend(self.records.list_json::<Network>("networks/", "network")?);
-        Ok(out)
+        out.extend(read(&self.networks).values().cloned());
+        out
     }
 
     /// A conflict from a create-only write, renamed for the user.
@@ -245,4 +308,11 @@ impl crate::spec::HostFacts for Host {
     fn check_iso(&self, path: &Path) -> Result<(), String> {
         corral_storage::check_iso(path)
     }
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }

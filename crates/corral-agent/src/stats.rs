@@ -323,12 +323,12 @@ impl Stats {
     }
 
     /// Load the coarse history persisted before a restart.
-    pub fn load(store: &dyn corral_store::Store) -> Stats {
+    pub async fn load(store: &dyn corral_store::Store, prefix: &str) -> Stats {
         let stats = Stats::default();
-        if let Ok(list) = store.list("stats/") {
+        if let Ok(list) = store.list(prefix).await {
             let mut vms = stats.lock();
             for (key, v) in list {
-                let id = key.trim_start_matches("stats/").to_string();
+                let id = key.trim_start_matches(prefix).to_string();
                 match serde_json::from_slice::<Coarse>(&v.value) {
                     Ok(coarse) => {
                         vms.insert(
@@ -384,11 +384,8 @@ async fn sample_all(agent: &Arc<Agent>) {
     };
     for id in gone {
         agent.stats.lock().remove(&id);
-        let _ = agent
-            .host
-            .records
-            .store()
-            .delete(&format!("stats/{id}"), Expect::Any);
+        let key = format!("{}{id}", crate::keys::stats(&agent.host.host_id));
+        let _ = agent.host.records.delete(&key, Expect::Any).await;
     }
     for h in handles {
         let info = h.info();
@@ -472,11 +469,12 @@ async fn sample_all(agent: &Arc<Agent>) {
             }
         };
         if let Some(coarse) = persist {
-            if let Err(e) =
-                agent
-                    .host
-                    .records
-                    .put_json(&format!("stats/{}", h.id), &coarse, Expect::Any)
+            let key = format!("{}{}", crate::keys::stats(&agent.host.host_id), h.id);
+            if let Err(e) = agent
+                .host
+                .records
+                .put_json(&key, &coarse, Expect::Any)
+                .await
             {
                 tracing::warn!(vm = %info.name, error = %e, "cannot persist statistics");
             }

@@ -1,7 +1,11 @@
 //! The task registry. Every operation is a task: created when a request arrives, updated with
 //! phase and progress by whoever does the work, finished with a result or a typed error, and
-//! persisted (`tasks/<id>`) so history survives agent restarts. Waiters (the API handler
-//! answering a synchronous request) are woken through a watch channel per task.
+//! persisted (`hosts/<host>/tasks/<id>`) so history survives agent restarts. Waiters (the API
+//! handler answering a synchronous request) are woken through a watch channel per task.
+//!
+//! Reads never touch the store: running tasks are in `live`, finished ones in `history`
+//! (loaded at start). Writes go to the store through one writer task in order, so progress
+//! updates from synchronous code never wait for the database.
 
 use crate::clock::now_ms;
 use crate::events::EventBus;
@@ -11,7 +15,7 @@ use corral_model::ApiError;
 use corral_store::{Expect, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// The error of a task that was running when the agent stopped (set at the next start).
 pub const INTERRUPTED: &str = "the agent stopped while this task was running";
@@ -41,9 +45,18 @@ struct Live {
 }
 
 pub struct Tasks {
-    store: Arc<dyn Store>,
     events: Arc<EventBus>,
     live: Mutex<HashMap<String, Live>>,
+    history: Mutex<HashMap<String, Task>>,
+    /// `hosts/<host>/tasks/`.
+    prefix: String,
+    writer: mpsc::UnboundedSender<Write>,
+}
+
+/// A change for the writer task: a task to store, or a key to delete.
+enum Write {
+    Put(String, Vec<u8>),
+    Delete(String),
 }
 
 /// A handle the worker uses to report on its task.
@@ -135,12 +148,52 @@ impl TaskHandle {
 }
 
 impl Tasks {
-    pub fn new(store: Arc<dyn Store>, events: Arc<EventBus>) -> Arc<Self> {
-        Arc::new(Tasks {
-            store,
+    /// Load the history under `prefix`, mark tasks left running by a dead agent failed,
+    /// prune the oldest beyond the limit, and start the writer.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        prefix: String,
+        events: Arc<EventBus>,
+    ) -> Result<Arc<Self>, corral_store::StoreError> {
+        let mut all: Vec<Task> = store
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_slice::<Task>(&v.value).ok())
+            .collect();
+        all.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
+        let (writer, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(store, queue));
+        let tasks = Arc::new(Tasks {
             events,
             live: Mutex::new(HashMap::new()),
-        })
+            history: Mutex::new(HashMap::new()),
+            prefix,
+            writer,
+        });
+        if all.len() > HISTORY_LIMIT {
+            for t in all.drain(..all.len() - HISTORY_LIMIT) {
+                let _ = tasks.writer.send(Write::Delete(tasks.key(&t.id)));
+            }
+        }
+        for mut t in all {
+            if !t.state.is_finished() {
+                t.state = TaskState::Failed;
+                t.finished_at_ms = Some(now_ms());
+                t.error = Some(interrupted_error());
+                tasks.persist(&t);
+            }
+            tasks.history().insert(t.id.clone(), t);
+        }
+        Ok(tasks)
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}{id}", self.prefix)
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, HashMap<String, Task>> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -236,6 +289,7 @@ impl Tasks {
             t
         };
         self.persist(&snapshot);
+        self.history().insert(snapshot.id.clone(), snapshot.clone());
         self.events.publish(Event::TaskUpdated {
             task: Box::new(snapshot),
         });
@@ -243,12 +297,7 @@ impl Tasks {
 
     fn persist(&self, task: &Task) {
         if let Ok(bytes) = serde_json::to_vec(task) {
-            if let Err(e) = self
-                .store
-                .put(&format!("tasks/{}", task.id), &bytes, Expect::Any)
-            {
-                tracing::warn!(task = %task.id, error = %e, "cannot persist task");
-            }
+            let _ = self.writer.send(Write::Put(self.key(&task.id), bytes));
         }
     }
 
@@ -271,20 +320,8 @@ impl Tasks {
 
     /// All tasks, oldest first.
     pub fn list(&self) -> Vec<Task> {
-        let mut out: Vec<Task> = self
-            .store
-            .list("tasks/")
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(_, v)| serde_json::from_slice::<Task>(&v.value).ok())
-            .collect();
-        let live = self.lock();
-        for t in out.iter_mut() {
-            if let Some(l) = live.get(&t.id) {
-                *t = l.tx.borrow().clone();
-            }
-        }
-        drop(live);
+        let mut out: Vec<Task> = self.history().values().cloned().collect();
+        out.extend(self.lock().values().map(|l| l.tx.borrow().clone()));
         out.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
         out
     }
@@ -326,8 +363,7 @@ impl Tasks {
     }
 
     fn get_stored(&self, id: &str) -> Option<Task> {
-        let rec = self.store.get(&format!("tasks/{id}")).ok()??;
-        serde_json::from_slice(&rec.value).ok()
+        self.history().get(id).cloned()
     }
 
     /// Wait until the task finishes and return it.
@@ -346,20 +382,24 @@ impl Tasks {
             None => self.get_stored(id),
         }
     }
+}
 
-    /// Tasks left running by an agent that died are marked failed; old history is pruned.
-    pub fn recover(&self) {
-        let mut all = self.list();
-        for t in all.iter_mut().filter(|t| !t.state.is_finished()) {
-            t.state = TaskState::Failed;
-            t.finished_at_ms = Some(now_ms());
-            t.error = Some(interrupted_error());
-            self.persist(t);
-        }
-        if all.len() > HISTORY_LIMIT {
-            for t in &all[..all.len() - HISTORY_LIMIT] {
-                let _ = self.store.delete(&format!("tasks/{}", t.id), Expect::Any);
+/// Store task records in the order they were made; a failed write is logged, not retried
+/// (the next update of the same task writes it whole again).
+async fn write_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Write>) {
+    while let Some(w) = queue.recv().await {
+        let (key, result) = match w {
+            Write::Put(key, bytes) => {
+                let r = store.put(&key, &bytes, Expect::Any).await.map(|_| ());
+                (key, r)
             }
+            Write::Delete(key) => {
+                let r = store.delete(&key, Expect::Any).await;
+                (key, r)
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(%key, error = %e, "cannot persist task");
         }
     }
 }
@@ -369,14 +409,20 @@ mod tests {
     use super::*;
     use corral_store::SqliteStore;
 
-    fn tasks() -> Arc<Tasks> {
+    async fn tasks() -> Arc<Tasks> {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().expect("store"));
-        Tasks::new(store, Arc::new(EventBus::default()))
+        Tasks::load(
+            store,
+            "hosts/h/tasks/".into(),
+            Arc::new(EventBus::default()),
+        )
+        .await
+        .expect("tasks")
     }
 
-    #[test]
-    fn bytes_move_within_the_phase_and_a_new_phase_clears_them() {
-        let tasks = tasks();
+    #[tokio::test]
+    async fn bytes_move_within_the_phase_and_a_new_phase_clears_them() {
+        let tasks = tasks().await;
         let t = tasks.start(Operation::VmInstall, None);
         t.phase_span("fetching the kernel", 0.05, 0.15);
         t.bytes(50, 100);
@@ -394,5 +440,41 @@ mod tests {
         // A plain phase's bytes fill the rest of the task (copies, exports).
         t.bytes(1, 2);
         assert!((tasks.get(&t.id).expect("task").progress - 0.7).abs() < 1e-9);
+    }
+
+    #[tokio::test]
+    async fn tasks_left_running_by_a_dead_agent_load_as_interrupted() {
+        let store: Arc<dyn Store> = Arc::new(corral_store::MemoryStore::new());
+        let first = Tasks::load(
+            store.clone(),
+            "hosts/h/tasks/".into(),
+            Arc::new(EventBus::default()),
+        )
+        .await
+        .expect("tasks");
+        let running = first.start(Operation::VmInstall, Some(("vm1", "web01")));
+        let done = first.start(Operation::VmStart, Some(("vm1", "web01")));
+        done.succeed(None);
+        // Let the writer store them, then "crash" (drop without finishing `running`).
+        for _ in 0..100 {
+            if store.list("hosts/h/tasks/").await.expect("list").len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let again = Tasks::load(
+            store,
+            "hosts/h/tasks/".into(),
+            Arc::new(EventBus::default()),
+        )
+        .await
+        .expect("tasks");
+        let t = again.get(&running.id).expect("interrupted task kept");
+        assert_eq!(t.state, TaskState::Failed);
+        assert!(was_interrupted(&t));
+        let d = again.get(&done.id).expect("finished task kept");
+        assert_eq!(d.state, TaskState::Succeeded);
+        assert!(!was_interrupted(&d));
+        assert_eq!(again.list().len(), 2);
     }
 }

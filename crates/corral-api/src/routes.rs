@@ -346,7 +346,7 @@ async fn create_sr(
     State(a): State<AppState>,
     Body_(req): Body_<SrCreateRequest>,
 ) -> Result<Response> {
-    Ok((StatusCode::CREATED, Json(a.create_sr(req)?)).into_response())
+    Ok((StatusCode::CREATED, Json(a.create_sr(req).await?)).into_response())
 }
 
 async fn list_isos(State(a): State<AppState>) -> Response {
@@ -361,7 +361,7 @@ async fn create_network(
     State(a): State<AppState>,
     Body_(req): Body_<NetworkCreateRequest>,
 ) -> Result<Response> {
-    Ok((StatusCode::CREATED, Json(a.create_network(req)?)).into_response())
+    Ok((StatusCode::CREATED, Json(a.create_network(req).await?)).into_response())
 }
 
 /// `GET /v1/templates[?osinfo=true]`: built-in and user templates, or with `osinfo` the

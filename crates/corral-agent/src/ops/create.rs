@@ -5,13 +5,14 @@
 //! from an image) and then [`add_vm`] writes the record create-only and spawns the VM's actor.
 //! A failure at any step removes the volumes this step made, so nothing is left half-created.
 
-use crate::context::{error_chain, Host};
+use crate::context::{encode, error_chain, Host};
+use crate::keys;
 use crate::tasks::TaskHandle;
 use crate::vm::runtime::Runtime;
 use crate::vm::{self, VmHandle};
 use corral_model::event::Event;
 use corral_model::*;
-use corral_store::Expect;
+use corral_store::{Expect, TxnOp};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -68,9 +69,16 @@ pub async fn add_vm<R: Runtime>(
         power_state: PowerState::Halted,
         created_at_ms: crate::now_ms(),
     };
+    // The record and its name in one transaction: a name taken anywhere in the pool fails
+    // the whole create.
     let rev = host
         .records
-        .put_json(&format!("vms/{id}"), &rec, Expect::Absent)?;
+        .txn(vec![
+            TxnOp::put(keys::vm(&id), encode("vm", &rec)?, Expect::Absent),
+            TxnOp::put(keys::vm_name(&rec.spec.name), id.as_bytes(), Expect::Absent),
+        ])
+        .await
+        .map_err(|e| Host::exists_as(e, "VM", &rec.spec.name))?;
     let name = rec.spec.name.clone();
     let handle = vm::actor::spawn(host.clone(), runtime.clone(), rec, rev).await;
     host.registry_mut().insert(&name, handle.clone());

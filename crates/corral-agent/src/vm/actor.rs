@@ -13,7 +13,8 @@
 use super::runtime::{ReattachError, Running, Runtime};
 use super::state::{self, Edit, Event as VmEvent, VmState};
 use super::{Command, Notice, Op, VmHandle};
-use crate::context::{error_chain, Host};
+use crate::context::{encode, error_chain, Host};
+use crate::keys;
 use crate::spec;
 use crate::tasks::TaskHandle;
 use corral_model::api::*;
@@ -21,7 +22,7 @@ use corral_model::event::Event;
 use corral_model::task::Operation;
 use corral_model::validate::*;
 use corral_model::*;
-use corral_store::Expect;
+use corral_store::{Expect, TxnOp};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -126,7 +127,7 @@ impl<R: Runtime> Actor<R> {
                     run.pid
                 );
                 self.run = Some(run);
-                self.set_power(state, "re-attached");
+                self.set_power(state, "re-attached").await;
                 self.host
                     .tasks
                     .record(Operation::VmReattach, Some((&vm.0, &vm.1)), Ok(note));
@@ -145,7 +146,8 @@ impl<R: Runtime> Actor<R> {
             }
             Err(why) => {
                 if self.rec.power_state != PowerState::Halted {
-                    self.set_power(PowerState::Halted, "QEMU exited while the agent was down");
+                    self.set_power(PowerState::Halted, "QEMU exited while the agent was down")
+                        .await;
                     self.host.tasks.record(
                         Operation::VmRecover,
                         Some((&vm.0, &vm.1)),
@@ -200,23 +202,54 @@ impl<R: Runtime> Actor<R> {
         *self.info.write().unwrap_or_else(|p| p.into_inner()) = info;
     }
 
-    fn persist(&mut self) -> Result<(), ApiError> {
-        let key = format!("vms/{}", self.rec.id);
+    /// Write the record, compare-and-swap on the revision this actor last wrote.
+    async fn persist(&mut self) -> Result<(), ApiError> {
         self.rev = self
             .host
             .records
-            .put_json(&key, &self.rec, Expect::Revision(self.rev))?;
+            .put_json(
+                &keys::vm(&self.rec.id),
+                &self.rec,
+                Expect::Revision(self.rev),
+            )
+            .await?;
         self.publish();
         Ok(())
     }
 
-    fn set_power(&mut self, to: PowerState, reason: &str) {
+    /// Write the record and move its name in the index, in one transaction.
+    async fn persist_renamed(&mut self, old_name: &str) -> Result<(), ApiError> {
+        let key = keys::vm(&self.rec.id);
+        let new_name = self.rec.spec.name.clone();
+        self.rev = self
+            .host
+            .records
+            .txn(vec![
+                TxnOp::put(
+                    key.clone(),
+                    encode(&key, &self.rec)?,
+                    Expect::Revision(self.rev),
+                ),
+                TxnOp::delete(keys::vm_name(old_name), Expect::Any),
+                TxnOp::put(
+                    keys::vm_name(&new_name),
+                    self.rec.id.as_bytes(),
+                    Expect::Absent,
+                ),
+            ])
+            .await
+            .map_err(|e| Host::exists_as(e, "VM", &new_name))?;
+        self.publish();
+        Ok(())
+    }
+
+    async fn set_power(&mut self, to: PowerState, reason: &str) {
         let from = self.rec.power_state;
         if from == to {
             return;
         }
         self.rec.power_state = to;
-        if let Err(e) = self.persist() {
+        if let Err(e) = self.persist().await {
             tracing::error!(vm = %self.name(), error = %e, "cannot record power state");
         }
         tracing::info!(vm = %self.name(), from = %from, to = %to, reason, "power state");
@@ -278,7 +311,7 @@ impl<R: Runtime> Actor<R> {
                 let mut spec = self.rec.spec.clone();
                 let (frozen, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, true)?;
                 let old = std::mem::replace(&mut self.rec.spec, spec);
-                if let Err(e) = self.persist() {
+                if let Err(e) = self.persist().await {
                     self.rec.spec = old;
                     crate::clone::unfreeze(undo);
                     return Err(e);
@@ -293,7 +326,7 @@ impl<R: Runtime> Actor<R> {
                 let (_, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, false)?;
                 spec.is_template = true;
                 let old = std::mem::replace(&mut self.rec.spec, spec);
-                if let Err(e) = self.persist() {
+                if let Err(e) = self.persist().await {
                     self.rec.spec = old;
                     crate::clone::unfreeze(undo);
                     return Err(e);
@@ -326,7 +359,7 @@ impl<R: Runtime> Actor<R> {
                 task.phase("creating volume", 0.3);
                 crate::ops::create::create_disk_volume(&mut disk, req.import_from.clone()).await?;
                 self.rec.spec.disks.push(disk.clone());
-                if let Err(e) = self.persist() {
+                if let Err(e) = self.persist().await {
                     self.rec.spec.disks.pop();
                     let _ = corral_storage::remove_volume(&disk.path).await;
                     return Err(e);
@@ -346,7 +379,7 @@ impl<R: Runtime> Actor<R> {
                         ApiError::not_found(format!("VM {:?} has no disk {device:?}", self.name()))
                     })?;
                 let disk = self.rec.spec.disks.remove(idx);
-                self.persist()?;
+                self.persist().await?;
                 if !crate::clone::is_base(&disk.path) {
                     corral_storage::remove_volume(&disk.path)
                         .await
@@ -370,7 +403,7 @@ impl<R: Runtime> Actor<R> {
                         .map_err(|e| qmp_error(&format!("cannot insert {}", path.display()), e))?;
                 }
                 self.rec.spec.cdroms[0].media = Some(path);
-                self.persist()?;
+                self.persist().await?;
                 self.changed();
                 Ok(())
             }
@@ -387,7 +420,7 @@ impl<R: Runtime> Actor<R> {
                 if self.rec.spec.boot_device == BootDevice::Cdrom {
                     self.rec.spec.boot_device = BootDevice::Disk;
                 }
-                self.persist()?;
+                self.persist().await?;
                 self.changed();
                 Ok(())
             }
@@ -405,7 +438,7 @@ impl<R: Runtime> Actor<R> {
                     .unwrap_or_default();
                 let nic = spec::nic_from_request(self.host.as_ref(), &device, &req, default_model)?;
                 self.rec.spec.nics.push(nic);
-                self.persist()?;
+                self.persist().await?;
                 self.changed();
                 Ok(())
             }
@@ -421,7 +454,7 @@ impl<R: Runtime> Actor<R> {
                         ApiError::not_found(format!("VM {:?} has no NIC {device:?}", self.name()))
                     })?;
                 self.rec.spec.nics.remove(idx);
-                self.persist()?;
+                self.persist().await?;
                 self.changed();
                 Ok(())
             }
@@ -437,7 +470,7 @@ impl<R: Runtime> Actor<R> {
                         c.media = None;
                     }
                 }
-                self.persist()?;
+                self.persist().await?;
                 self.changed();
                 Ok(())
             }
@@ -484,9 +517,9 @@ impl<R: Runtime> Actor<R> {
                 task.phase("starting QEMU", 0.2);
                 let run = self.runtime.launch(&self.rec, false).await?;
                 self.run = Some(run);
-                self.set_power(PowerState::Running, "started");
+                self.set_power(PowerState::Running, "started").await;
                 if self.rec.spec.install.is_some() {
-                    self.installer_started();
+                    self.installer_started().await;
                 }
                 Ok(())
             }
@@ -501,13 +534,13 @@ impl<R: Runtime> Actor<R> {
             VmAction::Pause => {
                 self.check(VmEvent::Pause)?;
                 self.qmp("stop").await?;
-                self.set_power(PowerState::Paused, "paused");
+                self.set_power(PowerState::Paused, "paused").await;
                 Ok(())
             }
             VmAction::Resume => {
                 self.check(VmEvent::Resume)?;
                 self.qmp("cont").await?;
-                self.set_power(PowerState::Running, "resumed");
+                self.set_power(PowerState::Running, "resumed").await;
                 Ok(())
             }
             // Handled in `handle`: it completes later, when QEMU exits.
@@ -523,7 +556,7 @@ impl<R: Runtime> Actor<R> {
     /// Any running `vm.install` task of this VM counts, not only the one the install state
     /// names: after an agent restart the resumed install watches under a new task, and an
     /// autostart of the same VM must not add a second watcher.
-    fn installer_started(&mut self) {
+    async fn installer_started(&mut self) {
         let watched = self
             .host
             .tasks
@@ -543,7 +576,7 @@ impl<R: Runtime> Actor<R> {
                 install.task_id = t.id.clone();
             }
         }
-        if let Err(e) = self.persist() {
+        if let Err(e) = self.persist().await {
             tracing::warn!(vm = %self.name(), "cannot record the installer's deadline: {}", e.message);
         }
         self.publish();
@@ -668,7 +701,7 @@ impl<R: Runtime> Actor<R> {
         };
         // QEMU's news is never refused; it may not change the state.
         if let Ok(next) = self.check(event) {
-            self.set_power(next.power, reason);
+            self.set_power(next.power, reason).await;
         }
     }
 
@@ -677,7 +710,7 @@ impl<R: Runtime> Actor<R> {
         if let Some(run) = self.run.take() {
             self.runtime.cleanup(&self.rec.id, &run).await;
         }
-        self.set_power(PowerState::Halted, reason);
+        self.set_power(PowerState::Halted, reason).await;
         self.publish();
         for p in self.pending.drain(..) {
             p.presser.abort();
@@ -774,7 +807,11 @@ impl<R: Runtime> Actor<R> {
             spec.name = n.clone();
         }
         let old = std::mem::replace(&mut self.rec.spec, spec);
-        if let Err(e) = self.persist() {
+        let written = match &rename {
+            Some(_) => self.persist_renamed(&old_name).await,
+            None => self.persist().await,
+        };
+        if let Err(e) = written {
             self.rec.spec = old;
             if let Some(n) = &rename {
                 self.host.registry_mut().release(n);
@@ -818,7 +855,11 @@ impl<R: Runtime> Actor<R> {
         }
         self.host
             .records
-            .delete(&format!("vms/{}", self.rec.id), Expect::Any)?;
+            .txn(vec![
+                TxnOp::delete(keys::vm(&self.rec.id), Expect::Any),
+                TxnOp::delete(keys::vm_name(&self.rec.spec.name), Expect::Any),
+            ])
+            .await?;
         let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
         let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.seed_iso(&self.rec.id));

@@ -14,7 +14,7 @@ use corral_model::api::*;
 use corral_model::task::Operation;
 use corral_model::*;
 use corral_qemu::qmp::Qmp;
-use corral_store::{Expect, SqliteStore, Store};
+use corral_store::{Expect, MemoryStore, Store};
 use corral_testkit::fake_qemu::{Behaviour, FakeQemu};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -164,12 +164,13 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
-fn harness() -> Harness {
+async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::in_memory().unwrap_or_else(|e| panic!("store: {e}")));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let events = Arc::new(EventBus::default());
-    let tasks = Tasks::new(store.clone(), events.clone());
+    let tasks = Tasks::load(store.clone(), "hosts/h/tasks/".into(), events.clone())
+        .await
+        .unwrap_or_else(|e| panic!("tasks: {e}"));
     let layout = Layout {
         root: dir.path().to_path_buf(),
     };
@@ -233,6 +234,7 @@ impl Harness {
             .host
             .records
             .put_json(&format!("vms/{id}"), &rec, Expect::Any)
+            .await
             .unwrap_or_else(|e| panic!("put: {e}"));
         let h = super::actor::spawn(self.host.clone(), self.runtime.clone(), rec, rev).await;
         self.host.registry_mut().insert(name, h.clone());
@@ -273,10 +275,11 @@ impl Harness {
     }
 
     /// The power state in the store.
-    fn recorded(&self, id: &str) -> Option<PowerState> {
+    async fn recorded(&self, id: &str) -> Option<PowerState> {
         self.host
             .records
             .get_json::<VmRecord>(&format!("vms/{id}"))
+            .await
             .unwrap_or_else(|e| panic!("get: {e}"))
             .map(|r| r.power_state)
     }
@@ -336,7 +339,7 @@ async fn every_action_from_every_state() {
         (Paused, Resume, Ok(Running)),
     ];
     for (from, action, want) in table {
-        let h = harness();
+        let h = harness().await;
         let vm = h.vm_in("v", from).await;
         let got = h.act(&vm, action).await;
         let row = format!("{from} + {action:?}");
@@ -344,7 +347,7 @@ async fn every_action_from_every_state() {
             Ok(to) => {
                 got.unwrap_or_else(|e| panic!("{row}: {e}"));
                 assert_eq!(vm.info().power_state, to, "{row}: actor");
-                assert_eq!(h.recorded(&vm.id), Some(to), "{row}: store");
+                assert_eq!(h.recorded(&vm.id).await, Some(to), "{row}: store");
                 let guest = h.runtime.status(&vm.id);
                 let expected_guest = match to {
                     Halted => None,
@@ -363,7 +366,11 @@ async fn every_action_from_every_state() {
                     "{row}"
                 );
                 assert_eq!(vm.info().power_state, from, "{row}: unchanged");
-                assert_eq!(h.recorded(&vm.id), Some(from), "{row}: store unchanged");
+                assert_eq!(
+                    h.recorded(&vm.id).await,
+                    Some(from),
+                    "{row}: store unchanged"
+                );
             }
         }
     }
@@ -374,7 +381,7 @@ async fn every_action_from_every_state() {
 /// the state the first one reached.
 #[tokio::test]
 async fn concurrent_commands_are_serialized() {
-    let h = harness();
+    let h = harness().await;
     let vm = h.vm_in("v", PowerState::Halted).await;
     let (a, b) = tokio::join!(h.act(&vm, VmAction::Start), h.act(&vm, VmAction::Start));
     let refused = [&a, &b].iter().filter(|r| r.is_err()).count();
@@ -390,7 +397,7 @@ async fn concurrent_commands_are_serialized() {
 /// A shutdown waits for the guest; a poweroff meanwhile is served and ends the shutdown too.
 #[tokio::test]
 async fn poweroff_during_a_pending_shutdown_completes_both() {
-    let h = harness();
+    let h = harness().await;
     *h.runtime
         .behaviour
         .lock()
@@ -424,14 +431,14 @@ async fn poweroff_during_a_pending_shutdown_completes_both() {
         .await
         .unwrap_or_else(|_| panic!("shutdown still pending"));
     assert!(matches!(done, Ok(Ok(()))), "{done:?}");
-    assert_eq!(h.recorded(&vm.id), Some(PowerState::Halted));
+    assert_eq!(h.recorded(&vm.id).await, Some(PowerState::Halted));
 }
 
 /// A guest that ignores the button: the shutdown fails `busy` after its timeout and the VM
 /// keeps running; a cancelled shutdown ends `cancelled` with the VM still running.
 #[tokio::test]
 async fn ignored_and_cancelled_shutdowns_leave_the_guest_running() {
-    let h = harness();
+    let h = harness().await;
     *h.runtime
         .behaviour
         .lock()
@@ -494,7 +501,7 @@ async fn ignored_and_cancelled_shutdowns_leave_the_guest_running() {
 /// touch disks are allowed; when the lease is dropped the VM starts again.
 #[tokio::test]
 async fn a_lease_blocks_disk_writers_until_released() {
-    let h = harness();
+    let h = harness().await;
     let vm = h.vm_in("v", PowerState::Halted).await;
     let lease = Arc::new(Lease {
         kind: LeaseKind::Export,
@@ -539,12 +546,12 @@ async fn a_lease_blocks_disk_writers_until_released() {
 /// A guest that dies on its own is noticed: the VM becomes halted in the actor and store.
 #[tokio::test]
 async fn a_guest_that_exits_on_its_own_is_recorded_halted() {
-    let h = harness();
+    let h = harness().await;
     let vm = h.vm_in("v", PowerState::Running).await;
     let (_, mut events) = h.host.events.subscribe(None);
     h.runtime.crash(&vm.id);
     eventually("halted", || vm.info().power_state == PowerState::Halted).await;
-    assert_eq!(h.recorded(&vm.id), Some(PowerState::Halted));
+    assert_eq!(h.recorded(&vm.id).await, Some(PowerState::Halted));
     let ev = tokio::time::timeout(Duration::from_secs(2), events.recv())
         .await
         .unwrap_or_else(|_| panic!("no event"))
@@ -565,7 +572,7 @@ async fn a_guest_that_exits_on_its_own_is_recorded_halted() {
 /// a halted VM, with the reason in its history.
 #[tokio::test]
 async fn crashes_between_steps_recover_to_one_consistent_state() {
-    let h = harness();
+    let h = harness().await;
     // Recorded running, guest still running: re-attached.
     h.runtime.plant("a", "running");
     let a = h.load("a", "a", PowerState::Running).await;
@@ -573,7 +580,7 @@ async fn crashes_between_steps_recover_to_one_consistent_state() {
     // Recorded running, guest gone: halted, with a vm.recover note.
     let b = h.load("b", "b", PowerState::Running).await;
     assert_eq!(b.info().power_state, PowerState::Halted);
-    assert_eq!(h.recorded("b"), Some(PowerState::Halted));
+    assert_eq!(h.recorded("b").await, Some(PowerState::Halted));
     // Recorded running (the start was acknowledged), guest never got `cont`: finished.
     h.runtime.plant("c", "prelaunch");
     let c = h.load("c", "c", PowerState::Running).await;
@@ -605,7 +612,7 @@ async fn crashes_between_steps_recover_to_one_consistent_state() {
 /// own kind.
 #[tokio::test]
 async fn a_failed_start_changes_nothing() {
-    let h = harness();
+    let h = harness().await;
     let vm = h.vm_in("v", PowerState::Halted).await;
     *h.runtime
         .fail_launch
@@ -621,14 +628,14 @@ async fn a_failed_start_changes_nothing() {
         .unwrap_or_else(|| panic!("start succeeded"));
     assert_eq!(e.kind, ErrorKind::Timeout);
     assert_eq!(vm.info().power_state, PowerState::Halted);
-    assert_eq!(h.recorded(&vm.id), Some(PowerState::Halted));
+    assert_eq!(h.recorded(&vm.id).await, Some(PowerState::Halted));
 }
 
 /// Delete: refused for a running VM without force; with force the guest is stopped, the
 /// record removed and the name freed.
 #[tokio::test]
 async fn delete_needs_force_for_a_running_vm() {
-    let h = harness();
+    let h = harness().await;
     let vm = h.vm_in("v", PowerState::Running).await;
     let e = h
         .op(&vm, Op::Delete(VmDeleteRequest::default()))
@@ -636,7 +643,7 @@ async fn delete_needs_force_for_a_running_vm() {
         .err()
         .unwrap_or_else(|| panic!("deleted a running VM"));
     assert!(e.message.contains("use --force"), "{}", e.message);
-    assert_eq!(h.recorded(&vm.id), Some(PowerState::Running));
+    assert_eq!(h.recorded(&vm.id).await, Some(PowerState::Running));
     h.op(
         &vm,
         Op::Delete(VmDeleteRequest {
@@ -646,12 +653,13 @@ async fn delete_needs_force_for_a_running_vm() {
     )
     .await
     .unwrap_or_else(|e| panic!("force delete: {e}"));
-    assert_eq!(h.recorded(&vm.id), None);
+    assert_eq!(h.recorded(&vm.id).await, None);
     assert!(h.host.vm("v").is_err());
     assert_eq!(h.runtime.status(&vm.id), None);
     assert!(h
         .store
         .get(&format!("vms/{}", vm.id))
+        .await
         .unwrap_or_else(|e| panic!("{e}"))
         .is_none());
 }
