@@ -10,6 +10,7 @@
 //! QEMU exits (other commands, such as `poweroff`, stay possible meanwhile); it fails if the
 //! guest ignores the button past its timeout.
 
+use super::jobs::{Ending, Job, JobKind, Jobs};
 use super::runtime::{ReattachError, Running, Runtime};
 use super::state::{self, Edit, Event as VmEvent, VmState};
 use super::{Command, Notice, Op, VmHandle};
@@ -25,20 +26,12 @@ use corral_model::*;
 use corral_store::{Expect, TxnOp};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_REPRESS: Duration = Duration::from_secs(5);
-
-struct PendingShutdown {
-    task: TaskHandle,
-    reply: oneshot::Sender<Result<(), ApiError>>,
-    deadline: Instant,
-    /// Presses the ACPI button every few seconds; aborted when the shutdown is cancelled.
-    presser: tokio::task::JoinHandle<()>,
-}
 
 struct Actor<R: Runtime> {
     host: Arc<Host>,
@@ -47,9 +40,9 @@ struct Actor<R: Runtime> {
     rev: u64,
     run: Option<Running>,
     info: Arc<RwLock<VmInfo>>,
-    pending: Vec<PendingShutdown>,
+    /// Long work running off the loop (see [`super::jobs`]).
+    jobs: Jobs,
     deleted: bool,
-    leases: Vec<std::sync::Weak<super::Lease>>,
 }
 
 /// Load a VM: re-attach to its QEMU if one is running, then start its actor.
@@ -67,9 +60,8 @@ pub(crate) async fn spawn<R: Runtime>(
         rev,
         run: None,
         info: info.clone(),
-        pending: Vec::new(),
+        jobs: Jobs::default(),
         deleted: false,
-        leases: Vec::new(),
     };
     actor.recover().await;
     let (tx, rx) = mpsc::channel(64);
@@ -101,12 +93,11 @@ impl<R: Runtime> Actor<R> {
 
     /// The state the table decides on.
     fn state(&mut self) -> VmState {
-        self.leases.retain(|l| l.strong_count() > 0);
         VmState {
             power: self.rec.power_state,
-            leased: self.leases.iter().find_map(|l| l.upgrade()).map(|l| l.kind),
+            leased: self.jobs.lease(),
             template: self.rec.spec.is_template,
-            shutting_down: !self.pending.is_empty(),
+            shutting_down: self.jobs.shutting_down(),
         }
     }
 
@@ -165,8 +156,8 @@ impl<R: Runtime> Actor<R> {
 
     async fn run_loop(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
-            let deadline = self.pending.iter().map(|p| p.deadline).min();
-            let cancels: Vec<TaskHandle> = self.pending.iter().map(|p| p.task.clone()).collect();
+            let deadline = self.jobs.next_deadline();
+            let cancels = self.jobs.cancellable();
             tokio::select! {
                 id = first_cancelled(cancels) => self.cancel_shutdown(&id),
                 cmd = rx.recv() => match cmd {
@@ -174,7 +165,7 @@ impl<R: Runtime> Actor<R> {
                     None => break,
                 },
                 ev = next_event(&mut self.run) => self.on_qmp_event(ev).await,
-                _ = sleep_until(deadline) => self.expire_shutdowns(),
+                _ = sleep_until(deadline) => self.expire_jobs(),
             }
             if self.deleted {
                 break;
@@ -275,11 +266,10 @@ impl<R: Runtime> Actor<R> {
         if let Op::Action(VmAction::Shutdown, opts) = &op {
             // Completes later, when QEMU exits.
             match self.begin_shutdown(opts) {
-                Ok((deadline, presser)) => self.pending.push(PendingShutdown {
-                    task,
-                    reply,
-                    deadline,
-                    presser,
+                Ok((deadline, presser)) => self.jobs.add(Job {
+                    kind: JobKind::Shutdown { presser, reply },
+                    task: Some(task),
+                    deadline: Some(deadline),
                 }),
                 Err(e) => {
                     task.fail(&e);
@@ -303,7 +293,11 @@ impl<R: Runtime> Actor<R> {
             Op::Action(action, _) => self.action(action, task).await,
             Op::Lease(lease) => {
                 self.check(VmEvent::Lease(lease.kind))?;
-                self.leases.push(Arc::downgrade(&lease));
+                self.jobs.add(Job {
+                    kind: JobKind::Lease(Arc::downgrade(&lease)),
+                    task: None,
+                    deadline: None,
+                });
                 Ok(())
             }
             Op::Freeze(answer) => {
@@ -635,38 +629,24 @@ impl<R: Runtime> Actor<R> {
 
     /// `task cancel` of a pending shutdown: stop pressing and waiting; the guest keeps running.
     fn cancel_shutdown(&mut self, task_id: &str) {
-        let Some(i) = self.pending.iter().position(|p| p.task.id == task_id) else {
-            return;
-        };
-        let p = self.pending.remove(i);
-        p.presser.abort();
         let note = format!(
             "shutdown cancelled; VM {:?} is still {}",
             self.rec.spec.name, self.rec.power_state
         );
-        p.task.cancelled_with(&note);
-        let _ = p
-            .reply
-            .send(Err(ApiError::new(ErrorKind::InvalidState, note)));
+        self.jobs
+            .finish_shutdowns(Some(task_id), || Ending::Cancelled(note.clone()));
     }
 
-    fn expire_shutdowns(&mut self) {
-        let now = Instant::now();
-        let (expired, keep): (Vec<_>, Vec<_>) =
-            self.pending.drain(..).partition(|p| p.deadline <= now);
-        self.pending = keep;
-        for p in expired {
-            p.presser.abort();
-            let e = ApiError::new(
+    fn expire_jobs(&mut self) {
+        let name = self.rec.spec.name.clone();
+        self.jobs.expire(Instant::now(), |_| {
+            ApiError::new(
                 ErrorKind::Busy,
                 format!(
-                    "VM {:?} did not power off after the ACPI power button; it is still running (use poweroff to force)",
-                    self.rec.spec.name
+                    "VM {name:?} did not power off after the ACPI power button; it is still running (use poweroff to force)"
                 ),
-            );
-            p.task.fail(&e);
-            let _ = p.reply.send(Err(e));
-        }
+            )
+        });
     }
 
     /// Pull the plug: ask QEMU to quit, kill it if it does not, and wait for it to be gone.
@@ -712,11 +692,7 @@ impl<R: Runtime> Actor<R> {
         }
         self.set_power(PowerState::Halted, reason).await;
         self.publish();
-        for p in self.pending.drain(..) {
-            p.presser.abort();
-            p.task.succeed(None);
-            let _ = p.reply.send(Ok(()));
-        }
+        self.jobs.finish_shutdowns(None, || Ending::Done);
     }
 
     async fn update(&mut self, req: VmUpdateRequest) -> Result<(), ApiError> {

@@ -2,6 +2,7 @@
 //! to its actor and the latest published snapshot of its state.
 
 pub mod actor;
+pub mod jobs;
 pub mod runtime;
 pub mod state;
 #[cfg(test)]
