@@ -6,7 +6,7 @@
 
 use crate::cgroup::CgroupSupport;
 use crate::config::{AccelMode, AgentConfig, Layout};
-use crate::context::{error_chain, store_error, Host, Records};
+use crate::context::{store_error, Host, Records};
 use crate::events::EventBus;
 use crate::keys;
 use crate::network;
@@ -65,7 +65,7 @@ impl Agent {
         }
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&layout.db())
-                .map_err(|e| internal("cannot open state", error_chain(&e)))?,
+                .map_err(|e| ApiError::caused(ErrorKind::Internal, "cannot open state", &e))?,
         );
         let interrupted_imports = crate::transfer::clean_staging(&layout.staging());
         let host_id = keys::host_id(&layout.root, store.as_ref()).await?;
@@ -86,7 +86,7 @@ impl Agent {
 
         let qemu_version = corral_qemu::process::qemu_version(&config.qemu_binary)
             .await
-            .map_err(|e| internal("cannot run QEMU", error_chain(&e)))?
+            .map_err(|e| ApiError::caused(ErrorKind::Internal, "cannot run QEMU", &e))?
             .to_string();
         let accel = choose_accelerator(&config, &layout, &qemu_version).await;
         tracing::info!(accelerator = accel.name.as_str(), reason = %accel.reason, "accelerator chosen");

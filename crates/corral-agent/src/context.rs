@@ -36,7 +36,7 @@ pub struct Records {
 pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
-        other => ApiError::internal(format!("state database: {}", error_chain(&other))),
+        other => ApiError::caused(ErrorKind::Internal, "state database", &other),
     }
 }
 

@@ -134,10 +134,11 @@ pub async fn upgrade(store: &dyn Store, host_id: &str) -> Result<Option<Upgrade>
         Expect::Any,
     ));
     store.txn(ops).await.map_err(|e| {
-        ApiError::internal(format!(
-            "cannot upgrade the state to schema {SCHEMA}: {}",
-            crate::context::error_chain(&e)
-        ))
+        ApiError::caused(
+            corral_model::ErrorKind::Internal,
+            format!("cannot upgrade the state to schema {SCHEMA}"),
+            &e,
+        )
     })?;
     Ok(Some(report))
 }

@@ -11,7 +11,7 @@ pub struct Templates {
 }
 
 fn api(e: TemplateError) -> ApiError {
-    ApiError::new(e.kind(), crate::context::error_chain(&e))
+    ApiError::from_error(e.kind(), &e)
 }
 
 impl Templates {

@@ -1,5 +1,6 @@
 //! The error shape every front end sees: a small `kind` that decides the HTTP status and the
-//! CLI exit code, a one-line message with the full cause chain, and optional details (for
+//! CLI exit code, a one-line message saying what failed, the chain of causes beneath it as a
+//! list (each said once, never repeated inside the message), and optional details (for
 //! example the current power state when an action is not allowed).
 
 use serde::{Deserialize, Serialize};
@@ -38,22 +39,37 @@ impl ErrorKind {
     }
 }
 
-/// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+/// The body of every error response. Displayed as `message: cause: cause`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[error("{message}")]
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+    /// What caused it, outermost first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        for c in &self.causes {
+            write!(f, ": {c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiError {}
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ApiError {
             kind,
             message: message.into(),
+            causes: Vec::new(),
             details: None,
         }
     }
@@ -69,6 +85,34 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
     }
+    /// An error of `kind` saying `message`, caused by `source` and its own sources.
+    pub fn caused(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: &(dyn std::error::Error + 'static),
+    ) -> Self {
+        Self::new(kind, message).with_cause(source)
+    }
+
+    /// `e` itself as the message and its sources as the causes.
+    pub fn from_error(kind: ErrorKind, e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut err = Self::new(kind, e.to_string());
+        if let Some(s) = e.source() {
+            err = err.with_cause(s);
+        }
+        err
+    }
+
+    /// Append `source` and the chain beneath it to the causes.
+    pub fn with_cause(mut self, source: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cur = Some(source);
+        while let Some(c) = cur {
+            self.causes.push(c.to_string());
+            cur = c.source();
+        }
+        self
+    }
+
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
         self
@@ -77,5 +121,30 @@ impl ApiError {
     pub fn context(mut self, what: impl std::fmt::Display) -> Self {
         self.message = format!("{what}: {}", self.message);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("disk disk0")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_listed_once_and_displayed_as_a_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "file not found");
+        let e = ApiError::caused(ErrorKind::NotFound, "cannot start VM \"web01\"", &Outer(io));
+        assert_eq!(e.causes, ["disk disk0", "file not found"]);
+        assert_eq!(
+            e.to_string(),
+            "cannot start VM \"web01\": disk disk0: file not found"
+        );
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["message"], "cannot start VM \"web01\"");
+        // Old bodies without causes still read.
+        let old: ApiError = serde_json::from_str(r#"{"kind":"internal","message":"x"}"#).unwrap();
+        assert!(old.causes.is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! from an image) and then [`add_vm`] writes the record create-only and spawns the VM's actor.
 //! A failure at any step removes the volumes this step made, so nothing is left half-created.
 
-use crate::context::{encode, error_chain, Host};
+use crate::context::{encode, Host};
 use crate::keys;
 use crate::tasks::TaskHandle;
 use crate::vm::runtime::Runtime;
@@ -94,12 +94,11 @@ pub async fn create_disk_volume(disk: &mut Disk, source: Option<PathBuf>) -> Res
                 corral_storage::import_volume(&src, &disk.path, disk.format, disk.size_bytes)
                     .await
                     .map_err(|e| {
-                        ApiError::invalid(format!(
-                            "cannot import {} as disk {}: {}",
-                            src.display(),
-                            disk.device,
-                            error_chain(&e)
-                        ))
+                        ApiError::caused(
+                            ErrorKind::InvalidInput,
+                            format!("cannot import {} as disk {}", src.display(), disk.device),
+                            &e,
+                        )
                     })?;
             disk.size_bytes = size;
             Ok(())
@@ -107,11 +106,11 @@ pub async fn create_disk_volume(disk: &mut Disk, source: Option<PathBuf>) -> Res
         None => corral_storage::create_volume(&disk.path, disk.format, disk.size_bytes, None)
             .await
             .map_err(|e| {
-                ApiError::internal(format!(
-                    "cannot create disk {}: {}",
-                    disk.device,
-                    error_chain(&e)
-                ))
+                ApiError::caused(
+                    ErrorKind::Internal,
+                    format!("cannot create disk {}", disk.device),
+                    &e,
+                )
             }),
     }
 }

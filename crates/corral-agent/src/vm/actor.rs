@@ -83,7 +83,7 @@ fn refusal_error(name: &str, refusal: state::Refusal, power: PowerState) -> ApiE
 /// A failed QMP command, keeping the QMP error's kind (a QEMU that does not answer in time
 /// is `timeout`, a closed connection `invalid_state`).
 fn qmp_error(what: &str, e: corral_qemu::qmp::QmpError) -> ApiError {
-    ApiError::new(e.kind(), format!("{what}: {}", error_chain(&e)))
+    ApiError::caused(e.kind(), what, &e)
 }
 
 impl<R: Runtime> Actor<R> {
@@ -377,7 +377,7 @@ impl<R: Runtime> Actor<R> {
                 if !crate::clone::is_base(&disk.path) {
                     corral_storage::remove_volume(&disk.path)
                         .await
-                        .map_err(|e| ApiError::internal(error_chain(&e)))?;
+                        .map_err(|e| ApiError::from_error(ErrorKind::Internal, &e))?;
                 }
                 tokio::spawn(crate::clone::gc_bases(self.host.clone()));
                 self.changed();
@@ -826,7 +826,7 @@ impl<R: Runtime> Actor<R> {
             {
                 corral_storage::remove_volume(&d.path)
                     .await
-                    .map_err(|e| ApiError::internal(error_chain(&e)))?;
+                    .map_err(|e| ApiError::from_error(ErrorKind::Internal, &e))?;
             }
         }
         self.host

@@ -304,10 +304,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         Err(e) => {
             stop_mover.store(true, Ordering::Relaxed);
             cleanup_taps(&taps).await;
-            return Err(ApiError::new(
-                e.kind(),
-                format!("QEMU did not start: {}", error_chain(&e)),
-            ));
+            return Err(ApiError::caused(e.kind(), "QEMU did not start", &e));
         }
     };
     // QEMU wrote its pid file before its parent exited, so the mover has its pid by now.
@@ -327,22 +324,12 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
     let result = async {
         let qmp = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    e.kind(),
-                    format!("cannot reach QEMU's monitor: {}", error_chain(&e)),
-                )
-            })?;
+            .map_err(|e| ApiError::caused(e.kind(), "cannot reach QEMU's monitor", &e))?;
         let events = qmp.subscribe();
         if !paused {
             qmp.execute("cont", serde_json::json!({}))
                 .await
-                .map_err(|e| {
-                    ApiError::new(
-                        e.kind(),
-                        format!("cannot start the vCPUs: {}", error_chain(&e)),
-                    )
-                })?;
+                .map_err(|e| ApiError::caused(e.kind(), "cannot start the vCPUs", &e))?;
         }
         let vnc = vnc_address(&qmp).await;
         Ok::<_, ApiError>(Running {

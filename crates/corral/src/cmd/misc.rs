@@ -353,7 +353,7 @@ pub fn print_tasks(tasks: &[Task], json: bool) {
                     format!("{:.0}%", t.progress * 100.0),
                     t.error
                         .as_ref()
-                        .map(|e| e.message.clone())
+                        .map(|e| e.to_string())
                         .or_else(|| t.result.clone())
                         .unwrap_or_default(),
                     t.id.clone(),
@@ -394,7 +394,7 @@ pub async fn task(c: &Client, cmd: TaskCommand, json: bool) -> anyhow::Result<()
                         "error",
                         t.error
                             .as_ref()
-                            .map(|e| e.message.clone())
+                            .map(|e| e.to_string())
                             .unwrap_or_else(|| "-".into()),
                     ),
                 ]);

@@ -185,13 +185,30 @@ struct ChanWriter {
     bar: Option<ProgressBar>,
 }
 
-const CAP_REACHED: &str = "enough of the archive was sent for a dry run";
+/// Why the upload writer stopped on purpose, told apart from real I/O errors by type.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum FeedStop {
+    #[error("enough of the archive was sent for a dry run")]
+    CapReached,
+    #[error("upload closed")]
+    Closed,
+}
+
+/// Whether `e` (anywhere in its chain) is the writer stopping with `stop`.
+fn stopped_with(e: &anyhow::Error, stop: FeedStop) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<FeedStop>())
+            == Some(&stop)
+    })
+}
 
 impl Write for ChanWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if self.left == 0 {
             self.flush()?;
-            return Err(std::io::Error::other(CAP_REACHED));
+            return Err(std::io::Error::other(FeedStop::CapReached));
         }
         let data = &data[..data.len().min(self.left as usize)];
         self.left -= data.len() as u64;
@@ -213,7 +230,7 @@ impl Write for ChanWriter {
         let b = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
         self.tx
             .blocking_send(Ok(b))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload closed"))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, FeedStop::Closed))
     }
 }
 
@@ -407,7 +424,7 @@ async fn upload(
                 b.enable_steady_tick(std::time::Duration::from_millis(200));
             }
             if let Err(e) = &r {
-                if format!("{e:#}").contains(CAP_REACHED) {
+                if stopped_with(e, FeedStop::CapReached) {
                     return Ok(());
                 }
                 // Abort the upload rather than let the agent see a short, clean stream.
@@ -425,7 +442,7 @@ async fn upload(
         Err(e) => {
             // A local read error explains a failed upload better than the agent's view.
             if let Ok(Err(local)) = feeder.await {
-                if !local.to_string().contains("upload closed") {
+                if !stopped_with(&local, FeedStop::Closed) {
                     return Err(local);
                 }
             }
