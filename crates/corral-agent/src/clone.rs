@@ -644,8 +644,8 @@ impl Agent {
     }
 }
 
-/// `qemu-img convert -p` (flattens any backing chain) reporting progress into the task;
-/// cancelling the task kills the conversion.
+/// `qemu-img convert` (flattens any backing chain) reporting progress into the task;
+/// cancelling the task stops the conversion and removes `dst`.
 async fn convert_with_progress(
     src: &Path,
     dst: &Path,
@@ -654,56 +654,31 @@ async fn convert_with_progress(
     size: u64,
     total: u64,
 ) -> Result<(), ApiError> {
-    use tokio::io::AsyncReadExt;
-    let mut child = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-p", "-O", "qcow2"])
-        .arg(src)
-        .arg(dst)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| io_err("cannot run qemu-img", e))?;
-    let mut out = child
-        .stdout
-        .take()
-        .ok_or_else(|| ApiError::internal("no stdout"))?;
-    let mut buf = [0u8; 256];
-    let mut text = String::new();
     let mut cancel = task.clone();
-    loop {
-        tokio::select! {
-            n = out.read(&mut buf) => {
-                let n = n.unwrap_or(0);
-                if n == 0 { break; }
-                text.push_str(&String::from_utf8_lossy(&buf[..n]));
-                // Lines look like "    (42.00/100%)\r".
-                if let Some(pct) = text.rsplit('(').next().and_then(|t| t.split('/').next()).and_then(|p| p.trim().parse::<f64>().ok()) {
-                    task.bytes(before + (size as f64 * pct / 100.0) as u64, total);
-                }
-                if text.len() > 4096 { text.drain(..text.len() - 64); }
-            }
-            _ = cancel.cancelled() => {
-                let _ = child.kill().await;
-                let _ = std::fs::remove_file(dst);
-                return Err(ApiError::new(ErrorKind::InvalidState, "cancelled"));
-            }
+    let opts = corral_storage::qemu_img::ConvertOptions {
+        output_format: "qcow2",
+        input_format: None,
+        shared_read: false,
+    };
+    let progress = |pct: f64| task.bytes(before + (size as f64 * pct / 100.0) as u64, total);
+    corral_storage::qemu_img::convert(
+        src,
+        dst,
+        opts,
+        progress,
+        async move { cancel.cancelled().await },
+    )
+    .await
+    .map_err(|e| match e {
+        corral_storage::VolumeError::Cancelled => {
+            ApiError::new(ErrorKind::InvalidState, "cancelled")
         }
-    }
-    let status = child
-        .wait_with_output()
-        .await
-        .map_err(|e| io_err("qemu-img", e))?;
-    if !status.status.success() {
-        let _ = std::fs::remove_file(dst);
-        return Err(ApiError::internal(format!(
-            "cannot copy {}: qemu-img convert failed: {}",
-            src.display(),
-            String::from_utf8_lossy(&status.stderr).trim()
-        )));
-    }
-    task.bytes(before + size, total);
-    Ok(())
+        e => ApiError::caused(
+            ErrorKind::Internal,
+            format!("cannot copy {}", src.display()),
+            &e,
+        ),
+    })
 }
 
 #[cfg(test)]

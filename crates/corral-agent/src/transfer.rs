@@ -818,22 +818,20 @@ async fn place_volume(staged: &Path, dest: &Path) -> Result<(), ApiError> {
         Err(_) => {}
     }
     let tmp = dest.with_extension("partial");
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "qcow2", "-O", "qcow2"])
-        .arg(staged)
-        .arg(&tmp)
-        .output()
+    let opts = corral_storage::qemu_img::ConvertOptions {
+        output_format: "qcow2",
+        input_format: Some("qcow2"),
+        shared_read: false,
+    };
+    corral_storage::qemu_img::convert(staged, &tmp, opts, |_| {}, std::future::pending())
         .await
-        .map_err(|e| ApiError::internal(format!("cannot run qemu-img: {e}")))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ApiError::internal(format!(
-            "cannot copy {} into {}: {}",
-            staged.display(),
-            dest.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+        .map_err(|e| {
+            ApiError::caused(
+                ErrorKind::Internal,
+                format!("cannot copy {} into {}", staged.display(), dest.display()),
+                &e,
+            )
+        })?;
     std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         ApiError::internal(format!("cannot rename {}: {e}", tmp.display()))

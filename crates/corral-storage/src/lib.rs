@@ -7,6 +7,7 @@
 //! `qemu-img` are always absolute, so a ':' in a name can never be read as a protocol prefix.
 
 pub mod iso;
+pub mod qemu_img;
 pub mod volume;
 
 pub use iso::{check_iso, list_isos};

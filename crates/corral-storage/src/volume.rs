@@ -1,9 +1,11 @@
-//! Volumes: `qemu-img create/info`, removal, and free space of the filesystem holding them.
+//! Volumes: `qemu-img create/info` (through [`crate::qemu_img`]), removal, and free space of
+//! the filesystem holding them.
 
+use crate::qemu_img;
 use corral_model::DiskFormat;
 use serde::Deserialize;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -19,6 +21,8 @@ pub enum VolumeError {
         path: PathBuf,
         stderr: String,
     },
+    #[error("the conversion was stopped")]
+    Cancelled,
     #[error("cannot parse qemu-img info output for {path}: {reason}")]
     Info { path: PathBuf, reason: String },
     #[error("cannot remove volume {path}")]
@@ -42,22 +46,6 @@ fn require_absolute(path: &Path) -> Result<(), VolumeError> {
     }
 }
 
-async fn run_qemu_img(
-    op: &'static str,
-    path: &Path,
-    cmd: &mut Command,
-) -> Result<Vec<u8>, VolumeError> {
-    let out = cmd.output().await.map_err(VolumeError::Spawn)?;
-    if !out.status.success() {
-        return Err(VolumeError::QemuImg {
-            op,
-            path: path.to_path_buf(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(out.stdout)
-}
-
 /// Create an empty volume. Creation is instant whatever the size (no preallocation);
 /// `backing` makes a qcow2 linked clone of that volume.
 pub async fn create_volume(
@@ -70,14 +58,21 @@ pub async fn create_volume(
     if path.exists() {
         return Err(VolumeError::Exists(path.to_path_buf()));
     }
-    let mut cmd = Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", format.as_str()]);
+    let size = size_bytes.to_string();
+    let mut args: Vec<&OsStr> = ["create", "-q", "-f", format.as_str()]
+        .map(OsStr::new)
+        .to_vec();
     if let Some(b) = backing {
         require_absolute(b)?;
-        cmd.arg("-b").arg(b).args(["-F", "qcow2"]);
+        args.extend([
+            OsStr::new("-b"),
+            b.as_os_str(),
+            OsStr::new("-F"),
+            OsStr::new("qcow2"),
+        ]);
     }
-    cmd.arg(path).arg(size_bytes.to_string());
-    run_qemu_img("create", path, &mut cmd).await.map(|_| ())
+    args.extend([path.as_os_str(), OsStr::new(&size)]);
+    qemu_img::run("create", path, &args).await.map(|_| ())
 }
 
 /// Create a volume as a copy of an existing image (any format qemu-img reads), converted to
@@ -93,18 +88,21 @@ pub async fn import_volume(
     if path.exists() {
         return Err(VolumeError::Exists(path.to_path_buf()));
     }
-    let mut cmd = Command::new("qemu-img");
-    cmd.args(["convert", "-q", "-U", "-O", format.as_str()])
-        .arg(source)
-        .arg(path);
-    run_qemu_img("convert", source, &mut cmd).await?;
+    let args = ["convert", "-q", "-U", "-O", format.as_str()]
+        .map(OsStr::new)
+        .into_iter()
+        .chain([source.as_os_str(), path.as_os_str()])
+        .collect::<Vec<_>>();
+    qemu_img::run("convert", source, &args).await?;
     let size = volume_info(path).await?.virtual_size;
     if min_size_bytes > size {
-        let mut cmd = Command::new("qemu-img");
-        cmd.args(["resize", "-q", "-f", format.as_str()])
-            .arg(path)
-            .arg(min_size_bytes.to_string());
-        if let Err(e) = run_qemu_img("resize", path, &mut cmd).await {
+        let min = min_size_bytes.to_string();
+        let args = ["resize", "-q", "-f", format.as_str()]
+            .map(OsStr::new)
+            .into_iter()
+            .chain([path.as_os_str(), OsStr::new(&min)])
+            .collect::<Vec<_>>();
+        if let Err(e) = qemu_img::run("resize", path, &args).await {
             let _ = remove_volume(path).await;
             return Err(e);
         }
@@ -135,9 +133,13 @@ struct QemuImgInfo {
 /// `qemu-img info` of a volume. `-U` lets it read a volume a running VM holds open.
 pub async fn volume_info(path: &Path) -> Result<VolumeInfo, VolumeError> {
     require_absolute(path)?;
-    let mut cmd = Command::new("qemu-img");
-    cmd.args(["info", "-U", "--output=json"]).arg(path);
-    let out = run_qemu_img("info", path, &mut cmd).await?;
+    let args = [
+        OsStr::new("info"),
+        OsStr::new("-U"),
+        OsStr::new("--output=json"),
+        path.as_os_str(),
+    ];
+    let out = qemu_img::run("info", path, &args).await?;
     let info: QemuImgInfo = serde_json::from_slice(&out).map_err(|e| VolumeError::Info {
         path: path.to_path_buf(),
         reason: e.to_string(),
