@@ -516,6 +516,7 @@ impl Agent {
             template: req.template.clone(),
             is_template: false,
             install: None,
+            tpm: req.tpm.unwrap_or(false),
         };
         Ok(spec)
     }

@@ -238,6 +238,7 @@ pub fn spec_of(i: &VmInfo) -> VmSpec {
         template: i.template.clone(),
         is_template: i.is_template,
         install: i.install.clone(),
+        tpm: i.tpm,
     }
 }
 
@@ -785,6 +786,7 @@ mod tests {
             template: None,
             is_template: false,
             install: None,
+            tpm: false,
         };
         let (frozen, undo) = freeze_disks(&mut spec, "vm", true).unwrap();
         assert!(is_base(&frozen[0].base) && frozen[0].base.exists());

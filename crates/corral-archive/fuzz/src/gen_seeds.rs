@@ -37,6 +37,7 @@ fn main() {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     };
     std::fs::create_dir_all("corpus/native_reader").unwrap();
     for (i, c) in [Compression::Zstd, Compression::None]

@@ -770,6 +770,7 @@ fn fill_and_finish(
     Ok(ImportedVm {
         spec,
         disks,
+        files: Vec::new(),
         warnings: plan.warnings,
         archive_hash: String::new(),
         format_version: version,

@@ -663,6 +663,7 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     };
     Ok(OvfPlan {
         ovf_version,

@@ -62,6 +62,7 @@ pub fn base_spec(name: &str) -> VmSpec {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     }
 }
 
