@@ -105,6 +105,7 @@ pub async fn start(
         paths: paths.clone(),
         nics,
         ovmf,
+        tpm_socket: None,
         daemonize: true,
     };
     let mut argv = build_argv(&launch).expect("build argv");
