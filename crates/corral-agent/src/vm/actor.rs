@@ -776,6 +776,11 @@ impl Actor {
         if let Some(b) = req.boot_device {
             spec.boot_device = b;
         }
+        let tpm_removed = req.tpm == Some(false) && spec.tpm;
+        if let Some(t) = req.tpm.filter(|t| *t != spec.tpm) {
+            self.require_halted(if t { "attach a TPM to" } else { "remove the TPM of" })?;
+            spec.tpm = t;
+        }
         if let Some(model) = req.device_model {
             self.require_halted("change the device model of")?;
             set_device_model(&mut spec, model);
@@ -859,6 +864,10 @@ impl Actor {
         if abandoned {
             let _ = std::fs::remove_dir_all(self.agent.layout.install_dir(&self.rec.id));
         }
+        if tpm_removed {
+            // A removed TPM's keys are gone for good; a TPM attached later starts empty.
+            let _ = std::fs::remove_dir_all(crate::vmfiles::tpm_dir(&self.agent.layout, &self.rec.id));
+        }
         self.changed();
         Ok(())
     }
@@ -893,6 +902,7 @@ impl Actor {
                 .join("nvram")
                 .join(format!("{}.fd", self.rec.id)),
         );
+        crate::vmfiles::remove_owned(&self.agent.layout, &self.rec.id, &self.rec.spec, keep_disks);
         self.agent.registry_mut().remove(&self.rec.id);
         self.agent.events.publish(Event::VmDeleted {
             vm: self.rec.spec.name.clone(),

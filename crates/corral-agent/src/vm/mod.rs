@@ -3,6 +3,7 @@
 
 pub mod actor;
 mod runtime;
+pub mod tpm;
 
 use crate::tasks::TaskHandle;
 use corral_model::api::*;

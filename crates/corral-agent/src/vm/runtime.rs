@@ -31,19 +31,40 @@ pub fn paths(agent: &Agent, vm_id: &str) -> RuntimePaths {
     RuntimePaths::in_dir(&agent.layout.run_dir(vm_id))
 }
 
-/// Per-VM UEFI variable store, kept beside the state so it survives restarts.
-fn nvram_path(agent: &Agent, vm_id: &str) -> PathBuf {
-    agent.layout.root.join("nvram").join(format!("{vm_id}.fd"))
+/// Per-VM UEFI variable store, kept beside the state so it survives restarts. Secure Boot
+/// has its own (made from the template with Microsoft's keys enrolled), so switching a VM
+/// between `uefi` and `uefi-secure` never boots one firmware on the other's variables.
+fn nvram_path(agent: &Agent, vm_id: &str, firmware: Firmware) -> PathBuf {
+    let name = match firmware {
+        Firmware::UefiSecure => format!("{vm_id}-secure.fd"),
+        _ => format!("{vm_id}.fd"),
+    };
+    agent.layout.root.join("nvram").join(name)
 }
 
-fn prepare_ovmf(agent: &Agent, vm_id: &str) -> Result<OvmfPaths, ApiError> {
-    let fw = corral_qemu::firmware::find_ovmf().ok_or_else(|| {
+/// The VM's swtpm paths: state with the VM, socket and pid file in its run directory.
+pub fn tpm_paths(agent: &Agent, vm_id: &str) -> super::tpm::TpmPaths {
+    super::tpm::TpmPaths::new(
+        crate::vmfiles::tpm_dir(&agent.layout, vm_id),
+        &agent.layout.run_dir(vm_id),
+    )
+}
+
+fn prepare_ovmf(agent: &Agent, vm_id: &str, firmware: Firmware) -> Result<OvmfPaths, ApiError> {
+    let found = match firmware {
+        Firmware::UefiSecure => corral_qemu::firmware::find_ovmf_secure(),
+        _ => corral_qemu::firmware::find_ovmf(),
+    };
+    let fw = found.ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unsupported,
-            "UEFI firmware needs Debian's ovmf package (no OVMF code under /usr/share/OVMF)",
+            match firmware {
+                Firmware::UefiSecure => "Secure Boot firmware needs Debian's ovmf package (no OVMF_CODE_4M.secboot.fd with OVMF_VARS_4M.ms.fd under /usr/share/OVMF)",
+                _ => "UEFI firmware needs Debian's ovmf package (no OVMF code under /usr/share/OVMF)",
+            },
         )
     })?;
-    let vars = nvram_path(agent, vm_id);
+    let vars = nvram_path(agent, vm_id, firmware);
     if !vars.exists() {
         std::fs::create_dir_all(vars.parent().unwrap_or(Path::new("/")))
             .and_then(|_| std::fs::copy(&fw.vars_template, &vars).map(|_| ()))
@@ -168,10 +189,25 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
     // The console log shows this run only.
     let _ = std::fs::write(&paths.serial_log, b"");
     let ovmf = match rec.spec.firmware {
-        Firmware::Uefi => Some(prepare_ovmf(agent, &rec.id)?),
+        f @ (Firmware::Uefi | Firmware::UefiSecure) => Some(prepare_ovmf(agent, &rec.id, f)?),
         Firmware::Bios => None,
     };
-    let (nics, taps) = setup_nics(agent, rec).await?;
+    let tpm = tpm_paths(agent, &rec.id);
+    let tpm_socket = if rec.spec.tpm {
+        let socket = super::tpm::start(&tpm)
+            .await
+            .map_err(|e| ApiError::new(e.kind(), format!("cannot start the TPM: {}", error_chain(&e))))?;
+        Some(socket)
+    } else {
+        None
+    };
+    let (nics, taps) = match setup_nics(agent, rec).await {
+        Ok(x) => x,
+        Err(e) => {
+            super::tpm::stop(&tpm);
+            return Err(e);
+        }
+    };
     let launch = Launch {
         spec: &rec.spec,
         vm_id: &rec.id,
@@ -179,11 +215,13 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
         paths: paths.clone(),
         nics,
         ovmf,
+        tpm_socket,
         daemonize: true,
     };
     let mut argv = match build_argv(&launch) {
         Ok(a) => a,
         Err(e) => {
+            super::tpm::stop(&tpm);
             cleanup_taps(&taps).await;
             return Err(ApiError::new(e.kind(), e.to_string()));
         }
@@ -214,6 +252,7 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
         Ok(pid) => pid,
         Err(e) => {
             stop_mover.store(true, Ordering::Relaxed);
+            super::tpm::stop(&tpm);
             cleanup_taps(&taps).await;
             return Err(ApiError::internal(format!(
                 "QEMU did not start: {}",
@@ -256,6 +295,7 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
     .await;
     if result.is_err() {
         kill_pid(pid);
+        super::tpm::stop(&tpm);
         cleanup_taps(&taps).await;
     }
     result
@@ -333,8 +373,26 @@ pub fn existing_taps(rec: &VmRecord) -> Vec<String> {
         .collect()
 }
 
-/// Find the QEMU of a VM that was running when the agent last stopped.
+/// Find the QEMU of a VM that was running when the agent last stopped, and check its swtpm
+/// (when it has a TPM): one whose QEMU is gone is stopped too (normally it has already
+/// exited by itself, see `super::tpm`).
 pub async fn reattach(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerState), String> {
+    let r = reattach_qemu(agent, rec).await;
+    if rec.spec.tpm {
+        let tpm = tpm_paths(agent, &rec.id);
+        match &r {
+            Err(_) => super::tpm::stop(&tpm),
+            Ok((run, _)) if super::tpm::find(&tpm).is_none() => tracing::warn!(
+                vm = %rec.spec.name, pid = run.pid,
+                "QEMU is running but its swtpm is gone: the guest's TPM no longer answers until the VM is restarted"
+            ),
+            Ok(_) => {}
+        }
+    }
+    r
+}
+
+async fn reattach_qemu(agent: &Agent, rec: &VmRecord) -> Result<(Running, PowerState), String> {
     let paths = paths(agent, &rec.id);
     let pid = corral_qemu::process::find_vm_process(&paths.pidfile, &rec.id)
         .ok_or_else(|| "its QEMU process is gone".to_string())?;
@@ -433,5 +491,6 @@ pub async fn cleanup(agent: &Agent, vm_id: &str, run: &Running) {
     }
     cleanup_taps(&run.taps).await;
     agent.cgroups.remove(vm_id);
+    super::tpm::stop(&tpm_paths(agent, vm_id));
     remove_stale(&paths(agent, vm_id));
 }
