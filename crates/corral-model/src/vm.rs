@@ -79,6 +79,9 @@ pub enum NicModel {
     Rtl8139,
 }
 
+/// `bios` (SeaBIOS), `uefi` (OVMF), or `uefi_secure`: UEFI with Secure Boot enforced, OVMF's
+/// Secure Boot build with Microsoft's keys enrolled (what Windows 11 and shim-signed Linux
+/// distributions boot with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
@@ -86,8 +89,8 @@ pub enum Firmware {
     #[default]
     Bios,
     Uefi,
-    /// UEFI with Secure Boot enforced: OVMF's Secure Boot build with Microsoft's keys enrolled
-    /// (what Windows 11 and shim-signed Linux distributions boot with).
+    // UEFI with Secure Boot enforced (see the enum's documentation); a plain comment, so the
+    // schema stays a plain string enum.
     #[serde(alias = "uefi-secure")]
     UefiSecure,
 }
