@@ -753,11 +753,7 @@ impl Agent {
 /// Direct kernel boot survives when the archive carries the files (`carried`, format 2.0):
 /// the spec keeps its command line and names the kernel (and initrd) with an empty path, which
 /// the import fills with the VM's own copies once they are verified (`place_files`).
-pub(crate) fn drop_host_paths(
-    spec: &mut VmSpec,
-    carried: &[FileRole],
-    warnings: &mut Vec<String>,
-) {
+pub(crate) fn drop_host_paths(spec: &mut VmSpec, carried: &[FileRole], warnings: &mut Vec<String>) {
     // Install state (its PXE TFTP root is a host directory) never survives an export.
     spec.install = None;
     for c in spec.cdroms.iter_mut() {
@@ -788,7 +784,9 @@ pub(crate) fn drop_host_paths(
                 "the archive carries no TPM state; the VM's TPM starts empty (keys sealed to the old one are lost)".into(),
             );
         } else {
-            warnings.push("the archive carries TPM state for a VM without a TPM; it was ignored".into());
+            warnings.push(
+                "the archive carries TPM state for a VM without a TPM; it was ignored".into(),
+            );
         }
     }
     if let Some(kb) = spec.kernel_boot.take() {
@@ -1013,9 +1011,17 @@ mod tests {
         });
         let mut spec: VmSpec = serde_json::from_value(json.clone()).unwrap();
         let mut warnings = Vec::new();
-        drop_host_paths(&mut spec, &[FileRole::Kernel, FileRole::Initrd], &mut warnings);
+        drop_host_paths(
+            &mut spec,
+            &[FileRole::Kernel, FileRole::Initrd],
+            &mut warnings,
+        );
         let kb = spec.kernel_boot.clone().unwrap();
-        assert_eq!(kb.kernel, PathBuf::new(), "filled by the import, never /etc/passwd");
+        assert_eq!(
+            kb.kernel,
+            PathBuf::new(),
+            "filled by the import, never /etc/passwd"
+        );
         assert_eq!(kb.initrd, Some(PathBuf::new()));
         assert_eq!(kb.cmdline, "console=ttyS0");
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -1025,7 +1031,10 @@ mod tests {
         let mut warnings = Vec::new();
         drop_host_paths(&mut spec, &[FileRole::Kernel], &mut warnings);
         assert_eq!(spec.kernel_boot.unwrap().initrd, None);
-        assert!(warnings[0].contains("/etc/hostname is not in the archive"), "{warnings:?}");
+        assert!(
+            warnings[0].contains("/etc/hostname is not in the archive"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -155,9 +155,8 @@ fn copy_owned_into(
     let src = tpm_dir(layout, src_id);
     if copy_tpm && spec.tpm && src.join(TPM_STATE_FILE).is_file() {
         let dest = tpm_dir(layout, new_id);
-        std::fs::create_dir_all(&dest).map_err(|e| {
-            ApiError::internal(format!("cannot create {}: {e}", dest.display()))
-        })?;
+        std::fs::create_dir_all(&dest)
+            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dest.display())))?;
         created.push(dest.clone());
         copy_new(&src.join(TPM_STATE_FILE), &dest.join(TPM_STATE_FILE))?;
     }
@@ -271,7 +270,10 @@ mod tests {
         assert_eq!(kb.kernel, sr.join(format!("{new}-kernel")));
         assert_eq!(std::fs::read(&kb.kernel).unwrap(), b"kernel");
         assert_eq!(kb.initrd.as_deref(), Some(user_initrd.as_path()), "shared");
-        assert_eq!(std::fs::read(tpm_state_file(&layout, &new)).unwrap(), b"tpm");
+        assert_eq!(
+            std::fs::read(tpm_state_file(&layout, &new)).unwrap(),
+            b"tpm"
+        );
         assert_eq!(created.len(), 2);
 
         // Deleting the copy removes its own files only.

@@ -54,7 +54,11 @@ pub trait ImportSink: Sync {
     /// its end; returns where it is. The reader verifies size and hash afterwards, so on error
     /// the caller discards it with the rest of the sink's area. Takes `&self` like `write_at`
     /// (files arrive while import workers may be running).
-    fn write_file(&self, role: crate::native::FileRole, data: &mut dyn io::Read) -> io::Result<PathBuf> {
+    fn write_file(
+        &self,
+        role: crate::native::FileRole,
+        data: &mut dyn io::Read,
+    ) -> io::Result<PathBuf> {
         let _ = (role, data);
         Err(io::Error::new(
             io::ErrorKind::Unsupported,

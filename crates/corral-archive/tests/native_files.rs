@@ -92,7 +92,10 @@ fn carried_files_round_trip_and_make_the_archive_2_0() {
     for file in &vm.files {
         assert_eq!(file.path.parent(), Some(dir.path()));
     }
-    assert_eq!(std::fs::read(&vm.disks[0].path).unwrap(), sample_disk().data);
+    assert_eq!(
+        std::fs::read(&vm.disks[0].path).unwrap(),
+        sample_disk().data
+    );
 
     // Without files the archive stays 1.0, readable by every corral.
     assert_eq!(version_of(&read_tar(&export_with(vec![]))), "1.0");
@@ -139,7 +142,10 @@ fn expect_rejected(case: &str, members: &[(String, Vec<u8>)], limits: &Limits, n
         .into_iter()
         .filter(|f| !f.starts_with("staging/"))
         .collect();
-    assert!(outside.is_empty(), "{case}: files outside staging: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "{case}: files outside staging: {outside:?}"
+    );
     for f in files_under(&staging) {
         let ok = (f.starts_with("disk") && f.ends_with(".raw"))
             || f == "file-kernel"
@@ -159,10 +165,10 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn with_manifest(
-    members: &mut [(String, Vec<u8>)],
-    edit: impl FnOnce(&mut serde_json::Value),
-) {
+/// An archive as its members: (name, data) in order.
+type Members = Vec<(String, Vec<u8>)>;
+
+fn with_manifest(members: &mut [(String, Vec<u8>)], edit: impl FnOnce(&mut serde_json::Value)) {
     let mut v: serde_json::Value = serde_json::from_slice(&members[0].1).unwrap();
     edit(&mut v);
     members[0].1 = serde_json::to_vec(&v).unwrap();
@@ -172,13 +178,13 @@ fn with_manifest(
 fn lying_carried_files_are_rejected() {
     let f = fixture();
     let limits = Limits::default();
-    let sealed = |edit: &dyn Fn(&mut Vec<(String, Vec<u8>)>)| {
+    let sealed = |edit: &dyn Fn(&mut Members)| {
         let mut m = good(&f);
         edit(&mut m);
         reseal(&mut m);
         m
     };
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(&str, Members, &str)> = vec![
         (
             "kernel bytes changed, archive hash resealed",
             sealed(&|m| m[1].1[100] ^= 1),

@@ -803,6 +803,12 @@ fn secure_boot_survives_an_ova_round_trip() {
     write_ova(&mut out, &spec, &disks, dir.path(), &no_progress).unwrap();
     let desc = String::from_utf8(read_tar(&out)[0].1.clone()).unwrap();
     check_dsp8023(&desc).unwrap_or_else(|e| panic!("{e}\n{desc}"));
-    assert!(desc.contains("vmw:key=\"uefi.secureBoot.enabled\" vmw:value=\"true\""), "{desc}");
-    assert_eq!(parse_ovf(&desc).unwrap().spec.firmware, Firmware::UefiSecure);
+    assert!(
+        desc.contains("vmw:key=\"uefi.secureBoot.enabled\" vmw:value=\"true\""),
+        "{desc}"
+    );
+    assert_eq!(
+        parse_ovf(&desc).unwrap().spec.firmware,
+        Firmware::UefiSecure
+    );
 }

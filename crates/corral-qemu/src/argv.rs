@@ -341,7 +341,11 @@ fn push_tpm(argv: &mut Vec<String>, launch: &Launch) -> Result<(), ArgvError> {
     push(
         argv,
         "-tpmdev",
-        format!("emulator,id={},chardev={}", ids::TPM_BACKEND, ids::TPM_CHARDEV),
+        format!(
+            "emulator,id={},chardev={}",
+            ids::TPM_BACKEND,
+            ids::TPM_CHARDEV
+        ),
     );
     push(
         argv,

@@ -862,22 +862,50 @@ fn direct_kernel_boot_vms_carry_their_kernel_through_export_import_and_copy() {
     std::fs::copy(&g.initrd, &i).unwrap();
     let (ks, is) = (k.to_str().unwrap(), i.to_str().unwrap());
     a.ok(&[
-        "vm", "create", "--name", "kb", "--memory", "192M", "--disk", "16M",
-        "--kernel", ks, "--initrd", is, "--cmdline", "console=ttyS0 no_timer_check",
+        "vm",
+        "create",
+        "--name",
+        "kb",
+        "--memory",
+        "192M",
+        "--disk",
+        "16M",
+        "--kernel",
+        ks,
+        "--initrd",
+        is,
+        "--cmdline",
+        "console=ttyS0 no_timer_check",
     ]);
     let out = dir.path().join("kb.corral");
     a.ok(&["vm", "export", "kb", "-o", out.to_str().unwrap()]);
     assert_eq!(
         archive_files(&out),
-        ("2.0".to_string(), vec!["kernel".to_string(), "initrd".to_string()])
+        (
+            "2.0".to_string(),
+            vec!["kernel".to_string(), "initrd".to_string()]
+        )
     );
     std::fs::remove_dir_all(&boot).unwrap();
     let err = a.fails(&["vm", "start", "kb"]);
-    assert!(err.contains(&format!("kernel boot file {ks} is missing")), "{err}");
+    assert!(
+        err.contains(&format!("kernel boot file {ks} is missing")),
+        "{err}"
+    );
 
     // The dry run keeps direct kernel boot and names no host path from the archive.
-    let plan = a.json(&["vm", "import", out.to_str().unwrap(), "--name", "kb2", "--dry-run"]);
-    assert_eq!(plan["spec"]["kernel_boot"]["cmdline"], "console=ttyS0 no_timer_check");
+    let plan = a.json(&[
+        "vm",
+        "import",
+        out.to_str().unwrap(),
+        "--name",
+        "kb2",
+        "--dry-run",
+    ]);
+    assert_eq!(
+        plan["spec"]["kernel_boot"]["cmdline"],
+        "console=ttyS0 no_timer_check"
+    );
     assert!(!plan.to_string().contains(ks), "{plan}");
 
     let imported = a.cli(&["vm", "import", out.to_str().unwrap(), "--name", "kb2"]);
@@ -890,8 +918,14 @@ fn direct_kernel_boot_vms_carry_their_kernel_through_export_import_and_copy() {
     let (kernel, initrd) = kernel_of(&vm);
     assert_eq!(kernel, sr.join(format!("{id}-kernel")), "{vm}");
     assert_eq!(initrd, sr.join(format!("{id}-initrd")), "{vm}");
-    assert_eq!(std::fs::read(&kernel).unwrap(), std::fs::read(&g.kernel).unwrap());
-    assert_eq!(std::fs::read(&initrd).unwrap(), std::fs::read(&g.initrd).unwrap());
+    assert_eq!(
+        std::fs::read(&kernel).unwrap(),
+        std::fs::read(&g.kernel).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&initrd).unwrap(),
+        std::fs::read(&g.initrd).unwrap()
+    );
     assert_eq!(vm["kernel_boot"]["cmdline"], "console=ttyS0 no_timer_check");
     assert!(files(&a).0.is_empty(), "staging is empty after an import");
     a.ok(&["vm", "start", "kb2"]);
@@ -907,7 +941,10 @@ fn direct_kernel_boot_vms_carry_their_kernel_through_export_import_and_copy() {
     assert_eq!(ck, sr.join(format!("{copy_id}-kernel")));
     assert_eq!(ci, sr.join(format!("{copy_id}-initrd")));
     a.ok(&["vm", "delete", "kb2"]);
-    assert!(!kernel.exists() && !initrd.exists(), "a deleted VM's own boot files go");
+    assert!(
+        !kernel.exists() && !initrd.exists(),
+        "a deleted VM's own boot files go"
+    );
     assert!(ck.exists() && ci.exists());
     a.ok(&["vm", "start", "kb3"]);
     a.wait_console("kb3", MARKER, 1, BOOT);

@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,8 +44,15 @@ fn linux_guest_finds_its_tpm_and_the_tpm_lives_with_the_vm() {
     assert_eq!(a.vm("t1")["tpm"], true);
     let id = id_of(&a, "t1");
     let log = boot_with_debug(&a, "t1");
-    assert!(log.contains(TPM_FOUND) && !log.contains(NO_TPM), "{}", tail(&log, 60));
-    assert!(tpm_state(&a, &id).is_file(), "swtpm keeps the TPM's state with the VM");
+    assert!(
+        log.contains(TPM_FOUND) && !log.contains(NO_TPM),
+        "{}",
+        tail(&log, 60)
+    );
+    assert!(
+        tpm_state(&a, &id).is_file(),
+        "swtpm keeps the TPM's state with the VM"
+    );
 
     // Like QEMU, swtpm outlives an agent crash, and the restarted agent keeps using it.
     let pid = swtpm_pid(&a, &id).expect("swtpm pid file");
@@ -96,9 +102,16 @@ fn linux_guest_finds_its_tpm_and_the_tpm_lives_with_the_vm() {
     assert_eq!(a.vm("t3")["tpm"], false);
     assert!(!a.state_dir().join("tpm").join(&id3).exists());
     let log = boot_with_debug(&a, "t3");
-    assert!(log.contains(NO_TPM) && !log.contains(TPM_FOUND), "{}", tail(&log, 60));
+    assert!(
+        log.contains(NO_TPM) && !log.contains(TPM_FOUND),
+        "{}",
+        tail(&log, 60)
+    );
     let err = a.fails(&["vm", "set", "t3", "--tpm"]);
-    assert!(err.contains("running"), "attaching a TPM needs a halted VM: {err}");
+    assert!(
+        err.contains("running"),
+        "attaching a TPM needs a halted VM: {err}"
+    );
     a.ok(&["vm", "poweroff", "t3"]);
 }
 
@@ -122,8 +135,18 @@ fn secureboot_disk() -> PathBuf {
 fn create_esp_vm(a: &TestAgent, name: &str, firmware: &str, esp: &Path) {
     let from = format!(",from={}", esp.display());
     a.ok(&[
-        "vm", "create", "--name", name, "--memory", "512M", "--firmware", firmware, "--tpm",
-        "--disk", &from, "--no-nics",
+        "vm",
+        "create",
+        "--name",
+        name,
+        "--memory",
+        "512M",
+        "--firmware",
+        firmware,
+        "--tpm",
+        "--disk",
+        &from,
+        "--no-nics",
     ]);
 }
 
@@ -136,11 +159,23 @@ fn secure_boot_firmware_boots_the_signed_chain_with_secure_boot_enabled() {
     assert_eq!(vm["firmware"], "uefi_secure");
     a.ok(&["vm", "start", "sb"]);
     // OVMF -> shim (Microsoft-signed) -> GRUB (Debian-signed) -> kernel (Debian-signed).
-    a.wait_console("sb", "CORRAL-BOOT-SOURCE=secureboot", 1, Duration::from_secs(180));
+    a.wait_console(
+        "sb",
+        "CORRAL-BOOT-SOURCE=secureboot",
+        1,
+        Duration::from_secs(180),
+    );
     a.wait_console("sb", MARKER, 1, BOOT);
     let log = a.console_log("sb");
-    assert!(log.contains("secureboot: Secure boot enabled"), "{}", tail(&log, 80));
-    assert!(log.contains(TPM_FOUND), "Windows 11's pair: Secure Boot and a TPM");
+    assert!(
+        log.contains("secureboot: Secure boot enabled"),
+        "{}",
+        tail(&log, 80)
+    );
+    assert!(
+        log.contains(TPM_FOUND),
+        "Windows 11's pair: Secure Boot and a TPM"
+    );
     a.ok(&["vm", "poweroff", "sb"]);
 
     // The same disk under plain UEFI boots too, with Secure Boot off.
@@ -148,11 +183,23 @@ fn secure_boot_firmware_boots_the_signed_chain_with_secure_boot_enabled() {
     a.ok(&["vm", "start", "nosb"]);
     a.wait_console("nosb", MARKER, 1, Duration::from_secs(180));
     let log = a.console_log("nosb");
-    assert!(log.contains("secureboot: Secure boot disabled"), "{}", tail(&log, 80));
+    assert!(
+        log.contains("secureboot: Secure boot disabled"),
+        "{}",
+        tail(&log, 80)
+    );
     a.ok(&["vm", "poweroff", "nosb"]);
 
     // Windows 11's template asks for both.
-    a.ok(&["vm", "create", "--name", "w11", "--template", "windows-11", "--no-disks"]);
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "w11",
+        "--template",
+        "windows-11",
+        "--no-disks",
+    ]);
     let w = a.vm("w11");
     assert_eq!(w["firmware"], "uefi_secure", "{w}");
     assert_eq!(w["tpm"], true, "{w}");

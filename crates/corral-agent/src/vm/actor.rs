@@ -778,7 +778,11 @@ impl Actor {
         }
         let tpm_removed = req.tpm == Some(false) && spec.tpm;
         if let Some(t) = req.tpm.filter(|t| *t != spec.tpm) {
-            self.require_halted(if t { "attach a TPM to" } else { "remove the TPM of" })?;
+            self.require_halted(if t {
+                "attach a TPM to"
+            } else {
+                "remove the TPM of"
+            })?;
             spec.tpm = t;
         }
         if let Some(model) = req.device_model {
@@ -866,7 +870,8 @@ impl Actor {
         }
         if tpm_removed {
             // A removed TPM's keys are gone for good; a TPM attached later starts empty.
-            let _ = std::fs::remove_dir_all(crate::vmfiles::tpm_dir(&self.agent.layout, &self.rec.id));
+            let _ =
+                std::fs::remove_dir_all(crate::vmfiles::tpm_dir(&self.agent.layout, &self.rec.id));
         }
         self.changed();
         Ok(())

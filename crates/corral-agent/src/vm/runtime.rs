@@ -194,9 +194,12 @@ pub async fn launch(agent: &Agent, rec: &VmRecord, paused: bool) -> Result<Runni
     };
     let tpm = tpm_paths(agent, &rec.id);
     let tpm_socket = if rec.spec.tpm {
-        let socket = super::tpm::start(&tpm)
-            .await
-            .map_err(|e| ApiError::new(e.kind(), format!("cannot start the TPM: {}", error_chain(&e))))?;
+        let socket = super::tpm::start(&tpm).await.map_err(|e| {
+            ApiError::new(
+                e.kind(),
+                format!("cannot start the TPM: {}", error_chain(&e)),
+            )
+        })?;
         Some(socket)
     } else {
         None

@@ -184,7 +184,7 @@ pub fn find(paths: &TpmPaths) -> Option<u32> {
         .and_then(|a| Path::new(std::str::from_utf8(a).ok()?).file_name())
         .is_some_and(|n| n == SWTPM);
     let state = format!("dir={},mode=0600", paths.state_dir.display());
-    let ours = args.iter().any(|a| *a == state.as_bytes());
+    let ours = args.contains(&state.as_bytes());
     (is_swtpm && ours && pid > 1).then_some(pid)
 }
 

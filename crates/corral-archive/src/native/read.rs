@@ -138,7 +138,9 @@ fn decode_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, ArchiveErr
             )));
         }
         let hex_ok = f.xxh3.len() == 16
-            && f.xxh3.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && f.xxh3
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok {
             return Err(bad_manifest(format!(
                 "the {} file's xxh3 {:?} is not 16 lower-case hex digits",

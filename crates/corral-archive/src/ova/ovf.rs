@@ -549,14 +549,17 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
     }
     // Secure Boot: VMware's `uefi.secureBoot.enabled` (what corral's OVA export writes too),
     // oVirt's BiosType 4 (Q35 with Secure Boot).
-    let secure = env.descendants().filter(|n| n.is_element()).any(|n| match local(&n) {
-        "Config" => {
-            attr(&n, "key") == Some("uefi.secureBoot.enabled")
-                && attr(&n, "value").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        }
-        "BiosType" => n.text().is_some_and(|t| t.trim() == "4"),
-        _ => false,
-    });
+    let secure = env
+        .descendants()
+        .filter(|n| n.is_element())
+        .any(|n| match local(&n) {
+            "Config" => {
+                attr(&n, "key") == Some("uefi.secureBoot.enabled")
+                    && attr(&n, "value").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            }
+            "BiosType" => n.text().is_some_and(|t| t.trim() == "4"),
+            _ => false,
+        });
     if secure {
         firmware = Firmware::UefiSecure;
     }

@@ -457,9 +457,7 @@ pub fn to_raw(t: &Template) -> RawTemplate {
         derived_from: None,
         vcpus: Some(t.vcpus),
         device_model: Some(t.device_model.as_str().into()),
-        firmware: Some(
-            t.firmware.as_str().into(),
-        ),
+        firmware: Some(t.firmware.as_str().into()),
         tpm: Some(t.tpm),
         install_methods: Some(
             t.install_methods
