@@ -108,6 +108,19 @@ pub fn remove_owned(layout: &Layout, vm_id: &str, spec: &VmSpec, keep_boot_files
     }
 }
 
+/// After `vm set --kernel/--initrd` replaced a boot file VM `vm_id` owned, remove the old one
+/// (nothing else can name it).
+pub fn remove_replaced(vm_id: &str, old: &VmSpec, new: &VmSpec) {
+    let kept = boot_files(new);
+    for (_, p) in boot_files(old) {
+        if owned_by(&p, vm_id) && !kept.iter().any(|(_, k)| *k == p) {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove a replaced boot file");
+            }
+        }
+    }
+}
+
 /// Give a new VM `new_id` (spec copied from `src_id`'s) its own copies of the source's owned
 /// boot files, next to the originals, and of its TPM state when `copy_tpm`. Points `spec` at
 /// the copies. Returns what was created, for the caller to remove if recording the VM fails;
@@ -287,6 +300,23 @@ mod tests {
         let spec = spec_with(&kernel, None, false);
         remove_owned(&layout, &new, &spec, false);
         assert!(kernel.exists());
+    }
+
+    #[test]
+    fn a_replaced_owned_kernel_is_removed_and_a_user_kernel_is_not() {
+        let root = tempfile::tempdir().unwrap();
+        let id = uuid::Uuid::new_v4().to_string();
+        let owned = root.path().join(boot_file_name(&id, FileRole::Kernel));
+        let user = root.path().join("vmlinuz");
+        std::fs::write(&owned, b"k").unwrap();
+        std::fs::write(&user, b"k").unwrap();
+        let (a, b) = (spec_with(&owned, None, false), spec_with(&user, None, false));
+        remove_replaced(&id, &a, &a);
+        assert!(owned.exists(), "unchanged");
+        remove_replaced(&id, &a, &b);
+        assert!(!owned.exists());
+        remove_replaced(&id, &b, &a);
+        assert!(user.exists(), "a user's kernel is never removed");
     }
 
     #[test]

@@ -852,6 +852,7 @@ impl Actor {
             }
             return Err(e);
         }
+        crate::vmfiles::remove_replaced(&self.rec.id, &old, &self.rec.spec);
         if let Some(n) = &rename {
             let mut reg = self.agent.registry_mut();
             reg.release(n);
