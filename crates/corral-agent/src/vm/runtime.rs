@@ -494,6 +494,8 @@ pub async fn cleanup(agent: &Agent, vm_id: &str, run: &Running) {
     }
     cleanup_taps(&run.taps).await;
     agent.cgroups.remove(vm_id);
-    super::tpm::stop(&tpm_paths(agent, vm_id));
+    // `stop` may wait up to half a second for swtpm to exit; keep that off the runtime.
+    let tpm = tpm_paths(agent, vm_id);
+    let _ = tokio::task::spawn_blocking(move || super::tpm::stop(&tpm)).await;
     remove_stale(&paths(agent, vm_id));
 }
