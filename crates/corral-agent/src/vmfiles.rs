@@ -310,7 +310,10 @@ mod tests {
         let user = root.path().join("vmlinuz");
         std::fs::write(&owned, b"k").unwrap();
         std::fs::write(&user, b"k").unwrap();
-        let (a, b) = (spec_with(&owned, None, false), spec_with(&user, None, false));
+        let (a, b) = (
+            spec_with(&owned, None, false),
+            spec_with(&user, None, false),
+        );
         remove_replaced(&id, &a, &a);
         assert!(owned.exists(), "unchanged");
         remove_replaced(&id, &a, &b);

@@ -957,3 +957,37 @@ fn direct_kernel_boot_vms_carry_their_kernel_through_export_import_and_copy() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_corrupt_carried_kernel_fails_the_import_and_leaves_nothing() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    a.create_kernel_vm("kb", &["--disk", "16M"]);
+    let out = dir.path().join("kb.corral");
+    a.ok(&["vm", "export", "kb", "-o", out.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&out).unwrap();
+    let kernel = std::fs::read(guest().kernel).unwrap();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &kernel[..64])
+        .expect("the kernel is inside the archive");
+    bytes[at + 1000] ^= 0xff;
+    let bad = dir.path().join("bad.corral");
+    std::fs::write(&bad, &bytes).unwrap();
+
+    let before = files(&a);
+    let err = a.fails(&["vm", "import", bad.to_str().unwrap(), "--name", "kb2"]);
+    assert!(
+        err.contains("checksum mismatch in the kernel file"),
+        "{err}"
+    );
+    assert_eq!(files(&a), before, "nothing staged or placed is left");
+    assert!(a.cli(&["vm", "show", "kb2"]).status.code() != Some(0));
+    assert!(
+        !a.state_dir().join("tpm").exists()
+            || std::fs::read_dir(a.state_dir().join("tpm"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}
