@@ -2,7 +2,8 @@
 //! corral gives it (and does not without one), the TPM's swtpm survives an agent restart like
 //! QEMU does and is gone with QEMU, its state travels with exports, imports and copies; and a
 //! VM with `--firmware uefi-secure` boots Debian's signed shim, GRUB and kernel with Secure
-//! Boot reported enabled by the guest's kernel (and disabled under plain UEFI).
+//! Boot reported enabled by the guest's kernel (and disabled under plain UEFI), and refuses a
+//! kernel whose signature no longer matches.
 
 mod common;
 
@@ -177,6 +178,36 @@ fn secure_boot_firmware_boots_the_signed_chain_with_secure_boot_enabled() {
         "Windows 11's pair: Secure Boot and a TPM"
     );
     a.ok(&["vm", "poweroff", "sb"]);
+
+    // Enforced, not only reported: the same chain with one byte of the kernel changed stops
+    // at GRUB, which asks shim to verify the kernel.
+    let dir = tempfile::tempdir().unwrap();
+    let tampered = dir.path().join("tampered.img");
+    std::fs::copy(&esp, &tampered).unwrap();
+    let mut kernel = std::fs::read(guest().kernel).unwrap();
+    kernel[20000] ^= 1;
+    let bad_kernel = dir.path().join("vmlinuz");
+    std::fs::write(&bad_kernel, &kernel).unwrap();
+    let st = std::process::Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-o")
+        .arg("-i")
+        .arg(format!("{}@@1048576", tampered.display()))
+        .arg(&bad_kernel)
+        .arg("::/vmlinuz")
+        .status()
+        .expect("mcopy (mtools)");
+    assert!(st.success());
+    create_esp_vm(&a, "tampered", "uefi-secure", &tampered);
+    a.ok(&["vm", "start", "tampered"]);
+    a.wait_console(
+        "tampered",
+        "bad shim signature",
+        1,
+        Duration::from_secs(180),
+    );
+    assert!(!a.console_log("tampered").contains(MARKER));
+    a.ok(&["vm", "poweroff", "tampered"]);
 
     // The same disk under plain UEFI boots too, with Secure Boot off.
     create_esp_vm(&a, "nosb", "uefi", &esp);
