@@ -658,10 +658,7 @@ impl Agent {
                 placed.push(dest.clone());
                 *slot = dest;
             } else if f.role == FileRole::TpmState && spec.tpm {
-                let dir = crate::vmfiles::tpm_dir(&self.layout, id);
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    ApiError::internal(format!("cannot create {}: {e}", dir.display()))
-                })?;
+                let dir = crate::vmfiles::create_tpm_dir(&self.layout, id)?;
                 placed.push(dir.clone());
                 crate::vmfiles::place_file(&f.path, &dir.join(crate::vmfiles::TPM_STATE_FILE))?;
             }

@@ -37,6 +37,18 @@ pub fn tpm_state_file(layout: &Layout, vm_id: &str) -> PathBuf {
     tpm_dir(layout, vm_id).join(TPM_STATE_FILE)
 }
 
+/// Create a VM's TPM state directory, readable by the agent only (it holds the TPM's seeds).
+pub fn create_tpm_dir(layout: &Layout, vm_id: &str) -> Result<PathBuf, ApiError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = tpm_dir(layout, vm_id);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
 /// File name of a boot file `role` owned by VM `vm_id`.
 pub fn boot_file_name(vm_id: &str, role: FileRole) -> String {
     format!("{vm_id}-{role}")
@@ -167,9 +179,7 @@ fn copy_owned_into(
     }
     let src = tpm_dir(layout, src_id);
     if copy_tpm && spec.tpm && src.join(TPM_STATE_FILE).is_file() {
-        let dest = tpm_dir(layout, new_id);
-        std::fs::create_dir_all(&dest)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dest.display())))?;
+        let dest = create_tpm_dir(layout, new_id)?;
         created.push(dest.clone());
         copy_new(&src.join(TPM_STATE_FILE), &dest.join(TPM_STATE_FILE))?;
     }
