@@ -7,7 +7,7 @@
 # then installs cleanly. So: one after the other.
 set -euo pipefail
 
-RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db)
+RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db swtpm swtpm-tools)
 TEST_PKGS=(busybox-static cpio xorriso isolinux syslinux syslinux-common extlinux mtools dosfstools
   fdisk socat zstd python3 python3-pyftpdlib nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils curl
   dnsmasq-base)

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/check-rust.sh
 scripts/install-deps.sh --test
 scripts/build-test-guest.sh --quiet >/dev/null
+scripts/build-secureboot-esp.sh --quiet >/dev/null
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

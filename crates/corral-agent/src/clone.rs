@@ -240,6 +240,7 @@ pub fn spec_of(i: &VmInfo) -> VmSpec {
         template: i.template.clone(),
         is_template: i.is_template,
         install: i.install.clone(),
+        tpm: i.tpm,
     }
 }
 
@@ -300,17 +301,20 @@ impl Agent {
             for n in spec.nics.iter_mut() {
                 n.mac = random_mac();
             }
-            self.layer_and_record(spec, &frozen, &task).await
+            self.layer_and_record(spec, &frozen, &task, (&info.id, true))
+                .await
         })
         .await
     }
 
-    /// Give a new VM overlays on `frozen` bases and record it.
+    /// Give a new VM overlays on `frozen` bases and its own copies of the files the source
+    /// (`source.0`) owns (`crate::vmfiles`; TPM state only when `source.1`), and record it.
     async fn layer_and_record(
         self: &Arc<Self>,
         mut spec: VmSpec,
         frozen: &[FrozenDisk],
         task: &TaskHandle,
+        source: (&str, bool),
     ) -> Result<(), ApiError> {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, &spec.name);
@@ -347,10 +351,15 @@ impl Agent {
         extra.retain(|d| !frozen.iter().any(|f| f.disk.device == d.device));
         disks.extend(extra);
         spec.disks = disks;
-        if let Err(e) = self.add_vm(id, spec).await {
-            for p in &created {
-                let _ = std::fs::remove_file(p);
+        match crate::vmfiles::copy_owned(&self.host.layout, source.0, &id, &mut spec, source.1) {
+            Ok(files) => created.extend(files),
+            Err(e) => {
+                crate::vmfiles::remove_created(&created);
+                return Err(e);
             }
+        }
+        if let Err(e) = self.add_vm(id, spec).await {
+            crate::vmfiles::remove_created(&created);
             return Err(e);
         }
         Ok(())
@@ -396,7 +405,9 @@ impl Agent {
                     })
                     .collect();
                 self.apply_overrides(&mut spec, &req, &frozen)?;
-                self.layer_and_record(spec, &frozen, &task).await
+                // A fresh TPM: VMs stamped from one template must not share its identity.
+                self.layer_and_record(spec, &frozen, &task, (&t.id, false))
+                    .await
             })
             .await?;
         if start {
@@ -441,6 +452,9 @@ impl Agent {
         }
         if let Some(f) = req.firmware {
             spec.firmware = f;
+        }
+        if let Some(t) = req.tpm {
+            spec.tpm = t;
         }
         if let Some(b) = req.boot_device {
             spec.boot_device = b;
@@ -633,12 +647,14 @@ impl Agent {
             for n in spec.nics.iter_mut() {
                 n.mac = random_mac();
             }
-            result = self.add_vm(id, spec).await.map(|_| ());
+            result = crate::vmfiles::copy_owned(&self.host.layout, &info.id, &id, &mut spec, true)
+                .map(|files| created.extend(files));
+            if result.is_ok() {
+                result = self.add_vm(id, spec).await.map(|_| ());
+            }
         }
         if result.is_err() {
-            for p in &created {
-                let _ = std::fs::remove_file(p);
-            }
+            crate::vmfiles::remove_created(&created);
         }
         result
     }
@@ -771,6 +787,7 @@ mod tests {
             template: None,
             is_template: false,
             install: None,
+            tpm: false,
         };
         let (frozen, undo) = freeze_disks(&mut spec, "vm", true).unwrap();
         assert!(is_base(&frozen[0].base) && frozen[0].base.exists());

@@ -29,6 +29,7 @@ pub mod tasks;
 pub mod templates;
 pub mod transfer;
 pub mod vm;
+pub mod vmfiles;
 
 mod agent;
 pub use agent::{Agent, VmOutcome};

@@ -177,6 +177,7 @@ pub fn spec_from_request(
         template: req.template.clone(),
         is_template: false,
         install: None,
+        tpm: req.tpm.unwrap_or(false),
     };
     Ok(spec)
 }

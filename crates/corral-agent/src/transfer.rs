@@ -28,7 +28,7 @@ use crate::spec::random_mac;
 use crate::tasks::TaskHandle;
 use crate::vm::{Lease, Op};
 use bytes::Bytes;
-use corral_archive::{ArchiveError, ArchiveKind, Limits};
+use corral_archive::{ArchiveError, ArchiveKind, FileRole, Limits};
 use corral_model::host::StorageRepository;
 use corral_model::task::Operation;
 use corral_model::transfer::*;
@@ -120,6 +120,10 @@ impl Agent {
             .iter()
             .flat_map(|sr| [sr.path.clone(), sr.path.join(BASES_DIR)])
             .collect();
+        for id in &ids {
+            // Its TPM state, if the archive carried one (`crate::vmfiles`).
+            let _ = std::fs::remove_dir_all(crate::vmfiles::tpm_dir(&self.host.layout, id));
+        }
         for p in import_volumes_in(&dirs, &ids) {
             match std::fs::remove_file(&p) {
                 Ok(()) => {
@@ -239,6 +243,8 @@ struct Head {
     kind: ArchiveKind,
     spec: VmSpec,
     disks: Vec<PlannedDisk>,
+    /// Files the archive carries beside its disks (native format 2.0).
+    files: Vec<FileRole>,
     warnings: Vec<String>,
 }
 
@@ -293,6 +299,7 @@ fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec
                     kind,
                     spec,
                     disks,
+                    files: m.files.iter().map(|f| f.role).collect(),
                     warnings,
                 }
             }),
@@ -312,6 +319,7 @@ fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec
                     })
                     .collect(),
                 spec: p.spec,
+                files: Vec::new(),
                 warnings: p.warnings,
             }),
         ArchiveKind::Xva => corral_archive::xva::plan_xva(&mut replay, limits)
@@ -333,6 +341,7 @@ fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec
                         })
                         .collect(),
                     spec: p.spec,
+                    files: Vec::new(),
                     warnings,
                 }
             }),
@@ -368,6 +377,7 @@ impl Agent {
         &self,
         spec: &mut VmSpec,
         q: &ImportQuery,
+        carried: &[FileRole],
         warnings: &mut Vec<String>,
     ) -> Result<(), ApiError> {
         if let Some(n) = &q.name {
@@ -417,7 +427,7 @@ impl Agent {
                 n.mac = random_mac();
             }
         }
-        drop_host_paths(spec, warnings);
+        drop_host_paths(spec, carried, warnings);
         spec.is_template = spec.is_template || q.as_template;
         if spec.is_template {
             spec.autostart = false;
@@ -446,7 +456,7 @@ impl Agent {
         let mut head = head?;
         let mut warnings = std::mem::take(&mut head.warnings);
         let mut spec = head.spec.clone();
-        self.map_imported_spec(&mut spec, &q, &mut warnings)?;
+        self.map_imported_spec(&mut spec, &q, &head.files, &mut warnings)?;
         if head.disks.len() > MAX_DISKS {
             return Err(ApiError::invalid(format!(
                 "the archive has {} disks, more than the maximum of {MAX_DISKS}",
@@ -618,14 +628,58 @@ impl Agent {
         }
         if result.is_ok() {
             spec.disks = disks;
+            result = self.place_files(id, &mut spec, &imported.files, &target.sr, &mut placed);
+        }
+        if result.is_ok() {
             result = self.add_vm(id.to_string(), spec).await.map(|_| ());
         }
         if result.is_err() {
-            for p in placed {
-                let _ = std::fs::remove_file(p);
-            }
+            crate::vmfiles::remove_created(&placed);
         }
         result
+    }
+
+    /// Give an imported VM its own copies of the files its archive carried: boot files into
+    /// the target repository (`<id>-kernel`, `<id>-initrd`), TPM state into its TPM directory
+    /// (`crate::vmfiles`); points the spec at them. `spec` was mapped by `drop_host_paths`, so
+    /// it names a boot file (with an empty path) only when the archive carries it, and never
+    /// a host path from the archive. Whatever is placed is pushed onto `placed`.
+    fn place_files(
+        &self,
+        id: &str,
+        spec: &mut VmSpec,
+        files: &[corral_archive::ImportedFile],
+        sr: &StorageRepository,
+        placed: &mut Vec<PathBuf>,
+    ) -> Result<(), ApiError> {
+        for f in files {
+            let slot = match (f.role, spec.kernel_boot.as_mut()) {
+                (FileRole::Kernel, Some(kb)) => Some(&mut kb.kernel),
+                (FileRole::Initrd, Some(kb)) => kb.initrd.as_mut(),
+                _ => None,
+            };
+            if let Some(slot) = slot {
+                let dest = sr.path.join(crate::vmfiles::boot_file_name(id, f.role));
+                crate::vmfiles::place_file(&f.path, &dest)?;
+                placed.push(dest.clone());
+                *slot = dest;
+            } else if f.role == FileRole::TpmState && spec.tpm {
+                let dir = crate::vmfiles::create_tpm_dir(&self.host.layout, id)?;
+                placed.push(dir.clone());
+                crate::vmfiles::place_file(&f.path, &dir.join(crate::vmfiles::TPM_STATE_FILE))?;
+            }
+        }
+        // Every slot `drop_host_paths` left empty was filled by a verified carried file.
+        if let Some(kb) = &spec.kernel_boot {
+            let empty = kb.kernel.as_os_str().is_empty()
+                || kb.initrd.as_ref().is_some_and(|i| i.as_os_str().is_empty());
+            if empty {
+                return Err(ApiError::internal(
+                    "the archive's kernel or initrd was not imported",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `GET /v1/vms/{name}/export`: lease the (halted) VM, start the `vm.export` task and
@@ -660,6 +714,7 @@ impl Agent {
         h.call(Op::Lease(lease.clone()), task.clone()).await?;
         // The snapshot after the lease: nothing changes the disks from here on.
         let spec = spec_of(&h.info());
+        let files = crate::vmfiles::export_files(&self.host.layout, &info.id, &spec);
         let scratch = self
             .host
             .layout
@@ -679,7 +734,7 @@ impl Agent {
             let fail_tx = tx.clone();
             let r = std::fs::create_dir_all(&scratch)
                 .map_err(ArchiveError::WriteArchive)
-                .and_then(|_| write_export(&spec, &q, level, &scratch, tx, &task));
+                .and_then(|_| write_export(&spec, files, &q, level, &scratch, tx, &task));
             let _ = std::fs::remove_dir_all(&scratch);
             drop(lease);
             match r {
@@ -703,7 +758,11 @@ impl Agent {
 /// boot files. An archive is untrusted, so honouring them would let a crafted one attach any
 /// host file (`/etc/shadow`) to the VM, readable by its guest. The drives stay, empty; a
 /// warning lists what was dropped so the user can attach media from the ISO library again.
-pub(crate) fn drop_host_paths(spec: &mut VmSpec, warnings: &mut Vec<String>) {
+///
+/// Direct kernel boot survives when the archive carries the files (`carried`, format 2.0):
+/// the spec keeps its command line and names the kernel (and initrd) with an empty path, which
+/// the import fills with the VM's own copies once they are verified (`place_files`).
+pub(crate) fn drop_host_paths(spec: &mut VmSpec, carried: &[FileRole], warnings: &mut Vec<String>) {
     // Install state (its PXE TFTP root is a host directory) never survives an export.
     spec.install = None;
     for c in spec.cdroms.iter_mut() {
@@ -722,7 +781,43 @@ pub(crate) fn drop_host_paths(spec: &mut VmSpec, warnings: &mut Vec<String>) {
             media: None,
         });
     }
+    let has = |r: FileRole| carried.contains(&r);
+    if spec.kernel_boot.is_none() && (has(FileRole::Kernel) || has(FileRole::Initrd)) {
+        warnings.push(
+            "the archive carries boot files the VM does not boot from; they were ignored".into(),
+        );
+    }
+    if spec.tpm != has(FileRole::TpmState) {
+        if spec.tpm {
+            warnings.push(
+                "the archive carries no TPM state; the VM's TPM starts empty (keys sealed to the old one are lost)".into(),
+            );
+        } else {
+            warnings.push(
+                "the archive carries TPM state for a VM without a TPM; it was ignored".into(),
+            );
+        }
+    }
     if let Some(kb) = spec.kernel_boot.take() {
+        if has(FileRole::Kernel) {
+            let initrd = match kb.initrd {
+                Some(_) if has(FileRole::Initrd) => Some(PathBuf::new()),
+                Some(i) => {
+                    warnings.push(format!(
+                        "the initrd {} is not in the archive; the VM boots its kernel without one",
+                        i.display()
+                    ));
+                    None
+                }
+                None => None,
+            };
+            spec.kernel_boot = Some(KernelBoot {
+                kernel: PathBuf::new(),
+                initrd,
+                cmdline: kb.cmdline,
+            });
+            return;
+        }
         let mut files = vec![kb.kernel.display().to_string()];
         if let Some(i) = &kb.initrd {
             files.push(i.display().to_string());
@@ -737,6 +832,7 @@ pub(crate) fn drop_host_paths(spec: &mut VmSpec, warnings: &mut Vec<String>) {
 
 fn write_export(
     spec: &VmSpec,
+    files: Vec<(FileRole, PathBuf)>,
     q: &ExportQuery,
     level: i32,
     scratch: &Path,
@@ -771,6 +867,7 @@ fn write_export(
                     ExportCompression::None => corral_archive::Compression::None,
                 },
                 level,
+                files,
                 ..Default::default()
             };
             let s = corral_archive::write_archive(&mut out, spec, disks, &opts, &progress)?;
@@ -790,7 +887,17 @@ fn write_export(
                 })
                 .collect();
             let s = corral_archive::ova::write_ova(&mut out, spec, &disks, scratch, &progress)?;
-            format!("{} bytes (OVA)", s.archive_bytes)
+            // OVF has no place for a direct-boot kernel or vTPM state (see docs/formats).
+            let left: Vec<&str> = files.iter().map(|(r, _)| r.as_str()).collect();
+            if left.is_empty() {
+                format!("{} bytes (OVA)", s.archive_bytes)
+            } else {
+                format!(
+                    "{} bytes (OVA); not carried (OVF has no place for them): {}",
+                    s.archive_bytes,
+                    left.join(", ")
+                )
+            }
         }
     };
     out.flush().map_err(ArchiveError::WriteArchive)?;
@@ -885,7 +992,7 @@ mod tests {
         }))
         .unwrap();
         let mut warnings = Vec::new();
-        drop_host_paths(&mut spec, &mut warnings);
+        drop_host_paths(&mut spec, &[], &mut warnings);
         assert!(spec.cdroms.iter().all(|c| c.media.is_none()));
         assert_eq!(spec.cdroms.len(), 2, "the drives stay");
         assert!(spec.kernel_boot.is_none());
@@ -898,9 +1005,43 @@ mod tests {
         let mut plain = spec.clone();
         plain.cdroms.clear();
         let mut w = Vec::new();
-        drop_host_paths(&mut plain, &mut w);
+        drop_host_paths(&mut plain, &[], &mut w);
         assert!(w.is_empty());
         assert_eq!(plain.cdroms.len(), 1);
+    }
+
+    #[test]
+    fn carried_boot_files_keep_kernel_boot_without_the_archive_paths() {
+        let json = serde_json::json!({
+            "name": "k", "vcpus": 1, "memory_bytes": 268435456, "cpu_weight": 256,
+            "kernel_boot": {"kernel": "/etc/passwd", "initrd": "/etc/hostname", "cmdline": "console=ttyS0"},
+        });
+        let mut spec: VmSpec = serde_json::from_value(json.clone()).unwrap();
+        let mut warnings = Vec::new();
+        drop_host_paths(
+            &mut spec,
+            &[FileRole::Kernel, FileRole::Initrd],
+            &mut warnings,
+        );
+        let kb = spec.kernel_boot.clone().unwrap();
+        assert_eq!(
+            kb.kernel,
+            PathBuf::new(),
+            "filled by the import, never /etc/passwd"
+        );
+        assert_eq!(kb.initrd, Some(PathBuf::new()));
+        assert_eq!(kb.cmdline, "console=ttyS0");
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        // Kernel carried, initrd not: boot without it, and say so.
+        let mut spec: VmSpec = serde_json::from_value(json).unwrap();
+        let mut warnings = Vec::new();
+        drop_host_paths(&mut spec, &[FileRole::Kernel], &mut warnings);
+        assert_eq!(spec.kernel_boot.unwrap().initrd, None);
+        assert!(
+            warnings[0].contains("/etc/hostname is not in the archive"),
+            "{warnings:?}"
+        );
     }
 
     #[test]

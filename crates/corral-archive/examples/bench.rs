@@ -91,6 +91,7 @@ fn spec() -> VmSpec {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     }
 }
 

@@ -23,6 +23,19 @@ pub enum ArchiveError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read the {role} file {}", path.display())]
+    ReadFile {
+        role: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the {role} file")]
+    WriteFile {
+        role: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("archive format {found} is newer than this corral understands ({supported}); upgrade corral")]
     NewerVersion { found: String, supported: String },
     #[error("not a corral archive: {0}")]
@@ -65,6 +78,8 @@ impl ArchiveError {
             | ArchiveError::WriteArchive(_)
             | ArchiveError::ReadDisk { .. }
             | ArchiveError::WriteDisk { .. }
+            | ArchiveError::ReadFile { .. }
+            | ArchiveError::WriteFile { .. }
             | ArchiveError::ToolFailed { .. } => ErrorKind::Internal,
             ArchiveError::NewerVersion { .. } | ArchiveError::Unsupported(_) => {
                 ErrorKind::Unsupported

@@ -37,8 +37,8 @@ pub mod xva;
 pub use detect::{detect_format, ArchiveKind};
 pub use error::ArchiveError;
 pub use native::{
-    read_archive, read_manifest, write_archive, ArchiveSummary, Compression, ImportedDisk,
-    ImportedVm, Limits, WriteOptions,
+    read_archive, read_manifest, write_archive, ArchiveSummary, Compression, FileRole,
+    ImportedDisk, ImportedFile, ImportedVm, Limits, WriteOptions,
 };
 pub use progress::{no_progress, Phase, Progress};
 pub use sink::{DirSink, DiskTarget, ImportSink};

@@ -50,6 +50,22 @@ pub trait ImportSink: Sync {
         progress: &dyn Fn(Progress),
     ) -> io::Result<(PathBuf, DiskFormat)>;
 
+    /// Store a file the archive carries (a direct-boot kernel, TPM state), reading `data` to
+    /// its end; returns where it is. The reader verifies size and hash afterwards, so on error
+    /// the caller discards it with the rest of the sink's area. Takes `&self` like `write_at`
+    /// (files arrive while import workers may be running).
+    fn write_file(
+        &self,
+        role: crate::native::FileRole,
+        data: &mut dyn io::Read,
+    ) -> io::Result<PathBuf> {
+        let _ = (role, data);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this sink does not take carried files",
+        ))
+    }
+
     /// A directory inside the sink's area where readers may put temporary files (a VMDK taken
     /// out of an OVA, a converted image). Whatever is left there goes when the caller deletes
     /// the staging area.
@@ -285,6 +301,22 @@ fn no_disk(index: usize) -> io::Error {
 }
 
 impl ImportSink for DirSink {
+    fn write_file(
+        &self,
+        role: crate::native::FileRole,
+        data: &mut dyn io::Read,
+    ) -> io::Result<PathBuf> {
+        // Named by role (a closed set), never by anything the archive spells.
+        let path = self.dir.join(format!("file-{}", role.as_str()));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        io::copy(data, &mut out)?;
+        out.sync_all()?;
+        Ok(path)
+    }
+
     fn create_disk(&mut self, target: &DiskTarget) -> io::Result<()> {
         let format = self.format.unwrap_or(target.format);
         let direct = format == DiskFormat::Qcow2 && target.virtual_size.is_multiple_of(512);

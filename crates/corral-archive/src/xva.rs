@@ -383,6 +383,7 @@ pub fn plan_from_ova_xml(v: &XmlRpc) -> Result<(VmSpec, Vec<XvaDisk>, Vec<String
         template: None,
         is_template: s.bool("is_a_template"),
         install: None,
+        tpm: false,
     };
     Ok((spec, disks, warnings))
 }
@@ -681,6 +682,7 @@ pub fn read_xva<R: Read>(
     Ok(ImportedVm {
         spec,
         disks: out,
+        files: Vec::new(),
         warnings,
         archive_hash: String::new(),
         format_version: format!("xva ({compression})"),

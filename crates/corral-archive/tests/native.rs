@@ -269,14 +269,14 @@ fn unknown_optional_fields_are_accepted_with_warnings() {
 fn newer_major_version_is_refused_with_a_clear_message() {
     let mut members = read_tar(&good_archive());
     let mut m: serde_json::Value = serde_json::from_slice(&members[0].1).unwrap();
-    m["version"] = "2.0".into();
+    m["version"] = "3.0".into();
     m["disks"] = "a different layout".into();
     members[0].1 = serde_json::to_vec(&m).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let err = import(&to_tar(&members), dir.path()).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "archive format 2.0 is newer than this corral understands (1.x); upgrade corral"
+        "archive format 3.0 is newer than this corral understands (2.x); upgrade corral"
     );
     // the dry-run path says the same
     let err = read_manifest(&to_tar(&members)[..], &Limits::default()).unwrap_err();

@@ -787,3 +787,29 @@ fn descriptors_validate_structurally_against_dsp8023() {
         .unwrap_err()
         .contains("ovf:capacity"));
 }
+
+#[test]
+fn secure_boot_survives_an_ova_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = make_disks(dir.path());
+    let mut spec = spec("win", &["disk0"]);
+    spec.firmware = Firmware::UefiSecure;
+    spec.disks[0].format = DiskFormat::Qcow2;
+    let disks = vec![OvaDisk {
+        device: "disk0".into(),
+        path: a.into(),
+        format: DiskFormat::Qcow2,
+    }];
+    let mut out = Vec::new();
+    write_ova(&mut out, &spec, &disks, dir.path(), &no_progress).unwrap();
+    let desc = String::from_utf8(read_tar(&out)[0].1.clone()).unwrap();
+    check_dsp8023(&desc).unwrap_or_else(|e| panic!("{e}\n{desc}"));
+    assert!(
+        desc.contains("vmw:key=\"uefi.secureBoot.enabled\" vmw:value=\"true\""),
+        "{desc}"
+    );
+    assert_eq!(
+        parse_ovf(&desc).unwrap().spec.firmware,
+        Firmware::UefiSecure
+    );
+}

@@ -57,6 +57,9 @@ pub struct VmCreateRequest {
     pub cpu_weight: Option<u32>,
     #[serde(default)]
     pub firmware: Option<Firmware>,
+    /// Attach a virtual TPM 2.0; default: what the template says (off).
+    #[serde(default)]
+    pub tpm: Option<bool>,
     /// Disks to create. `None`: the template's disks; `Some(vec![])`: no disks.
     #[serde(default)]
     pub disks: Option<Vec<DiskRequest>>,
@@ -98,6 +101,10 @@ pub struct VmUpdateRequest {
     pub name: Option<String>,
     #[serde(default)]
     pub boot_device: Option<BootDevice>,
+    /// Attach (`true`) or remove (`false`) the virtual TPM 2.0 (VM halted). Removing it
+    /// deletes its state (keys, sealed secrets).
+    #[serde(default)]
+    pub tpm: Option<bool>,
     /// Set to an empty string to drop direct kernel boot.
     #[serde(default)]
     pub kernel: Option<PathBuf>,

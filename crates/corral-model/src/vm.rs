@@ -79,6 +79,9 @@ pub enum NicModel {
     Rtl8139,
 }
 
+/// `bios` (SeaBIOS), `uefi` (OVMF), or `uefi_secure`: UEFI with Secure Boot enforced, OVMF's
+/// Secure Boot build with Microsoft's keys enrolled (what Windows 11 and shim-signed Linux
+/// distributions boot with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +89,31 @@ pub enum Firmware {
     #[default]
     Bios,
     Uefi,
+    // UEFI with Secure Boot enforced (see the enum's documentation); a plain comment, so the
+    // schema stays a plain string enum.
+    #[serde(alias = "uefi-secure")]
+    UefiSecure,
+}
+
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::UefiSecure => "uefi-secure",
+        }
+    }
+
+    /// Either UEFI flavour.
+    pub fn is_uefi(self) -> bool {
+        matches!(self, Firmware::Uefi | Firmware::UefiSecure)
+    }
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A virtual disk attached to a VM, backed by a volume in a storage repository.
@@ -167,6 +195,9 @@ pub struct VmSpec {
     pub cpu_weight: u32,
     #[serde(default)]
     pub firmware: Firmware,
+    /// A virtual TPM 2.0 (swtpm), its state kept with the VM (`STATE/tpm/<vm-uuid>/`).
+    #[serde(default)]
+    pub tpm: bool,
     #[serde(default)]
     pub disks: Vec<Disk>,
     #[serde(default)]
@@ -282,6 +313,9 @@ pub struct VmInfo {
     pub autostart: bool,
     pub cpu_weight: u32,
     pub firmware: Firmware,
+    /// A virtual TPM 2.0 is attached.
+    #[serde(default)]
+    pub tpm: bool,
     pub disks: Vec<Disk>,
     pub cdroms: Vec<Cdrom>,
     pub nics: Vec<Nic>,
@@ -316,6 +350,7 @@ impl VmInfo {
             autostart: s.autostart,
             cpu_weight: s.cpu_weight,
             firmware: s.firmware,
+            tpm: s.tpm,
             disks: s.disks.clone(),
             cdroms: s.cdroms.clone(),
             nics: s.nics.clone(),

@@ -112,8 +112,11 @@ pub struct Launch<'a> {
     pub paths: RuntimePaths,
     /// One per `spec.nics` entry, same order.
     pub nics: Vec<NicBackend>,
-    /// Required when `spec.firmware` is UEFI.
+    /// Required when `spec.firmware` is UEFI (either flavour; for `uefi-secure` the Secure
+    /// Boot code and a variable store with Microsoft's keys enrolled).
     pub ovmf: Option<OvmfPaths>,
+    /// The control socket of the VM's swtpm; required when `spec.tpm`.
+    pub tpm_socket: Option<PathBuf>,
     /// Add `-daemonize` so QEMU detaches and outlives the agent.
     pub daemonize: bool,
 }
@@ -157,6 +160,8 @@ pub enum ArgvError {
     TooManyAhciDevices { count: usize },
     #[error("firmware is UEFI but no OVMF code and variable store were given")]
     MissingFirmware,
+    #[error("the VM has a TPM but no swtpm socket was given")]
+    MissingTpm,
 }
 
 impl ArgvError {
@@ -164,7 +169,9 @@ impl ArgvError {
     /// inconsistently is `Internal`.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ArgvError::NicBackendCount { .. } | ArgvError::MissingFirmware => ErrorKind::Internal,
+            ArgvError::NicBackendCount { .. }
+            | ArgvError::MissingFirmware
+            | ArgvError::MissingTpm => ErrorKind::Internal,
             _ => ErrorKind::InvalidInput,
         }
     }
@@ -181,6 +188,10 @@ pub mod ids {
     /// The USB controller and the absolute pointer on it (keeps the VNC cursor in sync).
     pub const USB: &str = "usb";
     pub const TABLET: &str = "tablet0";
+    /// The vTPM: the chardev to swtpm's control socket, the TPM backend and the CRB device.
+    pub const TPM_CHARDEV: &str = "chrtpm";
+    pub const TPM_BACKEND: &str = "tpm0";
+    pub const TPM_DEVICE: &str = "tpm0";
     /// UEFI code and variable store block nodes.
     pub const PFLASH_CODE: &str = "pflash0";
     pub const PFLASH_VARS: &str = "pflash1";
@@ -310,6 +321,40 @@ fn push(argv: &mut Vec<String>, option: &str, value: impl Into<String>) {
 }
 
 /// Build QEMU's argv (without the program name) for `launch`.
+/// The vTPM: QEMU talks to the VM's own swtpm (started by the agent) over its control socket
+/// and presents a TPM 2.0 CRB interface (what Windows 11 and Linux's `tpm_crb` expect on q35;
+/// it sits on the system bus, not on PCI, so the port layout is untouched).
+fn push_tpm(argv: &mut Vec<String>, launch: &Launch) -> Result<(), ArgvError> {
+    if !launch.spec.tpm {
+        return Ok(());
+    }
+    let socket = launch.tpm_socket.as_ref().ok_or(ArgvError::MissingTpm)?;
+    push(
+        argv,
+        "-chardev",
+        format!(
+            "socket,id={},path={}",
+            ids::TPM_CHARDEV,
+            path_opt("swtpm socket", socket)?
+        ),
+    );
+    push(
+        argv,
+        "-tpmdev",
+        format!(
+            "emulator,id={},chardev={}",
+            ids::TPM_BACKEND,
+            ids::TPM_CHARDEV
+        ),
+    );
+    push(
+        argv,
+        "-device",
+        format!("tpm-crb,tpmdev={},id={}", ids::TPM_BACKEND, ids::TPM_DEVICE),
+    );
+    Ok(())
+}
+
 pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
     let spec = launch.spec;
     let mut argv = Vec::new();
@@ -379,7 +424,7 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
     push(&mut argv, "-uuid", launch.vm_id);
     let mut machine = String::from(MACHINE);
     let mut pflash = Vec::new();
-    if spec.firmware == Firmware::Uefi {
+    if spec.firmware.is_uefi() {
         let ovmf = launch.ovmf.as_ref().ok_or(ArgvError::MissingFirmware)?;
         let code = path_opt("OVMF code", &ovmf.code)?;
         let vars = path_opt("OVMF variable store", &ovmf.vars)?;
@@ -399,7 +444,19 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
             ids::PFLASH_VARS
         ));
     }
+    if spec.firmware == Firmware::UefiSecure {
+        // OVMF's Secure Boot build keeps its variables in SMM so the OS cannot rewrite the
+        // keys: q35 needs SMM on, and the flash only writable from SMM.
+        machine.push_str(",smm=on");
+    }
     push(&mut argv, "-machine", machine);
+    if spec.firmware == Firmware::UefiSecure {
+        push(
+            &mut argv,
+            "-global",
+            "driver=cfi.pflash01,property=secure,value=on",
+        );
+    }
     match launch.accel {
         Accelerator::Kvm => {
             push(&mut argv, "-accel", "kvm");
@@ -509,6 +566,7 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
     for value in pflash {
         push(&mut argv, "-blockdev", value);
     }
+    push_tpm(&mut argv, launch)?;
 
     // Boot order: the chosen class first, then disks and CD-ROMs; NICs only when chosen, so a
     // blank disk falls through to the installer CD instead of waiting for PXE timeouts.

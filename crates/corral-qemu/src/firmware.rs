@@ -24,6 +24,24 @@ pub const OVMF_CANDIDATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Secure Boot pairs: OVMF built with SMM and Secure Boot, and a variable store with
+/// Microsoft's keys enrolled (Secure Boot on; Windows and shim-signed distributions boot).
+/// Debian's `ovmf` pairs `OVMF_CODE_4M.secboot.fd` with `OVMF_VARS_4M.ms.fd`.
+pub const OVMF_SECURE_CANDIDATES: &[(&str, &str)] = &[
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.secboot.fd",
+        "/usr/share/OVMF/OVMF_VARS.ms.fd",
+    ),
+    (
+        "/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd",
+        "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd",
+    ),
+];
+
 /// The firmware code and the variable-store template to copy for each VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OvmfFirmware {
@@ -35,6 +53,15 @@ pub struct OvmfFirmware {
 pub fn find_ovmf() -> Option<OvmfFirmware> {
     find_ovmf_in(
         OVMF_CANDIDATES
+            .iter()
+            .map(|(c, v)| (Path::new(*c), Path::new(*v))),
+    )
+}
+
+/// The first installed Secure Boot pair, if any.
+pub fn find_ovmf_secure() -> Option<OvmfFirmware> {
+    find_ovmf_in(
+        OVMF_SECURE_CANDIDATES
             .iter()
             .map(|(c, v)| (Path::new(*c), Path::new(*v))),
     )

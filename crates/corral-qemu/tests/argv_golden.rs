@@ -27,6 +27,8 @@ struct Case {
     nics: Vec<NicBackend>,
     #[serde(default)]
     ovmf: Option<OvmfPaths>,
+    #[serde(default)]
+    tpm_socket: Option<PathBuf>,
     spec: VmSpec,
 }
 
@@ -46,6 +48,7 @@ fn render(case: &Case) -> (String, &'static str) {
         paths,
         nics: case.nics.clone(),
         ovmf: case.ovmf.clone(),
+        tpm_socket: case.tpm_socket.clone(),
         daemonize: case.daemonize,
     };
     match build_argv(&launch) {

@@ -363,6 +363,7 @@ async fn startup_errors_carry_qemu_stderr() {
         paths: paths.clone(),
         nics: Vec::new(),
         ovmf: None,
+        tpm_socket: None,
         daemonize: true,
     })
     .expect("argv");

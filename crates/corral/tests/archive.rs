@@ -829,3 +829,166 @@ fn import_and_copy_honour_sr_template_and_uncompressed_archives() {
         "{err}"
     );
 }
+
+/// The manifest of a native archive file: its version and the roles of the files it carries.
+fn archive_files(path: &Path) -> (String, Vec<String>) {
+    let (m, _, _) = corral_archive::read_manifest(
+        std::fs::File::open(path).unwrap(),
+        &corral_archive::Limits::default(),
+    )
+    .unwrap();
+    let roles = m.files.iter().map(|f| f.role.to_string()).collect();
+    (m.version, roles)
+}
+
+fn kernel_of(vm: &Value) -> (PathBuf, PathBuf) {
+    let kb = &vm["kernel_boot"];
+    (
+        PathBuf::from(kb["kernel"].as_str().expect("kernel")),
+        PathBuf::from(kb["initrd"].as_str().expect("initrd")),
+    )
+}
+
+#[test]
+fn direct_kernel_boot_vms_carry_their_kernel_through_export_import_and_copy() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The VM boots a kernel and initrd from a host directory that goes away after the export,
+    // as on a host where they came from a download.
+    let boot = dir.path().join("boot");
+    std::fs::create_dir(&boot).unwrap();
+    let g = guest();
+    let (k, i) = (boot.join("vmlinuz"), boot.join("initrd.img"));
+    std::fs::copy(&g.kernel, &k).unwrap();
+    std::fs::copy(&g.initrd, &i).unwrap();
+    let (ks, is) = (k.to_str().unwrap(), i.to_str().unwrap());
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "kb",
+        "--memory",
+        "192M",
+        "--disk",
+        "16M",
+        "--kernel",
+        ks,
+        "--initrd",
+        is,
+        "--cmdline",
+        "console=ttyS0 no_timer_check",
+    ]);
+    let out = dir.path().join("kb.corral");
+    a.ok(&["vm", "export", "kb", "-o", out.to_str().unwrap()]);
+    assert_eq!(
+        archive_files(&out),
+        (
+            "2.0".to_string(),
+            vec!["kernel".to_string(), "initrd".to_string()]
+        )
+    );
+    std::fs::remove_dir_all(&boot).unwrap();
+    let err = a.fails(&["vm", "start", "kb"]);
+    assert!(
+        err.contains(&format!("kernel boot file {ks} is missing")),
+        "{err}"
+    );
+
+    // The dry run keeps direct kernel boot and names no host path from the archive.
+    let plan = a.json(&[
+        "vm",
+        "import",
+        out.to_str().unwrap(),
+        "--name",
+        "kb2",
+        "--dry-run",
+    ]);
+    assert_eq!(
+        plan["spec"]["kernel_boot"]["cmdline"],
+        "console=ttyS0 no_timer_check"
+    );
+    assert!(!plan.to_string().contains(ks), "{plan}");
+
+    let imported = a.cli(&["vm", "import", out.to_str().unwrap(), "--name", "kb2"]);
+    assert!(imported.status.success(), "{imported:?}");
+    let stderr = String::from_utf8_lossy(&imported.stderr);
+    assert!(!stderr.contains("dropped"), "{stderr}");
+    let vm = a.vm("kb2");
+    let id = vm["id"].as_str().unwrap().to_string();
+    let sr = a.state_dir().join("srs/default");
+    let (kernel, initrd) = kernel_of(&vm);
+    assert_eq!(kernel, sr.join(format!("{id}-kernel")), "{vm}");
+    assert_eq!(initrd, sr.join(format!("{id}-initrd")), "{vm}");
+    assert_eq!(
+        std::fs::read(&kernel).unwrap(),
+        std::fs::read(&g.kernel).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(&initrd).unwrap(),
+        std::fs::read(&g.initrd).unwrap()
+    );
+    assert_eq!(vm["kernel_boot"]["cmdline"], "console=ttyS0 no_timer_check");
+    assert!(files(&a).0.is_empty(), "staging is empty after an import");
+    a.ok(&["vm", "start", "kb2"]);
+    a.wait_console("kb2", "CORRAL-BOOT-SOURCE=kernel", 1, BOOT);
+    a.wait_console("kb2", MARKER, 1, BOOT);
+    a.ok(&["vm", "poweroff", "kb2"]);
+
+    // A copy gets its own kernel and initrd: deleting the original keeps the copy bootable.
+    a.ok(&["vm", "copy", "kb2", "kb3"]);
+    let copy = a.vm("kb3");
+    let copy_id = copy["id"].as_str().unwrap().to_string();
+    let (ck, ci) = kernel_of(&copy);
+    assert_eq!(ck, sr.join(format!("{copy_id}-kernel")));
+    assert_eq!(ci, sr.join(format!("{copy_id}-initrd")));
+    a.ok(&["vm", "delete", "kb2"]);
+    assert!(
+        !kernel.exists() && !initrd.exists(),
+        "a deleted VM's own boot files go"
+    );
+    assert!(ck.exists() && ci.exists());
+    a.ok(&["vm", "start", "kb3"]);
+    a.wait_console("kb3", MARKER, 1, BOOT);
+    a.ok(&["vm", "poweroff", "kb3"]);
+    a.ok(&["vm", "delete", "kb3"]);
+    let left: Vec<String> = files(&a)
+        .1
+        .into_iter()
+        .filter(|f| f.ends_with("-kernel") || f.ends_with("-initrd"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_corrupt_carried_kernel_fails_the_import_and_leaves_nothing() {
+    let a = TestAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    a.create_kernel_vm("kb", &["--disk", "16M"]);
+    let out = dir.path().join("kb.corral");
+    a.ok(&["vm", "export", "kb", "-o", out.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&out).unwrap();
+    let kernel = std::fs::read(guest().kernel).unwrap();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &kernel[..64])
+        .expect("the kernel is inside the archive");
+    bytes[at + 1000] ^= 0xff;
+    let bad = dir.path().join("bad.corral");
+    std::fs::write(&bad, &bytes).unwrap();
+
+    let before = files(&a);
+    let err = a.fails(&["vm", "import", bad.to_str().unwrap(), "--name", "kb2"]);
+    assert!(
+        err.contains("checksum mismatch in the kernel file"),
+        "{err}"
+    );
+    assert_eq!(files(&a), before, "nothing staged or placed is left");
+    assert!(a.cli(&["vm", "show", "kb2"]).status.code() != Some(0));
+    assert!(
+        !a.state_dir().join("tpm").exists()
+            || std::fs::read_dir(a.state_dir().join("tpm"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}

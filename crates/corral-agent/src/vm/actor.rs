@@ -723,6 +723,11 @@ impl<R: Runtime> Actor<R> {
         if let Some(b) = req.boot_device {
             spec.boot_device = b;
         }
+        let tpm_removed = req.tpm == Some(false) && spec.tpm;
+        if let Some(t) = req.tpm.filter(|t| *t != spec.tpm) {
+            self.check(VmEvent::Edit(Edit::Tpm { attach: t }))?;
+            spec.tpm = t;
+        }
         if let Some(model) = req.device_model {
             self.check(VmEvent::Edit(Edit::DeviceModel))?;
             set_device_model(&mut spec, model);
@@ -794,6 +799,7 @@ impl<R: Runtime> Actor<R> {
             }
             return Err(e);
         }
+        crate::vmfiles::remove_replaced(&self.rec.id, &old, &self.rec.spec);
         if let Some(n) = &rename {
             let mut reg = self.host.registry_mut();
             reg.release(n);
@@ -808,6 +814,11 @@ impl<R: Runtime> Actor<R> {
         }
         if abandoned {
             let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
+        }
+        if tpm_removed {
+            // A removed TPM's keys are gone for good; a TPM attached later starts empty.
+            let _ =
+                std::fs::remove_dir_all(crate::vmfiles::tpm_dir(&self.host.layout, &self.rec.id));
         }
         self.changed();
         Ok(())
@@ -840,6 +851,7 @@ impl<R: Runtime> Actor<R> {
         let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.seed_iso(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.nvram(&self.rec.id));
+        crate::vmfiles::remove_owned(&self.host.layout, &self.rec.id, &self.rec.spec, keep_disks);
         self.host.registry_mut().remove(&self.rec.id);
         self.host.events.publish(Event::VmDeleted {
             vm: self.rec.spec.name.clone(),

@@ -7,6 +7,7 @@ pub mod runtime;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod tpm;
 
 use crate::tasks::TaskHandle;
 use corral_model::api::*;

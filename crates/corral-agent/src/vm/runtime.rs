@@ -124,14 +124,43 @@ pub fn paths(layout: &crate::config::Layout, vm_id: &str) -> RuntimePaths {
     RuntimePaths::in_dir(&layout.run_dir(vm_id))
 }
 
-fn prepare_ovmf(layout: &crate::config::Layout, vm_id: &str) -> Result<OvmfPaths, ApiError> {
-    let fw = corral_qemu::firmware::find_ovmf().ok_or_else(|| {
+/// Per-VM UEFI variable store, kept beside the state so it survives restarts. Secure Boot
+/// has its own (made from the template with Microsoft's keys enrolled), so switching a VM
+/// between `uefi` and `uefi-secure` never boots one firmware on the other's variables.
+fn nvram_path(layout: &crate::config::Layout, vm_id: &str, firmware: Firmware) -> PathBuf {
+    match firmware {
+        Firmware::UefiSecure => layout.root.join("nvram").join(format!("{vm_id}-secure.fd")),
+        _ => layout.nvram(vm_id),
+    }
+}
+
+/// The VM's swtpm paths: state with the VM, socket and pid file in its run directory.
+pub fn tpm_paths(layout: &crate::config::Layout, vm_id: &str) -> super::tpm::TpmPaths {
+    super::tpm::TpmPaths::new(
+        crate::vmfiles::tpm_dir(layout, vm_id),
+        &layout.run_dir(vm_id),
+    )
+}
+
+fn prepare_ovmf(
+    layout: &crate::config::Layout,
+    vm_id: &str,
+    firmware: Firmware,
+) -> Result<OvmfPaths, ApiError> {
+    let found = match firmware {
+        Firmware::UefiSecure => corral_qemu::firmware::find_ovmf_secure(),
+        _ => corral_qemu::firmware::find_ovmf(),
+    };
+    let fw = found.ok_or_else(|| {
         ApiError::new(
             ErrorKind::Unsupported,
-            "UEFI firmware needs Debian's ovmf package (no OVMF code under /usr/share/OVMF)",
+            match firmware {
+                Firmware::UefiSecure => "Secure Boot firmware needs Debian's ovmf package (no OVMF_CODE_4M.secboot.fd with OVMF_VARS_4M.ms.fd under /usr/share/OVMF)",
+                _ => "UEFI firmware needs Debian's ovmf package (no OVMF code under /usr/share/OVMF)",
+            },
         )
     })?;
-    let vars = layout.nvram(vm_id);
+    let vars = nvram_path(layout, vm_id, firmware);
     if !vars.exists() {
         std::fs::create_dir_all(vars.parent().unwrap_or(Path::new("/")))
             .and_then(|_| std::fs::copy(&fw.vars_template, &vars).map(|_| ()))
@@ -257,10 +286,25 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
     // The console log shows this run only.
     let _ = std::fs::write(&paths.serial_log, b"");
     let ovmf = match rec.spec.firmware {
-        Firmware::Uefi => Some(prepare_ovmf(layout, &rec.id)?),
+        f @ (Firmware::Uefi | Firmware::UefiSecure) => Some(prepare_ovmf(layout, &rec.id, f)?),
         Firmware::Bios => None,
     };
-    let (nics, taps) = setup_nics(&rt.host, rec).await?;
+    let tpm = tpm_paths(layout, &rec.id);
+    let tpm_socket = if rec.spec.tpm {
+        let socket = super::tpm::start(&tpm)
+            .await
+            .map_err(|e| ApiError::caused(e.kind(), "cannot start the TPM", &e))?;
+        Some(socket)
+    } else {
+        None
+    };
+    let (nics, taps) = match setup_nics(&rt.host, rec).await {
+        Ok(x) => x,
+        Err(e) => {
+            super::tpm::stop(&tpm);
+            return Err(e);
+        }
+    };
     let launch = Launch {
         spec: &rec.spec,
         vm_id: &rec.id,
@@ -268,11 +312,13 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         paths: paths.clone(),
         nics,
         ovmf,
+        tpm_socket,
         daemonize: true,
     };
     let mut argv = match build_argv(&launch) {
         Ok(a) => a,
         Err(e) => {
+            super::tpm::stop(&tpm);
             cleanup_taps(&taps).await;
             return Err(ApiError::new(e.kind(), e.to_string()));
         }
@@ -303,6 +349,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         Ok(pid) => pid,
         Err(e) => {
             stop_mover.store(true, Ordering::Relaxed);
+            super::tpm::stop(&tpm);
             cleanup_taps(&taps).await;
             return Err(ApiError::caused(e.kind(), "QEMU did not start", &e));
         }
@@ -344,6 +391,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
     .await;
     if result.is_err() {
         kill_pid(pid);
+        super::tpm::stop(&tpm);
         cleanup_taps(&taps).await;
     }
     result
@@ -419,8 +467,29 @@ fn existing_taps(rec: &VmRecord) -> Vec<String> {
         .collect()
 }
 
-/// Find the QEMU of a VM that was running when the agent last stopped.
+/// Find the QEMU of a VM that was running when the agent last stopped, and check its swtpm
+/// (when it has a TPM): one whose QEMU is gone is stopped too (normally it has already
+/// exited by itself, see `super::tpm`).
 async fn reattach(
+    rt: &QemuRuntime,
+    rec: &VmRecord,
+) -> Result<(Running, PowerState), ReattachError> {
+    let r = reattach_qemu(rt, rec).await;
+    if rec.spec.tpm {
+        let tpm = tpm_paths(&rt.host.layout, &rec.id);
+        match &r {
+            Err(_) => super::tpm::stop(&tpm),
+            Ok((run, _)) if super::tpm::find(&tpm).is_none() => tracing::warn!(
+                vm = %rec.spec.name, pid = run.pid,
+                "QEMU is running but its swtpm is gone: the guest's TPM no longer answers until the VM is restarted"
+            ),
+            Ok(_) => {}
+        }
+    }
+    r
+}
+
+async fn reattach_qemu(
     rt: &QemuRuntime,
     rec: &VmRecord,
 ) -> Result<(Running, PowerState), ReattachError> {
@@ -508,5 +577,8 @@ async fn cleanup(rt: &QemuRuntime, vm_id: &str, run: &Running) {
     }
     cleanup_taps(&run.taps).await;
     rt.cgroups.remove(vm_id);
+    // `stop` may wait up to half a second for swtpm to exit; keep that off the runtime.
+    let tpm = tpm_paths(&rt.host.layout, vm_id);
+    let _ = tokio::task::spawn_blocking(move || super::tpm::stop(&tpm)).await;
     remove_stale(&paths(&rt.host.layout, vm_id));
 }

@@ -73,6 +73,10 @@ pub enum Edit {
     },
     /// Switch between paravirtual and emulated devices.
     DeviceModel,
+    /// Attach or remove the vTPM.
+    Tpm {
+        attach: bool,
+    },
     AbandonInstall,
     FinishInstall,
 }
@@ -85,6 +89,8 @@ impl Edit {
             Edit::Nics { add: true } => "add a NIC to",
             Edit::Nics { add: false } => "remove a NIC from",
             Edit::DeviceModel => "change the device model of",
+            Edit::Tpm { attach: true } => "attach a TPM to",
+            Edit::Tpm { attach: false } => "remove the TPM of",
             Edit::AbandonInstall => "abandon the install of",
             Edit::FinishInstall => "finish the install of",
         }
@@ -501,6 +507,7 @@ mod tests {
                 any::<bool>().prop_map(|add| Edit::Disks { add }),
                 any::<bool>().prop_map(|add| Edit::Nics { add }),
                 Just(Edit::DeviceModel),
+                any::<bool>().prop_map(|attach| Edit::Tpm { attach }),
                 Just(Edit::AbandonInstall),
                 Just(Edit::FinishInstall),
             ];

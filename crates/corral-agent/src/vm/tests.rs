@@ -217,6 +217,7 @@ fn spec(name: &str) -> VmSpec {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     }
 }
 

@@ -37,6 +37,7 @@ fn main() {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     };
     std::fs::create_dir_all("corpus/native_reader").unwrap();
     for (i, c) in [Compression::Zstd, Compression::None]
@@ -62,6 +63,36 @@ fn main() {
         .unwrap();
         std::fs::write(format!("corpus/native_reader/seed{i}"), out).unwrap();
     }
+    // Format 2.0: a kernel and an initrd carried beside the disk.
+    let tmp = std::env::temp_dir().join(format!("corral-seed-files-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (k, i) = (tmp.join("vmlinuz"), tmp.join("initrd"));
+    std::fs::write(&k, b"seed kernel").unwrap();
+    std::fs::write(&i, vec![3u8; 700]).unwrap();
+    let mut with_kernel = spec.clone();
+    with_kernel.kernel_boot = Some(KernelBoot {
+        kernel: k.clone(),
+        initrd: Some(i.clone()),
+        cmdline: "console=ttyS0".into(),
+    });
+    let mut out = Vec::new();
+    let opts = WriteOptions {
+        extent_max_bytes: 65536,
+        files: vec![(FileRole::Kernel, k), (FileRole::Initrd, i)],
+        ..Default::default()
+    };
+    let mut d = vec![0u8; 128 << 10];
+    d[..100].fill(9);
+    write_archive(
+        &mut out,
+        &with_kernel,
+        vec![("disk0".into(), Box::new(Mem(d)))],
+        &opts,
+        &no_progress,
+    )
+    .unwrap();
+    std::fs::write("corpus/native_reader/seed-files", out).unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all("corpus/ovf_parser").unwrap();
     for e in std::fs::read_dir("../tests/data/ovf").unwrap() {
         let p = e.unwrap().path();

@@ -15,7 +15,7 @@ mod read;
 mod write;
 
 pub(crate) use read::reconcile_spec;
-pub use read::{read_archive, read_manifest, ImportedDisk, ImportedVm, Limits};
+pub use read::{read_archive, read_manifest, ImportedDisk, ImportedFile, ImportedVm, Limits};
 pub(crate) use write::nonzero_runs;
 pub use write::{write_archive, ArchiveSummary, DiskSummary, WriteOptions};
 
@@ -25,10 +25,19 @@ use serde::{Deserialize, Serialize};
 
 /// Format name in the manifest.
 pub const FORMAT_NAME: &str = "corral-archive";
-/// Major version this code writes and reads; a reader refuses a larger major.
-pub const VERSION_MAJOR: u32 = 1;
+/// Largest major version this code reads; a reader refuses a larger major. Writers use the
+/// lowest version that can express the archive: 1.0 for disks only, 2.0 when it carries files
+/// (`files/<role>` members), so an older corral refuses those with "upgrade corral" instead of
+/// tripping over an unknown member, and still reads every archive without files.
+pub const VERSION_MAJOR: u32 = 2;
+/// Oldest major version this code reads.
+pub const OLDEST_MAJOR: u32 = 1;
 /// Minor version this code writes; larger minors only add optional fields.
 pub const VERSION_MINOR: u32 = 0;
+/// Largest file (kernel, initrd) an archive may carry, and what a reader accepts by default.
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+/// Largest TPM state: swtpm's whole state for a TPM 2.0 is tens of KiB.
+pub const MAX_TPM_STATE_BYTES: u64 = 16 << 20;
 /// First member.
 pub const MANIFEST_NAME: &str = "corral-archive.json";
 /// Last member.
@@ -89,6 +98,65 @@ pub struct Manifest {
     /// The VM spec as the exporting corral serialised it.
     pub vm: serde_json::Value,
     pub disks: Vec<ManifestDisk>,
+    /// Files carried beside the disks (format 2.0 and later); their members follow the
+    /// manifest, before any extent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<ManifestFile>,
+}
+
+/// What a carried file is for. A closed set: the importer decides where each goes (inside the
+/// new VM's own storage), never the archive, and a member `files/<role>` exists for each entry
+/// of the manifest's `files`, in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileRole {
+    /// The direct-boot kernel (`kernel_boot.kernel`).
+    Kernel,
+    /// The direct-boot initrd (`kernel_boot.initrd`).
+    Initrd,
+    /// The vTPM's persistent state (swtpm's `tpm2-00.permall`).
+    TpmState,
+}
+
+impl FileRole {
+    pub const ALL: [FileRole; 3] = [FileRole::Kernel, FileRole::Initrd, FileRole::TpmState];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileRole::Kernel => "kernel",
+            FileRole::Initrd => "initrd",
+            FileRole::TpmState => "tpm_state",
+        }
+    }
+
+    /// The member holding this file.
+    pub fn member_name(self) -> String {
+        format!("files/{}", self.as_str())
+    }
+
+    /// Largest size a reader accepts for this role.
+    pub fn max_bytes(self, limits: &Limits) -> u64 {
+        match self {
+            FileRole::TpmState => limits.max_file_bytes.min(MAX_TPM_STATE_BYTES),
+            _ => limits.max_file_bytes,
+        }
+    }
+}
+
+impl std::fmt::Display for FileRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A file the archive carries beside the disks (format 2.0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    pub role: FileRole,
+    /// Exact size of the member's data.
+    pub size: u64,
+    /// XXH3-64 (seed 0) of the data, 16 lower-case hex digits.
+    pub xxh3: String,
 }
 
 /// Layout of one disk: its size and the ranges that may hold data. Ranges not covered by an
@@ -241,6 +309,7 @@ fn known_spec_keys() -> serde_json::Value {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     };
     serde_json::to_value(spec).unwrap_or_default()
 }

@@ -43,6 +43,9 @@ pub struct Limits {
     pub max_extent_bytes: u64,
     /// Decompression threads; 0 means one per available core.
     pub threads: usize,
+    /// Largest carried file (kernel, initrd); TPM state is held to
+    /// [`super::MAX_TPM_STATE_BYTES`] as well.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -53,6 +56,7 @@ impl Default for Limits {
             max_virtual_size: 64 << 40,
             max_extent_bytes: super::MAX_EXTENT_BYTES,
             threads: 0,
+            max_file_bytes: super::MAX_FILE_BYTES,
         }
     }
 }
@@ -68,11 +72,22 @@ pub struct ImportedDisk {
     pub data_bytes: u64,
 }
 
+/// One carried file, verified and final in the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedFile {
+    pub role: FileRole,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
 /// The result of an import: the spec with disk paths pointing into the sink, and warnings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportedVm {
     pub spec: VmSpec,
     pub disks: Vec<ImportedDisk>,
+    /// Carried files (format 2.0), in the sink. The spec still names the exporter's paths for
+    /// them: the caller decides where they go and points the spec there.
+    pub files: Vec<ImportedFile>,
     pub warnings: Vec<String>,
     /// XXH3-128 over the members (verified).
     pub archive_hash: String,
@@ -91,8 +106,8 @@ fn decode_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, ArchiveErr
             v["format"]
         )));
     }
-    let version = v["version"].as_str().unwrap_or("");
-    let (major, _minor) = parse_version(version)
+    let version = v["version"].as_str().unwrap_or("").to_string();
+    let (major, _minor) = parse_version(&version)
         .ok_or_else(|| bad_manifest(format!("version {version:?} is not major.minor")))?;
     if major > VERSION_MAJOR {
         return Err(ArchiveError::NewerVersion {
@@ -100,12 +115,39 @@ fn decode_manifest(bytes: &[u8], limits: &Limits) -> Result<Manifest, ArchiveErr
             supported: format!("{VERSION_MAJOR}.x"),
         });
     }
-    if major < VERSION_MAJOR {
+    if major < OLDEST_MAJOR {
         return Err(ArchiveError::Unsupported(format!(
-            "archive format {version} predates {VERSION_MAJOR}.0"
+            "archive format {version} predates {OLDEST_MAJOR}.0"
         )));
     }
     let m: Manifest = serde_json::from_value(v).map_err(|e| bad_manifest(e.to_string()))?;
+    if major < 2 && !m.files.is_empty() {
+        return Err(bad_manifest(format!(
+            "format {version} cannot carry files (they need 2.0)"
+        )));
+    }
+    for (i, f) in m.files.iter().enumerate() {
+        if m.files[..i].iter().any(|o| o.role == f.role) {
+            return Err(bad_manifest(format!("the {} file appears twice", f.role)));
+        }
+        let max = f.role.max_bytes(limits);
+        if f.size > max {
+            return Err(ArchiveError::LimitExceeded(format!(
+                "the {} file is {} bytes, more than the maximum of {max}",
+                f.role, f.size
+            )));
+        }
+        let hex_ok = f.xxh3.len() == 16
+            && f.xxh3
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex_ok {
+            return Err(bad_manifest(format!(
+                "the {} file's xxh3 {:?} is not 16 lower-case hex digits",
+                f.role, f.xxh3
+            )));
+        }
+    }
     if m.extent_max_bytes == 0 || m.extent_max_bytes > limits.max_extent_bytes {
         return Err(ArchiveError::LimitExceeded(format!(
             "extent size {} is outside 1..{}",
@@ -282,6 +324,69 @@ fn decode_extent<'a>(
     Ok(data)
 }
 
+/// Stream a carried file (its header already checked against the manifest entry `f`) into the
+/// sink, hashing as it goes; the sink's file counts only once size and XXH3 match.
+fn read_file<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    name: &str,
+    f: &ManifestFile,
+    sink: &dyn ImportSink,
+    hasher: &mut MemberHasher,
+) -> Result<ImportedFile, ArchiveError> {
+    struct Tee<'a, R> {
+        inner: R,
+        member: &'a mut MemberHasher,
+        own: xxhash_rust::xxh3::Xxh3,
+        count: u64,
+    }
+    impl<R: Read> Read for Tee<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.member.data(&buf[..n]);
+            self.own.update(&buf[..n]);
+            self.count += n as u64;
+            Ok(n)
+        }
+    }
+    hasher.begin(name, f.size);
+    let mut tee = Tee {
+        inner: entry.take(f.size),
+        member: hasher,
+        own: xxhash_rust::xxh3::Xxh3::new(),
+        count: 0,
+    };
+    let path = sink
+        .write_file(f.role, &mut tee)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                ArchiveError::Truncated("the stream ended in the middle of a member".into())
+            }
+            _ => ArchiveError::WriteFile {
+                role: f.role.to_string(),
+                source: e,
+            },
+        })?;
+    if tee.count != f.size {
+        return Err(ArchiveError::Truncated(format!(
+            "member {name:?} ends after {} of {} bytes",
+            tee.count, f.size
+        )));
+    }
+    let got = format!("{:016x}", tee.own.digest());
+    if got != f.xxh3 {
+        return Err(ArchiveError::ChecksumMismatch {
+            what: format!("the {} file", f.role),
+            expected: f.xxh3.clone(),
+            actual: got,
+        });
+    }
+    Ok(ImportedFile {
+        role: f.role,
+        path,
+        size: f.size,
+    })
+}
+
 /// Read exactly `buf.len()` bytes of member `name`; a short member is a truncated archive.
 fn read_payload(input: &mut impl Read, name: &str, buf: &mut [u8]) -> Result<(), ArchiveError> {
     let mut got = 0;
@@ -311,6 +416,8 @@ struct Cursor {
     done_before: u64,
     /// Prefix sums of the allocated ranges of `disk`.
     prefix: Vec<u64>,
+    /// An extent has been read (no carried file may follow).
+    started: bool,
 }
 
 impl Cursor {
@@ -387,7 +494,9 @@ pub fn read_archive<R: Read>(
         last_end: 0,
         done_before: 0,
         prefix: Vec::new(),
+        started: false,
     };
+    let mut files: Vec<ImportedFile> = Vec::new();
     if !m.disks.is_empty() {
         cursor.enter(&m, 0);
     }
@@ -468,12 +577,51 @@ pub fn read_archive<R: Read>(
                     return Err(ArchiveError::member(&name, "follows checksums.json"));
                 }
                 if name == CHECKSUMS_NAME {
+                    if files.len() != m.files.len() {
+                        return Err(ArchiveError::Truncated(format!(
+                            "the {} file the manifest lists is missing",
+                            m.files[files.len()].role
+                        )));
+                    }
                     let bytes = read_member(&mut entry, &name, 1 << 20, "checksums")?;
                     let c: Checksums = serde_json::from_slice(&bytes)
                         .map_err(|e| ArchiveError::member(&name, format!("not valid: {e}")))?;
                     checksums = Some(c);
                     continue;
                 }
+                if name.starts_with("files/") {
+                    let Some(f) = m.files.get(files.len()) else {
+                        return Err(ArchiveError::member(
+                            &name,
+                            "is not a file the manifest lists",
+                        ));
+                    };
+                    if name != f.role.member_name() || cursor.started {
+                        return Err(ArchiveError::member(
+                            &name,
+                            "is out of order: files come right after the manifest, as listed",
+                        ));
+                    }
+                    let size = entry.header().size().map_err(ArchiveError::ReadArchive)?;
+                    if size != f.size {
+                        return Err(ArchiveError::member(
+                            &name,
+                            format!("stores {size} bytes, not the declared {}", f.size),
+                        ));
+                    }
+                    files.push(read_file(&mut entry, &name, f, shared, &mut hasher)?);
+                    continue;
+                }
+                if files.len() != m.files.len() {
+                    return Err(ArchiveError::member(
+                        &name,
+                        format!(
+                            "comes before the {} file the manifest lists",
+                            m.files[files.len()].role
+                        ),
+                    ));
+                }
+                cursor.started = true;
                 let x = parse_extent_name(&name)
                     .ok_or_else(|| ArchiveError::member(&name, "unexpected member"))?;
                 if x.compression != compression {
@@ -647,6 +795,7 @@ pub fn read_archive<R: Read>(
     Ok(ImportedVm {
         spec,
         disks,
+        files,
         warnings,
         archive_hash: computed,
         format_version: m.version.clone(),

@@ -27,6 +27,9 @@ pub struct WriteOptions {
     pub threads: usize,
     /// Largest extent; smaller means more parallelism and less memory, slightly worse ratio.
     pub extent_max_bytes: u64,
+    /// Files to carry beside the disks (direct-boot kernel and initrd, TPM state), each role
+    /// at most once. Any makes the archive format 2.0.
+    pub files: Vec<(FileRole, std::path::PathBuf)>,
 }
 
 impl Default for WriteOptions {
@@ -36,6 +39,7 @@ impl Default for WriteOptions {
             level: 1,
             threads: 0,
             extent_max_bytes: DEFAULT_EXTENT_BYTES,
+            files: Vec::new(),
         }
     }
 }
@@ -179,6 +183,103 @@ fn process_job(
     Ok(pieces)
 }
 
+/// XXH3-64 and size of a file to carry, read once before the manifest is written (the
+/// manifest comes first and names both).
+fn describe_file(role: FileRole, path: &std::path::Path) -> Result<ManifestFile, ArchiveError> {
+    let read_err = |e: io::Error| ArchiveError::ReadFile {
+        role: role.to_string(),
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(read_err)?;
+    let meta = f.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(io::Error::other("not a regular file")));
+    }
+    let limit = role.max_bytes(&Limits::default());
+    if meta.len() > limit {
+        return Err(ArchiveError::LimitExceeded(format!(
+            "{role} file {} is {} bytes, more than the maximum of {limit}",
+            path.display(),
+            meta.len()
+        )));
+    }
+    let (size, hash) = hash_stream(&mut f).map_err(read_err)?;
+    Ok(ManifestFile {
+        role,
+        size,
+        xxh3: format!("{hash:016x}"),
+    })
+}
+
+/// Size and XXH3-64 of everything `r` yields.
+pub(crate) fn hash_stream(r: &mut impl io::Read) -> io::Result<(u64, u64)> {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, h.digest()))
+}
+
+/// Append a carried file as member `files/<role>`: exactly the size the manifest declared,
+/// fed to the archive hash, and checked against the manifest's XXH3 (a file that changed since
+/// it was described fails the export instead of producing an archive that fails on import).
+fn append_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    hasher: &mut MemberHasher,
+    file: &ManifestFile,
+    path: &std::path::Path,
+) -> Result<(), ArchiveError> {
+    let read_err = |e: io::Error| ArchiveError::ReadFile {
+        role: file.role.to_string(),
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let name = file.role.member_name();
+    hasher.begin(&name, file.size);
+    let f = std::fs::File::open(path).map_err(read_err)?;
+    struct Tee<'a, R> {
+        inner: R,
+        member: &'a mut MemberHasher,
+        own: xxhash_rust::xxh3::Xxh3,
+        count: u64,
+    }
+    impl<R: io::Read> io::Read for Tee<'_, R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.member.data(&buf[..n]);
+            self.own.update(&buf[..n]);
+            self.count += n as u64;
+            Ok(n)
+        }
+    }
+    let mut tee = Tee {
+        inner: io::Read::take(f, file.size),
+        member: hasher,
+        own: xxhash_rust::xxh3::Xxh3::new(),
+        count: 0,
+    };
+    let mut h = header(file.size);
+    b.append_data(&mut h, &name, &mut tee)
+        .map_err(ArchiveError::WriteArchive)?;
+    let hash = format!("{:016x}", tee.own.digest());
+    if tee.count != file.size || hash != file.xxh3 {
+        return Err(read_err(io::Error::other(
+            "the file changed while it was being exported",
+        )));
+    }
+    Ok(())
+}
+
 /// Write a native archive of `spec` with the given disks (device name, source) to `out`.
 pub fn write_archive<W: Write>(
     out: W,
@@ -251,15 +352,27 @@ pub fn write_archive<W: Write>(
         });
     }
     let bytes_total: u64 = mdisks.iter().map(|d| d.allocated_bytes).sum();
+    let mut files = Vec::new();
+    for (i, (role, path)) in opts.files.iter().enumerate() {
+        if opts.files[..i].iter().any(|(r, _)| r == role) {
+            return Err(ArchiveError::InvalidInput(format!(
+                "the {role} file is given twice"
+            )));
+        }
+        files.push(describe_file(*role, path)?);
+    }
+    // The lowest version that can express the archive (see `VERSION_MAJOR`).
+    let major = if files.is_empty() { OLDEST_MAJOR } else { 2 };
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
-        version: format!("{VERSION_MAJOR}.{VERSION_MINOR}"),
+        version: format!("{major}.{VERSION_MINOR}"),
         created_by: format!("corral {}", env!("CARGO_PKG_VERSION")),
         compression: opts.compression,
         extent_max_bytes: opts.extent_max_bytes,
         vm: serde_json::to_value(spec)
             .map_err(|e| ArchiveError::InvalidInput(format!("VM spec: {e}")))?,
         disks: mdisks,
+        files,
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| ArchiveError::InvalidInput(format!("manifest: {e}")))?;
@@ -270,6 +383,9 @@ pub fn write_archive<W: Write>(
     });
     let mut hasher = MemberHasher::new();
     append(&mut builder, &mut hasher, MANIFEST_NAME, &manifest_json)?;
+    for (f, (_, path)) in manifest.files.iter().zip(&opts.files) {
+        append_file(&mut builder, &mut hasher, f, path)?;
+    }
 
     // Jobs, aligned to absolute multiples of the extent size.
     let step = opts.extent_max_bytes;

@@ -251,9 +251,15 @@ pub fn ovf_descriptor(spec: &VmSpec, disks: &[DescriptorDisk]) -> String {
         }
         item(&mut x, fields);
     }
-    if spec.firmware == Firmware::Uefi {
+    if spec.firmware.is_uefi() {
         x.push_str(
             "      <vmw:Config ovf:required=\"false\" vmw:key=\"firmware\" vmw:value=\"efi\"/>\n",
+        );
+    }
+    if spec.firmware == Firmware::UefiSecure {
+        // VMware's key for Secure Boot; other readers ignore an unknown optional Config.
+        x.push_str(
+            "      <vmw:Config ovf:required=\"false\" vmw:key=\"uefi.secureBoot.enabled\" vmw:value=\"true\"/>\n",
         );
     }
     x.push_str("    </VirtualHardwareSection>\n");
@@ -770,6 +776,7 @@ fn fill_and_finish(
     Ok(ImportedVm {
         spec,
         disks,
+        files: Vec::new(),
         warnings: plan.warnings,
         archive_hash: String::new(),
         format_version: version,

@@ -543,9 +543,25 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
             "Value" => n.text().is_some_and(|t| t.contains("firmware=uefi")),
             _ => false,
         };
-        if efi {
+        if efi && firmware == Firmware::Bios {
             firmware = Firmware::Uefi;
         }
+    }
+    // Secure Boot: VMware's `uefi.secureBoot.enabled` (what corral's OVA export writes too),
+    // oVirt's BiosType 4 (Q35 with Secure Boot).
+    let secure = env
+        .descendants()
+        .filter(|n| n.is_element())
+        .any(|n| match local(&n) {
+            "Config" => {
+                attr(&n, "key") == Some("uefi.secureBoot.enabled")
+                    && attr(&n, "value").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            }
+            "BiosType" => n.text().is_some_and(|t| t.trim() == "4"),
+            _ => false,
+        });
+    if secure {
+        firmware = Firmware::UefiSecure;
     }
 
     // Disks in controller/address order, resolved through HostResource to the DiskSection.
@@ -663,6 +679,7 @@ pub fn parse_ovf(xml: &str) -> Result<OvfPlan, ArchiveError> {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     };
     Ok(OvfPlan {
         ovf_version,

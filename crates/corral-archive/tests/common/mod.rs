@@ -89,6 +89,7 @@ pub fn spec(name: &str, disks: &[&str]) -> VmSpec {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     }
 }
 

@@ -384,6 +384,8 @@ pub struct Template {
     pub nic_model: NicModel,
     pub device_model: DeviceModel,
     pub firmware: Firmware,
+    /// VMs get a virtual TPM 2.0.
+    pub tpm: bool,
     pub install_methods: Vec<InstallMethod>,
     /// Extra installer kernel arguments, with placeholders (see [`PLACEHOLDERS`]).
     pub installer_args: String,
@@ -471,6 +473,7 @@ impl Template {
         req.memory_bytes
             .get_or_insert(self.memory_recommended_bytes);
         req.firmware.get_or_insert(self.firmware);
+        req.tpm.get_or_insert(self.tpm);
         if req.description.is_none() {
             req.description = Some(String::new());
         }
@@ -652,8 +655,11 @@ fn finish(
     let firmware = match raw.firmware.as_deref() {
         None | Some("bios") => Firmware::Bios,
         Some("uefi") => Firmware::Uefi,
+        Some("uefi-secure") => Firmware::UefiSecure,
         Some(other) => {
-            problems.push(format!("firmware {other:?} is not bios or uefi"));
+            problems.push(format!(
+                "firmware {other:?} is not bios, uefi or uefi-secure"
+            ));
             Firmware::Bios
         }
     };
@@ -811,6 +817,7 @@ fn finish(
         nic_model,
         device_model,
         firmware,
+        tpm: raw.tpm.unwrap_or(false),
         install_methods,
         installer_args,
         unattended,

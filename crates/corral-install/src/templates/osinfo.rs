@@ -331,12 +331,14 @@ pub fn template_of(os: &OsinfoOs) -> Result<Template, String> {
         device_model: Some(if emulated { "emulated" } else { "pv" }.into()),
         firmware: Some(
             if os.short_id.starts_with("win11") {
-                "uefi"
+                "uefi-secure"
             } else {
                 "bios"
             }
             .into(),
         ),
+        // Windows 11 refuses to install without a TPM 2.0.
+        tpm: Some(os.short_id.starts_with("win11")),
         install_methods: Some(methods),
         installer_args: Some(if matches!(family, "windows" | "other") {
             String::new()
@@ -455,13 +457,8 @@ pub fn to_raw(t: &Template) -> RawTemplate {
         derived_from: None,
         vcpus: Some(t.vcpus),
         device_model: Some(t.device_model.as_str().into()),
-        firmware: Some(
-            match t.firmware {
-                corral_model::Firmware::Bios => "bios",
-                corral_model::Firmware::Uefi => "uefi",
-            }
-            .into(),
-        ),
+        firmware: Some(t.firmware.as_str().into()),
+        tpm: Some(t.tpm),
         install_methods: Some(
             t.install_methods
                 .iter()

@@ -72,6 +72,8 @@ pub struct RawTemplate {
     pub vcpus: Option<u32>,
     pub device_model: Option<String>,
     pub firmware: Option<String>,
+    /// Attach a virtual TPM 2.0.
+    pub tpm: Option<bool>,
     pub install_methods: Option<Vec<String>>,
     pub installer_args: Option<String>,
     pub unattended: Option<String>,
@@ -133,6 +135,7 @@ pub fn overlay(parent: &RawTemplate, child: &RawTemplate) -> RawTemplate {
         vcpus: pick(c.vcpus, p.vcpus),
         device_model: pick(c.device_model, p.device_model),
         firmware: pick(c.firmware, p.firmware),
+        tpm: pick(c.tpm, p.tpm),
         install_methods: pick(c.install_methods, p.install_methods),
         installer_args: pick(c.installer_args, p.installer_args),
         unattended: pick(c.unattended, p.unattended),

@@ -169,7 +169,7 @@ fn builtin_values_users_rely_on() {
             64 * GIB,
             DiskBus::Sata,
             NicModel::E1000,
-            Firmware::Uefi,
+            Firmware::UefiSecure,
             UnattendedKind::None,
         ),
         (

@@ -62,6 +62,7 @@ pub fn base_spec(name: &str) -> VmSpec {
         template: None,
         is_template: false,
         install: None,
+        tpm: false,
     }
 }
 
@@ -104,6 +105,7 @@ pub async fn start(
         paths: paths.clone(),
         nics,
         ovmf,
+        tpm_socket: None,
         daemonize: true,
     };
     let mut argv = build_argv(&launch).expect("build argv");

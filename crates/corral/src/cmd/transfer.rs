@@ -496,7 +496,7 @@ fn print_plan(p: &ImportPlan) {
         ("memory", format_size(s.memory_bytes)),
         ("cpu weight", s.cpu_weight.to_string()),
         ("autostart", s.autostart.to_string()),
-        ("firmware", format!("{:?}", s.firmware).to_lowercase()),
+        ("firmware", s.firmware.to_string()),
         ("template", s.is_template.to_string()),
     ]);
     output::table(

@@ -176,9 +176,14 @@ pub struct SettingsArgs {
     /// low (128), normal (256), high (512) or 1..65535.
     #[arg(long, value_parser = weight)]
     cpu_weight: Option<u32>,
-    /// bios or uefi.
+    /// bios, uefi, or uefi-secure (UEFI with Secure Boot on and Microsoft's keys enrolled,
+    /// as Windows 11 needs).
     #[arg(long, value_parser = parse_firmware)]
     firmware: Option<Firmware>,
+    /// Attach a virtual TPM 2.0 (swtpm); its state stays with the VM (--tpm, --tpm=true|false;
+    /// absent: the template's setting, else none).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tpm: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -193,6 +198,10 @@ pub struct SetArgs {
     /// --autostart, --autostart=true or --autostart=false.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     autostart: Option<bool>,
+    /// Attach (--tpm, --tpm=true) or remove (--tpm=false) the virtual TPM 2.0; VM halted.
+    /// Removing it deletes its keys.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tpm: Option<bool>,
     #[arg(long)]
     description: Option<String>,
     /// Rename the VM.
@@ -263,7 +272,8 @@ fn parse_firmware(s: &str) -> Result<Firmware, String> {
     match s {
         "bios" => Ok(Firmware::Bios),
         "uefi" => Ok(Firmware::Uefi),
-        o => Err(format!("firmware {o:?} is not bios or uefi")),
+        "uefi-secure" => Ok(Firmware::UefiSecure),
+        o => Err(format!("firmware {o:?} is not bios, uefi or uefi-secure")),
     }
 }
 
@@ -426,6 +436,7 @@ pub fn settings_request(a: SettingsArgs) -> anyhow::Result<VmCreateRequest> {
         autostart: a.autostart,
         cpu_weight: a.cpu_weight,
         firmware: a.firmware,
+        tpm: a.tpm,
         disks,
         nics,
         ..Default::default()
@@ -572,6 +583,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 cmdline: a.cmdline,
                 device_model: a.device_model,
                 abandon_install: a.abandon_install,
+                tpm: a.tpm,
             };
             if req == VmUpdateRequest::default() {
                 bail!("nothing to change: give at least one setting (see `corral vm set --help`)");
@@ -750,7 +762,8 @@ fn show(v: &VmInfo) {
         ("memory", format_size(v.memory_bytes)),
         ("autostart", v.autostart.to_string()),
         ("cpu weight", describe_cpu_weight(v.cpu_weight)),
-        ("firmware", format!("{:?}", v.firmware).to_lowercase()),
+        ("firmware", v.firmware.to_string()),
+        ("tpm", if v.tpm { "TPM 2.0 (swtpm)" } else { "none" }.into()),
         ("boot", format!("{:?}", v.boot_device).to_lowercase()),
     ];
     if let Some(t) = &v.template {
