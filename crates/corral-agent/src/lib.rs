@@ -18,6 +18,7 @@ pub mod config;
 pub mod events;
 pub mod host;
 pub mod install;
+mod install_plan;
 pub mod network;
 mod registry;
 pub mod stats;
