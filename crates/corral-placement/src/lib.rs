@@ -11,6 +11,7 @@
 //! The crate does no I/O and no wall-clock timing: the same input always gives the same plan.
 
 mod bound;
+mod complete;
 mod density;
 mod engine;
 mod exact;
@@ -23,6 +24,7 @@ mod repack;
 mod repair;
 pub mod report;
 mod resource;
+mod tiling;
 
 pub use model::{validate, Demand, Host, Mode, ModelError, PlanOptions, Workload, TIME_BUCKETS};
 pub use plan::{
