@@ -497,16 +497,6 @@ const HUNT_BUDGET: u64 = 10;
 /// Deepest hunt: a seed, this many more workloads, and one or two looked up.
 const HUNT_DEPTH: usize = 5;
 
-/// Largest instance (in items) the perfect-tiling search runs on, and its budget in nodes.
-const TILE_MAX_ITEMS: usize = 1000;
-const TILE_BUDGET: u64 = 60_000_000;
-
-/// Largest instance (in items) the exact repacks (`complete`) run on, their budget in fit
-/// checks and search nodes, and the node budget of one repack.
-const CLOSE_MAX_ITEMS: usize = 600;
-const CLOSE_BUDGET: u64 = 60_000_000;
-const CLOSE_ATTEMPT_NODES: u64 = 2_000_000;
-
 /// Largest instance (in items) the refill search runs on.
 const REFILL_MAX_ITEMS: usize = 200;
 
@@ -564,11 +554,6 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
         }
     }
     let repaired = repair(&mut best, effort);
-    // Load that fills a whole number of hosts exactly: look for the perfect tiling before
-    // the local searches (`tiling`).
-    if effort > 0 && n <= TILE_MAX_ITEMS && !done(&best) {
-        crate::tiling::tile(&mut best, TILE_BUDGET * effort);
-    }
     if effort > 0 && !done(&best) {
         empty_hosts(&mut best, if large { 40_000 } else { 300_000 } * effort);
         // The pool search pays on small and mid-sized instances; on large pools the time
@@ -580,18 +565,6 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
         // round costs too much for what it finds.
         if n <= REFILL_MAX_ITEMS && !done(&best) {
             refill(&mut best, 12, 20_000 * effort, 40_000_000 * effort);
-        }
-        // Exact repacks of the hosts with slack together with a few full ones undo exact
-        // fills that the steps above fixed and that leave an untileable remainder
-        // (`complete`).
-        if n <= CLOSE_MAX_ITEMS {
-            let stop = best.work + CLOSE_BUDGET * effort;
-            while !done(&best) && best.work < stop {
-                let left = stop - best.work;
-                if !crate::complete::close_one_host(&mut best, left, CLOSE_ATTEMPT_NODES * effort) {
-                    break;
-                }
-            }
         }
     }
     (best, repaired)

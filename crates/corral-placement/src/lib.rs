@@ -11,7 +11,6 @@
 //! The crate does no I/O and no wall-clock timing: the same input always gives the same plan.
 
 mod bound;
-mod complete;
 mod density;
 mod engine;
 mod exact;
@@ -24,7 +23,6 @@ mod repack;
 mod repair;
 pub mod report;
 mod resource;
-mod tiling;
 
 pub use model::{validate, Demand, Host, Mode, ModelError, PlanOptions, Workload, TIME_BUCKETS};
 pub use plan::{
