@@ -425,8 +425,10 @@ fn answers_match_the_openapi_document() {
         "POST",
         "/v1/installs",
         "/v1/installs?dry_run=true",
-        Some(json!({"vm": {"name": "i3", "template": "corral-test-guest"},
-                    "source": {"kind": "disk_import", "image": guest().disk_qcow2}})),
+        Some(
+            json!({"vm": {"name": "i3", "template": "corral-test-guest"},
+                    "source": {"kind": "disk_import", "image": guest().disk_qcow2}}),
+        ),
         200,
     );
     c.call(
