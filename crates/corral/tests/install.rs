@@ -1567,8 +1567,7 @@ fn dry_run_refuses_bad_input_like_the_install() {
         // the same.
         let error_line = |e: &str| {
             e.lines()
-                .filter(|l| l.starts_with("corral: error: "))
-                .next_back()
+                .rfind(|l| l.starts_with("corral: error: "))
                 .map(str::to_string)
         };
         assert!(error_line(&dry_err).is_some(), "no error line: {dry_err}");
