@@ -20,16 +20,18 @@
 use crate::agent::Agent;
 use crate::answers::AnswerServer;
 use crate::context::error_chain;
+use crate::install_plan::{choose_template, compose_cmdline, detected_tree, plan_of, PlanInputs};
 use crate::network::DEFAULT_NETWORK;
 use crate::tasks::TaskHandle;
 use crate::vm::{Op, VmHandle};
 use corral_install::fetch::{self, FetchOptions, Progress};
 use corral_install::templates::{ArgValues, InstallMethod, UnattendedKind};
-use corral_install::tree::{self, DetectOptions, Unattended};
+use corral_install::tree::{self, DetectOptions, Detected, Unattended};
 use corral_install::url::Scheme;
 use corral_install::{seed, Location, Template};
 use corral_model::api::*;
 use corral_model::host::NetworkKind;
+use corral_model::install::{InstallPlan, TemplateReason};
 use corral_model::task::Operation;
 use corral_model::validate::validate_name;
 use corral_model::*;
@@ -69,6 +71,8 @@ enum Plan {
 /// A validated install, ready to run.
 struct Prepared {
     id: String,
+    /// The request's VM part, kept to rebuild `spec` with the template detection chooses.
+    create: VmCreateRequest,
     spec: VmSpec,
     disk_sources: Vec<Option<PathBuf>>,
     template: Option<Template>,
@@ -355,8 +359,11 @@ impl Agent {
             .map(|d| d.import_from.clone())
             .collect();
         let mut spec = crate::spec::spec_from_request(self.host.as_ref(), &id, &create)?;
+        // Without --template a tree install takes the template of the OS detection finds,
+        // which may bring the disk: that check waits until then (`adopt_template`).
+        let template_from_tree = template.is_none() && matches!(plan, Plan::Tree { .. });
         if !matches!(plan, Plan::DiskImport { .. }) {
-            if spec.disks.is_empty() {
+            if spec.disks.is_empty() && !template_from_tree {
                 return Err(invalid(
                     "an install needs a disk to install onto (--disk SIZE, or a template with one)",
                 ));
@@ -382,6 +389,7 @@ impl Agent {
             });
         Ok(Prepared {
             id,
+            create,
             spec,
             disk_sources,
             template,
@@ -595,12 +603,13 @@ impl Agent {
                 }
             }
             Plan::Tree { location, pxe } => {
+                let (location, pxe) = (location.clone(), *pxe);
                 let installer = self
-                    .fetch_installer(p, location.clone(), *pxe, scratch, task)
+                    .fetch_installer(p, location, pxe, scratch, task)
                     .await?;
                 notes.extend(installer.notes);
                 p.answers = installer.answers;
-                if *pxe {
+                if pxe {
                     let script = format!(
                         "#!ipxe\nkernel vmlinuz {}\ninitrd initrd.img\nboot\n",
                         installer.cmdline
@@ -626,11 +635,96 @@ impl Agent {
         Ok(notes)
     }
 
+    /// How detection sees the tree for this install, and the tree's URL as the guest sees it
+    /// (QEMU's NAT shows the host's loopback as 10.0.2.2).
+    fn detect_options(
+        &self,
+        p: &Prepared,
+        location: &Location,
+    ) -> (DetectOptions, corral_install::SourceUrl) {
+        let on_nat = p
+            .spec
+            .nics
+            .first()
+            .is_some_and(|n| n.network == DEFAULT_NETWORK);
+        let guest_url = on_nat.then(|| guest_view_on_nat(&location.url)).flatten();
+        let guest_location = guest_url.clone().unwrap_or_else(|| location.url.clone());
+        let template = p.template.as_ref();
+        let catalog_names = self.host.templates().catalog().os_names();
+        let opts = DetectOptions {
+            kernel: location.kernel.clone(),
+            initrd: location.initrd.clone(),
+            family_hint: template.map(|t| t.os.family),
+            suite_hints: template
+                .and_then(|t| t.os.codename.clone())
+                .into_iter()
+                .collect(),
+            guest_url,
+            unattended: if p.unattended.is_some() {
+                Unattended::InInitrd
+            } else {
+                Unattended::None
+            },
+            extra_kernel_paths: self.host.templates().catalog().osinfo_kernel_paths(),
+            os_names: catalog_names,
+        };
+        (opts, guest_location)
+    }
+
+    /// Detect the tree at `location` (only the small files detection reads are fetched).
+    async fn detect_tree(
+        &self,
+        location: &Location,
+        opts: DetectOptions,
+    ) -> Result<Detected, ApiError> {
+        let url = location.url.clone();
+        blocking(move || {
+            let src = fetch::open(&url, &FetchOptions::default()).map_err(fetch_err)?;
+            tree::detect(src.as_ref(), &url, &opts)
+                .map_err(|e| ApiError::new(e.kind(), error_chain(&e)))
+        })
+        .await
+    }
+
+    /// Without `--template`: take the template for the OS the tree holds (see
+    /// `install_plan::choose_template`) and rebuild the VM spec with it, keeping the install's
+    /// boot settings. Says which template and why.
+    fn adopt_template(
+        &self,
+        p: &mut Prepared,
+        detected: &Detected,
+    ) -> Result<corral_model::install::TemplateChoice, ApiError> {
+        let (template, choice) = choose_template(
+            self.host.templates().catalog(),
+            p.template.as_ref(),
+            detected.os.osinfo_id.as_deref(),
+        );
+        if choice.reason != TemplateReason::Given {
+            if let Some(t) = &template {
+                let mut create = p.create.clone();
+                create.template = Some(t.name.clone());
+                let mut spec = crate::spec::spec_from_request(self.host.as_ref(), &p.id, &create)?;
+                spec.install = p.spec.install.take();
+                spec.boot_device = p.spec.boot_device;
+                p.spec = spec;
+                p.create = create;
+                p.template = template;
+            }
+            if p.spec.disks.is_empty() {
+                return Err(invalid(format!(
+                    "an install needs a disk to install onto (--disk SIZE, or a template with                      one); {}",
+                    choice.explanation
+                )));
+            }
+        }
+        Ok(choice)
+    }
+
     /// Detect the tree, download kernel and initrd into `scratch`, add the unattended file,
     /// and compose the kernel command line.
     async fn fetch_installer(
         &self,
-        p: &Prepared,
+        p: &mut Prepared,
         location: Location,
         pxe: bool,
         scratch: &Path,
@@ -642,31 +736,7 @@ impl Agent {
         );
         std::fs::create_dir_all(scratch)
             .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", scratch.display())))?;
-        let on_nat = p
-            .spec
-            .nics
-            .first()
-            .is_some_and(|n| n.network == DEFAULT_NETWORK);
-        let guest_url = on_nat.then(|| guest_view_on_nat(&location.url)).flatten();
-        let guest_location = guest_url.clone().unwrap_or_else(|| location.url.clone());
-        let template = p.template.clone();
-        let opts = DetectOptions {
-            kernel: location.kernel.clone(),
-            initrd: location.initrd.clone(),
-            family_hint: template.as_ref().map(|t| t.os.family),
-            suite_hints: template
-                .as_ref()
-                .and_then(|t| t.os.codename.clone())
-                .into_iter()
-                .collect(),
-            guest_url: guest_url.clone(),
-            unattended: if p.unattended.is_some() {
-                Unattended::InInitrd
-            } else {
-                Unattended::None
-            },
-            extra_kernel_paths: self.host.templates().catalog().osinfo_kernel_paths(),
-        };
+        let (mut opts, guest_location) = self.detect_options(p, &location);
         let (kernel_name, initrd_name) = if pxe {
             ("vmlinuz", "initrd.img")
         } else {
@@ -676,7 +746,6 @@ impl Agent {
         let initrd = scratch.join(initrd_name);
         let (k, i) = (kernel.clone(), initrd.clone());
         let t = task.clone();
-        let mut opts = opts;
         let (answers, unattended_url) = match (&p.unattended, p.serve_answers) {
             (Some((kind, text)), true) => {
                 let (server, url) = self.serve_answers(p, *kind, text, scratch).await?;
@@ -693,12 +762,14 @@ impl Agent {
             .unattended
             .clone()
             .filter(|(kind, _)| seed::initrd_file_name(*kind).is_some());
-        let detected = blocking(move || {
+        let detected = self.detect_tree(&location, opts).await?;
+        let choice = self.adopt_template(p, &detected)?;
+        let (kernel_path, initrd_path) =
+            (detected.kernel_path.clone(), detected.initrd_path.clone());
+        blocking(move || {
             let src = fetch::open(&location.url, &FetchOptions::default()).map_err(fetch_err)?;
-            let d = tree::detect(src.as_ref(), &location.url, &opts)
-                .map_err(|e| ApiError::new(e.kind(), error_chain(&e)))?;
             t.phase_span(
-                &format!("fetching the installer's kernel ({})", d.kernel_path),
+                &format!("fetching the installer's kernel ({kernel_path})"),
                 0.05,
                 0.15,
             );
@@ -708,14 +779,14 @@ impl Agent {
                 }
                 !t.is_cancelled()
             };
-            src.fetch_to_file(&d.kernel_path, &k, &mut progress)
+            src.fetch_to_file(&kernel_path, &k, &mut progress)
                 .map_err(fetch_err)?;
             t.phase_span(
-                &format!("fetching the installer's initrd ({})", d.initrd_path),
+                &format!("fetching the installer's initrd ({initrd_path})"),
                 0.15,
                 0.33,
             );
-            src.fetch_to_file(&d.initrd_path, &i, &mut progress)
+            src.fetch_to_file(&initrd_path, &i, &mut progress)
                 .map_err(fetch_err)?;
             if let Some((kind, text)) = unattended {
                 let name = seed::initrd_file_name(kind).unwrap_or("preseed.cfg");
@@ -730,7 +801,7 @@ impl Agent {
                 )
                 .map_err(|e| ApiError::internal(error_chain(&e)))?;
             }
-            Ok(d)
+            Ok(())
         })
         .await?;
         if task.is_cancelled() {
@@ -739,43 +810,20 @@ impl Agent {
                 "the install was cancelled",
             ));
         }
-        let mut notes = detected.notes.clone();
-        notes.insert(
-            0,
-            format!(
-                "detected {} {} ({:?} layout)",
-                detected.os.name, detected.os.version, detected.layout
-            ),
-        );
-        if let Some(t) = &p.template {
-            if detected.os.family != t.os.family {
-                notes.push(format!(
-                    "the tree holds {} but template {} is for {:?}",
-                    detected.os.name, t.name, t.os.family
-                ));
-            }
+        let mut notes = tree_notes(p, &detected);
+        if choice.reason != TemplateReason::Given {
+            notes.insert(1, choice.explanation.clone());
         }
-        let template_args = p
-            .template
-            .as_ref()
-            .map(|t| {
-                t.render_installer_args(&ArgValues {
-                    location: Some(guest_location.to_string_with_credentials()),
-                    unattended_url: unattended_url.clone(),
-                    name: Some(p.spec.name.clone()),
-                })
-            })
-            .unwrap_or_default();
-        let cmdline = [
-            detected.installer_args.as_str(),
-            template_args.as_str(),
-            p.extra_args.as_str(),
-        ]
-        .iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.trim())
-        .collect::<Vec<_>>()
-        .join(" ");
+        let cmdline = compose_cmdline(
+            &detected.installer_args,
+            p.template.as_ref(),
+            &ArgValues {
+                location: Some(guest_location.to_string_with_credentials()),
+                unattended_url: unattended_url.clone(),
+                name: Some(p.spec.name.clone()),
+            },
+            &p.extra_args,
+        );
         check_kernel_args(&cmdline)?;
         if let Some(url) = &unattended_url {
             notes.push(format!("the agent serves the answer file at {url}"));
@@ -787,6 +835,131 @@ impl Agent {
             notes,
             answers,
         })
+    }
+
+    /// `vm install --dry-run`: every check and the tree's detection of a real install, then
+    /// the plan it would follow. Nothing is created, reserved or downloaded beyond the small
+    /// files detection reads, and no task runs.
+    pub async fn plan_install(
+        self: &Arc<Self>,
+        req: VmInstallRequest,
+    ) -> Result<InstallPlan, ApiError> {
+        validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
+        if let Some(t) = &req.vm.template {
+            if self
+                .host
+                .registry()
+                .find(t)
+                .is_some_and(|h| h.info().is_template)
+            {
+                return Err(ApiError::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{t:?} is a template VM: an install from it is a linked clone, which                          has no plan to show (vm clone shows what it copies)"
+                    ),
+                ));
+            }
+        }
+        let source = match &req.source {
+            Some(InstallSource::Location { .. }) => "location",
+            Some(InstallSource::Cdrom { .. }) => "cdrom",
+            Some(InstallSource::Pxe { .. }) => "pxe",
+            Some(InstallSource::DiskImport { .. }) => "disk_import",
+            None => "none",
+        };
+        let given_location = match &req.source {
+            Some(InstallSource::Location { location })
+            | Some(InstallSource::Pxe {
+                location: Some(location),
+                ..
+            }) => parse_location(location).ok().map(|l| l.url.to_string()),
+            Some(InstallSource::Cdrom { iso }) => Some(iso.display().to_string()),
+            Some(InstallSource::DiskImport { image }) => Some(image.display().to_string()),
+            Some(InstallSource::Pxe {
+                boot_server: Some(dir),
+                ..
+            }) => Some(dir.display().to_string()),
+            _ => None,
+        };
+        let mut p = self.prepare_install(req)?;
+        // The same answer as a real install when the name is taken; released at once.
+        {
+            let mut registry = self.host.registry_mut();
+            registry.reserve(&p.spec.name)?;
+            registry.release(&p.spec.name);
+        }
+        let mut notes = Vec::new();
+        let (mut detected, mut kernel_args) = (None, None);
+        let mut choice =
+            choose_template(self.host.templates().catalog(), p.template.as_ref(), None).1;
+        if let Plan::Tree { location, pxe } = &p.plan {
+            let (location, pxe) = (location.clone(), *pxe);
+            let (mut opts, guest_location) = self.detect_options(&p, &location);
+            // The answer-file listener gets its port and token when the install runs.
+            let unattended_url = match &p.unattended {
+                Some((kind, _)) if p.serve_answers => {
+                    let file = match kind {
+                        UnattendedKind::CloudInit => String::new(),
+                        k => seed::initrd_file_name(*k).unwrap_or("answers").to_string(),
+                    };
+                    let url = format!("http://10.0.2.2:PORT/TOKEN/{file}");
+                    if *kind == UnattendedKind::CloudInit {
+                        opts.unattended = Unattended::Url(url.clone());
+                    }
+                    notes.push(format!(
+                        "the agent will serve the answer file at {url} (port and token are chosen when the install runs)"
+                    ));
+                    Some(url)
+                }
+                _ => None,
+            };
+            let d = self.detect_tree(&location, opts).await?;
+            choice = self.adopt_template(&mut p, &d)?;
+            let mut tree_notes = tree_notes(&p, &d);
+            tree_notes.append(&mut notes);
+            notes = tree_notes;
+            let cmdline = compose_cmdline(
+                &d.installer_args,
+                p.template.as_ref(),
+                &ArgValues {
+                    location: Some(guest_location.to_string_with_credentials()),
+                    unattended_url,
+                    name: Some(p.spec.name.clone()),
+                },
+                &p.extra_args,
+            );
+            check_kernel_args(&cmdline)?;
+            if pxe {
+                notes.push(
+                    "the agent's TFTP boot server will boot the installer (boot.ipxe)".into(),
+                );
+            }
+            detected = Some(detected_tree(&d, &location.url));
+            kernel_args = Some(cmdline);
+        }
+        if let Plan::DiskImport { cloud_init } = &p.plan {
+            notes.push(if cloud_init.is_some() {
+                "the first disk is a copy of the image, grown to its size; the cloud-init seed                  (NoCloud, label cidata) goes in the CD drive"
+                    .into()
+            } else {
+                "the first disk is a copy of the image, grown to its size".into()
+            });
+        }
+        let mut plan = plan_of(
+            &p.spec,
+            PlanInputs {
+                source,
+                location: given_location,
+                detected,
+                template: choice,
+                kernel_args,
+                notes,
+            },
+        );
+        for (disk, src) in plan.disks.iter_mut().zip(&p.disk_sources) {
+            disk.import_from = src.clone();
+        }
+        Ok(plan)
     }
 
     /// Start the install's answer-file listener; returns it and the URL the installer is
@@ -939,6 +1112,36 @@ struct FetchedInstaller {
     cmdline: String,
     notes: Vec<String>,
     answers: Option<AnswerServer>,
+}
+
+/// What an install tells about its tree: what was detected, what detection noted, and a
+/// template that is for another family than the tree.
+fn tree_notes(p: &Prepared, detected: &Detected) -> Vec<String> {
+    let mut notes = detected.notes.clone();
+    notes.insert(
+        0,
+        format!(
+            "detected {} {} ({} layout{})",
+            detected.os.name,
+            detected.os.version,
+            detected.layout,
+            detected
+                .os
+                .osinfo_id
+                .as_deref()
+                .map(|id| format!(", osinfo {id}"))
+                .unwrap_or_default()
+        ),
+    );
+    if let Some(t) = &p.template {
+        if detected.os.family != t.os.family {
+            notes.push(format!(
+                "the tree holds {} but template {} is for {:?}",
+                detected.os.name, t.name, t.os.family
+            ));
+        }
+    }
+    notes
 }
 
 async fn blocking<T: Send + 'static>(

@@ -19,6 +19,7 @@ pub mod context;
 pub mod events;
 pub mod host;
 pub mod install;
+mod install_plan;
 pub mod keys;
 pub mod network;
 pub mod ops;

@@ -76,6 +76,19 @@ fn templates(g: &mut SchemaGenerator) -> Schema {
     )
 }
 
+/// `POST /v1/installs` answers 200 with the VM when it waited for the install, or with the
+/// plan of a dry run.
+fn installed_or_plan(g: &mut SchemaGenerator) -> Schema {
+    let vm = g.subschema_for::<VmTaskAnswer>();
+    let plan = g.subschema_for::<corral_model::install::InstallPlan>();
+    Schema::from(
+        json!({"oneOf": [vm, plan]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    )
+}
+
 enum Content {
     Json(SchemaFn),
     /// NDJSON: one JSON value per line, each matching the schema.
@@ -236,7 +249,7 @@ pub fn operations() -> Vec<Op> {
         Op::get("/v1/vms/{name}/history", "The VM's tasks, oldest first").ok::<Vec<Task>>(),
         Op::get("/v1/vms/{name}/console", "Serial console: send `Connection: upgrade`, `Upgrade: corral-console`; raw bytes both ways after 101").empty(101, "Switching to the raw console stream"),
         Op::get("/v1/vms/{name}/console/log", "What the serial console printed since the VM started").octets(),
-        Op::post("/v1/installs", "Create a VM and install an OS into it (task vm.install)").body::<VmInstallRequest>().query("wait", "boolean", "true: answer when installed").accepted::<TaskAccepted>().ok::<VmTaskAnswer>(),
+        Op::post("/v1/installs", "Create a VM and install an OS into it (task vm.install); with dry_run=true, only the plan: every check and the tree's detection, nothing created").body::<VmInstallRequest>().query("wait", "boolean", "true: answer when installed").query("dry_run", "boolean", "true: answer 200 with the InstallPlan, create nothing").accepted::<TaskAccepted>().ok_with(installed_or_plan),
         Op::post("/v1/vms/{name}/tools", "Insert the guest-tools ISO into the CD drive").ok::<VmTaskAnswer>(),
         Op::get("/v1/vms/{name}/stats", "Measured load: current sample and history at 5 s, 1 min, 1 h").ok::<VmStats>(),
         Op::get("/v1/vms/{name}/recommend-host", "Hosts rated 0-5 for this VM, with reasons").ok::<HostRecommendation>(),

@@ -217,12 +217,22 @@ async fn cdrom_insert(
 }
 
 /// `POST /v1/installs`: answers 202 with the task once the request is valid; with
-/// `?wait=true` it answers when the install has finished, like other VM operations.
+/// `?wait=true` it answers when the install has finished, like other VM operations. With
+/// `?dry_run=true` it runs the checks and the tree's detection, creates nothing and answers
+/// 200 with the `InstallPlan`.
 async fn install_vm(
     State(a): State<AppState>,
     Query(q): Query<InstallQuery>,
     Body_(req): Body_<VmInstallRequest>,
 ) -> Result<Response> {
+    if q.dry_run {
+        if q.wait {
+            return Err(
+                ApiError::invalid("a dry run starts nothing to wait for: drop wait=true").into(),
+            );
+        }
+        return Ok(Json(a.plan_install(req).await?).into_response());
+    }
     let task = a.install_vm(req).await?;
     if !q.wait {
         return Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response());
@@ -244,6 +254,9 @@ async fn install_vm(
 struct InstallQuery {
     #[serde(default)]
     wait: bool,
+    /// Plan only: checks and detection, nothing created (`vm install --dry-run`).
+    #[serde(default)]
+    dry_run: bool,
 }
 
 /// `POST /v1/vms/{name}/tools`: put the guest-tools ISO into the CD drive (running or not).

@@ -382,6 +382,14 @@ impl Client {
             .await?;
         Ok(t.task)
     }
+    /// What an install would do (`?dry_run=true`): checks and tree detection, nothing created.
+    pub async fn plan_install(
+        &self,
+        req: &VmInstallRequest,
+    ) -> Result<corral_model::install::InstallPlan> {
+        self.call(Method::POST, "/v1/installs?dry_run=true", Self::json(req))
+            .await
+    }
     pub async fn tools_insert(&self, name: &str) -> Result<VmTaskAnswer> {
         self.call(Method::POST, &format!("/v1/vms/{}/tools", seg(name)), None)
             .await

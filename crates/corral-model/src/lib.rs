@@ -11,6 +11,7 @@ pub mod api;
 pub mod error;
 pub mod event;
 pub mod host;
+pub mod install;
 pub mod size;
 pub mod stats;
 pub mod task;

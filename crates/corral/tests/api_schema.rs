@@ -425,6 +425,16 @@ fn answers_match_the_openapi_document() {
     c.call(
         "POST",
         "/v1/installs",
+        "/v1/installs?dry_run=true",
+        Some(
+            json!({"vm": {"name": "i3", "template": "corral-test-guest"},
+                    "source": {"kind": "disk_import", "image": guest().disk_qcow2}}),
+        ),
+        200,
+    );
+    c.call(
+        "POST",
+        "/v1/installs",
         "/v1/installs",
         Some(json!({"vm": {"name": "i2", "template": "s1-clone"}})),
         202,

@@ -389,19 +389,32 @@ fn linked_clones_are_instant_independent_and_survive_their_source() {
         "100G",
         "--no-nics",
     ]);
-    let mut times = Vec::new();
+    // The best of three clones of each size: a machine busy with other tests' guests adds
+    // scheduling noise to any single run, never a cost that grows with the disk.
+    let mut best = Vec::new();
     for (src, dst) in [("small", "small-c"), ("big", "big-c")] {
-        let t = Instant::now();
-        a.ok(&["vm", "clone", src, dst]);
-        times.push((t.elapsed(), task_ms(&a, dst, "vm.clone")));
+        let mut runs = Vec::new();
+        for i in 0..3 {
+            let name = format!("{dst}{i}");
+            let t = Instant::now();
+            a.ok(&["vm", "clone", src, &name]);
+            runs.push((t.elapsed(), task_ms(&a, &name, "vm.clone")));
+        }
+        best.push((
+            runs.iter().map(|r| r.0).min().unwrap(),
+            runs.iter().map(|r| r.1).min().unwrap(),
+        ));
     }
-    eprintln!("clone 1 GiB: {:?}, 100 GiB: {:?}", times[0], times[1]);
-    assert!(times[1].1 <= times[0].1 + 20, "agent time {times:?}");
-    assert!(
-        times[1].0 < times[0].0 * 3 + Duration::from_millis(100),
-        "{times:?}"
+    eprintln!(
+        "clone 1 GiB: {:?}, 100 GiB: {:?} (best of 3)",
+        best[0], best[1]
     );
-    assert_eq!(a.vm("big-c")["disks"][0]["size_bytes"], 100u64 << 30);
+    assert!(best[1].1 <= best[0].1 + 20, "agent time {best:?}");
+    assert!(
+        best[1].0 < best[0].0 * 3 + Duration::from_millis(100),
+        "{best:?}"
+    );
+    assert_eq!(a.vm("big-c0")["disks"][0]["size_bytes"], 100u64 << 30);
 
     // The source gets its own overlay: neither writes into the shared base.
     create_source(&a, "src");

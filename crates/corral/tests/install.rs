@@ -1344,3 +1344,246 @@ fn answer_file_served_to_the_installer_over_http() {
         "the answer file is still served after the install"
     );
 }
+
+/// The test installer laid out as the installer directory of a Debian mirror, the form
+/// virt-install's documentation gives: `<root>/debian/dists/bookworm/main/installer-amd64/`
+/// with `current/images/MANIFEST` and the netboot kernel and initrd under
+/// `current/images/netboot/debian-installer/amd64/`. Returns the root to serve.
+fn debian_installer_dir() -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("tempdir");
+    let images = root
+        .path()
+        .join("debian/dists/bookworm/main/installer-amd64/current/images");
+    let netboot = images.join("netboot/debian-installer/amd64");
+    std::fs::create_dir_all(&netboot).unwrap();
+    std::fs::write(
+        images.join("MANIFEST"),
+        "netboot/debian-installer/amd64/linux -- kernel for netboot\n\
+         netboot/netboot.tar.gz -- tarball of PXE boot directory (debian-installer)\n",
+    )
+    .unwrap();
+    std::fs::write(
+        images.join("netboot/version.info"),
+        "Debian version:  12 (bookworm)\nInstaller build: corral test installer\n",
+    )
+    .unwrap();
+    let tree = installer().join("tree/images/pxeboot");
+    std::fs::copy(tree.join("vmlinuz"), netboot.join("linux")).unwrap();
+    std::fs::copy(tree.join("initrd.img"), netboot.join("initrd.gz")).unwrap();
+    root
+}
+
+/// No VM, no volume, no installer file, no task: what a dry run must leave.
+fn assert_nothing_created(a: &TestAgent, what: &str) {
+    assert!(
+        a.json(&["vm", "list"]).as_array().unwrap().is_empty(),
+        "{what} left a VM behind"
+    );
+    let sr = a.state_dir().join("srs/default");
+    assert!(
+        files_in(&sr).iter().all(|f| f.starts_with('.')),
+        "{what} left volumes: {:?}",
+        files_in(&sr)
+    );
+    assert!(
+        files_in(&a.state_dir().join("install")).is_empty(),
+        "{what} left installer files"
+    );
+    assert!(
+        files_in(&a.state_dir().join("seeds")).is_empty(),
+        "{what} left a seed"
+    );
+}
+
+/// `vm install --dry-run` against a Debian installer directory over HTTP: the plan names the
+/// release with its osinfo id, the template it takes from it (none given), the URLs of kernel
+/// and initrd, the kernel arguments pointing debian-installer at the mirror, the disks and
+/// NICs; the server's log shows the kernel and initrd were never downloaded, and nothing
+/// exists afterwards. Then the real install from the same URL, without --template, takes the
+/// same template, boots the installer found there and boots the installed disk.
+#[test]
+fn dry_run_then_install_from_a_debian_installer_directory() {
+    let a = TestAgent::start();
+    let root = debian_installer_dir();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("http.log");
+    let http = servers::http_server_logged(root.path(), &log);
+    let url = format!(
+        "http://127.0.0.1:{}/debian/dists/bookworm/main/installer-amd64/",
+        http.port
+    );
+    let netboot = format!("{url}current/images/netboot/debian-installer/amd64/");
+
+    let plan = a.json(&[
+        "vm",
+        "install",
+        "--name",
+        "d1",
+        "--location",
+        &url,
+        "--dry-run",
+    ]);
+    assert_eq!(plan["detected"]["os"], "debian12", "{plan:#}");
+    assert_eq!(plan["detected"]["kernel"], format!("{netboot}linux"));
+    assert_eq!(plan["detected"]["initrd"], format!("{netboot}initrd.gz"));
+    assert_eq!(plan["detected"]["layout"], "debian-installer-dir");
+    assert_eq!(plan["template"]["name"], "debian-12");
+    assert_eq!(plan["template"]["reason"], "detected_os");
+    let args = plan["kernel_args"].as_str().unwrap();
+    let host = format!("mirror/http/hostname=10.0.2.2:{}", http.port);
+    for want in [
+        host.as_str(),
+        "mirror/http/directory=/debian ",
+        "mirror/suite=bookworm",
+        "console=ttyS0,115200n8",
+    ] {
+        assert!(args.contains(want), "{want} missing from {args}");
+    }
+    // debian-12's disk and NIC, nothing made yet.
+    assert_eq!(plan["disks"][0]["size_bytes"], 20u64 << 30);
+    assert_eq!(plan["disks"][0]["bus"], "virtio");
+    assert_eq!(plan["disks"][0]["sr"], "default");
+    assert_eq!(plan["nics"][0]["network"], "default");
+    assert_eq!(plan["nics"][0]["model"], "virtio");
+    assert_nothing_created(&a, "vm install --dry-run");
+    assert!(
+        a.json(&["task", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["operation"] != "vm.install"),
+        "a dry run left a task"
+    );
+    let served = std::fs::read_to_string(&log).unwrap();
+    // Detection only asks whether they exist (HEAD); nothing GETs them.
+    let kernel_get = "\"GET /debian/dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64/linux";
+    let initrd_get = "\"GET /debian/dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64/initrd.gz";
+    assert!(
+        !served.contains(kernel_get) && !served.contains(initrd_get),
+        "the dry run downloaded the installer:\n{served}"
+    );
+
+    // The same as a block people read.
+    let text = a.ok(&[
+        "vm",
+        "install",
+        "--name",
+        "d1",
+        "--location",
+        &url,
+        "--dry-run",
+    ]);
+    for want in [
+        "dry run: nothing was created",
+        "detected OS:   debian12 (Debian 12 bookworm, debian-installer-dir layout)",
+        "template:      template debian-12 (matched from the detected OS debian12)",
+        &format!("kernel:        {netboot}linux"),
+        "  disk0  20 GiB qcow2 on default, bus virtio",
+        "  nic0  network default, model virtio",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert_nothing_created(&a, "vm install --dry-run (table)");
+
+    // The real install from the installer directory, template from the detected OS. The
+    // test installer ignores debian-installer's mirror arguments and writes its built-in
+    // payload (`corral.install` without a URL).
+    let out = a.ok(&[
+        "vm",
+        "install",
+        "--name",
+        "d1",
+        "--location",
+        &url,
+        "--timeout",
+        "200",
+        "--extra-args",
+        "no_timer_check corral.install corral.install.id=debdir1",
+    ]);
+    assert!(
+        out.contains("template debian-12 (matched from the detected OS debian12)"),
+        "{out}"
+    );
+    assert_installed(&a, "d1", Some("debdir1"));
+    let vm = a.vm("d1");
+    assert_eq!(vm["template"], "debian-12");
+    let served = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        served.contains("GET /debian/dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64/linux"),
+        "the install did not fetch the kernel from the installer directory:\n{served}"
+    );
+}
+
+/// A dry run checks what a real install checks and fails with the same message: unknown
+/// template, a URL that is not one, an unreachable tree, a name in use. Nothing is left.
+#[test]
+fn dry_run_refuses_bad_input_like_the_install() {
+    let a = TestAgent::start();
+    a.ok(&["vm", "create", "--name", "taken"]);
+    let closed = servers::closed_port();
+    let unreachable = format!("http://127.0.0.1:{closed}/debian/");
+    let cases: Vec<Vec<&str>> = vec![
+        vec![
+            "--name",
+            "x1",
+            "--template",
+            "no-such-os",
+            "--location",
+            "http://h/",
+        ],
+        vec![
+            "--name",
+            "x1",
+            "--template",
+            "debian-12",
+            "--location",
+            "gopher://x/",
+        ],
+        vec![
+            "--name",
+            "x1",
+            "--template",
+            "debian-12",
+            "--location",
+            &unreachable,
+        ],
+        vec!["--name", "bad name!", "--location", "http://h/"],
+        vec![
+            "--name",
+            "taken",
+            "--template",
+            "debian-12",
+            "--location",
+            &unreachable,
+        ],
+    ];
+    for case in cases {
+        let mut real = vec!["vm", "install"];
+        real.extend_from_slice(&case);
+        let mut dry = real.clone();
+        dry.push("--dry-run");
+        let dry_err = a.fails(&dry);
+        let real_err = a.fails(&real);
+        // The real install may fail in its task, after its phase lines; the error line is
+        // the same.
+        let error_line = |e: &str| {
+            e.lines()
+                .rfind(|l| l.starts_with("corral: error: "))
+                .map(str::to_string)
+        };
+        assert!(error_line(&dry_err).is_some(), "no error line: {dry_err}");
+        assert_eq!(
+            error_line(&dry_err),
+            error_line(&real_err),
+            "corral {}",
+            case.join(" ")
+        );
+        let vms = a.json(&["vm", "list"]);
+        assert_eq!(
+            vms.as_array().unwrap().len(),
+            1,
+            "corral {} left a VM: {vms}",
+            case.join(" ")
+        );
+    }
+}

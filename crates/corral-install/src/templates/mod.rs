@@ -1125,6 +1125,45 @@ impl Catalog {
             .and_then(|name| self.osinfo.get(name))
     }
 
+    /// Every osinfo short id a template or osinfo-db names, for detection to name what it
+    /// found with (`tree::DetectOptions::os_names`): built-in templates first (they know
+    /// releases an older osinfo-db does not, such as `debian12`), then user templates, then
+    /// osinfo-db.
+    pub fn os_names(&self) -> crate::tree::OsNames {
+        let known_of = |t: &Template| {
+            t.os.osinfo_id.as_ref().map(|id| crate::tree::KnownOs {
+                short_id: id.clone(),
+                distro: t.os.variant.clone(),
+                version: t.os.version.clone(),
+                codename: t.os.codename.clone(),
+            })
+        };
+        let list = self.list();
+        let known = list
+            .iter()
+            .filter(|t| t.is_builtin())
+            .chain(list.iter().filter(|t| !t.is_builtin()))
+            .copied()
+            .chain(self.osinfo.values())
+            .filter_map(known_of)
+            .collect();
+        crate::tree::OsNames::new(known, self.osinfo_trees.clone())
+    }
+
+    /// The template for a detected OS (its osinfo short id): a built-in template for that
+    /// release, else a user template, else osinfo-db's own (`osinfo:<id>`). `None` when no
+    /// template names the id.
+    pub fn template_for_os(&self, osinfo_id: &str) -> Option<&Template> {
+        let list = self.list();
+        let named = |t: &&&Template| t.os.osinfo_id.as_deref() == Some(osinfo_id);
+        list.iter()
+            .filter(|t| t.is_builtin())
+            .find(named)
+            .or_else(|| list.iter().filter(|t| !t.is_builtin()).find(named))
+            .copied()
+            .or_else(|| self.osinfo.get(&format!("osinfo:{osinfo_id}")))
+    }
+
     /// The `<tree>` facts of an osinfo template (kernel/initrd paths, treeinfo identity).
     pub fn osinfo_trees(&self, name: &str) -> &[osinfo::OsinfoTree] {
         self.osinfo_trees.get(name).map_or(&[], Vec::as_slice)

@@ -36,6 +36,54 @@ fn strip_slash(path: &str) -> &str {
     }
 }
 
+/// Resolve `.` and `..` in an absolute directory path (`/debian/dists/x/main/i/../../../../`
+/// → `/debian/`); `..` never climbs above `/`.
+fn normalize_dir(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        "/".into()
+    } else {
+        format!("/{}/", parts.join("/"))
+    }
+}
+
+/// drakx (Mageia's installer) reads its source from `automatic=method:…,server:…,directory:…`;
+/// without it, it asks.
+pub fn mageia_args(tree: &SourceUrl, notes: &mut Vec<String>) -> String {
+    match tree.scheme {
+        Scheme::Http | Scheme::Https | Scheme::Ftp => format!(
+            "automatic=method:{},network:dhcp,server:{},directory:{}",
+            if tree.scheme == Scheme::Ftp {
+                "ftp"
+            } else {
+                "http"
+            },
+            tree.authority(),
+            strip_slash(&tree.path)
+        ),
+        Scheme::Nfs => format!(
+            "automatic=method:nfs,network:dhcp,server:{},directory:{}",
+            tree.host,
+            strip_slash(&tree.path)
+        ),
+        Scheme::File => {
+            notes.push(format!(
+                "{tree} is a local directory the guest cannot reach; the Mageia installer will ask where its packages are"
+            ));
+            String::new()
+        }
+    }
+}
+
 /// Arguments for `family` installing from `tree` (a directory URL as the guest sees it).
 /// `mirror_root` is the Debian/Ubuntu mirror root relative to `tree`, when the tree is one.
 /// Anything the user should know (an installer that cannot use the protocol) goes to `notes`.
@@ -65,7 +113,7 @@ pub fn installer_args(
             match (mirror_root, tree.scheme) {
                 (Some(root), Scheme::Http | Scheme::Https | Scheme::Ftp) => {
                     let proto = tree.scheme.as_str();
-                    let dir = tree.join_path(root);
+                    let dir = normalize_dir(&tree.join_path(root));
                     a.push(format!("mirror/country=manual mirror/protocol={proto}"));
                     a.push(format!("mirror/{proto}/hostname={}", tree.authority()));
                     a.push(format!("mirror/{proto}/directory={}", strip_slash(&dir)));

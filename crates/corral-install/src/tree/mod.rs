@@ -11,20 +11,28 @@
 //! 3. SUSE's `content` file with `boot/x86_64/loader/{linux,initrd}`;
 //! 4. a Debian/Ubuntu mirror root (`dists/<suite>/Release`, then the netboot images under
 //!    `main/installer-amd64/current/{images,legacy-images}/netboot/`);
-//! 5. a Debian/Ubuntu `images/` directory (`MANIFEST`), netboot directory (`version.info`) or
+//! 5. a Debian/Ubuntu installer directory of a mirror (`…/dists/bookworm/main/installer-amd64/`,
+//!    recognised by `current/images/MANIFEST` or `current/legacy-images/MANIFEST`, the form
+//!    virt-install documents) or a daily-images tree (`…/daily-images/amd64/`, `daily/MANIFEST`);
+//! 6. a Debian/Ubuntu `images/` directory (`MANIFEST`), netboot directory (`version.info`) or
 //!    `debian-installer/amd64` directory;
-//! 6. an exploded Debian or Ubuntu CD (`.disk/info`, `install.amd/` or `casper/`);
-//! 7. a RHEL-style tree without treeinfo (`images/pxeboot/`);
-//! 8. kernel/initrd paths that osinfo-db names for other OSes.
+//! 7. an exploded Debian or Ubuntu CD (`.disk/info`, `install.amd/` or `casper/`);
+//! 8. a Mageia tree (`VERSION`, `isolinux/x86_64/{vmlinuz,all.rdz}`);
+//! 9. a RHEL-style tree without treeinfo (`images/pxeboot/`);
+//! 10. kernel/initrd paths that osinfo-db names for other OSes.
+//!
+//! What was found is then named with its osinfo-db short id ([`osid`]), as virt-install does.
 //!
 //! A probe that fails with something other than "not found" (unreachable host, timeout,
 //! permission denied) stops detection at once: trying twenty more paths against a dead host
 //! helps nobody. Either way the error lists every probe made and what it returned.
 
 mod args;
+mod osid;
 mod parse;
 
 pub use args::{installer_args, unattended_initrd_name, Unattended};
+pub use osid::{identify, KnownOs, OsNames};
 pub use parse::{parse_ini, parse_rfc822, Ini};
 
 use crate::templates::{InstallMethod, OsFamily};
@@ -136,12 +144,44 @@ pub enum Layout {
     Treeinfo,
     SuseContent,
     DebianMirror,
+    /// `…/dists/<suite>/main/installer-amd64/` of a mirror.
+    DebianInstallerDir,
+    /// `…/daily-images/amd64/` (d-i's daily builds).
+    DebianDaily,
     DebianImages,
     DebianNetboot,
     DebianMedia,
     UbuntuCasper,
+    Mageia,
     Pxeboot,
     Osinfo,
+}
+
+impl Layout {
+    /// The name used in messages and the JSON plan (`debian-installer-dir`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Manual => "manual",
+            Layout::Treeinfo => "treeinfo",
+            Layout::SuseContent => "suse-content",
+            Layout::DebianMirror => "debian-mirror",
+            Layout::DebianInstallerDir => "debian-installer-dir",
+            Layout::DebianDaily => "debian-daily",
+            Layout::DebianImages => "debian-images",
+            Layout::DebianNetboot => "debian-netboot",
+            Layout::DebianMedia => "debian-media",
+            Layout::UbuntuCasper => "ubuntu-casper",
+            Layout::Mageia => "mageia",
+            Layout::Pxeboot => "pxeboot",
+            Layout::Osinfo => "osinfo",
+        }
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The operating system a tree holds, as far as its files say.
@@ -157,6 +197,9 @@ pub struct DetectedOs {
     /// The Debian/Ubuntu suite (`bookworm`), when known.
     pub codename: Option<String>,
     pub arch: Option<String>,
+    /// The osinfo-db short id of the release (`debian10`, `opensuse42.3`), when osinfo-db or
+    /// a template knows it (see [`identify`]).
+    pub osinfo_id: Option<String>,
 }
 
 /// A detected install tree.
@@ -193,6 +236,8 @@ pub struct DetectOptions {
     pub unattended: Unattended,
     /// Extra kernel/initrd pairs to try last (e.g. `Catalog::osinfo_kernel_paths`).
     pub extra_kernel_paths: Vec<(String, String)>,
+    /// The osinfo ids detection may name the release with (`Catalog::os_names`); empty: none.
+    pub os_names: OsNames,
 }
 
 /// Suites tried on a mirror root when no hint matches, newest first.
@@ -201,6 +246,9 @@ pub const KNOWN_SUITES: &[&str] = &["bookworm", "bullseye", "trixie", "noble", "
 struct Session<'a> {
     probe: &'a dyn Probe,
     location: String,
+    /// The tree URL's path (`/debian/dists/bookworm/main/installer-amd64/`): layouts that do
+    /// not name their release in their files are named by it.
+    url_path: String,
     records: RefCell<Vec<ProbeRecord>>,
 }
 
@@ -305,9 +353,11 @@ pub fn detect(
     let s = Session {
         probe,
         location: url.to_string(),
+        url_path: url.as_dir().path,
         records: RefCell::new(Vec::new()),
     };
-    let found = find(&s, opts)?;
+    let mut found = find(&s, opts)?;
+    found.os.osinfo_id = identify(&found.os, found.layout, url, &opts.os_names);
     let guest = opts
         .guest_url
         .clone()
@@ -315,14 +365,18 @@ pub fn detect(
         .as_dir();
     let method = method_of(guest.scheme);
     let mut notes = Vec::new();
-    let mut args = installer_args(
-        found.os.family,
-        &guest,
-        found.mirror_root.as_deref(),
-        found.os.codename.as_deref(),
-        &opts.unattended,
-        &mut notes,
-    );
+    let mut args = if found.layout == Layout::Mageia {
+        args::mageia_args(&guest, &mut notes)
+    } else {
+        installer_args(
+            found.os.family,
+            &guest,
+            found.mirror_root.as_deref(),
+            found.os.codename.as_deref(),
+            &opts.unattended,
+            &mut notes,
+        )
+    };
     if let Some(extra) = found.tree_args.filter(|a| !a.trim().is_empty()) {
         args = format!("{args} {}", extra.trim()).trim().to_string();
     }
@@ -346,6 +400,7 @@ fn unknown_os(family: OsFamily, name: &str) -> DetectedOs {
         version: String::new(),
         codename: None,
         arch: None,
+        osinfo_id: None,
     }
 }
 
@@ -369,6 +424,9 @@ fn find(s: &Session<'_>, opts: &DetectOptions) -> Step<Found> {
         if let Some(f) = debian_any(s, opts)? {
             return Ok(f);
         }
+    }
+    if let Some(f) = mageia(s)? {
+        return Ok(f);
     }
     if s.pair("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img")? {
         return Ok(Found {
@@ -503,6 +561,7 @@ fn treeinfo_os(ini: &Ini) -> DetectedOs {
         version,
         codename: None,
         arch: (!arch.is_empty()).then_some(arch),
+        osinfo_id: None,
     }
 }
 
@@ -583,6 +642,8 @@ fn suse(s: &Session<'_>) -> Step<Option<Found>> {
         return Ok(None);
     };
     let fields = parse::parse_suse_content(&text);
+    // Product name: LABEL (`SUSE Linux Enterprise Server 10 SP4`, `openSUSE 11.4`), or since
+    // 2018 only the text after the CPE in DISTRO (`cpe:/o:opensuse:leap:42.3,openSUSE Leap 42.3`).
     let name = fields
         .get("LABEL")
         .or_else(|| fields.get("PRODUCT"))
@@ -591,34 +652,103 @@ fn suse(s: &Session<'_>) -> Step<Option<Found>> {
         .or_else(|| {
             fields
                 .get("DISTRO")
-                .and_then(|d| d.split_once(',').map(|(_, n)| n.to_string()))
+                .and_then(|d| d.split_once(',').map(|(_, n)| n.trim().to_string()))
         })
         .unwrap_or_else(|| "SUSE".into());
+    // VERSION `10.4-0` on SLES 10 media; newer trees only have the CPE's last field.
     let version = fields
         .get("VERSION")
-        .cloned()
+        .map(|v| v.split('-').next().unwrap_or_default().trim().to_string())
+        .filter(|v| !v.is_empty())
         .or_else(|| {
             fields
                 .get("DISTRO")
                 .and_then(|d| d.split(',').next()?.rsplit(':').next().map(str::to_string))
         })
         .unwrap_or_default();
-    let (k, i) = ("boot/x86_64/loader/linux", "boot/x86_64/loader/initrd");
+    // The tree's architecture: BASEARCHS (`i586 x86_64`), DEFAULTBASE, or REPOID's last
+    // component (`…/DVD/x86_64`, `…/ftp/i586-x86_64` on 13.2).
+    let arch = fields
+        .get("BASEARCHS")
+        .or_else(|| fields.get("DEFAULTBASE"))
+        .cloned()
+        .or_else(|| {
+            fields
+                .get("REPOID")
+                .and_then(|r| r.rsplit('/').next().map(str::to_string))
+        });
+    if let Some(arch) = &arch {
+        if !arch.split([' ', '-']).any(|a| a == "x86_64") {
+            return Err(s.invalid(format!(
+                "its SUSE content file says the tree is for {arch}; corral installs x86_64 guests"
+            )));
+        }
+    }
+    // linuxrc's kernel moved over the years: boot/x86_64/loader/ (openSUSE ≥ 10.2, SLES 10,
+    // 11 and later), boot/x86_64/ (SLES 12 on other arches, kept for completeness) and
+    // boot/loader/linux64 (openSUSE 10.0).
+    for (k, i) in [
+        ("boot/x86_64/loader/linux", "boot/x86_64/loader/initrd"),
+        ("boot/x86_64/linux", "boot/x86_64/initrd"),
+        ("boot/loader/linux64", "boot/loader/initrd64"),
+    ] {
+        if s.pair(k, i)? {
+            return Ok(Some(Found {
+                os: DetectedOs {
+                    family: OsFamily::Suse,
+                    name,
+                    variant: String::new(),
+                    version,
+                    codename: None,
+                    arch: Some("x86_64".into()),
+                    osinfo_id: None,
+                },
+                layout: Layout::SuseContent,
+                kernel: k.into(),
+                initrd: i.into(),
+                mirror_root: None,
+                tree_args: None,
+            }));
+        }
+    }
+    Err(s.invalid(
+        "its SUSE content file is there but boot/x86_64/loader/linux and initrd are not".into(),
+    ))
+}
+
+/// A Mageia tree (`…/distrib/5/x86_64/`): its `VERSION` file says `Mageia 5 …`, drakx's
+/// kernel and initrd are under `isolinux/x86_64/`.
+fn mageia(s: &Session<'_>) -> Step<Option<Found>> {
+    let Some(text) = s.read("VERSION")? else {
+        return Ok(None);
+    };
+    let line = text.lines().next().unwrap_or_default().trim();
+    let mut words = line.split_whitespace();
+    if words.next() != Some("Mageia") {
+        return Ok(None); // some other product's VERSION file
+    }
+    let version = words
+        .next()
+        .filter(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .unwrap_or_default()
+        .to_string();
+    let (k, i) = ("isolinux/x86_64/vmlinuz", "isolinux/x86_64/all.rdz");
     if !s.pair(k, i)? {
-        return Err(s.invalid(
-            "its SUSE content file is there but boot/x86_64/loader/linux and initrd are not".into(),
-        ));
+        return Err(s.invalid(format!(
+            "its VERSION file says {line:?} but {k} and {i} are not there (corral installs x86_64 guests)"
+        )));
     }
     Ok(Some(Found {
         os: DetectedOs {
-            family: OsFamily::Suse,
-            name,
+            family: OsFamily::Linux,
+            name: "Mageia".into(),
             variant: String::new(),
             version,
             codename: None,
             arch: Some("x86_64".into()),
+            osinfo_id: None,
         },
-        layout: Layout::SuseContent,
+        layout: Layout::Mageia,
         kernel: k.into(),
         initrd: i.into(),
         mirror_root: None,
@@ -638,6 +768,9 @@ const NETBOOT_SUBDIRS: &[(&str, OsFamily)] = &[
 
 fn debian_any(s: &Session<'_>, opts: &DetectOptions) -> Step<Option<Found>> {
     if let Some(f) = debian_mirror(s, opts)? {
+        return Ok(Some(f));
+    }
+    if let Some(f) = debian_installer_dir(s)? {
         return Ok(Some(f));
     }
     if let Some(f) = debian_partial(s)? {
@@ -683,6 +816,7 @@ fn debian_mirror(s: &Session<'_>, opts: &DetectOptions) -> Step<Option<Found>> {
                         version,
                         codename: Some(codename),
                         arch: Some("amd64".into()),
+                        osinfo_id: None,
                     },
                     layout: Layout::DebianMirror,
                     kernel: k,
@@ -699,27 +833,140 @@ fn debian_mirror(s: &Session<'_>, opts: &DetectOptions) -> Step<Option<Found>> {
     Ok(None)
 }
 
+/// The segment after `marker` in a URL path: `installer-amd64` → `amd64`, `dists/x/` → `x`.
+fn path_segment_after<'p>(path: &'p str, marker: &str) -> Option<&'p str> {
+    let mut segments = path.split('/').filter(|p| !p.is_empty());
+    if let Some(prefix) = marker.strip_suffix('/') {
+        segments.by_ref().find(|p| *p == prefix)?;
+        return segments.next();
+    }
+    segments.find_map(|p| p.strip_prefix(marker))
+}
+
+/// Does this MANIFEST describe Ubuntu's d-i images (rather than Debian's)?
+fn manifest_is_ubuntu(text: &str) -> bool {
+    text.contains("ubuntu") || text.contains("Ubuntu")
+}
+
+/// The installer directory of a mirror, `…/dists/<suite>/main/installer-<arch>/` (what
+/// virt-install's documentation gives as `--location`), or d-i's daily images,
+/// `…/daily-images/<arch>/`. Neither says its release in its files: the suite comes from
+/// the URL, as virt-install takes it.
+fn debian_installer_dir(s: &Session<'_>) -> Step<Option<Found>> {
+    let path = s.url_path.clone();
+    // (manifest, images directory, layout)
+    let kinds = [
+        (
+            "current/images/MANIFEST",
+            "current/images/",
+            Layout::DebianInstallerDir,
+        ),
+        (
+            "current/legacy-images/MANIFEST",
+            "current/legacy-images/",
+            Layout::DebianInstallerDir,
+        ),
+        ("daily/MANIFEST", "daily/", Layout::DebianDaily),
+    ];
+    for (manifest, images, layout) in kinds {
+        let Some(text) = s.read(manifest)? else {
+            continue;
+        };
+        let arch = match layout {
+            Layout::DebianDaily => path_segment_after(&path, "daily-images/"),
+            _ => path_segment_after(&path, "installer-"),
+        }
+        .unwrap_or("amd64")
+        .to_string();
+        if arch != "amd64" {
+            return Err(s.invalid(format!(
+                "it is a Debian installer directory for {arch}; corral installs amd64 (x86_64) guests"
+            )));
+        }
+        let ubuntu = manifest_is_ubuntu(&text);
+        let order: [(&str, OsFamily); 2] = if ubuntu {
+            [("ubuntu", OsFamily::Debian), ("debian", OsFamily::Debian)]
+        } else {
+            [("debian", OsFamily::Debian), ("ubuntu", OsFamily::Debian)]
+        };
+        for (which, family) in order {
+            let dir = format!("{images}netboot/{which}-installer/amd64/");
+            let (k, i) = (format!("{dir}linux"), format!("{dir}initrd.gz"));
+            if !s.pair(&k, &i)? {
+                continue;
+            }
+            let suite = (layout == Layout::DebianInstallerDir)
+                .then(|| path_segment_after(&path, "dists/"))
+                .flatten()
+                .map(str::to_ascii_lowercase);
+            // `netboot/version.info` names the release when the mirror has it.
+            let info = s.read(&format!("{images}netboot/version.info"))?;
+            let mut os = info.as_deref().map_or_else(
+                || {
+                    unknown_os(
+                        family,
+                        if which == "ubuntu" {
+                            "Ubuntu"
+                        } else {
+                            "Debian"
+                        },
+                    )
+                },
+                |t| os_from_version_info(t, family),
+            );
+            if which == "ubuntu" {
+                os.name = "Ubuntu".into();
+            }
+            os.variant = if layout == Layout::DebianDaily {
+                "daily".into()
+            } else {
+                "netboot".into()
+            };
+            os.arch = Some("amd64".into());
+            if let Some(suite) = &suite {
+                os.codename = Some(suite.clone());
+            }
+            // The mirror root is four levels up (`dists/<suite>/main/installer-amd64/`),
+            // so debian-installer gets the mirror and suite without asking.
+            let mirror_root = suite.is_some().then(|| "../../../../".to_string());
+            return Ok(Some(Found {
+                os,
+                layout,
+                kernel: k,
+                initrd: i,
+                mirror_root,
+                tree_args: None,
+            }));
+        }
+        return Err(s.invalid(format!(
+            "its {manifest} is there but {images}netboot/{{debian,ubuntu}}-installer/amd64/linux and initrd.gz are not"
+        )));
+    }
+    Ok(None)
+}
+
+/// The OS a netboot `version.info` names: `Debian version:  12 (bookworm)`.
+fn os_from_version_info(text: &str, family: OsFamily) -> DetectedOs {
+    let mut os = unknown_os(family, "Debian");
+    if let Some(line) = text.lines().find(|l| l.contains("version:")) {
+        let v = line.split_once(':').map(|x| x.1.trim()).unwrap_or_default();
+        let (num, code) = match v.split_once('(') {
+            Some((n, c)) => (n.trim(), Some(c.trim_end_matches(')').trim().to_string())),
+            None => (v, None),
+        };
+        os.version = num.to_string();
+        os.codename = code;
+        if line.to_ascii_lowercase().starts_with("ubuntu") {
+            os.name = "Ubuntu".into();
+        }
+    }
+    os.variant = "netboot".into();
+    os
+}
+
 /// A location inside a mirror: the `images/` directory, the netboot directory, or
 /// `debian-installer/amd64` itself.
 fn debian_partial(s: &Session<'_>) -> Step<Option<Found>> {
-    let os_from_version_info = |text: &str| {
-        // "Debian version:  12 (bookworm)"
-        let mut os = unknown_os(OsFamily::Debian, "Debian");
-        if let Some(line) = text.lines().find(|l| l.contains("version:")) {
-            let v = line.split_once(':').map(|x| x.1.trim()).unwrap_or_default();
-            let (num, code) = match v.split_once('(') {
-                Some((n, c)) => (n.trim(), Some(c.trim_end_matches(')').trim().to_string())),
-                None => (v, None),
-            };
-            os.version = num.to_string();
-            os.codename = code;
-            if line.to_ascii_lowercase().starts_with("ubuntu") {
-                os.name = "Ubuntu".into();
-            }
-        }
-        os.variant = "netboot".into();
-        os
-    };
     // images/ directory: MANIFEST lists what the images are.
     if let Some(manifest) = s.read("MANIFEST")? {
         for (sub, _) in NETBOOT_SUBDIRS {
@@ -735,7 +982,7 @@ fn debian_partial(s: &Session<'_>) -> Step<Option<Found>> {
                 let info = s.read("netboot/version.info")?;
                 let os = info.as_deref().map_or_else(
                     || unknown_os(OsFamily::Debian, "Debian"),
-                    os_from_version_info,
+                    |t| os_from_version_info(t, OsFamily::Debian),
                 );
                 return Ok(Some(Found {
                     os,
@@ -754,7 +1001,7 @@ fn debian_partial(s: &Session<'_>) -> Step<Option<Found>> {
             let (k, i) = (format!("{sub}linux"), format!("{sub}initrd.gz"));
             if s.pair(&k, &i)? {
                 return Ok(Some(Found {
-                    os: os_from_version_info(&info),
+                    os: os_from_version_info(&info, OsFamily::Debian),
                     layout: Layout::DebianNetboot,
                     kernel: k,
                     initrd: i,
@@ -797,10 +1044,21 @@ fn debian_media(s: &Session<'_>) -> Step<Option<Found>> {
         version: version.clone(),
         codename: codename.clone(),
         arch: Some("amd64".into()),
+        osinfo_id: None,
     };
     for (k, i) in [
         ("install.amd/vmlinuz", "install.amd/initrd.gz"),
         ("install/vmlinuz", "install/initrd.gz"),
+        // An ISO exported over the network: the netboot installer, which needs no CD drive
+        // (virt-install's "mounted_iso_url").
+        (
+            "install/netboot/debian-installer/amd64/linux",
+            "install/netboot/debian-installer/amd64/initrd.gz",
+        ),
+        (
+            "install/netboot/ubuntu-installer/amd64/linux",
+            "install/netboot/ubuntu-installer/amd64/initrd.gz",
+        ),
     ] {
         if s.pair(k, i)? {
             return Ok(Some(Found {

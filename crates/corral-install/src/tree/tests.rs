@@ -43,8 +43,22 @@ impl Probe for DeadProbe {
     }
 }
 
+/// The ids of the built-in templates and of this host's osinfo-db (Debian's `osinfo-db`, a
+/// test dependency), loaded once.
+fn os_names() -> OsNames {
+    static NAMES: std::sync::OnceLock<OsNames> = std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| crate::Catalog::load(None).expect("catalog").os_names())
+        .clone()
+}
+
 fn run(name: &str, url: &str, opts: &DetectOptions) -> Result<Detected, DetectError> {
     let url = SourceUrl::parse(url).expect("url");
+    let mut opts = opts.clone();
+    if opts.os_names.is_empty() {
+        opts.os_names = os_names();
+    }
+    let opts = &opts;
     let probe = FixtureProbe {
         root: fixture(name),
         base: url.as_dir().to_string(),
@@ -65,6 +79,8 @@ struct Case {
     initrd: &'static str,
     args: &'static str,
     method: InstallMethod,
+    /// The osinfo-db short id detection names the release with.
+    osinfo: Option<&'static str>,
 }
 
 fn hint(f: OsFamily) -> DetectOptions {
@@ -100,6 +116,7 @@ fn detects_every_layout() {
             initrd: "dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64/initrd.gz",
             args: "auto=true priority=critical url=http://10.0.2.2:8080/preseed.cfg mirror/country=manual mirror/protocol=http mirror/http/hostname=mirror.example:8080 mirror/http/directory=/debian mirror/http/proxy= mirror/suite=bookworm",
             method: InstallMethod::Http,
+            osinfo: Some("debian12"),
         },
         Case {
             fixture: "debian-mirror",
@@ -114,6 +131,7 @@ fn detects_every_layout() {
             initrd: "dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64/initrd.gz",
             args: "mirror/country=manual mirror/protocol=ftp mirror/ftp/hostname=ftp.example mirror/ftp/directory=/pub/debian mirror/suite=bookworm",
             method: InstallMethod::Ftp,
+            osinfo: Some("debian12"),
         },
         Case {
             fixture: "ubuntu-mirror",
@@ -128,6 +146,7 @@ fn detects_every_layout() {
             initrd: "dists/focal/main/installer-amd64/current/legacy-images/netboot/ubuntu-installer/amd64/initrd.gz",
             args: "mirror/country=manual mirror/protocol=http mirror/http/hostname=archive.example mirror/http/directory=/ubuntu mirror/http/proxy= mirror/suite=focal",
             method: InstallMethod::Http,
+            osinfo: Some("ubuntu20.04"),
         },
         Case {
             fixture: "debian-netboot",
@@ -142,6 +161,7 @@ fn detects_every_layout() {
             initrd: "debian-installer/amd64/initrd.gz",
             args: "",
             method: InstallMethod::Http,
+            osinfo: Some("debian12"),
         },
         Case {
             fixture: "debian-images",
@@ -156,6 +176,7 @@ fn detects_every_layout() {
             initrd: "netboot/debian-installer/amd64/initrd.gz",
             args: "",
             method: InstallMethod::Http,
+            osinfo: Some("debian11"),
         },
         Case {
             fixture: "debian-cd",
@@ -170,6 +191,7 @@ fn detects_every_layout() {
             initrd: "install.amd/initrd.gz",
             args: "",
             method: InstallMethod::Http,
+            osinfo: Some("debian12"),
         },
         Case {
             fixture: "ubuntu-casper",
@@ -184,6 +206,7 @@ fn detects_every_layout() {
             initrd: "casper/initrd",
             args: "boot=casper ip=dhcp netboot=nfs nfsroot=filer:/exports/jammy",
             method: InstallMethod::Nfs,
+            osinfo: Some("ubuntu22.04"),
         },
         Case {
             // cloud-init autoinstall with the NoCloud seed the agent serves.
@@ -202,6 +225,7 @@ fn detects_every_layout() {
             initrd: "casper/initrd",
             args: "boot=casper ip=dhcp fetch=http://h/jammy/casper/filesystem.squashfs autoinstall ds=nocloud-net;s=http://10.0.2.2:8080/t0k/",
             method: InstallMethod::Http,
+            osinfo: Some("ubuntu22.04"),
         },
         Case {
             fixture: "rhel-treeinfo",
@@ -219,6 +243,7 @@ fn detects_every_layout() {
             initrd: "images/pxeboot/initrd.img",
             args: "inst.repo=http://h/rhel9/ inst.ks=http://10.0.2.2/ks.cfg",
             method: InstallMethod::Http,
+            osinfo: Some("rhel9.1"),
         },
         Case {
             fixture: "rhel-treeinfo",
@@ -233,6 +258,7 @@ fn detects_every_layout() {
             initrd: "images/pxeboot/initrd.img",
             args: "inst.repo=nfs:filer:/exports/rhel9 inst.ks=file:/ks.cfg",
             method: InstallMethod::Nfs,
+            osinfo: Some("rhel9.1"),
         },
         Case {
             fixture: "centos-treeinfo",
@@ -247,6 +273,7 @@ fn detects_every_layout() {
             initrd: "images/pxeboot/initrd.img",
             args: "inst.repo=ftp://h/centos/7/os/x86_64/",
             method: InstallMethod::Ftp,
+            osinfo: Some("centos7.0"),
         },
         Case {
             fixture: "rocky-pxeboot",
@@ -261,6 +288,7 @@ fn detects_every_layout() {
             initrd: "images/pxeboot/initrd.img",
             args: "inst.repo=http://h/rocky/",
             method: InstallMethod::Http,
+            osinfo: None,
         },
         Case {
             fixture: "suse-content",
@@ -278,6 +306,7 @@ fn detects_every_layout() {
             initrd: "boot/x86_64/loader/initrd",
             args: "install=http://h/leap/ autoyast=http://10.0.2.2/autoinst.xml",
             method: InstallMethod::Http,
+            osinfo: Some("opensuse15.4"),
         },
         Case {
             fixture: "suse-content",
@@ -292,6 +321,7 @@ fn detects_every_layout() {
             initrd: "boot/x86_64/loader/initrd",
             args: "install=nfs://filer/exports/leap/",
             method: InstallMethod::Nfs,
+            osinfo: Some("opensuse15.4"),
         },
         Case {
             fixture: "corral-test-installer",
@@ -309,6 +339,7 @@ fn detects_every_layout() {
             initrd: "boot/initrd.img",
             args: "corral.install=http://10.0.2.2:8000/tree/ console=ttyS0",
             method: InstallMethod::Http,
+            osinfo: None,
         },
         Case {
             fixture: "corral-test-installer-productmd",
@@ -323,6 +354,7 @@ fn detects_every_layout() {
             initrd: "images/pxeboot/initrd.img",
             args: "corral.install=nfs://127.0.0.1/srv/tree/ console=ttyS0 corral.install",
             method: InstallMethod::Nfs,
+            osinfo: None,
         },
         Case {
             fixture: "generic-treeinfo",
@@ -337,6 +369,7 @@ fn detects_every_layout() {
             initrd: "isolinux/initrd.img",
             args: "inst.repo=http://h/ex/",
             method: InstallMethod::Http,
+            osinfo: None,
         },
         Case {
             fixture: "generic-treeinfo",
@@ -356,6 +389,7 @@ fn detects_every_layout() {
             initrd: "isolinux/initrd.img",
             args: "inst.repo=http://h/ex/",
             method: InstallMethod::Http,
+            osinfo: None,
         },
         Case {
             fixture: "unknown-layout",
@@ -375,6 +409,131 @@ fn detects_every_layout() {
             initrd: "index.html",
             args: "install=http://h/x/",
             method: InstallMethod::Http,
+            osinfo: None,
+        },
+        // Every layout virt-install's urldetect.py accepts, named like it names them.
+        Case {
+            // The installer directory of a mirror, as virt-install's documentation gives it.
+            fixture: "debian-installer-dir",
+            url: "http://mirror.example:8080/debian/dists/bookworm/main/installer-amd64/",
+            opts: DetectOptions::default(),
+            family: OsFamily::Debian,
+            layout: Layout::DebianInstallerDir,
+            name: "Debian",
+            version: "12",
+            codename: Some("bookworm"),
+            kernel: "current/images/netboot/debian-installer/amd64/linux",
+            initrd: "current/images/netboot/debian-installer/amd64/initrd.gz",
+            args: "mirror/country=manual mirror/protocol=http mirror/http/hostname=mirror.example:8080 mirror/http/directory=/debian mirror/http/proxy= mirror/suite=bookworm",
+            method: InstallMethod::Http,
+            osinfo: Some("debian12"),
+        },
+        Case {
+            // No version.info: the suite in the URL names the release (virt-install's test).
+            fixture: "debian-installer-dir-bare",
+            url: "ftp://ftp.example/debian/dists/buster/main/installer-amd64",
+            opts: DetectOptions::default(),
+            family: OsFamily::Debian,
+            layout: Layout::DebianInstallerDir,
+            name: "Debian",
+            version: "",
+            codename: Some("buster"),
+            kernel: "current/images/netboot/debian-installer/amd64/linux",
+            initrd: "current/images/netboot/debian-installer/amd64/initrd.gz",
+            args: "mirror/country=manual mirror/protocol=ftp mirror/ftp/hostname=ftp.example mirror/ftp/directory=/debian mirror/suite=buster",
+            method: InstallMethod::Ftp,
+            osinfo: Some("debian10"),
+        },
+        Case {
+            fixture: "ubuntu-installer-dir",
+            url: "http://archive.example/ubuntu/dists/focal/main/installer-amd64/",
+            opts: DetectOptions::default(),
+            family: OsFamily::Debian,
+            layout: Layout::DebianInstallerDir,
+            name: "Ubuntu",
+            version: "",
+            codename: Some("focal"),
+            kernel: "current/legacy-images/netboot/ubuntu-installer/amd64/linux",
+            initrd: "current/legacy-images/netboot/ubuntu-installer/amd64/initrd.gz",
+            args: "mirror/country=manual mirror/protocol=http mirror/http/hostname=archive.example mirror/http/directory=/ubuntu mirror/http/proxy= mirror/suite=focal",
+            method: InstallMethod::Http,
+            osinfo: Some("ubuntu20.04"),
+        },
+        Case {
+            fixture: "debian-daily",
+            url: "https://d-i.example/daily-images/amd64/",
+            opts: DetectOptions::default(),
+            family: OsFamily::Debian,
+            layout: Layout::DebianDaily,
+            name: "Debian",
+            version: "",
+            codename: None,
+            kernel: "daily/netboot/debian-installer/amd64/linux",
+            initrd: "daily/netboot/debian-installer/amd64/initrd.gz",
+            args: "",
+            method: InstallMethod::Http,
+            osinfo: Some("debiantesting"),
+        },
+        Case {
+            fixture: "opensuse-content",
+            url: "http://download.example/distribution/leap/42.3/repo/oss/",
+            opts: DetectOptions::default(),
+            family: OsFamily::Suse,
+            layout: Layout::SuseContent,
+            name: "openSUSE Leap 42.3",
+            version: "42.3",
+            codename: None,
+            kernel: "boot/x86_64/loader/linux",
+            initrd: "boot/x86_64/loader/initrd",
+            args: "install=http://download.example/distribution/leap/42.3/repo/oss/",
+            method: InstallMethod::Http,
+            osinfo: Some("opensuse42.3"),
+        },
+        Case {
+            fixture: "sles-content",
+            url: "nfs://filer/exports/sles10sp4",
+            opts: DetectOptions::default(),
+            family: OsFamily::Suse,
+            layout: Layout::SuseContent,
+            name: "SUSE Linux Enterprise Server 10 SP4",
+            version: "10.4",
+            codename: None,
+            kernel: "boot/x86_64/loader/linux",
+            initrd: "boot/x86_64/loader/initrd",
+            args: "install=nfs://filer/exports/sles10sp4/",
+            method: InstallMethod::Nfs,
+            osinfo: Some("sles10sp4"),
+        },
+        Case {
+            fixture: "mageia",
+            url: "http://mirror.example/mageia/distrib/5/x86_64/",
+            opts: DetectOptions::default(),
+            family: OsFamily::Linux,
+            layout: Layout::Mageia,
+            name: "Mageia",
+            version: "5",
+            codename: None,
+            kernel: "isolinux/x86_64/vmlinuz",
+            initrd: "isolinux/x86_64/all.rdz",
+            args: "automatic=method:http,network:dhcp,server:mirror.example,directory:/mageia/distrib/5/x86_64",
+            method: InstallMethod::Http,
+            osinfo: Some("mageia5"),
+        },
+        Case {
+            // A treeinfo family only osinfo-db's <tree> patterns know.
+            fixture: "generic-treeinfo-osinfo",
+            url: "http://mirror.example/circle/8.5/BaseOS/x86_64/os/",
+            opts: DetectOptions::default(),
+            family: OsFamily::Rhel,
+            layout: Layout::Treeinfo,
+            name: "Circle Linux",
+            version: "8.5",
+            codename: None,
+            kernel: "images/pxeboot/vmlinuz",
+            initrd: "images/pxeboot/initrd.img",
+            args: "inst.repo=http://mirror.example/circle/8.5/BaseOS/x86_64/os/",
+            method: InstallMethod::Http,
+            osinfo: Some("circle8.5"),
         },
     ];
     for c in cases {
@@ -389,6 +548,7 @@ fn detects_every_layout() {
         assert_eq!(d.initrd_path, c.initrd, "{label}");
         assert_eq!(d.installer_args, c.args, "{label}");
         assert_eq!(d.method, c.method, "{label}");
+        assert_eq!(d.os.osinfo_id.as_deref(), c.osinfo, "{label}");
         assert!(!d.probes.is_empty(), "{label}");
     }
 }
@@ -437,6 +597,11 @@ fn broken_trees_say_what_is_wrong() {
             "treeinfo kernel path: path \"../../../etc/passwd\" leaves the tree",
         ),
         (
+            "suse-content-s390x",
+            DetectOptions::default(),
+            "its SUSE content file says the tree is for s390x; corral installs x86_64 guests",
+        ),
+        (
             "treeinfo-no-kernel",
             DetectOptions::default(),
             "its treeinfo (Fedora 39) names no kernel and initrd that exist",
@@ -466,6 +631,22 @@ fn broken_trees_say_what_is_wrong() {
             assert!(msg.contains("tried: GET http://h/t/"), "{fx}: {msg}");
         }
     }
+}
+
+#[test]
+fn installer_directories_of_other_architectures_are_refused() {
+    let err = run(
+        "debian-installer-dir",
+        "http://h/debian/dists/bookworm/main/installer-arm64/",
+        &DetectOptions::default(),
+    )
+    .expect_err("arm64");
+    assert!(
+        err.to_string()
+            .contains("it is a Debian installer directory for arm64; corral installs amd64"),
+        "{err}"
+    );
+    assert_eq!(err.kind(), corral_model::ErrorKind::InvalidInput);
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! `corral vm install`: turn flags into a `VmInstallRequest` (reading the answer files here, so
 //! a missing file is reported before anything is sent), start the install task, and follow it
 //! with a progress bar until the installed system runs (or print the task with `--no-wait`).
+//! `--dry-run` asks the agent for the plan instead and prints it; nothing is created.
 
 use crate::cmd::vm::{abs, abs_file, settings_request, SettingsArgs};
 use crate::output;
 use anyhow::{bail, Context};
 use corral_client::Client;
 use corral_model::api::*;
+use corral_model::format_size;
+use corral_model::install::InstallPlan;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -24,6 +27,8 @@ use std::path::{Path, PathBuf};
     or pxelinux.0) or --location URL (the agent serves the tree's kernel and initrd); on a \
     bridged network the LAN's boot server answers.\n  \
     --disk-import IMAGE   a cloud image as the first disk, optionally seeded with --cloud-init.\n\
+    Without --template, a tree install takes the template for the OS it detects (e.g.     debian-12 for .../dists/bookworm/main/installer-amd64/), or osinfo-db's defaults for it.
+    --dry-run runs every check and the detection, creates nothing and prints the plan.
     With --template NAME of a template VM (`corral vm convert-to-template`) no source is needed: \
     the new VM is a linked clone of its installed system.\n\n\
     The installer's own reboot (or power-off) ends the install; the VM then boots from its \
@@ -31,6 +36,8 @@ use std::path::{Path, PathBuf};
     VM is left halted so `corral vm console NAME --log` shows the installer's last screen.\n\n\
     Examples:\n  \
     corral vm install --template debian-12 --name web01 --location http://deb.debian.org/debian/\n  \
+    corral vm install --name web02 --dry-run \
+    --location http://deb.debian.org/debian/dists/bookworm/main/installer-amd64/\n  \
     corral vm install --template rhel-9 --name db01 --location nfs://filer/exports/rhel9\n  \
     corral vm install --template windows-server-2022 --name ad01 --cdrom win2022.iso\n  \
     corral vm install --template debian-12 --name n1 --pxe --boot-server /srv/tftp\n  \
@@ -70,8 +77,12 @@ pub struct InstallArgs {
     #[arg(long, value_parser = parse_duration_secs)]
     timeout: Option<u64>,
     /// Return at once with the task id (follow it with `corral task show ID --wait`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     no_wait: bool,
+    /// Run every check and the install tree's detection, create nothing, print the plan:
+    /// detected OS, template and why, kernel and initrd, kernel arguments, disks and NICs.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `90`, `90s`, `30m`, `2h` as seconds.
@@ -172,7 +183,17 @@ pub fn install_request(a: InstallArgs) -> anyhow::Result<VmInstallRequest> {
 
 pub async fn run(c: &Client, a: InstallArgs, json: bool) -> anyhow::Result<()> {
     let no_wait = a.no_wait;
+    let dry_run = a.dry_run;
     let req = install_request(a)?;
+    if dry_run {
+        let plan = c.plan_install(&req).await?;
+        if json {
+            output::json(&plan);
+        } else {
+            print!("{}", render_plan(&plan));
+        }
+        return Ok(());
+    }
     let name = req.vm.name.clone();
     let task = c.install_vm(&req).await?;
     if no_wait {
@@ -199,6 +220,101 @@ pub async fn run(c: &Client, a: InstallArgs, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The plan as a block people read: one `key: value` line per fact, disks and NICs indented.
+pub fn render_plan(p: &InstallPlan) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "dry run: nothing was created");
+    let _ = writeln!(o, "name:          {}", p.name);
+    let _ = writeln!(
+        o,
+        "source:        {}{}",
+        p.source,
+        p.location
+            .as_deref()
+            .map(|l| format!(" {l}"))
+            .unwrap_or_default()
+    );
+    if let Some(d) = &p.detected {
+        let _ = writeln!(
+            o,
+            "detected OS:   {} ({} {}{}, {} layout)",
+            d.os.as_deref().unwrap_or("unknown to osinfo-db"),
+            d.name,
+            d.version,
+            d.codename
+                .as_deref()
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default(),
+            d.layout
+        );
+        let _ = writeln!(o, "kernel:        {}", d.kernel);
+        let _ = writeln!(o, "initrd:        {}", d.initrd);
+    }
+    let _ = writeln!(o, "template:      {}", p.template.explanation);
+    if let Some(args) = &p.kernel_args {
+        let _ = writeln!(o, "kernel args:   {args}");
+    }
+    let _ = writeln!(
+        o,
+        "vCPUs, memory: {}, {}",
+        p.vcpus,
+        format_size(p.memory_bytes)
+    );
+    let _ = writeln!(o, "firmware:      {}", enum_name(&p.firmware));
+    let _ = writeln!(o, "boots from:    {}", enum_name(&p.boot_device));
+    if let Some(t) = p.timeout_secs {
+        let _ = writeln!(o, "timeout:       {t} s");
+    }
+    let _ = writeln!(o, "disks:");
+    if p.disks.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for d in &p.disks {
+        let _ = writeln!(
+            o,
+            "  {}  {} {} on {}, bus {}{}",
+            d.device,
+            format_size(d.size_bytes),
+            d.format.as_str(),
+            d.sr,
+            enum_name(&d.bus),
+            d.import_from
+                .as_ref()
+                .map(|i| format!(", copy of {}", i.display()))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(c) = &p.cdrom {
+        let _ = writeln!(o, "cdrom:         {}", c.display());
+    }
+    let _ = writeln!(o, "nics:");
+    if p.nics.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for n in &p.nics {
+        let _ = writeln!(
+            o,
+            "  {}  network {}, model {}",
+            n.device,
+            n.network,
+            enum_name(&n.model)
+        );
+    }
+    for n in &p.notes {
+        let _ = writeln!(o, "note: {n}");
+    }
+    o
+}
+
+/// A model enum's wire name (`virtio`, `uefi`), as the JSON shows it.
+fn enum_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
