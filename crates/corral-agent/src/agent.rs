@@ -10,6 +10,7 @@ use crate::context::{store_error, Host, Records};
 use crate::events::EventBus;
 use crate::keys;
 use crate::network;
+use crate::ops::Ops;
 use crate::spec;
 use crate::tasks::{TaskHandle, Tasks};
 use crate::templates::Templates;
@@ -18,6 +19,7 @@ use crate::vm::{self, Notice, Op, VmHandle};
 use corral_model::api::*;
 use corral_model::host::*;
 use corral_model::task::Operation;
+use corral_model::transfer::{CloneRequest, ExportQuery, ImportAnswer, ImportPlan, ImportQuery};
 use corral_model::validate::*;
 use corral_model::*;
 use corral_store::{Expect, SqliteStore, Store};
@@ -28,6 +30,8 @@ pub struct Agent {
     pub(crate) config: AgentConfig,
     pub(crate) host: Arc<Host>,
     pub(crate) runtime: Arc<QemuRuntime>,
+    /// Clone, copy, export, import, install (see [`crate::ops`]).
+    ops: Arc<Ops>,
     pub(crate) hostname: String,
     accel: AcceleratorInfo,
     qemu_version: String,
@@ -67,7 +71,7 @@ impl Agent {
             SqliteStore::open(&layout.db())
                 .map_err(|e| ApiError::caused(ErrorKind::Internal, "cannot open state", &e))?,
         );
-        let interrupted_imports = crate::transfer::clean_staging(&layout.staging());
+        let interrupted_imports = crate::ops::transfer::clean_staging(&layout.staging());
         let host_id = keys::host_id(&layout.root, store.as_ref()).await?;
         let upgraded = keys::upgrade(store.as_ref(), &host_id).await?;
         if let Some(u) = &upgraded {
@@ -113,11 +117,18 @@ impl Agent {
             accel.name,
             cgroups.clone(),
         ));
+        let ops = Arc::new(Ops {
+            host: host.clone(),
+            runtime: runtime.clone(),
+            iso_dir: config.iso_dir.clone(),
+            tools_iso: config.tools_iso.clone(),
+        });
         let agent = Arc::new(Agent {
             hostname: crate::host::hostname(),
             config,
             host,
             runtime,
+            ops,
             accel,
             qemu_version,
             cgroups,
@@ -125,10 +136,12 @@ impl Agent {
         });
         agent.ensure_default_sr().await?;
         agent.load_vms(upgraded).await?;
-        agent.remove_interrupted_import_volumes(&interrupted_imports);
-        agent.resume_installs();
-        spawn_notice_loop(Arc::downgrade(&agent), notices);
-        crate::clone::gc_bases(agent.host.clone()).await;
+        agent
+            .ops
+            .remove_interrupted_import_volumes(&interrupted_imports);
+        agent.ops.resume_installs();
+        spawn_notice_loop(Arc::downgrade(&agent.ops), notices);
+        crate::ops::clone::gc_bases(agent.host.clone()).await;
         if agent.config.autostart {
             agent.autostart().await;
         }
@@ -348,47 +361,18 @@ impl Agent {
                 vm: Box::new(vm),
             })
         } else {
-            let task = self.vm_op_nowait(name, operation, op)?;
+            let task = self.ops.vm_op_nowait(name, operation, op)?;
             Ok(VmOutcome::Accepted { task })
         }
     }
 
-    /// Run an operation on a VM as a task and wait for it.
-    pub(crate) async fn vm_op(
+    async fn vm_op(
         &self,
         name: &str,
         operation: Operation,
         op: Op,
     ) -> Result<(VmInfo, String), ApiError> {
-        let h = self.vm(name)?;
-        let info = h.info();
-        let task = self
-            .host
-            .tasks
-            .start(operation, Some((&info.id, &info.name)));
-        let id = task.id.clone();
-        h.call(op, task).await?;
-        Ok((h.info(), id))
-    }
-
-    /// Start an operation on a VM as a task without waiting; returns the task id.
-    pub(crate) fn vm_op_nowait(
-        &self,
-        name: &str,
-        operation: Operation,
-        op: Op,
-    ) -> Result<String, ApiError> {
-        let h = self.vm(name)?;
-        let info = h.info();
-        let task = self
-            .host
-            .tasks
-            .start(operation, Some((&info.id, &info.name)));
-        let id = task.id.clone();
-        tokio::spawn(async move {
-            let _ = h.call(op, task).await;
-        });
-        Ok(id)
+        self.ops.vm_op(name, operation, op).await
     }
 
     pub fn history(&self, name: &str) -> Result<Vec<corral_model::task::Task>, ApiError> {
@@ -428,7 +412,7 @@ impl Agent {
                 .find(t)
                 .is_some_and(|h| h.info().is_template)
             {
-                return self.create_from_template_vm(req).await;
+                return self.ops.create_from_template_vm(req).await;
             }
         }
         let task = self.host.tasks.start(Operation::VmCreate, None);
@@ -471,23 +455,70 @@ impl Agent {
             .flatten()
             .map(|d| d.import_from.clone())
             .collect();
-        self.materialize_vm(id, spec, sources, task).await
+        self.ops.materialize_vm(id, spec, sources, task).await
     }
 
-    /// See [`crate::ops::create::materialize_vm`].
-    pub(crate) async fn materialize_vm(
+    // ----- operations in `crate::ops` -----
+
+    /// `vm clone SRC DST`.
+    pub async fn clone_vm(
         &self,
-        id: String,
-        spec: VmSpec,
-        sources: Vec<Option<PathBuf>>,
-        task: &TaskHandle,
-    ) -> Result<VmHandle, ApiError> {
-        crate::ops::create::materialize_vm(&self.host, &self.runtime, id, spec, sources, task).await
+        source: &str,
+        req: CloneRequest,
+    ) -> Result<(VmInfo, String), ApiError> {
+        self.ops.clone_vm(source, req).await
     }
 
-    /// See [`crate::ops::create::add_vm`].
-    pub(crate) async fn add_vm(&self, id: String, spec: VmSpec) -> Result<VmHandle, ApiError> {
-        crate::ops::create::add_vm(&self.host, &self.runtime, id, spec).await
+    /// `vm copy SRC DST`.
+    pub async fn copy_vm(
+        &self,
+        source: &str,
+        req: CloneRequest,
+        wait: bool,
+    ) -> Result<(Option<VmInfo>, String), ApiError> {
+        self.ops.copy_vm(source, req, wait).await
+    }
+
+    /// `vm import` from a stream (see [`crate::ops::transfer`]): the new VM, or the plan of
+    /// a dry run.
+    pub async fn import_vm(
+        &self,
+        q: ImportQuery,
+        body: crate::ops::transfer::ByteStream,
+    ) -> Result<Result<ImportAnswer, ImportPlan>, ApiError> {
+        self.ops.import_vm(q, body).await
+    }
+
+    /// `vm export`: the task, the file name and the archive stream.
+    pub async fn export_vm(
+        &self,
+        name: &str,
+        q: ExportQuery,
+    ) -> Result<(String, String, crate::ops::transfer::ByteStream), ApiError> {
+        self.ops.export_vm(name, q).await
+    }
+
+    /// `vm convert-to-template`.
+    pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), ApiError> {
+        self.ops.convert_to_template(name).await
+    }
+
+    /// `vm install` (see [`crate::ops::install`]); answers the task id.
+    pub async fn install_vm(&self, req: VmInstallRequest) -> Result<String, ApiError> {
+        self.ops.install_vm(req).await
+    }
+
+    /// `vm install --dry-run`: the plan, nothing made.
+    pub async fn plan_install(
+        &self,
+        req: VmInstallRequest,
+    ) -> Result<corral_model::install::InstallPlan, ApiError> {
+        self.ops.plan_install(req).await
+    }
+
+    /// The guest-tools ISO.
+    pub fn tools_iso(&self) -> Result<PathBuf, ApiError> {
+        self.ops.tools_iso()
     }
 
     // ----- storage repositories -----
@@ -666,7 +697,7 @@ async fn choose_accelerator(
 
 /// Act on the actors' notices for as long as the agent lives.
 fn spawn_notice_loop(
-    agent: std::sync::Weak<Agent>,
+    agent: std::sync::Weak<Ops>,
     mut notices: tokio::sync::mpsc::UnboundedReceiver<Notice>,
 ) {
     tokio::spawn(async move {
@@ -674,7 +705,7 @@ fn spawn_notice_loop(
             let Some(agent) = agent.upgrade() else { break };
             match notice {
                 Notice::InstallerStarted { vm_id, task } => {
-                    crate::install::watch_install(agent, vm_id, task)
+                    crate::ops::install::watch_install(agent, vm_id, task)
                 }
             }
         }

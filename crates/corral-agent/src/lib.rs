@@ -13,22 +13,20 @@ pub mod advice;
 pub mod answers;
 pub mod cgroup;
 mod clock;
-pub mod clone;
 pub mod config;
 pub mod context;
 pub mod events;
 pub mod host;
-pub mod install;
-mod install_plan;
 pub mod keys;
 pub mod network;
 pub mod ops;
+/// Kept at the crate root for front ends that stream archives.
+pub use ops::transfer;
 mod registry;
 pub mod spec;
 pub mod stats;
 pub mod tasks;
 pub mod templates;
-pub mod transfer;
 pub mod vm;
 pub mod vmfiles;
 

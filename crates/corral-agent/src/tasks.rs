@@ -286,10 +286,13 @@ impl Tasks {
                 t.error = error;
             });
             let t = l.tx.borrow().clone();
+            // Into the history before the live entry is dropped (both under the live lock),
+            // so a reader never finds the task in neither.
+            self.history().insert(t.id.clone(), t.clone());
+            drop(l);
             t
         };
         self.persist(&snapshot);
-        self.history().insert(snapshot.id.clone(), snapshot.clone());
         self.events.publish(Event::TaskUpdated {
             task: Box::new(snapshot),
         });
@@ -320,8 +323,12 @@ impl Tasks {
 
     /// All tasks, oldest first.
     pub fn list(&self) -> Vec<Task> {
+        // The live lock first, as `finish` takes them: a task moving from live to history
+        // meanwhile is seen exactly once.
+        let live = self.lock();
         let mut out: Vec<Task> = self.history().values().cloned().collect();
-        out.extend(self.lock().values().map(|l| l.tx.borrow().clone()));
+        out.extend(live.values().map(|l| l.tx.borrow().clone()));
+        drop(live);
         out.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
         out
     }

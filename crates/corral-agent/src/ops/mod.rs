@@ -1,4 +1,106 @@
-//! Operations that span more than one VM action, one file each. They take the narrow
-//! context ([`crate::context::Host`]) and a [`crate::vm::runtime::Runtime`], never the facade.
+//! Operations that span more than one VM action, one file each: [`create`] (new VMs),
+//! [`clone`] (linked clones, full copies, templates and VMs stamped from them),
+//! [`transfer`] (export and import), [`install`] (installs from trees, media, PXE and
+//! images). They run on [`Ops`] — the narrow [`Host`] context, the [`QemuRuntime`] and the
+//! few settings they need — never on the [`crate::Agent`] facade, which only forwards to them.
+//! A VM is reached through its actor ([`crate::vm::VmHandle`]); what an operation writes to
+//! the store goes through the host's records.
 
+pub mod clone;
 pub mod create;
+pub mod install;
+mod install_plan;
+pub mod transfer;
+
+use crate::context::Host;
+use crate::tasks::TaskHandle;
+use crate::vm::runtime::QemuRuntime;
+use crate::vm::{Op, VmHandle};
+use corral_model::host::{Network, StorageRepository};
+use corral_model::task::Operation;
+use corral_model::{ApiError, VmInfo, VmSpec};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What operations work with.
+pub struct Ops {
+    pub host: Arc<Host>,
+    pub runtime: Arc<QemuRuntime>,
+    /// The ISO library (`--iso-dir`).
+    pub iso_dir: PathBuf,
+    /// The guest-tools ISO (`--tools-iso`), when configured.
+    pub tools_iso: Option<PathBuf>,
+}
+
+impl Ops {
+    pub fn vm(&self, name: &str) -> Result<VmHandle, ApiError> {
+        self.host.vm(name)
+    }
+    pub fn list_vms(&self) -> Vec<VmInfo> {
+        self.host.list_vms()
+    }
+    pub fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+        self.host.sr(name)
+    }
+    pub fn list_srs(&self) -> Result<Vec<StorageRepository>, ApiError> {
+        Ok(self.host.list_srs())
+    }
+    pub fn network(&self, name: &str) -> Result<Network, ApiError> {
+        self.host.network(name)
+    }
+
+    /// Run an operation on a VM as a task and wait for it; the VM as it is after, and the
+    /// task id.
+    pub(crate) async fn vm_op(
+        &self,
+        name: &str,
+        operation: Operation,
+        op: Op,
+    ) -> Result<(VmInfo, String), ApiError> {
+        let h = self.vm(name)?;
+        let info = h.info();
+        let task = self
+            .host
+            .tasks
+            .start(operation, Some((&info.id, &info.name)));
+        let id = task.id.clone();
+        h.call(op, task).await?;
+        Ok((h.info(), id))
+    }
+
+    /// Start an operation on a VM as a task without waiting; returns the task id.
+    pub(crate) fn vm_op_nowait(
+        &self,
+        name: &str,
+        operation: Operation,
+        op: Op,
+    ) -> Result<String, ApiError> {
+        let h = self.vm(name)?;
+        let info = h.info();
+        let task = self
+            .host
+            .tasks
+            .start(operation, Some((&info.id, &info.name)));
+        let id = task.id.clone();
+        tokio::spawn(async move {
+            let _ = h.call(op, task).await;
+        });
+        Ok(id)
+    }
+
+    /// See [`create::materialize_vm`].
+    pub(crate) async fn materialize_vm(
+        &self,
+        id: String,
+        spec: VmSpec,
+        sources: Vec<Option<PathBuf>>,
+        task: &TaskHandle,
+    ) -> Result<VmHandle, ApiError> {
+        create::materialize_vm(&self.host, &self.runtime, id, spec, sources, task).await
+    }
+
+    /// See [`create::add_vm`].
+    pub(crate) async fn add_vm(&self, id: String, spec: VmSpec) -> Result<VmHandle, ApiError> {
+        create::add_vm(&self.host, &self.runtime, id, spec).await
+    }
+}

@@ -303,11 +303,12 @@ impl<R: Runtime> Actor<R> {
             Op::Freeze(answer) => {
                 self.check(VmEvent::Freeze)?;
                 let mut spec = self.rec.spec.clone();
-                let (frozen, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, true)?;
+                let (frozen, undo) =
+                    crate::ops::clone::freeze_disks(&mut spec, &self.rec.id, true)?;
                 let old = std::mem::replace(&mut self.rec.spec, spec);
                 if let Err(e) = self.persist().await {
                     self.rec.spec = old;
-                    crate::clone::unfreeze(undo);
+                    crate::ops::clone::unfreeze(undo);
                     return Err(e);
                 }
                 let _ = answer.send(frozen);
@@ -317,12 +318,12 @@ impl<R: Runtime> Actor<R> {
             Op::ConvertToTemplate => {
                 self.check(VmEvent::ConvertToTemplate)?;
                 let mut spec = self.rec.spec.clone();
-                let (_, undo) = crate::clone::freeze_disks(&mut spec, &self.rec.id, false)?;
+                let (_, undo) = crate::ops::clone::freeze_disks(&mut spec, &self.rec.id, false)?;
                 spec.is_template = true;
                 let old = std::mem::replace(&mut self.rec.spec, spec);
                 if let Err(e) = self.persist().await {
                     self.rec.spec = old;
-                    crate::clone::unfreeze(undo);
+                    crate::ops::clone::unfreeze(undo);
                     return Err(e);
                 }
                 self.changed();
@@ -374,12 +375,12 @@ impl<R: Runtime> Actor<R> {
                     })?;
                 let disk = self.rec.spec.disks.remove(idx);
                 self.persist().await?;
-                if !crate::clone::is_base(&disk.path) {
+                if !crate::ops::clone::is_base(&disk.path) {
                     corral_storage::remove_volume(&disk.path)
                         .await
                         .map_err(|e| ApiError::from_error(ErrorKind::Internal, &e))?;
                 }
-                tokio::spawn(crate::clone::gc_bases(self.host.clone()));
+                tokio::spawn(crate::ops::clone::gc_bases(self.host.clone()));
                 self.changed();
                 Ok(())
             }
@@ -564,7 +565,7 @@ impl<R: Runtime> Actor<R> {
         if let Some(install) = &mut self.rec.spec.install {
             let secs = install
                 .timeout_secs
-                .unwrap_or(crate::install::DEFAULT_INSTALL_TIMEOUT.as_secs());
+                .unwrap_or(crate::ops::install::DEFAULT_INSTALL_TIMEOUT.as_secs());
             install.deadline_ms = Some(crate::clock::now_ms().saturating_add(secs * 1000));
             if let Some(t) = &watcher {
                 install.task_id = t.id.clone();
@@ -833,7 +834,7 @@ impl<R: Runtime> Actor<R> {
                 .spec
                 .disks
                 .iter()
-                .filter(|d| !crate::clone::is_base(&d.path))
+                .filter(|d| !crate::ops::clone::is_base(&d.path))
             {
                 corral_storage::remove_volume(&d.path)
                     .await
@@ -858,7 +859,7 @@ impl<R: Runtime> Actor<R> {
             id: self.rec.id.clone(),
         });
         self.deleted = true;
-        tokio::spawn(crate::clone::gc_bases(self.host.clone()));
+        tokio::spawn(crate::ops::clone::gc_bases(self.host.clone()));
         Ok(())
     }
 }

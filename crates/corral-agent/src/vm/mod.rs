@@ -40,7 +40,7 @@ pub(crate) enum Op {
     Lease(Arc<Lease>),
     /// Freeze the disks into read-only bases and give the VM overlays on them, for a linked
     /// clone (`crate::clone`); answers the bases. Does not finish the caller's task.
-    Freeze(oneshot::Sender<Vec<crate::clone::FrozenDisk>>),
+    Freeze(oneshot::Sender<Vec<crate::ops::clone::FrozenDisk>>),
     /// Make the VM a template: its disks become read-only bases.
     ConvertToTemplate,
 }

@@ -12,7 +12,7 @@
 //!
 //! A template VM keeps its volumes *in* `bases/` (conversion moves them there without an
 //! overlay: a template never starts, so never writes), and VMs created from it
-//! ([`Agent::create_from_template_vm`], used by `vm create --template` and `vm install
+//! ([`Ops::create_from_template_vm`], used by `vm create --template` and `vm install
 //! --template` when the name is a template VM) get overlays directly on its bases, so cloning a
 //! template repeatedly does not lengthen chains. A copy flattens the whole chain with
 //! `qemu-img convert` into independent volumes, as a task with progress.
@@ -21,8 +21,8 @@
 //! collector cannot run between freezing and recording the clone), `Op::Freeze` on the
 //! source's actor, write the overlays, record the VM, spawn its actor.
 
-use crate::agent::Agent;
 use crate::network::DEFAULT_NETWORK;
+use crate::ops::Ops;
 use crate::spec::random_mac;
 use crate::tasks::TaskHandle;
 use crate::vm::{Lease, Op};
@@ -244,7 +244,7 @@ pub fn spec_of(i: &VmInfo) -> VmSpec {
     }
 }
 
-impl Agent {
+impl Ops {
     /// Run `f` with `name` reserved as a task `operation`; releases the name on failure.
     async fn with_new_name<F, Fut>(
         self: &Arc<Self>,

@@ -1,9 +1,9 @@
 //! `vm install`: create a VM and install an operating system into it, as one `vm.install` task.
 //!
-//! A request flows in two halves. [`Agent::install_vm`] does every check that needs no network
+//! A request flows in two halves. [`Ops::install_vm`] does every check that needs no network
 //! (name, template, restrictions, paths, URL syntax, sizes of the answer files) and answers at
 //! once with an error or the task id; it reserves the VM's name. The task then runs
-//! [`Agent::run_install`]: find the installer (detect the install tree and download its kernel
+//! [`Ops::run_install`]: find the installer (detect the install tree and download its kernel
 //! and initrd into `STATE/install/<vm-id>`, put the unattended file into the initrd; or use the
 //! ISO, the PXE boot directory, the disk image), create the VM with install-time boot settings
 //! (`VmSpec::install`, which makes QEMU exit instead of rebooting), start it, wait until the
@@ -17,11 +17,13 @@
 //! failed task in its history, so the console log can be read: an installer's last screen is
 //! usually the only explanation there is.
 
-use crate::agent::Agent;
 use crate::answers::AnswerServer;
 use crate::context::error_chain;
-use crate::install_plan::{choose_template, compose_cmdline, detected_tree, plan_of, PlanInputs};
 use crate::network::DEFAULT_NETWORK;
+use crate::ops::install_plan::{
+    choose_template, compose_cmdline, detected_tree, plan_of, PlanInputs,
+};
+use crate::ops::Ops;
 use crate::tasks::TaskHandle;
 use crate::vm::{Op, VmHandle};
 use corral_install::fetch::{self, FetchOptions, Progress};
@@ -90,7 +92,7 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::invalid(msg)
 }
 
-impl Agent {
+impl Ops {
     /// Validate an install request, reserve the name, and start the `vm.install` task.
     /// Returns the task id; the VM appears when the installer is about to boot.
     pub async fn install_vm(self: &Arc<Self>, req: VmInstallRequest) -> Result<String, ApiError> {
@@ -1047,16 +1049,15 @@ impl Agent {
     }
 }
 
-impl Agent {
+impl Ops {
     /// The guest-tools ISO `vm tools insert` uses: `--tools-iso`, else the newest
     /// `virtio-win*.iso` in the ISO library (what Windows guests need for virtio disks and NICs).
     pub fn tools_iso(&self) -> Result<PathBuf, ApiError> {
-        if let Some(p) = &self.config.tools_iso {
+        if let Some(p) = &self.tools_iso {
             return crate::spec::iso_path(self.host.as_ref(), p);
         }
         // By name, so virtio-win-0.1.240.iso wins over virtio-win-0.1.229.iso.
-        let newest = self
-            .list_isos()
+        let newest = corral_storage::list_isos(&self.iso_dir)
             .into_iter()
             .filter(|i| i.name.to_ascii_lowercase().starts_with("virtio-win"))
             .max_by(|a, b| a.name.cmp(&b.name));
@@ -1065,7 +1066,7 @@ impl Agent {
             None => Err(ApiError::not_found(format!(
                 "no guest-tools ISO: put virtio-win.iso into the ISO library ({}) or start the \
                  agent with --tools-iso PATH",
-                self.config.iso_dir.display()
+                self.iso_dir.display()
             ))),
         }
     }
@@ -1074,7 +1075,7 @@ impl Agent {
 /// Watch an installer that runs without its original task (after an agent restart, or a
 /// `vm start` that retries a failed install): wait for it within the install's deadline,
 /// then switch the VM to disk boot. `task` is the new `vm.install` task.
-pub(crate) fn watch_install(agent: Arc<Agent>, vm_id: String, task: TaskHandle) {
+pub(crate) fn watch_install(agent: Arc<Ops>, vm_id: String, task: TaskHandle) {
     tokio::spawn(async move {
         let result = async {
             let h = agent

@@ -20,10 +20,10 @@
 //! cancel the staging directory is removed and the name released. Stale staging directories
 //! (an agent that died mid-import) are removed at agent start.
 
-use crate::agent::Agent;
-use crate::clone::{spec_of, BASES_DIR};
 use crate::context::error_chain;
 use crate::network::DEFAULT_NETWORK;
+use crate::ops::clone::{spec_of, BASES_DIR};
+use crate::ops::Ops;
 use crate::spec::random_mac;
 use crate::tasks::TaskHandle;
 use crate::vm::{Lease, Op};
@@ -59,7 +59,7 @@ pub fn byte_channel() -> (ByteSink, ByteStream) {
 /// the ids of the interrupted imports (directories named by a UUID): the agent stopped before
 /// removing their staging directory, so it may also have stopped after moving some of their
 /// volumes into a repository and before recording the VM; see
-/// [`Agent::remove_interrupted_import_volumes`].
+/// [`Ops::remove_interrupted_import_volumes`].
 pub fn clean_staging(staging: &Path) -> Vec<String> {
     let mut ids = Vec::new();
     if let Ok(entries) = std::fs::read_dir(staging) {
@@ -100,7 +100,7 @@ fn import_volumes_in(dirs: &[PathBuf], ids: &[String]) -> Vec<PathBuf> {
     out
 }
 
-impl Agent {
+impl Ops {
     /// Remove volumes an interrupted import (`ids` from [`clean_staging`]) had moved into a
     /// repository before the agent stopped, unless its VM was recorded (then the import had
     /// finished and only its staging directory was left).
@@ -371,7 +371,7 @@ struct Target {
     as_template: bool,
 }
 
-impl Agent {
+impl Ops {
     /// Map an archive's spec onto this host: name, networks, MACs, host paths, limits.
     fn map_imported_spec(
         &self,
