@@ -198,26 +198,13 @@ async fn harness() -> Harness {
 
 fn spec(name: &str) -> VmSpec {
     VmSpec {
-        name: name.into(),
-        description: String::new(),
-        vcpus: 1,
         memory_bytes: 64 << 20,
-        autostart: false,
-        cpu_weight: 256,
-        firmware: Firmware::Bios,
-        disks: vec![],
         cdroms: vec![Cdrom {
             device: "cdrom0".into(),
             bus: DiskBus::Sata,
             media: None,
         }],
-        nics: vec![],
-        kernel_boot: None,
-        boot_device: BootDevice::Disk,
-        template: None,
-        is_template: false,
-        install: None,
-        tpm: false,
+        ..corral_testkit::vm_spec(name)
     }
 }
 

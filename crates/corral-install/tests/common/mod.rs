@@ -185,10 +185,8 @@ pub fn nfs_server(root: &Path, work: &Path) -> Server {
 }
 
 /// A port on 127.0.0.1 where nothing listens.
-pub fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use corral_testkit::closed_port;
 
 /// A server that accepts connections and never answers.
 pub fn silent_server() -> (std::net::TcpListener, u16) {

@@ -18,52 +18,11 @@ pub fn qemu() -> PathBuf {
 }
 
 /// The project's test guest; tests that need it fail (never skip) when it is missing.
-pub struct TestGuest {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-}
-
-pub fn test_guest() -> TestGuest {
-    let dir = std::env::var_os("CORRAL_TEST_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/corral/test-guest")
-        });
-    let guest = TestGuest {
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
-    };
-    assert!(
-        guest.kernel.is_file() && guest.initrd.is_file(),
-        "test guest missing: expected vmlinuz and initrd.img in {} \
-         (build it with scripts/build-test-guest.sh or set CORRAL_TEST_GUEST_DIR)",
-        dir.display()
-    );
-    guest
-}
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use corral_testkit::{test_guest, TestGuest};
 
 pub fn base_spec(name: &str) -> VmSpec {
-    VmSpec {
-        name: name.to_string(),
-        description: String::new(),
-        vcpus: 1,
-        memory_bytes: 128 << 20,
-        autostart: false,
-        cpu_weight: CPU_WEIGHT_NORMAL,
-        firmware: Firmware::Bios,
-        disks: Vec::new(),
-        cdroms: Vec::new(),
-        nics: Vec::new(),
-        kernel_boot: None,
-        boot_device: BootDevice::Disk,
-        template: None,
-        is_template: false,
-        install: None,
-        tpm: false,
-    }
+    corral_testkit::vm_spec(name)
 }
 
 /// A running (daemonized) QEMU that is killed when the test ends, however it ends.

@@ -9,35 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const MARKER: &str = "CORRAL-GUEST-READY";
+#[allow(unused_imports)] // not every test binary uses every helper
+pub use corral_testkit::{free_port, MARKER};
 
 /// The project's test guest (scripts/build-test-guest.sh).
-pub struct Guest {
-    pub dir: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub disk_qcow2: PathBuf,
-}
+pub type Guest = corral_testkit::TestGuest;
 
 pub fn guest() -> Guest {
-    let dir = std::env::var_os("CORRAL_TEST_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/corral/test-guest")
-        });
-    let g = Guest {
-        kernel: dir.join("vmlinuz"),
-        initrd: dir.join("initrd.img"),
-        disk_qcow2: dir.join("disk.qcow2"),
-        dir,
-    };
-    assert!(
-        g.kernel.exists() && g.initrd.exists() && g.disk_qcow2.exists(),
-        "the test guest is missing in {}: run scripts/build-test-guest.sh (the README's test command does)",
-        g.dir.display()
-    );
-    g
+    corral_testkit::test_guest()
 }
 
 pub struct TestAgent {
@@ -299,13 +278,6 @@ pub fn tail(s: &str, lines: usize) -> String {
 pub const BOOT: Duration = Duration::from_secs(90);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for `serve --listen`).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free TCP port")
-}
-
 /// Run the CLI with exactly `args` (no implicit `--connect`), ignoring CORRAL_* variables of
 /// the caller's environment.
 pub fn corral(args: &[&str]) -> Output {
