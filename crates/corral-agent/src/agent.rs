@@ -406,12 +406,7 @@ impl Agent {
         validate_name("VM", &req.name).map_err(ApiError::invalid)?;
         if let Some(t) = &req.template {
             // A template VM (rather than an OS template) gives clones of its disks.
-            if self
-                .host
-                .registry()
-                .find(t)
-                .is_some_and(|h| h.info().is_template)
-            {
+            if self.host.is_template_vm(t) {
                 return self.ops.create_from_template_vm(req).await;
             }
         }

@@ -192,6 +192,14 @@ impl Host {
             .ok_or_else(|| ApiError::not_found(format!("no VM named {name:?}")))
     }
 
+    /// Whether `name` is a template VM (rather than an OS template): creating or installing
+    /// from it makes a linked clone of its disks.
+    pub fn is_template_vm(&self, name: &str) -> bool {
+        self.registry()
+            .find(name)
+            .is_some_and(|h| h.info().is_template)
+    }
+
     /// Snapshots of every VM, by name.
     pub fn list_vms(&self) -> Vec<VmInfo> {
         let mut out: Vec<VmInfo> = self.registry().by_id.values().map(|h| h.info()).collect();

@@ -220,10 +220,9 @@ pub fn remove_created(paths: &[PathBuf]) {
     }
 }
 
-/// Move an imported file out of staging to `dest` (a new file): a rename on the same file
-/// system, else a copy under a temporary name renamed at the end, so `dest` is never half
-/// written.
-pub fn place_file(staged: &Path, dest: &Path) -> Result<(), ApiError> {
+/// Rename `staged` to `dest`, which must not exist yet. `Ok(false)`: they are on different
+/// file systems and the caller copies instead.
+pub fn rename_new(staged: &Path, dest: &Path) -> Result<bool, ApiError> {
     if dest.exists() {
         return Err(ApiError::conflict(format!(
             "{} already exists",
@@ -231,15 +230,22 @@ pub fn place_file(staged: &Path, dest: &Path) -> Result<(), ApiError> {
         )));
     }
     match std::fs::rename(staged, dest) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.raw_os_error() != Some(libc::EXDEV) => {
-            return Err(ApiError::internal(format!(
-                "cannot move {} to {}: {e}",
-                staged.display(),
-                dest.display()
-            )))
-        }
-        Err(_) => {}
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(false),
+        Err(e) => Err(ApiError::internal(format!(
+            "cannot move {} to {}: {e}",
+            staged.display(),
+            dest.display()
+        ))),
+    }
+}
+
+/// Move an imported file out of staging to `dest` (a new file): a rename on the same file
+/// system, else a copy under a temporary name renamed at the end, so `dest` is never half
+/// written.
+pub fn place_file(staged: &Path, dest: &Path) -> Result<(), ApiError> {
+    if rename_new(staged, dest)? {
+        return Ok(());
     }
     let mut tmp = dest.as_os_str().to_owned();
     tmp.push(".partial");

@@ -98,12 +98,7 @@ impl Ops {
     pub async fn install_vm(self: &Arc<Self>, req: VmInstallRequest) -> Result<String, ApiError> {
         validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
         if let Some(t) = &req.vm.template {
-            if self
-                .host
-                .registry()
-                .find(t)
-                .is_some_and(|h| h.info().is_template)
-            {
+            if self.host.is_template_vm(t) {
                 return self.install_from_template_vm(req).await;
             }
         }
@@ -848,12 +843,7 @@ impl Ops {
     ) -> Result<InstallPlan, ApiError> {
         validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
         if let Some(t) = &req.vm.template {
-            if self
-                .host
-                .registry()
-                .find(t)
-                .is_some_and(|h| h.info().is_template)
-            {
+            if self.host.is_template_vm(t) {
                 return Err(ApiError::new(
                     ErrorKind::Unsupported,
                     format!(

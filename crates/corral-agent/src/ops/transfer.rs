@@ -907,22 +907,8 @@ fn write_export(
 /// Move a verified staged volume into its repository: a rename on the same file system, else a
 /// copy under a temporary name renamed at the end.
 async fn place_volume(staged: &Path, dest: &Path) -> Result<(), ApiError> {
-    if dest.exists() {
-        return Err(ApiError::conflict(format!(
-            "volume {} already exists",
-            dest.display()
-        )));
-    }
-    match std::fs::rename(staged, dest) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.raw_os_error() != Some(libc::EXDEV) => {
-            return Err(ApiError::internal(format!(
-                "cannot move {} to {}: {e}",
-                staged.display(),
-                dest.display()
-            )))
-        }
-        Err(_) => {}
+    if crate::vmfiles::rename_new(staged, dest)? {
+        return Ok(());
     }
     let tmp = dest.with_extension("partial");
     let opts = corral_storage::qemu_img::ConvertOptions {
