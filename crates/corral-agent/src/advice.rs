@@ -13,8 +13,9 @@
 //! with nothing else changing.
 
 use crate::agent::Agent;
+use crate::error::Error;
 use corral_model::stats::{HostRecommendation, HostScore, PlannerCapacity, StatsSample};
-use corral_model::{ApiError, PowerState, VmInfo};
+use corral_model::{PowerState, VmInfo};
 use corral_placement::{
     rate_hosts, Demand, Host, HostLoad, PlanOptions, Workload, RESOURCES, TIME_BUCKETS,
 };
@@ -210,7 +211,7 @@ impl Agent {
     }
 
     /// `GET /v1/vms/{name}/recommend-host`.
-    pub fn recommend_host(&self, name: &str) -> Result<HostRecommendation, ApiError> {
+    pub fn recommend_host(&self, name: &str) -> Result<HostRecommendation, Error> {
         let info = self.vm(name)?.info();
         let pool = self.pool_loads(&info.id);
         let ghz = pool.first().map_or(1.0, |h| h.host.ghz);

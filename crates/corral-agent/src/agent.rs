@@ -7,6 +7,7 @@
 use crate::cgroup::CgroupSupport;
 use crate::config::{AccelMode, AgentConfig, Layout};
 use crate::context::{store_error, Host, Records};
+use crate::error::Error;
 use crate::events::EventBus;
 use crate::keys;
 use crate::network;
@@ -48,13 +49,13 @@ pub enum VmOutcome {
     Accepted { task: String },
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("{what}: {e}"))
+fn internal(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::caused(ErrorKind::Internal, what, e)
 }
 
 impl Agent {
     /// Open the state, probe the accelerator, re-attach running guests and autostart VMs.
-    pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, ApiError> {
+    pub async fn start(config: AgentConfig) -> Result<Arc<Agent>, Error> {
         let layout = Layout {
             root: config.state_dir.clone(),
         };
@@ -69,7 +70,7 @@ impl Agent {
         }
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&layout.db())
-                .map_err(|e| ApiError::caused(ErrorKind::Internal, "cannot open state", &e))?,
+                .map_err(|e| Error::caused(ErrorKind::Internal, "cannot open state", e))?,
         );
         let interrupted_imports = crate::ops::transfer::clean_staging(&layout.staging());
         let host_id = keys::host_id(&layout.root, store.as_ref()).await?;
@@ -90,7 +91,7 @@ impl Agent {
 
         let qemu_version = corral_qemu::process::qemu_version(&config.qemu_binary)
             .await
-            .map_err(|e| ApiError::caused(ErrorKind::Internal, "cannot run QEMU", &e))?
+            .map_err(|e| Error::caused(ErrorKind::Internal, "cannot run QEMU", e))?
             .to_string();
         let accel = choose_accelerator(&config, &layout, &qemu_version).await;
         tracing::info!(accelerator = accel.name.as_str(), reason = %accel.reason, "accelerator chosen");
@@ -170,7 +171,7 @@ impl Agent {
         self.host.templates_mut()
     }
 
-    async fn ensure_default_sr(&self) -> Result<(), ApiError> {
+    async fn ensure_default_sr(&self) -> Result<(), Error> {
         if self.host.sr("default").is_err() {
             let sr = StorageRepository {
                 name: "default".into(),
@@ -185,7 +186,7 @@ impl Agent {
         Ok(())
     }
 
-    async fn load_vms(self: &Arc<Self>, upgraded: Option<keys::Upgrade>) -> Result<(), ApiError> {
+    async fn load_vms(self: &Arc<Self>, upgraded: Option<keys::Upgrade>) -> Result<(), Error> {
         let records = self
             .host
             .records
@@ -268,7 +269,7 @@ impl Agent {
 
     // ----- VMs -----
 
-    pub fn vm(&self, name: &str) -> Result<VmHandle, ApiError> {
+    pub fn vm(&self, name: &str) -> Result<VmHandle, Error> {
         self.host.vm(name)
     }
 
@@ -283,7 +284,7 @@ impl Agent {
         action: VmAction,
         options: ActionRequest,
         wait: bool,
-    ) -> Result<VmOutcome, ApiError> {
+    ) -> Result<VmOutcome, Error> {
         let operation = match action {
             VmAction::Start => Operation::VmStart,
             VmAction::Shutdown => Operation::VmShutdown,
@@ -297,52 +298,52 @@ impl Agent {
     }
 
     /// `vm set`.
-    pub async fn update_vm(&self, name: &str, req: VmUpdateRequest) -> Result<VmOutcome, ApiError> {
+    pub async fn update_vm(&self, name: &str, req: VmUpdateRequest) -> Result<VmOutcome, Error> {
         self.vm_outcome(name, Operation::VmUpdate, Op::Update(req), true)
             .await
     }
 
     /// `vm delete`; answers the task id.
-    pub async fn delete_vm(&self, name: &str, req: VmDeleteRequest) -> Result<String, ApiError> {
+    pub async fn delete_vm(&self, name: &str, req: VmDeleteRequest) -> Result<String, Error> {
         let (_, task) = self
             .vm_op(name, Operation::VmDelete, Op::Delete(req))
             .await?;
         Ok(task)
     }
 
-    pub async fn add_disk(&self, name: &str, req: DiskRequest) -> Result<VmOutcome, ApiError> {
+    pub async fn add_disk(&self, name: &str, req: DiskRequest) -> Result<VmOutcome, Error> {
         self.vm_outcome(name, Operation::VmDiskAdd, Op::DiskAdd(req), true)
             .await
     }
 
-    pub async fn remove_disk(&self, name: &str, device: String) -> Result<VmOutcome, ApiError> {
+    pub async fn remove_disk(&self, name: &str, device: String) -> Result<VmOutcome, Error> {
         self.vm_outcome(name, Operation::VmDiskRemove, Op::DiskRemove(device), true)
             .await
     }
 
-    pub async fn insert_cdrom(&self, name: &str, iso: PathBuf) -> Result<VmOutcome, ApiError> {
+    pub async fn insert_cdrom(&self, name: &str, iso: PathBuf) -> Result<VmOutcome, Error> {
         self.vm_outcome(name, Operation::VmCdromInsert, Op::CdromInsert(iso), true)
             .await
     }
 
-    pub async fn eject_cdrom(&self, name: &str) -> Result<VmOutcome, ApiError> {
+    pub async fn eject_cdrom(&self, name: &str) -> Result<VmOutcome, Error> {
         self.vm_outcome(name, Operation::VmCdromEject, Op::CdromEject, true)
             .await
     }
 
     /// `vm tools insert`: the guest-tools ISO into the CD drive (running or not).
-    pub async fn insert_tools(&self, name: &str) -> Result<VmOutcome, ApiError> {
+    pub async fn insert_tools(&self, name: &str) -> Result<VmOutcome, Error> {
         let iso = self.tools_iso()?;
         self.vm_outcome(name, Operation::VmToolsInsert, Op::CdromInsert(iso), true)
             .await
     }
 
-    pub async fn add_nic(&self, name: &str, req: NicRequest) -> Result<VmOutcome, ApiError> {
+    pub async fn add_nic(&self, name: &str, req: NicRequest) -> Result<VmOutcome, Error> {
         self.vm_outcome(name, Operation::VmNicAdd, Op::NicAdd(req), true)
             .await
     }
 
-    pub async fn remove_nic(&self, name: &str, device: String) -> Result<VmOutcome, ApiError> {
+    pub async fn remove_nic(&self, name: &str, device: String) -> Result<VmOutcome, Error> {
         self.vm_outcome(name, Operation::VmNicRemove, Op::NicRemove(device), true)
             .await
     }
@@ -353,7 +354,7 @@ impl Agent {
         operation: Operation,
         op: Op,
         wait: bool,
-    ) -> Result<VmOutcome, ApiError> {
+    ) -> Result<VmOutcome, Error> {
         if wait {
             let (vm, task) = self.vm_op(name, operation, op).await?;
             Ok(VmOutcome::Done {
@@ -371,11 +372,11 @@ impl Agent {
         name: &str,
         operation: Operation,
         op: Op,
-    ) -> Result<(VmInfo, String), ApiError> {
+    ) -> Result<(VmInfo, String), Error> {
         self.ops.vm_op(name, operation, op).await
     }
 
-    pub fn history(&self, name: &str) -> Result<Vec<corral_model::task::Task>, ApiError> {
+    pub fn history(&self, name: &str) -> Result<Vec<corral_model::task::Task>, Error> {
         let tasks = &self.host.tasks;
         let id = match self.vm(name) {
             Ok(h) => h.id.clone(),
@@ -402,8 +403,8 @@ impl Agent {
     pub async fn create_vm(
         self: &Arc<Self>,
         req: VmCreateRequest,
-    ) -> Result<(VmInfo, String), ApiError> {
-        validate_name("VM", &req.name).map_err(ApiError::invalid)?;
+    ) -> Result<(VmInfo, String), Error> {
+        validate_name("VM", &req.name).map_err(Error::invalid)?;
         if let Some(t) = &req.template {
             // A template VM (rather than an OS template) gives clones of its disks.
             if self.host.is_template_vm(t) {
@@ -439,7 +440,7 @@ impl Agent {
         self: &Arc<Self>,
         req: &VmCreateRequest,
         task: &TaskHandle,
-    ) -> Result<VmHandle, ApiError> {
+    ) -> Result<VmHandle, Error> {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, &req.name);
         task.phase("validating", 0.1);
@@ -460,7 +461,7 @@ impl Agent {
         &self,
         source: &str,
         req: CloneRequest,
-    ) -> Result<(VmInfo, String), ApiError> {
+    ) -> Result<(VmInfo, String), Error> {
         self.ops.clone_vm(source, req).await
     }
 
@@ -470,7 +471,7 @@ impl Agent {
         source: &str,
         req: CloneRequest,
         wait: bool,
-    ) -> Result<(Option<VmInfo>, String), ApiError> {
+    ) -> Result<(Option<VmInfo>, String), Error> {
         self.ops.copy_vm(source, req, wait).await
     }
 
@@ -480,7 +481,7 @@ impl Agent {
         &self,
         q: ImportQuery,
         body: crate::ops::transfer::ByteStream,
-    ) -> Result<Result<ImportAnswer, ImportPlan>, ApiError> {
+    ) -> Result<Result<ImportAnswer, ImportPlan>, Error> {
         self.ops.import_vm(q, body).await
     }
 
@@ -489,17 +490,17 @@ impl Agent {
         &self,
         name: &str,
         q: ExportQuery,
-    ) -> Result<(String, String, crate::ops::transfer::ByteStream), ApiError> {
+    ) -> Result<(String, String, crate::ops::transfer::ByteStream), Error> {
         self.ops.export_vm(name, q).await
     }
 
     /// `vm convert-to-template`.
-    pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), ApiError> {
+    pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), Error> {
         self.ops.convert_to_template(name).await
     }
 
     /// `vm install` (see [`crate::ops::install`]); answers the task id.
-    pub async fn install_vm(&self, req: VmInstallRequest) -> Result<String, ApiError> {
+    pub async fn install_vm(&self, req: VmInstallRequest) -> Result<String, Error> {
         self.ops.install_vm(req).await
     }
 
@@ -507,27 +508,27 @@ impl Agent {
     pub async fn plan_install(
         &self,
         req: VmInstallRequest,
-    ) -> Result<corral_model::install::InstallPlan, ApiError> {
+    ) -> Result<corral_model::install::InstallPlan, Error> {
         self.ops.plan_install(req).await
     }
 
     /// The guest-tools ISO.
-    pub fn tools_iso(&self) -> Result<PathBuf, ApiError> {
+    pub fn tools_iso(&self) -> Result<PathBuf, Error> {
         self.ops.tools_iso()
     }
 
     // ----- storage repositories -----
 
-    pub fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+    pub fn sr(&self, name: &str) -> Result<StorageRepository, Error> {
         self.host.sr(name)
     }
 
-    pub fn list_srs(&self) -> Result<Vec<StorageRepository>, ApiError> {
+    pub fn list_srs(&self) -> Result<Vec<StorageRepository>, Error> {
         Ok(self.host.list_srs())
     }
 
     /// `sr create`, recorded as an `sr.create` task (with its events) like every operation.
-    pub async fn create_sr(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
+    pub async fn create_sr(&self, req: SrCreateRequest) -> Result<StorageRepository, Error> {
         let task = self.host.tasks.start(Operation::SrCreate, None);
         task.phase("checking the directory", 0.0);
         let result = self.create_sr_checked(req).await;
@@ -542,23 +543,23 @@ impl Agent {
         result
     }
 
-    async fn create_sr_checked(&self, req: SrCreateRequest) -> Result<StorageRepository, ApiError> {
-        validate_name("storage repository", &req.name).map_err(ApiError::invalid)?;
+    async fn create_sr_checked(&self, req: SrCreateRequest) -> Result<StorageRepository, Error> {
+        validate_name("storage repository", &req.name).map_err(Error::invalid)?;
         if !req.path.is_absolute() {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "repository path {} is not absolute",
                 req.path.display()
             )));
         }
         if !req.path.is_dir() {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "repository path {} is not a directory",
                 req.path.display()
             )));
         }
         let probe = req.path.join(".corral-write-test");
         std::fs::write(&probe, b"").map_err(|e| {
-            ApiError::invalid(format!(
+            Error::invalid(format!(
                 "repository path {} is not writable: {e}",
                 req.path.display()
             ))
@@ -578,16 +579,16 @@ impl Agent {
 
     // ----- networks -----
 
-    pub fn network(&self, name: &str) -> Result<Network, ApiError> {
+    pub fn network(&self, name: &str) -> Result<Network, Error> {
         self.host.network(name)
     }
 
-    pub fn list_networks(&self) -> Result<Vec<Network>, ApiError> {
+    pub fn list_networks(&self) -> Result<Vec<Network>, Error> {
         Ok(self.host.list_networks())
     }
 
     /// `network create`, recorded as a `network.create` task (with its events).
-    pub async fn create_network(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
+    pub async fn create_network(&self, req: NetworkCreateRequest) -> Result<Network, Error> {
         let task = self.host.tasks.start(Operation::NetworkCreate, None);
         task.phase("checking the bridge", 0.0);
         let result = self.create_network_checked(req).await;
@@ -601,14 +602,14 @@ impl Agent {
         result
     }
 
-    async fn create_network_checked(&self, req: NetworkCreateRequest) -> Result<Network, ApiError> {
-        validate_name("network", &req.name).map_err(ApiError::invalid)?;
+    async fn create_network_checked(&self, req: NetworkCreateRequest) -> Result<Network, Error> {
+        validate_name("network", &req.name).map_err(Error::invalid)?;
         if req.name == network::DEFAULT_NETWORK {
-            return Err(ApiError::conflict("the network \"default\" is built in"));
+            return Err(Error::conflict("the network \"default\" is built in"));
         }
-        network::validate_bridge_name(&req.bridge).map_err(ApiError::invalid)?;
+        network::validate_bridge_name(&req.bridge).map_err(Error::invalid)?;
         if !network::bridge_exists(&req.bridge) {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "bridge {:?} does not exist on this host (create it first, e.g. `ip link add {} type bridge`)",
                 req.bridge, req.bridge
             )));
@@ -628,7 +629,7 @@ impl Agent {
         corral_storage::list_isos(&self.config.iso_dir)
     }
 
-    pub fn host_info(&self) -> Result<HostInfo, ApiError> {
+    pub fn host_info(&self) -> Result<HostInfo, Error> {
         let cpu = crate::host::cpu_facts();
         let (memory_bytes, memory_available_bytes) = crate::host::memory();
         Ok(HostInfo {

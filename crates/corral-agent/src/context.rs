@@ -10,6 +10,7 @@
 //! operation; they read and write records through [`Records`], publish events, report tasks.
 
 use crate::config::Layout;
+use crate::error::Error;
 use crate::events::EventBus;
 use crate::keys;
 use crate::network::{self, DEFAULT_NETWORK};
@@ -18,7 +19,7 @@ use crate::tasks::Tasks;
 use crate::templates::Templates;
 use crate::vm::{Notice, VmHandle};
 use corral_model::host::{Network, StorageRepository};
-use corral_model::{ApiError, ErrorKind, VmInfo};
+use corral_model::{ErrorKind, VmInfo};
 use corral_store::{Expect, Store, StoreError, TxnOp};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,10 +34,10 @@ pub struct Records {
 
 /// A store failure as the API reports it: a write that lost a compare-and-swap is a
 /// `conflict`; anything else is `internal` with the store's own chain.
-pub(crate) fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> Error {
     match e {
-        StoreError::Conflict { .. } => ApiError::conflict(e.to_string()),
-        other => ApiError::caused(ErrorKind::Internal, "state database", &other),
+        StoreError::Conflict { .. } => Error::conflict(e.to_string()),
+        other => Error::caused(ErrorKind::Internal, "state database", other),
     }
 }
 
@@ -65,7 +66,7 @@ impl Records {
         key: &str,
         value: &T,
         expect: Expect,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let bytes = encode(key, value)?;
         self.store
             .put(key, &bytes, expect)
@@ -76,11 +77,11 @@ impl Records {
     pub async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
-    ) -> Result<Option<T>, ApiError> {
+    ) -> Result<Option<T>, Error> {
         match self.store.get(key).await.map_err(store_error)? {
-            Some(v) => serde_json::from_slice(&v.value)
-                .map(Some)
-                .map_err(|e| ApiError::internal(format!("corrupt record {key}: {e}"))),
+            Some(v) => serde_json::from_slice(&v.value).map(Some).map_err(|e| {
+                Error::caused(ErrorKind::Internal, format!("corrupt record {key}"), e)
+            }),
             None => Ok(None),
         }
     }
@@ -90,33 +91,43 @@ impl Records {
         &self,
         prefix: &str,
         what: &str,
-    ) -> Result<Vec<T>, ApiError> {
+    ) -> Result<Vec<T>, Error> {
         self.store
             .list(prefix)
             .await
             .map_err(store_error)?
             .into_iter()
             .map(|(key, v)| {
-                serde_json::from_slice(&v.value)
-                    .map_err(|e| ApiError::internal(format!("corrupt {what} record {key}: {e}")))
+                serde_json::from_slice(&v.value).map_err(|e| {
+                    Error::caused(
+                        ErrorKind::Internal,
+                        format!("corrupt {what} record {key}"),
+                        e,
+                    )
+                })
             })
             .collect()
     }
 
-    pub async fn delete(&self, key: &str, expect: Expect) -> Result<(), ApiError> {
+    pub async fn delete(&self, key: &str, expect: Expect) -> Result<(), Error> {
         self.store.delete(key, expect).await.map_err(store_error)
     }
 
     /// Apply every op or none.
-    pub async fn txn(&self, ops: Vec<TxnOp>) -> Result<u64, ApiError> {
+    pub async fn txn(&self, ops: Vec<TxnOp>) -> Result<u64, Error> {
         self.store.txn(ops).await.map_err(store_error)
     }
 }
 
 /// A record as the JSON bytes the store keeps.
-pub fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(value)
-        .map_err(|e| ApiError::internal(format!("cannot encode record {key}: {e}")))
+pub fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| {
+        Error::caused(
+            ErrorKind::Internal,
+            format!("cannot encode record {key}"),
+            e,
+        )
+    })
 }
 
 /// What actors and operations share; see the module documentation.
@@ -185,11 +196,11 @@ impl Host {
     }
 
     /// The VM named (or with the id) `name`.
-    pub fn vm(&self, name: &str) -> Result<VmHandle, ApiError> {
+    pub fn vm(&self, name: &str) -> Result<VmHandle, Error> {
         self.registry()
             .find(name)
             .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("no VM named {name:?}")))
+            .ok_or_else(|| Error::not_found(format!("no VM named {name:?}")))
     }
 
     /// Whether `name` is a template VM (rather than an OS template): creating or installing
@@ -208,7 +219,7 @@ impl Host {
     }
 
     /// Read this host's repositories and networks into the cache (at start).
-    pub async fn load_catalog(&self) -> Result<(), ApiError> {
+    pub async fn load_catalog(&self) -> Result<(), Error> {
         let srs: Vec<StorageRepository> = self
             .records
             .list_json(&keys::srs(&self.host_id), "repository")
@@ -223,7 +234,7 @@ impl Host {
     }
 
     /// Record a new repository (create-only) and cache it.
-    pub async fn add_sr(&self, sr: StorageRepository, expect: Expect) -> Result<(), ApiError> {
+    pub async fn add_sr(&self, sr: StorageRepository, expect: Expect) -> Result<(), Error> {
         self.records
             .put_json(&keys::sr(&self.host_id, &sr.name), &sr, expect)
             .await
@@ -233,7 +244,7 @@ impl Host {
     }
 
     /// Record a new network (create-only) and cache it.
-    pub async fn add_network(&self, net: Network) -> Result<(), ApiError> {
+    pub async fn add_network(&self, net: Network) -> Result<(), Error> {
         self.records
             .put_json(
                 &keys::network(&self.host_id, &net.name),
@@ -246,11 +257,11 @@ impl Host {
         Ok(())
     }
 
-    pub fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+    pub fn sr(&self, name: &str) -> Result<StorageRepository, Error> {
         read(&self.srs)
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::invalid(format!("no storage repository named {name:?}")))
+            .ok_or_else(|| Error::invalid(format!("no storage repository named {name:?}")))
     }
 
     /// Every repository, with its free and total space filled in.
@@ -265,14 +276,14 @@ impl Host {
         out
     }
 
-    pub fn network(&self, name: &str) -> Result<Network, ApiError> {
+    pub fn network(&self, name: &str) -> Result<Network, Error> {
         if name == DEFAULT_NETWORK {
             return Ok(network::default_network());
         }
         read(&self.networks)
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::invalid(format!("no network named {name:?}")))
+            .ok_or_else(|| Error::invalid(format!("no network named {name:?}")))
     }
 
     pub fn list_networks(&self) -> Vec<Network> {
@@ -282,9 +293,9 @@ impl Host {
     }
 
     /// A conflict from a create-only write, renamed for the user.
-    pub(crate) fn exists_as(e: ApiError, what: &str, name: &str) -> ApiError {
+    pub(crate) fn exists_as(e: Error, what: &str, name: &str) -> Error {
         if e.kind == ErrorKind::Conflict {
-            ApiError::conflict(format!("a {what} named {name:?} already exists"))
+            Error::conflict(format!("a {what} named {name:?} already exists"))
         } else {
             e
         }
@@ -292,13 +303,13 @@ impl Host {
 }
 
 impl crate::spec::HostFacts for Host {
-    fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+    fn sr(&self, name: &str) -> Result<StorageRepository, Error> {
         Host::sr(self, name)
     }
-    fn network(&self, name: &str) -> Result<Network, ApiError> {
+    fn network(&self, name: &str) -> Result<Network, Error> {
         Host::network(self, name)
     }
-    fn template(&self, name: &str) -> Result<corral_install::Template, ApiError> {
+    fn template(&self, name: &str) -> Result<corral_install::Template, Error> {
         self.templates().get(name).cloned()
     }
     fn memory_total_bytes(&self) -> u64 {

@@ -12,7 +12,7 @@
 //! `stats/`. [`upgrade`] moves such a state in one transaction at start.
 
 use crate::context::store_error;
-use corral_model::ApiError;
+use crate::error::Error;
 use corral_store::{Expect, Store, TxnOp};
 use std::path::Path;
 
@@ -54,14 +54,14 @@ const LEGACY_SCOPED: [&str; 4] = ["srs/", "networks/", "tasks/", "stats/"];
 
 /// This host's id: `STATE_DIR/host-id`; else the id a schema-1 store holds (so an upgraded
 /// host keeps its identity and its VMs stay its own); else a new one. Written to the file.
-pub async fn host_id(state_dir: &Path, store: &dyn Store) -> Result<String, ApiError> {
+pub async fn host_id(state_dir: &Path, store: &dyn Store) -> Result<String, Error> {
     let file = state_dir.join("host-id");
     if let Ok(text) = std::fs::read_to_string(&file) {
         let id = text.trim();
         if uuid::Uuid::parse_str(id).is_ok() {
             return Ok(id.to_string());
         }
-        return Err(ApiError::internal(format!(
+        return Err(Error::internal(format!(
             "{} does not hold a host id (a UUID); remove it to make a new one",
             file.display()
         )));
@@ -73,7 +73,13 @@ pub async fn host_id(state_dir: &Path, store: &dyn Store) -> Result<String, ApiE
     let tmp = state_dir.join("host-id.tmp");
     std::fs::write(&tmp, format!("{id}\n"))
         .and_then(|_| std::fs::rename(&tmp, &file))
-        .map_err(|e| ApiError::internal(format!("cannot write {}: {e}", file.display())))?;
+        .map_err(|e| {
+            Error::caused(
+                corral_model::ErrorKind::Internal,
+                format!("cannot write {}", file.display()),
+                e,
+            )
+        })?;
     Ok(id)
 }
 
@@ -87,19 +93,19 @@ pub struct Upgrade {
 
 /// Bring the store to [`SCHEMA`] in one transaction (nothing changes if it fails). A store
 /// newer than this agent is refused rather than misread.
-pub async fn upgrade(store: &dyn Store, host_id: &str) -> Result<Option<Upgrade>, ApiError> {
+pub async fn upgrade(store: &dyn Store, host_id: &str) -> Result<Option<Upgrade>, Error> {
     let current = match store.get(SCHEMA_KEY).await.map_err(store_error)? {
         Some(v) => String::from_utf8_lossy(&v.value)
             .trim()
             .parse::<u32>()
-            .map_err(|_| ApiError::internal("the state's schema version is unreadable"))?,
+            .map_err(|_| Error::internal("the state's schema version is unreadable"))?,
         None => 1,
     };
     if current == SCHEMA {
         return Ok(None);
     }
     if current > SCHEMA {
-        return Err(ApiError::new(
+        return Err(Error::new(
             corral_model::ErrorKind::Unsupported,
             format!(
                 "the state was written by a newer corral (schema {current}; this agent knows {SCHEMA})"
@@ -134,10 +140,10 @@ pub async fn upgrade(store: &dyn Store, host_id: &str) -> Result<Option<Upgrade>
         Expect::Any,
     ));
     store.txn(ops).await.map_err(|e| {
-        ApiError::caused(
+        Error::caused(
             corral_model::ErrorKind::Internal,
             format!("cannot upgrade the state to schema {SCHEMA}"),
-            &e,
+            e,
         )
     })?;
     Ok(Some(report))

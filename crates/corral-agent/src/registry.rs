@@ -1,8 +1,8 @@
 //! Name and id bookkeeping for the VMs on this host. Names are reserved before a VM's disks
 //! are created, so two concurrent creates of `web01` cannot both succeed.
 
+use crate::error::Error;
 use crate::vm::VmHandle;
-use corral_model::ApiError;
 use std::collections::{HashMap, HashSet};
 
 #[derive(Default)]
@@ -13,9 +13,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn reserve(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn reserve(&mut self, name: &str) -> Result<(), Error> {
         if self.by_name.contains_key(name) || self.reserved.contains(name) {
-            return Err(ApiError::conflict(format!(
+            return Err(Error::conflict(format!(
                 "a VM named {name:?} already exists"
             )));
         }

@@ -6,6 +6,7 @@
 //! Nothing here writes: facts come through [`HostFacts`], which the agent answers from its
 //! records and the file system and tests answer from a table.
 
+use crate::error::Error;
 use crate::network::DEFAULT_NETWORK;
 use corral_install::Template;
 use corral_model::api::*;
@@ -16,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 /// What the spec step needs to know about the host.
 pub trait HostFacts {
-    fn sr(&self, name: &str) -> Result<StorageRepository, ApiError>;
-    fn network(&self, name: &str) -> Result<Network, ApiError>;
-    fn template(&self, name: &str) -> Result<Template, ApiError>;
+    fn sr(&self, name: &str) -> Result<StorageRepository, Error>;
+    fn network(&self, name: &str) -> Result<Network, Error>;
+    fn template(&self, name: &str) -> Result<Template, Error>;
     /// Installed memory; 0 when unknown (then no host limit is applied).
     fn memory_total_bytes(&self) -> u64;
     /// The ISO library, where media named without a path are looked up.
@@ -37,19 +38,19 @@ pub fn check_limits(
     spec: &VmSpec,
     more_nics: usize,
     more_disks: usize,
-) -> Result<(), ApiError> {
-    validate_vcpus(spec.vcpus).map_err(ApiError::invalid)?;
+) -> Result<(), Error> {
+    validate_vcpus(spec.vcpus).map_err(Error::invalid)?;
     check_memory(facts, spec.memory_bytes)?;
     let disks = spec.disks.len() + more_disks;
     if disks > MAX_DISKS {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "VM {:?} would have {disks} disks, more than the maximum of {MAX_DISKS}",
             spec.name
         )));
     }
     let nics = spec.nics.len() + more_nics;
     if nics > MAX_NICS {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "VM {:?} would have {nics} NICs, more than the maximum of {MAX_NICS}",
             spec.name
         )));
@@ -62,7 +63,7 @@ pub fn check_limits(
         return Ok(());
     };
     tpl.check_restrictions(spec.vcpus, spec.memory_bytes, nics, disks)
-        .map_err(|p| ApiError::invalid(p.join("; ")))
+        .map_err(|p| Error::invalid(p.join("; ")))
 }
 
 /// Turn a create request into a full spec: template defaults, then the request, then
@@ -71,24 +72,24 @@ pub fn spec_from_request(
     facts: &dyn HostFacts,
     id: &str,
     req: &VmCreateRequest,
-) -> Result<VmSpec, ApiError> {
+) -> Result<VmSpec, Error> {
     let mut req = req.clone();
     if let Some(name) = req.template.clone() {
         let tpl = facts.template(&name)?;
         tpl.apply_to_request(&mut req, DEFAULT_NETWORK)
-            .map_err(|problems| ApiError::invalid(problems.join("; ")))?;
+            .map_err(|problems| Error::invalid(problems.join("; ")))?;
     }
     // Without a template: 1 vCPU, 1 GiB, no disks, one virtio NIC on the default network.
     let vcpus = req.vcpus.unwrap_or(1);
-    validate_vcpus(vcpus).map_err(ApiError::invalid)?;
+    validate_vcpus(vcpus).map_err(Error::invalid)?;
     let memory_bytes = req.memory_bytes.unwrap_or(1 << 30);
     check_memory(facts, memory_bytes)?;
     let cpu_weight = req.cpu_weight.unwrap_or(CPU_WEIGHT_NORMAL);
-    validate_cpu_weight(cpu_weight).map_err(ApiError::invalid)?;
+    validate_cpu_weight(cpu_weight).map_err(Error::invalid)?;
 
     let disk_reqs = req.disks.clone().unwrap_or_default();
     if disk_reqs.len() > MAX_DISKS {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "{} disks is more than the maximum of {MAX_DISKS}",
             disk_reqs.len()
         )));
@@ -106,7 +107,7 @@ pub fn spec_from_request(
         }]
     });
     if nic_reqs.len() > MAX_NICS {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "{} NICs is more than the maximum of {MAX_NICS}",
             nic_reqs.len()
         )));
@@ -148,7 +149,7 @@ pub fn spec_from_request(
             cmdline: req.cmdline.clone().unwrap_or_default(),
         }),
         None if req.initrd.is_some() || req.cmdline.is_some() => {
-            return Err(ApiError::invalid("--initrd and --cmdline need --kernel"))
+            return Err(Error::invalid("--initrd and --cmdline need --kernel"))
         }
         None => None,
     };
@@ -182,11 +183,11 @@ pub fn spec_from_request(
     Ok(spec)
 }
 
-pub fn check_memory(facts: &dyn HostFacts, bytes: u64) -> Result<(), ApiError> {
-    validate_memory(bytes).map_err(ApiError::invalid)?;
+pub fn check_memory(facts: &dyn HostFacts, bytes: u64) -> Result<(), Error> {
+    validate_memory(bytes).map_err(Error::invalid)?;
     let total = facts.memory_total_bytes();
     if total > 0 && bytes > total {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "memory {} is more than this host has ({})",
             format_size(bytes),
             format_size(total)
@@ -201,16 +202,16 @@ pub fn disk_from_request(
     device: &str,
     d: &DiskRequest,
     default_bus: DiskBus,
-) -> Result<Disk, ApiError> {
+) -> Result<Disk, Error> {
     match &d.import_from {
         // Size 0 with an image means "the image's size".
         Some(src) => {
             check_file(facts, "disk image", src)?;
             if d.size_bytes != 0 {
-                validate_disk_size(d.size_bytes).map_err(ApiError::invalid)?;
+                validate_disk_size(d.size_bytes).map_err(Error::invalid)?;
             }
         }
-        None => validate_disk_size(d.size_bytes).map_err(ApiError::invalid)?,
+        None => validate_disk_size(d.size_bytes).map_err(Error::invalid)?,
     }
     let sr_name = d.sr.clone().unwrap_or_else(|| "default".into());
     let sr = facts.sr(&sr_name)?;
@@ -232,11 +233,11 @@ pub fn nic_from_request(
     device: &str,
     n: &NicRequest,
     default_model: NicModel,
-) -> Result<Nic, ApiError> {
+) -> Result<Nic, Error> {
     facts.network(&n.network)?;
     let mac = match &n.mac {
         Some(m) => {
-            validate_mac(m).map_err(ApiError::invalid)?;
+            validate_mac(m).map_err(Error::invalid)?;
             m.to_ascii_lowercase()
         }
         None => random_mac(),
@@ -250,7 +251,7 @@ pub fn nic_from_request(
 }
 
 /// ISO media may be given as a path or as a name in the ISO library.
-pub fn iso_path(facts: &dyn HostFacts, p: &Path) -> Result<PathBuf, ApiError> {
+pub fn iso_path(facts: &dyn HostFacts, p: &Path) -> Result<PathBuf, Error> {
     let path = if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -258,7 +259,7 @@ pub fn iso_path(facts: &dyn HostFacts, p: &Path) -> Result<PathBuf, ApiError> {
         if facts.exists(&in_library) {
             in_library
         } else {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "ISO {} is not an absolute path nor in the ISO library ({})",
                 p.display(),
                 facts.iso_dir().display()
@@ -266,24 +267,24 @@ pub fn iso_path(facts: &dyn HostFacts, p: &Path) -> Result<PathBuf, ApiError> {
         }
     };
     if !facts.exists(&path) {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "ISO {} does not exist",
             path.display()
         )));
     }
-    facts.check_iso(&path).map_err(ApiError::invalid)?;
+    facts.check_iso(&path).map_err(Error::invalid)?;
     Ok(path)
 }
 
-fn check_file(facts: &dyn HostFacts, what: &str, p: &Path) -> Result<PathBuf, ApiError> {
+fn check_file(facts: &dyn HostFacts, what: &str, p: &Path) -> Result<PathBuf, Error> {
     if !p.is_absolute() {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} path {} is not absolute",
             p.display()
         )));
     }
     if !facts.is_file(p) {
-        return Err(ApiError::invalid(format!(
+        return Err(Error::invalid(format!(
             "{what} {} does not exist",
             p.display()
         )));

@@ -24,9 +24,10 @@
 
 use crate::agent::Agent;
 use crate::clock::now_ms;
+use crate::error::Error;
 use corral_model::host::NetworkKind;
 use corral_model::stats::{MetricSummary, StatsSample, StatsSeries, VmStats};
-use corral_model::{ApiError, PowerState};
+use corral_model::PowerState;
 use corral_store::Expect;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -484,7 +485,7 @@ async fn sample_all(agent: &Arc<Agent>) {
 
 impl Agent {
     /// `GET /v1/vms/{name}/stats`.
-    pub fn vm_stats(&self, name: &str) -> Result<VmStats, ApiError> {
+    pub fn vm_stats(&self, name: &str) -> Result<VmStats, Error> {
         let h = self.vm(name)?;
         let info = h.info();
         let running = matches!(info.power_state, PowerState::Running | PowerState::Paused);

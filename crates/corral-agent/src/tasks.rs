@@ -8,10 +8,10 @@
 //! updates from synchronous code never wait for the database.
 
 use crate::clock::now_ms;
+use crate::error::Error;
 use crate::events::EventBus;
 use corral_model::event::Event;
 use corral_model::task::{Operation, Task, TaskState};
-use corral_model::ApiError;
 use corral_store::{Expect, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,8 +22,8 @@ pub const INTERRUPTED: &str = "the agent stopped while this task was running";
 
 /// Marks the error of an interrupted task, so a resumed install recognises it by data, not
 /// by its message.
-fn interrupted_error() -> ApiError {
-    ApiError::internal(INTERRUPTED).with_details(serde_json::json!({ "interrupted": true }))
+fn interrupted_error() -> Error {
+    Error::internal(INTERRUPTED).with_details(serde_json::json!({ "interrupted": true }))
 }
 
 /// Whether `task` was running when the agent stopped (see [`Tasks::recover`]).
@@ -121,7 +121,7 @@ impl TaskHandle {
         self.tasks
             .finish(&self.id, TaskState::Succeeded, result, None);
     }
-    pub fn fail(&self, error: &ApiError) {
+    pub fn fail(&self, error: &Error) {
         self.tasks
             .finish(&self.id, TaskState::Failed, None, Some(error.clone()));
     }
@@ -131,7 +131,7 @@ impl TaskHandle {
     }
     /// Finish with a note on success; a failure after the task was cancelled counts as the
     /// cancellation it is.
-    pub fn finish_with_note(&self, result: Result<String, ApiError>) {
+    pub fn finish_with_note(&self, result: Result<String, Error>) {
         match result {
             Ok(note) => self.succeed(Some(note)),
             Err(e) if self.is_cancelled() => self.cancelled_with(&e.message),
@@ -139,7 +139,7 @@ impl TaskHandle {
         }
     }
     /// Finish from a result.
-    pub fn complete<T>(&self, result: &Result<T, ApiError>) {
+    pub fn complete<T>(&self, result: &Result<T, Error>) {
         match result {
             Ok(_) => self.succeed(None),
             Err(e) => self.fail(e),
@@ -180,7 +180,7 @@ impl Tasks {
             if !t.state.is_finished() {
                 t.state = TaskState::Failed;
                 t.finished_at_ms = Some(now_ms());
-                t.error = Some(interrupted_error());
+                t.error = Some(interrupted_error().to_api());
                 tasks.persist(&t);
             }
             tasks.history().insert(t.id.clone(), t);
@@ -249,7 +249,7 @@ impl Tasks {
         self: &Arc<Self>,
         operation: Operation,
         vm: Option<(&str, &str)>,
-        result: Result<String, ApiError>,
+        result: Result<String, Error>,
     ) {
         let h = self.start(operation, vm);
         match result {
@@ -271,7 +271,7 @@ impl Tasks {
         });
     }
 
-    fn finish(&self, id: &str, state: TaskState, result: Option<String>, error: Option<ApiError>) {
+    fn finish(&self, id: &str, state: TaskState, result: Option<String>, error: Option<Error>) {
         let snapshot = {
             let mut live = self.lock();
             let Some(l) = live.remove(id) else { return };
@@ -283,7 +283,7 @@ impl Tasks {
                 }
                 t.finished_at_ms = Some(now_ms());
                 t.result = result;
-                t.error = error;
+                t.error = error.map(|e| e.to_api());
             });
             let t = l.tx.borrow().clone();
             // Into the history before the live entry is dropped (both under the live lock),
@@ -333,7 +333,7 @@ impl Tasks {
         out
     }
 
-    pub fn cancel(&self, id: &str) -> Result<(), ApiError> {
+    pub fn cancel(&self, id: &str) -> Result<(), Error> {
         let live = self.lock();
         match live.get(id) {
             Some(l) => {
@@ -344,7 +344,7 @@ impl Tasks {
                         .filter(|o| o.cancellable())
                         .map(|o| o.as_str())
                         .collect();
-                    return Err(ApiError::new(
+                    return Err(Error::new(
                         corral_model::ErrorKind::InvalidState,
                         format!(
                             "task {id} ({operation}) cannot be cancelled; cancellable operations: {}",
@@ -356,7 +356,7 @@ impl Tasks {
                 Ok(())
             }
             None => match self.get_stored(id) {
-                Some(t) => Err(ApiError::new(
+                Some(t) => Err(Error::new(
                     corral_model::ErrorKind::InvalidState,
                     format!(
                         "task {id} ({}) cannot be cancelled: it has already finished ({})",
@@ -364,7 +364,7 @@ impl Tasks {
                         t.state.as_str()
                     ),
                 )),
-                None => Err(ApiError::not_found(format!("no task {id}"))),
+                None => Err(Error::not_found(format!("no task {id}"))),
             },
         }
     }

@@ -1,8 +1,8 @@
 //! The template catalogue as the agent uses it: built-in templates from corral-install plus
 //! the user's own under `STATE_DIR/templates`, with errors mapped to API kinds.
 
+use crate::error::Error;
 use corral_install::{Catalog, Template, TemplateError};
-use corral_model::ApiError;
 use std::path::{Path, PathBuf};
 
 pub struct Templates {
@@ -10,12 +10,12 @@ pub struct Templates {
     dir: PathBuf,
 }
 
-fn api(e: TemplateError) -> ApiError {
-    ApiError::from_error(e.kind(), &e)
+fn api(e: TemplateError) -> Error {
+    Error::from_error(e.kind(), e)
 }
 
 impl Templates {
-    pub fn load(dir: &Path) -> Result<Self, ApiError> {
+    pub fn load(dir: &Path) -> Result<Self, Error> {
         Ok(Templates {
             catalog: Catalog::load(Some(dir)).map_err(api)?,
             dir: dir.to_path_buf(),
@@ -23,7 +23,7 @@ impl Templates {
     }
     /// Only the built-in templates (no osinfo-db, no user directory): for unit tests.
     #[cfg(test)]
-    pub fn builtin() -> Result<Self, ApiError> {
+    pub fn builtin() -> Result<Self, Error> {
         let catalog = Catalog::load_with(corral_install::templates::LoadOptions {
             user_dir: None,
             osinfo_dir: None,
@@ -34,7 +34,7 @@ impl Templates {
             dir: PathBuf::new(),
         })
     }
-    pub fn get(&self, name: &str) -> Result<&Template, ApiError> {
+    pub fn get(&self, name: &str) -> Result<&Template, Error> {
         self.catalog.get(name).map_err(api)
     }
     pub fn catalog(&self) -> &Catalog {
@@ -47,10 +47,10 @@ impl Templates {
     pub fn list_osinfo(&self) -> Vec<&Template> {
         self.catalog.list_osinfo()
     }
-    pub fn add(&mut self, toml_text: &str) -> Result<Template, ApiError> {
+    pub fn add(&mut self, toml_text: &str) -> Result<Template, Error> {
         self.catalog.add_user(toml_text, &self.dir).map_err(api)
     }
-    pub fn remove(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn remove(&mut self, name: &str) -> Result<(), Error> {
         self.catalog.remove_user(name, &self.dir).map_err(api)
     }
 }

@@ -20,8 +20,9 @@
 //! name from an archive or a user.
 
 use crate::config::Layout;
+use crate::error::Error;
 use corral_archive::FileRole;
-use corral_model::{ApiError, VmSpec};
+use corral_model::VmSpec;
 use std::path::{Path, PathBuf};
 
 /// swtpm's file for a TPM 2.0's persistent state inside its state directory.
@@ -38,14 +39,20 @@ pub fn tpm_state_file(layout: &Layout, vm_id: &str) -> PathBuf {
 }
 
 /// Create a VM's TPM state directory, readable by the agent only (it holds the TPM's seeds).
-pub fn create_tpm_dir(layout: &Layout, vm_id: &str) -> Result<PathBuf, ApiError> {
+pub fn create_tpm_dir(layout: &Layout, vm_id: &str) -> Result<PathBuf, Error> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = tpm_dir(layout, vm_id);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+        .map_err(|e| {
+            Error::caused(
+                corral_model::ErrorKind::Internal,
+                format!("cannot create {}", dir.display()),
+                e,
+            )
+        })?;
     Ok(dir)
 }
 
@@ -143,7 +150,7 @@ pub fn copy_owned(
     new_id: &str,
     spec: &mut VmSpec,
     copy_tpm: bool,
-) -> Result<Vec<PathBuf>, ApiError> {
+) -> Result<Vec<PathBuf>, Error> {
     let mut created: Vec<PathBuf> = Vec::new();
     let result = copy_owned_into(layout, src_id, new_id, spec, copy_tpm, &mut created);
     if result.is_err() {
@@ -160,7 +167,7 @@ fn copy_owned_into(
     spec: &mut VmSpec,
     copy_tpm: bool,
     created: &mut Vec<PathBuf>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if let Some(kb) = spec.kernel_boot.as_mut() {
         let mut slots: Vec<&mut PathBuf> = vec![&mut kb.kernel];
         if let Some(i) = kb.initrd.as_mut() {
@@ -187,9 +194,9 @@ fn copy_owned_into(
 }
 
 /// Copy `src` to a new file `dest` (refused if it exists), synced.
-fn copy_new(src: &Path, dest: &Path) -> Result<(), ApiError> {
+fn copy_new(src: &Path, dest: &Path) -> Result<(), Error> {
     let fail = |e: std::io::Error| {
-        ApiError::internal(format!(
+        Error::internal(format!(
             "cannot copy {} to {}: {e}",
             src.display(),
             dest.display()
@@ -222,9 +229,9 @@ pub fn remove_created(paths: &[PathBuf]) {
 
 /// Rename `staged` to `dest`, which must not exist yet. `Ok(false)`: they are on different
 /// file systems and the caller copies instead.
-pub fn rename_new(staged: &Path, dest: &Path) -> Result<bool, ApiError> {
+pub fn rename_new(staged: &Path, dest: &Path) -> Result<bool, Error> {
     if dest.exists() {
-        return Err(ApiError::conflict(format!(
+        return Err(Error::conflict(format!(
             "{} already exists",
             dest.display()
         )));
@@ -232,7 +239,7 @@ pub fn rename_new(staged: &Path, dest: &Path) -> Result<bool, ApiError> {
     match std::fs::rename(staged, dest) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Ok(false),
-        Err(e) => Err(ApiError::internal(format!(
+        Err(e) => Err(Error::internal(format!(
             "cannot move {} to {}: {e}",
             staged.display(),
             dest.display()
@@ -243,7 +250,7 @@ pub fn rename_new(staged: &Path, dest: &Path) -> Result<bool, ApiError> {
 /// Move an imported file out of staging to `dest` (a new file): a rename on the same file
 /// system, else a copy under a temporary name renamed at the end, so `dest` is never half
 /// written.
-pub fn place_file(staged: &Path, dest: &Path) -> Result<(), ApiError> {
+pub fn place_file(staged: &Path, dest: &Path) -> Result<(), Error> {
     if rename_new(staged, dest)? {
         return Ok(());
     }
@@ -253,7 +260,11 @@ pub fn place_file(staged: &Path, dest: &Path) -> Result<(), ApiError> {
     copy_new(staged, &tmp)?;
     std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        ApiError::internal(format!("cannot rename {}: {e}", tmp.display()))
+        Error::caused(
+            corral_model::ErrorKind::Internal,
+            format!("cannot rename {}", tmp.display()),
+            e,
+        )
     })
 }
 

@@ -26,6 +26,13 @@ impl From<ApiError> for Failure {
     }
 }
 
+/// The one place an agent error becomes the wire error (its chain as `causes`).
+impl From<corral_agent::Error> for Failure {
+    fn from(e: corral_agent::Error) -> Self {
+        Failure(e.to_api())
+    }
+}
+
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         (status_of(self.0.kind), Json(self.0)).into_response()

@@ -21,6 +21,7 @@
 //! collector cannot run between freezing and recording the clone), `Op::Freeze` on the
 //! source's actor, write the overlays, record the VM, spawn its actor.
 
+use crate::error::Error;
 use crate::network::DEFAULT_NETWORK;
 use crate::ops::Ops;
 use crate::spec::random_mac;
@@ -61,8 +62,8 @@ pub fn is_base(path: &Path) -> bool {
         .is_some_and(|n| n == BASES_DIR)
 }
 
-fn io_err(what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(format!("{what}: {e}"))
+fn io_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::caused(ErrorKind::Internal, what, e)
 }
 
 /// Move each disk of `spec` into its repository's `bases/`; with `overlay`, give the VM an
@@ -72,7 +73,7 @@ pub(crate) fn freeze_disks(
     spec: &mut VmSpec,
     vm_id: &str,
     overlay: bool,
-) -> Result<(Vec<FrozenDisk>, Undo), ApiError> {
+) -> Result<(Vec<FrozenDisk>, Undo), Error> {
     let mut frozen = Vec::new();
     let mut undo: Undo = Vec::new();
     for d in spec.disks.iter_mut() {
@@ -89,7 +90,7 @@ pub(crate) fn freeze_disks(
             let sr_dir = d
                 .path
                 .parent()
-                .ok_or_else(|| ApiError::internal("volume path has no directory"))?;
+                .ok_or_else(|| Error::internal("volume path has no directory"))?;
             let bases = sr_dir.join(BASES_DIR);
             std::fs::create_dir_all(&bases)
                 .map_err(|e| io_err(&format!("cannot create {}", bases.display()), e))?;
@@ -251,12 +252,12 @@ impl Ops {
         name: &str,
         operation: Operation,
         f: F,
-    ) -> Result<(VmInfo, String), ApiError>
+    ) -> Result<(VmInfo, String), Error>
     where
         F: FnOnce(TaskHandle) -> Fut,
-        Fut: std::future::Future<Output = Result<(), ApiError>>,
+        Fut: std::future::Future<Output = Result<(), Error>>,
     {
-        validate_name("VM", name).map_err(ApiError::invalid)?;
+        validate_name("VM", name).map_err(Error::invalid)?;
         self.host.registry_mut().reserve(name)?;
         let task = self.host.tasks.start(operation, None);
         let id = task.id.clone();
@@ -274,10 +275,10 @@ impl Ops {
         self: &Arc<Self>,
         source: &str,
         req: CloneRequest,
-    ) -> Result<(VmInfo, String), ApiError> {
+    ) -> Result<(VmInfo, String), Error> {
         let src = self.vm(source)?;
         if req.sr.is_some() {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "a linked clone shares its source's repository; use `vm copy --sr` for another one",
             ));
         }
@@ -292,7 +293,7 @@ impl Ops {
                 let (tx, rx) = oneshot::channel();
                 src.call(Op::Freeze(tx), task.clone()).await?;
                 rx.await
-                    .map_err(|_| ApiError::internal("the source VM did not answer"))?
+                    .map_err(|_| Error::internal("the source VM did not answer"))?
             };
             let mut spec = spec_of(&src.info());
             spec.name = name.clone();
@@ -315,7 +316,7 @@ impl Ops {
         frozen: &[FrozenDisk],
         task: &TaskHandle,
         source: (&str, bool),
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, &spec.name);
         let mut disks = Vec::new();
@@ -325,7 +326,7 @@ impl Ops {
                 .base
                 .parent()
                 .and_then(Path::parent)
-                .ok_or_else(|| ApiError::internal("base has no repository"))?;
+                .ok_or_else(|| Error::internal("base has no repository"))?;
             let path = sr_dir.join(corral_storage::volume_file_name(
                 &id,
                 &f.disk.device,
@@ -366,7 +367,7 @@ impl Ops {
     }
 
     /// `vm convert-to-template NAME`.
-    pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), ApiError> {
+    pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), Error> {
         let _guard = BASES.lock().await;
         self.vm_op(name, Operation::VmConvertToTemplate, Op::ConvertToTemplate)
             .await
@@ -379,12 +380,12 @@ impl Ops {
     pub async fn create_from_template_vm(
         self: &Arc<Self>,
         req: VmCreateRequest,
-    ) -> Result<(VmInfo, String), ApiError> {
+    ) -> Result<(VmInfo, String), Error> {
         let tname = req.template.clone().unwrap_or_default();
         let tpl = self.vm(&tname)?;
         let t = tpl.info();
         if !t.is_template {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "VM {tname:?} is not a template (convert it with `vm convert-to-template`, or clone it)"
             )));
         }
@@ -428,7 +429,7 @@ impl Ops {
         spec: &mut VmSpec,
         req: &VmCreateRequest,
         frozen: &[FrozenDisk],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         spec.template = req.template.clone();
         spec.name = req.name.clone();
         spec.is_template = false;
@@ -436,7 +437,7 @@ impl Ops {
             spec.description = d.clone();
         }
         if let Some(v) = req.vcpus {
-            validate_vcpus(v).map_err(ApiError::invalid)?;
+            validate_vcpus(v).map_err(Error::invalid)?;
             spec.vcpus = v;
         }
         if let Some(m) = req.memory_bytes {
@@ -447,7 +448,7 @@ impl Ops {
             spec.autostart = a;
         }
         if let Some(w) = req.cpu_weight {
-            validate_cpu_weight(w).map_err(ApiError::invalid)?;
+            validate_cpu_weight(w).map_err(Error::invalid)?;
             spec.cpu_weight = w;
         }
         if let Some(f) = req.firmware {
@@ -462,7 +463,7 @@ impl Ops {
         match &req.nics {
             Some(nics) => {
                 if nics.len() > MAX_NICS {
-                    return Err(ApiError::invalid(format!(
+                    return Err(Error::invalid(format!(
                         "{} NICs is more than the maximum of {MAX_NICS}",
                         nics.len()
                     )));
@@ -491,13 +492,13 @@ impl Ops {
         }
         if let Some(extra) = &req.disks {
             if frozen.len() + extra.len() > MAX_DISKS {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "{} disks is more than the maximum of {MAX_DISKS}",
                     frozen.len() + extra.len()
                 )));
             }
             if !extra.is_empty() {
-                return Err(ApiError::new(
+                return Err(Error::new(
                     ErrorKind::Unsupported,
                     "extra disks with a template VM: create the VM, then `vm disk add`",
                 ));
@@ -505,7 +506,7 @@ impl Ops {
         }
         if let Some(k) = &req.kernel {
             if !k.is_absolute() || !k.is_file() {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "kernel {} is not an existing absolute path",
                     k.display()
                 )));
@@ -544,9 +545,9 @@ impl Ops {
         source: &str,
         req: CloneRequest,
         wait: bool,
-    ) -> Result<(Option<VmInfo>, String), ApiError> {
+    ) -> Result<(Option<VmInfo>, String), Error> {
         let src = self.vm(source)?;
-        validate_name("VM", &req.name).map_err(ApiError::invalid)?;
+        validate_name("VM", &req.name).map_err(Error::invalid)?;
         let target_sr = match &req.sr {
             Some(s) => Some(self.sr(s)?),
             None => None,
@@ -592,7 +593,7 @@ impl Ops {
         name: &str,
         target_sr: Option<StorageRepository>,
         task: &TaskHandle,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, name);
         let total: u64 = info.disks.iter().map(|d| d.size_bytes).sum();
@@ -669,7 +670,7 @@ async fn convert_with_progress(
     before: u64,
     size: u64,
     total: u64,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let mut cancel = task.clone();
     let opts = corral_storage::qemu_img::ConvertOptions {
         output_format: "qcow2",
@@ -686,13 +687,11 @@ async fn convert_with_progress(
     )
     .await
     .map_err(|e| match e {
-        corral_storage::VolumeError::Cancelled => {
-            ApiError::new(ErrorKind::InvalidState, "cancelled")
-        }
-        e => ApiError::caused(
+        corral_storage::VolumeError::Cancelled => Error::new(ErrorKind::InvalidState, "cancelled"),
+        e => Error::caused(
             ErrorKind::Internal,
             format!("cannot copy {}", src.display()),
-            &e,
+            e,
         ),
     })
 }

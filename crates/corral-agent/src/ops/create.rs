@@ -6,6 +6,7 @@
 //! A failure at any step removes the volumes this step made, so nothing is left half-created.
 
 use crate::context::{encode, Host};
+use crate::error::Error;
 use crate::keys;
 use crate::tasks::TaskHandle;
 use crate::vm::runtime::Runtime;
@@ -26,7 +27,7 @@ pub async fn materialize_vm<R: Runtime>(
     mut spec: VmSpec,
     sources: Vec<Option<PathBuf>>,
     task: &TaskHandle,
-) -> Result<VmHandle, ApiError> {
+) -> Result<VmHandle, Error> {
     task.phase("creating disks", 0.3);
     let mut created: Vec<PathBuf> = Vec::new();
     for (i, disk) in spec.disks.iter_mut().enumerate() {
@@ -61,7 +62,7 @@ pub async fn add_vm<R: Runtime>(
     runtime: &Arc<R>,
     id: String,
     spec: VmSpec,
-) -> Result<VmHandle, ApiError> {
+) -> Result<VmHandle, Error> {
     let rec = VmRecord {
         id: id.clone(),
         host: host.host_id.clone(),
@@ -87,17 +88,17 @@ pub async fn add_vm<R: Runtime>(
 }
 
 /// Create the volume of a new disk, empty or as a copy of `source`; records the final size.
-pub async fn create_disk_volume(disk: &mut Disk, source: Option<PathBuf>) -> Result<(), ApiError> {
+pub async fn create_disk_volume(disk: &mut Disk, source: Option<PathBuf>) -> Result<(), Error> {
     match source {
         Some(src) => {
             let size =
                 corral_storage::import_volume(&src, &disk.path, disk.format, disk.size_bytes)
                     .await
                     .map_err(|e| {
-                        ApiError::caused(
+                        Error::caused(
                             ErrorKind::InvalidInput,
                             format!("cannot import {} as disk {}", src.display(), disk.device),
-                            &e,
+                            e,
                         )
                     })?;
             disk.size_bytes = size;
@@ -106,10 +107,10 @@ pub async fn create_disk_volume(disk: &mut Disk, source: Option<PathBuf>) -> Res
         None => corral_storage::create_volume(&disk.path, disk.format, disk.size_bytes, None)
             .await
             .map_err(|e| {
-                ApiError::caused(
+                Error::caused(
                     ErrorKind::Internal,
                     format!("cannot create disk {}", disk.device),
-                    &e,
+                    e,
                 )
             }),
     }

@@ -18,7 +18,7 @@
 //! usually the only explanation there is.
 
 use crate::answers::AnswerServer;
-use crate::context::error_chain;
+use crate::error::Error;
 use crate::network::DEFAULT_NETWORK;
 use crate::ops::install_plan::{
     choose_template, compose_cmdline, detected_tree, plan_of, PlanInputs,
@@ -88,15 +88,15 @@ struct Prepared {
     answers: Option<AnswerServer>,
 }
 
-fn invalid(msg: impl Into<String>) -> ApiError {
-    ApiError::invalid(msg)
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::invalid(msg)
 }
 
 impl Ops {
     /// Validate an install request, reserve the name, and start the `vm.install` task.
     /// Returns the task id; the VM appears when the installer is about to boot.
-    pub async fn install_vm(self: &Arc<Self>, req: VmInstallRequest) -> Result<String, ApiError> {
-        validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
+    pub async fn install_vm(self: &Arc<Self>, req: VmInstallRequest) -> Result<String, Error> {
+        validate_name("VM", &req.vm.name).map_err(Error::invalid)?;
         if let Some(t) = &req.vm.template {
             if self.host.is_template_vm(t) {
                 return self.install_from_template_vm(req).await;
@@ -123,7 +123,7 @@ impl Ops {
     async fn install_from_template_vm(
         self: &Arc<Self>,
         req: VmInstallRequest,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         if req.source.is_some()
             || req.unattended.is_some()
             || req.cloud_init.is_some()
@@ -142,7 +142,7 @@ impl Ops {
     }
 
     /// Every check that needs no network; nothing is written.
-    fn prepare_install(&self, req: VmInstallRequest) -> Result<Prepared, ApiError> {
+    fn prepare_install(&self, req: VmInstallRequest) -> Result<Prepared, Error> {
         let VmInstallRequest {
             vm: mut create,
             source,
@@ -403,7 +403,7 @@ impl Ops {
         &self,
         create: &VmCreateRequest,
         template: Option<&Template>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, Error> {
         let network = match create.nics.as_ref().and_then(|n| n.first()) {
             Some(n) => n.network.clone(),
             None if create.nics.is_some() || template.is_some_and(|t| t.nic_count == 0) => {
@@ -419,7 +419,7 @@ impl Ops {
         self: &Arc<Self>,
         mut p: Prepared,
         task: &TaskHandle,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let scratch = self.host.layout.install_dir(&p.id);
         if let Some(i) = &mut p.spec.install {
             i.task_id = task.id.clone();
@@ -520,7 +520,7 @@ impl Ops {
         h: &VmHandle,
         eject_cdrom: bool,
         task: &TaskHandle,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         task.phase("rebooting into the installed system", 0.9);
         self.sub_op(
             h,
@@ -539,7 +539,7 @@ impl Ops {
     }
 
     /// Run an operation on the VM as its own task (so it shows in the VM's history).
-    async fn sub_op(&self, h: &VmHandle, operation: Operation, op: Op) -> Result<(), ApiError> {
+    async fn sub_op(&self, h: &VmHandle, operation: Operation, op: Op) -> Result<(), Error> {
         let info = h.info();
         let t = self
             .host
@@ -555,7 +555,7 @@ impl Ops {
         p: &mut Prepared,
         scratch: &Path,
         task: &TaskHandle,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, Error> {
         let mut notes = Vec::new();
         match &p.plan {
             Plan::Cdrom => {}
@@ -578,7 +578,11 @@ impl Ops {
                     blocking(move || {
                         if let Some(dir) = iso.parent() {
                             std::fs::create_dir_all(dir).map_err(|e| {
-                                ApiError::internal(format!("cannot create {}: {e}", dir.display()))
+                                Error::caused(
+                                    ErrorKind::Internal,
+                                    format!("cannot create {}", dir.display()),
+                                    e,
+                                )
                             })?;
                         }
                         seed::build_nocloud_iso(
@@ -587,7 +591,7 @@ impl Ops {
                             meta.as_bytes(),
                             ci.network_config.as_deref().map(str::as_bytes),
                         )
-                        .map_err(|e| ApiError::invalid(error_chain(&e)))?;
+                        .map_err(|e| Error::from_error(ErrorKind::InvalidInput, e))?;
                         Ok(iso)
                     })
                     .await
@@ -612,7 +616,7 @@ impl Ops {
                         installer.cmdline
                     );
                     std::fs::write(scratch.join("boot.ipxe"), script).map_err(|e| {
-                        ApiError::internal(format!("cannot write the PXE boot script: {e}"))
+                        Error::caused(ErrorKind::Internal, "cannot write the PXE boot script", e)
                     })?;
                     if let Some(i) = &mut p.spec.install {
                         i.pxe = Some(PxeBoot {
@@ -673,12 +677,11 @@ impl Ops {
         &self,
         location: &Location,
         opts: DetectOptions,
-    ) -> Result<Detected, ApiError> {
+    ) -> Result<Detected, Error> {
         let url = location.url.clone();
         blocking(move || {
             let src = fetch::open(&url, &FetchOptions::default()).map_err(fetch_err)?;
-            tree::detect(src.as_ref(), &url, &opts)
-                .map_err(|e| ApiError::new(e.kind(), error_chain(&e)))
+            tree::detect(src.as_ref(), &url, &opts).map_err(|e| Error::from_error(e.kind(), e))
         })
         .await
     }
@@ -690,7 +693,7 @@ impl Ops {
         &self,
         p: &mut Prepared,
         detected: &Detected,
-    ) -> Result<corral_model::install::TemplateChoice, ApiError> {
+    ) -> Result<corral_model::install::TemplateChoice, Error> {
         let (template, choice) = choose_template(
             self.host.templates().catalog(),
             p.template.as_ref(),
@@ -726,13 +729,18 @@ impl Ops {
         pxe: bool,
         scratch: &Path,
         task: &TaskHandle,
-    ) -> Result<FetchedInstaller, ApiError> {
+    ) -> Result<FetchedInstaller, Error> {
         task.phase(
             &format!("detecting the install tree at {}", location.url),
             0.02,
         );
-        std::fs::create_dir_all(scratch)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", scratch.display())))?;
+        std::fs::create_dir_all(scratch).map_err(|e| {
+            Error::caused(
+                ErrorKind::Internal,
+                format!("cannot create {}", scratch.display()),
+                e,
+            )
+        })?;
         let (mut opts, guest_location) = self.detect_options(p, &location);
         let (kernel_name, initrd_name) = if pxe {
             ("vmlinuz", "initrd.img")
@@ -796,13 +804,13 @@ impl Ops {
                         mode: 0o644,
                     }],
                 )
-                .map_err(|e| ApiError::internal(error_chain(&e)))?;
+                .map_err(|e| Error::from_error(ErrorKind::Internal, e))?;
             }
             Ok(())
         })
         .await?;
         if task.is_cancelled() {
-            return Err(ApiError::new(
+            return Err(Error::new(
                 ErrorKind::InvalidState,
                 "the install was cancelled",
             ));
@@ -840,11 +848,11 @@ impl Ops {
     pub async fn plan_install(
         self: &Arc<Self>,
         req: VmInstallRequest,
-    ) -> Result<InstallPlan, ApiError> {
-        validate_name("VM", &req.vm.name).map_err(ApiError::invalid)?;
+    ) -> Result<InstallPlan, Error> {
+        validate_name("VM", &req.vm.name).map_err(Error::invalid)?;
         if let Some(t) = &req.vm.template {
             if self.host.is_template_vm(t) {
-                return Err(ApiError::new(
+                return Err(Error::new(
                     ErrorKind::Unsupported,
                     format!(
                         "{t:?} is a template VM: an install from it is a linked clone, which                          has no plan to show (vm clone shows what it copies)"
@@ -963,7 +971,7 @@ impl Ops {
         kind: UnattendedKind,
         text: &str,
         scratch: &Path,
-    ) -> Result<(AnswerServer, String), ApiError> {
+    ) -> Result<(AnswerServer, String), Error> {
         let meta;
         let files: Vec<(&str, &[u8])> = if kind == UnattendedKind::CloudInit {
             meta = seed::nocloud_meta_data(&p.id, &p.spec.name);
@@ -977,7 +985,7 @@ impl Ops {
         };
         let server = AnswerServer::start(scratch, &files)
             .await
-            .map_err(|e| ApiError::internal(error_chain(&e)))?;
+            .map_err(|e| Error::from_error(ErrorKind::Internal, e))?;
         let url = match kind {
             UnattendedKind::CloudInit => server.guest_url(),
             _ => format!("{}{}", server.guest_url(), files[0].0),
@@ -987,7 +995,7 @@ impl Ops {
 
     /// Wait until the installer powers the guest off (or reboots it, which ends QEMU during an
     /// install). When the timeout passes or the task is cancelled, power the VM off and fail.
-    async fn wait_for_installer(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), ApiError> {
+    async fn wait_for_installer(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), Error> {
         let result = self.installer_finished(h, task).await;
         if result.is_err() && h.info().power_state != PowerState::Halted {
             let _ = self
@@ -1001,7 +1009,7 @@ impl Ops {
         result
     }
 
-    async fn installer_finished(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), ApiError> {
+    async fn installer_finished(&self, h: &VmHandle, task: &TaskHandle) -> Result<(), Error> {
         // The deadline is the install's own (set when the installer started), so a resumed
         // install keeps the user's --timeout and a retry gets it afresh.
         let install = h.info().install.unwrap_or_default();
@@ -1018,14 +1026,14 @@ impl Ops {
                 return Ok(());
             }
             if task.is_cancelled() {
-                return Err(ApiError::new(
+                return Err(Error::new(
                     ErrorKind::InvalidState,
                     "the install was cancelled; the VM was powered off and left halted",
                 ));
             }
             if tokio::time::Instant::now() >= deadline {
                 let name = h.info().name;
-                return Err(ApiError::new(
+                return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
                         "the installer did not finish within {} s; the VM was powered off and \
@@ -1042,7 +1050,7 @@ impl Ops {
 impl Ops {
     /// The guest-tools ISO `vm tools insert` uses: `--tools-iso`, else the newest
     /// `virtio-win*.iso` in the ISO library (what Windows guests need for virtio disks and NICs).
-    pub fn tools_iso(&self) -> Result<PathBuf, ApiError> {
+    pub fn tools_iso(&self) -> Result<PathBuf, Error> {
         if let Some(p) = &self.tools_iso {
             return crate::spec::iso_path(self.host.as_ref(), p);
         }
@@ -1053,7 +1061,7 @@ impl Ops {
             .max_by(|a, b| a.name.cmp(&b.name));
         match newest {
             Some(iso) => crate::spec::iso_path(self.host.as_ref(), &iso.path),
-            None => Err(ApiError::not_found(format!(
+            None => Err(Error::not_found(format!(
                 "no guest-tools ISO: put virtio-win.iso into the ISO library ({}) or start the \
                  agent with --tools-iso PATH",
                 self.iso_dir.display()
@@ -1074,12 +1082,12 @@ pub(crate) fn watch_install(agent: Arc<Ops>, vm_id: String, task: TaskHandle) {
                 .by_id
                 .get(&vm_id)
                 .cloned()
-                .ok_or_else(|| ApiError::not_found(format!("VM {vm_id} is gone")))?;
+                .ok_or_else(|| Error::not_found(format!("VM {vm_id} is gone")))?;
             let info = h.info();
             // The answer files the installer may fetch again, at the URL it was given.
             let _answers = AnswerServer::resume(&agent.host.layout.install_dir(&vm_id))
                 .await
-                .map_err(|e| ApiError::internal(error_chain(&e)))?;
+                .map_err(|e| Error::from_error(ErrorKind::Internal, e))?;
             task.phase(
                 &format!(
                     "installing (watch it: corral vm console {}; the installer was restarted)",
@@ -1136,19 +1144,19 @@ fn tree_notes(p: &Prepared, detected: &Detected) -> Vec<String> {
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("install worker failed: {e}")))?
+        .map_err(|e| Error::caused(ErrorKind::Internal, "install worker failed", e))?
 }
 
-fn fetch_err(e: fetch::FetchError) -> ApiError {
-    ApiError::new(e.kind(), error_chain(&e))
+fn fetch_err(e: fetch::FetchError) -> Error {
+    Error::from_error(e.kind(), e)
 }
 
-fn parse_location(text: &str) -> Result<Location, ApiError> {
-    let loc = Location::parse(text).map_err(|e| ApiError::invalid(error_chain(&e)))?;
+fn parse_location(text: &str) -> Result<Location, Error> {
+    let loc = Location::parse(text).map_err(|e| Error::from_error(ErrorKind::InvalidInput, e))?;
     if loc.url.scheme == Scheme::File && !Path::new(&loc.url.path).is_dir() {
         return Err(invalid(format!(
             "install tree {} is not a directory on the agent's host",
@@ -1187,7 +1195,7 @@ fn guest_view_on_nat(url: &corral_install::SourceUrl) -> Option<corral_install::
 
 /// Kernel arguments end up on QEMU's `-append`, in an iPXE script and in the installer's
 /// view: one line of printable text, no iPXE expansions.
-fn check_kernel_args(args: &str) -> Result<(), ApiError> {
+fn check_kernel_args(args: &str) -> Result<(), Error> {
     if args.len() > MAX_EXTRA_ARGS {
         return Err(invalid(format!(
             "kernel arguments are longer than {MAX_EXTRA_ARGS} bytes"
@@ -1208,7 +1216,7 @@ fn check_kernel_args(args: &str) -> Result<(), ApiError> {
 }
 
 /// A PXE boot directory must exist and hold a boot file the agent can announce.
-fn check_boot_server(dir: &Path) -> Result<(PathBuf, String), ApiError> {
+fn check_boot_server(dir: &Path) -> Result<(PathBuf, String), Error> {
     if !dir.is_absolute() {
         return Err(invalid(format!(
             "boot server directory {} is not an absolute path",

@@ -13,12 +13,13 @@ mod install_plan;
 pub mod transfer;
 
 use crate::context::Host;
+use crate::error::Error;
 use crate::tasks::TaskHandle;
 use crate::vm::runtime::QemuRuntime;
 use crate::vm::{Op, VmHandle};
 use corral_model::host::{Network, StorageRepository};
 use corral_model::task::Operation;
-use corral_model::{ApiError, VmInfo, VmSpec};
+use corral_model::{VmInfo, VmSpec};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -33,19 +34,19 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub fn vm(&self, name: &str) -> Result<VmHandle, ApiError> {
+    pub fn vm(&self, name: &str) -> Result<VmHandle, Error> {
         self.host.vm(name)
     }
     pub fn list_vms(&self) -> Vec<VmInfo> {
         self.host.list_vms()
     }
-    pub fn sr(&self, name: &str) -> Result<StorageRepository, ApiError> {
+    pub fn sr(&self, name: &str) -> Result<StorageRepository, Error> {
         self.host.sr(name)
     }
-    pub fn list_srs(&self) -> Result<Vec<StorageRepository>, ApiError> {
+    pub fn list_srs(&self) -> Result<Vec<StorageRepository>, Error> {
         Ok(self.host.list_srs())
     }
-    pub fn network(&self, name: &str) -> Result<Network, ApiError> {
+    pub fn network(&self, name: &str) -> Result<Network, Error> {
         self.host.network(name)
     }
 
@@ -56,7 +57,7 @@ impl Ops {
         name: &str,
         operation: Operation,
         op: Op,
-    ) -> Result<(VmInfo, String), ApiError> {
+    ) -> Result<(VmInfo, String), Error> {
         let h = self.vm(name)?;
         let info = h.info();
         let task = self
@@ -74,7 +75,7 @@ impl Ops {
         name: &str,
         operation: Operation,
         op: Op,
-    ) -> Result<String, ApiError> {
+    ) -> Result<String, Error> {
         let h = self.vm(name)?;
         let info = h.info();
         let task = self
@@ -95,12 +96,12 @@ impl Ops {
         spec: VmSpec,
         sources: Vec<Option<PathBuf>>,
         task: &TaskHandle,
-    ) -> Result<VmHandle, ApiError> {
+    ) -> Result<VmHandle, Error> {
         create::materialize_vm(&self.host, &self.runtime, id, spec, sources, task).await
     }
 
     /// See [`create::add_vm`].
-    pub(crate) async fn add_vm(&self, id: String, spec: VmSpec) -> Result<VmHandle, ApiError> {
+    pub(crate) async fn add_vm(&self, id: String, spec: VmSpec) -> Result<VmHandle, Error> {
         create::add_vm(&self.host, &self.runtime, id, spec).await
     }
 }

@@ -20,7 +20,7 @@
 //! cancel the staging directory is removed and the name released. Stale staging directories
 //! (an agent that died mid-import) are removed at agent start.
 
-use crate::context::error_chain;
+use crate::error::Error;
 use crate::network::DEFAULT_NETWORK;
 use crate::ops::clone::{spec_of, BASES_DIR};
 use crate::ops::Ops;
@@ -136,8 +136,8 @@ impl Ops {
     }
 }
 
-fn archive_error(what: &str, e: &ArchiveError) -> ApiError {
-    ApiError::new(e.kind(), format!("{what}: {}", error_chain(e)))
+fn archive_error(what: &str, e: ArchiveError) -> Error {
+    Error::caused(e.kind(), what, e)
 }
 
 /// Writes an archive into the body channel in chunks; fails once the task is cancelled or the
@@ -259,7 +259,7 @@ fn kind_name(k: ArchiveKind) -> &'static str {
 }
 
 /// Detect the format and parse the plan from the head of `input`; returns the recorded bytes.
-fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec<u8>, ChanReader) {
+fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, Error>, Vec<u8>, ChanReader) {
     let mut r = Recorder {
         inner: input,
         rec: Vec::new(),
@@ -271,7 +271,7 @@ fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) => {
-                let err = ApiError::invalid(format!("cannot read the upload: {e}"));
+                let err = Error::caused(ErrorKind::InvalidInput, "cannot read the upload", e);
                 return (Err(err), r.rec, r.inner);
             }
         }
@@ -279,7 +279,7 @@ fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec
     let kind = corral_archive::detect_format(&first[..got]);
     let head_bytes = first[..got].to_vec();
     let mut replay = io::Cursor::new(head_bytes).chain(&mut r);
-    let bad = |e: ArchiveError| archive_error("cannot read the archive", &e);
+    let bad = |e: ArchiveError| archive_error("cannot read the archive", e);
     let result = match kind {
         ArchiveKind::Native => corral_archive::read_manifest(&mut replay, limits)
             .map_err(bad)
@@ -345,11 +345,11 @@ fn read_head(input: ChanReader, limits: &Limits) -> (Result<Head, ApiError>, Vec
                     warnings,
                 }
             }),
-        ArchiveKind::OvfDescriptor => Err(ApiError::invalid(
+        ArchiveKind::OvfDescriptor => Err(Error::invalid(
             "a bare OVF descriptor cannot be uploaded (its disks are separate files); \
              `corral vm import FILE.ovf` sends the package as an OVA stream",
         )),
-        ArchiveKind::Unknown => Err(ApiError::invalid(
+        ArchiveKind::Unknown => Err(Error::invalid(
             "the upload is not a corral archive, an OVA or an XVA (plain, gzip or zstd)",
         )),
     };
@@ -379,17 +379,16 @@ impl Ops {
         q: &ImportQuery,
         carried: &[FileRole],
         warnings: &mut Vec<String>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         if let Some(n) = &q.name {
             spec.name = n.clone();
         }
         validate_name("VM", &spec.name).map_err(|e| {
-            ApiError::invalid(format!(
+            Error::invalid(format!(
                 "the archive's VM name: {e}; choose one with --name"
             ))
         })?;
-        validate_vcpus(spec.vcpus)
-            .map_err(|e| ApiError::invalid(format!("the archive's VM: {e}")))?;
+        validate_vcpus(spec.vcpus).map_err(|e| Error::invalid(format!("the archive's VM: {e}")))?;
         crate::spec::check_memory(self.host.as_ref(), spec.memory_bytes)
             .map_err(|e| e.context("the archive's VM"))?;
         if validate_cpu_weight(spec.cpu_weight).is_err() {
@@ -400,7 +399,7 @@ impl Ops {
             spec.cpu_weight = CPU_WEIGHT_NORMAL;
         }
         if spec.nics.len() > MAX_NICS {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "the archive's VM has {} NICs, more than the maximum of {MAX_NICS}",
                 spec.nics.len()
             )));
@@ -441,9 +440,9 @@ impl Ops {
         self: &Arc<Self>,
         q: ImportQuery,
         body: ByteStream,
-    ) -> Result<Result<ImportAnswer, ImportPlan>, ApiError> {
+    ) -> Result<Result<ImportAnswer, ImportPlan>, Error> {
         if let Some(n) = &q.name {
-            validate_name("VM", n).map_err(ApiError::invalid)?;
+            validate_name("VM", n).map_err(Error::invalid)?;
         }
         let sr = self.sr(q.sr.as_deref().unwrap_or("default"))?;
         let limits = Limits::default();
@@ -451,21 +450,21 @@ impl Ops {
             let limits = limits.clone();
             tokio::task::spawn_blocking(move || read_head(ChanReader::new(body), &limits))
                 .await
-                .map_err(|e| ApiError::internal(format!("import worker failed: {e}")))?
+                .map_err(|e| Error::caused(ErrorKind::Internal, "import worker failed", e))?
         };
         let mut head = head?;
         let mut warnings = std::mem::take(&mut head.warnings);
         let mut spec = head.spec.clone();
         self.map_imported_spec(&mut spec, &q, &head.files, &mut warnings)?;
         if head.disks.len() > MAX_DISKS {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "the archive has {} disks, more than the maximum of {MAX_DISKS}",
                 head.disks.len()
             )));
         }
         if q.dry_run {
             if self.host.registry().find(&spec.name).is_some() {
-                return Err(ApiError::conflict(format!(
+                return Err(Error::conflict(format!(
                     "a VM named {:?} already exists; choose another name with --name",
                     spec.name
                 )));
@@ -484,7 +483,7 @@ impl Ops {
         }
         let name = spec.name.clone();
         self.host.registry_mut().reserve(&name).map_err(|e| {
-            ApiError::conflict(format!("{}; choose another name with --name", e.message))
+            Error::conflict(format!("{}; choose another name with --name", e.message))
         })?;
         let id = uuid::Uuid::new_v4().to_string();
         let task = self
@@ -554,9 +553,14 @@ impl Ops {
         task: &TaskHandle,
         limits: &Limits,
         warnings: &mut Vec<String>,
-    ) -> Result<(), ApiError> {
-        std::fs::create_dir_all(staging)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", staging.display())))?;
+    ) -> Result<(), Error> {
+        std::fs::create_dir_all(staging).map_err(|e| {
+            Error::caused(
+                ErrorKind::Internal,
+                format!("cannot create {}", staging.display()),
+                e,
+            )
+        })?;
         task.phase("importing", 0.0);
         reader.task = Some(task.clone());
         let kind = head.kind;
@@ -586,13 +590,13 @@ impl Ops {
                 }
             })
             .await
-            .map_err(|e| ApiError::internal(format!("import worker failed: {e}")))?
+            .map_err(|e| Error::caused(ErrorKind::Internal, "import worker failed", e))?
         };
         let imported = imported.map_err(|e| {
             if task.is_cancelled() {
-                ApiError::new(ErrorKind::InvalidState, "the import was cancelled")
+                Error::new(ErrorKind::InvalidState, "the import was cancelled")
             } else {
-                archive_error("cannot import the archive", &e)
+                archive_error("cannot import the archive", e)
             }
         })?;
         for w in imported.warnings {
@@ -608,8 +612,13 @@ impl Ops {
         } else {
             target.sr.path.clone()
         };
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::caused(
+                ErrorKind::Internal,
+                format!("cannot create {}", dir.display()),
+                e,
+            )
+        })?;
         let mut placed: Vec<PathBuf> = Vec::new();
         let mut result = Ok(());
         for d in disks.iter_mut() {
@@ -651,7 +660,7 @@ impl Ops {
         files: &[corral_archive::ImportedFile],
         sr: &StorageRepository,
         placed: &mut Vec<PathBuf>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         for f in files {
             let slot = match (f.role, spec.kernel_boot.as_mut()) {
                 (FileRole::Kernel, Some(kb)) => Some(&mut kb.kernel),
@@ -674,7 +683,7 @@ impl Ops {
             let empty = kb.kernel.as_os_str().is_empty()
                 || kb.initrd.as_ref().is_some_and(|i| i.as_os_str().is_empty());
             if empty {
-                return Err(ApiError::internal(
+                return Err(Error::internal(
                     "the archive's kernel or initrd was not imported",
                 ));
             }
@@ -688,17 +697,17 @@ impl Ops {
         self: &Arc<Self>,
         name: &str,
         q: ExportQuery,
-    ) -> Result<(String, String, ByteStream), ApiError> {
+    ) -> Result<(String, String, ByteStream), Error> {
         let level = q.level.unwrap_or(1);
         if !(1..=19).contains(&level) {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "zstd level {level} is outside 1..19"
             )));
         }
         if q.format == ExportFormat::Ova
             && (q.level.is_some() || q.compress != ExportCompression::Zstd)
         {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "--compress and --level apply to the corral format; OVA disks are streamOptimized VMDKs",
             ));
         }
@@ -745,7 +754,7 @@ impl Ops {
                     if task.is_cancelled() {
                         task.cancelled_with("the export was cancelled");
                     } else {
-                        task.fail(&archive_error("cannot export", &e));
+                        task.fail(&archive_error("cannot export", e));
                     }
                 }
             }
@@ -906,7 +915,7 @@ fn write_export(
 
 /// Move a verified staged volume into its repository: a rename on the same file system, else a
 /// copy under a temporary name renamed at the end.
-async fn place_volume(staged: &Path, dest: &Path) -> Result<(), ApiError> {
+async fn place_volume(staged: &Path, dest: &Path) -> Result<(), Error> {
     if crate::vmfiles::rename_new(staged, dest)? {
         return Ok(());
     }
@@ -919,15 +928,19 @@ async fn place_volume(staged: &Path, dest: &Path) -> Result<(), ApiError> {
     corral_storage::qemu_img::convert(staged, &tmp, opts, |_| {}, std::future::pending())
         .await
         .map_err(|e| {
-            ApiError::caused(
+            Error::caused(
                 ErrorKind::Internal,
                 format!("cannot copy {} into {}", staged.display(), dest.display()),
-                &e,
+                e,
             )
         })?;
     std::fs::rename(&tmp, dest).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        ApiError::internal(format!("cannot rename {}: {e}", tmp.display()))
+        Error::caused(
+            ErrorKind::Internal,
+            format!("cannot rename {}", tmp.display()),
+            e,
+        )
     })
 }
 

@@ -15,6 +15,7 @@ use super::runtime::{ReattachError, Running, Runtime};
 use super::state::{self, Edit, Event as VmEvent, VmState};
 use super::{Command, Notice, Op, VmHandle};
 use crate::context::{encode, error_chain, Host};
+use crate::error::Error;
 use crate::keys;
 use crate::spec;
 use crate::tasks::TaskHandle;
@@ -75,15 +76,15 @@ pub(crate) async fn spawn<R: Runtime>(
 }
 
 /// A refusal of the state table as the API reports it, with the power state in the details.
-fn refusal_error(name: &str, refusal: state::Refusal, power: PowerState) -> ApiError {
-    ApiError::new(refusal.kind(), refusal.message(name))
+fn refusal_error(name: &str, refusal: state::Refusal, power: PowerState) -> Error {
+    Error::new(refusal.kind(), refusal.message(name))
         .with_details(serde_json::json!({ "power_state": power }))
 }
 
 /// A failed QMP command, keeping the QMP error's kind (a QEMU that does not answer in time
 /// is `timeout`, a closed connection `invalid_state`).
-fn qmp_error(what: &str, e: corral_qemu::qmp::QmpError) -> ApiError {
-    ApiError::caused(e.kind(), what, &e)
+fn qmp_error(what: &str, e: corral_qemu::qmp::QmpError) -> Error {
+    Error::caused(e.kind(), what, e)
 }
 
 impl<R: Runtime> Actor<R> {
@@ -102,7 +103,7 @@ impl<R: Runtime> Actor<R> {
     }
 
     /// Ask the state table whether `event` may happen now.
-    fn check(&mut self, event: VmEvent) -> Result<VmState, ApiError> {
+    fn check(&mut self, event: VmEvent) -> Result<VmState, Error> {
         let s = self.state();
         state::transition(s, event).map_err(|r| refusal_error(self.name(), r, s.power))
     }
@@ -194,7 +195,7 @@ impl<R: Runtime> Actor<R> {
     }
 
     /// Write the record, compare-and-swap on the revision this actor last wrote.
-    async fn persist(&mut self) -> Result<(), ApiError> {
+    async fn persist(&mut self) -> Result<(), Error> {
         self.rev = self
             .host
             .records
@@ -209,7 +210,7 @@ impl<R: Runtime> Actor<R> {
     }
 
     /// Write the record and move its name in the index, in one transaction.
-    async fn persist_renamed(&mut self, old_name: &str) -> Result<(), ApiError> {
+    async fn persist_renamed(&mut self, old_name: &str) -> Result<(), Error> {
         let key = keys::vm(&self.rec.id);
         let new_name = self.rec.spec.name.clone();
         self.rev = self
@@ -288,7 +289,7 @@ impl<R: Runtime> Actor<R> {
         let _ = reply.send(result);
     }
 
-    async fn apply(&mut self, op: Op, task: &TaskHandle) -> Result<(), ApiError> {
+    async fn apply(&mut self, op: Op, task: &TaskHandle) -> Result<(), Error> {
         match op {
             Op::Action(action, _) => self.action(action, task).await,
             Op::Lease(lease) => {
@@ -371,14 +372,14 @@ impl<R: Runtime> Actor<R> {
                     .iter()
                     .position(|d| d.device == device)
                     .ok_or_else(|| {
-                        ApiError::not_found(format!("VM {:?} has no disk {device:?}", self.name()))
+                        Error::not_found(format!("VM {:?} has no disk {device:?}", self.name()))
                     })?;
                 let disk = self.rec.spec.disks.remove(idx);
                 self.persist().await?;
                 if !crate::ops::clone::is_base(&disk.path) {
                     corral_storage::remove_volume(&disk.path)
                         .await
-                        .map_err(|e| ApiError::from_error(ErrorKind::Internal, &e))?;
+                        .map_err(|e| Error::from_error(ErrorKind::Internal, e))?;
                 }
                 tokio::spawn(crate::ops::clone::gc_bases(self.host.clone()));
                 self.changed();
@@ -446,7 +447,7 @@ impl<R: Runtime> Actor<R> {
                     .iter()
                     .position(|n| n.device == device)
                     .ok_or_else(|| {
-                        ApiError::not_found(format!("VM {:?} has no NIC {device:?}", self.name()))
+                        Error::not_found(format!("VM {:?} has no NIC {device:?}", self.name()))
                     })?;
                 self.rec.spec.nics.remove(idx);
                 self.persist().await?;
@@ -491,21 +492,21 @@ impl<R: Runtime> Actor<R> {
         });
     }
 
-    fn cdrom_device(&self) -> Result<String, ApiError> {
+    fn cdrom_device(&self) -> Result<String, Error> {
         self.rec
             .spec
             .cdroms
             .first()
             .map(|c| c.device.clone())
             .ok_or_else(|| {
-                ApiError::new(
+                Error::new(
                     ErrorKind::Unsupported,
                     format!("VM {:?} has no CD drive", self.name()),
                 )
             })
     }
 
-    async fn action(&mut self, action: VmAction, task: &TaskHandle) -> Result<(), ApiError> {
+    async fn action(&mut self, action: VmAction, task: &TaskHandle) -> Result<(), Error> {
         match action {
             VmAction::Start => {
                 self.check(VmEvent::Start)?;
@@ -539,7 +540,7 @@ impl<R: Runtime> Actor<R> {
                 Ok(())
             }
             // Handled in `handle`: it completes later, when QEMU exits.
-            VmAction::Shutdown => Err(ApiError::internal(
+            VmAction::Shutdown => Err(Error::internal(
                 "shutdown reached the synchronous action path",
             )),
         }
@@ -583,11 +584,11 @@ impl<R: Runtime> Actor<R> {
         }
     }
 
-    async fn qmp(&self, command: &str) -> Result<(), ApiError> {
+    async fn qmp(&self, command: &str) -> Result<(), Error> {
         let run = self
             .run
             .as_ref()
-            .ok_or_else(|| ApiError::internal("no QEMU process"))?;
+            .ok_or_else(|| Error::internal("no QEMU process"))?;
         run.qmp
             .execute(command, serde_json::json!({}))
             .await
@@ -598,12 +599,12 @@ impl<R: Runtime> Actor<R> {
     fn begin_shutdown(
         &mut self,
         opts: &ActionRequest,
-    ) -> Result<(Instant, tokio::task::JoinHandle<()>), ApiError> {
+    ) -> Result<(Instant, tokio::task::JoinHandle<()>), Error> {
         self.check(VmEvent::Shutdown)?;
         let run = self
             .run
             .as_ref()
-            .ok_or_else(|| ApiError::internal("no QEMU process"))?;
+            .ok_or_else(|| Error::internal("no QEMU process"))?;
         let qmp = run.qmp.clone();
         let timeout = opts
             .timeout_secs
@@ -641,7 +642,7 @@ impl<R: Runtime> Actor<R> {
     fn expire_jobs(&mut self) {
         let name = self.rec.spec.name.clone();
         self.jobs.expire(Instant::now(), |_| {
-            ApiError::new(
+            Error::new(
                 ErrorKind::Busy,
                 format!(
                     "VM {name:?} did not power off after the ACPI power button; it is still running (use poweroff to force)"
@@ -651,7 +652,7 @@ impl<R: Runtime> Actor<R> {
     }
 
     /// Pull the plug: ask QEMU to quit, kill it if it does not, and wait for it to be gone.
-    async fn poweroff(&mut self) -> Result<(), ApiError> {
+    async fn poweroff(&mut self) -> Result<(), Error> {
         if let Some(run) = self.run.as_mut() {
             let qmp = run.qmp.clone();
             let _ = tokio::time::timeout(
@@ -696,7 +697,7 @@ impl<R: Runtime> Actor<R> {
         self.jobs.finish_shutdowns(None, || Ending::Done);
     }
 
-    async fn update(&mut self, req: VmUpdateRequest) -> Result<(), ApiError> {
+    async fn update(&mut self, req: VmUpdateRequest) -> Result<(), Error> {
         let mut spec = self.rec.spec.clone();
         let mut notes = Vec::new();
         if let Some(d) = req.description {
@@ -718,7 +719,7 @@ impl<R: Runtime> Actor<R> {
             spec.autostart = a;
         }
         if let Some(w) = req.cpu_weight {
-            validate_cpu_weight(w).map_err(ApiError::invalid)?;
+            validate_cpu_weight(w).map_err(Error::invalid)?;
             spec.cpu_weight = w;
         }
         if let Some(b) = req.boot_device {
@@ -737,7 +738,7 @@ impl<R: Runtime> Actor<R> {
         if abandoned {
             self.check(VmEvent::Edit(Edit::AbandonInstall))?;
             if spec.install.is_none() {
-                return Err(ApiError::new(
+                return Err(Error::new(
                     ErrorKind::InvalidState,
                     format!("VM {:?} has no unfinished install", spec.name),
                 ));
@@ -748,7 +749,7 @@ impl<R: Runtime> Actor<R> {
             Some(k) if k.as_os_str().is_empty() => spec.kernel_boot = None,
             Some(k) => {
                 if !k.is_absolute() || !k.is_file() {
-                    return Err(ApiError::invalid(format!(
+                    return Err(Error::invalid(format!(
                         "kernel {} is not an existing absolute path",
                         k.display()
                     )));
@@ -762,7 +763,7 @@ impl<R: Runtime> Actor<R> {
             let kb = spec
                 .kernel_boot
                 .as_mut()
-                .ok_or_else(|| ApiError::invalid("--initrd needs a kernel"))?;
+                .ok_or_else(|| Error::invalid("--initrd needs a kernel"))?;
             kb.initrd = if i.as_os_str().is_empty() {
                 None
             } else {
@@ -773,12 +774,12 @@ impl<R: Runtime> Actor<R> {
             let kb = spec
                 .kernel_boot
                 .as_mut()
-                .ok_or_else(|| ApiError::invalid("--cmdline needs a kernel"))?;
+                .ok_or_else(|| Error::invalid("--cmdline needs a kernel"))?;
             kb.cmdline = c;
         }
         let rename = match req.name {
             Some(n) if n != spec.name => {
-                validate_name("VM", &n).map_err(ApiError::invalid)?;
+                validate_name("VM", &n).map_err(Error::invalid)?;
                 self.host.registry_mut().reserve(&n)?;
                 Some(n)
             }
@@ -825,7 +826,7 @@ impl<R: Runtime> Actor<R> {
         Ok(())
     }
 
-    async fn delete(&mut self, keep_disks: bool) -> Result<(), ApiError> {
+    async fn delete(&mut self, keep_disks: bool) -> Result<(), Error> {
         if !keep_disks {
             // Bases (template disks, disks shared by linked clones) go when nothing uses
             // them any more: `gc_bases` below.
@@ -838,7 +839,7 @@ impl<R: Runtime> Actor<R> {
             {
                 corral_storage::remove_volume(&d.path)
                     .await
-                    .map_err(|e| ApiError::from_error(ErrorKind::Internal, &e))?;
+                    .map_err(|e| Error::from_error(ErrorKind::Internal, e))?;
             }
         }
         self.host

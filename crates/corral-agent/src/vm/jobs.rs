@@ -11,8 +11,8 @@
 
 use super::state::LeaseKind;
 use super::Lease;
+use crate::error::Error;
 use crate::tasks::TaskHandle;
-use corral_model::ApiError;
 use std::sync::Weak;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -22,7 +22,7 @@ pub enum JobKind {
     /// every few seconds; `reply` answers the caller when QEMU exits.
     Shutdown {
         presser: tokio::task::JoinHandle<()>,
-        reply: oneshot::Sender<Result<(), ApiError>>,
+        reply: oneshot::Sender<Result<(), Error>>,
     },
     /// A read hold on the disks, alive while its holder keeps the `Arc<Lease>`.
     Lease(Weak<Lease>),
@@ -49,7 +49,7 @@ pub enum Ending {
     /// What it waited for happened (QEMU exited): success.
     Done,
     /// Ended with this error (expired, cancelled).
-    Failed(ApiError),
+    Failed(Error),
     /// Cancelled by the user: the task ends `cancelled` with this note.
     Cancelled(String),
 }
@@ -117,7 +117,7 @@ impl Jobs {
     }
 
     /// End the jobs whose deadline has passed, each with the error `expired` makes.
-    pub fn expire(&mut self, now: Instant, expired: impl Fn(&Job) -> ApiError) {
+    pub fn expire(&mut self, now: Instant, expired: impl Fn(&Job) -> Error) {
         let ended = self.take(|j| j.deadline.is_some_and(|d| d <= now));
         for job in ended {
             let e = expired(&job);
@@ -148,7 +148,7 @@ fn finish(job: Job, ending: Ending) {
             if let Some(t) = &job.task {
                 t.cancelled_with(&note);
             }
-            Err(ApiError::new(corral_model::ErrorKind::InvalidState, note))
+            Err(Error::new(corral_model::ErrorKind::InvalidState, note))
         }
     };
     let _ = reply.send(answer);

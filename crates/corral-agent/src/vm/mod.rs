@@ -9,9 +9,10 @@ pub mod state;
 mod tests;
 pub mod tpm;
 
+use crate::error::Error;
 use crate::tasks::TaskHandle;
 use corral_model::api::*;
-use corral_model::{ApiError, VmInfo};
+use corral_model::VmInfo;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
@@ -71,7 +72,7 @@ pub enum Notice {
 pub(crate) struct Command {
     pub op: Op,
     pub task: TaskHandle,
-    pub reply: oneshot::Sender<Result<(), ApiError>>,
+    pub reply: oneshot::Sender<Result<(), Error>>,
 }
 
 #[derive(Clone)]
@@ -88,9 +89,9 @@ impl VmHandle {
     }
 
     /// Hand an operation to the actor and wait for it; the actor finishes `task`.
-    pub(crate) async fn call(&self, op: Op, task: TaskHandle) -> Result<(), ApiError> {
+    pub(crate) async fn call(&self, op: Op, task: TaskHandle) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        let gone = || ApiError::not_found("the VM was deleted");
+        let gone = || Error::not_found("the VM was deleted");
         if self
             .tx
             .send(Command {

@@ -6,6 +6,7 @@
 
 use crate::cgroup::CgroupSupport;
 use crate::context::{error_chain, Host};
+use crate::error::Error;
 use crate::network;
 use corral_model::host::{Accelerator, NetworkKind};
 use corral_model::*;
@@ -58,7 +59,7 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         rec: &VmRecord,
         paused: bool,
-    ) -> impl std::future::Future<Output = Result<Running, ApiError>> + Send;
+    ) -> impl std::future::Future<Output = Result<Running, Error>> + Send;
     /// Find the guest of a VM that was running when the agent last stopped.
     fn reattach(
         &self,
@@ -99,7 +100,7 @@ impl QemuRuntime {
 }
 
 impl Runtime for QemuRuntime {
-    async fn launch(&self, rec: &VmRecord, paused: bool) -> Result<Running, ApiError> {
+    async fn launch(&self, rec: &VmRecord, paused: bool) -> Result<Running, Error> {
         launch(self, rec, paused).await
     }
     async fn reattach(&self, rec: &VmRecord) -> Result<(Running, PowerState), ReattachError> {
@@ -146,13 +147,13 @@ fn prepare_ovmf(
     layout: &crate::config::Layout,
     vm_id: &str,
     firmware: Firmware,
-) -> Result<OvmfPaths, ApiError> {
+) -> Result<OvmfPaths, Error> {
     let found = match firmware {
         Firmware::UefiSecure => corral_qemu::firmware::find_ovmf_secure(),
         _ => corral_qemu::firmware::find_ovmf(),
     };
     let fw = found.ok_or_else(|| {
-        ApiError::new(
+        Error::new(
             ErrorKind::Unsupported,
             match firmware {
                 Firmware::UefiSecure => "Secure Boot firmware needs Debian's ovmf package (no OVMF_CODE_4M.secboot.fd with OVMF_VARS_4M.ms.fd under /usr/share/OVMF)",
@@ -165,7 +166,7 @@ fn prepare_ovmf(
         std::fs::create_dir_all(vars.parent().unwrap_or(Path::new("/")))
             .and_then(|_| std::fs::copy(&fw.vars_template, &vars).map(|_| ()))
             .map_err(|e| {
-                ApiError::internal(format!(
+                Error::internal(format!(
                     "cannot create UEFI variable store {}: {e}",
                     vars.display()
                 ))
@@ -179,10 +180,10 @@ fn prepare_ovmf(
 
 /// Check that everything the VM refers to is still there before starting QEMU, so the user
 /// gets "disk disk0: volume ... is missing" instead of a QEMU error.
-fn preflight(spec: &VmSpec) -> Result<(), ApiError> {
+fn preflight(spec: &VmSpec) -> Result<(), Error> {
     for d in &spec.disks {
         if !d.path.exists() {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "disk {}: volume {} is missing",
                 d.device,
                 d.path.display()
@@ -192,7 +193,7 @@ fn preflight(spec: &VmSpec) -> Result<(), ApiError> {
     for c in &spec.cdroms {
         if let Some(m) = &c.media {
             if !m.exists() {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "{}: ISO {} is missing (eject it or insert another)",
                     c.device,
                     m.display()
@@ -203,7 +204,7 @@ fn preflight(spec: &VmSpec) -> Result<(), ApiError> {
     if let Some(k) = &spec.kernel_boot {
         for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
             if !p.exists() {
-                return Err(ApiError::invalid(format!(
+                return Err(Error::invalid(format!(
                     "kernel boot file {} is missing",
                     p.display()
                 )));
@@ -213,10 +214,7 @@ fn preflight(spec: &VmSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn setup_nics(
-    host: &Host,
-    rec: &VmRecord,
-) -> Result<(Vec<NicBackend>, Vec<String>), ApiError> {
+async fn setup_nics(host: &Host, rec: &VmRecord) -> Result<(Vec<NicBackend>, Vec<String>), Error> {
     let mut backends = Vec::new();
     let mut taps = Vec::new();
     let mut pxe_served = false;
@@ -226,7 +224,7 @@ async fn setup_nics(
             (NetworkKind::Bridge, Some(bridge)) => {
                 if !network::bridge_exists(&bridge) {
                     cleanup_taps(&taps).await;
-                    return Err(ApiError::invalid(format!(
+                    return Err(Error::invalid(format!(
                         "{}: bridge {bridge:?} of network {:?} does not exist",
                         nic.device, nic.network
                     )));
@@ -234,7 +232,7 @@ async fn setup_nics(
                 let tap = network::tap_name(&rec.id, i);
                 if let Err(e) = network::create_tap(&tap, &bridge).await {
                     cleanup_taps(&taps).await;
-                    return Err(ApiError::new(
+                    return Err(Error::new(
                         ErrorKind::Unsupported,
                         format!("{}: cannot attach to bridge {bridge:?} (needs root or CAP_NET_ADMIN): {e}", nic.device),
                     ));
@@ -275,12 +273,17 @@ fn remove_stale(paths: &RuntimePaths) {
 }
 
 /// Start QEMU for `rec` and return once the vCPUs run.
-async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Running, ApiError> {
+async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Running, Error> {
     preflight(&rec.spec)?;
     let layout = &rt.host.layout;
     let run_dir = layout.run_dir(&rec.id);
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| ApiError::internal(format!("cannot create {}: {e}", run_dir.display())))?;
+    std::fs::create_dir_all(&run_dir).map_err(|e| {
+        Error::caused(
+            ErrorKind::Internal,
+            format!("cannot create {}", run_dir.display()),
+            e,
+        )
+    })?;
     let paths = paths(layout, &rec.id);
     remove_stale(&paths);
     // The console log shows this run only.
@@ -293,7 +296,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
     let tpm_socket = if rec.spec.tpm {
         let socket = super::tpm::start(&tpm)
             .await
-            .map_err(|e| ApiError::caused(e.kind(), "cannot start the TPM", &e))?;
+            .map_err(|e| Error::caused(e.kind(), "cannot start the TPM", e))?;
         Some(socket)
     } else {
         None
@@ -320,7 +323,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         Err(e) => {
             super::tpm::stop(&tpm);
             cleanup_taps(&taps).await;
-            return Err(ApiError::new(e.kind(), e.to_string()));
+            return Err(Error::new(e.kind(), e.to_string()));
         }
     };
     // Hold the vCPUs until the process sits in its cgroup with its weight.
@@ -351,7 +354,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
             stop_mover.store(true, Ordering::Relaxed);
             super::tpm::stop(&tpm);
             cleanup_taps(&taps).await;
-            return Err(ApiError::caused(e.kind(), "QEMU did not start", &e));
+            return Err(Error::caused(e.kind(), "QEMU did not start", e));
         }
     };
     // QEMU wrote its pid file before its parent exited, so the mover has its pid by now.
@@ -371,15 +374,15 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
     let result = async {
         let qmp = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
             .await
-            .map_err(|e| ApiError::caused(e.kind(), "cannot reach QEMU's monitor", &e))?;
+            .map_err(|e| Error::caused(e.kind(), "cannot reach QEMU's monitor", e))?;
         let events = qmp.subscribe();
         if !paused {
             qmp.execute("cont", serde_json::json!({}))
                 .await
-                .map_err(|e| ApiError::caused(e.kind(), "cannot start the vCPUs", &e))?;
+                .map_err(|e| Error::caused(e.kind(), "cannot start the vCPUs", e))?;
         }
         let vnc = vnc_address(&qmp).await;
-        Ok::<_, ApiError>(Running {
+        Ok::<_, Error>(Running {
             pid,
             qmp,
             events,

@@ -7,6 +7,7 @@ use super::state::LeaseKind;
 use super::{Lease, Op, VmHandle};
 use crate::config::Layout;
 use crate::context::{Host, Records};
+use crate::error::Error;
 use crate::events::EventBus;
 use crate::tasks::Tasks;
 use crate::templates::Templates;
@@ -29,7 +30,7 @@ struct FakeRuntime {
     behaviour: Mutex<Behaviour>,
     dir: std::path::PathBuf,
     /// The next launch fails with this.
-    fail_launch: Mutex<Option<ApiError>>,
+    fail_launch: Mutex<Option<Error>>,
 }
 
 impl FakeRuntime {
@@ -63,10 +64,10 @@ impl FakeRuntime {
             f.kill();
         }
     }
-    async fn connect(&self, vm_id: &str, pid: u32) -> Result<Running, ApiError> {
+    async fn connect(&self, vm_id: &str, pid: u32) -> Result<Running, Error> {
         let qmp = Qmp::connect(&self.socket(vm_id), Duration::from_secs(5))
             .await
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         let events = qmp.subscribe();
         Ok(Running {
             pid,
@@ -80,7 +81,7 @@ impl FakeRuntime {
 }
 
 impl Runtime for FakeRuntime {
-    async fn launch(&self, rec: &VmRecord, paused: bool) -> Result<Running, ApiError> {
+    async fn launch(&self, rec: &VmRecord, paused: bool) -> Result<Running, Error> {
         if let Some(e) = self
             .fail_launch
             .lock()
@@ -95,7 +96,7 @@ impl Runtime for FakeRuntime {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let fake = FakeQemu::start(&self.socket(&rec.id), behaviour)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+            .map_err(|e| Error::internal(e.to_string()))?;
         let pid = 1000 + self.next_pid.fetch_add(1, Ordering::Relaxed);
         self.guests().insert(rec.id.clone(), (pid, fake));
         let run = self.connect(&rec.id, pid).await?;
@@ -103,7 +104,7 @@ impl Runtime for FakeRuntime {
             run.qmp
                 .execute("cont", serde_json::json!({}))
                 .await
-                .map_err(|e| ApiError::internal(e.to_string()))?;
+                .map_err(|e| Error::internal(e.to_string()))?;
         }
         Ok(run)
     }
@@ -248,12 +249,12 @@ impl Harness {
         h
     }
 
-    async fn act(&self, h: &VmHandle, action: VmAction) -> Result<(), ApiError> {
+    async fn act(&self, h: &VmHandle, action: VmAction) -> Result<(), Error> {
         self.op(h, Op::Action(action, ActionRequest::default()))
             .await
     }
 
-    async fn op(&self, h: &VmHandle, op: Op) -> Result<(), ApiError> {
+    async fn op(&self, h: &VmHandle, op: Op) -> Result<(), Error> {
         let info = h.info();
         let task = self
             .host
@@ -605,7 +606,7 @@ async fn a_failed_start_changes_nothing() {
     *h.runtime
         .fail_launch
         .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(ApiError::new(
+        .unwrap_or_else(|p| p.into_inner()) = Some(Error::new(
         ErrorKind::Timeout,
         "QEMU did not answer on QMP in time",
     ));
