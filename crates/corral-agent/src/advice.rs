@@ -12,13 +12,16 @@
 //! ([`Agent::pool_loads`]); a pool of hosts plugs in by returning one `HostLoad` per member,
 //! with nothing else changing.
 
-use crate::agent::Agent;
+use crate::config::CapacityOverrides;
+use crate::context::Host as HostContext;
 use crate::error::Error;
+use crate::stats::Stats;
 use corral_model::stats::{HostRecommendation, HostScore, PlannerCapacity, StatsSample};
 use corral_model::{PowerState, VmInfo};
 use corral_placement::{
     rate_hosts, Demand, Host, HostLoad, PlanOptions, Workload, RESOURCES, TIME_BUCKETS,
 };
+use std::sync::Arc;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -62,7 +65,16 @@ pub(crate) fn measured(history: &[StatsSample]) -> Option<Demand> {
     ))
 }
 
-impl Agent {
+/// What placement advice works with: the host's VMs, their measured statistics, and the
+/// capacity figures the admin configured.
+pub struct Advisor {
+    pub host: Arc<HostContext>,
+    pub stats: Arc<Stats>,
+    pub hostname: String,
+    pub capacity: CapacityOverrides,
+}
+
+impl Advisor {
     /// This host in the planner's model: [`corral_measure::host_capacity`] (the same model
     /// `corral measure` and `corral plan` use) with the figures the admin stated in the
     /// configuration put in their place. Every figure is finite, so ratings weigh all six
@@ -85,7 +97,7 @@ impl Agent {
             }
         };
         host.name = self.hostname.clone();
-        let o = &self.config.capacity;
+        let o = &self.capacity;
         // A configured figure replaces the notes about what it replaces.
         let set = |notes: &mut Vec<String>, what: &str, value: String, replaces: &[&str]| {
             notes.retain(|n| !replaces.iter().any(|p| n.starts_with(p)));
@@ -133,8 +145,8 @@ impl Agent {
             set(&mut notes, "disk IOPS", format!("{i}"), &[]);
         }
         host.networks = self
+            .host
             .list_networks()
-            .unwrap_or_default()
             .into_iter()
             .map(|n| n.name)
             .collect();
@@ -161,7 +173,7 @@ impl Agent {
     fn vm_demand(&self, info: &VmInfo, ghz: f64) -> (Demand, &'static str) {
         let running = matches!(info.power_state, PowerState::Running | PowerState::Paused);
         let history = if running {
-            self.stats_history(&info.id)
+            self.stats.history(&info.id)
         } else {
             Vec::new()
         };
@@ -188,7 +200,7 @@ impl Agent {
         // The pool's load hour by hour: peaks of different VMs at different hours do not add.
         let mut load = vec![[0.0; RESOURCES]; TIME_BUCKETS];
         let mut vms = 0;
-        for info in self.list_vms() {
+        for info in self.host.list_vms() {
             if info.id == except
                 || !matches!(info.power_state, PowerState::Running | PowerState::Paused)
             {
@@ -212,7 +224,7 @@ impl Agent {
 
     /// `GET /v1/vms/{name}/recommend-host`.
     pub fn recommend_host(&self, name: &str) -> Result<HostRecommendation, Error> {
-        let info = self.vm(name)?.info();
+        let info = self.host.vm(name)?.info();
         let pool = self.pool_loads(&info.id);
         let ghz = pool.first().map_or(1.0, |h| h.host.ghz);
         let (demand, basis) = self.vm_demand(&info, ghz);

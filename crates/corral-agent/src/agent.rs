@@ -28,17 +28,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub struct Agent {
-    pub(crate) config: AgentConfig,
+    config: AgentConfig,
     pub(crate) host: Arc<Host>,
     pub(crate) runtime: Arc<QemuRuntime>,
     /// Clone, copy, export, import, install (see [`crate::ops`]).
     ops: Arc<Ops>,
-    pub(crate) hostname: String,
+    hostname: String,
     accel: AcceleratorInfo,
     qemu_version: String,
     cgroups: CgroupSupport,
-    /// Load statistics of the VMs (see `crate::stats`).
-    pub(crate) stats: crate::stats::Stats,
+    /// Load statistics of the VMs, filled by the sampler (see `crate::stats`).
+    stats: Arc<crate::stats::Stats>,
+    /// Placement advice (see `crate::advice`).
+    advisor: Arc<crate::advice::Advisor>,
+    /// The statistics sampler's context; the loop ends when the agent is dropped.
+    sampler: Arc<crate::stats::Sampler>,
 }
 
 /// How a VM request was answered: done (with the VM as it is now), or accepted and still
@@ -100,7 +104,8 @@ impl Agent {
         let templates =
             Templates::load(&layout.templates()).map_err(|e| e.context("cannot load templates"))?;
 
-        let stats = crate::stats::Stats::load(store.as_ref(), &keys::stats(&host_id)).await;
+        let stats =
+            Arc::new(crate::stats::Stats::load(store.as_ref(), &keys::stats(&host_id)).await);
         let (host, notices) = Host::new(
             Records::new(store),
             events,
@@ -124,8 +129,20 @@ impl Agent {
             iso_dir: config.iso_dir.clone(),
             tools_iso: config.tools_iso.clone(),
         });
+        let hostname = crate::host::hostname();
+        let advisor = Arc::new(crate::advice::Advisor {
+            host: host.clone(),
+            stats: stats.clone(),
+            hostname: hostname.clone(),
+            capacity: config.capacity,
+        });
+        let sampler = Arc::new(crate::stats::Sampler {
+            host: host.clone(),
+            stats: stats.clone(),
+            advisor: advisor.clone(),
+        });
         let agent = Arc::new(Agent {
-            hostname: crate::host::hostname(),
+            hostname,
             config,
             host,
             runtime,
@@ -134,6 +151,8 @@ impl Agent {
             qemu_version,
             cgroups,
             stats,
+            advisor,
+            sampler,
         });
         agent.ensure_default_sr().await?;
         agent.load_vms(upgraded).await?;
@@ -146,7 +165,7 @@ impl Agent {
         if agent.config.autostart {
             agent.autostart().await;
         }
-        crate::stats::spawn_sampler(&agent);
+        crate::stats::spawn_sampler(&agent.sampler);
         Ok(agent)
     }
 
@@ -517,6 +536,21 @@ impl Agent {
         self.ops.tools_iso()
     }
 
+    // ----- statistics and placement advice -----
+
+    /// `vm stats`: the VM's load history at 5 s, 1 min and 1 h resolution.
+    pub fn vm_stats(&self, name: &str) -> Result<corral_model::stats::VmStats, Error> {
+        Ok(self.stats.vm_stats(&self.vm(name)?))
+    }
+
+    /// `vm recommend-host`: the hosts rated for the VM's measured demand.
+    pub fn recommend_host(
+        &self,
+        name: &str,
+    ) -> Result<corral_model::stats::HostRecommendation, Error> {
+        self.advisor.recommend_host(name)
+    }
+
     // ----- storage repositories -----
 
     pub fn sr(&self, name: &str) -> Result<StorageRepository, Error> {
@@ -647,7 +681,7 @@ impl Agent {
             storage_repositories: self.list_srs()?,
             networks: self.list_networks()?,
             cpu_weight_support: self.cgroups.describe(),
-            planner: Some(self.planner_capacity()),
+            planner: Some(self.advisor.planner_capacity()),
             remote: self.config.remote.clone(),
         })
     }

@@ -22,9 +22,9 @@
 //! `GET /v1/vms/{name}/stats` reads this through [`Agent::vm_stats`]; the placement advice in
 //! `crate::advice` uses the measured profile.
 
-use crate::agent::Agent;
+use crate::advice::Advisor;
 use crate::clock::now_ms;
-use crate::error::Error;
+use crate::context::Host;
 use corral_model::host::NetworkKind;
 use corral_model::stats::{MetricSummary, StatsSample, StatsSeries, VmStats};
 use corral_model::PowerState;
@@ -348,9 +348,17 @@ impl Stats {
     }
 }
 
-/// Start the sampling loop; it ends when the agent is dropped.
-pub(crate) fn spawn_sampler(agent: &Arc<Agent>) {
-    let weak: Weak<Agent> = Arc::downgrade(agent);
+/// What the sampler works with: the host's VMs and records, the statistics it fills, and the
+/// advisor for the clock the planner's capacity states.
+pub(crate) struct Sampler {
+    pub host: Arc<Host>,
+    pub stats: Arc<Stats>,
+    pub advisor: Arc<Advisor>,
+}
+
+/// Start the sampling loop; it ends when the sampler's owner drops it.
+pub(crate) fn spawn_sampler(sampler: &Arc<Sampler>) {
+    let weak: Weak<Sampler> = Arc::downgrade(sampler);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -362,15 +370,15 @@ pub(crate) fn spawn_sampler(agent: &Arc<Agent>) {
     });
 }
 
-async fn sample_all(agent: &Arc<Agent>) {
+async fn sample_all(agent: &Sampler) {
     let handles: Vec<crate::vm::VmHandle> = agent.host.registry().by_id.values().cloned().collect();
     // Consumed GHz at the clock the planner's capacity states (the cpufreq maximum when
     // known), so a VM's demand and the host's capacity are in the same unit.
-    let ghz = agent.planner_host().0.ghz;
+    let ghz = agent.advisor.planner_host().0.ghz;
     let ticks = clock_ticks();
     let user_networks: Vec<String> = agent
+        .host
         .list_networks()
-        .unwrap_or_default()
         .into_iter()
         .filter(|n| n.kind == NetworkKind::User)
         .map(|n| n.name)
@@ -483,13 +491,12 @@ async fn sample_all(agent: &Arc<Agent>) {
     }
 }
 
-impl Agent {
-    /// `GET /v1/vms/{name}/stats`.
-    pub fn vm_stats(&self, name: &str) -> Result<VmStats, Error> {
-        let h = self.vm(name)?;
+impl Stats {
+    /// `GET /v1/vms/{name}/stats` of the VM `h`.
+    pub fn vm_stats(&self, h: &crate::vm::VmHandle) -> VmStats {
         let info = h.info();
         let running = matches!(info.power_state, PowerState::Running | PowerState::Paused);
-        let vms = self.stats.lock();
+        let vms = self.lock();
         let empty = VmSeries::default();
         let s = vms.get(&h.id).unwrap_or(&empty);
         let fresh = now_ms().saturating_sub(3 * INTERVAL.as_millis() as u64);
@@ -506,7 +513,7 @@ impl Agent {
                 summary: summarise(points.iter()),
                 points,
             };
-        Ok(VmStats {
+        VmStats {
             vm: info.name.clone(),
             interval_seconds: INTERVAL.as_secs(),
             current,
@@ -530,14 +537,13 @@ impl Agent {
                     s.coarse.hours.iter().cloned().collect(),
                 ),
             ],
-        })
+        }
     }
 
     /// Every point of a VM's history, 5 s samples, minute and hour points alike (for
     /// placement advice, which takes the highest value per hour of the day).
-    pub(crate) fn stats_history(&self, vm_id: &str) -> Vec<StatsSample> {
-        self.stats
-            .lock()
+    pub(crate) fn history(&self, vm_id: &str) -> Vec<StatsSample> {
+        self.lock()
             .get(vm_id)
             .map(|s| {
                 s.fine
