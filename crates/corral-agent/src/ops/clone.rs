@@ -1,4 +1,5 @@
-//! Linked clones, full copies, templates made from VMs, and creating VMs from them.
+//! Linked clones, and the bases they share (freezing, backing chains, collection). Full
+//! copies are in [`super::copy`], templates and VMs stamped from them in [`super::template`].
 //!
 //! Linked clones share data through qcow2 backing files, and a backing file must never be
 //! written again once something is layered on it. So a clone *freezes* the source first: the
@@ -22,13 +23,10 @@
 //! source's actor, write the overlays, record the VM, spawn its actor.
 
 use crate::error::Error;
-use crate::network::DEFAULT_NETWORK;
 use crate::ops::Ops;
 use crate::spec::random_mac;
 use crate::tasks::TaskHandle;
-use crate::vm::{Lease, Op};
-use corral_model::api::*;
-use corral_model::host::StorageRepository;
+use crate::vm::Op;
 use corral_model::task::Operation;
 use corral_model::transfer::CloneRequest;
 use corral_model::validate::*;
@@ -38,7 +36,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// Held by whatever creates or removes references to bases, and by the collector.
-static BASES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(super) static BASES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Name of the directory of read-only bases inside a repository.
 pub const BASES_DIR: &str = "bases";
@@ -62,7 +60,7 @@ pub fn is_base(path: &Path) -> bool {
         .is_some_and(|n| n == BASES_DIR)
 }
 
-fn io_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+pub(super) fn io_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::caused(ErrorKind::Internal, what, e)
 }
 
@@ -247,7 +245,7 @@ pub fn spec_of(i: &VmInfo) -> VmSpec {
 
 impl Ops {
     /// Run `f` with `name` reserved as a task `operation`; releases the name on failure.
-    async fn with_new_name<F, Fut>(
+    pub(super) async fn with_new_name<F, Fut>(
         self: &Arc<Self>,
         name: &str,
         operation: Operation,
@@ -310,7 +308,7 @@ impl Ops {
 
     /// Give a new VM overlays on `frozen` bases and its own copies of the files the source
     /// (`source.0`) owns (`crate::vmfiles`; TPM state only when `source.1`), and record it.
-    async fn layer_and_record(
+    pub(super) async fn layer_and_record(
         self: &Arc<Self>,
         mut spec: VmSpec,
         frozen: &[FrozenDisk],
@@ -365,335 +363,6 @@ impl Ops {
         }
         Ok(())
     }
-
-    /// `vm convert-to-template NAME`.
-    pub async fn convert_to_template(&self, name: &str) -> Result<(VmInfo, String), Error> {
-        let _guard = BASES.lock().await;
-        self.vm_op(name, Operation::VmConvertToTemplate, Op::ConvertToTemplate)
-            .await
-    }
-
-    /// `vm create --template T` (and `vm install --template T`) where `T` is a template VM:
-    /// the new VM gets linked clones of T's disks and T's settings, overridden by the request.
-    /// Disks the request lists are added after the cloned ones; NICs the request lists replace
-    /// T's (otherwise T's NICs are kept with new MACs).
-    pub async fn create_from_template_vm(
-        self: &Arc<Self>,
-        req: VmCreateRequest,
-    ) -> Result<(VmInfo, String), Error> {
-        let tname = req.template.clone().unwrap_or_default();
-        let tpl = self.vm(&tname)?;
-        let t = tpl.info();
-        if !t.is_template {
-            return Err(Error::invalid(format!(
-                "VM {tname:?} is not a template (convert it with `vm convert-to-template`, or clone it)"
-            )));
-        }
-        let name = req.name.clone();
-        let start = req.start;
-        let (info, task) = self
-            .with_new_name(&name, Operation::VmCreate, |task| async move {
-                let _guard = BASES.lock().await;
-                let t = tpl.info();
-                let mut spec = spec_of(&t);
-                let frozen: Vec<FrozenDisk> = t
-                    .disks
-                    .iter()
-                    .map(|d| FrozenDisk {
-                        disk: d.clone(),
-                        base: d.path.clone(),
-                        base_format: d.format,
-                    })
-                    .collect();
-                self.apply_overrides(&mut spec, &req, &frozen)?;
-                // A fresh TPM: VMs stamped from one template must not share its identity.
-                self.layer_and_record(spec, &frozen, &task, (&t.id, false))
-                    .await
-            })
-            .await?;
-        if start {
-            let h = self.vm(&name)?;
-            let t = self
-                .host
-                .tasks
-                .start(Operation::VmStart, Some((&info.id, &info.name)));
-            h.call(Op::Action(VmAction::Start, ActionRequest::default()), t)
-                .await?;
-            return Ok((h.info(), task));
-        }
-        Ok((info, task))
-    }
-
-    fn apply_overrides(
-        &self,
-        spec: &mut VmSpec,
-        req: &VmCreateRequest,
-        frozen: &[FrozenDisk],
-    ) -> Result<(), Error> {
-        spec.template = req.template.clone();
-        spec.name = req.name.clone();
-        spec.is_template = false;
-        if let Some(d) = &req.description {
-            spec.description = d.clone();
-        }
-        if let Some(v) = req.vcpus {
-            validate_vcpus(v).map_err(Error::invalid)?;
-            spec.vcpus = v;
-        }
-        if let Some(m) = req.memory_bytes {
-            crate::spec::check_memory(self.host.as_ref(), m)?;
-            spec.memory_bytes = m;
-        }
-        if let Some(a) = req.autostart {
-            spec.autostart = a;
-        }
-        if let Some(w) = req.cpu_weight {
-            validate_cpu_weight(w).map_err(Error::invalid)?;
-            spec.cpu_weight = w;
-        }
-        if let Some(f) = req.firmware {
-            spec.firmware = f;
-        }
-        if let Some(t) = req.tpm {
-            spec.tpm = t;
-        }
-        if let Some(b) = req.boot_device {
-            spec.boot_device = b;
-        }
-        match &req.nics {
-            Some(nics) => {
-                if nics.len() > MAX_NICS {
-                    return Err(Error::invalid(format!(
-                        "{} NICs is more than the maximum of {MAX_NICS}",
-                        nics.len()
-                    )));
-                }
-                spec.nics = nics
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        crate::spec::nic_from_request(
-                            self.host.as_ref(),
-                            &format!("nic{i}"),
-                            n,
-                            NicModel::Virtio,
-                        )
-                    })
-                    .collect::<Result<_, _>>()?;
-            }
-            None => {
-                for n in spec.nics.iter_mut() {
-                    n.mac = random_mac();
-                    if self.network(&n.network).is_err() {
-                        n.network = DEFAULT_NETWORK.into();
-                    }
-                }
-            }
-        }
-        if let Some(extra) = &req.disks {
-            if frozen.len() + extra.len() > MAX_DISKS {
-                return Err(Error::invalid(format!(
-                    "{} disks is more than the maximum of {MAX_DISKS}",
-                    frozen.len() + extra.len()
-                )));
-            }
-            if !extra.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "extra disks with a template VM: create the VM, then `vm disk add`",
-                ));
-            }
-        }
-        if let Some(k) = &req.kernel {
-            if !k.is_absolute() || !k.is_file() {
-                return Err(Error::invalid(format!(
-                    "kernel {} is not an existing absolute path",
-                    k.display()
-                )));
-            }
-            spec.kernel_boot = Some(KernelBoot {
-                kernel: k.clone(),
-                initrd: req.initrd.clone(),
-                cmdline: req.cmdline.clone().unwrap_or_default(),
-            });
-        } else if let Some(kb) = spec.kernel_boot.as_mut() {
-            if let Some(i) = &req.initrd {
-                kb.initrd = Some(i.clone());
-            }
-            if let Some(c) = &req.cmdline {
-                kb.cmdline = c.clone();
-            }
-        }
-        if let Some(iso) = &req.cdrom {
-            let path = crate::spec::iso_path(self.host.as_ref(), iso)?;
-            match spec.cdroms.first_mut() {
-                Some(c) => c.media = Some(path),
-                None => spec.cdroms.push(Cdrom {
-                    device: "cdrom0".into(),
-                    bus: DiskBus::Sata,
-                    media: Some(path),
-                }),
-            }
-        }
-        Ok(())
-    }
-
-    /// `vm copy SRC DST [--sr NAME]`: independent, flattened volumes. Runs as a task; with
-    /// `wait` the answer comes when it is done, else at once with the task id.
-    pub async fn copy_vm(
-        self: &Arc<Self>,
-        source: &str,
-        req: CloneRequest,
-        wait: bool,
-    ) -> Result<(Option<VmInfo>, String), Error> {
-        let src = self.vm(source)?;
-        validate_name("VM", &req.name).map_err(Error::invalid)?;
-        let target_sr = match &req.sr {
-            Some(s) => Some(self.sr(s)?),
-            None => None,
-        };
-        self.host.registry_mut().reserve(&req.name)?;
-        let info = src.info();
-        let task = self.host.tasks.start(Operation::VmCopy, None);
-        let lease = Arc::new(Lease {
-            kind: crate::vm::state::LeaseKind::Copy,
-        });
-        if let Err(e) = src.call(Op::Lease(lease.clone()), task.clone()).await {
-            self.host.registry_mut().release(&req.name);
-            return Err(e);
-        }
-        let task_id = task.id.clone();
-        let agent = self.clone();
-        let name = req.name.clone();
-        let job = async move {
-            let r = agent.copy_leased(info, &name, target_sr, &task).await;
-            drop(lease);
-            if r.is_err() {
-                agent.host.registry_mut().release(&name);
-            }
-            match (&r, task.is_cancelled()) {
-                (Err(_), true) => {
-                    task.cancelled_with("the copy was cancelled; nothing was created")
-                }
-                _ => task.complete(&r),
-            }
-            r.and_then(|_| agent.vm(&name).map(|h| h.info()))
-        };
-        if wait {
-            Ok((Some(job.await?), task_id))
-        } else {
-            tokio::spawn(job);
-            Ok((None, task_id))
-        }
-    }
-
-    async fn copy_leased(
-        self: &Arc<Self>,
-        info: VmInfo,
-        name: &str,
-        target_sr: Option<StorageRepository>,
-        task: &TaskHandle,
-    ) -> Result<(), Error> {
-        let id = uuid::Uuid::new_v4().to_string();
-        task.set_vm(&id, name);
-        let total: u64 = info.disks.iter().map(|d| d.size_bytes).sum();
-        let mut done = 0u64;
-        let mut created: Vec<PathBuf> = Vec::new();
-        let mut disks = Vec::new();
-        let mut result = Ok(());
-        for d in &info.disks {
-            let (sr_name, sr_dir) = match &target_sr {
-                Some(sr) => (sr.name.clone(), sr.path.clone()),
-                None => (
-                    d.sr.clone(),
-                    d.path
-                        .parent()
-                        .map(|p| {
-                            if is_base(d.path.as_path()) {
-                                p.parent().unwrap_or(p)
-                            } else {
-                                p
-                            }
-                        })
-                        .unwrap_or(Path::new("/"))
-                        .to_path_buf(),
-                ),
-            };
-            let path = sr_dir.join(corral_storage::volume_file_name(
-                &id,
-                &d.device,
-                DiskFormat::Qcow2,
-            ));
-            task.phase(&format!("copying {}", d.device), 0.0);
-            created.push(path.clone());
-            if let Err(e) =
-                convert_with_progress(&d.path, &path, task, done, d.size_bytes, total).await
-            {
-                result = Err(e);
-                break;
-            }
-            done += d.size_bytes;
-            disks.push(Disk {
-                path,
-                format: DiskFormat::Qcow2,
-                sr: sr_name,
-                ..d.clone()
-            });
-        }
-        if result.is_ok() {
-            let mut spec = spec_of(&info);
-            spec.name = name.to_string();
-            spec.is_template = false;
-            spec.disks = disks;
-            for n in spec.nics.iter_mut() {
-                n.mac = random_mac();
-            }
-            result = crate::vmfiles::copy_owned(&self.host.layout, &info.id, &id, &mut spec, true)
-                .map(|files| created.extend(files));
-            if result.is_ok() {
-                result = self.add_vm(id, spec).await.map(|_| ());
-            }
-        }
-        if result.is_err() {
-            crate::vmfiles::remove_created(&created);
-        }
-        result
-    }
-}
-
-/// `qemu-img convert` (flattens any backing chain) reporting progress into the task;
-/// cancelling the task stops the conversion and removes `dst`.
-async fn convert_with_progress(
-    src: &Path,
-    dst: &Path,
-    task: &TaskHandle,
-    before: u64,
-    size: u64,
-    total: u64,
-) -> Result<(), Error> {
-    let mut cancel = task.clone();
-    let opts = corral_storage::qemu_img::ConvertOptions {
-        output_format: "qcow2",
-        input_format: None,
-        shared_read: false,
-    };
-    let progress = |pct: f64| task.bytes(before + (size as f64 * pct / 100.0) as u64, total);
-    corral_storage::qemu_img::convert(
-        src,
-        dst,
-        opts,
-        progress,
-        async move { cancel.cancelled().await },
-    )
-    .await
-    .map_err(|e| match e {
-        corral_storage::VolumeError::Cancelled => Error::new(ErrorKind::InvalidState, "cancelled"),
-        e => Error::caused(
-            ErrorKind::Internal,
-            format!("cannot copy {}", src.display()),
-            e,
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -1,15 +1,19 @@
 //! Operations that span more than one VM action, one file each: [`create`] (new VMs),
-//! [`clone`] (linked clones, full copies, templates and VMs stamped from them),
-//! [`transfer`] (export and import), [`install`] (installs from trees, media, PXE and
-//! images). They run on [`Ops`] — the narrow [`Host`] context, the [`QemuRuntime`] and the
+//! [`clone`] (linked clones and their bases), [`copy`] (full copies), [`template`]
+//! (templates and VMs stamped from them), [`export`] and [`import`] (over the byte plumbing of [`transfer`]), [`install`]
+//! (installs from trees, media, PXE and images). They run on [`Ops`] — the narrow [`Host`] context, the [`QemuRuntime`] and the
 //! few settings they need — never on the [`crate::Agent`] facade, which only forwards to them.
 //! A VM is reached through its actor ([`crate::vm::VmHandle`]); what an operation writes to
 //! the store goes through the host's records.
 
 pub mod clone;
+pub mod copy;
 pub mod create;
+pub mod export;
+pub mod import;
 pub mod install;
 mod install_plan;
+pub mod template;
 pub mod transfer;
 
 use crate::context::Host;
