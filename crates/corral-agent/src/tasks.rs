@@ -53,10 +53,12 @@ pub struct Tasks {
     writer: mpsc::UnboundedSender<Write>,
 }
 
-/// A change for the writer task: a task to store, or a key to delete.
+/// A change for the writer task: a task to store, a key to delete, or a marker answered
+/// once everything before it is written.
 enum Write {
     Put(String, Vec<u8>),
     Delete(String),
+    Flushed(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A handle the worker uses to report on its task.
@@ -186,6 +188,14 @@ impl Tasks {
             tasks.history().insert(t.id.clone(), t);
         }
         Ok(tasks)
+    }
+
+    /// Wait until every task update made so far is in the store (before the agent exits).
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.writer.send(Write::Flushed(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     fn key(&self, id: &str) -> String {
@@ -403,6 +413,10 @@ async fn write_loop(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Wr
             Write::Delete(key) => {
                 let r = store.delete(&key, Expect::Any).await;
                 (key, r)
+            }
+            Write::Flushed(done) => {
+                let _ = done.send(());
+                continue;
             }
         };
         if let Err(e) = result {

@@ -202,7 +202,7 @@ async fn serve(
     let agent = corral_agent::Agent::start(config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let app = corral_api::router(agent);
+    let app = corral_api::router(agent.clone());
     if let Some(m) = &remote {
         let guarded = m.guard(app.clone());
         for (listener, addr) in tcp.into_iter().zip(&listen) {
@@ -245,5 +245,7 @@ async fn serve(
         } => {}
     }
     let _ = std::fs::remove_file(&socket);
+    // Task updates are written behind the scenes; an orderly stop writes them all.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), agent.flush()).await;
     Ok(())
 }
