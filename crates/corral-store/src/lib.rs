@@ -15,10 +15,12 @@
 //! process, records attached to a lease are removed when the store is opened again) and
 //! [`MemoryStore`] (for unit tests). Both share the watch and lease machinery in `hub`.
 
+mod etcd;
 mod hub;
 mod memory;
 mod sqlite;
 
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -217,3 +219,5 @@ pub(crate) fn check(key: &str, expect: Expect, found: Option<u64>) -> Result<(),
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod etcd_cluster;
