@@ -75,7 +75,13 @@ pub struct EtcdStore {
 }
 
 struct Inner {
+    /// This store's marker names: a random base and a counter.
+    marker_base: u64,
+    marker_seq: std::sync::atomic::AtomicU64,
+    marker_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
     members: Vec<Client>,
+    /// The endpoint of each member, as given.
+    urls: Vec<String>,
     /// Index of the member that answered last.
     preferred: AtomicUsize,
     endpoints: String,
@@ -136,13 +142,19 @@ mod tonic_code {
 }
 
 /// The request never reached a member that could apply it: connection refused or timed out
-/// while connecting, or the member has no leader (it refuses before proposing).
+/// while connecting, the socket was already dead when the request was written (broken pipe:
+/// the member is gone, e.g. killed between two calls), or the member has no leader (it
+/// refuses before proposing).
 fn not_delivered(e: &etcd_client::Error) -> bool {
+    use std::io::ErrorKind;
     let mut text = e.to_string();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused | ErrorKind::BrokenPipe | ErrorKind::NotConnected
+            ) {
                 return true;
             }
         }
@@ -156,6 +168,7 @@ fn not_delivered(e: &etcd_client::Error) -> bool {
         "tcp connect error",
         "error trying to connect",
         "no leader",
+        "broken pipe",
     ]
     .iter()
     .any(|m| text.contains(m))
@@ -171,6 +184,27 @@ fn status_message(e: &etcd_client::Error) -> String {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct Message(String);
+
+/// A write was sent but no answer came: it may or may not have been applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: its outcome is unknown")]
+struct OutcomeUnknown(String);
+
+fn outcome_unknown(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable { source, .. } if source.is::<OutcomeUnknown>())
+}
+
+/// Where transactions leave their markers (outside every namespace; never listed or
+/// watched): `\0corral/txn/<store>/<n>`, attached to a lease of [`MARKER_TTL`].
+const MARKER_PREFIX: &[u8] = b"\0corral/txn/";
+const MARKER_TTL: i64 = 120;
+/// A marker lease is used for new markers this long, so every marker outlives the call
+/// that may need to read it by far.
+const MARKER_LEASE_REUSE: Duration = Duration::from_secs(60);
+
+fn is_marker(key: &[u8]) -> bool {
+    key.starts_with(MARKER_PREFIX)
+}
 
 impl EtcdStore {
     /// Connect to a cluster (`http://host:port` each) and check that one member answers
@@ -206,7 +240,11 @@ impl EtcdStore {
         let (closed, _) = tokio::sync::watch::channel(false);
         let store = EtcdStore {
             inner: Arc::new(Inner {
+                marker_base: random_u64(),
+                marker_seq: std::sync::atomic::AtomicU64::new(0),
+                marker_lease: tokio::sync::Mutex::new(None),
                 members,
+                urls: endpoints.to_vec(),
                 preferred: AtomicUsize::new(0),
                 endpoints: names,
                 opts: options,
@@ -285,24 +323,49 @@ impl Inner {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + self.opts.timeout;
+        self.call_until(Instant::now() + self.opts.timeout, retry, f)
+            .await
+    }
+
+    async fn call_until<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        retry: Retry,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         let n = self.members.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut last: Box<dyn std::error::Error + Send + Sync> =
             Box::new(Message("timed out".into()));
         let mut i = first;
         let mut rounds = 0u32;
+        let mut failed: Option<usize> = None;
         loop {
+            if let Some(dead) = failed.take() {
+                if dead != i {
+                    self.wait_leader_moves_off(i, dead, deadline).await;
+                }
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(self.unavailable(last));
             }
-            // A member that hangs gets at most half the deadline, so another is tried.
-            let budget = (deadline - now).max(self.opts.timeout / 2).min(deadline - now);
+            // A member that hangs gets a part of the deadline, so another is tried. A write
+            // gets less: when its outcome is unknown the caller settles it by reading its
+            // marker, and a write forwarded to a leader that just died is lost and would
+            // otherwise wait out etcd's own request timeout.
+            let share = match retry {
+                Retry::Always => self.opts.timeout / 2,
+                Retry::NotDelivered => self.opts.timeout / 4,
+            };
             let budget = if n > 1 {
-                budget.min(self.opts.timeout / 2)
+                (deadline - now).min(share)
             } else {
-                budget
+                deadline - now
             };
             match tokio::time::timeout(budget, f(self.members[i].clone())).await {
                 Ok(Ok(v)) => {
@@ -311,23 +374,26 @@ impl Inner {
                 }
                 Ok(Err(e)) => match classify(e) {
                     Failure::Answer(e) => return Err(map_answer(e)),
-                    Failure::Unreachable(e) => last = Box::new(e),
+                    Failure::Unreachable(e) => {
+                        last = Box::new(e);
+                        failed = Some(i);
+                    }
                     Failure::Ambiguous(e) => {
                         if retry == Retry::NotDelivered {
-                            return Err(self.unavailable(Box::new(Message(format!(
-                                "{e} (the connection broke after the request was sent: \
-                                 its outcome is unknown)"
+                            return Err(self.unavailable(Box::new(OutcomeUnknown(format!(
+                                "{e} (the connection broke after the request was sent)"
                             )))));
                         }
                         last = Box::new(e);
+                        failed = Some(i);
                     }
                 },
                 Err(_) => {
                     if retry == Retry::NotDelivered {
-                        return Err(self.unavailable(Box::new(Message(
-                            "timed out after the request was sent: its outcome is unknown"
-                                .into(),
-                        ))));
+                        return Err(self.unavailable(Box::new(OutcomeUnknown(format!(
+                            "member {} did not answer in {budget:?} after the request was sent",
+                            i + 1
+                        )))));
                     }
                     last = Box::new(Message(format!("member {} timed out", i + 1)));
                 }
@@ -341,6 +407,55 @@ impl Inner {
                 tokio::time::sleep(pause.min(left)).await;
             }
         }
+    }
+
+    /// Member `dead` failed; before sending to member `next`, wait (within the deadline)
+    /// until `next` no longer follows `dead` as its leader. Otherwise `next` forwards the
+    /// request to the dead leader, where it is lost and waits out etcd's own request timeout
+    /// (5 s + two election timeouts) — after an election (a few hundred ms) it goes through.
+    /// Best effort: any failure here just lets the call go on.
+    async fn wait_leader_moves_off(&self, next: usize, dead: usize, deadline: Instant) {
+        let dead_url = bare(&self.urls[dead]).to_string();
+        let mut c = self.members[next].clone();
+        let wait = async move {
+            let list = c.member_list().await.ok()?;
+            let dead_id = list
+                .members()
+                .iter()
+                .find(|m| m.client_urls().iter().any(|u| bare(u) == dead_url))?
+                .id();
+            loop {
+                let st = c.status().await.ok()?;
+                if st.leader() != dead_id {
+                    return Some(());
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, wait).await;
+    }
+
+    /// A new marker key and the lease it goes with.
+    async fn marker(&self, deadline: Instant) -> Result<(Vec<u8>, i64), StoreError> {
+        let lease = {
+            let mut slot = self.marker_lease.lock().await;
+            match *slot {
+                Some((id, at)) if at.elapsed() < MARKER_LEASE_REUSE => id,
+                _ => {
+                    let id = self
+                        .call_until(deadline, Retry::Always, |mut c| async move {
+                            Ok(c.lease_grant(MARKER_TTL, None).await?.id())
+                        })
+                        .await?;
+                    *slot = Some((id, Instant::now()));
+                    id
+                }
+            }
+        };
+        let n = self.marker_seq.fetch_add(1, Ordering::Relaxed);
+        let mut key = MARKER_PREFIX.to_vec();
+        key.extend_from_slice(format!("{:016x}/{n}", self.marker_base).as_bytes());
+        Ok((key, lease))
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
@@ -357,6 +472,26 @@ impl Inner {
         })
         .await
     }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// An endpoint without its scheme, to compare with etcd's advertised URLs.
+fn bare(url: &str) -> &str {
+    let u = url.strip_prefix("http://").unwrap_or(url);
+    let u = u.strip_prefix("https://").unwrap_or(u);
+    u.trim_end_matches('/')
 }
 
 fn header_revision(h: Option<&etcd_client::ResponseHeader>) -> u64 {
@@ -428,7 +563,7 @@ impl Store for EtcdStore {
                 if at == 0 {
                     at = header_revision(page.header()) as i64;
                 }
-                for kv in page.kvs() {
+                for kv in page.kvs().iter().filter(|kv| !is_marker(kv.key())) {
                     out.push((
                         self.inner.unkey(kv.key()),
                         Versioned {
@@ -486,13 +621,54 @@ impl Store for EtcdStore {
                 TxnOp::Put { lease: Some(l), .. } => Some(*l),
                 _ => None,
             });
+            let deadline = Instant::now() + inner.opts.timeout;
+            // Unless the transaction only deletes unconditionally (sending it twice does no
+            // harm), it also writes a marker key, so an unknown outcome can be settled.
+            let idempotent = ops
+                .iter()
+                .all(|op| matches!(op, TxnOp::Delete { expect: Expect::Any, .. }));
+            let marker = if idempotent {
+                None
+            } else {
+                let (key, lease) = inner.marker(deadline).await?;
+                writes.push(EtcdOp::put(
+                    key.clone(),
+                    Vec::new(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ));
+                Some(key)
+            };
             let txn = Txn::new().when(compares).and_then(writes).or_else(reads);
-            let r = inner
-                .call(Retry::NotDelivered, |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
-                .await;
+            let r = loop {
+                let r = inner
+                    .call_until(deadline, Retry::NotDelivered, |mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await;
+                match (&r, &marker) {
+                    (Err(e), Some(m)) if outcome_unknown(e) => {
+                        // A linearizable read (it needs a leader that has committed in its
+                        // term, so a lost proposal stays lost) tells whether it was applied.
+                        let m = m.clone();
+                        let found = inner
+                            .call_until(deadline, Retry::Always, |mut c| {
+                                let m = m.clone();
+                                async move {
+                                    let g = c.get(m, None).await?;
+                                    Ok(g.kvs().first().map(|kv| kv.mod_revision() as u64))
+                                }
+                            })
+                            .await;
+                        match found {
+                            Ok(Some(rev)) => return Ok(rev),
+                            Ok(None) => continue, // not applied: send it again
+                            Err(_) => break r,
+                        }
+                    }
+                    _ => break r,
+                }
+            };
             let resp = match r {
                 Ok(resp) => resp,
                 Err(StoreError::Backend(e)) => {
@@ -781,7 +957,7 @@ impl WatchTask {
         for ev in r.events() {
             let Some(kv) = ev.kv() else { continue };
             let rev = kv.mod_revision() as u64;
-            if rev <= self.last {
+            if rev <= self.last || is_marker(kv.key()) {
                 continue; // never repeat a change
             }
             let change = match ev.event_type() {
