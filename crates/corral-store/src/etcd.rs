@@ -17,9 +17,15 @@
 //! etcd's "require leader" flag, so a member cut off from the quorum refuses instead of
 //! serving stale data or a silent watch. Reads, lease calls and watch set-up move to the next
 //! member on any transport error; a transaction moves on only when the request surely was not
-//! delivered (connection refused, connect timeout, "no leader"): a transaction whose
-//! connection broke after sending returns `Unavailable` and its outcome is unknown (read the
-//! records again).
+//! delivered (connection refused, connect timeout, broken pipe, "no leader"). When a
+//! transaction was sent but its answer is lost (the member died, or it forwarded the request
+//! to a leader that died: etcd then waits out its own 5 s request timeout), the outcome is
+//! settled by reading the transaction's *marker*: every transaction that is not only
+//! unconditional deletes also puts an empty key `\0corral/txn/<store>/<n>` (outside every
+//! namespace, never listed or watched, on a lease that ends it two minutes later). A
+//! linearizable read finds it (applied: its revision is the answer) or not (never applied,
+//! since a new leader has committed: send again). Only if that read fails too does the call
+//! end with `Unavailable` whose source says the outcome is unknown.
 //!
 //! [`EtcdOptions::namespace`] prefixes every key, so several stores (pools, tests) can share
 //! one cluster; keys handed back never carry it.
@@ -29,8 +35,8 @@ use crate::{
     WatchEvent,
 };
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn,
-    TxnOp as EtcdOp, TxnOpResponse, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp as EtcdOp,
+    TxnOpResponse, WatchOptions, WatchStream,
 };
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -119,7 +125,9 @@ fn classify(e: etcd_client::Error) -> Failure {
                 | tonic_code::CANCELLED
                 | tonic_code::ABORTED
         ),
-        E::WatchError(_) | E::LeaseKeepAliveError(_) => false,
+        // Watch set-up failures (stream closed, "no leader" cancel) and keep-alive stream
+        // failures: only reads use these, try another member.
+        E::WatchError(_) | E::LeaseKeepAliveError(_) => return Failure::Unreachable(e),
         _ => false,
     };
     if !transport {
@@ -598,11 +606,9 @@ impl Store for EtcdStore {
                     Expect::Absent => {
                         compares.push(Compare::create_revision(k.clone(), CompareOp::Equal, 0))
                     }
-                    Expect::Revision(r) => compares.push(Compare::mod_revision(
-                        k.clone(),
-                        CompareOp::Equal,
-                        r as i64,
-                    )),
+                    Expect::Revision(r) => {
+                        compares.push(Compare::mod_revision(k.clone(), CompareOp::Equal, r as i64))
+                    }
                 }
                 if expect != Expect::Any {
                     reads.push(EtcdOp::get(k.clone(), None));
@@ -624,9 +630,15 @@ impl Store for EtcdStore {
             let deadline = Instant::now() + inner.opts.timeout;
             // Unless the transaction only deletes unconditionally (sending it twice does no
             // harm), it also writes a marker key, so an unknown outcome can be settled.
-            let idempotent = ops
-                .iter()
-                .all(|op| matches!(op, TxnOp::Delete { expect: Expect::Any, .. }));
+            let idempotent = ops.iter().all(|op| {
+                matches!(
+                    op,
+                    TxnOp::Delete {
+                        expect: Expect::Any,
+                        ..
+                    }
+                )
+            });
             let marker = if idempotent {
                 None
             } else {
@@ -717,15 +729,16 @@ impl Store for EtcdStore {
         Box::pin(async move {
             let inner = &self.inner;
             let (start, end) = inner.range(prefix);
-            if after_revision > 0 {
-                check_not_compacted(inner, &start, &end, after_revision).await?;
-            }
-            let (stream, created_at) = open_watch(inner, &start, &end, after_revision).await?;
+            // "From now" is from the current revision, read first: the watch then starts at an
+            // explicit revision, so a write racing with its creation is neither lost nor
+            // reported twice, and a resumed stream knows where it stands.
             let last = if after_revision > 0 {
+                check_not_compacted(inner, &start, &end, after_revision).await?;
                 after_revision
             } else {
-                created_at
+                inner.revision().await?
             };
+            let stream = open_watch(inner, &start, &end, last).await?;
             let (tx, rx) = mpsc::unbounded_channel();
             let task = WatchTask {
                 inner: Arc::downgrade(&self.inner),
@@ -797,29 +810,25 @@ impl Store for EtcdStore {
     }
 }
 
-/// Create a watch on some member and wait for etcd to confirm it. Returns the stream and
-/// the store revision at creation (the watch covers later changes when started from now).
+/// Create a watch of the changes after revision `after` on some member and wait for etcd to
+/// confirm it.
 async fn open_watch(
     inner: &Inner,
     start: &[u8],
     end: &[u8],
     after: u64,
-) -> Result<(WatchStream, u64), StoreError> {
+) -> Result<WatchStream, StoreError> {
     inner
         .call(Retry::Always, |mut c| {
             let (start, end) = (start.to_vec(), end.to_vec());
             async move {
-                let mut o = WatchOptions::new().with_range(end);
-                if after > 0 {
-                    o = o.with_start_revision(after as i64 + 1);
-                }
+                let o = WatchOptions::new()
+                    .with_range(end)
+                    .with_start_revision(after as i64 + 1);
                 let mut stream = c.watch(start, Some(o)).await?;
                 loop {
                     match stream.message().await? {
-                        Some(r) if r.created() && !r.canceled() => {
-                            let at = header_revision(r.header());
-                            return Ok((stream, at));
-                        }
+                        Some(r) if r.created() && !r.canceled() => return Ok(stream),
                         Some(r) if r.canceled() => {
                             return Err(etcd_client::Error::WatchError(format!(
                                 "watch refused: {}",
@@ -863,7 +872,7 @@ async fn check_not_compacted(
     match probe {
         Ok(()) => Ok(()),
         Err(e) if is_compacted(&e) => {
-            let (mut stream, _) = open_watch(inner, start, end, after).await?;
+            let mut stream = open_watch(inner, start, end, after).await?;
             let wait = tokio::time::timeout(inner.opts.timeout, async {
                 loop {
                     match stream.message().await {
@@ -994,7 +1003,7 @@ impl WatchTask {
             }
             let inner = self.inner.upgrade()?;
             match open_watch(&inner, &self.start, &self.end, self.last).await {
-                Ok((s, _)) => return Some(s),
+                Ok(s) => return Some(s),
                 Err(StoreError::Compacted { .. }) => return None,
                 Err(_) => {}
             }

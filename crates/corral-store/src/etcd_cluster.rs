@@ -93,10 +93,7 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut c = EtcdCluster {
-            members,
-            _dir: dir,
-        };
+        let mut c = EtcdCluster { members, _dir: dir };
         for i in 0..n {
             c.launch(i, "new");
         }
@@ -195,8 +192,8 @@ impl EtcdCluster {
                     break;
                 }
                 if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(m.data.with_extension("log"))
-                        .unwrap_or_default();
+                    let log =
+                        std::fs::read_to_string(m.data.with_extension("log")).unwrap_or_default();
                     panic!(
                         "etcd member {} not healthy within {within:?}; log tail:\n{}",
                         m.name,
@@ -210,10 +207,9 @@ impl EtcdCluster {
 }
 
 fn health(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(200),
-    ) else {
+    let Ok(mut s) =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+    else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
