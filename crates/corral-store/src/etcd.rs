@@ -375,12 +375,24 @@ impl Inner {
             } else {
                 deadline - now
             };
-            match tokio::time::timeout(budget, f(self.members[i].clone())).await {
+            let r = tokio::time::timeout(budget, f(self.members[i].clone()))
+                .await
+                .map(|r| r.map_err(classify));
+            if !matches!(r, Ok(Ok(_)) | Ok(Err(Failure::Answer(_)))) {
+                // This member failed: the next call (say, settling this one) starts elsewhere.
+                let _ = self.preferred.compare_exchange(
+                    i,
+                    (i + 1) % n,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            match r {
                 Ok(Ok(v)) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Ok(Err(e)) => match classify(e) {
+                Ok(Err(e)) => match e {
                     Failure::Answer(e) => return Err(map_answer(e)),
                     Failure::Unreachable(e) => {
                         last = Box::new(e);

@@ -167,6 +167,21 @@ impl EtcdCluster {
         }
     }
 
+    /// SIGSTOP one member: its sockets stay open but nothing answers (a frozen host).
+    pub fn freeze(&self, i: usize) {
+        self.signal(i, libc::SIGSTOP);
+    }
+
+    /// SIGCONT a frozen member.
+    pub fn thaw(&self, i: usize) {
+        self.signal(i, libc::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, sig: i32) {
+        let pid = self.members[i].child.as_ref().expect("running member").id();
+        assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0);
+    }
+
     /// Start a killed member again on its data dir.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");

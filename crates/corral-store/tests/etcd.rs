@@ -339,3 +339,33 @@ async fn the_leader_dying_under_a_follower_delays_writes_by_an_election_only() {
     }
     eprintln!("write across a leader election took {took:?}");
 }
+
+#[tokio::test]
+async fn a_frozen_member_is_left_for_another_by_calls_and_by_a_watch() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = start().await;
+    let s = EtcdStore::connect(&cluster.endpoints(), options(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    // Member 0 answers first, so it holds the watch; then it stops answering without closing
+    // its sockets (SIGSTOP): only deadlines and HTTP/2 keep-alive pings can tell.
+    let mut w = s.watch("vms/", 0).await.unwrap();
+    let r0 = s.put("vms/a", b"0", Expect::Absent).await.unwrap();
+    assert_eq!(next(&mut w).await.mod_revision, r0);
+    cluster.freeze(0);
+    let t = Instant::now();
+    let r1 = s.put("vms/a", b"1", Expect::Revision(r0)).await.unwrap();
+    let first = t.elapsed();
+    let r2 = s.put("vms/b", b"2", Expect::Absent).await.unwrap();
+    assert_eq!(s.list("vms/").await.unwrap().len(), 2);
+    assert!(first < Duration::from_secs(5), "first write: {first:?}");
+    assert_eq!(next(&mut w).await.mod_revision, r1);
+    assert_eq!(next(&mut w).await.mod_revision, r2);
+    eprintln!(
+        "frozen member: first write {first:?}, watch moved on after {:?}",
+        t.elapsed()
+    );
+    cluster.thaw(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.try_next().is_none(), "nothing repeated");
+}
