@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | revision of a record | its `mod_revision`; the store revision is the response header's |
 //! | `get` | `Range` of one key (linearizable) |
-//! | `list(prefix)` | `Range [prefix, prefix+1)` in key order, in pages of [`PAGE`] keys all read at the first page's revision |
+//! | `list(prefix)` | `Range [prefix, prefix+1)` in key order, in pages of 1000 keys all read at the first page's revision |
 //! | `txn(ops)` | one `Txn`: its compare list holds every op's condition (`Expect::Absent` is `create_revision == 0`, `Expect::Revision(r)` is `mod_revision == r`), success runs every put/delete, failure reads each conditioned key so the `Conflict` names the first key whose condition failed and the revision found, atomically |
 //! | `watch(prefix, after)` | `Watch` with `start_revision = after + 1` (`after == 0`: from now); a start below the compaction is `Compacted`; a broken stream is re-created from the last delivered revision + 1 on any member, so no change is lost or repeated; a later compaction of that point ends the watch |
 //! | `grant_lease(ttl)` | `LeaseGrant` (TTL rounded up to whole seconds) |
@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Keys per `Range` page of a `list`.
-pub const PAGE: i64 = 1000;
+pub(crate) const PAGE: i64 = 1000;
 
 /// How to reach the cluster.
 #[derive(Debug, Clone)]

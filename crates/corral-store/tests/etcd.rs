@@ -369,3 +369,35 @@ async fn a_frozen_member_is_left_for_another_by_calls_and_by_a_watch() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(w.try_next().is_none(), "nothing repeated");
 }
+
+#[tokio::test]
+async fn a_list_longer_than_a_page_comes_whole_in_key_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = start().await;
+    let s = EtcdStore::connect(&cluster.endpoints(), options(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let n = 2017; // the backend reads 1000 keys a page
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        s.txn(
+            chunk
+                .iter()
+                .map(|i| TxnOp::put(format!("vms/{i:05}"), b"{}".to_vec(), Expect::Absent))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    }
+    s.put("vmsx", b"", Expect::Any).await.unwrap();
+    let keys: Vec<String> = s
+        .list("vms/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("vms/{i:05}")).collect();
+    assert_eq!(keys, want);
+    // The whole key space, as the empty prefix: the same plus "vmsx", and no marker keys.
+    assert_eq!(s.list("").await.unwrap().len(), n + 1);
+}
