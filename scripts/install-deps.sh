@@ -7,10 +7,11 @@
 # then installs cleanly. So: one after the other.
 set -euo pipefail
 
-RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db swtpm swtpm-tools)
+# protobuf-compiler: the state store's etcd client (corral-store, so the agent) builds with protoc.
+RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db swtpm swtpm-tools protobuf-compiler)
 TEST_PKGS=(busybox-static cpio xorriso isolinux syslinux syslinux-common extlinux mtools dosfstools
   fdisk socat zstd python3 python3-pyftpdlib nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils curl
-  dnsmasq-base)
+  dnsmasq-base etcd-server)
 
 want=("${RUN_PKGS[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PKGS[@]}")

@@ -12,13 +12,26 @@
 //! ([`StoreError`]); backend types never cross this crate's edge.
 //!
 //! Backends: [`SqliteStore`] (the embedded default; leases and the watch history live in the
-//! process, records attached to a lease are removed when the store is opened again) and
-//! [`MemoryStore`] (for unit tests). Both share the watch and lease machinery in `hub`.
+//! process, records attached to a lease are removed when the store is opened again),
+//! [`EtcdStore`] (pools: every operation is one etcd request, see the `etcd` module's table
+//! of how each maps) and [`MemoryStore`] (for unit tests). SQLite and memory share the watch
+//! and lease machinery in `hub`; etcd brings its own (revisions, watches and leases are
+//! etcd's). All three pass the same conformance tests.
+//!
+//! On etcd, in short: a record's revision is its `mod_revision`; [`Expect::Absent`] is
+//! `create_revision == 0` and [`Expect::Revision`] is `mod_revision == r` in the compare list
+//! of the one etcd transaction a `txn` becomes; `list` is a prefix range; `watch(prefix,
+//! after)` is an etcd watch from `after + 1` that resumes on another member from the last
+//! revision it delivered, and a start below etcd's compaction is [`StoreError::Compacted`];
+//! leases are etcd leases (a `keep_alive` renews once). Every call has a deadline, and a
+//! cluster that does not answer is [`StoreError::Unavailable`] naming the endpoints tried.
 
+mod etcd;
 mod hub;
 mod memory;
 mod sqlite;
 
+pub use etcd::{EtcdOptions, EtcdStore};
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
@@ -217,3 +230,5 @@ pub(crate) fn check(key: &str, expect: Expect, found: Option<u64>) -> Result<(),
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod etcd_cluster;
