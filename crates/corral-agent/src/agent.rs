@@ -190,6 +190,12 @@ impl Agent {
         self.host.templates_mut()
     }
 
+    /// Before the agent exits: wait until what it recorded in memory (task updates) is
+    /// in the store. Guests keep running; nothing else needs saying.
+    pub async fn flush(&self) {
+        self.host.tasks.flush().await;
+    }
+
     async fn ensure_default_sr(&self) -> Result<(), Error> {
         if self.host.sr("default").is_err() {
             let sr = StorageRepository {
