@@ -433,13 +433,6 @@ mod tests {
         let vol = dir.path().join("vm-disk0.raw");
         std::fs::write(&vol, vec![7u8; 4096]).unwrap();
         let mut spec = VmSpec {
-            name: "a".into(),
-            description: String::new(),
-            vcpus: 1,
-            memory_bytes: 1 << 30,
-            autostart: false,
-            cpu_weight: 256,
-            firmware: Firmware::Bios,
             disks: vec![Disk {
                 device: "disk0".into(),
                 size_bytes: 4096,
@@ -448,14 +441,7 @@ mod tests {
                 sr: "default".into(),
                 path: vol.clone(),
             }],
-            cdroms: vec![],
-            nics: vec![],
-            kernel_boot: None,
-            boot_device: BootDevice::Disk,
-            template: None,
-            is_template: false,
-            install: None,
-            tpm: false,
+            ..corral_testkit::vm_spec("vm")
         };
         let (frozen, undo) = freeze_disks(&mut spec, "vm", true).unwrap();
         assert!(is_base(&frozen[0].base) && frozen[0].base.exists());

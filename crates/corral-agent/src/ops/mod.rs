@@ -62,15 +62,21 @@ impl Ops {
         operation: Operation,
         op: Op,
     ) -> Result<(VmInfo, String), Error> {
+        let (h, task) = self.vm_task(name, operation)?;
+        let id = task.id.clone();
+        h.call(op, task).await?;
+        Ok((h.info(), id))
+    }
+
+    /// The VM named `name` and a new task of `operation` on it.
+    fn vm_task(&self, name: &str, operation: Operation) -> Result<(VmHandle, TaskHandle), Error> {
         let h = self.vm(name)?;
         let info = h.info();
         let task = self
             .host
             .tasks
             .start(operation, Some((&info.id, &info.name)));
-        let id = task.id.clone();
-        h.call(op, task).await?;
-        Ok((h.info(), id))
+        Ok((h, task))
     }
 
     /// Start an operation on a VM as a task without waiting; returns the task id.
@@ -80,12 +86,7 @@ impl Ops {
         operation: Operation,
         op: Op,
     ) -> Result<String, Error> {
-        let h = self.vm(name)?;
-        let info = h.info();
-        let task = self
-            .host
-            .tasks
-            .start(operation, Some((&info.id, &info.name)));
+        let (h, task) = self.vm_task(name, operation)?;
         let id = task.id.clone();
         tokio::spawn(async move {
             let _ = h.call(op, task).await;
