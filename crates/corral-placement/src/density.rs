@@ -7,7 +7,8 @@
 //! remaining workload and searches (depth-first, with a node budget) for the set of remaining
 //! workloads that fills it best. The plan with fewest unplaced workloads, then fewest hosts,
 //! wins; `repair` then places what the heuristics stranded, a local search tries to empty the
-//! least-filled hosts by moving and swapping their workloads onto the others, the pool search
+//! least-filled hosts by moving and swapping their workloads onto the others, on inputs whose
+//! total demand is exactly whole hosts an exact cover by perfect fills (`tile`), the pool search
 //! in `repack` closes hosts that need several swaps at once, and on small instances refill
 //! rounds empty and refill every host with slack. Every step is budgeted in fit checks or
 //! search nodes, never in wall-clock time, so the same input always gives the same plan. The reference first-fit
@@ -497,6 +498,10 @@ const HUNT_BUDGET: u64 = 10;
 /// Deepest hunt: a seed, this many more workloads, and one or two looked up.
 const HUNT_DEPTH: usize = 5;
 
+/// Largest instance (in items) the perfect-tiling search runs on, and its node budget.
+const TILE_MAX_ITEMS: usize = 200;
+const TILE_BUDGET: u64 = 20_000_000;
+
 /// Largest instance (in items) the refill search runs on.
 const REFILL_MAX_ITEMS: usize = 200;
 
@@ -558,6 +563,18 @@ pub(crate) fn solve(inst: &Instance, effort: u32) -> (State<'_>, Repaired) {
         empty_hosts(&mut best, if large { 40_000 } else { 300_000 } * effort);
         // The pool search pays on small and mid-sized instances; on large pools the time
         // goal (10,000 workloads in 50 ms) leaves no room for it.
+        // Zero-slack inputs (total demand exactly whole hosts): an exact cover by perfect
+        // fills, when one exists within the budget, is optimal.
+        if n <= TILE_MAX_ITEMS && !done(&best) {
+            let budget = TILE_BUDGET * effort;
+            if let Some(s) = crate::tile::tile(&mut best, budget) {
+                let work = best.work;
+                if better(&s, &best) {
+                    best = s;
+                    best.work = work;
+                }
+            }
+        }
         if !large && !done(&best) {
             reduce_hosts(&mut best, 2_000_000 * effort, 400_000 * effort);
         }

@@ -23,6 +23,7 @@ mod repack;
 mod repair;
 pub mod report;
 mod resource;
+mod tile;
 
 pub use model::{validate, Demand, Host, Mode, ModelError, PlanOptions, Workload, TIME_BUCKETS};
 pub use plan::{
