@@ -19,9 +19,10 @@
 use crate::engine::{State, D, MEM};
 use std::collections::HashMap;
 
-type Vector = [i64; D];
+/// A demand in integer micro-units, one per resource (shared with `crate::tile`).
+pub(crate) type Vector = [i64; D];
 
-fn quantise(v: f64) -> i64 {
+pub(crate) fn quantise(v: f64) -> i64 {
     (v * 1e6).round() as i64
 }
 
@@ -35,7 +36,8 @@ const MULT: [u64; D] = [
     0xe703_7ed1_a0b4_28db,
 ];
 
-fn key(v: &Vector) -> u64 {
+/// The additive key of a demand: the key of a sum is the sum of the keys.
+pub(crate) fn key(v: &Vector) -> u64 {
     v.iter().zip(MULT).fold(0u64, |k, (&x, m)| {
         k.wrapping_add((x as u64).wrapping_mul(m))
     })

@@ -18,33 +18,12 @@
 //! demand does not add up to whole hosts return at once.
 
 use crate::engine::{Instance, State, D, MEM};
+use crate::exact::{key, quantise, Vector};
 use std::collections::HashMap;
 
 /// Largest exact fill looked for (head and tail of up to four workloads each).
 pub(crate) const MAX_FILL: usize = 8;
 const HALF: usize = MAX_FILL / 2;
-
-type Vector = [i64; D];
-
-fn quantise(v: f64) -> i64 {
-    (v * 1e6).round() as i64
-}
-
-/// Odd multipliers for the additive key (fixed, so runs repeat).
-const MULT: [u64; D] = [
-    0x9e37_79b9_7f4a_7c15,
-    0xbf58_476d_1ce4_e5b9,
-    0x94d0_49bb_1331_11eb,
-    0xd6e8_feb8_6659_fd93,
-    0xa076_1d64_78bd_642f,
-    0xe703_7ed1_a0b4_28db,
-];
-
-fn key(v: &Vector) -> u64 {
-    v.iter().zip(MULT).fold(0u64, |k, (&x, m)| {
-        k.wrapping_add((x as u64).wrapping_mul(m))
-    })
-}
 
 fn add(a: &Vector, b: &Vector) -> Vector {
     let mut r = *a;
