@@ -21,6 +21,7 @@ pub mod host;
 pub mod keys;
 pub mod network;
 pub mod ops;
+pub mod pool;
 /// Kept at the crate root for front ends that stream archives.
 pub use ops::transfer;
 mod registry;

@@ -70,6 +70,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
     table()
         .into_router()
         .fallback(|| async { Failure(ApiError::not_found("no such API endpoint")) })
+        .layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            crate::pool::route_to_owner,
+        ))
         .with_state(agent)
 }
 
@@ -127,6 +131,16 @@ fn table() -> Routes<AppState> {
         .route("/v1/tasks/{id}", get(show_task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/events", get(events))
+        .route("/v1/pool", get(crate::pool::pool_info))
+        .route("/v1/hosts", get(crate::pool::list_hosts))
+        .route(
+            "/v1/hosts/{name}",
+            get(crate::pool::show_host).delete(crate::pool::forget_host),
+        )
+        .route(
+            "/v1/hosts/{name}/evacuate",
+            post(crate::pool::evacuate_host),
+        )
 }
 
 async fn host_info(State(a): State<AppState>) -> Result<Response> {
@@ -138,7 +152,7 @@ async fn list_vms(State(a): State<AppState>) -> Response {
 }
 
 async fn show_vm(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    Ok(Json(a.vm(&name)?.info()).into_response())
+    Ok(Json(a.vm_info(&name)?).into_response())
 }
 
 fn vm_answer(task: String, vm: corral_model::VmInfo) -> Response {

@@ -69,6 +69,7 @@ pub async fn add_vm<R: Runtime>(
         spec,
         power_state: PowerState::Halted,
         created_at_ms: crate::now_ms(),
+        ha: Default::default(),
     };
     // The record and its name in one transaction: a name taken anywhere in the pool fails
     // the whole create.

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // not every test binary uses every helper
-pub use corral_testkit::{free_port, MARKER};
+pub use corral_testkit::{closed_port, free_port, MARKER};
 
 /// The project's test guest (scripts/build-test-guest.sh).
 pub type Guest = corral_testkit::TestGuest;
@@ -78,6 +78,46 @@ impl TestAgent {
         wait_until(Duration::from_secs(20), "agent socket", || {
             std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// Start an agent that is expected to refuse to start; answers what it printed.
+    pub fn try_start(extra: &[String]) -> String {
+        let state = tempfile::Builder::new()
+            .prefix("corral-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let mut child = Command::new(corral_bin())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--accel", "tcg"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn corral serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if child.try_wait().expect("wait").is_some() {
+                let out = child.wait_with_output().expect("output");
+                assert!(!out.status.success(), "the agent exited 0");
+                return format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent started although it should have refused: {extra:?}");
     }
 
     /// SIGKILL the agent, as a crash would.

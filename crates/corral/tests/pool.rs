@@ -1,0 +1,325 @@
+//! Pools end to end: a real 3-member etcd cluster on loopback, two real agents (each its own
+//! state directory and HTTPS address), real guests, a shared repository both see.
+//!
+//! - the pool view: a VM created through host A on host B is listed and shown on both,
+//!   started through A (forwarded to B over mutual TLS), and its console read through A;
+//!   `host list` agrees on both members;
+//! - bad input: a wrong join token, a taken host name, an endpoint that is not etcd,
+//!   forgetting a host that is up: each refused with a clear error;
+//! - HA: the owner's agent is killed (kill -9) and, later, frozen (SIGSTOP): the HA VM
+//!   restarts on the survivor only after the old QEMU is dead (sampled every 100 ms), and
+//!   the failover time is printed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../corral-store/src/etcd_cluster.rs"]
+mod etcd_cluster;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Pool {
+    etcd: etcd_cluster::EtcdCluster,
+    a: TestAgent,
+    b: TestAgent,
+    shared: tempfile::TempDir,
+}
+
+fn member_args(etcd: &str, name: &str, port: u16, token: Option<&str>) -> Vec<String> {
+    let mut v = vec![
+        "--etcd".to_string(),
+        etcd.to_string(),
+        "--host-name".into(),
+        name.into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    if let Some(t) = token {
+        v.push("--join-token".into());
+        v.push(t.into());
+    }
+    v
+}
+
+fn start_pool() -> Pool {
+    let etcd = etcd_cluster::EtcdCluster::start(3);
+    let urls = etcd.endpoints().join(",");
+    let a_args = member_args(&urls, "xen01", free_port(), None);
+    let a = TestAgent::start_with(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let token = std::fs::read_to_string(a.state_dir().join("pool/join-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let b_args = member_args(&urls, "xen02", free_port(), Some(&token));
+    let b = TestAgent::start_with(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let shared = tempfile::tempdir().unwrap();
+    a.ok(&[
+        "sr",
+        "create",
+        "shared1",
+        "--path",
+        shared.path().to_str().unwrap(),
+        "--shared",
+    ]);
+    Pool { etcd, a, b, shared }
+}
+
+fn hosts(agent: &TestAgent) -> Vec<(String, String)> {
+    let v = agent.json(&["host", "list"]);
+    let mut out: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_string(),
+                h["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// QEMU processes whose command line carries this VM id (`-uuid`), on the whole machine.
+fn qemus_of(vm_id: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args
+            .first()
+            .is_some_and(|a| a.ends_with(b"qemu-system-x86_64"))
+            && args.contains(&vm_id.as_bytes())
+        {
+            // A zombie has an empty cmdline, so this is a live process.
+            out.push(pid);
+        }
+    }
+    // `-daemonize` forks: until the guest is up, the process the agent spawned waits for
+    // the daemon it forked, with the same command line. That is one copy of the guest, not
+    // two: count only processes the agent is not the parent of.
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let spawned_by_agent = |pid: u32| {
+        parent(pid)
+            .and_then(|pp| std::fs::read(format!("/proc/{pp}/cmdline")).ok())
+            .is_some_and(|c| c.split(|b| *b == 0).any(|a| a == b"serve"))
+    };
+    out.retain(|pid| !spawned_by_agent(*pid));
+    out
+}
+
+/// Samples every 100 ms how many QEMUs run the VM; remembers the worst.
+struct OverlapSampler {
+    stop: Arc<AtomicBool>,
+    worst: Arc<AtomicUsize>,
+    /// When and which pids, at the first overlap.
+    first_overlap: Arc<std::sync::Mutex<Option<String>>>,
+    started: Instant,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OverlapSampler {
+    fn start(vm_id: String) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worst = Arc::new(AtomicUsize::new(0));
+        let first_overlap = Arc::new(std::sync::Mutex::new(None));
+        let (s, w, f) = (stop.clone(), worst.clone(), first_overlap.clone());
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let pids = qemus_of(&vm_id);
+                w.fetch_max(pids.len(), Ordering::Relaxed);
+                if pids.len() > 1 {
+                    let mut f = f.lock().unwrap();
+                    if f.is_none() {
+                        *f = Some(format!("at {:.1?}: pids {pids:?}", started.elapsed()));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        OverlapSampler {
+            stop,
+            worst,
+            first_overlap,
+            started,
+            thread: Some(thread),
+        }
+    }
+    fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+    fn finish(mut self) -> (usize, Option<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let first = self.first_overlap.lock().unwrap().clone();
+        (self.worst.load(Ordering::Relaxed), first)
+    }
+}
+
+#[test]
+fn pool_view_forwarding_bad_input_and_ha_failover() {
+    let mut p = start_pool();
+    let urls = p.etcd.endpoints().join(",");
+
+    // ----- one view of the pool -----
+    let expect = vec![
+        ("xen01".to_string(), "up".to_string()),
+        ("xen02".to_string(), "up".to_string()),
+    ];
+    wait_until(Duration::from_secs(10), "both members in host list", || {
+        hosts(&p.a) == expect && hosts(&p.b) == expect
+    });
+    let info = p.b.json(&["pool", "show"]);
+    assert_eq!(info["store"], "etcd");
+    assert_eq!(info["endpoints"].as_array().unwrap().len(), 3);
+    assert!(info["ca_sha256"].as_str().unwrap().len() > 60);
+    // The shared repository is seen by the member that did not create it.
+    let srs = p.b.json(&["sr", "list"]);
+    assert!(
+        srs.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "shared1" && s["shared"] == true),
+        "{srs}"
+    );
+
+    // Created through A on B, listed and shown on both, started through A.
+    p.a.create_kernel_vm("web01", &["--host", "xen02"]);
+    for agent in [&p.a, &p.b] {
+        wait_until(Duration::from_secs(5), "web01 in the pool view", || {
+            agent
+                .json(&["vm", "list"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "web01" && v["host"] == "xen02")
+        });
+        assert_eq!(agent.vm("web01")["host"], "xen02");
+    }
+    p.a.ok(&["vm", "start", "web01"]);
+    assert_eq!(p.b.power_state("web01"), "running");
+    assert_eq!(p.b.qemu_pids().len(), 1, "web01 runs on B");
+    assert!(p.a.qemu_pids().is_empty(), "nothing runs on A");
+    p.a.wait_console("web01", MARKER, 1, Duration::from_secs(120));
+    wait_until(Duration::from_secs(5), "A sees web01 running", || {
+        p.a.power_state("web01") == "running"
+    });
+    let table = p.a.ok(&["vm", "list"]);
+    assert!(table.contains("HOST") && table.contains("xen02"), "{table}");
+    p.a.ok(&["vm", "poweroff", "web01"]);
+
+    // ----- bad input, each refused and changing nothing -----
+    let wrong = TestAgent::try_start(&member_args(
+        &urls,
+        "xen03",
+        free_port(),
+        Some("corral-join-0000000000000000000000000000000000000000000000000000000000000000"),
+    ));
+    assert!(wrong.contains("join token does not match"), "{wrong}");
+    let token = std::fs::read_to_string(p.a.state_dir().join("pool/join-token")).unwrap();
+    let taken = TestAgent::try_start(&member_args(
+        &urls,
+        "xen01",
+        free_port(),
+        Some(token.trim()),
+    ));
+    assert!(taken.contains("host name \"xen01\" is taken"), "{taken}");
+    let not_etcd = format!("http://127.0.0.1:{}", closed_port());
+    let bad = TestAgent::try_start(&member_args(&not_etcd, "xen04", free_port(), None));
+    assert!(
+        bad.contains("cannot reach the pool's etcd cluster"),
+        "{bad}"
+    );
+    let up = p.b.fails(&["host", "forget", "xen01"]);
+    assert!(up.contains("is up"), "{up}");
+    assert_eq!(hosts(&p.a), expect, "a refused join left a trace");
+
+    // ----- HA: kill -9 the owner's agent -----
+    p.b.create_kernel_vm("ha01", &[]);
+    p.b.ok(&[
+        "vm",
+        "set",
+        "ha01",
+        "--ha",
+        "restart",
+        "--ha-priority",
+        "10",
+    ]);
+    let id = p.b.vm("ha01")["id"].as_str().unwrap().to_string();
+    p.b.ok(&["vm", "start", "ha01"]);
+    p.b.wait_console("ha01", MARKER, 1, Duration::from_secs(120));
+    let sampler = OverlapSampler::start(id.clone());
+    let lost = Instant::now();
+    println!(
+        "kill -9 of B's agent at {:.1?} after sampling began",
+        sampler.elapsed()
+    );
+    p.b.kill9();
+    wait_until(Duration::from_secs(60), "ha01 restarted on xen01", || {
+        p.a.vm("ha01")["host"] == "xen01" && p.a.power_state("ha01") == "running"
+    });
+    p.a.wait_console("ha01", MARKER, 1, Duration::from_secs(120));
+    let failover = lost.elapsed();
+    assert_eq!(qemus_of(&id).len(), 1);
+    println!(
+        "failover after kill -9 of the owner's agent: {failover:.1?} (host loss to guest marker)"
+    );
+
+    // ----- HA: freeze the owner's agent (it cannot fence by itself) -----
+    p.b.spawn(); // B back: it rejoins, and sees ha01 is A's now
+    wait_until(Duration::from_secs(15), "xen02 up again", || {
+        hosts(&p.a) == expect
+    });
+    let pid_a = p.a.pid();
+    let lost = Instant::now();
+    println!(
+        "SIGSTOP of A's agent at {:.1?} after sampling began",
+        sampler.elapsed()
+    );
+    unsafe { libc::kill(pid_a as i32, libc::SIGSTOP) };
+    wait_until(Duration::from_secs(60), "ha01 restarted on xen02", || {
+        p.b.vm("ha01")["host"] == "xen02" && p.b.power_state("ha01") == "running"
+    });
+    p.b.wait_console("ha01", MARKER, 1, Duration::from_secs(120));
+    let failover2 = lost.elapsed();
+    unsafe { libc::kill(pid_a as i32, libc::SIGCONT) };
+    println!("failover after SIGSTOP of the owner's agent: {failover2:.1?}");
+    // A comes back, finds its lease gone, and does not run ha01 again.
+    wait_until(Duration::from_secs(20), "xen01 up again", || {
+        hosts(&p.b) == expect
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(qemus_of(&id).len(), 1, "ha01 runs once after A came back");
+    let (worst, first) = sampler.finish();
+    let fenced = std::fs::read_to_string(p.a.state_dir().join("run/fence/log")).unwrap_or_default();
+    let fenced_b =
+        std::fs::read_to_string(p.b.state_dir().join("run/fence/log")).unwrap_or_default();
+    assert_eq!(
+        worst, 1,
+        "two QEMUs ran ha01 at the same moment ({first:?}); fence logs: A {fenced:?}, B {fenced_b:?}"
+    );
+    assert!(
+        fenced.contains(&id),
+        "A's fence guard did not log killing ha01: {fenced:?}"
+    );
+    assert!(failover < Duration::from_secs(60) && failover2 < Duration::from_secs(60));
+    drop(p.shared);
+}
