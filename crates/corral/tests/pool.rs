@@ -323,3 +323,105 @@ fn pool_view_forwarding_bad_input_and_ha_failover() {
     assert!(failover < Duration::from_secs(60) && failover2 < Duration::from_secs(60));
     drop(p.shared);
 }
+
+#[test]
+fn etcd_member_loss_and_outage_keep_guests_running_and_catch_up() {
+    let mut p = start_pool();
+    let expect = vec![
+        ("xen01".to_string(), "up".to_string()),
+        ("xen02".to_string(), "up".to_string()),
+    ];
+    wait_until(Duration::from_secs(10), "both members up", || {
+        hosts(&p.a) == expect && hosts(&p.b) == expect
+    });
+    p.a.create_kernel_vm("keep01", &[]);
+    p.a.ok(&["vm", "start", "keep01"]);
+    let pid = p.a.vm("keep01")["pid"].as_u64().unwrap() as u32;
+
+    // One etcd member of three dies: nothing visible changes.
+    p.etcd.kill(0);
+    p.b.create_kernel_vm("during-loss", &[]);
+    wait_until(Duration::from_secs(5), "A sees the VM B made", || {
+        p.a.cli(&["vm", "show", "during-loss"]).status.success()
+    });
+    assert_eq!(hosts(&p.a), expect);
+    p.etcd.restart(0);
+
+    // Evacuate: a halted VM on shared storage moves; a running one is refused, with why.
+    p.b.create_kernel_vm("mover", &["--disk", "64M,sr=shared1"]);
+    p.b.create_kernel_vm("stayer", &["--disk", "64M"]);
+    let out = p.a.cli(&["host", "evacuate", "xen02", "--to", "xen01"]);
+    assert!(
+        !out.status.success(),
+        "an evacuation that left a VM behind succeeded"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("moved mover to xen01"), "{text}");
+    assert!(
+        text.contains("left stayer") && text.contains("local to host xen02"),
+        "{text}"
+    );
+    let v = p.a.vm("mover");
+    assert_eq!(v["host"], "xen01", "{v}");
+    wait_until(Duration::from_secs(5), "B sees mover moved", || {
+        p.b.vm("mover")["host"] == "xen01"
+    });
+    p.a.ok(&["vm", "start", "mover"]);
+    assert_eq!(p.a.qemu_pids().len(), 2, "keep01 and mover run on A");
+    p.a.ok(&["vm", "poweroff", "mover"]);
+
+    // The whole cluster is down: guests keep running, reads come from the cache, writes are
+    // refused as unavailable, naming the endpoints tried.
+    p.etcd.kill_all();
+    let list = p.a.json(&["vm", "list"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "keep01" && v["power_state"] == "running"),
+        "{list}"
+    );
+    let err = p.a.fails(&[
+        "vm",
+        "create",
+        "--name",
+        "refused",
+        "--memory",
+        "64M",
+        "--no-disks",
+    ]);
+    assert!(
+        err.contains("unavailable") && err.contains("127.0.0.1:"),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(pid_alive(pid), "a guest died while etcd was down");
+
+    // etcd returns: writes work again and every member catches up.
+    for i in 0..3 {
+        p.etcd.restart(i);
+    }
+    wait_until(Duration::from_secs(60), "writes accepted again", || {
+        p.a.cli(&[
+            "vm",
+            "create",
+            "--name",
+            "after",
+            "--memory",
+            "64M",
+            "--no-disks",
+        ])
+        .status
+        .success()
+    });
+    wait_until(Duration::from_secs(20), "B catches up", || {
+        p.b.cli(&["vm", "show", "after"]).status.success()
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "both members up after the outage",
+        || hosts(&p.a) == expect && hosts(&p.b) == expect,
+    );
+    assert!(pid_alive(pid), "keep01 died");
+    assert_eq!(p.a.power_state("keep01"), "running");
+}
