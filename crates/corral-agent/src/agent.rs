@@ -55,6 +55,25 @@ pub enum VmOutcome {
     Accepted { task: String },
 }
 
+/// Keep this host's planner figures (capacity, hourly load) current in its pool record.
+fn spawn_planner_publisher(
+    advisor: std::sync::Weak<crate::advice::Advisor>,
+    pool: Arc<crate::pool::Pool>,
+) {
+    let every = pool.timings().publish_every;
+    tokio::spawn(async move {
+        loop {
+            let Some(a) = advisor.upgrade() else { return };
+            // Reading /proc and /sys is blocking work.
+            let snapshot = tokio::task::spawn_blocking(move || a.local_planner()).await;
+            if let Ok(s) = snapshot {
+                pool.set_local_planner(s).await;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
 fn internal(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::caused(ErrorKind::Internal, what, e)
 }
@@ -153,7 +172,9 @@ impl Agent {
             stats: stats.clone(),
             hostname: hostname.clone(),
             capacity: config.capacity,
+            pool: pool.clone(),
         });
+        spawn_planner_publisher(Arc::downgrade(&advisor), pool.clone());
         let sampler = Arc::new(crate::stats::Sampler {
             host: host.clone(),
             stats: stats.clone(),

@@ -167,18 +167,48 @@ async fn create_elsewhere(agent: &Arc<Agent>, req: Request, next: Next) -> Respo
             .run(Request::from_parts(parts, Body::from(bytes)))
             .await;
     };
-    let memory = value
-        .get("memory_bytes")
-        .and_then(|m| m.as_u64())
-        .unwrap_or(1 << 30);
-    let (id, name) = match agent.pool().choose_host(&wanted, memory) {
+    // What placement weighs: the request's figures (a template's are not known here; a
+    // request without them counts as 1 vCPU and 1 GiB).
+    let need = corral_agent::pool::Need {
+        name: value
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        vcpus: value.get("vcpus").and_then(|v| v.as_u64()).unwrap_or(1) as u32,
+        memory_bytes: value
+            .get("memory_bytes")
+            .and_then(|m| m.as_u64())
+            .unwrap_or(1 << 30),
+        networks: value
+            .get("nics")
+            .and_then(|n| n.as_array())
+            .map(|nics| {
+                nics.iter()
+                    .filter_map(|n| {
+                        n.get("network")
+                            .and_then(|x| x.as_str())
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        apart: None,
+        exclude_host: None,
+    };
+    let (id, name) = match agent.pool().choose_host(&wanted, &need) {
         Ok(x) => x,
         Err(e) => return Failure::from(e).into_response(),
     };
     // The receiver must not place it again.
     value["host"] = serde_json::Value::String(name.clone());
-    let body = Body::from(serde_json::to_vec(&value).unwrap_or_default());
-    let req = Request::from_parts(parts, body);
+    let body = serde_json::to_vec(&value).unwrap_or_default();
+    let mut parts = parts;
+    parts.headers.insert(
+        axum::http::header::CONTENT_LENGTH,
+        HeaderValue::from(body.len()),
+    );
+    let req = Request::from_parts(parts, Body::from(body));
     if id == agent.host_id() {
         return next.run(req).await;
     }
@@ -221,7 +251,15 @@ async fn start_on(agent: &Arc<Agent>, name: &str, req: Request, next: Next) -> R
     let Ok(info) = agent.vm_info(name) else {
         return failure(ErrorKind::NotFound, format!("no VM named {name:?}"));
     };
-    let (to_id, to_name) = match pool.choose_host(&on, info.memory_bytes) {
+    let need = corral_agent::pool::Need {
+        name: info.name.clone(),
+        vcpus: info.vcpus,
+        memory_bytes: info.memory_bytes,
+        networks: info.nics.iter().map(|n| n.network.clone()).collect(),
+        apart: info.ha.apart.clone(),
+        exclude_host: None,
+    };
+    let (to_id, to_name) = match pool.choose_host(&on, &need) {
         Ok(x) => x,
         Err(e) => return Failure::from(e).into_response(),
     };

@@ -131,6 +131,10 @@ pub struct VmUpdateRequest {
     /// Order of HA restarts (higher first).
     #[serde(default)]
     pub ha_priority: Option<i32>,
+    /// Keep-apart group: placement never runs two VMs of one group on the same host. An
+    /// empty string leaves the group.
+    #[serde(default)]
+    pub keep_apart: Option<String>,
 }
 
 /// Paravirtual (virtio) or emulated devices, as templates and `vm set --device-model` say.

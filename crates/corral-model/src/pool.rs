@@ -29,6 +29,14 @@ pub struct HostRecord {
     /// Names of the repositories this host has (shared ones included).
     #[serde(default)]
     pub srs: Vec<String>,
+    /// What its running VMs use, in planner units, hour by hour of the day (24 rows of CPU
+    /// GHz, memory GiB, net in/out Mbit/s, disk MB/s, IOPS): measured where the agent has
+    /// statistics, configured otherwise. Placement rates members with it.
+    #[serde(default)]
+    pub load_hourly: Vec<[f64; 6]>,
+    /// Keep-apart groups of the VMs running on it.
+    #[serde(default)]
+    pub apart_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -134,7 +142,7 @@ pub struct PoolInfo {
 }
 
 /// A VM's high-availability policy (`vm set --ha restart|off --ha-priority N`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HaPolicy {
@@ -145,6 +153,10 @@ pub struct HaPolicy {
     /// Higher restarts first.
     #[serde(default)]
     pub priority: i32,
+    /// Keep-apart group (the chapter's HA pairs): placement never puts two running VMs of
+    /// one group on the same host.
+    #[serde(default)]
+    pub apart: Option<String>,
 }
 
 /// `POST /v1/hosts/{name}/evacuate`.

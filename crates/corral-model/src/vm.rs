@@ -356,7 +356,7 @@ impl VmInfo {
             name: s.name.clone(),
             host: host_name.to_string(),
             host_id: rec.host.clone(),
-            ha: rec.ha,
+            ha: rec.ha.clone(),
             power_state: rec.power_state,
             description: s.description.clone(),
             vcpus: s.vcpus,

@@ -224,6 +224,26 @@ fn pool_view_forwarding_bad_input_and_ha_failover() {
     });
     let table = p.a.ok(&["vm", "list"]);
     assert!(table.contains("HOST") && table.contains("xen02"), "{table}");
+
+    // Placement across the pool: B runs web01, so an `auto` VM goes to A.
+    p.b.create_kernel_vm("auto01", &["--host", "auto"]);
+    assert_eq!(p.b.vm("auto01")["host"], "xen01");
+    // Keep-apart groups hold across hosts: with web01 (group "pair") on B, B cannot take
+    // another member of the group, whatever its load.
+    p.a.ok(&["vm", "set", "web01", "--keep-apart", "pair"]);
+    p.a.create_kernel_vm("pair2", &["--host", "xen02"]);
+    p.a.ok(&["vm", "set", "pair2", "--keep-apart", "pair"]);
+    wait_until(Duration::from_secs(10), "xen02 rated 0 for pair2", || {
+        let r = p.a.json(&["vm", "recommend-host", "pair2"]);
+        r["hosts"].as_array().unwrap().iter().any(|h| {
+            h["host"] == "xen02"
+                && h["score"].as_f64() == Some(0.0)
+                && h["reasons"].to_string().contains("pair")
+        })
+    });
+    p.a.ok(&["vm", "start", "pair2", "--on", "auto"]);
+    assert_eq!(p.a.vm("pair2")["host"], "xen01", "keep-apart ignored");
+    p.a.ok(&["vm", "poweroff", "pair2"]);
     p.a.ok(&["vm", "poweroff", "web01"]);
 
     // ----- bad input, each refused and changing nothing -----

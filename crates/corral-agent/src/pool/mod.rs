@@ -100,6 +100,74 @@ pub struct PoolTls {
     pub cert_sha256: String,
 }
 
+/// This host in the planner's model: capacity, hourly load of its running VMs, their
+/// keep-apart groups (computed by [`crate::advice::Advisor::local_planner`]).
+#[derive(Debug, Clone, Default)]
+pub struct LocalPlanner {
+    pub capacity: Option<corral_model::stats::PlannerCapacity>,
+    pub load_hourly: Vec<[f64; 6]>,
+    pub apart_groups: Vec<String>,
+}
+
+/// What a VM needs from the host placement picks for it.
+#[derive(Debug, Clone, Default)]
+pub struct Need {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub networks: Vec<String>,
+    pub apart: Option<String>,
+    /// A host it must not go to (the one being evacuated).
+    pub exclude_host: Option<String>,
+}
+
+impl Need {
+    pub fn of(rec: &VmRecord) -> Need {
+        let mut networks: Vec<String> = rec.spec.nics.iter().map(|n| n.network.clone()).collect();
+        networks.sort();
+        networks.dedup();
+        Need {
+            name: rec.spec.name.clone(),
+            vcpus: rec.spec.vcpus,
+            memory_bytes: rec.spec.memory_bytes,
+            networks,
+            apart: rec.ha.apart.clone(),
+            exclude_host: None,
+        }
+    }
+}
+
+/// A member's published capacity and load as the planner's `HostLoad`.
+pub fn host_load(
+    name: &str,
+    capacity: &corral_model::stats::PlannerCapacity,
+    load_hourly: &[[f64; 6]],
+    vms: u32,
+    apart: &[String],
+) -> corral_placement::HostLoad {
+    let mut host = corral_placement::Host::new(
+        name,
+        capacity.cores,
+        capacity.ghz,
+        capacity.memory_gib,
+        capacity.net_mbps,
+        capacity.disk_mbps,
+    );
+    host.iops = capacity.iops.is_finite().then_some(capacity.iops);
+    host.networks = capacity.networks.clone();
+    let load = if load_hourly.len() == corral_placement::TIME_BUCKETS {
+        corral_placement::Demand::from_series(load_hourly.to_vec())
+    } else {
+        corral_placement::Demand::constant([0.0; 6])
+    };
+    corral_placement::HostLoad {
+        host,
+        load,
+        vms,
+        apart_groups: apart.to_vec(),
+    }
+}
+
 /// Where a request about a VM must go.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Route {
@@ -155,6 +223,9 @@ pub struct Pool {
     store_ok: AtomicBool,
     joined_at_ms: u64,
     founded_here: bool,
+    /// This host in the planner's model, as the advisor last computed it (published in the
+    /// host record for the other members' placement).
+    local_planner: RwLock<LocalPlanner>,
     /// The pool itself, for tasks spawned from `&self` methods.
     this: std::sync::OnceLock<std::sync::Weak<Pool>>,
 }
@@ -212,6 +283,7 @@ impl Pool {
             joined_at_ms: now_ms(),
             founded_here,
             this: std::sync::OnceLock::new(),
+            local_planner: RwLock::new(LocalPlanner::default()),
         });
         let _ = pool.this.set(Arc::downgrade(&pool));
         pool.put_member(lease).await?;
@@ -285,6 +357,11 @@ impl Pool {
     }
 
     fn this_record(&self) -> HostRecord {
+        let local = self
+            .local_planner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let (total, available) = crate::host::memory();
         let registry = self.host.registry();
         let vms_running = registry
@@ -304,8 +381,10 @@ impl Pool {
             memory_free_bytes: available,
             load1: load_average(),
             vms_running,
-            planner: None,
+            planner: local.capacity,
             srs: self.host.list_srs().into_iter().map(|s| s.name).collect(),
+            load_hourly: local.load_hourly,
+            apart_groups: local.apart_groups,
         }
     }
 
@@ -878,10 +957,52 @@ impl Pool {
 
     // ----- placement and moves -----
 
-    /// The member to put a VM needing `memory_bytes` on: `name` itself when it is an up
-    /// member, or for `auto` the up member with the most free memory that fits it (ties: by
-    /// name). Hosts that cannot be reached are never chosen.
-    pub fn choose_host(&self, wanted: &str, memory_bytes: u64) -> Result<(String, String), Error> {
+    /// New planner figures of this host; the first ones are published at once, so the
+    /// other members can place VMs here without waiting for the next report.
+    pub async fn set_local_planner(&self, p: LocalPlanner) {
+        let first = {
+            let mut cur = self
+                .local_planner
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let first = cur.capacity.is_none();
+            *cur = p;
+            first
+        };
+        if first {
+            let _ = self.publish_record().await;
+        }
+    }
+
+    /// Every member that is up and reachable, in the planner's model, as published (this
+    /// host's own entry may be up to one publishing interval old). `except` (a VM id) is
+    /// not counted in its host's load only when the caller computes that host itself.
+    pub fn member_loads(&self) -> Vec<(String, corral_placement::HostLoad)> {
+        let v = self.read();
+        v.hosts
+            .iter()
+            .filter(|(id, h)| {
+                h.up && h
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.address.is_some() || **id == self.host.host_id)
+            })
+            .filter_map(|(id, h)| {
+                let r = h.record.as_ref()?;
+                let cap = r.planner.as_ref()?;
+                Some((
+                    id.clone(),
+                    host_load(&r.name, cap, &r.load_hourly, r.vms_running, &r.apart_groups),
+                ))
+            })
+            .collect()
+    }
+
+    /// The member to put a VM on: `wanted` itself when it names an up member, or for
+    /// `auto` the one the planner rates best for `need` (its CPU and memory, networks and
+    /// keep-apart group against every member's capacity and load); ties go by name. A
+    /// rating of 0 (it does not fit anywhere) is refused with the best host's reasons.
+    pub fn choose_host(&self, wanted: &str, need: &Need) -> Result<(String, String), Error> {
         let hosts = self.hosts();
         if wanted != "auto" {
             let h = hosts
@@ -896,25 +1017,61 @@ impl Pool {
             }
             return Ok((h.id.clone(), h.name.clone()));
         }
-        hosts
-            .iter()
-            .filter(|h| h.state == HostState::Up && (h.this_host || h.address.is_some()))
-            .filter(|h| h.memory_free_bytes >= memory_bytes)
-            .max_by(|a, b| {
-                a.memory_free_bytes
-                    .cmp(&b.memory_free_bytes)
-                    .then_with(|| b.name.cmp(&a.name))
-            })
-            .map(|h| (h.id.clone(), h.name.clone()))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "no pool member that is up has {} of free memory",
-                        corral_model::format_size(memory_bytes)
-                    ),
-                )
-            })
+        let mut loads = self.member_loads();
+        loads.retain(|(id, _)| need.exclude_host.as_ref() != Some(id));
+        if loads.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "no pool member that is up has published its capacity yet",
+            ));
+        }
+        let ghz = loads.iter().map(|(_, l)| l.host.ghz).fold(1.0, f64::max);
+        let mut workload = corral_placement::Workload::new(
+            &need.name,
+            f64::from(need.vcpus) * ghz,
+            need.memory_bytes as f64 / (1u64 << 30) as f64,
+            0.0,
+            0.0,
+        );
+        workload.networks = need.networks.clone();
+        workload.apart = need.apart.iter().cloned().collect();
+        let only: Vec<corral_placement::HostLoad> = loads.iter().map(|(_, l)| l.clone()).collect();
+        let ratings = corral_placement::rate_hosts(
+            &workload,
+            &only,
+            &corral_placement::PlanOptions::default(),
+        );
+        let best = ratings.iter().filter(|r| r.score > 0.0).max_by(|a, b| {
+            a.score
+                .total_cmp(&b.score)
+                .then_with(|| b.host.cmp(&a.host))
+        });
+        match best {
+            Some(r) => loads
+                .iter()
+                .find(|(_, l)| l.host.name == r.host)
+                .map(|(id, l)| (id.clone(), l.host.name.clone()))
+                .ok_or_else(|| Error::internal("the planner named an unknown host")),
+            None => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "no pool member can take VM {:?}: {}",
+                    need.name,
+                    ratings
+                        .first()
+                        .map(|r| format!(
+                            "{}: {}",
+                            r.host,
+                            r.reasons
+                                .iter()
+                                .map(|x| x.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ))
+                        .unwrap_or_default()
+                ),
+            )),
+        }
     }
 
     /// Why a VM cannot run on another member, or `None` when every disk is on a shared
@@ -1014,7 +1171,11 @@ impl Pool {
                 });
                 continue;
             }
-            let target = match self.choose_host(to, rec.spec.memory_bytes) {
+            let need = Need {
+                exclude_host: Some(detail.summary.id.clone()),
+                ..Need::of(&rec)
+            };
+            let target = match self.choose_host(to, &need) {
                 Ok((id, _)) if id == detail.summary.id => {
                     answer.refused.push(RefusedVm {
                         vm,
@@ -1134,7 +1295,7 @@ impl Pool {
                     }
                     continue;
                 }
-                let mine = match self.choose_host("auto", rec.spec.memory_bytes) {
+                let mine = match self.choose_host("auto", &Need::of(&rec)) {
                     Ok((id, _)) => id == self.host.host_id,
                     Err(_) => false,
                 };

@@ -705,7 +705,7 @@ impl<R: Runtime> Actor<R> {
 
     async fn update(&mut self, req: VmUpdateRequest) -> Result<(), Error> {
         let mut spec = self.rec.spec.clone();
-        let ha_asked = (req.ha, req.ha_priority);
+        let ha_asked = (req.ha, req.ha_priority, req.keep_apart.clone());
         let mut notes = Vec::new();
         if let Some(d) = req.description {
             spec.description = d;
@@ -792,7 +792,7 @@ impl<R: Runtime> Actor<R> {
             }
             _ => None,
         };
-        let ha = match ha_policy(self.host.as_ref(), &spec, self.rec.ha, ha_asked) {
+        let ha = match ha_policy(self.host.as_ref(), &spec, self.rec.ha.clone(), ha_asked) {
             Ok(ha) => ha,
             Err(e) => {
                 if let Some(n) = &rename {
@@ -902,9 +902,17 @@ fn ha_policy(
     host: &Host,
     spec: &VmSpec,
     current: corral_model::pool::HaPolicy,
-    (restart, priority): (Option<bool>, Option<i32>),
+    (restart, priority, apart): (Option<bool>, Option<i32>, Option<String>),
 ) -> Result<corral_model::pool::HaPolicy, Error> {
     let mut ha = current;
+    match apart {
+        Some(g) if g.is_empty() => ha.apart = None,
+        Some(g) => {
+            validate_name("keep-apart group", &g).map_err(Error::invalid)?;
+            ha.apart = Some(g);
+        }
+        None => {}
+    }
     if let Some(r) = restart {
         ha.restart = r;
     }

@@ -241,6 +241,10 @@ pub struct SetArgs {
     /// Order of HA restarts: higher first (default 0).
     #[arg(long, value_name = "N", allow_hyphen_values = true)]
     ha_priority: Option<i32>,
+    /// Keep-apart group (HA pairs): placement never runs two VMs of a group on one host.
+    /// An empty value ("") leaves the group.
+    #[arg(long, value_name = "GROUP")]
+    keep_apart: Option<String>,
 }
 
 fn parse_ha(s: &str) -> Result<bool, String> {
@@ -609,6 +613,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 tpm: a.tpm,
                 ha: a.ha,
                 ha_priority: a.ha_priority,
+                keep_apart: a.keep_apart,
             };
             if req == VmUpdateRequest::default() {
                 bail!("nothing to change: give at least one setting (see `corral vm set --help`)");
