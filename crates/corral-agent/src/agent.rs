@@ -152,6 +152,7 @@ impl Agent {
         );
         let host = Arc::new(host);
         host.load_catalog().await?;
+        let finished = crate::intents::recover(&host).await?;
         let runtime = Arc::new(QemuRuntime::new(
             host.clone(),
             config.qemu_binary.clone(),
@@ -195,7 +196,7 @@ impl Agent {
             pool,
         });
         agent.ensure_default_sr().await?;
-        agent.load_vms(upgraded).await?;
+        agent.load_vms(upgraded, finished).await?;
         agent
             .ops
             .remove_interrupted_import_volumes(&interrupted_imports);
@@ -251,7 +252,11 @@ impl Agent {
         Ok(())
     }
 
-    async fn load_vms(self: &Arc<Self>, upgraded: Option<keys::Upgrade>) -> Result<(), Error> {
+    async fn load_vms(
+        self: &Arc<Self>,
+        upgraded: Option<keys::Upgrade>,
+        finished: Vec<String>,
+    ) -> Result<(), Error> {
         let records = self
             .host
             .records
@@ -306,6 +311,10 @@ impl Agent {
                 "; found halted while the agent was down: {}",
                 died.join(", ")
             ));
+        }
+        for f in finished {
+            note.push_str("; ");
+            note.push_str(&f);
         }
         self.host
             .tasks

@@ -66,6 +66,10 @@ pub fn network(host_id: &str, name: &str) -> String {
 pub fn tasks(host_id: &str) -> String {
     format!("{}tasks/", host(host_id))
 }
+/// Creates and deletes in progress (see [`crate::intents`]).
+pub fn intents(host_id: &str) -> String {
+    format!("{}intents/", host(host_id))
+}
 pub fn stats(host_id: &str) -> String {
     format!("{}stats/", host(host_id))
 }

@@ -18,6 +18,7 @@ pub mod context;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod intents;
 pub mod keys;
 pub mod network;
 pub mod ops;

@@ -299,6 +299,7 @@ impl Pool {
             tokio::spawn(Arc::clone(&pool).watch_loop(prefix, revision));
         }
         tokio::spawn(Arc::clone(&pool).renew_loop());
+        tokio::spawn(Arc::clone(&pool).reconcile_loop());
         tokio::spawn(Arc::clone(&pool).publish_loop());
         // Members already down when this one starts: their leases expired before it came.
         let down: Vec<String> = {
@@ -477,6 +478,40 @@ impl Pool {
                 tracing::info!("the pool's store answers again");
             } else {
                 tracing::warn!(endpoints = %self.options.etcd.join(","), "the pool's store cannot be reached");
+            }
+        }
+    }
+
+    /// Every few seconds, settle what a lost store answer left open: a VM record that is
+    /// this host's but has no actor here (a create whose answer was lost, a move whose
+    /// forwarded request never came) is adopted; a create intent with no record is undone.
+    async fn reconcile_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let orphans: Vec<(VmRecord, u64)> = {
+                let v = self.read();
+                let reg = self.host.registry();
+                v.vms
+                    .values()
+                    .filter(|(r, _)| {
+                        r.host == self.host.host_id
+                            && !reg.by_id.contains_key(&r.id)
+                            && !reg.is_reserved(&r.spec.name)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            for (rec, rev) in orphans {
+                tracing::info!(vm = %rec.spec.name, "adopting a VM record of this host that had no actor");
+                self.adopt(rec, rev);
+            }
+            match crate::intents::recover(&self.host).await {
+                Ok(notes) => {
+                    for n in notes {
+                        tracing::info!("{n}");
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot settle intents now"),
             }
         }
     }
@@ -685,6 +720,14 @@ impl Pool {
         tokio::spawn(async move {
             let name = rec.spec.name.clone();
             let id = rec.id.clone();
+            // The store, not the view, says what is ours now (the view may lag a delete).
+            let (rec, rev) = match host.records.store().get(&keys::vm(&id)).await {
+                Ok(Some(v)) => match serde_json::from_slice::<VmRecord>(&v.value) {
+                    Ok(r) if r.host == host.host_id && v.mod_revision >= rev => (r, v.mod_revision),
+                    _ => return,
+                },
+                _ => return,
+            };
             if host.registry().by_id.contains_key(&id) {
                 return;
             }

@@ -858,28 +858,41 @@ impl<R: Runtime> Actor<R> {
     }
 
     async fn delete(&mut self, keep_disks: bool) -> Result<(), Error> {
-        if !keep_disks {
-            // Bases (template disks, disks shared by linked clones) go when nothing uses
-            // them any more: `gc_bases` below.
-            for d in self
-                .rec
+        // Bases (template disks, disks shared by linked clones) go when nothing uses them
+        // any more: `gc_bases` below.
+        let volumes: Vec<std::path::PathBuf> = if keep_disks {
+            Vec::new()
+        } else {
+            self.rec
                 .spec
                 .disks
                 .iter()
                 .filter(|d| !crate::ops::clone::is_base(&d.path))
-            {
-                corral_storage::remove_volume(&d.path)
-                    .await
-                    .map_err(|e| Error::from_error(ErrorKind::Internal, e))?;
-            }
-        }
+                .map(|d| d.path.clone())
+                .collect()
+        };
+        // Record, name and the intent to remove the volumes in one transaction, expecting
+        // the record's revision (in a pool, a member that lost the VM cannot delete it); a
+        // crash after it finishes the removal at the next start (`crate::intents`).
         self.host
             .records
             .txn(vec![
-                TxnOp::delete(keys::vm(&self.rec.id), Expect::Any),
+                TxnOp::delete(keys::vm(&self.rec.id), Expect::Revision(self.rev)),
                 TxnOp::delete(keys::vm_name(&self.rec.spec.name), Expect::Any),
+                crate::intents::delete_step(
+                    &self.host,
+                    &self.rec.id,
+                    &self.rec.spec.name,
+                    volumes.clone(),
+                )?,
             ])
             .await?;
+        for v in &volumes {
+            if let Err(e) = corral_storage::remove_volume(v).await {
+                tracing::warn!(vm = %self.name(), path = %v.display(), error = %e, "cannot remove a volume; the next start retries");
+            }
+        }
+        crate::intents::finish(&self.host, &self.rec.id).await;
         let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
         let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.seed_iso(&self.rec.id));
