@@ -500,7 +500,7 @@ const HUNT_DEPTH: usize = 5;
 
 /// Largest instance (in items) the perfect-tiling search runs on, and its node budget.
 const TILE_MAX_ITEMS: usize = 200;
-const TILE_BUDGET: u64 = 20_000_000;
+const TILE_BUDGET: u64 = 30_000_000;
 
 /// Largest instance (in items) the refill search runs on.
 const REFILL_MAX_ITEMS: usize = 200;
