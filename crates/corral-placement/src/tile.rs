@@ -340,6 +340,8 @@ struct Links<'f> {
 impl<'f> Links<'f> {
     /// `None` when some item is in no row (no cover can exist).
     fn new(n: usize, fills: &'f [Vec<u32>]) -> Option<Links<'f>> {
+        // Entries are numbered `row * MAX_FILL + slot`: a longer row would collide.
+        debug_assert!(fills.iter().all(|f| f.len() <= MAX_FILL));
         let mut len = vec![0u32; n];
         for f in fills {
             for &i in f {
