@@ -627,7 +627,7 @@ fn chaos_rounds_lose_nothing_and_never_run_a_vm_twice() {
             || hosts(&p.a) == expect && hosts(&p.b) == expect,
         );
         let context = format!("round {round} (seed {seed}), fault {fault}, ops {done:?}");
-        let mut ids = std::collections::BTreeMap::new();
+        let mut ids: std::collections::BTreeMap<String, String>;
         let names = |l: &serde_json::Value| -> Vec<(String, String, String)> {
             let mut v: Vec<(String, String, String)> = l
                 .as_array()
