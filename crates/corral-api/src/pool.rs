@@ -337,9 +337,15 @@ async fn try_forward(
     agent: &Arc<Agent>,
     address: &str,
     host_id: &str,
-    req: Request,
+    mut req: Request,
     revision: Option<u64>,
 ) -> std::result::Result<Response, String> {
+    // A console (an HTTP upgrade) is spliced through: the client's upgraded connection to
+    // the owner's.
+    let client_upgrade = req
+        .headers()
+        .contains_key(axum::http::header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
     let authority = address
         .strip_prefix("https://")
         .ok_or_else(|| format!("{address} is not an https:// address"))?
@@ -389,10 +395,27 @@ async fn try_forward(
     parts.uri = path
         .parse()
         .map_err(|e: axum::http::uri::InvalidUri| e.to_string())?;
-    let resp = sender
+    let mut resp = sender
         .send_request(axum::http::Request::from_parts(parts, body))
         .await
         .map_err(|e| e.to_string())?;
+    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status()) {
+        let owner = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match (client.await, owner.await) {
+                (Ok(c), Ok(o)) => {
+                    let mut c = hyper_util::rt::TokioIo::new(c);
+                    let mut o = hyper_util::rt::TokioIo::new(o);
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut o).await;
+                }
+                (c, o) => tracing::debug!(
+                    client = c.is_ok(),
+                    owner = o.is_ok(),
+                    "a forwarded console upgrade did not complete"
+                ),
+            }
+        });
+    }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::new(body)))
 }

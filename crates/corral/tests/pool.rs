@@ -224,6 +224,26 @@ fn pool_view_forwarding_bad_input_and_ha_failover() {
     });
     let table = p.a.ok(&["vm", "list"]);
     assert!(table.contains("HOST") && table.contains("xen02"), "{table}");
+    // The serial console through A reaches the guest on B (the upgrade is spliced through).
+    let mut console = std::process::Command::new(corral_bin())
+        .arg("--connect")
+        .arg(&p.a.socket)
+        .args(["vm", "console", "web01"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = console.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"\necho pool-console-$((6*7))-ok\n")
+            .unwrap();
+    }
+    p.b.wait_console("web01", "pool-console-42-ok", 1, Duration::from_secs(30));
+    drop(console.stdin.take());
+    let _ = console.kill();
+    let _ = console.wait();
 
     // Placement across the pool: B runs web01, so an `auto` VM goes to A.
     p.b.create_kernel_vm("auto01", &["--host", "auto"]);
