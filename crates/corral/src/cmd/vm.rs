@@ -787,6 +787,22 @@ fn show(v: &VmInfo) {
                 v.power_state.to_string()
             },
         ),
+        ("host", v.host.clone()),
+        (
+            "ha",
+            match (&v.ha.restart, &v.ha.apart) {
+                (true, apart) => format!(
+                    "restart elsewhere when its host goes down (priority {}){}",
+                    v.ha.priority,
+                    apart
+                        .as_ref()
+                        .map(|g| format!("; keep apart: {g}"))
+                        .unwrap_or_default()
+                ),
+                (false, Some(g)) => format!("off; keep apart: {g}"),
+                (false, None) => "off".into(),
+            },
+        ),
         ("description", v.description.clone()),
         ("vcpus", v.vcpus.to_string()),
         ("memory", format_size(v.memory_bytes)),
