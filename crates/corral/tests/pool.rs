@@ -44,16 +44,45 @@ fn member_args(etcd: &str, name: &str, port: u16, token: Option<&str>) -> Vec<St
 }
 
 fn start_pool() -> Pool {
-    let etcd = etcd_cluster::EtcdCluster::start(3);
-    let urls = etcd.endpoints().join(",");
-    let a_args = member_args(&urls, "xen01", free_port(), None);
+    start_pool_in(None)
+}
+
+/// A pool whose member B runs in the network namespace `ns` (when given), reaching etcd and
+/// A over its veth, so a fault can cut B off.
+fn start_pool_in(ns: Option<&Netns>) -> Pool {
+    let etcd = etcd_cluster::EtcdCluster::start_also_on(3, ns.map(|n| n.host_ip.as_str()));
+    let a_ip = ns.map_or("127.0.0.1", |n| n.host_ip.as_str());
+    let mut a_args = member_args(&etcd.endpoints().join(","), "xen01", 0, None);
+    a_args[5] = format!("{a_ip}:{}", free_port());
     let a = TestAgent::start_with(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
     let token = std::fs::read_to_string(a.state_dir().join("pool/join-token"))
         .unwrap()
         .trim()
         .to_string();
-    let b_args = member_args(&urls, "xen02", free_port(), Some(&token));
-    let b = TestAgent::start_with(&b_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = match ns {
+        Some(ns) => {
+            let mut b_args = member_args(
+                &etcd.endpoints_at(&ns.host_ip).join(","),
+                "xen02",
+                0,
+                Some(&token),
+            );
+            b_args[5] = format!("{}:{}", ns.ns_ip, free_port());
+            TestAgent::start_under(
+                &ns.prefix(),
+                &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        }
+        None => {
+            let b_args = member_args(
+                &etcd.endpoints().join(","),
+                "xen02",
+                free_port(),
+                Some(&token),
+            );
+            TestAgent::start_with(&b_args.iter().map(String::as_str).collect::<Vec<_>>())
+        }
+    };
     let shared = tempfile::tempdir().unwrap();
     a.ok(&[
         "sr",
@@ -506,7 +535,8 @@ fn chaos_rounds_lose_nothing_and_never_run_a_vm_twice() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(0x5eed_c0a1);
     let mut rng = Rng(seed);
-    let mut p = start_pool();
+    let ns = Netns::create();
+    let mut p = start_pool_in(Some(&ns));
     let expect = vec![
         ("xen01".to_string(), "up".to_string()),
         ("xen02".to_string(), "up".to_string()),
@@ -590,7 +620,7 @@ fn chaos_rounds_lose_nothing_and_never_run_a_vm_twice() {
             done
         });
         std::thread::sleep(Duration::from_millis(rng.below(400)));
-        let fault = match rng.below(4) {
+        let fault = match rng.below(5) {
             0 => {
                 let x = if rng.below(2) == 0 {
                     &mut p.a
@@ -616,6 +646,12 @@ fn chaos_rounds_lose_nothing_and_never_run_a_vm_twice() {
                 std::thread::sleep(Duration::from_millis(rng.below(1500)));
                 p.etcd.restart(i);
                 "kill an etcd member"
+            }
+            3 => {
+                ns.cut();
+                std::thread::sleep(Duration::from_millis(300 + rng.below(3000)));
+                ns.heal();
+                "cut B off from etcd and A"
             }
             _ => "none",
         };
@@ -727,4 +763,157 @@ fn chaos_rounds_lose_nothing_and_never_run_a_vm_twice() {
         started.elapsed(),
         acknowledged.len()
     );
+}
+
+/// A network namespace joined to this one by a veth pair: `host_ip` on this side, `ns_ip`
+/// inside. Removed on drop.
+struct Netns {
+    name: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn sh(args: &[&str]) {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn create() -> Netns {
+        // A subnet of its own per test (process and count), so parallel tests do not collide.
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n =
+            (std::process::id() as usize * 7 + COUNT.fetch_add(1, Ordering::Relaxed)) % 200 + 20;
+        let name = format!("corral-t{n}");
+        let (host_ip, ns_ip) = (format!("10.231.{n}.1"), format!("10.231.{n}.2"));
+        let (outer, inner) = (format!("cvh{n}"), format!("cvn{n}"));
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &outer])
+            .output();
+        sh(&["ip", "netns", "add", &name]);
+        sh(&[
+            "ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ]);
+        sh(&["ip", "link", "set", &inner, "netns", &name]);
+        sh(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", &outer]);
+        sh(&["ip", "link", "set", &outer, "up"]);
+        let exec = |cmd: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", name.as_str()];
+            v.extend_from_slice(cmd);
+            sh(&v);
+        };
+        exec(&["ip", "addr", "add", &format!("{ns_ip}/24"), "dev", &inner]);
+        exec(&["ip", "link", "set", &inner, "up"]);
+        exec(&["ip", "link", "set", "lo", "up"]);
+        Netns {
+            name,
+            host_ip,
+            ns_ip,
+        }
+    }
+
+    fn prefix(&self) -> Vec<&str> {
+        vec!["ip", "netns", "exec", &self.name]
+    }
+
+    /// Drop everything from inside the namespace to this side (etcd, the other member).
+    fn cut(&self) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &format!("{}/32", self.host_ip),
+        ]);
+    }
+
+    fn heal(&self) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            "del",
+            "blackhole",
+            &format!("{}/32", self.host_ip),
+        ]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_member_cut_off_from_etcd_fences_its_ha_vm_and_it_restarts_elsewhere() {
+    let ns = Netns::create();
+    let p = start_pool_in(Some(&ns));
+    let (a, b) = (&p.a, &p.b);
+    let expect = vec![
+        ("xen01".to_string(), "up".to_string()),
+        ("xen02".to_string(), "up".to_string()),
+    ];
+    wait_until(Duration::from_secs(10), "both members up", || {
+        hosts(a) == expect && hosts(b) == expect
+    });
+    // Made and started through A, on B: forwarding crosses the namespace too.
+    a.create_kernel_vm("cut01", &["--host", "xen02", "--disk", "16M,sr=shared1"]);
+    a.ok(&["vm", "set", "cut01", "--ha", "restart"]);
+    a.ok(&["vm", "start", "cut01"]);
+    let id = a.vm("cut01")["id"].as_str().unwrap().to_string();
+    b.wait_console("cut01", MARKER, 1, Duration::from_secs(120));
+    // Also a guest that is not HA: a cut-off host keeps running it.
+    b.create_kernel_vm("plain01", &[]);
+    b.ok(&["vm", "start", "plain01"]);
+    let plain_pid = b.vm("plain01")["pid"].as_u64().unwrap() as u32;
+
+    let sampler = OverlapSampler::start(id.clone());
+    let lost = Instant::now();
+    ns.cut();
+    wait_until(Duration::from_secs(60), "cut01 restarted on xen01", || {
+        a.vm("cut01")["host"] == "xen01" && a.power_state("cut01") == "running"
+    });
+    a.wait_console("cut01", MARKER, 1, Duration::from_secs(120));
+    println!(
+        "failover of a member cut off from etcd: {:.1?}",
+        lost.elapsed()
+    );
+    assert!(
+        pid_alive(plain_pid),
+        "the cut-off host killed a guest that is not HA"
+    );
+    let fenced = std::fs::read_to_string(b.state_dir().join("run/fence/log")).unwrap_or_default();
+    assert!(fenced.contains(&id), "B did not fence cut01: {fenced:?}");
+    // B back: it rejoins and runs nothing twice.
+    ns.heal();
+    wait_until(Duration::from_secs(30), "xen02 back in the pool", || {
+        hosts(a) == expect && hosts(b) == expect
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let (worst, first) = sampler.finish();
+    assert_eq!(worst, 1, "cut01 ran twice ({first:?})");
+    assert_eq!(b.vm("cut01")["host"], "xen01");
+    assert!(pid_alive(plain_pid));
+    // The agents go before the namespace B lives in.
+    drop(p);
 }

@@ -24,6 +24,8 @@ pub struct TestAgent {
     pub socket: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// A command the agent runs under (`ip netns exec NS`), empty for none.
+    prefix: Vec<String>,
 }
 
 pub fn corral_bin() -> &'static str {
@@ -36,6 +38,11 @@ impl TestAgent {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_under(&[], extra)
+    }
+
+    /// Start the agent under a command, e.g. `["ip", "netns", "exec", "ns1"]`.
+    pub fn start_under(prefix: &[&str], extra: &[&str]) -> Self {
         let state = tempfile::Builder::new()
             .prefix("corral-e2e-")
             .tempdir()
@@ -46,6 +53,7 @@ impl TestAgent {
             socket,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn();
         a
@@ -62,7 +70,14 @@ impl TestAgent {
             .append(true)
             .open(self.state.path().join("agent.log"))
             .expect("agent log");
-        let mut cmd = Command::new(corral_bin());
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(corral_bin());
+                c
+            }
+            None => Command::new(corral_bin()),
+        };
         cmd.arg("serve").arg("--state-dir").arg(self.state.path());
         if !self.extra.iter().any(|a| a.starts_with("--accel")) {
             cmd.args(["--accel", "tcg"]);
