@@ -68,18 +68,18 @@ class Etcd:
             return False
 
     def range_prefix(self, prefix):
-        """One range read of every key under prefix (etcd's JSON gateway): the reference."""
+        """One range read of every key under prefix (etcd's JSON gateway, by curl): the
+        reference. Answers (seconds, number of keys)."""
         key = prefix.encode()
         end = key[:-1] + bytes([key[-1] + 1])
         body = json.dumps({"key": base64.b64encode(key).decode(),
-                           "range_end": base64.b64encode(end).decode()}).encode()
-        req = urllib.request.Request(self.url() + "/v3/kv/range", data=body,
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-        kvs = json.loads(raw).get("kvs", [])
-        # A client of the store decodes the values too, as the agent's view did once.
-        return [json.loads(base64.b64decode(kv["value"])) for kv in kvs]
+                           "range_end": base64.b64encode(end).decode()})
+        out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{time_total}", "-X", "POST",
+                              "-H", "content-type: application/json", "--data", body,
+                              self.url() + "/v3/kv/range"], capture_output=True, check=True,
+                             text=True).stdout
+        raw, t = out.rsplit("\n", 1)
+        return float(t), len(json.loads(raw).get("kvs", []))
 
     def stop(self):
         for p in self.procs:
@@ -156,6 +156,8 @@ def main():
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--changes", type=int, default=40)
     ap.add_argument("--doc")
+    ap.add_argument("--hold", type=float, default=0,
+                    help="keep the pool running this many seconds after the run (to look at it)")
     a = ap.parse_args()
     root = tempfile.mkdtemp(prefix="corral-pool-bench-")
     etcd = Etcd(root)
@@ -190,21 +192,27 @@ def main():
         time.sleep(5)
         rss_after = [rss_mib(x.proc.pid) for x in agents]
 
-        lists = []
+        # Both sides timed by curl (time to the last byte): Python's http.client reading a
+        # few MB would be the bottleneck, not the agent.
+        def curl_list(sock):
+            out = subprocess.run(["curl", "-s", "--unix-socket", sock, "-o", "/dev/null", "-w",
+                                  "%{http_code} %{time_total} %{size_download}",
+                                  "http://corral/v1/vms"], capture_output=True, check=True,
+                                 text=True).stdout.split()
+            assert out[0] == "200", out
+            return float(out[1]), int(out[2])
+        lists, size = [], 0
         for x in agents:
             times = []
             for _ in range(a.requests):
-                t = time.perf_counter()
-                st, vms = x.api.request("GET", "/v1/vms")
-                times.append(time.perf_counter() - t)
-                assert st == 200 and len(vms) >= a.count
+                t, size = curl_list(x.sock)
+                times.append(t)
             lists.append(times)
         ref = []
         for _ in range(max(5, a.requests // 10)):
-            t = time.perf_counter()
-            recs = etcd.range_prefix("vms/")
-            ref.append(time.perf_counter() - t)
-        assert len(recs) >= a.count
+            t, n = etcd.range_prefix("vms/")
+            ref.append(t)
+        assert n >= a.count, n
 
         # Events: pause/resume a running VM on h1, seen on h2.
         A, B = agents[0], agents[1]
@@ -250,12 +258,16 @@ def main():
         table += ["| " + " | ".join(r) + " |" for r in rows]
         head = (f"Run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average "
                 f"{' '.join(load)} at the end; {a.count} VMs created through the API over the "
-                f"3 members in {create_s:.0f} s. The list reference is one range read of the "
-                f"same `vms/` records straight from etcd (JSON gateway, decoded).")
+                f"3 members in {create_s:.0f} s. `vm list` answers {size} bytes; it and the "
+                f"reference, one range read of the same `vms/` records straight from etcd "
+                f"(its JSON gateway), are timed by curl to the last byte.")
         out = head + "\n\n" + "\n".join(table) + "\n"
         print(out)
         if a.doc:
             write_section(a.doc, out)
+        if a.hold:
+            print("holding; sockets:", " ".join(x.sock for x in agents), flush=True)
+            time.sleep(a.hold)
     finally:
         for x in agents:
             x.stop()

@@ -365,6 +365,11 @@ impl Agent {
         }
     }
 
+    /// `vm list` already encoded as a JSON array (see [`crate::pool::Pool::list_json`]).
+    pub fn list_vms_json(&self) -> Vec<u8> {
+        self.pool.list_json()
+    }
+
     pub fn list_vms(&self) -> Vec<VmInfo> {
         self.pool.list_vms()
     }

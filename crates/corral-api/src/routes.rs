@@ -148,7 +148,11 @@ async fn host_info(State(a): State<AppState>) -> Result<Response> {
 }
 
 async fn list_vms(State(a): State<AppState>) -> Response {
-    Json(a.list_vms()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        a.list_vms_json(),
+    )
+        .into_response()
 }
 
 async fn show_vm(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {

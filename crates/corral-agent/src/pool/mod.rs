@@ -196,9 +196,21 @@ struct View {
     vms: HashMap<String, (VmRecord, u64)>,
     vm_names: HashMap<String, String>,
     shared_srs: BTreeMap<String, StorageRepository>,
+    /// Other members' VMs as `vm list` shows them (name, JSON), encoded once per change.
+    listed: HashMap<String, (String, bytes::Bytes)>,
 }
 
 impl View {
+    /// Encode a VM of another member for `vm list` (again when its host's name arrives).
+    fn render(&mut self, rec: &VmRecord) {
+        let info = VmInfo::from_record(rec, &self.host_name(&rec.host));
+        let json = serde_json::to_vec(&info)
+            .map(bytes::Bytes::from)
+            .unwrap_or_default();
+        self.listed
+            .insert(rec.id.clone(), (rec.spec.name.clone(), json));
+    }
+
     fn host_name(&self, id: &str) -> String {
         self.hosts
             .get(id)
@@ -527,6 +539,7 @@ impl Pool {
             if prefix == keys::VMS {
                 v.vms.clear();
                 v.vm_names.clear();
+                v.listed.clear();
             } else {
                 for h in v.hosts.values_mut() {
                     h.up = false;
@@ -601,6 +614,11 @@ impl Pool {
                             }
                         }
                         v.vm_names.insert(rec.spec.name.clone(), id.clone());
+                        if rec.host == me {
+                            v.listed.remove(&id);
+                        } else {
+                            v.render(&rec);
+                        }
                         v.vms.insert(id.clone(), (rec.clone(), ev.mod_revision))
                     };
                     if !live {
@@ -623,6 +641,7 @@ impl Pool {
                     let old = {
                         let mut v = self.write();
                         let old = v.vms.remove(&id);
+                        v.listed.remove(&id);
                         if let Some((r, _)) = &old {
                             if v.vm_names.get(&r.spec.name) == Some(&id) {
                                 v.vm_names.remove(&r.spec.name);
@@ -669,7 +688,20 @@ impl Pool {
                         if e.since_ms == 0 {
                             e.since_ms = now;
                         }
+                        let renamed = e.record.as_ref().is_none_or(|r| r.name != rec.name);
                         e.record = Some(rec);
+                        if renamed && id != me {
+                            // Its VMs were listed under its id or an old name.
+                            let own: Vec<VmRecord> = v
+                                .vms
+                                .values()
+                                .filter(|(r, _)| r.host == id)
+                                .map(|(r, _)| r.clone())
+                                .collect();
+                            for r in &own {
+                                v.render(r);
+                            }
+                        }
                     }
                 }
                 Change::Delete => {
@@ -834,6 +866,35 @@ impl Pool {
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// `vm list` as JSON: this host's VMs from their actors' encoded snapshots, the other
+    /// members' from the view's, by name; bytes are copied, nothing is encoded again.
+    pub fn list_json(&self) -> Vec<u8> {
+        // Lock order: the view, then the registry (as everywhere in this module).
+        let v = self.read();
+        let registry = self.host.registry();
+        let mut items: Vec<(String, bytes::Bytes)> =
+            registry.by_id.values().map(|h| h.listing()).collect();
+        items.extend(
+            v.listed
+                .iter()
+                .filter(|(id, _)| !registry.by_id.contains_key(*id))
+                .map(|(_, item)| item.clone()),
+        );
+        drop(registry);
+        drop(v);
+        items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::with_capacity(items.iter().map(|(_, j)| j.len() + 1).sum::<usize>() + 2);
+        out.push(b'[');
+        for (i, (_, json)) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(json);
+        }
+        out.push(b']');
         out
     }
 

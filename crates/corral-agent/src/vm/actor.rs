@@ -40,7 +40,7 @@ struct Actor<R: Runtime> {
     rec: VmRecord,
     rev: u64,
     run: Option<Running>,
-    info: Arc<RwLock<VmInfo>>,
+    info: Arc<RwLock<super::Snapshot>>,
     /// Long work running off the loop (see [`super::jobs`]).
     jobs: Jobs,
     deleted: bool,
@@ -53,7 +53,10 @@ pub(crate) async fn spawn<R: Runtime>(
     rec: VmRecord,
     rev: u64,
 ) -> VmHandle {
-    let info = Arc::new(RwLock::new(VmInfo::from_record(&rec, &host.host_name)));
+    let info = Arc::new(RwLock::new(super::Snapshot::new(VmInfo::from_record(
+        &rec,
+        &host.host_name,
+    ))));
     let mut actor = Actor {
         host,
         runtime,
@@ -69,7 +72,7 @@ pub(crate) async fn spawn<R: Runtime>(
     let handle = VmHandle {
         id: actor.rec.id.clone(),
         tx,
-        info,
+        snapshot: info,
     };
     tokio::spawn(actor.run_loop(rx));
     handle
@@ -193,7 +196,7 @@ impl<R: Runtime> Actor<R> {
         }
         self.host
             .fence_sync(&self.rec, self.run.as_ref().map(|r| r.pid));
-        *self.info.write().unwrap_or_else(|p| p.into_inner()) = info;
+        *self.info.write().unwrap_or_else(|p| p.into_inner()) = super::Snapshot::new(info);
     }
 
     /// Write the record, compare-and-swap on the revision this actor last wrote.
