@@ -187,18 +187,12 @@ fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
 /// directory: it holds an exclusive `flock` on `guard.lock` and exits if another has it. It
 /// ends when the fence directory disappears (the state was removed).
 pub fn run_guard(state_dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::io::AsRawFd;
     let files = FenceFiles::new(state_dir);
     files.create()?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(files.dir.join("guard.lock"))?;
-    // SAFETY: flock on a descriptor we own; it is held until the process exits.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // Held until the process exits.
+    let Some(_lock) = take_guard_lock(&files)? else {
         return Ok(()); // another guard watches this state directory
-    }
+    };
     loop {
         if !files.armed_dir().is_dir() {
             return Ok(());
@@ -208,21 +202,23 @@ pub fn run_guard(state_dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Whether a guard holds the lock of this state directory.
-pub fn guard_running(state_dir: &Path) -> bool {
+/// The guard's exclusive lock (`guard.lock`), or `None` when another process holds it.
+fn take_guard_lock(files: &FenceFiles) -> std::io::Result<Option<std::fs::File>> {
     use std::os::unix::io::AsRawFd;
-    let files = FenceFiles::new(state_dir);
-    let Ok(f) = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(files.dir.join("guard.lock"))
-    else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor we own; released when `f` is dropped.
+        .open(files.dir.join("guard.lock"))?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
     let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    !free
+    Ok(free.then_some(f))
+}
+
+/// Whether a guard holds the lock of this state directory.
+pub fn guard_running(state_dir: &Path) -> bool {
+    // Taking the lock (and dropping it at once) succeeds only when no guard has it.
+    matches!(take_guard_lock(&FenceFiles::new(state_dir)), Ok(None))
 }
 
 /// Start the guard (this executable with `fence-guard`) in its own session so it outlives
