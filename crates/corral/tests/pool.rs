@@ -407,8 +407,22 @@ fn etcd_member_loss_and_outage_keep_guests_running_and_catch_up() {
     p.a.ok(&["vm", "start", "keep01"]);
     let pid = p.a.vm("keep01")["pid"].as_u64().unwrap() as u32;
 
-    // One etcd member of three dies: nothing visible changes.
+    // One etcd member of three dies: nothing visible changes, and `pool show` says which.
     p.etcd.kill(0);
+    wait_until(
+        Duration::from_secs(15),
+        "pool show: the dead member alone unhealthy",
+        || {
+            let health = p.a.json(&["pool", "show"]);
+            let endpoints = health["endpoints"].as_array().unwrap().clone();
+            endpoints[0]["healthy"] == false
+                && endpoints[0]["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot connect")
+                && endpoints[1..].iter().all(|e| e["healthy"] == true)
+        },
+    );
     p.b.create_kernel_vm("during-loss", &[]);
     wait_until(Duration::from_secs(5), "A sees the VM B made", || {
         p.a.cli(&["vm", "show", "during-loss"]).status.success()

@@ -492,20 +492,21 @@ impl Pool {
 
     pub async fn info(&self) -> PoolInfo {
         let endpoints = if self.is_clustered() {
-            let ok = self.store.revision().await.is_ok();
-            self.options
+            // Every member at once, each within two seconds.
+            let checks: Vec<_> = self
+                .options
                 .etcd
                 .iter()
-                .map(|e| StoreEndpoint {
-                    endpoint: e.clone(),
-                    healthy: ok,
-                    detail: if ok {
-                        "answers".into()
-                    } else {
-                        "no answer from the cluster".into()
-                    },
-                })
-                .collect()
+                .cloned()
+                .map(|e| tokio::spawn(async move { member_health(&e).await }))
+                .collect();
+            let mut out = Vec::with_capacity(checks.len());
+            for c in checks {
+                if let Ok(e) = c.await {
+                    out.push(e);
+                }
+            }
+            out
         } else {
             vec![StoreEndpoint {
                 endpoint: self.host.layout.db().display().to_string(),
@@ -563,6 +564,55 @@ impl Pool {
                     .to_string()
             }),
         }
+    }
+}
+
+/// Ask one etcd member its own health (`GET /health`, answered by etcd itself with whether
+/// it has a leader and its store works), within two seconds (a new election takes some).
+async fn member_health(endpoint: &str) -> StoreEndpoint {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let answer = async {
+        let authority = endpoint
+            .strip_prefix("http://")
+            .ok_or("only http:// endpoints can be checked")?
+            .trim_end_matches('/');
+        let mut s = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        s.write_all(format!("GET /health HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        s.take(64 * 1024)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&body);
+        if text.contains("\"health\":\"true\"") {
+            Ok(())
+        } else if text.contains("\"health\"") {
+            Err("unhealthy (no leader, or its store failed)".to_string())
+        } else {
+            Err("it does not answer like etcd".to_string())
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(2), answer).await {
+        Ok(Ok(())) => StoreEndpoint {
+            endpoint: endpoint.to_string(),
+            healthy: true,
+            detail: format!("healthy ({} ms)", started.elapsed().as_millis()),
+        },
+        Ok(Err(why)) => StoreEndpoint {
+            endpoint: endpoint.to_string(),
+            healthy: false,
+            detail: why,
+        },
+        Err(_) => StoreEndpoint {
+            endpoint: endpoint.to_string(),
+            healthy: false,
+            detail: "no answer within 2 s".into(),
+        },
     }
 }
 
