@@ -175,7 +175,9 @@ impl Agent {
             capacity: config.capacity,
             pool: pool.clone(),
         });
-        spawn_planner_publisher(Arc::downgrade(&advisor), pool.clone());
+        if pool.is_clustered() {
+            spawn_planner_publisher(Arc::downgrade(&advisor), pool.clone());
+        }
         let sampler = Arc::new(crate::stats::Sampler {
             host: host.clone(),
             stats: stats.clone(),

@@ -217,8 +217,11 @@ impl Pool {
             tokio::spawn(Arc::clone(&pool).watch_loop(prefix, revision));
         }
         tokio::spawn(Arc::clone(&pool).renew_loop());
-        tokio::spawn(Arc::clone(&pool).reconcile_loop());
-        tokio::spawn(Arc::clone(&pool).publish_loop());
+        // A one-host pool has nobody to publish to, and its store answers every write.
+        if pool.is_clustered() {
+            tokio::spawn(Arc::clone(&pool).reconcile_loop());
+            tokio::spawn(Arc::clone(&pool).publish_loop());
+        }
         // Members already down when this one starts: their leases expired before it came.
         let down: Vec<String> = {
             let v = pool.read();
@@ -426,6 +429,9 @@ impl Pool {
     }
 
     pub fn hosts(&self) -> Vec<HostSummary> {
+        // This host's figures are read now; the others' are as they last published them.
+        let (_, memory_free_here) = crate::host::memory();
+        let load_here = load_average();
         let v = self.read();
         let mut vms: HashMap<&str, (u32, u32)> = HashMap::new();
         for (rec, _) in v.vms.values() {
@@ -441,6 +447,7 @@ impl Pool {
             .filter_map(|(id, h)| {
                 let r = h.record.as_ref()?;
                 let (count, running) = vms.get(id.as_str()).copied().unwrap_or_default();
+                let here = *id == self.host.host_id;
                 Some(HostSummary {
                     name: r.name.clone(),
                     id: id.clone(),
@@ -450,10 +457,14 @@ impl Pool {
                     vms: count,
                     vms_running: running,
                     memory_total_bytes: r.memory_total_bytes,
-                    memory_free_bytes: r.memory_free_bytes,
+                    memory_free_bytes: if here {
+                        memory_free_here
+                    } else {
+                        r.memory_free_bytes
+                    },
                     cpu_cores: r.cpu_cores,
-                    load1: r.load1,
-                    this_host: *id == self.host.host_id,
+                    load1: if here { load_here } else { r.load1 },
+                    this_host: here,
                 })
             })
             .collect();

@@ -133,6 +133,10 @@ impl Pool {
             }
             return Ok((h.id.clone(), h.name.clone()));
         }
+        if !self.is_clustered() {
+            // A one-host pool: this host, if it is the one asked for.
+            return Ok((self.host.host_id.clone(), self.host.host_name.clone()));
+        }
         let mut loads = self.member_loads();
         loads.retain(|(id, _)| need.exclude_host.as_ref() != Some(id));
         if loads.is_empty() {
