@@ -20,6 +20,7 @@ use corral_model::stats::{HostRecommendation, VmStats};
 use corral_model::task::Task;
 use corral_model::transfer::{CloneRequest, ImportAnswer, ImportPlan};
 use corral_model::{ApiError, VmInfo};
+use crate::web::{SessionAnswer, SessionRequest, TicketAnswer, TicketRequest};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
@@ -271,6 +272,12 @@ pub fn operations() -> Vec<Op> {
         Op::get("/v1/tasks/{id}", "One task").query("wait", "boolean", "true: answer when it has finished").ok::<Task>(),
         Op::post("/v1/tasks/{id}/cancel", "Ask a running task to stop (vm.copy, vm.install, vm.import, vm.export, vm.shutdown; others and finished tasks: 409 invalid_state)").empty(202, "Cancellation requested"),
         Op::get("/v1/events", "Event stream until the client disconnects").query("since", "integer", "also replay remembered events after this sequence number").ndjson::<EventEnvelope>(),
+        Op::post("/v1/session", "Web console login with the agent's token: sets the session cookie (HttpOnly, Secure, SameSite=Strict), answers the CSRF token for X-CSRF-Token").body::<SessionRequest>().ok::<SessionAnswer>(),
+        Op::get("/v1/session", "The CSRF token of the cookie's session").ok::<SessionAnswer>(),
+        Op::delete("/v1/session", "Log out: the session ends, the cookie is cleared").empty(204, "Logged out"),
+        Op::post("/v1/vms/{name}/console-ticket", "A one-time ticket (30 s, bound to the session and VM) for a console websocket").body::<TicketRequest>().ok::<TicketAnswer>(),
+        Op::get("/v1/vms/{name}/vnc", "Graphical console as a websocket bridged to the VM's VNC server (RFB in binary frames); needs ?ticket=").query("ticket", "string", "from POST /v1/vms/{name}/console-ticket").empty(101, "Switching to the websocket"),
+        Op::get("/v1/vms/{name}/console/ws", "Serial console as a websocket: the scroll-back, then live bytes both ways; needs ?ticket=").query("ticket", "string", "from POST /v1/vms/{name}/console-ticket").empty(101, "Switching to the websocket"),
     ]
 }
 
