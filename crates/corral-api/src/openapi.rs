@@ -11,6 +11,7 @@
 //! `Op::post("/v1/vms/{name}/export", "Export a VM").body::<ExportRequest>().accepted::<TaskAccepted>(),`
 //! then `CORRAL_BLESS=1 cargo test -p corral-api --test openapi` and review the diff.
 
+use crate::web::{SessionAnswer, SessionRequest, TicketAnswer, TicketRequest};
 use axum::routing::MethodRouter;
 use axum::Router;
 use corral_model::api::*;
@@ -20,7 +21,6 @@ use corral_model::stats::{HostRecommendation, VmStats};
 use corral_model::task::Task;
 use corral_model::transfer::{CloneRequest, ImportAnswer, ImportPlan};
 use corral_model::{ApiError, VmInfo};
-use crate::web::{SessionAnswer, SessionRequest, TicketAnswer, TicketRequest};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 

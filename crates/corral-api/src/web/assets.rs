@@ -84,7 +84,10 @@ mod tests {
         let html = std::str::from_utf8(INDEX).unwrap_or_default();
         assert!(html.contains("src=\"/assets/app.js\""), "{html}");
         // No inline script: every <script> has a src.
-        assert_eq!(html.matches("<script").count(), html.matches("<script src=").count());
+        assert_eq!(
+            html.matches("<script").count(),
+            html.matches("<script src=").count()
+        );
         assert!(CSP.contains("script-src 'self';"));
     }
 }

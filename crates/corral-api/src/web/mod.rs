@@ -296,8 +296,10 @@ pub async fn login(
 ) -> Result<Response, Failure> {
     let (id, answer) = web.login(&req.token)?;
     let mut resp = Json(answer).into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&id, SESSION_TTL.as_secs())?);
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&id, SESSION_TTL.as_secs())?,
+    );
     Ok(resp)
 }
 
@@ -504,7 +506,10 @@ mod tests {
         assert_eq!(access_of(&Method::POST, "/v1/session"), Access::Open);
         assert_eq!(access_of(&Method::GET, "/v1/session"), Access::Api);
         assert_eq!(access_of(&Method::GET, "/v1/vms/a/vnc"), Access::Ticket);
-        assert_eq!(access_of(&Method::GET, "/v1/vms/a/console/ws"), Access::Ticket);
+        assert_eq!(
+            access_of(&Method::GET, "/v1/vms/a/console/ws"),
+            Access::Ticket
+        );
         assert_eq!(access_of(&Method::GET, "/v1/vms/a/console"), Access::Api);
         assert_eq!(access_of(&Method::POST, "/v1/vms/a/vnc"), Access::Api);
         assert_eq!(access_of(&Method::GET, "/v1/vms"), Access::Api);
