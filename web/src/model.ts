@@ -18,8 +18,8 @@ export class Model {
   inv: Inventory = { host: null, templates: [], srs: [], networks: [], isos: [] };
   version = 0;
   live = false;
-  /** Time of the last applied event (for the update-latency benchmark). */
-  lastEvent: { seq: number; applied: number } | null = null;
+  /** The last applied event and when (for the update-latency benchmark). */
+  lastEvent: { seq: number; type: string; time_ms: number; applied_ms: number } | null = null;
   private listeners = new Set<() => void>();
   private stop: (() => void) | null = null;
   /** Byte counts seen per running task, for rates and ETAs: [time ms, bytes]. */
@@ -80,7 +80,7 @@ export class Model {
   }
 
   apply(e: EventEnvelope): void {
-    this.lastEvent = { seq: e.seq, applied: performance.now() };
+    this.lastEvent = { seq: e.seq, type: e.type, time_ms: e.time_ms, applied_ms: Date.now() };
     switch (e.type) {
       case "power_state_changed": {
         const vm = e.vm ? this.vms.get(e.vm) : undefined;
