@@ -246,6 +246,12 @@ try {
   figures.export_bytes = fs.statSync(exported).size;
   log(`export downloaded: ${figures.export_bytes} bytes`);
 
+  // ---- import: the same archive uploaded from this machine ----
+  promptAnswer = "web1-up";
+  await page.setInputFiles("#import-file", exported);
+  await vmRow("web1-up").waitFor({ timeout: 60_000 });
+  log("the download uploaded back through the Import button");
+
   // ---- a long task: its progress bar moves, then it is cancelled from the History tab ----
   // Copies and exports of a test-sized disk end in under a second here, so the long task is
   // an export of the prepared VM's incompressible disk at zstd level 19 (about 2 MB/s),

@@ -5,7 +5,7 @@
 //! websockets without a valid ticket refused, start, the guest's marker in the text console
 //! and an answer to typed input, a non-blank graphical console, reboot, force off + start
 //! with the graphical console reconnecting by itself within 3 s, an Overview edit, shut
-//! down, export as a browser download, a long export's progress bar moving and then
+//! down, export as a browser download and its upload as an import, a long export's progress bar moving and then
 //! cancelled from the History tab, a copy, delete. This test then imports the browser's
 //! download back with the CLI.
 //!
@@ -145,4 +145,5 @@ fn administrator_console_in_a_real_browser() {
     // What the browser deleted is gone; the copy it made exists.
     assert!(!agent.ok(&["vm", "list"]).contains("web1 "));
     agent.vm("big-copy");
+    assert_eq!(agent.vm("web1-up")["description"], "made in the browser");
 }
