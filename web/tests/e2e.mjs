@@ -99,7 +99,10 @@ try {
   await page.click("button[type=submit]");
   await page.locator('[data-testid=live]:has-text("live")').waitFor();
   await vmRow(BIG).waitFor();
-  log("logged in; tree shows the prepared VM");
+  // A reload keeps the session (the page asks for its CSRF token again).
+  await page.reload();
+  await vmRow(BIG).waitFor();
+  log("logged in; tree shows the prepared VM; a reload keeps the session");
 
   // The CSP header is on the page and no inline script exists.
   const resp = await page.request.get(URL + "/");
@@ -201,7 +204,16 @@ try {
     const status = await page.locator("[data-testid=vnc-status]").textContent();
     return status === "connected" && s.lit > 50;
   });
-  log("reboot: graphical console still connected and drawing");
+  const markers = async () => ((await (await page.request.get(`${URL}/v1/vms/web1/console/log`)).text()).match(new RegExp(MARKER, "g")) ?? []).length;
+  await waitFor("the guest to boot again after the reboot", 120_000, async () => (await markers()) >= 2);
+  log("reboot: the guest booted again; the graphical console stayed connected and drawing");
+
+  // ---- pause and resume: the tree follows ----
+  await page.click("#act-pause");
+  await page.locator('.row.vm[data-vm="web1"][data-state="paused"]').waitFor();
+  await page.click("#act-resume");
+  await page.locator('.row.vm[data-vm="web1"][data-state="running"]').waitFor();
+  log("pause and resume");
 
   // ---- force off and start again: a new QEMU, the console reconnects by itself ----
   const connectsBefore = Number(await page.locator("[data-testid=vnc-status]").getAttribute("data-connects"));
@@ -301,6 +313,34 @@ try {
   await vmRow("web1").waitFor({ state: "detached", timeout: 30_000 });
   await shot("tree");
   log("web1 deleted");
+
+  // ---- linked clone of a halted VM ----
+  await vmRow(BIG).click();
+  promptAnswer = `${BIG}-clone`;
+  await page.click("#act-clone");
+  await vmRow(`${BIG}-clone`).waitFor({ timeout: 60_000 });
+  log("linked clone made through the toolbar");
+
+  // ---- log out: the session ends, and so does an event stream opened under it ----
+  await page.evaluate(() => {
+    window.__stream = (async () => {
+      const r = await fetch("/v1/events");
+      const reader = r.body.getReader();
+      try {
+        while (!(await reader.read()).done);
+        return "ended";
+      } catch (e) {
+        return `broken: ${e}`;
+      }
+    })();
+  });
+  await page.click("#logout");
+  await page.locator("#token").waitFor();
+  const streamEnd = await page.evaluate(() => Promise.race([window.__stream, new Promise((r) => setTimeout(() => r("still open"), 5000))]));
+  if (streamEnd === "still open") throw new Error("an event stream outlived the logout");
+  const after = await page.evaluate(async () => (await fetch("/v1/vms")).status);
+  if (after !== 401) throw new Error(`after logout /v1/vms answered ${after}`);
+  log(`logged out: the open event stream ${streamEnd}, the API answers 401`);
 
   if (consoleErrors.length) log(`page console errors (not fatal): ${consoleErrors.join(" | ")}`);
   await context.tracing.stop();

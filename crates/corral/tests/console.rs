@@ -1,13 +1,15 @@
 //! The web Administrator Console end to end: a real `corral serve --listen` with the test
 //! guest, real headless Chromium (Debian's `/usr/bin/chromium`) driven by `playwright-core`
-//! running `web/tests/e2e.mjs`: log in (a wrong token refused), a CSRF-less request refused,
-//! create a VM through the wizard (its validation error shown at the field first), console
-//! websockets without a valid ticket refused, start, the guest's marker in the text console
-//! and an answer to typed input, a non-blank graphical console, reboot, force off + start
-//! with the graphical console reconnecting by itself within 3 s, an Overview edit, shut
-//! down, export as a browser download and its upload as an import, a long export's progress bar moving and then
-//! cancelled from the History tab, a copy, delete. This test then imports the browser's
-//! download back with the CLI.
+//! running `web/tests/e2e.mjs`: log in (a wrong token refused; a reload keeps the session), a
+//! CSRF-less request refused, create a VM through the wizard (its validation error shown at
+//! the field first), console websockets without a valid ticket refused, start, the guest's
+//! marker in the text console and an answer to typed input, a non-blank graphical console,
+//! reboot (the guest boots again, the console stays), force off + start with the graphical
+//! console reconnecting by itself within 3 s, pause/resume, an Overview edit, shut down,
+//! export as a browser download and its upload as an import, a long export's progress bar
+//! moving and then cancelled from the History tab, a copy, delete, a linked clone, logout (an
+//! open event stream ends with the session). This test then imports the browser's download
+//! back with the CLI.
 //!
 //! Needs `web/node_modules` (`scripts/build-web.sh` runs `npm ci`) and `chromium`
 //! (`scripts/install-deps.sh --test`). On failure the script leaves `failure.png` and a
@@ -146,4 +148,5 @@ fn administrator_console_in_a_real_browser() {
     assert!(!agent.ok(&["vm", "list"]).contains("web1 "));
     agent.vm("big-copy");
     assert_eq!(agent.vm("web1-up")["description"], "made in the browser");
+    agent.vm("big-clone");
 }

@@ -8,11 +8,16 @@
 //! the event stream, the console websockets), no framing. Styles allow inline attributes
 //! because xterm.js's DOM renderer writes its theme into a `<style>` element at run time;
 //! nothing else in the page needs it.
+//!
+//! Browsers that accept gzip get the assets gzip-compressed (compressed once, on first use,
+//! and kept): 157 KB instead of 590 KB.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use std::io::Write;
+use std::sync::OnceLock;
 
 /// The Content-Security-Policy of the page and its assets.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
@@ -23,6 +28,33 @@ struct Asset {
     path: &'static str,
     media: &'static str,
     bytes: &'static [u8],
+}
+
+/// The gzip form of each of [`ASSETS`] (same order), made on first use; `None` when the
+/// compressor failed (then the plain bytes are served).
+fn gzipped(index: usize) -> Option<&'static [u8]> {
+    static GZ: OnceLock<Vec<Option<Vec<u8>>>> = OnceLock::new();
+    let all = GZ.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|a| {
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+                enc.write_all(a.bytes).ok()?;
+                enc.finish().ok()
+            })
+            .collect()
+    });
+    all.get(index).and_then(|g| g.as_deref())
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| e.split(';').next().map(str::trim) == Some("gzip"))
 }
 
 const ASSETS: &[Asset] = &[
@@ -68,9 +100,21 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     let mut r = Router::new()
         .route("/", get(index))
         .route("/index.html", get(index));
-    for a in ASSETS {
+    for (i, a) in ASSETS.iter().enumerate() {
         let (media, bytes) = (a.media, a.bytes);
-        r = r.route(a.path, get(move || async move { serve(media, bytes) }));
+        r = r.route(
+            a.path,
+            get(move |headers: HeaderMap| async move {
+                let gz = accepts_gzip(&headers).then(|| gzipped(i)).flatten();
+                let mut resp = serve(media, gz.unwrap_or(bytes));
+                let h = resp.headers_mut();
+                h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+                if gz.is_some() {
+                    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
+                resp
+            }),
+        );
     }
     r
 }
@@ -89,5 +133,26 @@ mod tests {
             html.matches("<script src=").count()
         );
         assert!(CSP.contains("script-src 'self';"));
+    }
+
+    #[test]
+    fn assets_are_gzipped_for_browsers_that_accept_it() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0.9"),
+        );
+        assert!(accepts_gzip(&h));
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        assert!(!accepts_gzip(&h));
+        let gz = gzipped(0).unwrap_or_default();
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut plain)
+            .unwrap_or_default();
+        assert_eq!(plain, ASSETS[0].bytes);
+        assert!(gz.len() < ASSETS[0].bytes.len() / 2);
     }
 }

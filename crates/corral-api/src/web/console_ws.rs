@@ -82,7 +82,7 @@ pub async fn vnc_ws(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
     let info = agent.vm(&name)?.info();
-    web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Vnc)?;
+    let end = web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Vnc)?;
     let ws = upgrade(ws)?;
     check_available(&info, ConsoleKind::Vnc)?;
     let addr: std::net::SocketAddr = info
@@ -100,7 +100,7 @@ pub async fn vnc_ws(
     let _ = tcp.set_nodelay(true);
     Ok(ws.on_upgrade(move |socket| async move {
         let (r, w) = tcp.into_split();
-        bridge(socket, Vec::new(), r, w).await;
+        bridge(socket, Vec::new(), r, w, end).await;
     }))
 }
 
@@ -114,7 +114,7 @@ pub async fn serial_ws(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
     let info = agent.vm(&name)?.info();
-    web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Serial)?;
+    let end = web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Serial)?;
     let ws = upgrade(ws)?;
     check_available(&info, ConsoleKind::Serial)?;
     let run = agent.layout().run_dir(&info.id);
@@ -131,7 +131,7 @@ pub async fn serial_ws(
     let scrollback = read_tail(&run.join("serial.log"), SCROLLBACK_MAX).await;
     Ok(ws.on_upgrade(move |socket| async move {
         let (r, w) = serial.into_split();
-        bridge(socket, scrollback, r, w).await;
+        bridge(socket, scrollback, r, w, end).await;
     }))
 }
 
@@ -153,10 +153,15 @@ async fn read_tail(path: &std::path::Path, max: u64) -> Vec<u8> {
     out
 }
 
-/// Bytes both ways between a websocket and a stream until either side ends; `first` is sent
-/// to the browser before anything from the stream.
-async fn bridge<R, W>(socket: WebSocket, first: Vec<u8>, mut from: R, mut to: W)
-where
+/// Bytes both ways between a websocket and a stream until either side ends, or the browser
+/// session that opened it does; `first` is sent to the browser before anything from the stream.
+async fn bridge<R, W>(
+    socket: WebSocket,
+    first: Vec<u8>,
+    mut from: R,
+    mut to: W,
+    session: Option<super::SessionEnd>,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
@@ -203,8 +208,15 @@ where
         }
         let _ = to.shutdown().await;
     };
+    let ended = async move {
+        match session {
+            Some(s) => s.wait().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = down => {},
         _ = up => {},
+        _ = ended => tracing::debug!("console closed: its browser session ended"),
     }
 }

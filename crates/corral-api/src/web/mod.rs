@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use corral_agent::Agent;
 use corral_model::{ApiError, ErrorKind};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -92,6 +93,26 @@ pub struct TicketAnswer {
 struct Session {
     csrf: String,
     expires: Instant,
+    /// Never sent on: dropped when the session ends (logout, or removed after expiry), which
+    /// wakes every [`SessionEnd`] of it.
+    alive: tokio::sync::watch::Sender<()>,
+}
+
+/// Resolves when a session ends (logout or expiry): event streams and consoles opened under
+/// it stop then, instead of outliving the login that opened them.
+pub struct SessionEnd {
+    expires: Instant,
+    alive: tokio::sync::watch::Receiver<()>,
+}
+
+impl SessionEnd {
+    pub async fn wait(mut self) {
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.expires.into()) => {}
+            // Only an error can come: nothing is ever sent, the sender is dropped at the end.
+            _ = self.alive.changed() => {}
+        }
+    }
 }
 
 struct Ticket {
@@ -162,11 +183,22 @@ impl Web {
 
     /// The live session named by the request's cookie, with its CSRF token.
     fn session_of(&self, headers: &HeaderMap) -> Option<(String, String)> {
+        self.session_with_end(headers)
+            .map(|(id, csrf, _)| (id, csrf))
+    }
+
+    fn session_with_end(&self, headers: &HeaderMap) -> Option<(String, String, SessionEnd)> {
         let id = cookie(headers, COOKIE)?;
         let mut sessions = self.sessions();
         let now = Instant::now();
         sessions.retain(|_, s| s.expires > now);
-        sessions.get(&id).map(|s| (id.clone(), s.csrf.clone()))
+        sessions.get(&id).map(|s| {
+            let end = SessionEnd {
+                expires: s.expires,
+                alive: s.alive.subscribe(),
+            };
+            (id.clone(), s.csrf.clone(), end)
+        })
     }
 
     fn login(&self, given: &str) -> Result<(String, SessionAnswer), ApiError> {
@@ -202,6 +234,7 @@ impl Web {
             Session {
                 csrf: csrf.clone(),
                 expires: now + SESSION_TTL,
+                alive: tokio::sync::watch::channel(()).0,
             },
         );
         Ok((
@@ -242,14 +275,15 @@ impl Web {
     }
 
     /// Take (and so use up) a ticket for `kind` on VM `vm_id`, presented with `headers`.
-    /// Every refusal says what was wrong, never which part of a ticket matched.
+    /// Every refusal says what was wrong, never which part of a ticket matched. A ticket of a
+    /// browser session answers that session's end, which closes the console.
     pub fn redeem(
         &self,
         ticket: Option<&str>,
         headers: &HeaderMap,
         vm_id: &str,
         kind: ConsoleKind,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<SessionEnd>, ApiError> {
         let unauthorized = |m: &str| ApiError::new(ErrorKind::Unauthorized, m.to_string());
         let Some(ticket) = ticket.filter(|t| !t.is_empty()) else {
             return Err(unauthorized(
@@ -268,17 +302,18 @@ impl Web {
                 "the console ticket was issued for another VM or console",
             ));
         }
-        if let Some(session) = &t.session {
-            match cookie(headers, COOKIE) {
-                Some(c) if ct_eq(&c, session) => {}
-                _ => {
-                    return Err(unauthorized(
-                        "the console ticket belongs to another browser session",
-                    ))
-                }
-            }
+        let Some(session) = &t.session else {
+            return Ok(None);
+        };
+        match self.session_with_end(headers) {
+            Some((id, _, end)) if ct_eq(&id, session) => Ok(Some(end)),
+            Some(_) => Err(unauthorized(
+                "the console ticket belongs to another browser session",
+            )),
+            None => Err(unauthorized(
+                "the browser session of this console ticket has ended; log in again",
+            )),
         }
-        Ok(())
     }
 }
 
@@ -403,7 +438,7 @@ pub async fn guard(
     if req.headers().contains_key(header::AUTHORIZATION) {
         return crate::remote::check_bearer(&bearer, req, next).await;
     }
-    let Some((id, csrf)) = web.session_of(req.headers()) else {
+    let Some((id, csrf, end)) = web.session_with_end(req.headers()) else {
         return crate::remote::check_bearer(&bearer, req, next).await;
     };
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -422,7 +457,10 @@ pub async fn guard(
         }
     }
     req.extensions_mut().insert(SessionId(id));
-    with_security_headers(next.run(req).await)
+    // A long answer (the event stream, an export download) ends with the session.
+    let (parts, body) = next.run(req).await.into_parts();
+    let body = axum::body::Body::from_stream(body.into_data_stream().take_until(end.wait()));
+    with_security_headers(Response::from_parts(parts, body))
 }
 
 /// Headers every answer to a browser carries (the page's own CSP is in [`assets`]).
@@ -497,6 +535,38 @@ mod tests {
         // The right one works once.
         web.redeem(Some(&t), &h, "vm1", ConsoleKind::Vnc).unwrap();
         assert!(web.redeem(Some(&t), &h, "vm1", ConsoleKind::Vnc).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_session_reaches_what_it_opened() {
+        let web = Web::with_token(Some("0123456789abcdef0123".into()));
+        let (id, _) = web.login("0123456789abcdef0123").unwrap();
+        let h = with_cookie(&id);
+        let (_, _, end) = web.session_with_end(&h).unwrap();
+        let t = web
+            .issue_ticket(Some(id.clone()), "vm1".into(), ConsoleKind::Serial)
+            .unwrap();
+        let console_end = web
+            .redeem(Some(&t), &h, "vm1", ConsoleKind::Serial)
+            .unwrap()
+            .unwrap();
+        // Still alive: neither resolves.
+        let early = tokio::time::timeout(Duration::from_millis(50), async {
+            tokio::join!(end.wait(), console_end.wait())
+        });
+        assert!(early.await.is_err());
+        let (_, _, end) = web.session_with_end(&h).unwrap();
+        web.sessions().remove(&id);
+        tokio::time::timeout(Duration::from_secs(1), end.wait())
+            .await
+            .unwrap();
+        // A ticket of an ended session is refused.
+        let t = web
+            .issue_ticket(Some(id.clone()), "vm1".into(), ConsoleKind::Serial)
+            .unwrap();
+        assert!(web
+            .redeem(Some(&t), &h, "vm1", ConsoleKind::Serial)
+            .is_err());
     }
 
     #[test]
