@@ -424,6 +424,11 @@ const WEIGHTS: Record<number, string> = { 128: "low", 256: "normal", 512: "high"
 function Overview({ vm, onTask }: { vm: VmInfo; onTask: (id: string) => void }) {
   const [edit, setEdit] = useState<Record<string, string | boolean>>({});
   const { error, run } = useAction(onTask);
+  const n = encodeURIComponent(vm.name);
+  const halted = vm.power_state === "halted";
+  const [disk, setDisk] = useState({ size: "1", sr: model.inv.srs[0]?.name ?? "" });
+  const [net, setNet] = useState(model.inv.networks[0]?.name ?? "default");
+  const [iso, setIso] = useState("");
   useEffect(() => setEdit({}), [vm.name]);
   const val = (k: string, d: string | boolean) => (k in edit ? edit[k] : d);
   const field = (k: string, label: string, d: string, type = "text") => (
@@ -464,9 +469,22 @@ function Overview({ vm, onTask }: { vm: VmInfo; onTask: (id: string) => void }) 
               <tr><th>Template</th><td>{vm.template ?? "–"}{vm.is_template ? " (this VM is a template)" : ""}</td></tr>
               <tr><th>Firmware</th><td>{vm.firmware}{vm.tpm ? ", TPM 2.0" : ""}</td></tr>
               <tr><th>Boot</th><td>{vm.kernel_boot ? `kernel ${vm.kernel_boot.kernel}` : vm.boot_device}</td></tr>
-              <tr><th>Disks</th><td>{vm.disks.map((d) => <div key={d.device}>{d.device}: {fmtBytes(d.size_bytes)} {d.format} on {d.bus}, repository {d.sr}</div>)}{vm.disks.length ? "" : "none"}</td></tr>
-              <tr><th>CD-ROM</th><td>{vm.cdroms.map((c) => <div key={c.device}>{c.device}: {c.media ?? "empty"}</div>)}</td></tr>
-              <tr><th>NICs</th><td>{vm.nics.map((x) => <div key={x.device}>{x.device}: {x.network}, {x.model}, MAC <code>{x.mac}</code></div>)}{vm.nics.length ? "" : "none"}</td></tr>
+              <tr><th>Disks</th><td>{vm.disks.map((d) => <div key={d.device} class="dev" data-device={d.device}>{d.device}: {fmtBytes(d.size_bytes)} {d.format} on {d.bus}, repository {d.sr}{halted && <button class="link" title="remove the disk and delete its volume" onClick={() => { if (confirm(`Remove ${d.device} of ${vm.name} and delete its volume?`)) run(() => api("DELETE", `/v1/vms/${n}/disks/${d.device}`)); }}>remove</button>}</div>)}{vm.disks.length ? "" : "none"}
+                {halted && <div class="dev-add">
+                  <input id="ov-disk-size" class="small" type="number" min="1" value={disk.size} onInput={(e) => setDisk({ ...disk, size: (e.target as HTMLInputElement).value })} /> GiB on{" "}
+                  <select id="ov-disk-sr" value={disk.sr} onChange={(e) => setDisk({ ...disk, sr: (e.target as HTMLSelectElement).value })}>{model.inv.srs.map((r) => <option value={r.name}>{r.name}</option>)}</select>{" "}
+                  <button id="ov-disk-add" onClick={() => run(() => api("POST", `/v1/vms/${n}/disks`, { size_bytes: Math.round(Number(disk.size) * 1073741824), ...(disk.sr ? { sr: disk.sr } : {}) }))}>Add disk</button>
+                </div>}</td></tr>
+              <tr><th>CD-ROM</th><td>{vm.cdroms.map((c) => <div key={c.device}>{c.device}: {c.media ?? "empty"}{c.media && <button class="link" onClick={() => run(() => api("DELETE", `/v1/vms/${n}/cdrom`))}>eject</button>}</div>)}
+                <div class="dev-add">
+                  <select id="ov-iso" value={iso} onChange={(e) => setIso((e.target as HTMLSelectElement).value)}><option value="">(ISO library)</option>{model.inv.isos.map((i) => <option value={i.path}>{String(i.name ?? i.path)}</option>)}</select>{" "}
+                  <button id="ov-iso-insert" disabled={!iso} onClick={() => run(() => api("POST", `/v1/vms/${n}/cdrom`, { iso }))}>Insert</button>
+                </div></td></tr>
+              <tr><th>NICs</th><td>{vm.nics.map((x) => <div key={x.device} class="dev" data-device={x.device}>{x.device}: {x.network}, {x.model}, MAC <code>{x.mac}</code>{halted && <button class="link" onClick={() => run(() => api("DELETE", `/v1/vms/${n}/nics/${x.device}`))}>remove</button>}</div>)}{vm.nics.length ? "" : "none"}
+                {halted && <div class="dev-add">
+                  <select id="ov-nic-network" value={net} onChange={(e) => setNet((e.target as HTMLSelectElement).value)}>{model.inv.networks.map((w) => <option value={w.name}>{w.name}</option>)}</select>{" "}
+                  <button id="ov-nic-add" onClick={() => run(() => api("POST", `/v1/vms/${n}/nics`, { network: net }))}>Add NIC</button>
+                </div>}</td></tr>
               <tr><th>QEMU</th><td>{vm.pid ? `pid ${vm.pid}` : "–"}{vm.vnc ? `, VNC ${vm.vnc}` : ""}</td></tr>
             </tbody>
           </table>

@@ -131,6 +131,12 @@ try {
   log(`wizard shows the API's message at the field: ${nameError}`);
   await shot("wizard");
   await page.fill("#wiz-name", "web1");
+  await page.fill("#wiz-cpu_weight", "99999");
+  await page.click("#wiz-create");
+  const weightError = await page.locator("#wiz-cpu_weight-error").textContent();
+  if (!/99999/.test(weightError)) throw new Error(`CPU weight error not at its field: ${weightError}`);
+  log(`and at the CPU weight: ${weightError}`);
+  await page.fill("#wiz-cpu_weight", "high");
   await page.click("#wiz-create");
   await vmRow("web1").waitFor();
   await page.locator('[data-testid=vm-title]:has-text("web1")').waitFor();
@@ -248,6 +254,17 @@ try {
   // ---- shut down (the guest's ACPI handler powers off) ----
   await page.click("#act-shutdown");
   await page.locator('.row.vm[data-vm="web1"][data-state="halted"]').waitFor({ timeout: 60_000 });
+
+  // ---- devices of the halted VM from the Overview: a disk and a NIC added, the NIC removed ----
+  await page.click("#tab-overview");
+  await page.fill("#ov-disk-size", "1");
+  await page.click("#ov-disk-add");
+  await page.locator('[data-testid=overview] .dev[data-device="disk0"]').waitFor();
+  await page.click("#ov-nic-add");
+  await page.locator('[data-testid=overview] .dev[data-device="nic1"]').waitFor();
+  await page.locator('[data-testid=overview] .dev[data-device="nic1"] button').click();
+  await page.locator('[data-testid=overview] .dev[data-device="nic1"]').waitFor({ state: "detached" });
+  log("overview: disk added, NIC added and removed");
 
   // ---- export: a download to this machine (the test imports it back with the CLI) ----
   const [download] = await Promise.all([page.waitForEvent("download", { timeout: 60_000 }), page.click("#act-export")]);
