@@ -358,6 +358,13 @@ try {
   const after = await page.evaluate(async () => (await fetch("/v1/vms")).status);
   if (after !== 401) throw new Error(`after logout /v1/vms answered ${after}`);
   log(`logged out: the open event stream ${streamEnd}, the API answers 401`);
+  // Without credentials only the page and the login are open: a VM named like a console
+  // route is still an API read, and console routes want a ticket.
+  for (const p of ["/v1/vms/vnc", "/v1/vms/web1-up", "/v1/vms/web1-up/vnc", "/v1/vms/web1-up/console/ws", "/v1/events"]) {
+    const st = (await page.request.get(URL + p)).status();
+    if (st !== 401) throw new Error(`GET ${p} without credentials answered ${st}`);
+  }
+  if ((await page.request.get(URL + "/")).status() !== 200) throw new Error("the page is not open");
 
   if (consoleErrors.length) log(`page console errors (not fatal): ${consoleErrors.join(" | ")}`);
   await context.tracing.stop();

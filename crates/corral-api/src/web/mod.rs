@@ -415,10 +415,13 @@ fn access_of(method: &Method, path: &str) -> Access {
     if method == Method::POST && path == "/v1/session" {
         return Access::Open;
     }
-    if is_get
-        && path.starts_with("/v1/vms/")
-        && (path.ends_with("/vnc") || path.ends_with("/console/ws"))
-    {
+    // Whole segments, so a VM named `vnc` (`GET /v1/vms/vnc`) stays an API read.
+    let segs: Vec<&str> = path.split('/').collect();
+    let console_ws = matches!(
+        segs.as_slice(),
+        ["", "v1", "vms", name, "vnc"] | ["", "v1", "vms", name, "console", "ws"] if !name.is_empty()
+    );
+    if is_get && console_ws {
         return Access::Ticket;
     }
     Access::Api
@@ -583,5 +586,14 @@ mod tests {
         assert_eq!(access_of(&Method::GET, "/v1/vms/a/console"), Access::Api);
         assert_eq!(access_of(&Method::POST, "/v1/vms/a/vnc"), Access::Api);
         assert_eq!(access_of(&Method::GET, "/v1/vms"), Access::Api);
+        // VMs named like the console routes' last segments are still API reads.
+        assert_eq!(access_of(&Method::GET, "/v1/vms/vnc"), Access::Api);
+        assert_eq!(access_of(&Method::GET, "/v1/vms/console/ws"), Access::Api);
+        assert_eq!(access_of(&Method::GET, "/v1/vms/ws"), Access::Api);
+        assert_eq!(
+            access_of(&Method::GET, "/v1/vms/a/history/vnc"),
+            Access::Api
+        );
+        assert_eq!(access_of(&Method::GET, "/v1/vms//vnc"), Access::Api);
     }
 }
