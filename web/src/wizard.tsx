@@ -18,6 +18,41 @@ interface NicRow {
 
 type Source = "none" | "kernel" | "location" | "cdrom" | "pxe" | "image";
 
+/** `InstallPlan` (crates/corral-model/src/install.rs): what a dry run found and would do. */
+interface Plan {
+  source: string;
+  detected?: { os?: string | null; name: string; version: string; family: string; layout: string; kernel: string; initrd: string } | null;
+  template: { name?: string | null; reason: string; explanation: string };
+  kernel_args?: string | null;
+  vcpus: number;
+  memory_bytes: number;
+  disks: { device: string; size_bytes: number; sr: string }[];
+  nics: { device: string; network: string }[];
+  notes: string[];
+}
+
+function PlanView({ plan }: { plan: Plan }) {
+  const d = plan.detected;
+  return (
+    <div class="plan" id="wiz-plan">
+      <div><b>Source:</b> {plan.source}</div>
+      {d ? (
+        <>
+          <div><b>Detected:</b> {d.name} {d.version} ({d.os ?? "unknown to osinfo-db"}, {d.layout} layout)</div>
+          <div><b>Kernel:</b> {d.kernel}</div>
+          <div><b>Initrd:</b> {d.initrd}</div>
+        </>
+      ) : (
+        <div><b>Detected:</b> nothing to detect for this source</div>
+      )}
+      <div><b>Template:</b> {plan.template.name ?? "none"}: {plan.template.explanation}</div>
+      {plan.kernel_args && <div><b>Kernel arguments:</b> {plan.kernel_args}</div>}
+      <div><b>VM:</b> {plan.vcpus} vCPU, {Math.round(plan.memory_bytes / 1048576)} MiB; disks {plan.disks.map((x) => `${x.device} ${Math.round(x.size_bytes / 1073741824)} GiB on ${x.sr}`).join(", ") || "none"}; NICs {plan.nics.map((x) => `${x.device} on ${x.network}`).join(", ") || "none"}</div>
+      {plan.notes.map((n) => <div class="note">note: {n}</div>)}
+    </div>
+  );
+}
+
 export function Wizard({
   model,
   onClose,
@@ -54,7 +89,7 @@ export function Wizard({
   const [source, setSource] = useState<Source>("none");
   const [errors, setErrors] = useState<Record<string, string>>({});
   const [busy, setBusy] = useState(false);
-  const [plan, setPlan] = useState("");
+  const [plan, setPlan] = useState<Plan | null>(null);
 
   const set = (k: string) => (e: Event) => setF({ ...f, [k]: (e.target as HTMLInputElement).value });
   const input = (k: string, label: string, type = "text", extra: Record<string, unknown> = {}) => (
@@ -102,8 +137,12 @@ export function Wizard({
   /** Which field an API message is about: the one whose value it quotes. */
   const fieldOf = (message: string): string => {
     const candidates: [string, string][] = Object.entries(f).filter(([, v]) => v !== "");
+    // Strings are quoted in the API's messages (`VM name "a b" contains ' '`) ...
     for (const [k, v] of candidates) if (message.includes(JSON.stringify(v))) return k;
-    for (const [k, v] of candidates) if (v.length > 2 && message.includes(v)) return k;
+    // ... numbers are not (`CPU weight 99999 is outside 1..65535`): whole numbers only, so a
+    // common word in a message never pulls it to a field that merely contains it.
+    for (const [k, v] of candidates)
+      if (/^[0-9]+$/.test(v) && new RegExp(`(^|[^0-9.])${v}([^0-9.]|$)`).test(message)) return k;
     return "form";
   };
 
@@ -125,15 +164,14 @@ export function Wizard({
   const submit = async (dryRun: boolean) => {
     setErrors({});
     setBusy(true);
-    setPlan("");
+    setPlan(null);
     try {
       const src = installSource();
       if (src) {
         const body: Record<string, unknown> = { vm: vmRequest(), source: src };
         if (source === "image" && f.user_data) body.cloud_init = { user_data: f.user_data };
         if (dryRun) {
-          const p = await api<Record<string, unknown>>("POST", "/v1/installs?dry_run=true", body);
-          setPlan(JSON.stringify(p, null, 2));
+          setPlan(await api<Plan>("POST", "/v1/installs?dry_run=true", body));
           return;
         }
         const r = await api<{ task: string }>("POST", "/v1/installs?wait=false", body);
@@ -208,6 +246,7 @@ export function Wizard({
                   <option value={s.name}>{s.name}</option>
                 ))}
               </select>
+              {errors.sr && <span class="field-error">{errors.sr}</span>}
             </label>
             <label class="field check">
               <input id="wiz-template-disks" type="checkbox" checked={useTemplateDisks} onChange={(e) => setUseTemplateDisks((e.target as HTMLInputElement).checked)} />
@@ -314,7 +353,7 @@ export function Wizard({
                 Check and detect
               </button>
             )}
-            {plan && <pre class="plan" id="wiz-plan">{plan}</pre>}
+            {plan && <PlanView plan={plan} />}
           </fieldset>
         </div>
         {errors.form && (
@@ -323,7 +362,7 @@ export function Wizard({
           </p>
         )}
         <div class="buttons">
-          <button type="button" onClick={onClose}>
+          <button type="button" id="wiz-cancel" onClick={onClose}>
             Cancel
           </button>
           <button type="submit" id="wiz-create" disabled={busy}>

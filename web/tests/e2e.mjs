@@ -25,6 +25,7 @@ const INITRD = env("GUEST_INITRD");
 const BIG = env("BIG_VM");
 const OUT = env("OUT_DIR");
 const SHOTS = env("SHOTS_DIR");
+const TREE = env("INSTALL_TREE");
 const MARKER = "CORRAL-GUEST-READY";
 fs.mkdirSync(OUT, { recursive: true });
 fs.mkdirSync(SHOTS, { recursive: true });
@@ -337,6 +338,25 @@ try {
   await page.click("#act-clone");
   await vmRow(`${BIG}-clone`).waitFor({ timeout: 60_000 });
   log("linked clone made through the toolbar");
+
+  // ---- install wizard: detection of a network install tree (dry run, nothing created) ----
+  await page.click("#new-vm");
+  await page.fill("#wiz-name", "inst1");
+  await page.selectOption("#wiz-source", "location");
+  await page.fill("#wiz-location", TREE);
+  await page.click("#wiz-detect");
+  // No template names a disk: the API says an install needs one.
+  const diskError = await page.locator("#wiz-error").textContent();
+  if (!/disk/.test(diskError)) throw new Error(`install without a disk not refused clearly: ${diskError}`);
+  await page.uncheck("#wiz-template-disks");
+  await page.click("#wiz-add-disk");
+  await page.click("#wiz-detect");
+  const plan = await page.locator("#wiz-plan").textContent();
+  if (!/corral-test-installer/.test(plan) || !/vmlinuz/.test(plan)) throw new Error(`detection not shown: ${plan}`);
+  await shot("wizard-install");
+  await page.click("#wiz-cancel");
+  if (await vmRow("inst1").count()) throw new Error("a dry run created a VM");
+  log(`install wizard: "${diskError}" first, then the detected tree shown`);
 
   // ---- log out: the session ends, and so does an event stream opened under it ----
   await page.evaluate(() => {

@@ -7,7 +7,8 @@
 //! reboot (the guest boots again, the console stays), force off + start with the graphical
 //! console reconnecting by itself within 3 s, pause/resume, an Overview edit, shut down,
 //! export as a browser download and its upload as an import, a long export's progress bar
-//! moving and then cancelled from the History tab, a copy, delete, a linked clone, logout (an
+//! moving and then cancelled from the History tab, a copy, delete, a linked clone, the install
+//! wizard's detection of an install tree (a dry run: a missing disk refused first), logout (an
 //! open event stream ends with the session). This test then imports the browser's download
 //! back with the CLI.
 //!
@@ -87,6 +88,7 @@ fn administrator_console_in_a_real_browser() {
         .env("GUEST_KERNEL", &g.kernel)
         .env("GUEST_INITRD", &g.initrd)
         .env("BIG_VM", "big")
+        .env("INSTALL_TREE", g.dir.join("installer/tree"))
         .env("OUT_DIR", &out)
         .env("SHOTS_DIR", &shots)
         .env("CHROMIUM", &chromium)
