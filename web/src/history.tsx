@@ -56,7 +56,8 @@ export function History({ vm }: { vm: VmInfo | null }) {
   const tasks = [...model.tasks.values()]
     .filter((t) => !vm || t.vm_id === vm.id || t.vm_name === vm.name)
     .sort((a, b) => b.started_at_ms - a.started_at_ms)
-    .slice(0, 200);
+    // The newest first; a long history is in the API (`corral vm history`), not all on screen.
+    .slice(0, vm ? 200 : 50);
   return (
     <table class="history" data-testid="history">
       <thead>

@@ -51,8 +51,10 @@ export class Model {
   }
 
   async reload(): Promise<void> {
-    const [vms, tasks, host, templates, srs, networks, isos] = await Promise.all([
-      api<VmInfo[]>("GET", "/v1/vms"),
+    // All reads start at once; the VMs are drawn as soon as they arrive (the tree is the
+    // first thing a person looks at), the rest follows.
+    const vmsRead = api<VmInfo[]>("GET", "/v1/vms");
+    const rest = Promise.all([
       api<Task[]>("GET", "/v1/tasks"),
       api<Inventory["host"]>("GET", "/v1/host"),
       api<Inventory["templates"]>("GET", "/v1/templates"),
@@ -60,7 +62,10 @@ export class Model {
       api<Inventory["networks"]>("GET", "/v1/networks"),
       api<Inventory["isos"]>("GET", "/v1/isos"),
     ]);
+    const vms = await vmsRead;
     this.vms = new Map(vms.map((v) => [v.name, v]));
+    this.changed();
+    const [tasks, host, templates, srs, networks, isos] = await rest;
     // Keep the recent history only: the page shows the tasks of a selection.
     this.tasks = new Map(tasks.slice(-2000).map((t) => [t.id, t]));
     this.inv = { host, templates, srs, networks, isos };

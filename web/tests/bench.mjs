@@ -59,6 +59,17 @@ for (let i = 0; i < ROUNDS; i++) {
 result.tree_first_paint_ms = stats(paints);
 const page = result.page;
 delete result.page;
+// Where the last load's time went: when each request finished (ms after navigation start).
+result.last_load_breakdown_ms = await page.evaluate(() => {
+  const out = {};
+  for (const e of performance.getEntriesByType("resource")) {
+    const name = new URL(e.name).pathname;
+    if (/app\.js|app\.css|\/v1\/(session|vms|tasks|host|templates)$/.test(name)) out[name] = [Math.round(e.startTime), Math.round(e.responseEnd)];
+  }
+  const nav = performance.getEntriesByType("navigation")[0];
+  out.dom_content_loaded = Math.round(nav.domContentLoadedEventEnd);
+  return out;
+});
 result.dom_rows = await page.locator(".row").count();
 
 // ---- filter keystroke to result (rendered and painted) ----
