@@ -1,7 +1,7 @@
 // The History tab: tasks with live progress bars (phase, bytes, rate, ETA), Cancel where the
 // operation can be cancelled, and errors in full. Kept current by task events.
 
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { api, ApiError, CANCELLABLE, fmtBytes, Task, VmInfo } from "./api";
 import { model, useModel } from "./state";
 
@@ -53,6 +53,12 @@ function TaskRow({ t }: { t: Task }) {
 
 export function History({ vm }: { vm: VmInfo | null }) {
   useModel();
+  // The page holds the agent's recent tasks (and every update since); a VM's older tasks
+  // come from its own history when its tab opens.
+  const vmName = vm?.name;
+  useEffect(() => {
+    if (vmName) void model.mergeHistory(vmName);
+  }, [vmName]);
   const tasks = [...model.tasks.values()]
     .filter((t) => !vm || t.vm_id === vm.id || t.vm_name === vm.name)
     .sort((a, b) => b.started_at_ms - a.started_at_ms)

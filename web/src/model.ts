@@ -118,6 +118,17 @@ export class Model {
     }
   }
 
+  /** Add a VM's whole history (`GET /v1/vms/NAME/history`) to the tasks; newer states win. */
+  async mergeHistory(name: string): Promise<void> {
+    try {
+      const tasks = await api<Task[]>("GET", `/v1/vms/${encodeURIComponent(name)}/history`);
+      for (const t of tasks) if (!this.tasks.has(t.id)) this.tasks.set(t.id, t);
+      this.changed();
+    } catch {
+      /* the VM went away */
+    }
+  }
+
   /** Bytes per second of a running task over its last updates, or null. */
   rate(id: string): number | null {
     const r = this.rates.get(id);

@@ -73,6 +73,24 @@ export function Tree({ selected, onSelect }: { selected: string | null; onSelect
   const first = Math.max(0, Math.floor(scroll / ROW_H) - 10);
   const last = Math.min(rows.length, Math.ceil((scroll + height) / ROW_H) + 10);
   const vmCount = rows.filter((r) => r.kind === "vm").length;
+  // Up and down move the selection among the VM rows, scrolling it into view.
+  const onKey = (e: KeyboardEvent) => {
+    if (e.key !== "ArrowDown" && e.key !== "ArrowUp") return;
+    e.preventDefault();
+    const vmRows = rows.map((r, i) => [r, i] as const).filter(([r]) => r.kind === "vm");
+    if (!vmRows.length) return;
+    const at = vmRows.findIndex(([r]) => r.kind === "vm" && r.vm.name === selected);
+    const next = at < 0 ? 0 : Math.max(0, Math.min(vmRows.length - 1, at + (e.key === "ArrowDown" ? 1 : -1)));
+    const [row, index] = vmRows[next];
+    if (row.kind !== "vm") return;
+    onSelect(row.vm.name);
+    const el = box.current;
+    if (el) {
+      const top = index * ROW_H;
+      if (top < el.scrollTop) el.scrollTop = top;
+      else if (top + ROW_H > el.scrollTop + el.clientHeight) el.scrollTop = top + ROW_H - el.clientHeight;
+    }
+  };
   return (
     <div class="tree-pane">
       <input
@@ -89,6 +107,9 @@ export function Tree({ selected, onSelect }: { selected: string | null; onSelect
         class="tree"
         ref={box}
         role="tree"
+        tabIndex={0}
+        aria-label="VMs and host resources"
+        onKeyDown={onKey}
         onScroll={(e) => setScroll((e.target as HTMLDivElement).scrollTop)}
       >
         <div style={{ height: `${rows.length * ROW_H}px`, position: "relative" }}>
@@ -101,6 +122,7 @@ export function Tree({ selected, onSelect }: { selected: string | null; onSelect
                 <div
                   key={`vm-${r.vm.id}`}
                   role="treeitem"
+                  aria-selected={selected === r.vm.name}
                   class={`row vm ${selected === r.vm.name ? "selected" : ""}`}
                   style={style}
                   data-vm={r.vm.name}

@@ -325,6 +325,14 @@ try {
   await vmRow(`${BIG}-copy`).waitFor({ timeout: 60_000 });
   log("copy made through the toolbar");
 
+  // ---- keyboard: arrows move the selection in the tree ----
+  await vmRow(BIG).click();
+  await page.focus(".tree");
+  await page.keyboard.press("ArrowDown");
+  await page.locator('.row.vm.selected[data-vm="big-copy"]').waitFor();
+  await page.keyboard.press("ArrowUp");
+  await page.locator(`.row.vm.selected[data-vm="${BIG}"]`).waitFor();
+
   // ---- delete (confirmed), the tree follows ----
   await vmRow("web1").click();
   await page.click("#act-delete");
