@@ -388,7 +388,8 @@ try {
   log(`logged out: the open event stream ${streamEnd}, the API answers 401`);
   // Without credentials only the page and the login are open: a VM named like a console
   // route is still an API read, and console routes want a ticket.
-  for (const p of ["/v1/vms/vnc", "/v1/vms/web1-up", "/v1/vms/web1-up/vnc", "/v1/vms/web1-up/console/ws", "/v1/events"]) {
+  // A console route of a VM that does not exist answers the same 401: no ticket, no answer.
+  for (const p of ["/v1/vms/vnc", "/v1/vms/web1-up", "/v1/vms/web1-up/vnc", "/v1/vms/web1-up/console/ws", "/v1/vms/no-such-vm/vnc", "/v1/events"]) {
     const st = (await page.request.get(URL + p)).status();
     if (st !== 401) throw new Error(`GET ${p} without credentials answered ${st}`);
   }

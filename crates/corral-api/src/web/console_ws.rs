@@ -81,6 +81,7 @@ pub async fn vnc_ws(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
+    web.check_ticket_known(q.ticket.as_deref())?;
     let info = agent.vm(&name)?.info();
     let end = web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Vnc)?;
     let ws = upgrade(ws)?;
@@ -113,6 +114,7 @@ pub async fn serial_ws(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
+    web.check_ticket_known(q.ticket.as_deref())?;
     let info = agent.vm(&name)?.info();
     let end = web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Serial)?;
     let ws = upgrade(ws)?;

@@ -274,6 +274,22 @@ impl Web {
         Ok(ticket)
     }
 
+    /// Refuse a missing or unknown ticket before anything else is looked at, so a caller
+    /// without one cannot even learn whether a VM exists. The ticket stays unused.
+    pub fn check_ticket_known(&self, ticket: Option<&str>) -> Result<(), ApiError> {
+        let known = ticket
+            .filter(|t| !t.is_empty())
+            .is_some_and(|t| self.tickets().contains_key(t));
+        if known {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "a console websocket needs a valid ticket: POST /v1/vms/NAME/console-ticket, then connect with ?ticket= within 30 s",
+            ))
+        }
+    }
+
     /// Take (and so use up) a ticket for `kind` on VM `vm_id`, presented with `headers`.
     /// Every refusal says what was wrong, never which part of a ticket matched. A ticket of a
     /// browser session answers that session's end, which closes the console.
@@ -519,6 +535,9 @@ mod tests {
             .unwrap();
         // Missing ticket, wrong VM, wrong kind, another session: refused.
         assert!(web.redeem(None, &h, "vm1", ConsoleKind::Vnc).is_err());
+        assert!(web.check_ticket_known(None).is_err());
+        assert!(web.check_ticket_known(Some("forged")).is_err());
+        web.check_ticket_known(Some(&t)).unwrap();
         let t2 = web
             .issue_ticket(Some(id.clone()), "vm1".into(), ConsoleKind::Vnc)
             .unwrap();
