@@ -193,7 +193,8 @@ export function TextConsole({ vm, running }: { vm: string; running: boolean }) {
       ws.onmessage = (m) => {
         const data = new Uint8Array(m.data as ArrayBuffer);
         term.current?.write(data);
-        // A plain-text copy for tests and screen readers (xterm draws into its own DOM).
+        // A plain-text copy (hidden) that the browser test reads: xterm.js draws rows of
+        // spans, which are awkward to search for a marker.
         const mirror = host.current?.parentElement?.querySelector(".serial-text");
         if (mirror) mirror.textContent = (mirror.textContent + new TextDecoder().decode(data)).slice(-20000);
       };
