@@ -8,9 +8,9 @@
 //! (every vCPU busy at the host clock, its memory). Each candidate host is a `HostLoad`: its
 //! capacity (all six resources, [`Agent::planner_host`]) plus the demand of the VMs running
 //! there summed hour by hour, the VM itself left out (the question is where it should run,
-//! wherever it runs now). Today the pool is this host alone
-//! ([`Agent::pool_loads`]); a pool of hosts plugs in by returning one `HostLoad` per member,
-//! with nothing else changing.
+//! wherever it runs now). The pool is this host, computed at once, and every other member as
+//! it last published itself (`crate::pool`: capacity, hourly load and keep-apart groups in
+//! its host record, refreshed every two seconds from [`Advisor::local_planner`]).
 
 use crate::config::CapacityOverrides;
 use crate::context::Host as HostContext;
@@ -72,6 +72,8 @@ pub struct Advisor {
     pub stats: Arc<Stats>,
     pub hostname: String,
     pub capacity: CapacityOverrides,
+    /// The other members' published capacity and load.
+    pub pool: Arc<crate::pool::Pool>,
 }
 
 impl Advisor {
@@ -193,13 +195,13 @@ impl Advisor {
         }
     }
 
-    /// Every host a VM could go to, with what already runs there (`except` left out). Today
-    /// that is this host; a pool returns one entry per member.
-    pub fn pool_loads(&self, except: &str) -> Vec<HostLoad> {
-        let (host, _) = self.planner_host();
-        // The pool's load hour by hour: peaks of different VMs at different hours do not add.
+    /// This host's load hour by hour (running VMs but `except`), VM count and keep-apart
+    /// groups.
+    fn local_load(&self, host: &Host, except: &str) -> (Vec<[f64; RESOURCES]>, u32, Vec<String>) {
+        // Peaks of different VMs at different hours do not add.
         let mut load = vec![[0.0; RESOURCES]; TIME_BUCKETS];
         let mut vms = 0;
+        let mut apart = Vec::new();
         for info in self.host.list_vms() {
             if info.id == except
                 || !matches!(info.power_state, PowerState::Running | PowerState::Paused)
@@ -213,18 +215,50 @@ impl Advisor {
                 }
             }
             vms += 1;
+            apart.extend(info.ha.apart.clone());
         }
-        vec![HostLoad {
+        (load, vms, apart)
+    }
+
+    /// This host as the pool's other members see it (published in its host record).
+    pub fn local_planner(&self) -> crate::pool::LocalPlanner {
+        let (host, _) = self.planner_host();
+        let (load_hourly, _, apart_groups) = self.local_load(&host, "");
+        crate::pool::LocalPlanner {
+            capacity: Some(self.planner_capacity()),
+            load_hourly,
+            apart_groups,
+        }
+    }
+
+    /// Every host a VM could go to, with what already runs there (`except` left out): this
+    /// host computed now, the other members as they last published themselves.
+    pub fn pool_loads(&self, except: &str) -> Vec<HostLoad> {
+        let (mut host, _) = self.planner_host();
+        host.name = self.host.host_name.clone();
+        let (load, vms, apart_groups) = self.local_load(&host, except);
+        let mut out = vec![HostLoad {
             host,
             load: Demand::from_series(load),
             vms,
-            apart_groups: Vec::new(),
-        }]
+            apart_groups,
+        }];
+        out.extend(
+            self.pool
+                .member_loads()
+                .into_iter()
+                .filter(|(id, _)| *id != self.host.host_id)
+                .map(|(_, l)| l),
+        );
+        out
     }
 
     /// `GET /v1/vms/{name}/recommend-host`.
     pub fn recommend_host(&self, name: &str) -> Result<HostRecommendation, Error> {
-        let info = self.host.vm(name)?.info();
+        let info = match self.host.vm(name) {
+            Ok(h) => h.info(),
+            Err(e) => self.pool.remote_vm(name).ok_or(e)?,
+        };
         let pool = self.pool_loads(&info.id);
         let ghz = pool.first().map_or(1.0, |h| h.host.ghz);
         let (demand, basis) = self.vm_demand(&info, ghz);
@@ -234,6 +268,7 @@ impl Advisor {
         workload.networks = info.nics.iter().map(|n| n.network.clone()).collect();
         workload.networks.sort();
         workload.networks.dedup();
+        workload.apart = info.ha.apart.iter().cloned().collect();
         let ratings = rate_hosts(&workload, &pool, &PlanOptions::default());
         Ok(HostRecommendation {
             vm: info.name.clone(),

@@ -23,7 +23,7 @@ use corral_model::task::Operation;
 use corral_model::transfer::{CloneRequest, ExportQuery, ImportAnswer, ImportPlan, ImportQuery};
 use corral_model::validate::*;
 use corral_model::*;
-use corral_store::{Expect, SqliteStore, Store};
+use corral_store::{EtcdOptions, EtcdStore, Expect, SqliteStore, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,6 +43,8 @@ pub struct Agent {
     advisor: Arc<crate::advice::Advisor>,
     /// The statistics sampler's context; the loop ends when the agent is dropped.
     sampler: Arc<crate::stats::Sampler>,
+    /// This host's membership of its pool, and the pool-wide view (see [`crate::pool`]).
+    pool: Arc<crate::pool::Pool>,
 }
 
 /// How a VM request was answered: done (with the VM as it is now), or accepted and still
@@ -51,6 +53,25 @@ pub struct Agent {
 pub enum VmOutcome {
     Done { task: String, vm: Box<VmInfo> },
     Accepted { task: String },
+}
+
+/// Keep this host's planner figures (capacity, hourly load) current in its pool record.
+fn spawn_planner_publisher(
+    advisor: std::sync::Weak<crate::advice::Advisor>,
+    pool: Arc<crate::pool::Pool>,
+) {
+    let every = pool.timings().publish_every;
+    tokio::spawn(async move {
+        loop {
+            let Some(a) = advisor.upgrade() else { return };
+            // Reading /proc and /sys is blocking work.
+            let snapshot = tokio::task::spawn_blocking(move || a.local_planner()).await;
+            if let Ok(s) = snapshot {
+                pool.set_local_planner(s).await;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 fn internal(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -72,10 +93,24 @@ impl Agent {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| internal(&format!("cannot create {}", dir.display()), e))?;
         }
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&layout.db())
-                .map_err(|e| Error::caused(ErrorKind::Internal, "cannot open state", e))?,
-        );
+        let store: Arc<dyn Store> = if config.pool.etcd.is_empty() {
+            Arc::new(
+                SqliteStore::open(&layout.db())
+                    .map_err(|e| Error::caused(ErrorKind::Internal, "cannot open state", e))?,
+            )
+        } else {
+            Arc::new(
+                EtcdStore::connect(&config.pool.etcd, EtcdOptions::default())
+                    .await
+                    .map_err(|e| {
+                        Error::caused(
+                            ErrorKind::Unavailable,
+                            "cannot reach the pool's etcd cluster (is every endpoint an etcd client URL, e.g. http://10.0.0.5:2379?)",
+                            e,
+                        )
+                    })?,
+            )
+        };
         let interrupted_imports = crate::ops::transfer::clean_staging(&layout.staging());
         let host_id = keys::host_id(&layout.root, store.as_ref()).await?;
         let upgraded = keys::upgrade(store.as_ref(), &host_id).await?;
@@ -111,12 +146,13 @@ impl Agent {
             events,
             tasks,
             layout,
-            host_id,
+            (host_id, config.pool.host_name.clone()),
             config.iso_dir.clone(),
             templates,
         );
         let host = Arc::new(host);
         host.load_catalog().await?;
+        let finished = crate::intents::recover(&host).await?;
         let runtime = Arc::new(QemuRuntime::new(
             host.clone(),
             config.qemu_binary.clone(),
@@ -129,13 +165,17 @@ impl Agent {
             iso_dir: config.iso_dir.clone(),
             tools_iso: config.tools_iso.clone(),
         });
+        let pool =
+            crate::pool::Pool::start(host.clone(), runtime.clone(), config.pool.clone()).await?;
         let hostname = crate::host::hostname();
         let advisor = Arc::new(crate::advice::Advisor {
             host: host.clone(),
             stats: stats.clone(),
             hostname: hostname.clone(),
             capacity: config.capacity,
+            pool: pool.clone(),
         });
+        spawn_planner_publisher(Arc::downgrade(&advisor), pool.clone());
         let sampler = Arc::new(crate::stats::Sampler {
             host: host.clone(),
             stats: stats.clone(),
@@ -153,9 +193,10 @@ impl Agent {
             stats,
             advisor,
             sampler,
+            pool,
         });
         agent.ensure_default_sr().await?;
-        agent.load_vms(upgraded).await?;
+        agent.load_vms(upgraded, finished).await?;
         agent
             .ops
             .remove_interrupted_import_volumes(&interrupted_imports);
@@ -211,7 +252,11 @@ impl Agent {
         Ok(())
     }
 
-    async fn load_vms(self: &Arc<Self>, upgraded: Option<keys::Upgrade>) -> Result<(), Error> {
+    async fn load_vms(
+        self: &Arc<Self>,
+        upgraded: Option<keys::Upgrade>,
+        finished: Vec<String>,
+    ) -> Result<(), Error> {
         let records = self
             .host
             .records
@@ -267,6 +312,10 @@ impl Agent {
                 died.join(", ")
             ));
         }
+        for f in finished {
+            note.push_str("; ");
+            note.push_str(&f);
+        }
         self.host
             .tasks
             .record(Operation::AgentStart, None, Ok(note));
@@ -298,8 +347,26 @@ impl Agent {
         self.host.vm(name)
     }
 
+    /// This host's id in the pool.
+    pub fn host_id(&self) -> &str {
+        &self.host.host_id
+    }
+
+    /// The pool this host is a member of.
+    pub fn pool(&self) -> &Arc<crate::pool::Pool> {
+        &self.pool
+    }
+
+    /// A VM of the pool: this host's live snapshot, or the record another member wrote.
+    pub fn vm_info(&self, name: &str) -> Result<VmInfo, Error> {
+        match self.host.vm(name) {
+            Ok(h) => Ok(h.info()),
+            Err(e) => self.pool.remote_vm(name).ok_or(e),
+        }
+    }
+
     pub fn list_vms(&self) -> Vec<VmInfo> {
-        self.host.list_vms()
+        self.pool.list_vms()
     }
 
     /// A power action (start, shutdown, ...) as its task; `wait: false` answers at once.
@@ -688,7 +755,14 @@ impl Agent {
             networks: self.list_networks()?,
             cpu_weight_support: self.cgroups.describe(),
             planner: Some(self.advisor.planner_capacity()),
-            remote: self.config.remote.clone(),
+            // A pool member serves HTTPS with its pool certificate, not the self-signed one.
+            remote: self.config.remote.clone().map(|mut r| {
+                if let Some(t) = self.pool.tls() {
+                    r.cert_sha256 = t.cert_sha256.clone();
+                    r.cert_path = self.host.layout.root.join("pool").join("cert.pem");
+                }
+                r
+            }),
         })
     }
 }

@@ -43,6 +43,9 @@ pub struct AgentConfig {
     /// Figures of this host's planner capacity that the admin states instead of the measured
     /// or assumed ones (disk bandwidth is only guessed from the device type, for example).
     pub capacity: CapacityOverrides,
+    /// Pool membership: etcd endpoints (none: a one-host pool on the local store), host
+    /// name, address, join token, HA timings.
+    pub pool: crate::pool::PoolOptions,
 }
 
 /// Planner capacity figures set by configuration (`[capacity]` in corral.toml or

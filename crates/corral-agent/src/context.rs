@@ -37,6 +37,13 @@ pub struct Records {
 pub(crate) fn store_error(e: StoreError) -> Error {
     match e {
         StoreError::Conflict { .. } => Error::conflict(e.to_string()),
+        // The pool's store is down: say so (it names the endpoints it tried), as its own
+        // kind, so clients can tell "retry later" from a bug.
+        StoreError::Unavailable { .. } => Error::caused(
+            ErrorKind::Unavailable,
+            "the pool's state store cannot be reached (guests keep running; reads come from this host's cache)",
+            e,
+        ),
         other => Error::caused(ErrorKind::Internal, "state database", other),
     }
 }
@@ -138,6 +145,8 @@ pub struct Host {
     pub layout: Layout,
     /// This host's id, written into every VM record it owns.
     pub host_id: String,
+    /// Its name in the pool (`--host-name`; default: the system's host name).
+    pub host_name: String,
     /// Where ISO names without a path are looked up.
     pub iso_dir: PathBuf,
     templates: RwLock<Templates>,
@@ -147,16 +156,20 @@ pub struct Host {
     /// this host makes (host-scoped records have one writer: their host).
     srs: RwLock<BTreeMap<String, StorageRepository>>,
     networks: RwLock<BTreeMap<String, Network>>,
+    /// Self-fencing files, set when the host is in a clustered pool (see
+    /// [`crate::pool::fence`]).
+    fence: std::sync::OnceLock<crate::pool::fence::FenceFiles>,
 }
 
 impl Host {
-    /// The context and the receiving end of the actors' notices (see [`Notice`]).
+    /// The context and the receiving end of the actors' notices (see [`Notice`]). The host
+    /// is named by its (id, name) in the pool.
     pub fn new(
         records: Records,
         events: Arc<EventBus>,
         tasks: Arc<Tasks>,
         layout: Layout,
-        host_id: String,
+        (host_id, host_name): (String, String),
         iso_dir: PathBuf,
         templates: Templates,
     ) -> (Self, mpsc::UnboundedReceiver<Notice>) {
@@ -167,14 +180,40 @@ impl Host {
             tasks,
             layout,
             host_id,
+            host_name,
             iso_dir,
             templates: RwLock::new(templates),
             registry: RwLock::new(Registry::default()),
             notices,
             srs: RwLock::new(BTreeMap::new()),
             networks: RwLock::new(BTreeMap::new()),
+            fence: std::sync::OnceLock::new(),
         };
         (host, rx)
+    }
+
+    /// From now on, arm the fence for running HA VMs (the host joined a clustered pool).
+    pub fn set_fence(&self, files: crate::pool::fence::FenceFiles) {
+        let _ = self.fence.set(files);
+    }
+
+    /// Arm or disarm the fence for a VM as its actor publishes it: an HA VM whose QEMU runs
+    /// is killed by the fence guard if this host loses its pool membership.
+    pub fn fence_sync(&self, rec: &corral_model::VmRecord, pid: Option<u32>) {
+        let Some(f) = self.fence.get() else { return };
+        match pid {
+            Some(pid) if rec.ha.restart => {
+                if let Err(e) = f.arm(&rec.id, pid) {
+                    tracing::error!(vm = %rec.spec.name, error = %e, "cannot arm the fence for an HA VM");
+                }
+            }
+            _ => f.disarm(&rec.id),
+        }
+    }
+
+    /// Cache a shared repository another member created (learnt from the pool's store).
+    pub fn cache_shared_sr(&self, sr: StorageRepository) {
+        write(&self.srs).insert(sr.name.clone(), sr);
     }
 
     /// Leave a notice for the facade (see [`Notice`]); dropped if nobody listens any more.
@@ -228,15 +267,33 @@ impl Host {
             .records
             .list_json(&keys::networks(&self.host_id), "network")
             .await?;
-        *write(&self.srs) = srs.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let shared: Vec<StorageRepository> =
+            self.records.list_json(keys::POOL_SRS, "repository").await?;
+        *write(&self.srs) = srs
+            .into_iter()
+            .chain(shared)
+            .map(|s| (s.name.clone(), s))
+            .collect();
         *write(&self.networks) = networks.into_iter().map(|n| (n.name.clone(), n)).collect();
         Ok(())
     }
 
     /// Record a new repository (create-only) and cache it.
     pub async fn add_sr(&self, sr: StorageRepository, expect: Expect) -> Result<(), Error> {
+        // A shared repository is the pool's (every member sees it); a local one this host's.
+        let key = if sr.shared {
+            keys::pool_sr(&sr.name)
+        } else {
+            keys::sr(&self.host_id, &sr.name)
+        };
+        if read(&self.srs).contains_key(&sr.name) && expect == Expect::Absent {
+            return Err(Error::conflict(format!(
+                "a storage repository named {:?} already exists",
+                sr.name
+            )));
+        }
         self.records
-            .put_json(&keys::sr(&self.host_id, &sr.name), &sr, expect)
+            .put_json(&key, &sr, expect)
             .await
             .map_err(|e| Host::exists_as(e, "storage repository", &sr.name))?;
         write(&self.srs).insert(sr.name.clone(), sr);

@@ -20,6 +20,28 @@ pub const SCHEMA_KEY: &str = "meta/schema";
 pub const SCHEMA: u32 = 2;
 pub const VMS: &str = "vms/";
 
+/// The pool: `pool/info` (name, CA, sealed CA key, token check), `pool/hosts/<id>` (what
+/// a member publishes), `pool/members/<id>` (leased: present while the member is up),
+/// `pool/host-names/<name>` (the name index), `pool/srs/<name>` (shared repositories).
+pub const POOL: &str = "pool/";
+pub const POOL_INFO: &str = "pool/info";
+pub const POOL_HOSTS: &str = "pool/hosts/";
+pub const POOL_MEMBERS: &str = "pool/members/";
+pub const POOL_HOST_NAMES: &str = "pool/host-names/";
+pub const POOL_SRS: &str = "pool/srs/";
+pub fn pool_host(id: &str) -> String {
+    format!("{POOL_HOSTS}{id}")
+}
+pub fn pool_member(id: &str) -> String {
+    format!("{POOL_MEMBERS}{id}")
+}
+pub fn pool_host_name(name: &str) -> String {
+    format!("{POOL_HOST_NAMES}{name}")
+}
+pub fn pool_sr(name: &str) -> String {
+    format!("{POOL_SRS}{name}")
+}
+
 pub fn vm(id: &str) -> String {
     format!("vms/{id}")
 }
@@ -43,6 +65,10 @@ pub fn network(host_id: &str, name: &str) -> String {
 }
 pub fn tasks(host_id: &str) -> String {
     format!("{}tasks/", host(host_id))
+}
+/// Creates and deletes in progress (see [`crate::intents`]).
+pub fn intents(host_id: &str) -> String {
+    format!("{}intents/", host(host_id))
 }
 pub fn stats(host_id: &str) -> String {
     format!("{}stats/", host(host_id))

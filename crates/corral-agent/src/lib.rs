@@ -18,9 +18,11 @@ pub mod context;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod intents;
 pub mod keys;
 pub mod network;
 pub mod ops;
+pub mod pool;
 /// Kept at the crate root for front ends that stream archives.
 pub use ops::transfer;
 mod registry;

@@ -22,6 +22,10 @@ impl Registry {
         self.reserved.insert(name.to_string());
         Ok(())
     }
+    /// A create, clone or import of this name is under way here.
+    pub fn is_reserved(&self, name: &str) -> bool {
+        self.reserved.contains(name)
+    }
     pub fn release(&mut self, name: &str) {
         self.reserved.remove(name);
     }

@@ -11,6 +11,7 @@
 //! `corral serve --listen`, HTTPS listeners guarded by a bearer token ([`remote`]).
 
 pub mod openapi;
+pub mod pool;
 pub mod remote;
 mod routes;
 mod transfer;
@@ -33,5 +34,6 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

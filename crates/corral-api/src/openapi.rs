@@ -17,6 +17,7 @@ use axum::Router;
 use corral_model::api::*;
 use corral_model::event::EventEnvelope;
 use corral_model::host::{HostInfo, IsoImage, Network, StorageRepository};
+use corral_model::pool::{EvacuateAnswer, EvacuateRequest, HostDetail, HostSummary, PoolInfo};
 use corral_model::stats::{HostRecommendation, VmStats};
 use corral_model::task::Task;
 use corral_model::transfer::{CloneRequest, ImportAnswer, ImportPlan};
@@ -271,6 +272,11 @@ pub fn operations() -> Vec<Op> {
         Op::get("/v1/tasks", "All tasks, oldest first").ok::<Vec<Task>>(),
         Op::get("/v1/tasks/{id}", "One task").query("wait", "boolean", "true: answer when it has finished").ok::<Task>(),
         Op::post("/v1/tasks/{id}/cancel", "Ask a running task to stop (vm.copy, vm.install, vm.import, vm.export, vm.shutdown; others and finished tasks: 409 invalid_state)").empty(202, "Cancellation requested"),
+        Op::get("/v1/pool", "The pool: store endpoints and health, hosts, HA timings").ok::<PoolInfo>(),
+        Op::get("/v1/hosts", "Every member of the pool: up/down, load, free memory, VMs").ok::<Vec<HostSummary>>(),
+        Op::get("/v1/hosts/{name}", "One member of the pool").ok::<HostDetail>(),
+        Op::delete("/v1/hosts/{name}", "Forget a member that is down and owns no VM").empty(204, "Forgotten"),
+        Op::post("/v1/hosts/{name}/evacuate", "Move every VM off a member (halted VMs on shared storage; running ones are refused until live migration lands)").body::<EvacuateRequest>().ok::<EvacuateAnswer>(),
         Op::get("/v1/events", "Event stream until the client disconnects").query("since", "integer", "also replay remembered events after this sequence number").ndjson::<EventEnvelope>(),
         Op::post("/v1/session", "Web console login with the agent's token: sets the session cookie (HttpOnly, Secure, SameSite=Strict), answers the CSRF token for X-CSRF-Token").body::<SessionRequest>().ok::<SessionAnswer>(),
         Op::get("/v1/session", "The CSRF token of the cookie's session").ok::<SessionAnswer>(),

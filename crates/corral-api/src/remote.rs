@@ -274,11 +274,54 @@ pub async fn check_bearer(auth: &TokenAuth, req: Request, next: Next) -> Respons
         // `ct_eq` on slices of different lengths is false without comparing contents; the
         // length of the token is no secret.
         Some(t) if bool::from(t.as_bytes().ct_eq(auth.token.as_bytes())) => next.run(req).await,
+        // A pool member, authenticated by its certificate (checked against the pool CA in
+        // the TLS handshake): it forwards requests its own client was authorized for.
+        _ if req.extensions().get::<PoolPeer>().is_some() => next.run(req).await,
         Some(_) => unauthorized(format!("wrong token: {where_}")),
         None => unauthorized(format!(
             "this agent needs a token over the network (`Authorization: Bearer TOKEN`): {where_}"
         )),
     }
+}
+
+/// Marks a request that came over a connection whose client presented a certificate the
+/// pool CA signed (see [`pool_server_config`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PoolPeer;
+
+/// The HTTPS server configuration of a pool member: its pool certificate, and client
+/// certificates verified against the pool CA when offered (members); clients without one
+/// (the CLI, the web console) still come in and need the token.
+pub fn pool_server_config(
+    tls: &corral_agent::pool::PoolTls,
+) -> Result<Arc<rustls::ServerConfig>, RemoteError> {
+    let gen = |e: String| RemoteError::Generate(e);
+    let cert =
+        CertificateDer::from_pem_slice(tls.cert_pem.as_bytes()).map_err(|e| gen(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| gen(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            CertificateDer::from_pem_slice(tls.ca_pem.as_bytes())
+                .map_err(|e| gen(e.to_string()))?,
+        )
+        .map_err(|e| gen(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| gen(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| gen(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert], key)
+        .map_err(|e| gen(e.to_string()))?;
+    Ok(Arc::new(config))
 }
 
 /// Accept TLS connections on `listener` forever, serving `app` (already token-guarded) on
@@ -314,6 +357,12 @@ pub async fn serve_tls(
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
+            };
+            // The verifier accepted the client's certificate: it is a pool member.
+            let app = if stream.get_ref().1.peer_certificates().is_some() {
+                app.layer(axum::Extension(PoolPeer))
+            } else {
+                app
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper::server::conn::http1::Builder::new()

@@ -77,6 +77,10 @@ pub fn router_with_web(agent: Arc<Agent>, web: Arc<crate::web::Web>) -> Router {
         .merge(crate::web::assets::router())
         .layer(axum::Extension(web))
         .fallback(|| async { Failure(ApiError::not_found("no such API endpoint")) })
+        .layer(axum::middleware::from_fn_with_state(
+            agent.clone(),
+            crate::pool::route_to_owner,
+        ))
         .with_state(agent)
 }
 
@@ -134,6 +138,16 @@ fn table() -> Routes<AppState> {
         .route("/v1/tasks/{id}", get(show_task))
         .route("/v1/tasks/{id}/cancel", post(cancel_task))
         .route("/v1/events", get(events))
+        .route("/v1/pool", get(crate::pool::pool_info))
+        .route("/v1/hosts", get(crate::pool::list_hosts))
+        .route(
+            "/v1/hosts/{name}",
+            get(crate::pool::show_host).delete(crate::pool::forget_host),
+        )
+        .route(
+            "/v1/hosts/{name}/evacuate",
+            post(crate::pool::evacuate_host),
+        )
         // The web console (crate::web): login sessions, console tickets, console websockets.
         .route(
             "/v1/session",
@@ -161,7 +175,7 @@ async fn list_vms(State(a): State<AppState>) -> Response {
 }
 
 async fn show_vm(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    Ok(Json(a.vm(&name)?.info()).into_response())
+    Ok(Json(a.vm_info(&name)?).into_response())
 }
 
 fn vm_answer(task: String, vm: corral_model::VmInfo) -> Response {

@@ -257,6 +257,33 @@ impl Client {
     pub async fn host_info(&self) -> Result<HostInfo> {
         self.call(Method::GET, "/v1/host", None).await
     }
+    pub async fn pool_info(&self) -> Result<corral_model::pool::PoolInfo> {
+        self.call(Method::GET, "/v1/pool", None).await
+    }
+    pub async fn list_hosts(&self) -> Result<Vec<corral_model::pool::HostSummary>> {
+        self.call(Method::GET, "/v1/hosts", None).await
+    }
+    pub async fn show_host(&self, name: &str) -> Result<corral_model::pool::HostDetail> {
+        self.call(Method::GET, &format!("/v1/hosts/{}", seg(name)), None)
+            .await
+    }
+    pub async fn forget_host(&self, name: &str) -> Result<()> {
+        self.raw(Method::DELETE, &format!("/v1/hosts/{}", seg(name)), None)
+            .await
+            .map(|_| ())
+    }
+    pub async fn evacuate_host(
+        &self,
+        name: &str,
+        req: &corral_model::pool::EvacuateRequest,
+    ) -> Result<corral_model::pool::EvacuateAnswer> {
+        self.call(
+            Method::POST,
+            &format!("/v1/hosts/{}/evacuate", seg(name)),
+            Self::json(req),
+        )
+        .await
+    }
     pub async fn vm_stats(&self, name: &str) -> Result<corral_model::stats::VmStats> {
         self.call(Method::GET, &format!("/v1/vms/{}/stats", seg(name)), None)
             .await

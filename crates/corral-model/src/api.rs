@@ -79,6 +79,10 @@ pub struct VmCreateRequest {
     /// Start the VM once created.
     #[serde(default)]
     pub start: bool,
+    /// The pool member to create it on: a host name, or `auto` for the one placement
+    /// chooses. Default: the member that receives the request.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// `PATCH /v1/vms/{name}`: change settings. Memory and vCPUs apply at the next start.
@@ -120,6 +124,17 @@ pub struct VmUpdateRequest {
     /// install media, network boot), boot from disk, and remove the installer's scratch files.
     #[serde(default)]
     pub abandon_install: bool,
+    /// High availability: restart on a surviving host when its host goes down (`true`), or
+    /// not (`false`). Its disks must be on shared repositories.
+    #[serde(default)]
+    pub ha: Option<bool>,
+    /// Order of HA restarts (higher first).
+    #[serde(default)]
+    pub ha_priority: Option<i32>,
+    /// Keep-apart group: placement never runs two VMs of one group on the same host. An
+    /// empty string leaves the group.
+    #[serde(default)]
+    pub keep_apart: Option<String>,
 }
 
 /// Paravirtual (virtio) or emulated devices, as templates and `vm set --device-model` say.
@@ -242,6 +257,10 @@ pub struct ActionRequest {
     /// For `shutdown`: seconds to wait for the guest before failing the task (default 120).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// For `start`: the pool member to start it on (a host name, or `auto`). A halted VM
+    /// whose disks are all on shared repositories moves there first.
+    #[serde(default)]
+    pub on: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -21,6 +21,9 @@ pub enum ErrorKind {
     Internal,
     /// The request came over the network without the agent's token (or with a wrong one).
     Unauthorized,
+    /// Something the request needs cannot be reached now: the pool's store (etcd), or the
+    /// pool member that owns the VM. Guests keep running; retry later.
+    Unavailable,
 }
 
 impl ErrorKind {
@@ -35,6 +38,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Internal => "internal",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Unavailable => "unavailable",
         }
     }
 }

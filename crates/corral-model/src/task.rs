@@ -62,6 +62,12 @@ pub enum Operation {
     VmRecover,
     SrCreate,
     NetworkCreate,
+    /// A pool member restarting an HA VM of a host that went down.
+    VmHaRestart,
+    /// A VM given to another pool member (`vm start --on`, `host evacuate`).
+    VmMove,
+    HostEvacuate,
+    HostForget,
 }
 
 impl Operation {
@@ -95,6 +101,10 @@ impl Operation {
         Operation::VmRecover,
         Operation::SrCreate,
         Operation::NetworkCreate,
+        Operation::VmHaRestart,
+        Operation::VmMove,
+        Operation::HostEvacuate,
+        Operation::HostForget,
     ];
 
     /// The dotted name tasks carry on the wire.
@@ -129,6 +139,10 @@ impl Operation {
             Operation::VmRecover => "vm.recover",
             Operation::SrCreate => "sr.create",
             Operation::NetworkCreate => "network.create",
+            Operation::VmHaRestart => "vm.ha_restart",
+            Operation::VmMove => "vm.move",
+            Operation::HostEvacuate => "host.evacuate",
+            Operation::HostForget => "host.forget",
         }
     }
 

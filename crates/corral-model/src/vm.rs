@@ -260,11 +260,15 @@ pub const CPU_WEIGHT_HIGH: u32 = 512;
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct VmRecord {
     pub id: String,
-    /// Host that owns (runs) this VM; lets a pool move VMs between hosts later.
+    /// Id of the host that owns (runs) this VM. It changes only in a store transaction that
+    /// expects the record's revision, so two hosts can never both take a VM over.
     pub host: String,
     pub spec: VmSpec,
     pub power_state: PowerState,
     pub created_at_ms: u64,
+    /// High availability in a pool (a pool's policy, not part of the VM's exported spec).
+    #[serde(default)]
+    pub ha: crate::pool::HaPolicy,
 }
 
 /// How the CPU weight was applied to the running QEMU process.
@@ -305,7 +309,14 @@ impl CpuWeightStatus {
 pub struct VmInfo {
     pub id: String,
     pub name: String,
+    /// Name of the host that owns it.
     pub host: String,
+    /// Id of that host.
+    #[serde(default)]
+    pub host_id: String,
+    /// High availability (`vm set --ha`).
+    #[serde(default)]
+    pub ha: crate::pool::HaPolicy,
     pub power_state: PowerState,
     pub description: String,
     pub vcpus: u32,
@@ -337,12 +348,15 @@ pub struct VmInfo {
 }
 
 impl VmInfo {
-    pub fn from_record(rec: &VmRecord) -> Self {
+    /// The VM as its record says, owned by the host named `host_name`.
+    pub fn from_record(rec: &VmRecord, host_name: &str) -> Self {
         let s = &rec.spec;
         VmInfo {
             id: rec.id.clone(),
             name: s.name.clone(),
-            host: rec.host.clone(),
+            host: host_name.to_string(),
+            host_id: rec.host.clone(),
+            ha: rec.ha.clone(),
             power_state: rec.power_state,
             description: s.description.clone(),
             vcpus: s.vcpus,

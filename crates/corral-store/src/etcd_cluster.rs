@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 pub struct EtcdCluster {
     members: Vec<Member>,
+    /// Another address the members also serve clients on (a test network namespace's
+    /// host side), besides loopback.
+    extra_client_ip: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -76,6 +79,12 @@ fn free_port() -> u16 {
 impl EtcdCluster {
     /// Start `n` members and wait (at most 30 s) until every one reports healthy.
     pub fn start(n: usize) -> Self {
+        Self::start_also_on(n, None)
+    }
+
+    /// Like [`start`](Self::start), the members also serving clients on `ip` (which must
+    /// exist on this host), for agents in a network namespace.
+    pub fn start_also_on(n: usize, extra_client_ip: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut ports: Vec<u16> = Vec::new();
         while ports.len() < 2 * n {
@@ -93,7 +102,11 @@ impl EtcdCluster {
                 child: None,
             })
             .collect();
-        let mut c = EtcdCluster { members, _dir: dir };
+        let mut c = EtcdCluster {
+            members,
+            extra_client_ip: extra_client_ip.map(str::to_string),
+            _dir: dir,
+        };
         for i in 0..n {
             c.launch(i, "new");
         }
@@ -111,7 +124,12 @@ impl EtcdCluster {
 
     fn launch(&mut self, i: usize, state: &str) {
         let initial = self.initial_cluster();
+        let extra = self.extra_client_ip.clone();
         let m = &mut self.members[i];
+        let mut listen = format!("http://127.0.0.1:{}", m.client);
+        if let Some(ip) = &extra {
+            listen.push_str(&format!(",http://{ip}:{}", m.client));
+        }
         std::fs::create_dir_all(&m.data).unwrap();
         let log = std::fs::File::create(m.data.with_extension("log")).unwrap();
         let mut cmd = Command::new("etcd");
@@ -120,7 +138,7 @@ impl EtcdCluster {
             .arg("--data-dir")
             .arg(&m.data)
             .arg("--listen-client-urls")
-            .arg(format!("http://127.0.0.1:{}", m.client))
+            .arg(listen)
             .arg("--advertise-client-urls")
             .arg(format!("http://127.0.0.1:{}", m.client))
             .arg("--listen-peer-urls")
@@ -152,6 +170,14 @@ impl EtcdCluster {
         self.members
             .iter()
             .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    /// The client URLs on another address the members serve (see `start_also_on`).
+    pub fn endpoints_at(&self, ip: &str) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://{ip}:{}", m.client))
             .collect()
     }
 

@@ -50,9 +50,19 @@ struct Cli {
 enum Command {
     /// Run the host agent.
     Serve(cmd::serve::ServeArgs),
-    /// Facts about this host.
+    /// This host's facts, and the pool's hosts (list, show, evacuate, forget).
     #[command(subcommand)]
     Host(cmd::misc::HostCommand),
+    /// The pool of hosts this agent belongs to.
+    #[command(subcommand)]
+    Pool(cmd::pool::PoolCommand),
+    /// (internal) The self-fencing guard an agent in a pool starts: kills this host's HA
+    /// VMs when the agent stops renewing its pool membership.
+    #[command(hide = true)]
+    FenceGuard {
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
     /// Virtual machines: create, power, change, consoles.
     #[command(subcommand)]
     Vm(cmd::vm::VmCommand),
@@ -103,6 +113,8 @@ fn main() {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Measure(args) => cmd::measure::run(args),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::FenceGuard { state_dir } => corral_agent::pool::fence::run_guard(&state_dir)
+            .map_err(|e| anyhow::Error::new(e).context("fence guard failed")),
         other => match client_for(
             cli.connect.as_deref(),
             cli.token.as_deref(),
@@ -115,6 +127,7 @@ fn main() {
                     let result = rt.block_on(async move {
                         match other {
                             Command::Host(c) => cmd::misc::host(&client, c, json).await,
+                            Command::Pool(c) => cmd::pool::pool(&client, c, json).await,
                             Command::Vm(c) => cmd::vm::run(&client, c, json).await,
                             Command::Sr(c) => cmd::misc::sr(&client, c, json).await,
                             Command::Iso(c) => cmd::misc::iso(&client, c, json).await,
@@ -122,7 +135,10 @@ fn main() {
                             Command::Template(c) => cmd::misc::template(&client, c, json).await,
                             Command::Task(c) => cmd::misc::task(&client, c, json).await,
                             Command::Events(a) => cmd::misc::events(&client, a, json).await,
-                            Command::Serve(_) | Command::Measure(_) | Command::Plan(_) => {
+                            Command::Serve(_)
+                            | Command::Measure(_)
+                            | Command::Plan(_)
+                            | Command::FenceGuard { .. } => {
                                 unreachable!("handled above")
                             }
                         }

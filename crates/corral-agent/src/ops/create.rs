@@ -29,6 +29,9 @@ pub async fn materialize_vm<R: Runtime>(
     task: &TaskHandle,
 ) -> Result<VmHandle, Error> {
     task.phase("creating disks", 0.3);
+    // Before any file exists: a crash from here on is undone at the next start.
+    let paths: Vec<PathBuf> = spec.disks.iter().map(|d| d.path.clone()).collect();
+    crate::intents::begin_create(host, &id, &spec.name, paths).await?;
     let mut created: Vec<PathBuf> = Vec::new();
     for (i, disk) in spec.disks.iter_mut().enumerate() {
         if let Some(phase) = sources.get(i).and_then(|s| s.as_ref()) {
@@ -36,17 +39,34 @@ pub async fn materialize_vm<R: Runtime>(
         }
         if let Err(e) = create_disk_volume(disk, sources.get(i).cloned().flatten()).await {
             remove_volumes(&created).await;
+            crate::intents::finish(host, &id).await;
             return Err(e);
         }
         created.push(disk.path.clone());
     }
-    match add_vm(host, runtime, id, spec).await {
+    match add_vm(host, runtime, id.clone(), spec).await {
         Ok(handle) => Ok(handle),
+        // Whether the record exists is unknown: the intent stays, and the pool's reconcile
+        // pass (or the next start) adopts the VM or removes its volumes.
+        Err(e) if e.kind == ErrorKind::Unavailable => Err(e),
         Err(e) => {
             remove_volumes(&created).await;
+            crate::intents::finish(host, &id).await;
             Err(e)
         }
     }
+}
+
+/// Whether a record was written after a write whose answer was lost: `Some(Some(rev))`
+/// written, `Some(None)` not, `None` the store still does not answer (about 5 s).
+async fn settle(host: &Host, key: &str) -> Option<Option<u64>> {
+    for _ in 0..10 {
+        match host.records.store().get(key).await {
+            Ok(v) => return Some(v.map(|v| v.mod_revision)),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
+    None
 }
 
 async fn remove_volumes(paths: &[PathBuf]) {
@@ -69,17 +89,38 @@ pub async fn add_vm<R: Runtime>(
         spec,
         power_state: PowerState::Halted,
         created_at_ms: crate::now_ms(),
+        ha: Default::default(),
     };
     // The record and its name in one transaction: a name taken anywhere in the pool fails
     // the whole create.
-    let rev = host
+    let key = keys::vm(&id);
+    let written = host
         .records
         .txn(vec![
-            TxnOp::put(keys::vm(&id), encode("vm", &rec)?, Expect::Absent),
+            TxnOp::put(key.clone(), encode("vm", &rec)?, Expect::Absent),
             TxnOp::put(keys::vm_name(&rec.spec.name), id.as_bytes(), Expect::Absent),
+            // A create's intent (if any) ends with the record.
+            crate::intents::clear(host, &id),
         ])
-        .await
-        .map_err(|e| Host::exists_as(e, "VM", &rec.spec.name))?;
+        .await;
+    let rev = match written {
+        Ok(rev) => rev,
+        Err(e) if e.kind == ErrorKind::Conflict => return Err(Host::exists_as(e, "VM", &rec.spec.name)),
+        // The store did not answer: the write may have happened. Ask until it answers.
+        Err(e) => match settle(host, &key).await {
+            Some(Some(rev)) => rev,
+            Some(None) => return Err(e),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "the state store did not answer, so whether VM {:?} was created is unknown; this host finishes or undoes it once the store answers",
+                        rec.spec.name
+                    ),
+                ))
+            }
+        },
+    };
     let name = rec.spec.name.clone();
     let handle = vm::actor::spawn(host.clone(), runtime.clone(), rec, rev).await;
     host.registry_mut().insert(&name, handle.clone());

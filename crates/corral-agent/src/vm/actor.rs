@@ -53,7 +53,7 @@ pub(crate) async fn spawn<R: Runtime>(
     rec: VmRecord,
     rev: u64,
 ) -> VmHandle {
-    let info = Arc::new(RwLock::new(VmInfo::from_record(&rec)));
+    let info = Arc::new(RwLock::new(VmInfo::from_record(&rec, &host.host_name)));
     let mut actor = Actor {
         host,
         runtime,
@@ -185,12 +185,14 @@ impl<R: Runtime> Actor<R> {
     }
 
     fn publish(&self) {
-        let mut info = VmInfo::from_record(&self.rec);
+        let mut info = VmInfo::from_record(&self.rec, &self.host.host_name);
         if let Some(run) = &self.run {
             info.pid = Some(run.pid);
             info.cpu_weight_status = Some(run.cpu_weight.clone());
             info.vnc = run.vnc.clone();
         }
+        self.host
+            .fence_sync(&self.rec, self.run.as_ref().map(|r| r.pid));
         *self.info.write().unwrap_or_else(|p| p.into_inner()) = info;
     }
 
@@ -470,6 +472,10 @@ impl<R: Runtime> Actor<R> {
                 self.changed();
                 Ok(())
             }
+            Op::Release => {
+                self.release().await;
+                Ok(())
+            }
             Op::Delete(req) => {
                 self.check(VmEvent::Delete { force: req.force })?;
                 if self.rec.power_state != PowerState::Halted {
@@ -699,6 +705,7 @@ impl<R: Runtime> Actor<R> {
 
     async fn update(&mut self, req: VmUpdateRequest) -> Result<(), Error> {
         let mut spec = self.rec.spec.clone();
+        let ha_asked = (req.ha, req.ha_priority, req.keep_apart.clone());
         let mut notes = Vec::new();
         if let Some(d) = req.description {
             spec.description = d;
@@ -785,17 +792,28 @@ impl<R: Runtime> Actor<R> {
             }
             _ => None,
         };
+        let ha = match ha_policy(self.host.as_ref(), &spec, self.rec.ha.clone(), ha_asked) {
+            Ok(ha) => ha,
+            Err(e) => {
+                if let Some(n) = &rename {
+                    self.host.registry_mut().release(n);
+                }
+                return Err(e);
+            }
+        };
         let old_name = spec.name.clone();
         if let Some(n) = &rename {
             spec.name = n.clone();
         }
         let old = std::mem::replace(&mut self.rec.spec, spec);
+        let old_ha = std::mem::replace(&mut self.rec.ha, ha);
         let written = match &rename {
             Some(_) => self.persist_renamed(&old_name).await,
             None => self.persist().await,
         };
         if let Err(e) = written {
             self.rec.spec = old;
+            self.rec.ha = old_ha;
             if let Some(n) = &rename {
                 self.host.registry_mut().release(n);
             }
@@ -826,29 +844,55 @@ impl<R: Runtime> Actor<R> {
         Ok(())
     }
 
+    /// Another member owns the VM now (see [`Op::Release`]).
+    async fn release(&mut self) {
+        if let Some(run) = self.run.take() {
+            tracing::warn!(vm = %self.name(), pid = run.pid, "killing QEMU: another pool member owns this VM now");
+            self.runtime.kill(&run);
+        }
+        self.runtime.clear_leftovers(&self.rec).await;
+        self.host.fence_sync(&self.rec, None);
+        let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
+        self.host.registry_mut().remove(&self.rec.id);
+        self.deleted = true;
+    }
+
     async fn delete(&mut self, keep_disks: bool) -> Result<(), Error> {
-        if !keep_disks {
-            // Bases (template disks, disks shared by linked clones) go when nothing uses
-            // them any more: `gc_bases` below.
-            for d in self
-                .rec
+        // Bases (template disks, disks shared by linked clones) go when nothing uses them
+        // any more: `gc_bases` below.
+        let volumes: Vec<std::path::PathBuf> = if keep_disks {
+            Vec::new()
+        } else {
+            self.rec
                 .spec
                 .disks
                 .iter()
                 .filter(|d| !crate::ops::clone::is_base(&d.path))
-            {
-                corral_storage::remove_volume(&d.path)
-                    .await
-                    .map_err(|e| Error::from_error(ErrorKind::Internal, e))?;
-            }
-        }
+                .map(|d| d.path.clone())
+                .collect()
+        };
+        // Record, name and the intent to remove the volumes in one transaction, expecting
+        // the record's revision (in a pool, a member that lost the VM cannot delete it); a
+        // crash after it finishes the removal at the next start (`crate::intents`).
         self.host
             .records
             .txn(vec![
-                TxnOp::delete(keys::vm(&self.rec.id), Expect::Any),
+                TxnOp::delete(keys::vm(&self.rec.id), Expect::Revision(self.rev)),
                 TxnOp::delete(keys::vm_name(&self.rec.spec.name), Expect::Any),
+                crate::intents::delete_step(
+                    &self.host,
+                    &self.rec.id,
+                    &self.rec.spec.name,
+                    volumes.clone(),
+                )?,
             ])
             .await?;
+        for v in &volumes {
+            if let Err(e) = corral_storage::remove_volume(v).await {
+                tracing::warn!(vm = %self.name(), path = %v.display(), error = %e, "cannot remove a volume; the next start retries");
+            }
+        }
+        crate::intents::finish(&self.host, &self.rec.id).await;
         let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
         let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.seed_iso(&self.rec.id));
@@ -863,6 +907,46 @@ impl<R: Runtime> Actor<R> {
         tokio::spawn(crate::ops::clone::gc_bases(self.host.clone()));
         Ok(())
     }
+}
+
+/// The HA policy `vm set --ha/--ha-priority` asks for. Restarting elsewhere needs every disk
+/// on a shared repository (a survivor must see them).
+fn ha_policy(
+    host: &Host,
+    spec: &VmSpec,
+    current: corral_model::pool::HaPolicy,
+    (restart, priority, apart): (Option<bool>, Option<i32>, Option<String>),
+) -> Result<corral_model::pool::HaPolicy, Error> {
+    let mut ha = current;
+    match apart {
+        Some(g) if g.is_empty() => ha.apart = None,
+        Some(g) => {
+            validate_name("keep-apart group", &g).map_err(Error::invalid)?;
+            ha.apart = Some(g);
+        }
+        None => {}
+    }
+    if let Some(r) = restart {
+        ha.restart = r;
+    }
+    if let Some(p) = priority {
+        ha.priority = p;
+    }
+    if ha.restart && restart == Some(true) {
+        let local: Vec<String> = spec
+            .disks
+            .iter()
+            .filter(|d| host.sr(&d.sr).map(|sr| !sr.shared).unwrap_or(true))
+            .map(|d| format!("{} (repository {})", d.device, d.sr))
+            .collect();
+        if !local.is_empty() {
+            return Err(Error::invalid(format!(
+                "--ha restart needs every disk on a shared repository (`corral sr create NAME --path DIR --shared`); not shared: {}",
+                local.join(", ")
+            )));
+        }
+    }
+    Ok(ha)
 }
 
 /// Give up an install: the installer's boot settings go, the VM boots from its disk, and

@@ -44,6 +44,10 @@ pub(crate) enum Op {
     Freeze(oneshot::Sender<Vec<crate::ops::clone::FrozenDisk>>),
     /// Make the VM a template: its disks become read-only bases.
     ConvertToTemplate,
+    /// Another pool member owns the VM now: kill a QEMU that still runs here (the new
+    /// owner may start it), clear this host's runtime files, end the actor. The record and
+    /// the disks stay.
+    Release,
 }
 
 /// What the actor reports for the stats sampler (see `crate::stats`).

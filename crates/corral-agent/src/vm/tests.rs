@@ -181,7 +181,7 @@ async fn harness() -> Harness {
         events,
         tasks,
         layout,
-        "host-under-test".into(),
+        ("host-under-test".into(), "testhost".into()),
         dir.path().join("isos"),
         templates,
     );
@@ -218,6 +218,7 @@ impl Harness {
             spec: spec(name),
             power_state: power,
             created_at_ms: 0,
+            ha: Default::default(),
         };
         let rev = self
             .host
@@ -443,6 +444,7 @@ async fn ignored_and_cancelled_shutdowns_leave_the_guest_running() {
                 VmAction::Shutdown,
                 ActionRequest {
                     timeout_secs: Some(1),
+                    ..ActionRequest::default()
                 },
             ),
         )

@@ -14,6 +14,20 @@ use std::path::PathBuf;
 pub enum HostCommand {
     /// CPU, memory, accelerator (and why), QEMU version, repositories, networks.
     Info,
+    /// Every member of the pool: up/down and since when, address, VMs, free memory, load.
+    List,
+    /// One member of the pool, with its VMs.
+    Show { name: String },
+    /// Move every VM off a host: halted VMs on shared repositories change owner; running
+    /// ones are refused (with the reason) until live migration lands.
+    Evacuate {
+        name: String,
+        /// Where to: `auto` (placement picks per VM) or a host name.
+        #[arg(long, default_value = "auto")]
+        to: String,
+    },
+    /// Drop a member that is down and owns no VM from the pool.
+    Forget { name: String },
 }
 
 #[derive(Subcommand)]
@@ -91,7 +105,16 @@ pub struct EventsArgs {
     since: Option<u64>,
 }
 
-pub async fn host(c: &Client, _cmd: HostCommand, json: bool) -> anyhow::Result<()> {
+pub async fn host(c: &Client, cmd: HostCommand, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        HostCommand::Info => {}
+        HostCommand::List => return super::pool::list(c, json).await,
+        HostCommand::Show { name } => return super::pool::show(c, &name, json).await,
+        HostCommand::Evacuate { name, to } => {
+            return super::pool::evacuate(c, &name, Some(to), json).await
+        }
+        HostCommand::Forget { name } => return super::pool::forget(c, &name).await,
+    }
     let h = c.host_info().await?;
     if json {
         output::json(&h);

@@ -6,6 +6,7 @@ pub mod install;
 pub mod measure;
 pub mod misc;
 pub mod plan;
+pub mod pool;
 pub mod serve;
 pub mod stats;
 pub mod transfer;

@@ -61,6 +61,30 @@ pub struct ServeArgs {
     /// Every request there needs the token in STATE_DIR/token. Default: unix socket only.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Vec<std::net::SocketAddr>,
+    /// Join (or found) the pool whose state lives in this etcd cluster: client URLs,
+    /// comma-separated (http://10.0.0.5:2379,http://10.0.0.6:2379,...). Without it the
+    /// agent is a one-host pool on its embedded SQLite store.
+    #[arg(long, value_delimiter = ',', value_name = "URL,...")]
+    etcd: Vec<String>,
+    /// This host's name in the pool [default: the system's host name]. Unique in the pool.
+    #[arg(long, value_name = "NAME")]
+    host_name: Option<String>,
+    /// The pool's join token, to enroll in an existing pool (the founding host writes it to
+    /// STATE_DIR/pool/join-token). Only needed for the first start of a joining host.
+    #[arg(
+        long,
+        env = "CORRAL_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    join_token: Option<String>,
+    /// Name of a pool this host founds [default: pool].
+    #[arg(long, value_name = "NAME")]
+    pool_name: Option<String>,
+    /// Address other members reach this one at [default: the first --listen address]; needed
+    /// when --listen is a wildcard such as 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR:PORT")]
+    advertise: Option<std::net::SocketAddr>,
     /// Planner capacity: cores (logical CPUs) instead of those in /proc/cpuinfo.
     #[arg(long, value_name = "N")]
     capacity_cores: Option<u32>,
@@ -132,7 +156,44 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let material = corral_api::remote::RemoteMaterial::load_or_create(&state_dir, &names)?;
         Some(material)
     };
+    let host_name = match args.host_name {
+        Some(n) => n,
+        None => hostname().unwrap_or_else(|| "localhost".into()),
+    };
+    let advertise = match (args.advertise, args.listen.first()) {
+        (Some(a), _) => Some(a),
+        (None, Some(l)) if !l.ip().is_unspecified() => Some(*l),
+        (None, Some(l)) if !args.etcd.is_empty() => bail!(
+            "--listen {l} is a wildcard address: say where other pool members reach this host with --advertise ADDR:PORT"
+        ),
+        _ => None,
+    };
+    if !args.etcd.is_empty() && args.listen.is_empty() {
+        bail!("a pool member needs --listen ADDR:PORT: other members forward requests about its VMs there");
+    }
+    for url in &args.etcd {
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            bail!("--etcd {url:?} is not an etcd client URL such as http://10.0.0.5:2379");
+        }
+    }
+    let pool = corral_agent::pool::PoolOptions {
+        etcd: args.etcd.clone(),
+        host_name,
+        address: advertise.map(|a| format!("https://{a}")),
+        join_token: args.join_token,
+        pool_name: args.pool_name.unwrap_or_default(),
+        timings: Default::default(),
+        guard_exe: if args.etcd.is_empty() {
+            None
+        } else {
+            Some(
+                std::env::current_exe()
+                    .context("cannot find this executable (for the fence guard)")?,
+            )
+        },
+    };
     let config = AgentConfig {
+        pool,
         remote: remote.as_ref().map(|m| corral_model::host::RemoteAccess {
             listen: args.listen.iter().map(|a| a.to_string()).collect(),
             cert_sha256: m.fingerprint.clone(),
@@ -214,12 +275,20 @@ async fn serve(
     if let Some(m) = &remote {
         // Bearer token as before, or the web console's session cookie (+ CSRF header).
         let guarded = m.guard_web(app.clone(), web);
+        // A pool member serves its pool certificate and lets members in by theirs.
+        let (tls, fingerprint) = match agent.pool().tls() {
+            Some(t) => (
+                corral_api::remote::pool_server_config(t)?,
+                t.cert_sha256.clone(),
+            ),
+            None => (m.tls.clone(), m.fingerprint.clone()),
+        };
         for (listener, addr) in tcp.into_iter().zip(&listen) {
-            tracing::info!(%addr, fingerprint = %m.fingerprint, "serving HTTPS");
+            tracing::info!(%addr, %fingerprint, "serving HTTPS");
             tokio::spawn(corral_api::remote::serve_tls(
                 listener,
                 guarded.clone(),
-                m.tls.clone(),
+                tls.clone(),
             ));
         }
     }

@@ -43,6 +43,10 @@ pub enum VmCommand {
         /// Return at once with the task id.
         #[arg(long)]
         no_wait: bool,
+        /// Start it on this pool member (`auto`: placement picks). A halted VM whose disks are
+        /// all on shared repositories moves there first.
+        #[arg(long, value_name = "auto|HOST")]
+        on: Option<String>,
     },
     /// Press the ACPI power button and wait for the guest to power off.
     Shutdown {
@@ -140,6 +144,10 @@ pub struct CreateArgs {
     /// Start the VM once created.
     #[arg(long)]
     start: bool,
+    /// The pool member to create it on: a host name, or `auto` for the one placement picks
+    /// [default: the host the CLI talks to].
+    #[arg(long, value_name = "auto|HOST")]
+    host: Option<String>,
 }
 
 /// The VM settings `vm create` and `vm install` share.
@@ -226,6 +234,25 @@ pub struct SetArgs {
     /// installer's files. Without it, `vm start` retries the installer.
     #[arg(long)]
     abandon_install: bool,
+    /// High availability in a pool: `restart` starts it on a surviving host when its host
+    /// goes down (every disk must be on a shared repository); `off` does not.
+    #[arg(long, value_parser = parse_ha, value_name = "restart|off")]
+    ha: Option<bool>,
+    /// Order of HA restarts: higher first (default 0).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    ha_priority: Option<i32>,
+    /// Keep-apart group (HA pairs): placement never runs two VMs of a group on one host.
+    /// An empty value ("") leaves the group.
+    #[arg(long, value_name = "GROUP")]
+    keep_apart: Option<String>,
+}
+
+fn parse_ha(s: &str) -> Result<bool, String> {
+    match s {
+        "restart" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{other:?}: expected restart or off")),
+    }
 }
 
 fn parse_device_model(s: &str) -> Result<DeviceModel, String> {
@@ -396,6 +423,7 @@ pub fn create_request(a: CreateArgs) -> anyhow::Result<VmCreateRequest> {
         cmdline: a.cmdline,
         boot_device: a.boot,
         start: a.start,
+        host: a.host,
         ..settings_request(a.settings)?
     })
 }
@@ -493,6 +521,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                     &[
                         "NAME",
                         "STATE",
+                        "HOST",
                         "VCPUS",
                         "MEMORY",
                         "DISKS",
@@ -509,6 +538,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                                 } else {
                                     v.power_state.to_string()
                                 },
+                                v.host.clone(),
                                 v.vcpus.to_string(),
                                 format_size(v.memory_bytes),
                                 v.disks.len().to_string(),
@@ -529,16 +559,12 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 show(&v);
             }
         }
-        VmCommand::Start { name, no_wait } => {
-            action(
-                c,
-                &name,
-                VmAction::Start,
-                ActionRequest::default(),
-                no_wait,
-                json,
-            )
-            .await?
+        VmCommand::Start { name, no_wait, on } => {
+            let opts = ActionRequest {
+                on,
+                ..ActionRequest::default()
+            };
+            action(c, &name, VmAction::Start, opts, no_wait, json).await?
         }
         VmCommand::Shutdown {
             name,
@@ -547,6 +573,7 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
         } => {
             let opts = ActionRequest {
                 timeout_secs: Some(timeout),
+                ..ActionRequest::default()
             };
             action(c, &name, VmAction::Shutdown, opts, no_wait, json).await?
         }
@@ -584,6 +611,9 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 device_model: a.device_model,
                 abandon_install: a.abandon_install,
                 tpm: a.tpm,
+                ha: a.ha,
+                ha_priority: a.ha_priority,
+                keep_apart: a.keep_apart,
             };
             if req == VmUpdateRequest::default() {
                 bail!("nothing to change: give at least one setting (see `corral vm set --help`)");
@@ -755,6 +785,22 @@ fn show(v: &VmInfo) {
                 "template".into()
             } else {
                 v.power_state.to_string()
+            },
+        ),
+        ("host", v.host.clone()),
+        (
+            "ha",
+            match (&v.ha.restart, &v.ha.apart) {
+                (true, apart) => format!(
+                    "restart elsewhere when its host goes down (priority {}){}",
+                    v.ha.priority,
+                    apart
+                        .as_ref()
+                        .map(|g| format!("; keep apart: {g}"))
+                        .unwrap_or_default()
+                ),
+                (false, Some(g)) => format!("off; keep apart: {g}"),
+                (false, None) => "off".into(),
             },
         ),
         ("description", v.description.clone()),

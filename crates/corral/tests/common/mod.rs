@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 #[allow(unused_imports)] // not every test binary uses every helper
-pub use corral_testkit::{free_port, MARKER};
+pub use corral_testkit::{closed_port, free_port, MARKER};
 
 /// The project's test guest (scripts/build-test-guest.sh).
 pub type Guest = corral_testkit::TestGuest;
@@ -24,6 +24,8 @@ pub struct TestAgent {
     pub socket: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
+    /// A command the agent runs under (`ip netns exec NS`), empty for none.
+    prefix: Vec<String>,
 }
 
 pub fn corral_bin() -> &'static str {
@@ -36,6 +38,11 @@ impl TestAgent {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_under(&[], extra)
+    }
+
+    /// Start the agent under a command, e.g. `["ip", "netns", "exec", "ns1"]`.
+    pub fn start_under(prefix: &[&str], extra: &[&str]) -> Self {
         let state = tempfile::Builder::new()
             .prefix("corral-e2e-")
             .tempdir()
@@ -46,6 +53,7 @@ impl TestAgent {
             socket,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            prefix: prefix.iter().map(|s| s.to_string()).collect(),
         };
         a.spawn();
         a
@@ -62,7 +70,14 @@ impl TestAgent {
             .append(true)
             .open(self.state.path().join("agent.log"))
             .expect("agent log");
-        let mut cmd = Command::new(corral_bin());
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(corral_bin());
+                c
+            }
+            None => Command::new(corral_bin()),
+        };
         cmd.arg("serve").arg("--state-dir").arg(self.state.path());
         if !self.extra.iter().any(|a| a.starts_with("--accel")) {
             cmd.args(["--accel", "tcg"]);
@@ -78,6 +93,46 @@ impl TestAgent {
         wait_until(Duration::from_secs(20), "agent socket", || {
             std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    /// Start an agent that is expected to refuse to start; answers what it printed.
+    pub fn try_start(extra: &[String]) -> String {
+        let state = tempfile::Builder::new()
+            .prefix("corral-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let mut child = Command::new(corral_bin())
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(["--accel", "tcg"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn corral serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if child.try_wait().expect("wait").is_some() {
+                let out = child.wait_with_output().expect("output");
+                assert!(!out.status.success(), "the agent exited 0");
+                return format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent started although it should have refused: {extra:?}");
     }
 
     /// SIGKILL the agent, as a crash would.
