@@ -5,17 +5,31 @@
 import { api, EventEnvelope, streamEvents, Task, VmInfo } from "./api";
 
 export interface Inventory {
-  host: { hostname?: string; id?: string; [k: string]: unknown } | null;
+  host: { hostname?: string; host_id?: string; [k: string]: unknown } | null;
+  /** The pool's members (`GET /v1/hosts`; a host outside a pool is a pool of one). */
+  hosts: HostSummary[];
   templates: { name: string; [k: string]: unknown }[];
   srs: { name: string; path?: string; free_bytes?: number; [k: string]: unknown }[];
   networks: { name: string; kind?: string; [k: string]: unknown }[];
   isos: { name?: string; path: string; size_bytes?: number; [k: string]: unknown }[];
 }
 
+export interface HostSummary {
+  name: string;
+  id: string;
+  state: string;
+  vms: number;
+  vms_running: number;
+  memory_total_bytes: number;
+  memory_free_bytes: number;
+  cpu_cores: number;
+  this_host: boolean;
+}
+
 export class Model {
   vms = new Map<string, VmInfo>();
   tasks = new Map<string, Task>();
-  inv: Inventory = { host: null, templates: [], srs: [], networks: [], isos: [] };
+  inv: Inventory = { host: null, hosts: [], templates: [], srs: [], networks: [], isos: [] };
   version = 0;
   live = false;
   /** The last applied event and when (for the update-latency benchmark). */
@@ -61,14 +75,16 @@ export class Model {
       api<Inventory["srs"]>("GET", "/v1/srs"),
       api<Inventory["networks"]>("GET", "/v1/networks"),
       api<Inventory["isos"]>("GET", "/v1/isos"),
+      // An agent without the pool routes still has a console: the host alone.
+      api<HostSummary[]>("GET", "/v1/hosts").catch(() => [] as HostSummary[]),
     ]);
     const vms = await vmsRead;
     this.vms = new Map(vms.map((v) => [v.name, v]));
     this.changed();
-    const [tasks, host, templates, srs, networks, isos] = await rest;
+    const [tasks, host, templates, srs, networks, isos, hosts] = await rest;
     // Keep the recent history only: the page shows the tasks of a selection.
     this.tasks = new Map(tasks.slice(-2000).map((t) => [t.id, t]));
-    this.inv = { host, templates, srs, networks, isos };
+    this.inv = { host, hosts, templates, srs, networks, isos };
     this.changed();
   }
 

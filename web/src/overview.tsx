@@ -129,7 +129,7 @@ export function Overview({ vm, onTask }: { vm: VmInfo; onTask: (id: string) => v
             <tbody>
               <tr><th>Name</th><td>{vm.name}</td></tr>
               <tr><th>State</th><td data-testid="ov-state">{vm.power_state}</td></tr>
-              <tr><th>Host</th><td>{vm.host}</td></tr>
+              <tr><th>Host</th><td data-testid="ov-host">{model.inv.hosts.find((h) => h.id === vm.host)?.name ?? vm.host}</td></tr>
               <tr><th>Template</th><td>{vm.template ?? "–"}{vm.is_template ? " (this VM is a template)" : ""}</td></tr>
               <tr><th>Firmware</th><td>{vm.firmware}{vm.tpm ? ", TPM 2.0" : ""}</td></tr>
               <tr><th>Boot</th><td>{vm.kernel_boot ? `kernel ${vm.kernel_boot.kernel}` : vm.boot_device}</td></tr>

@@ -8,6 +8,7 @@ import { model, useModel } from "./state";
 
 type Row =
   | { kind: "group"; label: string; depth: number }
+  | { kind: "host"; label: string; detail: string; depth: number }
   | { kind: "vm"; vm: VmInfo; depth: number }
   | { kind: "item"; label: string; detail?: string; depth: number; group: string };
 
@@ -23,10 +24,30 @@ function buildRows(filter: string): Row[] {
   const f = filter.trim().toLowerCase();
   const match = (s: string) => !f || s.toLowerCase().includes(f);
   const rows: Row[] = [{ kind: "group", label: "Pool", depth: 0 }];
-  const host = (model.inv.host?.hostname as string) ?? "this host";
-  rows.push({ kind: "group", label: host, depth: 1 });
   const vms = [...model.vms.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  for (const vm of vms) if (!vm.is_template && match(vm.name)) rows.push({ kind: "vm", vm, depth: 2 });
+  // Hosts of the pool with their load, each with its VMs; before the member list has
+  // arrived (or without pool routes), this host alone.
+  const hosts = model.inv.hosts.length
+    ? model.inv.hosts.map((h) => ({
+        id: h.id,
+        label: h.name,
+        detail: `${h.state}, ${h.vms_running}/${h.vms} running, ${fmtBytes(h.memory_free_bytes)} free of ${fmtBytes(h.memory_total_bytes)}`,
+      }))
+    : [{ id: String(model.inv.host?.host_id ?? ""), label: String(model.inv.host?.hostname ?? "this host"), detail: "" }];
+  const placed = new Set<string>();
+  for (const h of hosts) {
+    rows.push({ kind: "host", label: h.label, detail: h.detail, depth: 1 });
+    for (const vm of vms)
+      if (!vm.is_template && (vm.host === h.id || hosts.length === 1) && match(vm.name)) {
+        rows.push({ kind: "vm", vm, depth: 2 });
+        placed.add(vm.id);
+      }
+  }
+  const elsewhere = vms.filter((v) => !v.is_template && !placed.has(v.id) && match(v.name));
+  if (elsewhere.length) {
+    rows.push({ kind: "host", label: "other hosts", detail: "", depth: 1 });
+    for (const vm of elsewhere) rows.push({ kind: "vm", vm, depth: 2 });
+  }
   const group = (label: string, items: { label: string; detail?: string }[], vmItems: VmInfo[] = []) => {
     const shown = items.filter((i) => match(i.label));
     const shownVms = vmItems.filter((v) => match(v.name));
@@ -136,6 +157,12 @@ export function Tree({ selected, onSelect }: { selected: string | null; onSelect
                 </div>
               );
             }
+            if (r.kind === "host")
+              return (
+                <div key={`h-${r.label}`} class="row group host" style={style} title={r.detail} data-host={r.label}>
+                  {r.label} <span class="detail">{r.detail}</span>
+                </div>
+              );
             if (r.kind === "group")
               return (
                 <div key={`g-${r.label}`} class="row group" style={style}>

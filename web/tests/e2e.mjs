@@ -100,6 +100,8 @@ try {
   await page.click("button[type=submit]");
   await page.locator('[data-testid=live]:has-text("live")').waitFor();
   await vmRow(BIG).waitFor();
+  // The pool's hosts (a pool of one here) head their VMs, with their load.
+  await page.locator(".row.host .detail", { hasText: "running" }).first().waitFor();
   // A reload keeps the session (the page asks for its CSRF token again).
   await page.reload();
   await vmRow(BIG).waitFor();
