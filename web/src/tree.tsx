@@ -28,11 +28,17 @@ function buildRows(filter: string): Row[] {
   // Hosts of the pool with their load, each with its VMs; before the member list has
   // arrived (or without pool routes), this host alone.
   const hosts = model.inv.hosts.length
-    ? model.inv.hosts.map((h) => ({
-        id: h.id,
-        label: h.name,
-        detail: `${h.state}, ${h.vms_running}/${h.vms} running, ${fmtBytes(h.memory_free_bytes)} free of ${fmtBytes(h.memory_total_bytes)}`,
-      }))
+    ? model.inv.hosts.map((h) => {
+        // Counts from the VMs the event stream keeps current; memory as the member last
+        // reported it when the page loaded.
+        const mine = vms.filter((v) => v.host === h.id && !v.is_template);
+        const running = mine.filter((v) => v.power_state !== "halted").length;
+        return {
+          id: h.id,
+          label: h.name,
+          detail: `${h.state}, ${running}/${mine.length} running, ${fmtBytes(h.memory_free_bytes)} free of ${fmtBytes(h.memory_total_bytes)}`,
+        };
+      })
     : [{ id: String(model.inv.host?.host_id ?? ""), label: String(model.inv.host?.hostname ?? "this host"), detail: "" }];
   const placed = new Set<string>();
   for (const h of hosts) {
