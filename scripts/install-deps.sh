@@ -11,7 +11,7 @@ set -euo pipefail
 RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db swtpm swtpm-tools protobuf-compiler)
 TEST_PKGS=(busybox-static cpio xorriso isolinux syslinux syslinux-common extlinux mtools dosfstools
   fdisk socat zstd python3 python3-pyftpdlib nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils curl
-  dnsmasq-base etcd-server)
+  dnsmasq-base etcd-server chromium)
 
 want=("${RUN_PKGS[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PKGS[@]}")
@@ -22,7 +22,8 @@ for p in "${want[@]}"; do
 done
 # qemu-img must be the one matching qemu-system (7.2), see above.
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-# The XVA import test drives an independent writer (@xen-orchestra/xva) with node.
+# The XVA import test drives an independent writer (@xen-orchestra/xva) with node; the web
+# console is built with npm (esbuild) and tested in chromium driven by node (playwright-core).
 if [[ "${1:-}" == "--test" ]]; then
   command -v node >/dev/null || missing+=(nodejs)
   command -v npm >/dev/null || missing+=(npm)

@@ -10,6 +10,9 @@ scripts/check-rust.sh
 scripts/install-deps.sh --test
 scripts/build-test-guest.sh --quiet >/dev/null
 scripts/build-secureboot-esp.sh --quiet >/dev/null
+# The web console's bundle: npm ci from web/package-lock.json, rebuild, and fail when the
+# committed web/dist/ (embedded in the binary) is not what web/src builds to.
+scripts/build-web.sh --check
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings

@@ -15,8 +15,9 @@ pub mod pool;
 pub mod remote;
 mod routes;
 mod transfer;
+pub mod web;
 
-pub use routes::{router, served_paths};
+pub use routes::{router, router_with_web, served_paths};
 
 use axum::http::StatusCode;
 use corral_model::ErrorKind;

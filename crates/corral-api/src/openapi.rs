@@ -11,6 +11,7 @@
 //! `Op::post("/v1/vms/{name}/export", "Export a VM").body::<ExportRequest>().accepted::<TaskAccepted>(),`
 //! then `CORRAL_BLESS=1 cargo test -p corral-api --test openapi` and review the diff.
 
+use crate::web::{SessionAnswer, SessionRequest, TicketAnswer, TicketRequest};
 use axum::routing::MethodRouter;
 use axum::Router;
 use corral_model::api::*;
@@ -277,6 +278,12 @@ pub fn operations() -> Vec<Op> {
         Op::delete("/v1/hosts/{name}", "Forget a member that is down and owns no VM").empty(204, "Forgotten"),
         Op::post("/v1/hosts/{name}/evacuate", "Move every VM off a member (halted VMs on shared storage; running ones are refused until live migration lands)").body::<EvacuateRequest>().ok::<EvacuateAnswer>(),
         Op::get("/v1/events", "Event stream until the client disconnects").query("since", "integer", "also replay remembered events after this sequence number").ndjson::<EventEnvelope>(),
+        Op::post("/v1/session", "Web console login with the agent's token: sets the session cookie (HttpOnly, Secure, SameSite=Strict), answers the CSRF token for X-CSRF-Token").body::<SessionRequest>().ok::<SessionAnswer>(),
+        Op::get("/v1/session", "The CSRF token of the cookie's session").ok::<SessionAnswer>(),
+        Op::delete("/v1/session", "Log out: the session ends, the cookie is cleared").empty(204, "Logged out"),
+        Op::post("/v1/vms/{name}/console-ticket", "A one-time ticket (30 s, bound to the session and VM) for a console websocket").body::<TicketRequest>().ok::<TicketAnswer>(),
+        Op::get("/v1/vms/{name}/vnc", "Graphical console as a websocket bridged to the VM's VNC server (RFB in binary frames); needs ?ticket=").query("ticket", "string", "from POST /v1/vms/{name}/console-ticket").empty(101, "Switching to the websocket"),
+        Op::get("/v1/vms/{name}/console/ws", "Serial console as a websocket: the scroll-back, then live bytes both ways; needs ?ticket=").query("ticket", "string", "from POST /v1/vms/{name}/console-ticket").empty(101, "Switching to the websocket"),
     ]
 }
 

@@ -207,15 +207,38 @@ impl RemoteMaterial {
 
     /// The router wrapped so every request must carry this agent's token.
     pub fn guard(&self, app: Router) -> Router {
-        let auth = Arc::new(TokenAuth {
+        app.layer(axum::middleware::from_fn_with_state(
+            self.token_auth(),
+            require_token,
+        ))
+    }
+
+    /// The bearer check on its own, for the web console's guard (`crate::web::guard`), which
+    /// also accepts a session cookie.
+    pub fn token_auth(&self) -> Arc<TokenAuth> {
+        Arc::new(TokenAuth {
             token: self.token.clone(),
             token_path: self.token_path.clone(),
-        });
-        app.layer(axum::middleware::from_fn_with_state(auth, require_token))
+        })
+    }
+
+    /// The web console's state, whose login compares against this agent's token.
+    pub fn web(&self) -> Arc<crate::web::Web> {
+        crate::web::Web::with_token(Some(self.token.clone()))
+    }
+
+    /// The router wrapped by the web console's guard: the page and login open, console
+    /// websockets by ticket, the API by bearer token or session cookie with CSRF header.
+    pub fn guard_web(&self, app: Router, web: Arc<crate::web::Web>) -> Router {
+        app.layer(axum::middleware::from_fn_with_state(
+            (web, self.token_auth()),
+            crate::web::guard,
+        ))
     }
 }
 
-struct TokenAuth {
+/// The agent's token and where it lives (for the message of a refusal).
+pub struct TokenAuth {
     token: String,
     token_path: PathBuf,
 }
@@ -231,6 +254,11 @@ fn unauthorized(message: String) -> Response {
 
 /// Let a request through only with `Authorization: Bearer <token>`.
 async fn require_token(State(auth): State<Arc<TokenAuth>>, req: Request, next: Next) -> Response {
+    check_bearer(&auth, req, next).await
+}
+
+/// Run `next` when `req` carries `Authorization: Bearer <token>`, else answer 401.
+pub async fn check_bearer(auth: &TokenAuth, req: Request, next: Next) -> Response {
     use subtle::ConstantTimeEq;
     let given = req
         .headers()

@@ -67,8 +67,15 @@ fn yes() -> bool {
 }
 
 pub fn router(agent: Arc<Agent>) -> Router {
+    router_with_web(agent, crate::web::Web::with_token(None))
+}
+
+/// The router with the web console's state (sessions, tickets; `crate::web`) and its page.
+pub fn router_with_web(agent: Arc<Agent>, web: Arc<crate::web::Web>) -> Router {
     table()
         .into_router()
+        .merge(crate::web::assets::router())
+        .layer(axum::Extension(web))
         .fallback(|| async { Failure(ApiError::not_found("no such API endpoint")) })
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
@@ -140,6 +147,22 @@ fn table() -> Routes<AppState> {
         .route(
             "/v1/hosts/{name}/evacuate",
             post(crate::pool::evacuate_host),
+        )
+        // The web console (crate::web): login sessions, console tickets, console websockets.
+        .route(
+            "/v1/session",
+            post(crate::web::login)
+                .get(crate::web::session_info)
+                .delete(crate::web::logout),
+        )
+        .route(
+            "/v1/vms/{name}/console-ticket",
+            post(crate::web::console_ticket),
+        )
+        .route("/v1/vms/{name}/vnc", get(crate::web::console_ws::vnc_ws))
+        .route(
+            "/v1/vms/{name}/console/ws",
+            get(crate::web::console_ws::serial_ws),
         )
 }
 

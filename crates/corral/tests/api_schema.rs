@@ -240,6 +240,23 @@ fn answers_match_the_openapi_document() {
         Some(json!({"description": "changed", "cpu_weight": 512})),
         200,
     );
+    // The web console's routes over the unix socket: no --listen, so no login (501); no
+    // session (401); a console ticket for a halted VM says why not (409).
+    c.call(
+        "POST",
+        "/v1/session",
+        "/v1/session",
+        Some(json!({"token": "0123456789abcdef"})),
+        501,
+    );
+    c.call("GET", "/v1/session", "/v1/session", None, 401);
+    c.call(
+        "POST",
+        "/v1/vms/{name}/console-ticket",
+        "/v1/vms/s1/console-ticket",
+        Some(json!({"kind": "serial"})),
+        409,
+    );
     c.call(
         "POST",
         "/v1/vms/{name}/disks",

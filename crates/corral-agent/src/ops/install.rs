@@ -712,7 +712,7 @@ impl Ops {
             }
             if p.spec.disks.is_empty() {
                 return Err(invalid(format!(
-                    "an install needs a disk to install onto (--disk SIZE, or a template with                      one); {}",
+                    "an install needs a disk to install onto (--disk SIZE, or a template with one); {}",
                     choice.explanation
                 )));
             }

@@ -22,6 +22,8 @@ use std::path::PathBuf;
     generates a self-signed certificate (STATE_DIR/tls/cert.pem) and a token (STATE_DIR/token); \
     remote clients pass the token and pin the certificate's SHA-256 fingerprint (`corral host \
     info` shows it): corral --connect https://HOST:PORT --token TOKEN --fingerprint FP ...\n\n\
+    The same HTTPS address serves the web Administrator Console at https://HOST:PORT/ (log in \
+    with the token).\n\n\
     Examples:\n  corral serve\n  corral serve --state-dir /srv/corral --accel tcg\n  \
     corral serve --listen 0.0.0.0:8443")]
 pub struct ServeArgs {
@@ -263,9 +265,16 @@ async fn serve(
     let agent = corral_agent::Agent::start(config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let app = corral_api::router(agent.clone());
+    // The web console's sessions and tickets are shared by every listener; its login
+    // compares against the HTTPS token, so without --listen nobody can log in.
+    let web = match &remote {
+        Some(m) => m.web(),
+        None => corral_api::web::Web::with_token(None),
+    };
+    let app = corral_api::router_with_web(agent.clone(), web.clone());
     if let Some(m) = &remote {
-        let guarded = m.guard(app.clone());
+        // Bearer token as before, or the web console's session cookie (+ CSRF header).
+        let guarded = m.guard_web(app.clone(), web);
         // A pool member serves its pool certificate and lets members in by theirs.
         let (tls, fingerprint) = match agent.pool().tls() {
             Some(t) => (
