@@ -219,6 +219,26 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(err.contains("it is running"), "{err}");
     assert_eq!(snapshot(&a), before);
     assert_eq!(a.power_state("taken"), "running");
+
+    // HA restart elsewhere is refused for disks on local storage and for a TPM (its state
+    // lives on this host), and nothing changes.
+    a.ok(&[
+        "vm",
+        "create",
+        "--name",
+        "tpm1",
+        "--memory",
+        "64M",
+        "--no-disks",
+        "--tpm",
+    ]);
+    let before = snapshot(&a);
+    let err = a.fails(&["vm", "set", "tpm1", "--ha", "restart"]);
+    assert!(err.contains("TPM"), "{err}");
+    let err = a.fails(&["vm", "set", "taken", "--ha", "restart"]);
+    assert!(err.contains("shared repository"), "{err}");
+    assert_eq!(snapshot(&a), before);
+    assert_eq!(a.vm("tpm1")["ha"]["restart"], false);
 }
 
 #[test]

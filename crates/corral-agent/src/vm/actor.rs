@@ -935,6 +935,13 @@ fn ha_policy(
     if let Some(p) = priority {
         ha.priority = p;
     }
+    if ha.restart && restart == Some(true) && spec.tpm {
+        // The vTPM's state lives on this host (STATE/tpm/<id>): a restart elsewhere would
+        // come up with an empty TPM and lose sealed secrets.
+        return Err(Error::invalid(
+            "--ha restart is refused for a VM with a TPM: its TPM state lives on this host and would be lost by a restart elsewhere",
+        ));
+    }
     if ha.restart && restart == Some(true) {
         let local: Vec<String> = spec
             .disks
