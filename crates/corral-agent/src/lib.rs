@@ -17,6 +17,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod host;
 pub mod intents;
 pub mod keys;

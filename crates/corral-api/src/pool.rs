@@ -212,19 +212,7 @@ async fn create_elsewhere(agent: &Arc<Agent>, req: Request, next: Next) -> Respo
     if id == agent.host_id() {
         return next.run(req).await;
     }
-    match agent
-        .pool()
-        .hosts()
-        .into_iter()
-        .find(|h| h.id == id)
-        .and_then(|h| h.address)
-    {
-        Some(address) => forward(agent, &address, &id, req, None).await,
-        None => failure(
-            ErrorKind::Unavailable,
-            format!("host {name:?} serves no network address (start it with --listen)"),
-        ),
-    }
+    forward_to_member(agent, &id, &name, req, None).await
 }
 
 /// `vm start NAME --on HOST`: move the halted VM there, then start it there.
@@ -251,15 +239,7 @@ async fn start_on(agent: &Arc<Agent>, name: &str, req: Request, next: Next) -> R
     let Ok(info) = agent.vm_info(name) else {
         return failure(ErrorKind::NotFound, format!("no VM named {name:?}"));
     };
-    let need = corral_agent::pool::Need {
-        name: info.name.clone(),
-        vcpus: info.vcpus,
-        memory_bytes: info.memory_bytes,
-        networks: info.nics.iter().map(|n| n.network.clone()).collect(),
-        apart: info.ha.apart.clone(),
-        exclude_host: None,
-    };
-    let (to_id, to_name) = match pool.choose_host(&on, &need) {
+    let (to_id, to_name) = match pool.choose_host(&on, &corral_agent::pool::Need::of_info(&info)) {
         Ok(x) => x,
         Err(e) => return Failure::from(e).into_response(),
     };
@@ -272,16 +252,28 @@ async fn start_on(agent: &Arc<Agent>, name: &str, req: Request, next: Next) -> R
             .await;
         return next.run(req).await;
     }
-    match pool
+    forward_to_member(agent, &to_id, &to_name, req, Some(revision)).await
+}
+
+/// Forward to the member `id` (named `name`) at the address it published.
+async fn forward_to_member(
+    agent: &Arc<Agent>,
+    id: &str,
+    name: &str,
+    req: Request,
+    revision: Option<u64>,
+) -> Response {
+    match agent
+        .pool()
         .hosts()
         .into_iter()
-        .find(|h| h.id == to_id)
+        .find(|h| h.id == id)
         .and_then(|h| h.address)
     {
-        Some(address) => forward(agent, &address, &to_id, req, Some(revision)).await,
+        Some(address) => forward(agent, &address, id, req, revision).await,
         None => failure(
             ErrorKind::Unavailable,
-            format!("host {to_name:?} serves no network address (start it with --listen)"),
+            format!("host {name:?} serves no network address (start it with --listen)"),
         ),
     }
 }

@@ -20,8 +20,8 @@ use axum::Router;
 use corral_model::{ApiError, ErrorKind};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,23 +85,12 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
-/// Write `bytes` to `path` with mode `mode`, atomically (temp file + rename), so a crash never
-/// leaves a half-written secret that a later start would try to use.
+/// [`corral_agent::files::write_private`], its error said as this module says them.
 fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), RemoteError> {
-    let err = |source| RemoteError::Write {
+    corral_agent::files::write_private(path, bytes, mode).map_err(|source| RemoteError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// A secret must not be readable by group or others; an admin's `cp` may have widened it.

@@ -74,27 +74,7 @@ pub(super) async fn enroll(
     let member = pki::enroll(&record, &token, &host.host_id, &options.host_name)?;
     let write = |name: &str, text: &str| -> Result<(), Error> {
         let path = dir.join(name);
-        let tmp = path.with_extension("tmp");
-        {
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .and_then(|mut f| f.write_all(text.as_bytes()).map(|_| f))
-                .map_err(|e| {
-                    Error::caused(
-                        ErrorKind::Internal,
-                        format!("cannot write {}", path.display()),
-                        e,
-                    )
-                })?;
-            let _ = f.flush();
-        }
-        std::fs::rename(&tmp, &path).map_err(|e| {
+        crate::files::write_private(&path, text.as_bytes(), 0o600).map_err(|e| {
             Error::caused(
                 ErrorKind::Internal,
                 format!("cannot write {}", path.display()),

@@ -27,18 +27,42 @@ pub struct Need {
 
 impl Need {
     pub fn of(rec: &VmRecord) -> Need {
-        let mut networks: Vec<String> = rec.spec.nics.iter().map(|n| n.network.clone()).collect();
-        networks.sort();
-        networks.dedup();
         Need {
-            name: rec.spec.name.clone(),
-            vcpus: rec.spec.vcpus,
-            memory_bytes: rec.spec.memory_bytes,
-            networks,
             apart: rec.ha.apart.clone(),
+            ..Need::of_spec(&rec.spec)
+        }
+    }
+
+    /// The same from a VM as front ends see it.
+    pub fn of_info(info: &VmInfo) -> Need {
+        Need {
+            name: info.name.clone(),
+            vcpus: info.vcpus,
+            memory_bytes: info.memory_bytes,
+            networks: networks(&info.nics),
+            apart: info.ha.apart.clone(),
             exclude_host: None,
         }
     }
+
+    fn of_spec(spec: &corral_model::VmSpec) -> Need {
+        Need {
+            name: spec.name.clone(),
+            vcpus: spec.vcpus,
+            memory_bytes: spec.memory_bytes,
+            networks: networks(&spec.nics),
+            apart: None,
+            exclude_host: None,
+        }
+    }
+}
+
+/// The networks a VM's NICs need, each once.
+fn networks(nics: &[corral_model::Nic]) -> Vec<String> {
+    let mut n: Vec<String> = nics.iter().map(|n| n.network.clone()).collect();
+    n.sort();
+    n.dedup();
+    n
 }
 
 /// A member's published capacity and load as the planner's `HostLoad`.

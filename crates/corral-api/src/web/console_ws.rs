@@ -72,6 +72,27 @@ fn upgrade(
     })
 }
 
+/// What both console routes check before they bridge, in this order: the ticket is one this
+/// agent issued (before the VM is looked up, so nothing is said about VMs without one), it
+/// is redeemed for this VM and session, the request is a websocket upgrade, and the VM has
+/// that console now.
+fn admit(
+    agent: &Agent,
+    web: &Web,
+    name: &str,
+    q: &TicketQuery,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    kind: ConsoleKind,
+) -> Result<(VmInfo, WebSocketUpgrade, Option<super::SessionEnd>), Failure> {
+    web.check_ticket_known(q.ticket.as_deref())?;
+    let info = agent.vm(name)?.info();
+    let end = web.redeem(q.ticket.as_deref(), headers, &info.id, kind)?;
+    let ws = upgrade(ws)?;
+    check_available(&info, kind)?;
+    Ok((info, ws, end))
+}
+
 /// `GET /v1/vms/{name}/vnc?ticket=`: the graphical console.
 pub async fn vnc_ws(
     State(agent): State<Arc<Agent>>,
@@ -81,11 +102,7 @@ pub async fn vnc_ws(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
-    web.check_ticket_known(q.ticket.as_deref())?;
-    let info = agent.vm(&name)?.info();
-    let end = web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Vnc)?;
-    let ws = upgrade(ws)?;
-    check_available(&info, ConsoleKind::Vnc)?;
+    let (info, ws, end) = admit(&agent, &web, &name, &q, &headers, ws, ConsoleKind::Vnc)?;
     let addr: std::net::SocketAddr = info
         .vnc
         .as_deref()
@@ -114,11 +131,7 @@ pub async fn serial_ws(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
-    web.check_ticket_known(q.ticket.as_deref())?;
-    let info = agent.vm(&name)?.info();
-    let end = web.redeem(q.ticket.as_deref(), &headers, &info.id, ConsoleKind::Serial)?;
-    let ws = upgrade(ws)?;
-    check_available(&info, ConsoleKind::Serial)?;
+    let (info, ws, end) = admit(&agent, &web, &name, &q, &headers, ws, ConsoleKind::Serial)?;
     let run = agent.layout().run_dir(&info.id);
     let serial = tokio::net::UnixStream::connect(run.join("serial.sock"))
         .await
