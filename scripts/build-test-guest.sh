@@ -31,6 +31,8 @@
 #                          CORRAL-PING-OK A.B.C.D
 #   corral.poweroff        power off right after CORRAL-GUEST-READY
 #   corral.debug           keep kernel messages on the console
+#   corral.count           print CORRAL-COUNT N every second, N from 1 (live migration keeps counting)
+#   corral.dirty=MIB       rewrite MIB MiB of memory with random bytes every second
 #   Installer mode (any of the following turns it on):
 #   corral.install[=URL]   run the installer; with an http/ftp tree URL, fetch URL/images/disk.img.gz
 #                          (falls back to the CD-ROM, then to the payload embedded in the initrd)

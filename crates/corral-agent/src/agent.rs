@@ -45,6 +45,8 @@ pub struct Agent {
     sampler: Arc<crate::stats::Sampler>,
     /// This host's membership of its pool, and the pool-wide view (see [`crate::pool`]).
     pool: Arc<crate::pool::Pool>,
+    /// Live migration, as source and as target (see [`crate::migrate`]).
+    migrations: Arc<crate::migrate::Migrations>,
 }
 
 /// How a VM request was answered: done (with the VM as it is now), or accepted and still
@@ -183,7 +185,18 @@ impl Agent {
             stats: stats.clone(),
             advisor: advisor.clone(),
         });
+        let migrations = crate::migrate::Migrations::new(
+            host.clone(),
+            runtime.clone(),
+            pool.clone(),
+            config
+                .capacity
+                .memory_gib
+                .map(|g| (g * (1u64 << 30) as f64) as u64),
+        );
+        migrations.incoming.recover().await;
         let agent = Arc::new(Agent {
+            migrations,
             hostname,
             config,
             host,
@@ -591,6 +604,22 @@ impl Agent {
         q: ExportQuery,
     ) -> Result<(String, String, crate::ops::transfer::ByteStream), Error> {
         self.ops.export_vm(name, q).await
+    }
+
+    /// `vm migrate NAME --to HOST` (see [`crate::migrate`]): the pre-checks, and the task
+    /// of a migration that started.
+    pub async fn migrate_vm(
+        &self,
+        name: &str,
+        req: corral_model::migrate::MigrateRequest,
+    ) -> Result<corral_model::migrate::MigrateAnswer, Error> {
+        let handle = self.vm(name)?;
+        self.migrations.migrate(handle, req).await
+    }
+
+    /// The target's half of live migration, for the pool's internal routes.
+    pub fn incoming(&self) -> &Arc<crate::migrate::incoming::Incoming> {
+        &self.migrations.incoming
     }
 
     /// `vm convert-to-template`.

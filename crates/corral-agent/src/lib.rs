@@ -21,6 +21,7 @@ pub mod files;
 pub mod host;
 pub mod intents;
 pub mod keys;
+pub mod migrate;
 pub mod network;
 pub mod ops;
 pub mod pool;

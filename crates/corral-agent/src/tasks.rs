@@ -102,6 +102,11 @@ impl TaskHandle {
             }
         });
     }
+    /// A migration's latest figures (see [`corral_model::migrate::MigrationFigures`]).
+    pub fn figures(&self, figures: &corral_model::migrate::MigrationFigures) {
+        self.tasks
+            .update(&self.id, |t| t.migration = figures.clone());
+    }
     pub fn set_vm(&self, id: &str, name: &str) {
         self.tasks.update(&self.id, |t| {
             t.vm_id = Some(id.to_string());
@@ -225,6 +230,7 @@ impl Tasks {
             finished_at_ms: None,
             result: None,
             error: None,
+            migration: Default::default(),
         };
         let (tx, _) = watch::channel(task.clone());
         let (cancel, cancel_rx) = watch::channel(false);

@@ -17,6 +17,7 @@ use axum::Router;
 use corral_model::api::*;
 use corral_model::event::EventEnvelope;
 use corral_model::host::{HostInfo, IsoImage, Network, StorageRepository};
+use corral_model::migrate::{MigrateAnswer, MigrateRequest};
 use corral_model::pool::{EvacuateAnswer, EvacuateRequest, HostDetail, HostSummary, PoolInfo};
 use corral_model::stats::{HostRecommendation, VmStats};
 use corral_model::task::Task;
@@ -276,7 +277,8 @@ pub fn operations() -> Vec<Op> {
         Op::get("/v1/hosts", "Every member of the pool: up/down, load, free memory, VMs").ok::<Vec<HostSummary>>(),
         Op::get("/v1/hosts/{name}", "One member of the pool").ok::<HostDetail>(),
         Op::delete("/v1/hosts/{name}", "Forget a member that is down and owns no VM").empty(204, "Forgotten"),
-        Op::post("/v1/hosts/{name}/evacuate", "Move every VM off a member (halted VMs on shared storage; running ones are refused until live migration lands)").body::<EvacuateRequest>().ok::<EvacuateAnswer>(),
+        Op::post("/v1/vms/{name}/migrate", "Move a VM to another member: a running VM live (202 with the task), a halted one by changing its owner; with check only the pre-checks").body::<MigrateRequest>().ok::<MigrateAnswer>().accepted::<MigrateAnswer>(),
+        Op::post("/v1/hosts/{name}/evacuate", "Move every VM off a member (running VMs live-migrate, halted ones on shared storage change owner)").body::<EvacuateRequest>().ok::<EvacuateAnswer>(),
         Op::get("/v1/events", "Event stream until the client disconnects").query("since", "integer", "also replay remembered events after this sequence number").ndjson::<EventEnvelope>(),
         Op::post("/v1/session", "Web console login with the agent's token: sets the session cookie (HttpOnly, Secure, SameSite=Strict), answers the CSRF token for X-CSRF-Token").body::<SessionRequest>().ok::<SessionAnswer>(),
         Op::get("/v1/session", "The CSRF token of the cookie's session").ok::<SessionAnswer>(),

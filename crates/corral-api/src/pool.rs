@@ -27,11 +27,10 @@ use corral_model::{ApiError, ErrorKind};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const FORWARDED: &str = "x-corral-forwarded";
+pub use corral_agent::pool::peer::FORWARDED;
 pub const VM_REVISION: &str = "x-corral-vm-revision";
 /// Bodies read to find `host`/`on` are small JSON documents.
 const ROUTING_BODY_LIMIT: usize = 1 << 20;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Result<T> = std::result::Result<T, Failure>;
 
@@ -62,6 +61,74 @@ pub async fn evacuate_host(
 ) -> Result<Response> {
     let to = req.to.unwrap_or_else(|| "auto".into());
     Ok(Json(a.pool().evacuate(&name, &to).await?).into_response())
+}
+
+/// Routes only pool members call (the target's half of live migration); a request must have
+/// come over a connection whose client certificate the pool CA signed. Not in the public
+/// API document: `docs/migration.md` describes them.
+pub fn member_routes() -> axum::Router<Arc<Agent>> {
+    use axum::routing::post;
+    axum::Router::new()
+        .route("/v1/pool/migrations/check", post(incoming_check))
+        .route("/v1/pool/migrations", post(incoming_prepare))
+        .route("/v1/pool/migrations/{id}/{step}", post(incoming_step))
+        .route_layer(axum::middleware::from_fn(require_member))
+}
+
+async fn require_member(req: Request, next: Next) -> Response {
+    if req.extensions().get::<crate::remote::PoolPeer>().is_some() {
+        next.run(req).await
+    } else {
+        failure(
+            ErrorKind::Unauthorized,
+            "only pool members (with a certificate of the pool's CA) may call this route".into(),
+        )
+    }
+}
+
+async fn incoming_check(
+    State(a): State<Arc<Agent>>,
+    crate::routes::Body_(req): crate::routes::Body_<corral_model::migrate::IncomingRequest>,
+) -> Response {
+    let checks = a.incoming().checks(&req).await;
+    Json(corral_model::migrate::IncomingAnswer {
+        checks,
+        host: None,
+        migration_port: None,
+        nbd_port: None,
+        volumes: Vec::new(),
+        tls_hostname: None,
+    })
+    .into_response()
+}
+
+async fn incoming_prepare(
+    State(a): State<Arc<Agent>>,
+    crate::routes::Body_(req): crate::routes::Body_<corral_model::migrate::IncomingRequest>,
+) -> Result<Response> {
+    Ok(Json(a.incoming().prepare(req).await?).into_response())
+}
+
+/// `heartbeat`, `commit` or `abort` of one incoming migration.
+async fn incoming_step(
+    State(a): State<Arc<Agent>>,
+    Path((id, step)): Path<(String, String)>,
+) -> Result<Response> {
+    let incoming = a.incoming();
+    let state = match step.as_str() {
+        "heartbeat" => incoming.heartbeat(&id),
+        "commit" => incoming.commit(&id).await?,
+        "abort" => {
+            incoming.abort(&id, "the source gave up").await;
+            corral_model::migrate::IncomingState::Unknown
+        }
+        other => {
+            return Err(Failure(ApiError::not_found(format!(
+                "unknown migration step {other:?} (heartbeat, commit, abort)"
+            ))))
+        }
+    };
+    Ok(Json(state).into_response())
 }
 
 fn failure(kind: ErrorKind, message: String) -> Response {
@@ -96,6 +163,11 @@ pub async fn route_to_owner(State(agent): State<Arc<Agent>>, req: Request, next:
             let name = name.to_string();
             start_on(&agent, &name, req, next).await
         }
+        // A task lives on the member that runs it (a migration's on the VM's owner): one
+        // this member does not know is looked for on the others.
+        ["v1", "tasks", id, ..] if pool.is_clustered() && agent.tasks().get(id).is_none() => {
+            task_elsewhere(&agent, req, next).await
+        }
         ["v1", "vms", name, ..] => {
             let is_read = req.method() == axum::http::Method::GET && segments.len() == 3;
             match pool.route(name) {
@@ -127,6 +199,32 @@ pub async fn route_to_owner(State(agent): State<Arc<Agent>>, req: Request, next:
         }
         _ => next.run(req).await,
     }
+}
+
+/// Ask every other member that is up for a task this member does not know; the first
+/// answer that is not 404 wins.
+async fn task_elsewhere(agent: &Arc<Agent>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = to_bytes(body, ROUTING_BODY_LIMIT).await else {
+        return failure(ErrorKind::InvalidInput, "cannot read request body".into());
+    };
+    let me = agent.host_id().to_string();
+    for h in agent.pool().hosts() {
+        let (Some(address), true) = (
+            &h.address,
+            h.id != me && h.state == corral_model::pool::HostState::Up,
+        ) else {
+            continue;
+        };
+        let copy = Request::from_parts(parts.clone(), Body::from(bytes.clone()));
+        if let Ok(resp) = try_forward(agent, address, &h.id, copy, None).await {
+            if resp.status() != StatusCode::NOT_FOUND {
+                return resp;
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 async fn read_json(
@@ -278,32 +376,6 @@ async fn forward_to_member(
     }
 }
 
-/// The TLS client members use with each other: the pool CA as the only root, this member's
-/// certificate as the client identity.
-fn client_config(agent: &Agent) -> std::result::Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let tls = agent
-        .pool()
-        .tls()
-        .ok_or("this host is not in a clustered pool")?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(tls.ca_pem.as_bytes()).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    let cert =
-        CertificateDer::from_pem_slice(tls.cert_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(vec![cert], key)
-        .map_err(|e| e.to_string())?;
-    Ok(Arc::new(config))
-}
-
 /// Send `req` to the member at `address` (`https://ADDR:PORT`) and hand its answer back,
 /// bodies streamed.
 async fn forward(
@@ -338,28 +410,12 @@ async fn try_forward(
         .headers()
         .contains_key(axum::http::header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut req));
-    let authority = address
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("{address} is not an https:// address"))?
-        .trim_end_matches('/')
-        .to_string();
-    let config = client_config(agent)?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&authority))
-        .await
-        .map_err(|_| "connection timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let server_name = rustls::pki_types::ServerName::try_from(
-        corral_agent::pool::pki::member_server_name(host_id),
-    )
-    .map_err(|e| e.to_string())?;
-    let tls = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_rustls::TlsConnector::from(config).connect(server_name, tcp),
-    )
-    .await
-    .map_err(|_| "TLS handshake timed out".to_string())?
-    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let authority = corral_agent::pool::peer::authority(address)?;
+    let tls = agent
+        .pool()
+        .tls()
+        .ok_or("this host is not in a clustered pool")?;
+    let tls = corral_agent::pool::peer::connect(tls, address, host_id).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await

@@ -75,6 +75,7 @@ pub fn router_with_web(agent: Arc<Agent>, web: Arc<crate::web::Web>) -> Router {
     table()
         .into_router()
         .merge(crate::web::assets::router())
+        .merge(crate::pool::member_routes())
         .layer(axum::Extension(web))
         .fallback(|| async { Failure(ApiError::not_found("no such API endpoint")) })
         .layer(axum::middleware::from_fn_with_state(
@@ -124,6 +125,7 @@ fn table() -> Routes<AppState> {
             "/v1/vms/{name}/convert-to-template",
             post(crate::transfer::convert_to_template),
         )
+        .route("/v1/vms/{name}/migrate", post(migrate_vm))
         .route("/v1/vms/{name}/console", get(console))
         .route("/v1/vms/{name}/console/log", get(console_log))
         .route("/v1/srs", get(list_srs).post(create_sr))
@@ -239,6 +241,22 @@ async fn vm_action(
             .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))?
     };
     Ok(outcome(a.vm_action(&name, action, opts, w.wait).await?))
+}
+
+/// `vm migrate`: 202 with the task when a live migration started, 200 for a check or the
+/// move of a halted VM.
+async fn migrate_vm(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    Body_(req): Body_<corral_model::migrate::MigrateRequest>,
+) -> Result<Response> {
+    let answer = a.migrate_vm(&name, req).await?;
+    let status = if answer.task.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(answer)).into_response())
 }
 
 async fn disk_add(

@@ -338,6 +338,15 @@ impl Client {
         let path = format!("/v1/vms/{}/actions/{}", seg(name), action.as_str());
         self.call(Method::POST, &path, Self::json(opts)).await
     }
+    /// `vm migrate`: the pre-checks, and the task of a live migration that started.
+    pub async fn migrate_vm(
+        &self,
+        name: &str,
+        req: &corral_model::migrate::MigrateRequest,
+    ) -> Result<corral_model::migrate::MigrateAnswer> {
+        let path = format!("/v1/vms/{}/migrate", seg(name));
+        self.call(Method::POST, &path, Self::json(req)).await
+    }
     /// Start an action without waiting; returns the task id.
     pub async fn action_nowait(
         &self,

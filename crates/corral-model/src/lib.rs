@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod host;
 pub mod install;
+pub mod migrate;
 pub mod pool;
 pub mod size;
 pub mod stats;

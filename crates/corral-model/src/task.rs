@@ -68,6 +68,8 @@ pub enum Operation {
     VmMove,
     HostEvacuate,
     HostForget,
+    /// A running VM moved to another pool member with its memory (and, with storage, disks).
+    VmMigrate,
 }
 
 impl Operation {
@@ -105,6 +107,7 @@ impl Operation {
         Operation::VmMove,
         Operation::HostEvacuate,
         Operation::HostForget,
+        Operation::VmMigrate,
     ];
 
     /// The dotted name tasks carry on the wire.
@@ -143,6 +146,7 @@ impl Operation {
             Operation::VmMove => "vm.move",
             Operation::HostEvacuate => "host.evacuate",
             Operation::HostForget => "host.forget",
+            Operation::VmMigrate => "vm.migrate",
         }
     }
 
@@ -162,6 +166,7 @@ impl Operation {
                 | Operation::VmImport
                 | Operation::VmExport
                 | Operation::VmShutdown
+                | Operation::VmMigrate
         )
     }
 }
@@ -200,6 +205,10 @@ pub struct Task {
     pub result: Option<String>,
     #[serde(default)]
     pub error: Option<ApiError>,
+    /// A live migration's convergence figures (rates, expected and measured downtime),
+    /// at the task's top level beside `bytes_done`.
+    #[serde(flatten)]
+    pub migration: crate::migrate::MigrationFigures,
 }
 
 #[cfg(test)]

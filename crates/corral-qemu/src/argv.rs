@@ -119,6 +119,9 @@ pub struct Launch<'a> {
     pub tpm_socket: Option<PathBuf>,
     /// Add `-daemonize` so QEMU detaches and outlives the agent.
     pub daemonize: bool,
+    /// Start as the target of a live migration (`-incoming defer`): same devices, no guest
+    /// of its own; the agent names the listening address later with `migrate-incoming`.
+    pub incoming: bool,
 }
 
 /// Why a spec cannot be turned into a command line.
@@ -480,6 +483,9 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
     }
     push(&mut argv, "-display", "none");
     push(&mut argv, "-msg", "timestamp=on");
+    if launch.incoming {
+        push(&mut argv, "-incoming", "defer");
+    }
 
     // Runtime plumbing: pid file, QMP, serial console, VNC.
     let p = &launch.paths;

@@ -14,6 +14,7 @@
 
 pub mod argv;
 pub mod firmware;
+pub mod migration;
 pub mod probe;
 pub mod process;
 pub mod qmp;

@@ -23,6 +23,8 @@ struct Case {
     accel: Accelerator,
     daemonize: bool,
     #[serde(default)]
+    incoming: bool,
+    #[serde(default)]
     paths: Option<RuntimePaths>,
     nics: Vec<NicBackend>,
     #[serde(default)]
@@ -50,6 +52,7 @@ fn render(case: &Case) -> (String, &'static str) {
         ovmf: case.ovmf.clone(),
         tpm_socket: case.tpm_socket.clone(),
         daemonize: case.daemonize,
+        incoming: case.incoming,
     };
     match build_argv(&launch) {
         Ok(argv) => {

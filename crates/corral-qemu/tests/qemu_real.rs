@@ -365,6 +365,7 @@ async fn startup_errors_carry_qemu_stderr() {
         ovmf: None,
         tpm_socket: None,
         daemonize: true,
+        incoming: false,
     })
     .expect("argv");
     let err = process::spawn_daemonized(

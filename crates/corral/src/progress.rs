@@ -102,5 +102,18 @@ fn render(b: &ProgressBar, t: &Task) {
             b.set_position((t.progress * 1000.0) as u64);
         }
     }
-    b.set_message(t.phase.clone());
+    b.set_message(phase_line(t));
+}
+
+/// The phase, with a migration's dirty rate and expected downtime when it has them.
+fn phase_line(t: &Task) -> String {
+    let m = &t.migration;
+    match (m.dirty_rate_bytes_per_s, m.expected_downtime_ms) {
+        (Some(d), Some(ms)) => format!(
+            "{} (dirty {}/s, downtime ~{ms} ms)",
+            t.phase,
+            corral_model::format_size(d)
+        ),
+        _ => t.phase.clone(),
+    }
 }

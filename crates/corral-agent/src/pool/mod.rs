@@ -1,7 +1,6 @@
 //! The pool: this host as one member of many that share a store (etcd), or a one-host pool
 //! on the embedded SQLite store when the agent runs without `--etcd`.
 //!
-//! What it owns:
 //! What it owns, module by module:
 //! - **Joining** (`join.rs`, [`Pool::start`]): the first host founds the pool (its CA and
 //!   join token, [`pki`]); later hosts enroll with the token. Host names are unique through
@@ -21,6 +20,8 @@
 //!   released (its QEMU killed if it still ran).
 //! - **Placement and moves** (`place.rs`): the planner's ratings over every member; a VM's
 //!   owner changes only in a transaction that expects the record's revision.
+//! - **Talking to members** (`peer.rs`): mutual-TLS connections and JSON calls to another
+//!   member's internal routes (live migration uses them).
 //! - This file: the [`Pool`] itself, publishing this host's record, and the reads front ends
 //!   make (`vm list`, `host list`, `pool show`, where a request goes: [`Pool::route`]).
 //!
@@ -29,6 +30,7 @@
 pub mod fence;
 mod join;
 mod membership;
+pub mod peer;
 pub mod pki;
 mod place;
 mod view;

@@ -238,6 +238,19 @@ impl Pool {
         })
     }
 
+    /// The member that owns the VM with id `vm_id`, as the view has it.
+    pub fn owner_of(&self, vm_id: &str) -> Option<String> {
+        self.read().vms.get(vm_id).map(|(r, _)| r.host.clone())
+    }
+
+    /// Whether `path` lies in a shared repository (every member sees it).
+    pub fn is_on_shared_sr(&self, path: &std::path::Path) -> bool {
+        self.read()
+            .shared_srs
+            .values()
+            .any(|sr| path.starts_with(&sr.path))
+    }
+
     pub(super) fn record_of(&self, key: &str) -> Option<(VmRecord, u64)> {
         let v = self.read();
         let id = v.id_of(key);

@@ -102,6 +102,7 @@ impl<R: Runtime> Actor<R> {
             leased: self.jobs.lease(),
             template: self.rec.spec.is_template,
             shutting_down: self.jobs.shutting_down(),
+            migrating: self.jobs.migrating(),
         }
     }
 
@@ -284,8 +285,9 @@ impl<R: Runtime> Actor<R> {
             }
             return;
         }
-        // Leases and freezes are steps of a larger task that the caller finishes.
-        let step = matches!(op, Op::Lease(_) | Op::Freeze(_));
+        // Leases and freezes are steps of a larger task that the caller finishes; a
+        // migration's task ends with the migration.
+        let step = matches!(op, Op::Lease(_) | Op::Freeze(_) | Op::Migrate { .. });
         let result = self.apply(op, &task).await;
         match (&result, step) {
             (Ok(()), true) => {}
@@ -476,7 +478,16 @@ impl<R: Runtime> Actor<R> {
                 Ok(())
             }
             Op::Release => {
+                if self.jobs.migrating() {
+                    // The migration moves the record itself when it ends.
+                    return Ok(());
+                }
                 self.release().await;
+                Ok(())
+            }
+            Op::Migrate { plan, handle } => self.begin_migration(*plan, handle, task),
+            Op::MigrateEnd(outcome) => {
+                self.end_migration(*outcome).await;
                 Ok(())
             }
             Op::Delete(req) => {
@@ -685,6 +696,11 @@ impl<R: Runtime> Actor<R> {
             self.on_exit("the guest powered off").await;
             return;
         };
+        if self.jobs.migrating() {
+            // The migration stops and resumes the vCPUs as it goes; the VM's power state is
+            // what it was until the migration ends.
+            return;
+        }
         let (event, reason) = match ev.event.as_str() {
             "STOP" => (VmEvent::QemuStopped, "paused"),
             "RESUME" => (VmEvent::QemuResumed, "resumed"),
@@ -845,6 +861,129 @@ impl<R: Runtime> Actor<R> {
         }
         self.changed();
         Ok(())
+    }
+
+    /// Start the migration job: the driver gets a clone of the QMP session and hands its
+    /// outcome back through `handle` as [`Op::MigrateEnd`].
+    fn begin_migration(
+        &mut self,
+        plan: crate::migrate::Plan,
+        handle: VmHandle,
+        task: &TaskHandle,
+    ) -> Result<(), Error> {
+        self.check(VmEvent::Migrate)?;
+        let run = self
+            .run
+            .as_ref()
+            .ok_or_else(|| Error::internal("no QEMU process"))?;
+        let (qmp, run_dir) = (run.qmp.clone(), self.host.layout.run_dir(&self.rec.id));
+        let was_paused = self.rec.power_state == PowerState::Paused;
+        self.jobs.add(Job {
+            kind: JobKind::Migrate,
+            task: Some(task.clone()),
+            deadline: None,
+        });
+        let (task, untracked) = (task.clone(), self.host.tasks.untracked());
+        tokio::spawn(async move {
+            let outcome = crate::migrate::drive(plan, qmp, task, run_dir, was_paused).await;
+            let _ = handle
+                .call(Op::MigrateEnd(Box::new(outcome)), untracked)
+                .await;
+        });
+        self.publish();
+        Ok(())
+    }
+
+    /// The migration ended: on success move the record to the target in one
+    /// compare-and-swap, then let this host's QEMU go; on failure the VM runs on here.
+    async fn end_migration(&mut self, outcome: Result<crate::migrate::Completed, Error>) {
+        let Some(task) = self.jobs.end_migration() else {
+            return;
+        };
+        let done = match outcome {
+            Err(e) => {
+                if task.is_cancelled() {
+                    task.cancelled_with(&e.message);
+                } else {
+                    task.fail(&e);
+                }
+                self.publish();
+                return;
+            }
+            Ok(done) => done,
+        };
+        let mut rec = self.rec.clone();
+        rec.host = done.target_id.clone();
+        let mut replaced = Vec::new();
+        for (device, path) in &done.volumes {
+            if let Some(d) = rec.spec.disks.iter_mut().find(|d| &d.device == device) {
+                replaced.push(std::mem::replace(&mut d.path, path.clone()));
+                if let Some(sr) = &done.target_sr {
+                    d.sr = sr.clone();
+                }
+            }
+        }
+        let old = std::mem::replace(&mut self.rec, rec);
+        let mut written = self.persist().await;
+        for _ in 0..20 {
+            if written.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            written = self.persist().await;
+        }
+        if let Err(e) = written {
+            // The guest runs on the target, which holds it until the record names it; this
+            // host's QEMU stays stopped so there is still one running copy.
+            self.rec = old;
+            task.fail(&Error::new(
+                e.kind,
+                format!(
+                    "the guest runs on host {} but its record could not be moved there: {} (the agent retries at its next start)",
+                    done.target_name, e.message
+                ),
+            ));
+            return;
+        }
+        if let Some(run) = self.run.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                run.qmp.execute("quit", serde_json::json!({})),
+            )
+            .await;
+            self.runtime.cleanup(&self.rec.id, &run).await;
+        }
+        for path in replaced {
+            if !crate::ops::clone::is_base(&path) {
+                let _ = corral_storage::remove_volume(&path).await;
+            }
+        }
+        self.host.fence_sync(&self.rec, None);
+        let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
+        for fw in [Firmware::Uefi, Firmware::UefiSecure] {
+            let _ = std::fs::remove_file(super::runtime::nvram_file(
+                &self.host.layout,
+                &self.rec.id,
+                fw,
+            ));
+        }
+        self.host.registry_mut().remove(&self.rec.id);
+        self.deleted = true;
+        let f = &done.figures;
+        let note = format!(
+            "migrated to host {}: downtime {} ms, total {} ms{}",
+            done.target_name,
+            f.downtime_ms.unwrap_or(0),
+            f.total_ms.unwrap_or(0),
+            if f.escalations.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", f.escalations.join("; "))
+            }
+        );
+        tracing::info!(vm = %self.name(), "{note}");
+        self.changed();
+        task.succeed(Some(note));
     }
 
     /// Another member owns the VM now (see [`Op::Release`]).

@@ -7,7 +7,8 @@
 //!
 //! Kinds today: `Shutdown` (ACPI button pressed, waiting for QEMU to exit; cancellable),
 //! `Lease` (an export or copy reading the halted VM's disks; ends when its holder drops it).
-//! Live migration adds its own kind here.
+//! `Migrate` (a live migration's driver runs in its own task; it ends when the driver hands
+//! its outcome back to the actor).
 
 use super::state::LeaseKind;
 use super::Lease;
@@ -26,6 +27,9 @@ pub enum JobKind {
     },
     /// A read hold on the disks, alive while its holder keeps the `Arc<Lease>`.
     Lease(Weak<Lease>),
+    /// A live migration to another member (`crate::migrate`); cancelled through its task,
+    /// which the driver watches itself.
+    Migrate,
 }
 
 pub struct Job {
@@ -39,7 +43,7 @@ impl Job {
     fn alive(&self) -> bool {
         match &self.kind {
             JobKind::Lease(l) => l.strong_count() > 0,
-            JobKind::Shutdown { .. } => true,
+            JobKind::Shutdown { .. } | JobKind::Migrate => true,
         }
     }
 }
@@ -82,6 +86,17 @@ impl Jobs {
         self.jobs
             .iter()
             .any(|j| matches!(j.kind, JobKind::Shutdown { .. }))
+    }
+
+    pub fn migrating(&self) -> bool {
+        self.jobs.iter().any(|j| matches!(j.kind, JobKind::Migrate))
+    }
+
+    /// End the migration job; answers its task.
+    pub fn end_migration(&mut self) -> Option<TaskHandle> {
+        self.take(|j| matches!(j.kind, JobKind::Migrate))
+            .into_iter()
+            .find_map(|j| j.task)
     }
 
     /// The earliest deadline among the jobs.

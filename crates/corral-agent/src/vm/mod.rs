@@ -44,6 +44,14 @@ pub(crate) enum Op {
     Freeze(oneshot::Sender<Vec<crate::ops::clone::FrozenDisk>>),
     /// Make the VM a template: its disks become read-only bases.
     ConvertToTemplate,
+    /// Start a live migration (see `crate::migrate`): the job runs off the actor's loop and
+    /// ends with [`Op::MigrateEnd`]. Does not finish the caller's task.
+    Migrate {
+        plan: Box<crate::migrate::Plan>,
+        handle: VmHandle,
+    },
+    /// The migration driver's outcome: hand the VM over to the target, or keep it here.
+    MigrateEnd(Box<Result<crate::migrate::Completed, Error>>),
     /// Another pool member owns the VM now: kill a QEMU that still runs here (the new
     /// owner may start it), clear this host's runtime files, end the actor. The record and
     /// the disks stay.
@@ -103,6 +111,12 @@ pub struct VmHandle {
     snapshot: Arc<RwLock<Snapshot>>,
 }
 
+impl std::fmt::Debug for VmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmHandle").field("id", &self.id).finish()
+    }
+}
+
 impl VmHandle {
     /// The latest snapshot; never waits for the actor.
     pub fn info(&self) -> VmInfo {
@@ -138,6 +152,22 @@ impl VmHandle {
             return Err(e);
         }
         rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+
+    /// Start a live migration reporting to `task` (which the actor finishes when it ends).
+    pub(crate) async fn migrate(
+        &self,
+        plan: crate::migrate::Plan,
+        task: TaskHandle,
+    ) -> Result<(), Error> {
+        self.call(
+            Op::Migrate {
+                plan: Box::new(plan),
+                handle: self.clone(),
+            },
+            task,
+        )
+        .await
     }
 
     /// Ask the actor for its runtime counters without recording a task.

@@ -99,6 +99,50 @@ impl QemuRuntime {
     }
 }
 
+impl QemuRuntime {
+    /// `kvm` or `tcg`.
+    pub fn accel_name(&self) -> &'static str {
+        match self.accel {
+            Accelerator::Kvm => "kvm",
+            Accelerator::Tcg => "tcg",
+        }
+    }
+
+    /// The `-cpu` model guests get here.
+    pub fn cpu_model(&self) -> &'static str {
+        match self.accel {
+            Accelerator::Kvm => corral_qemu::argv::KVM_CPU,
+            Accelerator::Tcg => corral_qemu::argv::TCG_CPU,
+        }
+    }
+
+    /// QEMU's version and the versioned machine type `q35` stands for (`pc-q35-7.2`), from
+    /// `-machine help`: what a migration's target must have to load the guest's state.
+    pub async fn qemu_facts(&self) -> Result<(String, String), Error> {
+        let version = corral_qemu::process::qemu_version(&self.qemu_binary)
+            .await
+            .map_err(|e| Error::caused(e.kind(), "cannot run QEMU", e))?
+            .to_string();
+        let out = tokio::process::Command::new(&self.qemu_binary)
+            .args(["-machine", "help"])
+            .output()
+            .await
+            .map_err(|e| Error::caused(ErrorKind::Internal, "cannot run QEMU", e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let machine = text
+            .lines()
+            .find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(corral_qemu::argv::MACHINE))
+                    .then(|| l.split("(alias of ").nth(1))
+                    .flatten()
+                    .map(|rest| rest.trim_end_matches(')').to_string())
+            })
+            .unwrap_or_default();
+        Ok((version, machine))
+    }
+}
+
 impl Runtime for QemuRuntime {
     async fn launch(&self, rec: &VmRecord, paused: bool) -> Result<Running, Error> {
         launch(self, rec, paused).await
@@ -110,7 +154,7 @@ impl Runtime for QemuRuntime {
         cleanup(self, vm_id, run).await
     }
     async fn clear_leftovers(&self, rec: &VmRecord) {
-        cleanup_taps(&existing_taps(rec)).await;
+        remove_taps(&existing_taps(rec)).await;
         self.cgroups.remove(&rec.id);
     }
     fn kill(&self, run: &Running) {
@@ -128,7 +172,7 @@ pub fn paths(layout: &crate::config::Layout, vm_id: &str) -> RuntimePaths {
 /// Per-VM UEFI variable store, kept beside the state so it survives restarts. Secure Boot
 /// has its own (made from the template with Microsoft's keys enrolled), so switching a VM
 /// between `uefi` and `uefi-secure` never boots one firmware on the other's variables.
-fn nvram_path(layout: &crate::config::Layout, vm_id: &str, firmware: Firmware) -> PathBuf {
+pub fn nvram_file(layout: &crate::config::Layout, vm_id: &str, firmware: Firmware) -> PathBuf {
     match firmware {
         Firmware::UefiSecure => layout.root.join("nvram").join(format!("{vm_id}-secure.fd")),
         _ => layout.nvram(vm_id),
@@ -161,7 +205,7 @@ fn prepare_ovmf(
             },
         )
     })?;
-    let vars = nvram_path(layout, vm_id, firmware);
+    let vars = nvram_file(layout, vm_id, firmware);
     if !vars.exists() {
         std::fs::create_dir_all(vars.parent().unwrap_or(Path::new("/")))
             .and_then(|_| std::fs::copy(&fw.vars_template, &vars).map(|_| ()))
@@ -223,7 +267,7 @@ async fn setup_nics(host: &Host, rec: &VmRecord) -> Result<(Vec<NicBackend>, Vec
         match (net.kind, net.bridge) {
             (NetworkKind::Bridge, Some(bridge)) => {
                 if !network::bridge_exists(&bridge) {
-                    cleanup_taps(&taps).await;
+                    remove_taps(&taps).await;
                     return Err(Error::invalid(format!(
                         "{}: bridge {bridge:?} of network {:?} does not exist",
                         nic.device, nic.network
@@ -231,7 +275,7 @@ async fn setup_nics(host: &Host, rec: &VmRecord) -> Result<(Vec<NicBackend>, Vec
                 }
                 let tap = network::tap_name(&rec.id, i);
                 if let Err(e) = network::create_tap(&tap, &bridge).await {
-                    cleanup_taps(&taps).await;
+                    remove_taps(&taps).await;
                     return Err(Error::new(
                         ErrorKind::Unsupported,
                         format!("{}: cannot attach to bridge {bridge:?} (needs root or CAP_NET_ADMIN): {e}", nic.device),
@@ -260,7 +304,7 @@ async fn setup_nics(host: &Host, rec: &VmRecord) -> Result<(Vec<NicBackend>, Vec
     Ok((backends, taps))
 }
 
-async fn cleanup_taps(taps: &[String]) {
+pub(crate) async fn remove_taps(taps: &[String]) {
     for t in taps {
         network::delete_tap(t).await;
     }
@@ -272,8 +316,24 @@ fn remove_stale(paths: &RuntimePaths) {
     }
 }
 
+/// Start QEMU for `rec` as the target of a live migration: same devices, `-incoming defer`,
+/// no `-S` (QEMU runs the guest as soon as the state has arrived, which keeps the downtime
+/// to what QEMU measures).
+pub async fn launch_incoming(rt: &QemuRuntime, rec: &VmRecord) -> Result<Running, Error> {
+    launch_as(rt, rec, true, true).await
+}
+
 /// Start QEMU for `rec` and return once the vCPUs run.
 async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Running, Error> {
+    launch_as(rt, rec, paused, false).await
+}
+
+async fn launch_as(
+    rt: &QemuRuntime,
+    rec: &VmRecord,
+    paused: bool,
+    incoming: bool,
+) -> Result<Running, Error> {
     preflight(&rec.spec)?;
     let layout = &rt.host.layout;
     let run_dir = layout.run_dir(&rec.id);
@@ -317,17 +377,21 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         ovmf,
         tpm_socket,
         daemonize: true,
+        incoming,
     };
     let mut argv = match build_argv(&launch) {
         Ok(a) => a,
         Err(e) => {
             super::tpm::stop(&tpm);
-            cleanup_taps(&taps).await;
+            remove_taps(&taps).await;
             return Err(Error::new(e.kind(), e.to_string()));
         }
     };
-    // Hold the vCPUs until the process sits in its cgroup with its weight.
-    argv.push("-S".into());
+    // Hold the vCPUs until the process sits in its cgroup with its weight (a migration
+    // target has no vCPUs to run until the state arrives).
+    if !incoming {
+        argv.push("-S".into());
+    }
     let log = run_dir.join("qemu.log");
     // The cgroup exists before QEMU does; moving QEMU into it overlaps QEMU's own start.
     let prepared = rt.cgroups.prepare(&rec.id, rec.spec.cpu_weight);
@@ -353,7 +417,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
         Err(e) => {
             stop_mover.store(true, Ordering::Relaxed);
             super::tpm::stop(&tpm);
-            cleanup_taps(&taps).await;
+            remove_taps(&taps).await;
             return Err(Error::caused(e.kind(), "QEMU did not start", e));
         }
     };
@@ -395,7 +459,7 @@ async fn launch(rt: &QemuRuntime, rec: &VmRecord, paused: bool) -> Result<Runnin
     if result.is_err() {
         kill_pid(pid);
         super::tpm::stop(&tpm);
-        cleanup_taps(&taps).await;
+        remove_taps(&taps).await;
     }
     result
 }
@@ -557,7 +621,7 @@ async fn vnc_address(qmp: &Qmp) -> Option<String> {
     }
 }
 
-fn kill_pid(pid: u32) {
+pub(crate) fn kill_pid(pid: u32) {
     let _ = corral_qemu::process::send_signal(pid, corral_qemu::process::Signal::Kill);
 }
 
@@ -578,7 +642,7 @@ async fn cleanup(rt: &QemuRuntime, vm_id: &str, run: &Running) {
         kill_pid(run.pid);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    cleanup_taps(&run.taps).await;
+    remove_taps(&run.taps).await;
     rt.cgroups.remove(vm_id);
     // `stop` may wait up to half a second for swtpm to exit; keep that off the runtime.
     let tpm = tpm_paths(&rt.host.layout, vm_id);

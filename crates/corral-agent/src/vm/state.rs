@@ -42,6 +42,8 @@ pub struct VmState {
     pub leased: Option<LeaseKind>,
     pub template: bool,
     pub shutting_down: bool,
+    /// A live migration to another member is under way (see `crate::migrate`).
+    pub migrating: bool,
 }
 
 impl VmState {
@@ -51,13 +53,14 @@ impl VmState {
             leased: None,
             template: false,
             shutting_down: false,
+            migrating: false,
         }
     }
     /// The invariants of the module documentation.
     pub fn is_valid(&self) -> bool {
         let held = self.template || self.leased.is_some();
         let halted = self.power == PowerState::Halted;
-        (halted || !held) && !(halted && self.shutting_down)
+        (halted || !held) && !(halted && (self.shutting_down || self.migrating))
     }
 }
 
@@ -132,6 +135,8 @@ pub enum Event {
     QemuResumed,
     /// The QEMU process exited (guest powered off, crash, kill).
     QemuExited,
+    /// A live migration starts.
+    Migrate,
 }
 
 impl Event {
@@ -153,6 +158,7 @@ impl Event {
             Event::ConvertToTemplate => "convert to a template",
             Event::ShutdownAbandoned => "abandon the shutdown of",
             Event::QemuStopped | Event::QemuResumed | Event::QemuExited => "observe",
+            Event::Migrate => "migrate",
         }
     }
 }
@@ -171,13 +177,15 @@ pub enum Refusal {
     Leased { event: Event, lease: LeaseKind },
     /// Templates never run and are never templated again.
     Template { event: Event },
+    /// A live migration owns the VM until it ends.
+    Migrating { event: Event },
 }
 
 impl Refusal {
     /// The power state the VM was in, for the error's details.
     pub fn kind(&self) -> corral_model::ErrorKind {
         match self {
-            Refusal::Leased { .. } => corral_model::ErrorKind::Busy,
+            Refusal::Leased { .. } | Refusal::Migrating { .. } => corral_model::ErrorKind::Busy,
             Refusal::PowerState { .. } | Refusal::Template { .. } => {
                 corral_model::ErrorKind::InvalidState
             }
@@ -203,6 +211,13 @@ impl Refusal {
                 "cannot {} VM {name:?}: it is being {} (wait for that task or cancel it)",
                 event.verb(),
                 lease.participle()
+            ),
+            Refusal::Migrating {
+                event: Event::Migrate,
+            } => format!("VM {name:?} is already migrating (corral task list shows the task)"),
+            Refusal::Migrating { event } => format!(
+                "cannot {} VM {name:?}: it is migrating to another host (wait for the vm.migrate task or cancel it)",
+                event.verb()
             ),
             Refusal::Template {
                 event: Event::Start,
@@ -245,9 +260,34 @@ pub fn transition(s: VmState, event: Event) -> Result<VmState, Refusal> {
     let to = |power| VmState {
         power,
         shutting_down: s.shutting_down && power != Halted,
+        migrating: s.migrating && power != Halted,
         ..s
     };
+    // While a migration runs only QEMU's news and harmless settings get through.
+    let observed = matches!(
+        event,
+        Event::QemuStopped | Event::QemuResumed | Event::QemuExited | Event::Configure
+    );
+    if s.migrating && !observed {
+        return Err(Refusal::Migrating { event });
+    }
     match event {
+        Event::Migrate => {
+            if s.power == Halted {
+                return refuse(false);
+            }
+            if s.shutting_down {
+                return Err(Refusal::PowerState {
+                    event,
+                    state: s.power,
+                    hint_force: false,
+                });
+            }
+            Ok(VmState {
+                migrating: true,
+                ..s
+            })
+        }
         Event::Start => {
             if s.power != Halted {
                 return refuse(false);
@@ -488,6 +528,27 @@ mod tests {
     }
 
     #[test]
+    fn a_migrating_vm_refuses_changes_but_hears_qemu() {
+        let m = transition(st(Running), Event::Migrate).unwrap_or_else(|r| panic!("{r}"));
+        assert!(m.migrating);
+        for e in [
+            Event::Poweroff,
+            Event::Shutdown,
+            Event::Pause,
+            Event::Delete { force: true },
+            Event::Migrate,
+        ] {
+            let r = transition(m, e).unwrap_err();
+            assert_eq!(r.kind(), corral_model::ErrorKind::Busy, "{e:?}");
+            assert!(r.message("v").contains("migrat"), "{}", r.message("v"));
+        }
+        assert_eq!(transition(m, Event::Configure), Ok(m));
+        let gone = transition(m, Event::QemuExited).unwrap_or_else(|r| panic!("{r}"));
+        assert!(!gone.migrating && gone.power == Halted);
+        assert!(transition(st(Halted), Event::Migrate).is_err());
+    }
+
+    #[test]
     fn converting_makes_a_template_that_never_starts() {
         let s = transition(VmState::halted(), Event::ConvertToTemplate)
             .unwrap_or_else(|r| panic!("{r}"));
@@ -530,6 +591,7 @@ mod tests {
                 Just(Event::QemuStopped),
                 Just(Event::QemuResumed),
                 Just(Event::QemuExited),
+                Just(Event::Migrate),
             ]
         }
 
@@ -551,6 +613,7 @@ mod tests {
                                 Refusal::PowerState { state, .. } => m.contains(state.as_str()) && state == s.power,
                                 Refusal::Leased { lease, .. } => m.contains(lease.participle()) && s.leased.is_some(),
                                 Refusal::Template { .. } => m.contains("template") && s.template,
+                                Refusal::Migrating { .. } => m.contains("migrating") && s.migrating,
                             };
                             prop_assert!(named, "{s:?} + {e:?}: {m}");
                         }

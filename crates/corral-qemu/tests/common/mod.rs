@@ -66,6 +66,7 @@ pub async fn start(
         ovmf,
         tpm_socket: None,
         daemonize: true,
+        incoming: false,
     };
     let mut argv = build_argv(&launch).expect("build argv");
     argv.extend(extra.iter().map(|s| s.to_string()));

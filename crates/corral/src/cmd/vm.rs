@@ -9,6 +9,25 @@ use corral_model::validate::{describe_cpu_weight, parse_cpu_weight};
 use corral_model::*;
 use std::path::PathBuf;
 
+/// `300ms`, `2s`, `10m` or plain milliseconds, as milliseconds.
+fn duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1)
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{text:?} is not a duration (300ms, 2s, 10m)"))
+}
+
 fn size(text: &str) -> Result<u64, String> {
     parse_size(text)
 }
@@ -47,6 +66,55 @@ pub enum VmCommand {
         /// all on shared repositories moves there first.
         #[arg(long, value_name = "auto|HOST")]
         on: Option<String>,
+    },
+    /// Move a VM to another pool member. A running (or paused) VM moves live: its memory,
+    /// devices and MAC addresses go over an encrypted stream between the two QEMUs while it
+    /// keeps running, and it pauses only for the switchover. A halted VM just changes owner.
+    /// Pre-checks run first and say what would fail and why (`--check` stops there). Until
+    /// the switchover the VM runs here; a failure or `corral task cancel` leaves it running
+    /// here and removes what the target had started.
+    ///
+    /// Examples:
+    ///   corral vm migrate web01 --to xen02
+    ///   corral vm migrate web01 --to auto --check
+    ///   corral vm migrate db01 --to xen02 --with-storage --max-downtime 500ms
+    #[command(verbatim_doc_comment)]
+    Migrate {
+        name: String,
+        /// The target member, or `auto` for the one placement rates best.
+        #[arg(long, value_name = "HOST|auto")]
+        to: String,
+        /// Kept for the chapter's `xm migrate --live`: a running VM always moves live.
+        #[arg(long)]
+        live: bool,
+        /// Mirror every disk to a new volume on the target (disks it cannot see).
+        #[arg(long)]
+        with_storage: bool,
+        /// The target's repository for mirrored disks [default: its `default`].
+        #[arg(long, value_name = "REPO", requires = "with_storage")]
+        target_sr: Option<String>,
+        /// Longest pause the migration may escalate to: 300ms, 2s [default: 300ms; it starts at 50ms].
+        #[arg(long, value_parser = duration_ms, value_name = "DURATION")]
+        max_downtime: Option<u64>,
+        /// Limit the migration stream: 100M, 1G (bytes per second) [default: no limit].
+        #[arg(long, value_parser = size, value_name = "RATE")]
+        bandwidth: Option<u64>,
+        /// Allow post-copy as the last escalation step (the guest runs on the target while
+        /// the rest of its memory follows; a failure then loses the guest).
+        #[arg(long)]
+        postcopy: bool,
+        /// Give up after this long, keeping the VM here: 90s, 10m [default: 10m].
+        #[arg(long, value_parser = duration_ms, value_name = "DURATION")]
+        deadline: Option<u64>,
+        /// Send the migration stream in clear (only on a network you trust).
+        #[arg(long)]
+        insecure_stream: bool,
+        /// Run the pre-checks only; nothing moves.
+        #[arg(long)]
+        check: bool,
+        /// Return at once with the task id.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Press the ACPI power button and wait for the guest to power off.
     Shutdown {
@@ -566,6 +634,33 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
             };
             action(c, &name, VmAction::Start, opts, no_wait, json).await?
         }
+        VmCommand::Migrate {
+            name,
+            to,
+            live: _,
+            with_storage,
+            target_sr,
+            max_downtime,
+            bandwidth,
+            postcopy,
+            deadline,
+            insecure_stream,
+            check,
+            no_wait,
+        } => {
+            let req = corral_model::migrate::MigrateRequest {
+                to,
+                with_storage,
+                target_sr,
+                max_downtime_ms: max_downtime,
+                bandwidth_bytes_per_s: bandwidth,
+                postcopy,
+                deadline_secs: deadline.map(|ms| ms.div_ceil(1000)),
+                insecure_stream,
+                check,
+            };
+            migrate(c, &name, req, no_wait, json).await?
+        }
         VmCommand::Shutdown {
             name,
             timeout,
@@ -881,6 +976,59 @@ fn show(v: &VmInfo) {
             })
             .collect(),
     );
+}
+
+/// `vm migrate`: print the pre-checks, then follow the migration's task.
+async fn migrate(
+    c: &Client,
+    name: &str,
+    req: corral_model::migrate::MigrateRequest,
+    no_wait: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let answer = c.migrate_vm(name, &req).await?;
+    if !json {
+        for ch in &answer.checks {
+            println!(
+                "{} {:<10} {}",
+                if ch.ok { "ok  " } else { "FAIL" },
+                ch.name,
+                ch.detail
+            );
+        }
+    }
+    let Some(task) = answer.task.clone() else {
+        if json {
+            output::json(&answer);
+        } else if answer.mode == "check" {
+            match answer.refusals() {
+                None => println!("VM {} can migrate to host {}", answer.vm, answer.to),
+                Some(_) => println!("VM {} cannot migrate to host {}", answer.vm, answer.to),
+            }
+        } else {
+            println!("moved halted VM {} to host {}", answer.vm, answer.to);
+        }
+        return Ok(());
+    };
+    if no_wait {
+        if json {
+            output::json(&answer);
+        } else {
+            println!("{task}");
+        }
+        return Ok(());
+    }
+    let t = crate::progress::follow_task(c, &task, json).await?;
+    if json {
+        output::json(&t);
+    } else {
+        println!(
+            "{}",
+            t.result
+                .unwrap_or_else(|| format!("migrated VM {name} to host {}", answer.to))
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,629 @@
+//! The source's migration driver: runs off the VM actor's loop with a clone of the VM's QMP
+//! session, and ends by handing the actor either [`Completed`] (the guest runs on the target,
+//! which holds it for the ownership flip) or an error after a full rollback (the guest runs
+//! here as before, the target has been told to drop its half).
+
+use super::converge::{Converge, Policy, Sample, Step};
+use super::*;
+use crate::tasks::TaskHandle;
+use corral_qemu::migration::{self as qm, MigrationInfo, MigrationStatus};
+
+const POLL: Duration = Duration::from_millis(500);
+/// The target is given up when it has not answered a heartbeat for this long.
+const TARGET_SILENCE: Duration = Duration::from_secs(5);
+/// QEMU's own default (32 MiB/s) would make every migration slow; without `--bandwidth`
+/// the stream may use what the link gives.
+const UNLIMITED_BANDWIDTH: u64 = 100 << 30;
+
+/// Everything the driver needs, decided before the job starts.
+pub struct Plan {
+    pub migration_id: String,
+    pub target_id: String,
+    pub target_name: String,
+    pub request: MigrateRequest,
+    pub incoming: IncomingRequest,
+    pub pool: Arc<Pool>,
+    pub host: Arc<Host>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("migration_id", &self.migration_id)
+            .field("target", &self.target_name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A migration whose guest runs on the target.
+#[derive(Debug)]
+pub struct Completed {
+    pub target_id: String,
+    pub target_name: String,
+    /// With storage: device -> the volume on the target that replaces this host's.
+    pub volumes: Vec<(String, PathBuf)>,
+    pub target_sr: Option<String>,
+    pub figures: MigrationFigures,
+}
+
+fn qmp_err(what: &str) -> impl FnOnce(corral_qemu::qmp::QmpError) -> Error + '_ {
+    move |e| Error::caused(e.kind(), what, e)
+}
+
+/// Heartbeats to the target every second, in their own task.
+struct Beats {
+    last_ok: Arc<Mutex<Instant>>,
+    state: Arc<Mutex<IncomingState>>,
+    task: tokio::task::JoinHandle<()>,
+    target_name: String,
+}
+
+impl Beats {
+    fn start(plan: &Plan) -> Beats {
+        let last_ok = Arc::new(Mutex::new(Instant::now()));
+        let state = Arc::new(Mutex::new(IncomingState::Receiving));
+        let (pool, target, path) = (
+            plan.pool.clone(),
+            plan.target_id.clone(),
+            format!("/v1/pool/migrations/{}/heartbeat", plan.migration_id),
+        );
+        let (l, s) = (last_ok.clone(), state.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(answer) = pool
+                    .call::<IncomingState>(&target, &path, &json!({}), Duration::from_secs(2))
+                    .await
+                {
+                    *l.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    *s.lock().unwrap_or_else(|p| p.into_inner()) = answer;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Beats {
+            last_ok,
+            state,
+            task,
+            target_name: plan.target_name.clone(),
+        }
+    }
+
+    /// An error when the target went silent or dropped the migration.
+    fn check(&self) -> Result<(), Error> {
+        let silent = self
+            .last_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed();
+        if silent > TARGET_SILENCE {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "host {:?} has not answered for {} s",
+                    self.target_name,
+                    silent.as_secs()
+                ),
+            ));
+        }
+        if *self.state.lock().unwrap_or_else(|p| p.into_inner()) == IncomingState::Unknown {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "host {:?} dropped the migration (its QEMU exited or its agent restarted)",
+                    self.target_name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Run the migration; see the module documentation. `was_paused`: the guest's vCPUs were
+/// stopped by the user before (a rollback leaves them so).
+pub async fn drive(
+    plan: Plan,
+    qmp: Qmp,
+    mut task: TaskHandle,
+    run_dir: PathBuf,
+    was_paused: bool,
+) -> Result<Completed, Error> {
+    task.phase_span(&format!("preparing host {}", plan.target_name), 0.0, 0.05);
+    let prepare = plan.pool.call::<IncomingAnswer>(
+        &plan.target_id,
+        "/v1/pool/migrations",
+        &plan.incoming,
+        super::PEER_TIMEOUT,
+    );
+    let answer = tokio::select! {
+        a = prepare => a?,
+        _ = task.cancelled() => return Err(cancelled()),
+    };
+    if let Some(why) = refusals(&answer.checks) {
+        return Err(Error::new(
+            ErrorKind::InvalidState,
+            format!("host {:?} refused: {why}", plan.target_name),
+        ));
+    }
+    let beats = Beats::start(&plan);
+    let mut driver = Driver {
+        plan: &plan,
+        qmp: &qmp,
+        answer: &answer,
+        beats: &beats,
+        figures: MigrationFigures::default(),
+        started: Instant::now(),
+        mirrors: Vec::new(),
+        ram_total: 0,
+    };
+    let outcome = driver.run(&mut task, &run_dir).await;
+    match outcome {
+        Ok(figures) => Ok(Completed {
+            target_id: plan.target_id.clone(),
+            target_name: plan.target_name.clone(),
+            volumes: answer.volumes.clone(),
+            target_sr: plan.request.with_storage.then(|| {
+                plan.request
+                    .target_sr
+                    .clone()
+                    .unwrap_or_else(|| "default".into())
+            }),
+            figures,
+        }),
+        Err(e) => {
+            task.phase("rolling back: the VM stays on this host", 0.0);
+            driver.rollback(was_paused).await;
+            drop(beats);
+            let path = format!("/v1/pool/migrations/{}/abort", plan.migration_id);
+            let _ = plan
+                .pool
+                .call::<serde_json::Value>(
+                    &plan.target_id,
+                    &path,
+                    &json!({}),
+                    Duration::from_secs(5),
+                )
+                .await;
+            Err(e)
+        }
+    }
+}
+
+fn cancelled() -> Error {
+    Error::new(
+        ErrorKind::InvalidState,
+        "migration cancelled; the VM keeps running on this host",
+    )
+}
+
+fn refusals(checks: &[PreCheck]) -> Option<String> {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+struct Driver<'a> {
+    plan: &'a Plan,
+    qmp: &'a Qmp,
+    answer: &'a IncomingAnswer,
+    beats: &'a Beats,
+    figures: MigrationFigures,
+    started: Instant,
+    /// Devices whose disk is being mirrored (node and job `mig-<device>`).
+    mirrors: Vec<String>,
+    /// The guest's RAM as QEMU counts it.
+    ram_total: u64,
+}
+
+impl Driver<'_> {
+    async fn q(&self, cmd: &str, args: serde_json::Value) -> Result<serde_json::Value, Error> {
+        self.qmp
+            .execute(cmd, args)
+            .await
+            .map_err(qmp_err(&format!("QEMU refused {cmd}")))
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_secs(
+            self.plan
+                .request
+                .deadline_secs
+                .unwrap_or(DEFAULT_DEADLINE_SECS),
+        )
+    }
+
+    /// Between two samples: the user's cancel, the target's silence, the deadline.
+    fn keep_going(&self, task: &TaskHandle) -> Result<(), Error> {
+        if task.is_cancelled() {
+            return Err(cancelled());
+        }
+        self.beats.check()?;
+        if self.started.elapsed() > self.deadline() {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the migration did not finish within its deadline of {} s",
+                    self.deadline().as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        task: &mut TaskHandle,
+        run_dir: &Path,
+    ) -> Result<MigrationFigures, Error> {
+        let tls = self.plan.incoming.tls;
+        let host = self
+            .answer
+            .host
+            .clone()
+            .ok_or_else(|| Error::internal("the target gave no address"))?;
+        let _ = self.q("object-del", json!({ "id": TLS_ID })).await;
+        if tls {
+            let dir = write_tls_dir(run_dir, &self.plan.pool, false)?;
+            self.q("object-add", tls_object(&dir, "client")).await?;
+        }
+        if self.plan.request.with_storage {
+            self.mirror(task, &host, tls).await?;
+        }
+        self.memory(task, &host, tls).await?;
+        task.phase_span(
+            &format!("switching over to host {}", self.plan.target_name),
+            0.97,
+            1.0,
+        );
+        // The memory's byte count stays on the task, complete.
+        task.bytes(self.ram_total, self.ram_total);
+        self.commit().await?;
+        Ok(self.figures.clone())
+    }
+
+    /// Mirror every disk to the target's NBD export, in write-blocking mode: once a job is
+    /// ready, every guest write reaches the target before it completes.
+    async fn mirror(&mut self, task: &TaskHandle, host: &str, tls: bool) -> Result<(), Error> {
+        task.phase_span("mirroring disks", 0.05, 0.5);
+        let port = self
+            .answer
+            .nbd_port
+            .ok_or_else(|| Error::internal("the target serves no NBD export"))?;
+        for (device, _) in &self.answer.volumes {
+            let node = format!("mig-{device}");
+            let mut nbd = json!({
+                "driver": "nbd", "node-name": node,
+                "server": { "type": "inet", "host": host, "port": port.to_string() },
+                "export": device,
+            });
+            if tls {
+                nbd["tls-creds"] = json!(TLS_ID);
+                if let Some(h) = &self.answer.tls_hostname {
+                    nbd["tls-hostname"] = json!(h);
+                }
+            }
+            self.q("blockdev-add", nbd).await?;
+            self.mirrors.push(device.clone());
+            self.q(
+                "blockdev-mirror",
+                json!({
+                    "job-id": node, "device": corral_qemu::argv::ids::disk_format_node(device),
+                    "target": node, "sync": "full", "copy-mode": "write-blocking",
+                }),
+            )
+            .await?;
+        }
+        loop {
+            self.keep_going(task)?;
+            let jobs = qm::parse_block_jobs(&self.q("query-block-jobs", json!({})).await?)
+                .map_err(|e| Error::internal(format!("unreadable query-block-jobs: {e}")))?;
+            let ours: Vec<&qm::BlockJob> = jobs
+                .iter()
+                .filter(|j| self.mirrors.iter().any(|d| j.device == format!("mig-{d}")))
+                .collect();
+            if let Some(j) = ours.iter().find(|j| j.error.is_some()) {
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "mirroring {} failed: {}",
+                        j.device,
+                        j.error.clone().unwrap_or_default()
+                    ),
+                ));
+            }
+            if ours.len() < self.mirrors.len() {
+                return Err(Error::internal("a disk mirror ended before it was ready"));
+            }
+            let (done, total) = ours
+                .iter()
+                .fold((0, 0), |(d, t), j| (d + j.offset, t + j.len));
+            task.bytes(done, total);
+            self.figures.disk_bytes = Some(done);
+            task.figures(&self.figures);
+            if ours.iter().all(|j| j.ready) {
+                return Ok(());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn memory(&mut self, task: &TaskHandle, host: &str, tls: bool) -> Result<(), Error> {
+        let req = &self.plan.request;
+        task.phase_span(
+            "migrating memory",
+            if req.with_storage { 0.5 } else { 0.05 },
+            0.97,
+        );
+        let policy = Policy {
+            start_downtime_ms: DEFAULT_START_DOWNTIME_MS
+                .min(req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS)),
+            max_downtime_ms: req.max_downtime_ms.unwrap_or(DEFAULT_MAX_DOWNTIME_MS),
+            postcopy: req.postcopy,
+            deadline: self.deadline().saturating_sub(self.started.elapsed()),
+            stall: Duration::from_secs(3),
+        };
+        let mut converge = Converge::new(policy);
+        self.q(
+            "migrate-set-capabilities",
+            qm::capabilities(req.postcopy, req.with_storage),
+        )
+        .await?;
+        let mut params = qm::neutral_throttle();
+        params["downtime-limit"] = json!(converge.downtime_ms());
+        params["max-bandwidth"] = json!(req.bandwidth_bytes_per_s.unwrap_or(UNLIMITED_BANDWIDTH));
+        params["tls-creds"] = json!(if tls { TLS_ID } else { "" });
+        params["tls-hostname"] = json!(if tls {
+            self.answer.tls_hostname.clone().unwrap_or_default()
+        } else {
+            String::new()
+        });
+        // Switches and ARP caches learn the guest's MACs on the new port at once.
+        params["announce-rounds"] = json!(5);
+        self.q("migrate-set-parameters", params).await?;
+        self.figures.downtime_limit_ms = Some(converge.downtime_ms());
+        let port = self
+            .answer
+            .migration_port
+            .ok_or_else(|| Error::internal("the target gave no migration port"))?;
+        self.q(
+            "migrate",
+            json!({ "uri": format!("tcp:{}:{port}", incoming::uri_host(host)) }),
+        )
+        .await?;
+        let memory_started = Instant::now();
+        loop {
+            let info = MigrationInfo::parse(&self.q("query-migrate", json!({})).await?)
+                .map_err(|e| Error::internal(format!("unreadable query-migrate: {e}")))?;
+            self.sample(task, &info);
+            match info.status {
+                MigrationStatus::Completed => {
+                    self.figures.downtime_ms = info.downtime;
+                    self.figures.total_ms = info.total_time;
+                    task.figures(&self.figures);
+                    return Ok(());
+                }
+                MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "QEMU's migration {}: {}",
+                            if info.status == MigrationStatus::Failed {
+                                "failed"
+                            } else {
+                                "was cancelled"
+                            },
+                            info.error_desc.unwrap_or_else(|| "no reason given".into())
+                        ),
+                    ))
+                }
+                MigrationStatus::PreSwitchover => {
+                    self.finish_mirrors().await?;
+                    self.q("migrate-continue", json!({ "state": "pre-switchover" }))
+                        .await?;
+                    continue;
+                }
+                MigrationStatus::PostcopyActive => {}
+                _ => {
+                    self.keep_going(task)?;
+                    let step = converge.observe(Sample {
+                        at: memory_started.elapsed(),
+                        remaining: info.ram.as_ref().map(|r| r.remaining).unwrap_or(0),
+                        dirty_rate: info.dirty_rate(),
+                        transfer_rate: info.transfer_rate(),
+                    });
+                    if let Some(step) = step {
+                        self.escalate(step, task).await?;
+                    }
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    fn sample(&mut self, task: &TaskHandle, info: &MigrationInfo) {
+        if let Some(ram) = &info.ram {
+            task.bytes(ram.total.saturating_sub(ram.remaining), ram.total);
+            self.ram_total = ram.total;
+            self.figures.remaining_bytes = Some(ram.remaining);
+        }
+        self.figures.dirty_rate_bytes_per_s = Some(info.dirty_rate());
+        self.figures.transfer_rate_bytes_per_s = Some(info.transfer_rate());
+        self.figures.expected_downtime_ms = info.expected_downtime;
+        self.figures.cpu_throttle_percent = info.cpu_throttle_percentage;
+        task.figures(&self.figures);
+    }
+
+    async fn escalate(&mut self, step: Step, task: &TaskHandle) -> Result<(), Error> {
+        let reason = match step {
+            Step::Throttle { reason } => {
+                self.q("migrate-set-parameters", qm::escalated_throttle())
+                    .await?;
+                reason
+            }
+            Step::RaiseDowntime { to_ms, reason } => {
+                self.q("migrate-set-parameters", json!({ "downtime-limit": to_ms }))
+                    .await?;
+                self.figures.downtime_limit_ms = Some(to_ms);
+                reason
+            }
+            Step::Postcopy { reason } => {
+                self.q("migrate-start-postcopy", json!({})).await?;
+                reason
+            }
+            Step::GiveUp { reason } => {
+                return Err(Error::new(ErrorKind::Timeout, reason));
+            }
+        };
+        tracing::info!(vm = %self.plan.incoming.record.spec.name, "{reason}");
+        self.figures.escalations.push(reason);
+        task.figures(&self.figures);
+        Ok(())
+    }
+
+    /// At the switchover (vCPUs stopped): complete the mirrors without pivoting, so the
+    /// target's disks hold every write, then drop the NBD connections.
+    async fn finish_mirrors(&mut self) -> Result<(), Error> {
+        for d in &self.mirrors {
+            self.q("block-job-cancel", json!({ "device": format!("mig-{d}") }))
+                .await?;
+        }
+        self.wait_mirrors_gone(Duration::from_secs(30)).await?;
+        for d in std::mem::take(&mut self.mirrors) {
+            let _ = self
+                .q("blockdev-del", json!({ "node-name": format!("mig-{d}") }))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn wait_mirrors_gone(&self, timeout: Duration) -> Result<(), Error> {
+        let until = Instant::now() + timeout;
+        loop {
+            let jobs = qm::parse_block_jobs(&self.q("query-block-jobs", json!({})).await?)
+                .unwrap_or_default();
+            let left = jobs
+                .iter()
+                .filter(|j| self.mirrors.iter().any(|d| j.device == format!("mig-{d}")))
+                .count();
+            if left == 0 {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "the disk mirrors did not finish at the switchover",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// QEMU completed: the target must confirm the guest runs there. Until it does, the
+    /// guest can still resume here.
+    async fn commit(&self) -> Result<(), Error> {
+        let path = format!("/v1/pool/migrations/{}/commit", self.plan.migration_id);
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self
+                .plan
+                .pool
+                .call::<IncomingState>(
+                    &self.plan.target_id,
+                    &path,
+                    &json!({}),
+                    Duration::from_secs(12),
+                )
+                .await
+            {
+                Ok(IncomingState::Committed) => return Ok(()),
+                Ok(other) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("the target did not take the guest over ({other:?})"),
+                    ))
+                }
+                Err(e) if e.kind == ErrorKind::Unavailable && Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        e.kind,
+                        format!("the target did not take the guest over: {}", e.message),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Undo everything on this side: cancel QEMU's migration and the mirrors, and let the
+    /// guest run again if the migration stopped it.
+    async fn rollback(&mut self, was_paused: bool) {
+        let _ = self.qmp.execute("migrate_cancel", json!({})).await;
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let status = self
+                .qmp
+                .execute("query-migrate", json!({}))
+                .await
+                .ok()
+                .and_then(|v| MigrationInfo::parse(&v).ok())
+                .map(|i| i.status)
+                .unwrap_or_default();
+            if !matches!(
+                status,
+                MigrationStatus::Active
+                    | MigrationStatus::Setup
+                    | MigrationStatus::Cancelling
+                    | MigrationStatus::Device
+                    | MigrationStatus::PreSwitchover
+            ) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for d in &self.mirrors {
+            let _ = self
+                .qmp
+                .execute(
+                    "block-job-cancel",
+                    json!({ "device": format!("mig-{d}"), "force": true }),
+                )
+                .await;
+        }
+        let _ = self.wait_mirrors_gone(Duration::from_secs(10)).await;
+        for d in std::mem::take(&mut self.mirrors) {
+            let _ = self
+                .qmp
+                .execute("blockdev-del", json!({ "node-name": format!("mig-{d}") }))
+                .await;
+        }
+        let _ = self
+            .qmp
+            .execute("object-del", json!({ "id": TLS_ID }))
+            .await;
+        let status = self
+            .qmp
+            .execute("query-status", json!({}))
+            .await
+            .ok()
+            .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string));
+        if !was_paused
+            && matches!(
+                status.as_deref(),
+                Some("paused") | Some("postmigrate") | Some("finish-migrate")
+            )
+        {
+            if let Err(e) = self.qmp.execute("cont", json!({})).await {
+                tracing::error!(error = %e, "cannot resume the guest after a failed migration");
+            }
+        }
+    }
+}

