@@ -243,3 +243,150 @@ fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
         Duration::from_secs(30),
     );
 }
+
+/// QEMUs of `vm_id` other than `keep`.
+fn other_qemus(vm_id: &str, keep: u32) -> Vec<u32> {
+    qemus_of(vm_id).into_iter().filter(|p| *p != keep).collect()
+}
+
+#[test]
+fn convergence_and_target_failures_keep_the_guest_running_once() {
+    let mut p = start_pool();
+    wait_until(Duration::from_secs(10), "both members up", || {
+        p.a.json(&["host", "list"]).as_array().unwrap().len() == 2
+    });
+    // A guest that rewrites 8 MiB of its memory every second.
+    p.a.create_kernel_vm_cmdline(
+        "dirty1",
+        "console=ttyS0 no_timer_check corral.count corral.dirty=8",
+        &["--host", "xen01", "--no-disks"],
+    );
+    p.a.ok(&["vm", "start", "dirty1"]);
+    p.a.wait_console("dirty1", "CORRAL-COUNT 3", 1, BOOT);
+    let id = p.a.vm("dirty1")["id"].as_str().unwrap().to_string();
+    let source_pid = single_qemu(&id);
+    let b_run = p.b.state_dir().join("run").join(&id);
+    let stays_home = |p: &Pool, what: &str| {
+        let v = p.a.vm("dirty1");
+        assert_eq!(
+            (v["host"].as_str(), v["power_state"].as_str()),
+            (Some("xen01"), Some("running")),
+            "{what}: {v}"
+        );
+        let t = Instant::now();
+        wait_until(Duration::from_secs(10), "the target's half removed", || {
+            other_qemus(&id, source_pid).is_empty() && !b_run.exists()
+        });
+        println!(
+            "{what}: target cleaned up {:.1?} after the task ended",
+            t.elapsed()
+        );
+        assert_eq!(qemus_of(&id), vec![source_pid], "{what}");
+        let n = *counts(&p.a, "dirty1").last().unwrap();
+        p.a.wait_console(
+            "dirty1",
+            &format!("CORRAL-COUNT {}", n + 2),
+            1,
+            Duration::from_secs(30),
+        );
+    };
+
+    // Dirtying faster than the link carries, no post-copy, a short deadline: cancelled with
+    // the figures, the source still running.
+    let e = p.a.fails(&[
+        "vm",
+        "migrate",
+        "dirty1",
+        "--to",
+        "xen02",
+        "--bandwidth",
+        "1M",
+        "--deadline",
+        "20s",
+    ]);
+    assert!(e.contains("converge"), "{e}");
+    assert!(
+        e.contains("MiB still to send") || e.contains("deadline"),
+        "{e}"
+    );
+    stays_home(&p, "no convergence");
+
+    // The target's QEMU dies while the memory is sent.
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "dirty1",
+        "--to",
+        "xen02",
+        "--bandwidth",
+        "1M",
+        "--no-wait",
+    ]);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "memory phase", || {
+        task_of(&p.a, &task)["phase"] == "migrating memory"
+    });
+    for pid in other_qemus(&id, source_pid) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let t = wait_task(&p.a, &task, Duration::from_secs(30));
+    assert_eq!(t["state"], "failed", "{t}");
+    stays_home(&p, "target QEMU killed");
+
+    // The target's agent dies (kill -9) while the memory is sent; then it comes back.
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "dirty1",
+        "--to",
+        "xen02",
+        "--bandwidth",
+        "1M",
+        "--no-wait",
+    ]);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "memory phase", || {
+        task_of(&p.a, &task)["phase"] == "migrating memory"
+    });
+    p.b.kill9();
+    let t = wait_task(&p.a, &task, Duration::from_secs(30));
+    assert_eq!(t["state"], "failed", "{t}");
+    assert!(
+        t["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("xen02"),
+        "{t}"
+    );
+    // Its QEMU lost the stream and quit by itself; the agent's restart removes the rest.
+    p.b.spawn();
+    stays_home(&p, "target agent killed");
+
+    // A dirtying guest converges by escalation when allowed a longer pause.
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "dirty1",
+        "--to",
+        "xen02",
+        "--bandwidth",
+        "6M",
+        "--max-downtime",
+        "5s",
+    ]);
+    assert_eq!(out["state"], "succeeded", "{out}");
+    let steps = out["escalations"].as_array().cloned().unwrap_or_default();
+    println!(
+        "converged after {} escalations: {steps:?}; downtime {} ms, total {} ms",
+        steps.len(),
+        out["downtime_ms"],
+        out["total_ms"]
+    );
+    assert!(!steps.is_empty(), "{out}");
+    assert!(
+        steps[0].as_str().unwrap().contains("stopped shrinking"),
+        "{out}"
+    );
+    assert_eq!(p.b.vm("dirty1")["host"], "xen02");
+    single_qemu(&id);
+}

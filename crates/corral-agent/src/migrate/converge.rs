@@ -30,6 +30,9 @@ pub struct Sample {
     pub remaining: u64,
     pub dirty_rate: u64,
     pub transfer_rate: u64,
+    /// Dirty-bitmap syncs so far: the first pass over memory ends at the second. Before it
+    /// QEMU knows no dirty rate and `remaining` moves in steps, so nothing is escalated.
+    pub passes: u64,
 }
 
 /// What the driver must do now.
@@ -54,7 +57,7 @@ pub struct Converge {
     policy: Policy,
     stage: Stage,
     downtime_ms: u64,
-    /// The lowest remaining seen, and when it was last lowered by at least a tenth.
+    /// The lowest remaining seen, and when it was last lowered by at least 1 %.
     best: u64,
     progress_at: Duration,
     given_up: bool,
@@ -106,7 +109,11 @@ impl Converge {
                 ),
             });
         }
-        if s.remaining < self.best.saturating_sub(self.best / 10) || self.best == u64::MAX {
+        if s.passes < 2 {
+            self.progress_at = s.at;
+            return None;
+        }
+        if s.remaining < self.best.saturating_sub(self.best / 100) || self.best == u64::MAX {
             self.best = s.remaining;
             self.progress_at = s.at;
             return None;
@@ -197,6 +204,7 @@ mod tests {
                 remaining: r * MB,
                 dirty_rate: 40 * MB,
                 transfer_rate: 40 * MB,
+                passes: 2,
             };
             if let Some(step) = c.observe(s) {
                 let kind = match step {
@@ -215,6 +223,9 @@ mod tests {
     fn a_shrinking_migration_is_left_alone() {
         let r: Vec<u64> = (0..40).map(|i| 512 - i * 12).collect();
         assert!(run(policy(false), &r).is_empty());
+        // A slow first pass over a thin link (1 MiB a sample) is progress too.
+        let slow: Vec<u64> = (0..40).map(|i| 190 - i).collect();
+        assert!(run(policy(false), &slow).is_empty());
     }
 
     #[test]
@@ -246,6 +257,20 @@ mod tests {
     }
 
     #[test]
+    fn nothing_escalates_during_the_first_pass() {
+        let mut c = Converge::new(policy(false));
+        for i in 0..40 {
+            let s = Sample {
+                at: Duration::from_millis(500 * i),
+                remaining: 187 * MB,
+                passes: 1,
+                ..Sample::default()
+            };
+            assert_eq!(c.observe(s), None);
+        }
+    }
+
+    #[test]
     fn the_deadline_gives_up_with_the_figures() {
         let mut c = Converge::new(Policy {
             deadline: Duration::from_secs(2),
@@ -256,6 +281,7 @@ mod tests {
             remaining: 100 * MB,
             dirty_rate: 80 * MB,
             transfer_rate: 10 * MB,
+            passes: 1,
         });
         let Some(Step::GiveUp { reason }) = step else {
             panic!("{step:?}")

@@ -247,11 +247,17 @@ impl Driver<'_> {
         }
         self.beats.check()?;
         if self.started.elapsed() > self.deadline() {
+            let f = &self.figures;
+            let mib =
+                |b: Option<u64>| format!("{:.1} MiB", b.unwrap_or(0) as f64 / (1u64 << 20) as f64);
             return Err(Error::new(
                 ErrorKind::Timeout,
                 format!(
-                    "the migration did not finish within its deadline of {} s",
-                    self.deadline().as_secs()
+                    "the migration did not converge within its deadline of {} s: {} still to send, the guest dirties {}/s, the link carries {}/s",
+                    self.deadline().as_secs(),
+                    mib(f.remaining_bytes),
+                    mib(f.dirty_rate_bytes_per_s),
+                    mib(f.transfer_rate_bytes_per_s)
                 ),
             ));
         }
@@ -438,6 +444,7 @@ impl Driver<'_> {
                         remaining: info.ram.as_ref().map(|r| r.remaining).unwrap_or(0),
                         dirty_rate: info.dirty_rate(),
                         transfer_rate: info.transfer_rate(),
+                        passes: info.ram.as_ref().map(|r| r.dirty_sync_count).unwrap_or(0),
                     });
                     if let Some(step) = step {
                         self.escalate(step, task).await?;
