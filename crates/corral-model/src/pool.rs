@@ -183,6 +183,9 @@ pub struct EvacuateAnswer {
 pub struct MovedVm {
     pub vm: String,
     pub to: String,
+    /// A running VM moves live: the `vm.migrate` task on its owner (`corral task show`).
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

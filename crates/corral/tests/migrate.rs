@@ -32,6 +32,15 @@ fn counts(agent: &TestAgent, vm: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Wait until `agent`'s console log of `vm` shows a count of at least `n`.
+fn wait_count(agent: &TestAgent, vm: &str, n: u64) {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{vm} counting to {n}"),
+        || counts(agent, vm).last().is_some_and(|c| *c >= n),
+    );
+}
+
 fn sha256(path: &str) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
@@ -147,12 +156,7 @@ fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
     assert_eq!(p.b.vm("mig1")["pid"].as_u64(), Some(pid as u64));
     // It keeps counting: no restart (a new boot would count from 1 again).
     let last_before = *before.last().unwrap();
-    p.b.wait_console(
-        "mig1",
-        &format!("CORRAL-COUNT {}", last_before + 3),
-        1,
-        Duration::from_secs(60),
-    );
+    wait_count(&p.b, "mig1", last_before + 3);
     let after = counts(&p.b, "mig1");
     assert!(
         after.first().copied().unwrap_or(0) > 1 && !after.contains(&1),
@@ -236,12 +240,18 @@ fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
     });
     println!("cancel: target cleaned up in {:.1?}", t_cancel.elapsed());
     let n = *counts(&p.b, "mig1").last().unwrap();
-    p.b.wait_console(
-        "mig1",
-        &format!("CORRAL-COUNT {}", n + 2),
-        1,
-        Duration::from_secs(30),
-    );
+    wait_count(&p.b, "mig1", n + 2);
+
+    // ----- evacuating a member migrates its running VMs live -----
+    let out = p.a.ok(&["host", "evacuate", "xen02", "--to", "xen01"]);
+    assert!(out.contains("migrating mig1 live to xen01 (task "), "{out}");
+    wait_until(Duration::from_secs(60), "mig1 evacuated to xen01", || {
+        p.a.vm("mig1")["host"] == "xen01"
+    });
+    assert_eq!(p.a.vm("mig1")["power_state"], "running");
+    single_qemu(&id);
+    let n = *counts(&p.b, "mig1").last().unwrap();
+    wait_count(&p.a, "mig1", n + 2);
 }
 
 /// QEMUs of `vm_id` other than `keep`.
@@ -283,12 +293,7 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
         );
         assert_eq!(qemus_of(&id), vec![source_pid], "{what}");
         let n = *counts(&p.a, "dirty1").last().unwrap();
-        p.a.wait_console(
-            "dirty1",
-            &format!("CORRAL-COUNT {}", n + 2),
-            1,
-            Duration::from_secs(30),
-        );
+        wait_count(&p.a, "dirty1", n + 2);
     };
 
     // Dirtying faster than the link carries, no post-copy, a short deadline: cancelled with

@@ -271,7 +271,7 @@ impl Pool {
             return Err(Error::new(
                 ErrorKind::InvalidState,
                 format!(
-                    "VM {:?} is {}: only a halted VM moves between hosts until live migration lands",
+                    "VM {:?} is {}: a running VM moves with `corral vm migrate`",
                     rec.spec.name,
                     rec.power_state.as_str()
                 ),
@@ -302,8 +302,9 @@ impl Pool {
         Ok(new_rev)
     }
 
-    /// `host evacuate`: every VM off `name` (halted ones on shared storage move; others are
-    /// refused with the reason).
+    /// `host evacuate`: every VM off `name`: halted ones on shared storage change owner,
+    /// running ones migrate live (their owner drives it; the answer names each task); the
+    /// others are refused with the reason.
     pub async fn evacuate(&self, name: &str, to: &str) -> Result<EvacuateAnswer, Error> {
         let detail = self.host(name)?;
         let mut answer = EvacuateAnswer {
@@ -314,16 +315,6 @@ impl Pool {
             let Some((rec, _)) = self.record_of(&vm) else {
                 continue;
             };
-            if rec.power_state != PowerState::Halted {
-                answer.refused.push(RefusedVm {
-                    vm,
-                    reason: format!(
-                        "it is {}; live migration is not available yet, shut it down first",
-                        rec.power_state.as_str()
-                    ),
-                });
-                continue;
-            }
             let need = Need {
                 exclude_host: Some(detail.summary.id.clone()),
                 ..Need::of(&rec)
@@ -345,8 +336,29 @@ impl Pool {
                     continue;
                 }
             };
-            match self.move_vm(&vm, &target.0).await {
-                Ok(_) => answer.moved.push(MovedVm { vm, to: target.1 }),
+            let moved = if rec.power_state == PowerState::Halted {
+                self.move_vm(&vm, &target.0).await.map(|_| None)
+            } else {
+                // A running VM migrates live, driven by its owner.
+                let req = corral_model::migrate::MigrateRequest {
+                    to: target.1.clone(),
+                    ..Default::default()
+                };
+                self.call::<corral_model::migrate::MigrateAnswer>(
+                    &rec.host,
+                    &format!("/v1/vms/{}/migrate", rec.spec.name),
+                    &req,
+                    Duration::from_secs(60),
+                )
+                .await
+                .map(|a| a.task)
+            };
+            match moved {
+                Ok(task) => answer.moved.push(MovedVm {
+                    vm,
+                    to: target.1,
+                    task,
+                }),
                 Err(e) => answer.refused.push(RefusedVm {
                     vm,
                     reason: e.message.clone(),

@@ -19,7 +19,7 @@ pub enum HostCommand {
     /// One member of the pool, with its VMs.
     Show { name: String },
     /// Move every VM off a host: halted VMs on shared repositories change owner; running
-    /// ones are refused (with the reason) until live migration lands.
+    /// ones migrate live (each answer names its task); the rest are refused with the reason.
     Evacuate {
         name: String,
         /// Where to: `auto` (placement picks per VM) or a host name.

@@ -160,7 +160,10 @@ pub async fn evacuate(
         return Ok(());
     }
     for m in &a.moved {
-        println!("moved {} to {}", m.vm, m.to);
+        match &m.task {
+            Some(t) => println!("migrating {} live to {} (task {t})", m.vm, m.to),
+            None => println!("moved {} to {}", m.vm, m.to),
+        }
     }
     for r in &a.refused {
         println!("left {} where it is: {}", r.vm, r.reason);
