@@ -212,6 +212,7 @@ impl Agent {
         });
         agent.ensure_default_sr().await?;
         agent.load_vms(upgraded, finished).await?;
+        agent.migrations.recover_sources().await;
         agent
             .ops
             .remove_interrupted_import_volumes(&interrupted_imports);

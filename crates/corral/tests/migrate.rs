@@ -367,6 +367,35 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
     p.b.spawn();
     stays_home(&p, "target agent killed");
 
+    // The source's agent dies (kill -9) while the memory is sent. QEMU keeps sending; the
+    // target drops its half when heartbeats stop; the restarted source cancels what QEMU
+    // still sends and asks the target: the guest runs on here, once.
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "dirty1",
+        "--to",
+        "xen02",
+        "--bandwidth",
+        "1M",
+        "--no-wait",
+    ]);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "memory phase", || {
+        task_of(&p.a, &task)["phase"] == "migrating memory"
+    });
+    p.a.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    p.a.spawn();
+    stays_home(&p, "source agent killed");
+    assert!(!p
+        .a
+        .state_dir()
+        .join("run")
+        .join(&id)
+        .join("migrating.json")
+        .exists());
+
     // A dirtying guest converges by escalation when allowed a longer pause.
     let out = p.a.json(&[
         "vm",

@@ -283,6 +283,117 @@ impl Migrations {
     }
 }
 
+/// What the source writes in the VM's run directory while a migration runs
+/// (`migrating.json`), so an agent restart can settle it ([`Migrations::recover_sources`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SourceMarker {
+    pub migration_id: String,
+    pub target_id: String,
+    pub target_name: String,
+    pub was_paused: bool,
+    /// With storage: device -> the target's new volume (known once the target prepared).
+    pub volumes: Vec<(String, PathBuf)>,
+    pub target_sr: Option<String>,
+}
+
+impl SourceMarker {
+    const FILE: &'static str = "migrating.json";
+
+    pub fn write(&self, run_dir: &Path) {
+        if let Ok(bytes) = serde_json::to_vec_pretty(self) {
+            let _ = crate::files::write_private(&run_dir.join(Self::FILE), &bytes, 0o600);
+        }
+    }
+    pub fn read(run_dir: &Path) -> Option<SourceMarker> {
+        serde_json::from_slice(&std::fs::read(run_dir.join(Self::FILE)).ok()?).ok()
+    }
+    pub fn remove(run_dir: &Path) {
+        let _ = std::fs::remove_file(run_dir.join(Self::FILE));
+    }
+}
+
+impl Migrations {
+    /// After an agent restart: settle every migration this host was the source of. Its
+    /// QEMU's migration is cancelled first (QEMU kept sending while the agent was down);
+    /// then the target decides: a guest it committed is handed over (the record flips to
+    /// it), anything else is dropped there and the guest resumes here.
+    pub async fn recover_sources(self: &Arc<Self>) {
+        let handles: Vec<VmHandle> = self.host.registry().by_id.values().cloned().collect();
+        for handle in handles {
+            let run_dir = self.host.layout.run_dir(&handle.id);
+            if let Some(m) = SourceMarker::read(&run_dir) {
+                tokio::spawn(self.clone().settle(handle, m, run_dir));
+            }
+        }
+    }
+
+    async fn settle(self: Arc<Self>, handle: VmHandle, m: SourceMarker, run_dir: PathBuf) {
+        let name = handle.info().name;
+        let local = handle.stop_migration(&self.host.tasks).await;
+        let stopped = matches!(
+            local.as_deref(),
+            Some("postmigrate") | Some("paused") | Some("finish-migrate")
+        );
+        let beat = format!("/v1/pool/migrations/{}/heartbeat", m.migration_id);
+        let began = Instant::now();
+        let target = loop {
+            match self
+                .pool
+                .call::<IncomingState>(&m.target_id, &beat, &json!({}), Duration::from_secs(3))
+                .await
+            {
+                Ok(state) => break Some(state),
+                // Its QEMU never stopped, so the guest runs here; the target drops its half
+                // by itself when heartbeats stay away.
+                Err(_) if !stopped && began.elapsed() > Duration::from_secs(10) => break None,
+                Err(e) => {
+                    if began.elapsed() > Duration::from_secs(30) {
+                        tracing::warn!(vm = %name, error = %e.message, "an interrupted migration waits for its target to answer");
+                    }
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        if target == Some(IncomingState::Committed) {
+            tracing::info!(vm = %name, target = %m.target_name, "finishing a migration interrupted by an agent restart: the target runs the guest");
+            let done = Completed {
+                target_id: m.target_id.clone(),
+                target_name: m.target_name.clone(),
+                volumes: m.volumes.clone(),
+                target_sr: m.target_sr.clone(),
+                figures: MigrationFigures::default(),
+            };
+            let _ = handle
+                .call(
+                    crate::vm::Op::MigrateEnd(Box::new(Ok(done))),
+                    self.host.tasks.untracked(),
+                )
+                .await;
+            return;
+        }
+        let abort = format!("/v1/pool/migrations/{}/abort", m.migration_id);
+        let _ = self
+            .pool
+            .call::<serde_json::Value>(&m.target_id, &abort, &json!({}), Duration::from_secs(5))
+            .await;
+        SourceMarker::remove(&run_dir);
+        if stopped && !m.was_paused {
+            tracing::info!(vm = %name, "resuming a guest whose migration was interrupted by an agent restart");
+            let info = handle.info();
+            let task = self.host.tasks.start(
+                corral_model::task::Operation::VmResume,
+                Some((&info.id, &info.name)),
+            );
+            let _ = handle
+                .call(
+                    crate::vm::Op::Action(corral_model::api::VmAction::Resume, Default::default()),
+                    task,
+                )
+                .await;
+        }
+    }
+}
+
 fn check(name: &str, ok: bool, detail: &str) -> PreCheck {
     PreCheck {
         name: name.into(),

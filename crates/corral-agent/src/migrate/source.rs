@@ -134,6 +134,20 @@ pub async fn drive(
     was_paused: bool,
 ) -> Result<Completed, Error> {
     task.phase_span(&format!("preparing host {}", plan.target_name), 0.0, 0.05);
+    let mut marker = SourceMarker {
+        migration_id: plan.migration_id.clone(),
+        target_id: plan.target_id.clone(),
+        target_name: plan.target_name.clone(),
+        was_paused,
+        volumes: Vec::new(),
+        target_sr: plan.request.with_storage.then(|| {
+            plan.request
+                .target_sr
+                .clone()
+                .unwrap_or_else(|| "default".into())
+        }),
+    };
+    marker.write(&run_dir);
     let prepare = plan.pool.call::<IncomingAnswer>(
         &plan.target_id,
         "/v1/pool/migrations",
@@ -150,6 +164,8 @@ pub async fn drive(
             format!("host {:?} refused: {why}", plan.target_name),
         ));
     }
+    marker.volumes = answer.volumes.clone();
+    marker.write(&run_dir);
     let beats = Beats::start(&plan);
     let mut driver = Driver {
         plan: &plan,

@@ -490,6 +490,10 @@ impl<R: Runtime> Actor<R> {
                 self.end_migration(*outcome).await;
                 Ok(())
             }
+            Op::StopMigration(answer) => {
+                let _ = answer.send(self.stop_stray_migration().await);
+                Ok(())
+            }
             Op::Delete(req) => {
                 self.check(VmEvent::Delete { force: req.force })?;
                 if self.rec.power_state != PowerState::Halted {
@@ -897,9 +901,15 @@ impl<R: Runtime> Actor<R> {
     /// The migration ended: on success move the record to the target in one
     /// compare-and-swap, then let this host's QEMU go; on failure the VM runs on here.
     async fn end_migration(&mut self, outcome: Result<crate::migrate::Completed, Error>) {
-        let Some(task) = self.jobs.end_migration() else {
-            return;
-        };
+        let run_dir = self.host.layout.run_dir(&self.rec.id);
+        // No job: a migration settled after an agent restart (`Migrations::recover_sources`).
+        let task = self.jobs.end_migration().unwrap_or_else(|| {
+            self.host.tasks.start(
+                Operation::VmMigrate,
+                Some((&self.rec.id, &self.rec.spec.name)),
+            )
+        });
+        crate::migrate::SourceMarker::remove(&run_dir);
         let done = match outcome {
             Err(e) => {
                 if task.is_cancelled() {
@@ -984,6 +994,34 @@ impl<R: Runtime> Actor<R> {
         tracing::info!(vm = %self.name(), "{note}");
         self.changed();
         task.succeed(Some(note));
+    }
+
+    /// Cancel a migration QEMU kept running while the agent was down; QEMU's run state after.
+    async fn stop_stray_migration(&mut self) -> Option<String> {
+        let run = self.run.as_ref()?;
+        let _ = run
+            .qmp
+            .execute("migrate_cancel", serde_json::json!({}))
+            .await;
+        for _ in 0..200 {
+            let status = run
+                .qmp
+                .execute("query-migrate", serde_json::json!({}))
+                .await
+                .ok()
+                .and_then(|v| corral_qemu::migration::MigrationInfo::parse(&v).ok())
+                .map(|i| i.status)
+                .unwrap_or_default();
+            if status.is_final() || status == corral_qemu::migration::MigrationStatus::None {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        run.qmp
+            .execute("query-status", serde_json::json!({}))
+            .await
+            .ok()
+            .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string))
     }
 
     /// Another member owns the VM now (see [`Op::Release`]).

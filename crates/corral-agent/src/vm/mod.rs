@@ -52,6 +52,9 @@ pub(crate) enum Op {
     },
     /// The migration driver's outcome: hand the VM over to the target, or keep it here.
     MigrateEnd(Box<Result<crate::migrate::Completed, Error>>),
+    /// After an agent restart with a migration marker: cancel whatever migration QEMU still
+    /// runs and answer QEMU's run state (`running`, `postmigrate`, ...).
+    StopMigration(oneshot::Sender<Option<String>>),
     /// Another pool member owns the VM now: kill a QEMU that still runs here (the new
     /// owner may start it), clear this host's runtime files, end the actor. The record and
     /// the disks stay.
@@ -168,6 +171,15 @@ impl VmHandle {
             task,
         )
         .await
+    }
+
+    /// See [`Op::StopMigration`].
+    pub(crate) async fn stop_migration(&self, tasks: &Arc<crate::tasks::Tasks>) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        self.call(Op::StopMigration(tx), tasks.untracked())
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Ask the actor for its runtime counters without recording a task.
