@@ -5,7 +5,9 @@
 //! - `/v1/vms/{name}/...` of a VM another member owns is sent there as it came (method,
 //!   path, query, body, streamed both ways) over mutual TLS: this member presents its pool
 //!   certificate and checks the owner's against the pool CA (server name
-//!   `<host-id>.pool.corral`). The owner sees `X-Corral-Forwarded` and answers itself.
+//!   `<host-id>.pool.corral`). The owner sees `X-Corral-Forwarded` and answers itself. The
+//!   caller's identity goes along in `X-Corral-Identity` (Authorization and Cookie are
+//!   removed), which the owner believes only from a member's certificate (`crate::auth`).
 //! - `POST /v1/vms` with `"host": NAME|"auto"` goes to the chosen member.
 //! - `POST /v1/vms/{name}/actions/start` with `"on": NAME|"auto"` first moves the halted
 //!   VM to that member (one store transaction), then goes there with the record's new
@@ -43,8 +45,16 @@ pub async fn list_hosts(State(a): State<Arc<Agent>>) -> Response {
     Json(a.pool().hosts()).into_response()
 }
 
-pub async fn show_host(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> Result<Response> {
-    Ok(Json(a.pool().host(&name)?).into_response())
+pub async fn show_host(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    who: Option<axum::Extension<crate::auth::Identity>>,
+) -> Result<Response> {
+    let mut host = a.pool().host(&name)?;
+    // A VM-limited token does not learn the names of the other VMs.
+    host.vm_names
+        .retain(|vm| crate::auth::may_see(who.as_ref().map(|w| &w.0), vm));
+    Ok(Json(host).into_response())
 }
 
 pub async fn forget_host(
@@ -378,6 +388,16 @@ async fn try_forward(
     }
     if let Some(rev) = revision {
         parts.headers.insert(VM_REVISION, HeaderValue::from(rev));
+    }
+    // The owner authorizes (and refuses) as this member did: the caller travels with the
+    // request, in a header only a member's certificate makes it believe.
+    if let Some(v) = parts
+        .extensions
+        .get::<crate::auth::Identity>()
+        .and_then(|i| serde_json::to_string(i).ok())
+        .and_then(|s| HeaderValue::from_str(&s).ok())
+    {
+        parts.headers.insert(crate::auth::IDENTITY_HEADER, v);
     }
     let path = parts
         .uri

@@ -8,6 +8,7 @@
 //! adds `schemars::JsonSchema` derives, from which corral-api generates its OpenAPI document.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod event;
 pub mod host;
