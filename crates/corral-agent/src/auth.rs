@@ -104,9 +104,11 @@ impl Tokens {
         }
         let expires_ms = match req.expires_in_secs {
             Some(0) => return Err(Error::invalid("a token's lifetime must be positive")),
-            Some(s) if s > MAX_TOKEN_LIFETIME_SECS => return Err(Error::invalid(format!(
+            Some(s) if s > MAX_TOKEN_LIFETIME_SECS => {
+                return Err(Error::invalid(format!(
                 "a token may live at most ten years ({MAX_TOKEN_LIFETIME_SECS} s); {s} s is longer"
-            ))),
+            )))
+            }
             Some(s) => Some(now_ms + s * 1000),
             None => None,
         };
@@ -264,7 +266,11 @@ impl Audit {
             tracing::warn!(error = %e, who = %entry.who, route = %entry.route, "cannot write an audit entry");
             return;
         }
-        if self.writes.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0 {
+        if self
+            .writes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+        {
             if let Err(e) = self.prune().await {
                 tracing::warn!(error = %e, "cannot prune the audit log");
             }

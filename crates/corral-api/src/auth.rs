@@ -329,16 +329,14 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A refusal of an unknown caller: 401 with `WWW-Authenticate`.
-fn unauthorized(message: String) -> Response {
-    let mut resp = Failure(ApiError::new(ErrorKind::Unauthorized, message)).into_response();
-    resp.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    resp
+/// A refusal of an unknown caller (401; [`Failure`] adds `WWW-Authenticate`).
+fn unauthorized(message: String) -> ApiError {
+    ApiError::new(ErrorKind::Unauthorized, message)
 }
 
-fn forbidden(message: String) -> Response {
-    Failure(ApiError::new(ErrorKind::Forbidden, message)).into_response()
+/// A refusal of a known caller (403).
+fn forbidden(message: String) -> ApiError {
+    ApiError::new(ErrorKind::Forbidden, message)
 }
 
 fn ct_eq(a: &str, b: &str) -> bool {
@@ -374,9 +372,8 @@ impl Gate {
         }
     }
 
-    /// Check a presented token. An error is the answer to send; failures the caller caused
-    /// count against `peer`.
-    pub async fn authenticate(&self, presented: &str, peer: &Peer) -> Result<Identity, Response> {
+    /// Check a presented token. Failures the caller caused count against `peer`.
+    pub async fn authenticate(&self, presented: &str, peer: &Peer) -> Result<Identity, ApiError> {
         let presented = presented.trim();
         if let Some(b) = &self.bootstrap {
             if ct_eq(presented, &b.token) {
@@ -385,7 +382,7 @@ impl Gate {
         }
         let refused = match self.agent.tokens().authenticate(presented, now_ms()).await {
             Ok(t) => return Ok(Identity::of_token(t)),
-            Err(AuthFailure::Store(e)) => return Err(Failure::from(e).into_response()),
+            Err(AuthFailure::Store(e)) => return Err(e.to_api()),
             Err(AuthFailure::Unknown) => {
                 unauthorized(format!(
                 "wrong token (or a revoked one): {}",
@@ -403,13 +400,13 @@ impl Gate {
         Err(refused)
     }
 
-    /// Who sent `req`, or the answer refusing it. `None`: a route that needs no caller.
+    /// Who sent `req`. `None`: a route that needs no caller.
     async fn identify(
         &self,
         req: &mut Request,
         peer: &Peer,
         access: &RouteAccess,
-    ) -> Result<Option<Identity>, Response> {
+    ) -> Result<Option<Identity>, ApiError> {
         let from_member = req.extensions().get::<PoolPeer>().is_some();
         let forwarded = req.headers_mut().remove(IDENTITY_HEADER);
         match peer {
@@ -420,10 +417,7 @@ impl Gate {
                 return match forwarded {
                     None => Ok(Some(Identity::builtin("@pool"))),
                     Some(v) => serde_json::from_slice(v.as_bytes()).map(Some).map_err(|e| {
-                        Failure(ApiError::invalid(format!(
-                            "bad {IDENTITY_HEADER} header: {e}"
-                        )))
-                        .into_response()
+                        ApiError::invalid(format!("bad {IDENTITY_HEADER} header: {e}"))
                     }),
                 };
             }
@@ -453,11 +447,9 @@ impl Gate {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !safe && !ct_eq(given, &session.csrf) {
-                return Err(Failure(ApiError::new(
-                    ErrorKind::Unauthorized,
-                    "missing or wrong X-CSRF-Token for this session (reload the page)",
-                ))
-                .into_response());
+                return Err(unauthorized(
+                    "missing or wrong X-CSRF-Token for this session (reload the page)".into(),
+                ));
             }
             let identity = self.authenticate(&session.credential, peer).await?;
             req.extensions_mut()
@@ -475,7 +467,7 @@ impl Gate {
     }
 
     /// Refuse what `who`'s role or VM pattern does not allow.
-    fn authorize(&self, who: &Identity, access: &RouteAccess) -> Result<(), Response> {
+    fn authorize(&self, who: &Identity, access: &RouteAccess) -> Result<(), ApiError> {
         if !who.role.allows(access.permission) {
             return Err(forbidden(format!(
                 "token {:?} has role {}, which may not do this: {} needs permission {} (an {} token)",
@@ -609,7 +601,8 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     };
     let identity = match gate.identify(&mut req, &peer, &access).await {
         Ok(i) => i,
-        Err(refusal) => {
+        Err(e) => {
+            let refusal = Failure(e).into_response();
             if record {
                 gate.audit(entry(None, refusal.status().as_u16())).await;
             }
@@ -617,7 +610,8 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
         }
     };
     if let Some(who) = &identity {
-        if let Err(refusal) = gate.authorize(who, &access) {
+        if let Err(e) = gate.authorize(who, &access) {
+            let refusal = Failure(e).into_response();
             if record {
                 gate.audit(entry(Some(who), refusal.status().as_u16()))
                     .await;

@@ -16,7 +16,7 @@
 //!   `unavailable`, naming the host.
 
 use crate::routes::Failure;
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -31,8 +31,6 @@ use std::time::Duration;
 
 pub const FORWARDED: &str = "x-corral-forwarded";
 pub const VM_REVISION: &str = "x-corral-vm-revision";
-/// Bodies read to find `host`/`on` are small JSON documents.
-const ROUTING_BODY_LIMIT: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Result<T> = std::result::Result<T, Failure>;
@@ -142,13 +140,11 @@ pub async fn route_to_owner(State(agent): State<Arc<Agent>>, req: Request, next:
 async fn read_json(
     req: Request,
 ) -> std::result::Result<(axum::http::request::Parts, bytes::Bytes, serde_json::Value), Response> {
+    use axum::extract::FromRequest;
     let (parts, body) = req.into_parts();
-    let bytes = to_bytes(body, ROUTING_BODY_LIMIT).await.map_err(|e| {
-        failure(
-            ErrorKind::InvalidInput,
-            format!("cannot read request body: {e}"),
-        )
-    })?;
+    // Read as the routes read bodies, within the same bound and with the same errors.
+    let read = bytes::Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await;
+    let bytes = crate::routes::body_bytes(read).map_err(IntoResponse::into_response)?;
     let value = if bytes.is_empty() {
         serde_json::Value::Null
     } else {

@@ -41,7 +41,16 @@ impl From<corral_agent::Error> for Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (status_of(self.0.kind), Json(self.0)).into_response()
+        // A 401 says how to authenticate (RFC 9110), whichever layer refused.
+        let challenge = self.0.kind == ErrorKind::Unauthorized;
+        let mut resp = (status_of(self.0.kind), Json(self.0)).into_response();
+        if challenge {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }
 
@@ -53,7 +62,7 @@ type Result<T> = std::result::Result<T, Failure>;
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
 
 /// A request body read whole, within [`JSON_BODY_LIMIT`].
-fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+pub(crate) fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Failure(ApiError::new(

@@ -359,10 +359,7 @@ pub async fn login(
         )
         .into());
     }
-    let identity = match gate.authenticate(&req.token, &peer).await {
-        Ok(i) => i,
-        Err(refusal) => return Ok(refusal),
-    };
+    let identity = gate.authenticate(&req.token, &peer).await?;
     let (id, answer) = gate.web.open_session(&req.token)?;
     let mut resp = Json(answer).into_response();
     resp.headers_mut().insert(
