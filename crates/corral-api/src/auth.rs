@@ -18,7 +18,8 @@
 //!      so a revoked or expired token ends its sessions too; mutating requests also need
 //!      the session's CSRF header). Public routes need nothing; console websockets bring
 //!      their one-time ticket, checked by their handler.
-//! 3. Failed attempts are counted per client address ([`Throttle`]): after
+//! 3. Failed attempts (a wrong, revoked or expired token, in a header or a login) are
+//!    counted per client address ([`Throttle`]): after
 //!    [`MAX_FAILURES`] within [`FAILURE_WINDOW`] the address is answered 429 with
 //!    `Retry-After` until the window has passed.
 //! 4. The role must allow the route's permission, and a token limited to a VM pattern may
@@ -374,30 +375,36 @@ impl Gate {
 
     /// Check a presented token. Failures the caller caused count against `peer`.
     pub async fn authenticate(&self, presented: &str, peer: &Peer) -> Result<Identity, ApiError> {
+        let result = self.verify(presented).await;
+        if let (Err(e), Peer::Tcp(a)) = (&result, peer) {
+            if e.kind == ErrorKind::Unauthorized {
+                self.throttle.fail(a.ip(), Instant::now());
+            }
+        }
+        result
+    }
+
+    /// Check a token: the token file, or a named token that exists, matches and has not
+    /// expired.
+    async fn verify(&self, presented: &str) -> Result<Identity, ApiError> {
         let presented = presented.trim();
         if let Some(b) = &self.bootstrap {
             if ct_eq(presented, &b.token) {
                 return Ok(Identity::builtin("@bootstrap"));
             }
         }
-        let refused = match self.agent.tokens().authenticate(presented, now_ms()).await {
-            Ok(t) => return Ok(Identity::of_token(t)),
-            Err(AuthFailure::Store(e)) => return Err(e.to_api()),
-            Err(AuthFailure::Unknown) => {
-                unauthorized(format!(
+        match self.agent.tokens().authenticate(presented, now_ms()).await {
+            Ok(t) => Ok(Identity::of_token(t)),
+            Err(AuthFailure::Store(e)) => Err(e.to_api()),
+            Err(AuthFailure::Unknown) => Err(unauthorized(format!(
                 "wrong token (or a revoked one): {}",
                 self.where_token()
-            ))
-            }
-            Err(AuthFailure::Expired { name, at_ms }) => unauthorized(format!(
+            ))),
+            Err(AuthFailure::Expired { name, at_ms }) => Err(unauthorized(format!(
                 "token {name:?} expired at {}; an admin can make a new one with `corral token create`",
                 format_time(at_ms)
-            )),
-        };
-        if let Peer::Tcp(a) = peer {
-            self.throttle.fail(a.ip(), Instant::now());
+            ))),
         }
-        Err(refused)
     }
 
     /// Who sent `req`. `None`: a route that needs no caller.
@@ -432,6 +439,9 @@ impl Gate {
             .map(|v| v.to_str().unwrap_or("").to_string());
         if let Some(b) = bearer {
             let Some(token) = b.strip_prefix("Bearer ") else {
+                if let Peer::Tcp(a) = peer {
+                    self.throttle.fail(a.ip(), Instant::now());
+                }
                 return Err(unauthorized(format!(
                     "the Authorization header must be `Bearer TOKEN`: {}",
                     self.where_token()
@@ -451,15 +461,25 @@ impl Gate {
                     "missing or wrong X-CSRF-Token for this session (reload the page)".into(),
                 ));
             }
-            let identity = self.authenticate(&session.credential, peer).await?;
+            // The session's token was good at login; when it is no longer (revoked,
+            // expired) the session ends, and the browser is sent back to its login rather
+            // than counted as guessing.
+            let identity = match self.verify(&session.credential).await {
+                Ok(i) => i,
+                Err(e) => {
+                    if e.kind == ErrorKind::Unauthorized {
+                        self.web.end_session(&session.id);
+                    }
+                    return Err(e);
+                }
+            };
             req.extensions_mut()
                 .insert(crate::web::SessionId(session.id.clone()));
             req.extensions_mut().insert(session.end());
             return Ok(Some(identity));
         }
-        if let Peer::Tcp(a) = peer {
-            self.throttle.fail(a.ip(), Instant::now());
-        }
+        // No credential at all is not an attempt to guess one (a browser whose session
+        // ended sends a few such requests at once): refused, but not counted.
         Err(unauthorized(format!(
             "this agent needs a token over the network (`Authorization: Bearer TOKEN`): {}",
             self.where_token()

@@ -1,7 +1,8 @@
 //! End-to-end: users and roles on a real agent over HTTPS. Named tokens (create, list,
 //! revoke, expiry), every route of the OpenAPI document walked with a token of each role,
 //! a token limited to some VMs, the audit log, the throttle of failed attempts, the body
-//! bound, the web console's login with a named token, and the unix socket's mode.
+//! bound and the header read timeout, the web console's login with a named token, and the
+//! unix socket's mode.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
@@ -394,6 +395,27 @@ fn a_vm_pattern_hides_and_refuses_other_vms_and_the_audit_log_says_who() {
         "forbidden"
     );
 
+    // The event stream carries only its VMs' events.
+    let (_, events) = r.curl(&[
+        "--max-time",
+        "2",
+        "-H",
+        &format!("authorization: Bearer {ops}"),
+        &format!("{}/v1/events?since=0", r.url),
+    ]);
+    let events: Vec<Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!events.is_empty());
+    for e in &events {
+        let vm = e["vm"]
+            .as_str()
+            .or(e["task"]["vm_name"].as_str())
+            .unwrap_or("");
+        assert!(vm.starts_with("web-"), "{e}");
+    }
+
     // Its own VMs: an operator may power them (a halted VM cannot pause: 409), not delete.
     let e = r.err(&ops, &["vm", "pause", "web-1"]);
     assert_eq!(e["kind"], "invalid_state", "{e}");
@@ -495,6 +517,11 @@ fn failed_tokens_are_throttled_bodies_bounded_and_the_socket_closed() {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
+    // Requests without any token are refused, but are no guess: not counted.
+    for _ in 0..corral_api::auth::MAX_FAILURES + 2 {
+        let (head, _) = r.curl(&[&format!("{}/v1/vms", r.url)]);
+        assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    }
     // Ten wrong tokens in a minute, then even the right one waits.
     for i in 0..corral_api::auth::MAX_FAILURES {
         let e = r.err(&format!("nobody.{i:064}"), &["vm", "list"]);
@@ -522,4 +549,28 @@ fn failed_tokens_are_throttled_bodies_bounded_and_the_socket_closed() {
     assert!((1..=60).contains(&retry), "{retry}");
     // The unix socket is not throttled: it has no token to guess.
     r.agent.ok(&["vm", "list"]);
+
+    // A client that never finishes its request's head is cut off (slow-loris).
+    let addr = r.url.trim_start_matches("https://");
+    let started = std::time::Instant::now();
+    let mut slow = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", addr])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("openssl");
+    let mut stdin = slow.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"GET /v1/vms HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // stdin stays open: only the agent can end the connection.
+    wait_until(Duration::from_secs(30), "the slow client cut off", || {
+        slow.try_wait().unwrap().is_some()
+    });
+    let after = started.elapsed();
+    drop(stdin);
+    let limit = corral_api::remote::HEADER_READ_TIMEOUT;
+    assert!(
+        after >= limit && after < limit + Duration::from_secs(5),
+        "{after:?}"
+    );
 }

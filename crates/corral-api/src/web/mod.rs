@@ -213,6 +213,11 @@ impl Web {
         })
     }
 
+    /// End a session (logout, or its token is no longer valid): what it opened stops.
+    pub fn end_session(&self, id: &str) {
+        self.sessions().remove(id);
+    }
+
     /// A new session for a caller who presented `credential` (already checked).
     fn open_session(&self, credential: &str) -> Result<(String, SessionAnswer), ApiError> {
         let id = random_hex(32)?;
@@ -399,7 +404,7 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
     let session = web.session_of(&headers).ok_or_else(no_session)?;
-    web.sessions().remove(&session.id);
+    web.end_session(&session.id);
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
         .insert(header::SET_COOKIE, session_cookie("", 0)?);
