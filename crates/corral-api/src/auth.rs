@@ -48,7 +48,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The header a pool member sets on a forwarded request: the caller it authenticated, as
 /// JSON. Ignored (removed) on any connection that is not a verified pool member's.
@@ -322,14 +322,6 @@ pub struct Gate {
     throttle: Throttle,
 }
 
-/// Milliseconds since the epoch (the store's and the wire's time unit).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// A refusal of an unknown caller (401; [`Failure`] adds `WWW-Authenticate`).
 fn unauthorized(message: String) -> ApiError {
     ApiError::new(ErrorKind::Unauthorized, message)
@@ -393,7 +385,7 @@ impl Gate {
                 return Ok(Identity::builtin("@bootstrap"));
             }
         }
-        match self.agent.tokens().authenticate(presented, now_ms()).await {
+        match self.agent.tokens().authenticate(presented, corral_model::time::now_ms()).await {
             Ok(t) => Ok(Identity::of_token(t)),
             Err(AuthFailure::Store(e)) => Err(e.to_api()),
             Err(AuthFailure::Unknown) => Err(unauthorized(format!(
@@ -402,7 +394,7 @@ impl Gate {
             ))),
             Err(AuthFailure::Expired { name, at_ms }) => Err(unauthorized(format!(
                 "token {name:?} expired at {}; an admin can make a new one with `corral token create`",
-                format_time(at_ms)
+                corral_model::time::format_utc(at_ms)
             ))),
         }
     }
@@ -537,28 +529,6 @@ fn needed_role(permission: Permission) -> Role {
         .unwrap_or(Role::Admin)
 }
 
-/// `2026-01-02 03:04:05Z` (the same form the CLI prints).
-fn format_time(ms: u64) -> String {
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// Whether a request is written to the audit log: anything that changes something, and
 /// anything beyond reading (consoles, exports, the token and audit routes themselves).
 fn audited(method: &Method, access: &RouteAccess) -> bool {
@@ -608,7 +578,7 @@ pub async fn guard(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) 
     let forwarded_in = from_member && req.headers().contains_key(crate::pool::FORWARDED);
     let record = audited(&method, &access) && !forwarded_in;
     let entry = |who: Option<&Identity>, status: u16| AuditEntry {
-        time_ms: now_ms(),
+        time_ms: corral_model::time::now_ms(),
         who: who.map_or("-".into(), |i| i.name.clone()),
         role: who.map(|i| i.role),
         method: method.to_string(),
@@ -769,11 +739,5 @@ mod tests {
         assert_eq!(t.blocked(other, t0), None);
         // The oldest failure leaves the window: one more try.
         assert_eq!(t.blocked(ip, t0 + Duration::from_secs(60)), None);
-    }
-
-    #[test]
-    fn times_read_like_the_cli() {
-        assert_eq!(format_time(0), "1970-01-01 00:00:00Z");
-        assert_eq!(format_time(1_700_000_000_000), "2023-11-14 22:13:20Z");
     }
 }

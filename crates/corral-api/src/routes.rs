@@ -604,7 +604,7 @@ async fn create_token(
     State(a): State<AppState>,
     Body_(req): Body_<TokenCreateRequest>,
 ) -> Result<Response> {
-    let made = a.tokens().create(req, crate::auth::now_ms()).await?;
+    let made = a.tokens().create(req, corral_model::time::now_ms()).await?;
     Ok((StatusCode::CREATED, Json(made)).into_response())
 }
 

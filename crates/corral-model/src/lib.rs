@@ -17,6 +17,7 @@ pub mod pool;
 pub mod size;
 pub mod stats;
 pub mod task;
+pub mod time;
 pub mod transfer;
 pub mod validate;
 pub mod vm;
