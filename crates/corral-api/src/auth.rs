@@ -385,7 +385,8 @@ impl Gate {
                 return Ok(Identity::builtin("@bootstrap"));
             }
         }
-        match self.agent.tokens().authenticate(presented, corral_model::time::now_ms()).await {
+        let now = corral_model::time::now_ms();
+        match self.agent.tokens().authenticate(presented, now).await {
             Ok(t) => Ok(Identity::of_token(t)),
             Err(AuthFailure::Store(e)) => Err(e.to_api()),
             Err(AuthFailure::Unknown) => Err(unauthorized(format!(
