@@ -42,6 +42,17 @@ install_xva_writer() {
   fi
 }
 
+# The agent's unix socket is mode 0660 with group `corral` when that group exists, so its
+# members use the CLI without sudo (as admins: docs/security.md); otherwise it is 0600.
+ensure_group() {
+  getent group corral >/dev/null && return 0
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  echo "corral: creating group corral (its members may use the agent's socket)" >&2
+  $sudo groupadd -f corral
+}
+ensure_group
+
 if [[ ${#missing[@]} -eq 0 ]]; then
   [[ "${1:-}" == "--test" ]] && install_xva_writer
   exit 0

@@ -47,6 +47,9 @@ pub struct Agent {
     pool: Arc<crate::pool::Pool>,
     /// Live migration, as source and as target (see [`crate::migrate`]).
     migrations: Arc<crate::migrate::Migrations>,
+    /// Named API tokens and the audit log, in the store (see [`crate::auth`]).
+    tokens: Arc<crate::auth::Tokens>,
+    audit: Arc<crate::auth::Audit>,
 }
 
 /// How a VM request was answered: done (with the VM as it is now), or accepted and still
@@ -153,6 +156,8 @@ impl Agent {
             templates,
         );
         let host = Arc::new(host);
+        let tokens = Arc::new(crate::auth::Tokens::new(host.records.clone()));
+        let audit = Arc::new(crate::auth::Audit::new(host.records.clone()));
         host.load_catalog().await?;
         let finished = crate::intents::recover(&host).await?;
         let runtime = Arc::new(QemuRuntime::new(
@@ -209,6 +214,8 @@ impl Agent {
             advisor,
             sampler,
             pool,
+            tokens,
+            audit,
         });
         agent.ensure_default_sr().await?;
         agent.load_vms(upgraded, finished).await?;
@@ -242,6 +249,16 @@ impl Agent {
     }
     pub fn templates(&self) -> std::sync::RwLockReadGuard<'_, Templates> {
         self.host.templates()
+    }
+    pub fn tokens(&self) -> &Arc<crate::auth::Tokens> {
+        &self.tokens
+    }
+    pub fn audit(&self) -> &Arc<crate::auth::Audit> {
+        &self.audit
+    }
+    /// This host's name in its pool (what audit entries say recorded them).
+    pub fn host_name(&self) -> &str {
+        &self.config.pool.host_name
     }
     pub fn templates_mut(&self) -> std::sync::RwLockWriteGuard<'_, Templates> {
         self.host.templates_mut()

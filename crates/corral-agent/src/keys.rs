@@ -42,6 +42,17 @@ pub fn pool_sr(name: &str) -> String {
     format!("{POOL_SRS}{name}")
 }
 
+/// API tokens, pool-wide: `auth/tokens/<name>` (see [`crate::auth`]).
+pub const TOKENS: &str = "auth/tokens/";
+pub fn token(name: &str) -> String {
+    format!("{TOKENS}{name}")
+}
+/// The audit log, pool-wide: `audit/<time_ms, 16 digits>-<uuid>`, so keys sort by time.
+pub const AUDIT: &str = "audit/";
+pub fn audit(time_ms: u64, unique: &str) -> String {
+    format!("{AUDIT}{time_ms:016}-{unique}")
+}
+
 pub fn vm(id: &str) -> String {
     format!("vms/{id}")
 }

@@ -11,6 +11,7 @@
 
 pub mod advice;
 pub mod answers;
+pub mod auth;
 pub mod cgroup;
 mod clock;
 pub mod config;

@@ -7,9 +7,12 @@
 //! wait and answer `200 {"task": ID, "vm": VmInfo}`. The serial console is an HTTP upgrade
 //! (`Upgrade: corral-console`) spliced to the VM's console socket; events are NDJSON.
 //!
-//! The same router serves the unix socket (protected by its file mode) and, with
-//! `corral serve --listen`, HTTPS listeners guarded by a bearer token ([`remote`]).
+//! The same router serves the unix socket (protected by its file mode and group) and, with
+//! `corral serve --listen`, HTTPS listeners ([`remote`]). Its outermost layer, [`auth`],
+//! identifies each caller (token, session, pool certificate, or the socket itself), checks
+//! the route's permission in one table, throttles failed attempts and writes the audit log.
 
+pub mod auth;
 pub mod openapi;
 pub mod pool;
 pub mod remote;
@@ -17,7 +20,7 @@ mod routes;
 mod transfer;
 pub mod web;
 
-pub use routes::{router, router_with_web, served_paths};
+pub use routes::{router, served_paths, JSON_BODY_LIMIT};
 
 use axum::http::StatusCode;
 use corral_model::ErrorKind;
@@ -35,5 +38,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
     }
 }

@@ -15,6 +15,7 @@ use crate::web::{SessionAnswer, SessionRequest, TicketAnswer, TicketRequest};
 use axum::routing::MethodRouter;
 use axum::Router;
 use corral_model::api::*;
+use corral_model::auth::{AuditEntry, TokenCreateRequest, TokenCreated, TokenInfo};
 use corral_model::event::EventEnvelope;
 use corral_model::host::{HostInfo, IsoImage, Network, StorageRepository};
 use corral_model::migrate::{MigrateAnswer, MigrateRequest};
@@ -286,6 +287,10 @@ pub fn operations() -> Vec<Op> {
         Op::post("/v1/vms/{name}/console-ticket", "A one-time ticket (30 s, bound to the session and VM) for a console websocket").body::<TicketRequest>().ok::<TicketAnswer>(),
         Op::get("/v1/vms/{name}/vnc", "Graphical console as a websocket bridged to the VM's VNC server (RFB in binary frames); needs ?ticket=").query("ticket", "string", "from POST /v1/vms/{name}/console-ticket").empty(101, "Switching to the websocket"),
         Op::get("/v1/vms/{name}/console/ws", "Serial console as a websocket: the scroll-back, then live bytes both ways; needs ?ticket=").query("ticket", "string", "from POST /v1/vms/{name}/console-ticket").empty(101, "Switching to the websocket"),
+        Op::get("/v1/tokens", "Named API tokens (never their secrets)").ok::<Vec<TokenInfo>>(),
+        Op::post("/v1/tokens", "Create a named token with a role; the answer holds its secret, shown this once").body::<TokenCreateRequest>().created::<TokenCreated>(),
+        Op::delete("/v1/tokens/{name}", "Revoke a token: every pool member refuses it from now on").empty(204, "Revoked"),
+        Op::get("/v1/audit", "The audit log, oldest first: mutating requests and console sessions").query("since_ms", "integer", "only entries at or after this time (ms since the epoch)").query("vm", "string", "only entries about this VM").ok::<Vec<AuditEntry>>(),
     ]
 }
 
@@ -392,7 +397,7 @@ pub fn document() -> Value {
         "components": {
             "schemas": schemas,
             "securitySchemes": {"token": {"type": "http", "scheme": "bearer",
-                "description": "STATE_DIR/token; only over HTTPS (the unix socket needs none)"}},
+                "description": "STATE_DIR/token (admin) or a named token from POST /v1/tokens (its role decides; docs/security.md); only over HTTPS (the unix socket needs none)"}},
         },
         "security": [{"token": []}],
         "paths": paths,

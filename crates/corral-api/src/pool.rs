@@ -5,7 +5,9 @@
 //! - `/v1/vms/{name}/...` of a VM another member owns is sent there as it came (method,
 //!   path, query, body, streamed both ways) over mutual TLS: this member presents its pool
 //!   certificate and checks the owner's against the pool CA (server name
-//!   `<host-id>.pool.corral`). The owner sees `X-Corral-Forwarded` and answers itself.
+//!   `<host-id>.pool.corral`). The owner sees `X-Corral-Forwarded` and answers itself. The
+//!   caller's identity goes along in `X-Corral-Identity` (Authorization and Cookie are
+//!   removed), which the owner believes only from a member's certificate (`crate::auth`).
 //! - `POST /v1/vms` with `"host": NAME|"auto"` goes to the chosen member.
 //! - `POST /v1/vms/{name}/actions/start` with `"on": NAME|"auto"` first moves the halted
 //!   VM to that member (one store transaction), then goes there with the record's new
@@ -14,7 +16,7 @@
 //!   `unavailable`, naming the host.
 
 use crate::routes::Failure;
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -42,8 +44,16 @@ pub async fn list_hosts(State(a): State<Arc<Agent>>) -> Response {
     Json(a.pool().hosts()).into_response()
 }
 
-pub async fn show_host(State(a): State<Arc<Agent>>, Path(name): Path<String>) -> Result<Response> {
-    Ok(Json(a.pool().host(&name)?).into_response())
+pub async fn show_host(
+    State(a): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    who: Option<axum::Extension<crate::auth::Identity>>,
+) -> Result<Response> {
+    let mut host = a.pool().host(&name)?;
+    // A VM-limited token does not learn the names of the other VMs.
+    host.vm_names
+        .retain(|vm| crate::auth::may_see(who.as_ref().map(|w| &w.0), vm));
+    Ok(Json(host).into_response())
 }
 
 pub async fn forget_host(
@@ -205,7 +215,7 @@ pub async fn route_to_owner(State(agent): State<Arc<Agent>>, req: Request, next:
 /// answer that is not 404 wins.
 async fn task_elsewhere(agent: &Arc<Agent>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let Ok(bytes) = to_bytes(body, ROUTING_BODY_LIMIT).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, ROUTING_BODY_LIMIT).await else {
         return failure(ErrorKind::InvalidInput, "cannot read request body".into());
     };
     let me = agent.host_id().to_string();
@@ -230,13 +240,11 @@ async fn task_elsewhere(agent: &Arc<Agent>, req: Request, next: Next) -> Respons
 async fn read_json(
     req: Request,
 ) -> std::result::Result<(axum::http::request::Parts, bytes::Bytes, serde_json::Value), Response> {
+    use axum::extract::FromRequest;
     let (parts, body) = req.into_parts();
-    let bytes = to_bytes(body, ROUTING_BODY_LIMIT).await.map_err(|e| {
-        failure(
-            ErrorKind::InvalidInput,
-            format!("cannot read request body: {e}"),
-        )
-    })?;
+    // Read as the routes read bodies, within the same bound and with the same errors.
+    let read = bytes::Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await;
+    let bytes = crate::routes::body_bytes(read).map_err(IntoResponse::into_response)?;
     let value = if bytes.is_empty() {
         serde_json::Value::Null
     } else {
@@ -434,6 +442,16 @@ async fn try_forward(
     }
     if let Some(rev) = revision {
         parts.headers.insert(VM_REVISION, HeaderValue::from(rev));
+    }
+    // The owner authorizes (and refuses) as this member did: the caller travels with the
+    // request, in a header only a member's certificate makes it believe.
+    if let Some(v) = parts
+        .extensions
+        .get::<crate::auth::Identity>()
+        .and_then(|i| serde_json::to_string(i).ok())
+        .and_then(|s| HeaderValue::from_str(&s).ok())
+    {
+        parts.headers.insert(crate::auth::IDENTITY_HEADER, v);
     }
     let path = parts
         .uri

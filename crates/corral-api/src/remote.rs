@@ -1,23 +1,21 @@
 //! Remote access: the same router the unix socket serves, offered over HTTPS on TCP
-//! listeners (`corral serve --listen ADDR:PORT`) and guarded by a bearer token.
+//! listeners (`corral serve --listen ADDR:PORT`), where every caller needs a token.
 //!
 //! On first start [`RemoteMaterial::load_or_create`] writes a self-signed certificate to
 //! `STATE/tls/{cert.pem,key.pem}` and a random token to `STATE/token` (both secrets 0600);
 //! later starts reuse them, so clients keep their pinned fingerprint. No CA can vouch for a
 //! self-signed certificate, so clients pin it by its SHA-256 fingerprint (`host info` shows it).
 //!
-//! A request flows: TCP accept -> TLS handshake ([`serve_tls`], one task per connection) ->
-//! HTTP/1.1 with upgrades (so the console upgrade works) -> [`require_token`] (constant-time
-//! compare; 401 with an `ApiError` saying where the token lives) -> the ordinary routes. The
-//! unix socket does not pass through here: its file mode is its protection.
+//! A request flows: TCP accept -> TLS handshake ([`serve_tls`], one task per connection,
+//! [`HANDSHAKE_TIMEOUT`]) -> HTTP/1.1 with upgrades (so the console upgrade works), the
+//! request head due within [`HEADER_READ_TIMEOUT`] -> the router, whose outermost layer
+//! ([`crate::auth::guard`]) identifies the caller by token, session or pool certificate
+//! ([`PoolPeer`]) and checks its role. The token file `STATE/token` is the built-in admin
+//! token (`@bootstrap`); named tokens live in the store.
 
-use crate::routes::Failure;
-use axum::extract::{Request, State};
-use axum::http::header;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use crate::auth::Peer;
+use axum::extract::connect_info::ConnectInfo;
 use axum::Router;
-use corral_model::{ApiError, ErrorKind};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -27,7 +25,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A TLS handshake that takes longer than this is dropped, so idle scanners cannot pile up.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send a request's whole head (request line and headers) within this time
+/// after the connection is ready or the previous answer went out; slower ones are cut off,
+/// so a slow-loris client cannot hold connections open.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -194,82 +196,9 @@ impl RemoteMaterial {
         })
     }
 
-    /// The router wrapped so every request must carry this agent's token.
-    pub fn guard(&self, app: Router) -> Router {
-        app.layer(axum::middleware::from_fn_with_state(
-            self.token_auth(),
-            require_token,
-        ))
-    }
-
-    /// The bearer check on its own, for the web console's guard (`crate::web::guard`), which
-    /// also accepts a session cookie.
-    pub fn token_auth(&self) -> Arc<TokenAuth> {
-        Arc::new(TokenAuth {
-            token: self.token.clone(),
-            token_path: self.token_path.clone(),
-        })
-    }
-
-    /// The web console's state, whose login compares against this agent's token.
-    pub fn web(&self) -> Arc<crate::web::Web> {
-        crate::web::Web::with_token(Some(self.token.clone()))
-    }
-
-    /// The router wrapped by the web console's guard: the page and login open, console
-    /// websockets by ticket, the API by bearer token or session cookie with CSRF header.
-    pub fn guard_web(&self, app: Router, web: Arc<crate::web::Web>) -> Router {
-        app.layer(axum::middleware::from_fn_with_state(
-            (web, self.token_auth()),
-            crate::web::guard,
-        ))
-    }
-}
-
-/// The agent's token and where it lives (for the message of a refusal).
-pub struct TokenAuth {
-    token: String,
-    token_path: PathBuf,
-}
-
-fn unauthorized(message: String) -> Response {
-    let mut resp = Failure(ApiError::new(ErrorKind::Unauthorized, message)).into_response();
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer"),
-    );
-    resp
-}
-
-/// Let a request through only with `Authorization: Bearer <token>`.
-async fn require_token(State(auth): State<Arc<TokenAuth>>, req: Request, next: Next) -> Response {
-    check_bearer(&auth, req, next).await
-}
-
-/// Run `next` when `req` carries `Authorization: Bearer <token>`, else answer 401.
-pub async fn check_bearer(auth: &TokenAuth, req: Request, next: Next) -> Response {
-    use subtle::ConstantTimeEq;
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let where_ = format!(
-        "the token is in {} on the agent's host (corral: --token or CORRAL_TOKEN)",
-        auth.token_path.display()
-    );
-    match given {
-        // `ct_eq` on slices of different lengths is false without comparing contents; the
-        // length of the token is no secret.
-        Some(t) if bool::from(t.as_bytes().ct_eq(auth.token.as_bytes())) => next.run(req).await,
-        // A pool member, authenticated by its certificate (checked against the pool CA in
-        // the TLS handshake): it forwards requests its own client was authorized for.
-        _ if req.extensions().get::<PoolPeer>().is_some() => next.run(req).await,
-        Some(_) => unauthorized(format!("wrong token: {where_}")),
-        None => unauthorized(format!(
-            "this agent needs a token over the network (`Authorization: Bearer TOKEN`): {where_}"
-        )),
+    /// The agent's token (for `crate::auth`, which compares it in constant time).
+    pub(crate) fn token(&self) -> &str {
+        &self.token
     }
 }
 
@@ -313,8 +242,8 @@ pub fn pool_server_config(
     Ok(Arc::new(config))
 }
 
-/// Accept TLS connections on `listener` forever, serving `app` (already token-guarded) on
-/// each. Handshake failures (a client that refused our certificate, a scanner) are logged at
+/// Accept TLS connections on `listener` forever, serving `app` (the router, whose gate
+/// checks every request) on each, with the client's address as its [`crate::auth::Peer`]. Handshake failures (a client that refused our certificate, a scanner) are logged at
 /// debug level and cost nothing else.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
@@ -348,6 +277,7 @@ pub async fn serve_tls(
                 }
             };
             // The verifier accepted the client's certificate: it is a pool member.
+            let app = app.layer(axum::Extension(ConnectInfo(Peer::Tcp(peer))));
             let app = if stream.get_ref().1.peer_certificates().is_some() {
                 app.layer(axum::Extension(PoolPeer))
             } else {
@@ -355,6 +285,8 @@ pub async fn serve_tls(
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .with_upgrades()
                 .await

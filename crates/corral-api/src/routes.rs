@@ -1,16 +1,22 @@
-//! Route table and handlers.
+//! Route table and handlers. Every route also has its permission in
+//! [`crate::auth::PERMISSIONS`]; handlers of lists filter what a token limited to some VMs
+//! may see ([`crate::auth::may_see`]).
 
+use crate::auth::{Gate, Identity};
 use crate::openapi::Routes;
+use crate::remote::RemoteMaterial;
 use crate::status_of;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use corral_agent::{Agent, VmOutcome};
 use corral_model::api::*;
-use corral_model::ApiError;
+use corral_model::auth::{AuditQuery, TokenCreateRequest};
+use corral_model::{ApiError, ErrorKind};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -35,11 +41,42 @@ impl From<corral_agent::Error> for Failure {
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (status_of(self.0.kind), Json(self.0)).into_response()
+        // A 401 says how to authenticate (RFC 9110), whichever layer refused.
+        let challenge = self.0.kind == ErrorKind::Unauthorized;
+        let mut resp = (status_of(self.0.kind), Json(self.0)).into_response();
+        if challenge {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
     }
 }
 
 type Result<T> = std::result::Result<T, Failure>;
+
+/// The largest JSON request body any route takes (the archive upload of `PUT /v1/imports`
+/// streams and is not bound by it). Templates, cloud-init data and every other body are far
+/// smaller; the bound keeps a client from making the agent buffer what it likes.
+pub const JSON_BODY_LIMIT: usize = 1 << 20;
+
+/// A request body read whole, within [`JSON_BODY_LIMIT`].
+pub(crate) fn body_bytes(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Failure(ApiError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "the request body is larger than this route accepts ({} MiB)",
+                    JSON_BODY_LIMIT >> 20
+                ),
+            ))
+        } else {
+            Failure(ApiError::invalid(format!("cannot read request body: {e}")))
+        }
+    })
+}
 
 /// A JSON body decoded strictly: syntax errors and unknown fields become `invalid_input`.
 pub struct Body_<T>(pub T);
@@ -47,9 +84,7 @@ pub struct Body_<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body_<T> {
     type Rejection = Failure;
     async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Failure> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| Failure(ApiError::invalid(format!("cannot read request body: {e}"))))?;
+        let bytes = body_bytes(Bytes::from_request(req, state).await)?;
         serde_json::from_slice(&bytes)
             .map(Body_)
             .map_err(|e| Failure(ApiError::invalid(format!("invalid request body: {e}"))))
@@ -66,21 +101,28 @@ fn yes() -> bool {
     true
 }
 
-pub fn router(agent: Arc<Agent>) -> Router {
-    router_with_web(agent, crate::web::Web::with_token(None))
-}
-
-/// The router with the web console's state (sessions, tickets; `crate::web`) and its page.
-pub fn router_with_web(agent: Arc<Agent>, web: Arc<crate::web::Web>) -> Router {
+/// The router every listener serves (the unix socket and the HTTPS listeners alike): the
+/// routes and the web console's page, behind the pool's forwarding, the body bound and,
+/// outermost, the gate that identifies and authorizes each caller ([`crate::auth`]).
+/// `remote` is the HTTPS material when the agent has `--listen`; its token file is then the
+/// built-in admin token.
+pub fn router(agent: Arc<Agent>, remote: Option<&RemoteMaterial>) -> Router {
+    let gate = Gate::new(agent.clone(), remote);
     table()
         .into_router()
         .merge(crate::web::assets::router())
         .merge(crate::pool::member_routes())
-        .layer(axum::Extension(web))
+        .layer(Extension(gate.web.clone()))
+        .layer(Extension(gate.clone()))
         .fallback(|| async { Failure(ApiError::not_found("no such API endpoint")) })
         .layer(axum::middleware::from_fn_with_state(
             agent.clone(),
             crate::pool::route_to_owner,
+        ))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            crate::auth::guard,
         ))
         .with_state(agent)
 }
@@ -90,8 +132,8 @@ pub fn served_paths() -> Vec<&'static str> {
     table().paths()
 }
 
-/// Every route. A new route also needs its line in `crate::openapi::operations`; the
-/// `openapi` tests fail until it has one.
+/// Every route. A new route also needs its line in `crate::openapi::operations` and its
+/// permission in `crate::auth::PERMISSIONS`; the tests fail until it has both.
 fn table() -> Routes<AppState> {
     Routes::new()
         .route("/v1/host", get(host_info))
@@ -166,18 +208,37 @@ fn table() -> Routes<AppState> {
             "/v1/vms/{name}/console/ws",
             get(crate::web::console_ws::serial_ws),
         )
+        // Users and the audit log (crate::auth, corral_agent::auth).
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", delete(revoke_token))
+        .route("/v1/audit", get(list_audit))
+}
+
+/// The caller of a request, when the gate identified one.
+type Caller = Option<Extension<Identity>>;
+
+fn caller(c: &Caller) -> Option<&Identity> {
+    c.as_ref().map(|e| &e.0)
 }
 
 async fn host_info(State(a): State<AppState>) -> Result<Response> {
     Ok(Json(a.host_info()?).into_response())
 }
 
-async fn list_vms(State(a): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        a.list_vms_json(),
-    )
-        .into_response()
+async fn list_vms(State(a): State<AppState>, who: Caller) -> Response {
+    match caller(&who).filter(|i| i.vms.is_some()) {
+        Some(i) => {
+            let mut vms = a.list_vms();
+            vms.retain(|v| i.may_see(&v.name));
+            Json(vms).into_response()
+        }
+        // The common case stays the agent's pre-encoded list.
+        None => (
+            [(header::CONTENT_TYPE, "application/json")],
+            a.list_vms_json(),
+        )
+            .into_response(),
+    }
 }
 
 async fn show_vm(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
@@ -227,8 +288,9 @@ async fn vm_action(
     State(a): State<AppState>,
     Path((name, action)): Path<(String, String)>,
     Query(w): Query<WaitQuery>,
-    body: Bytes,
+    body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    let body = body_bytes(body)?;
     let action = VmAction::parse(&action).ok_or_else(|| {
         ApiError::not_found(format!(
             "unknown action {action:?} (start, shutdown, poweroff, reboot, pause, resume)"
@@ -480,8 +542,13 @@ async fn delete_template(State(a): State<AppState>, Path(name): Path<String>) ->
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_tasks(State(a): State<AppState>) -> Response {
-    Json(a.tasks().list()).into_response()
+async fn list_tasks(State(a): State<AppState>, who: Caller) -> Response {
+    let mut tasks = a.tasks().list();
+    if let Some(i) = caller(&who).filter(|i| i.vms.is_some()) {
+        // A task of no VM (a repository, a network) is no business of a VM-limited token.
+        tasks.retain(|t| t.vm_name.as_deref().is_some_and(|n| i.may_see(n)));
+    }
+    Json(tasks).into_response()
 }
 
 #[derive(Deserialize, Default)]
@@ -518,19 +585,52 @@ struct EventsQuery {
 }
 
 /// Newline-delimited JSON events until the client goes away.
-async fn events(State(a): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+async fn events(State(a): State<AppState>, Query(q): Query<EventsQuery>, who: Caller) -> Response {
     use futures_util::StreamExt;
     let (backlog, rx) = a.events().subscribe(q.since);
+    // A VM-limited token sees the events of its VMs only (a task of no VM included).
+    let limited = caller(&who).filter(|i| i.vms.is_some()).cloned();
+    let visible = move |e: &corral_model::event::EventEnvelope| match (&limited, e.event.vm_name())
+    {
+        (None, _) => true,
+        (Some(i), Some(vm)) => i.may_see(vm),
+        (Some(_), None) => false,
+    };
+    let backlog: Vec<_> = backlog.into_iter().filter(|e| visible(e)).collect();
     let line = |e: &corral_model::event::EventEnvelope| {
         let mut v = serde_json::to_vec(e).unwrap_or_default();
         v.push(b'\n');
         Ok::<_, std::io::Error>(Bytes::from(v))
     };
     let head = futures_util::stream::iter(backlog.iter().map(line).collect::<Vec<_>>());
-    let live = tokio_stream::wrappers::BroadcastStream::new(rx)
-        .filter_map(move |r| async move { r.ok().map(|e| line(&e)) });
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| {
+        let e = r.ok().filter(|e| visible(e));
+        async move { e.map(|e| line(&e)) }
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(head.chain(live)))
         .unwrap_or_else(|e| Failure(ApiError::internal(e.to_string())).into_response())
+}
+
+async fn list_tokens(State(a): State<AppState>) -> Result<Response> {
+    Ok(Json(a.tokens().list().await?).into_response())
+}
+
+/// `POST /v1/tokens`: 201 with the token and its secret, shown this once.
+async fn create_token(
+    State(a): State<AppState>,
+    Body_(req): Body_<TokenCreateRequest>,
+) -> Result<Response> {
+    let made = a.tokens().create(req, corral_model::time::now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(made)).into_response())
+}
+
+async fn revoke_token(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    a.tokens().revoke(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_audit(State(a): State<AppState>, Query(q): Query<AuditQuery>) -> Result<Response> {
+    Ok(Json(a.audit().list(&q).await?).into_response())
 }

@@ -490,6 +490,39 @@ impl Client {
         .await
         .map(|_| ())
     }
+    pub async fn list_tokens(&self) -> Result<Vec<corral_model::auth::TokenInfo>> {
+        self.call(Method::GET, "/v1/tokens", None).await
+    }
+    /// Create a named token; the answer's `secret` is shown this once.
+    pub async fn create_token(
+        &self,
+        req: &corral_model::auth::TokenCreateRequest,
+    ) -> Result<corral_model::auth::TokenCreated> {
+        self.call(Method::POST, "/v1/tokens", Self::json(req)).await
+    }
+    pub async fn revoke_token(&self, name: &str) -> Result<()> {
+        self.raw(Method::DELETE, &format!("/v1/tokens/{}", seg(name)), None)
+            .await
+            .map(|_| ())
+    }
+    /// The audit log, oldest first, filtered by `q`.
+    pub async fn audit(
+        &self,
+        q: &corral_model::auth::AuditQuery,
+    ) -> Result<Vec<corral_model::auth::AuditEntry>> {
+        let mut params = Vec::new();
+        if let Some(since) = q.since_ms {
+            params.push(format!("since_ms={since}"));
+        }
+        if let Some(vm) = &q.vm {
+            params.push(format!("vm={}", seg(vm)));
+        }
+        let path = match params.is_empty() {
+            true => "/v1/audit".to_string(),
+            false => format!("/v1/audit?{}", params.join("&")),
+        };
+        self.call(Method::GET, &path, None).await
+    }
     pub async fn list_tasks(&self) -> Result<Vec<Task>> {
         self.call(Method::GET, "/v1/tasks", None).await
     }

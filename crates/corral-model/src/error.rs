@@ -24,6 +24,12 @@ pub enum ErrorKind {
     /// Something the request needs cannot be reached now: the pool's store (etcd), or the
     /// pool member that owns the VM. Guests keep running; retry later.
     Unavailable,
+    /// The caller is known, but its role (or its token's VM pattern) does not allow this.
+    Forbidden,
+    /// Too many failed logins or token attempts from this address; retry after a while.
+    Throttled,
+    /// The request's body is larger than the route accepts.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -39,6 +45,9 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 }

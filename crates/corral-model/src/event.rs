@@ -32,6 +32,20 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The VM the event is about (a task's VM for task updates), for callers that may only
+    /// see some VMs.
+    pub fn vm_name(&self) -> Option<&str> {
+        match self {
+            Event::VmCreated { vm, .. }
+            | Event::VmDeleted { vm, .. }
+            | Event::VmChanged { vm, .. }
+            | Event::PowerStateChanged { vm, .. } => Some(vm),
+            Event::TaskUpdated { task } => task.vm_name.as_deref(),
+        }
+    }
+}
+
 /// An event with its sequence number and time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -8,6 +8,7 @@
 //! adds `schemars::JsonSchema` derives, from which corral-api generates its OpenAPI document.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod event;
 pub mod host;
@@ -17,6 +18,7 @@ pub mod pool;
 pub mod size;
 pub mod stats;
 pub mod task;
+pub mod time;
 pub mod transfer;
 pub mod validate;
 pub mod vm;

@@ -81,6 +81,11 @@ enum Command {
     /// Operations, running and finished.
     #[command(subcommand)]
     Task(cmd::misc::TaskCommand),
+    /// API tokens with a role (admin, operator, viewer): create, list, revoke.
+    #[command(subcommand)]
+    Token(cmd::auth::TokenCommand),
+    /// Who did what: mutating requests and console sessions, with caller, address and result.
+    Audit(cmd::auth::AuditArgs),
     /// Follow the agent's events (state changes, task progress). Ctrl-C stops.
     Events(cmd::misc::EventsArgs),
     /// Sample this machine's CPU, memory, network and disk use into a workload profile
@@ -135,6 +140,8 @@ fn main() {
                             Command::Template(c) => cmd::misc::template(&client, c, json).await,
                             Command::Task(c) => cmd::misc::task(&client, c, json).await,
                             Command::Events(a) => cmd::misc::events(&client, a, json).await,
+                            Command::Token(c) => cmd::auth::token(&client, c, json).await,
+                            Command::Audit(a) => cmd::auth::audit(&client, a, json).await,
                             Command::Serve(_)
                             | Command::Measure(_)
                             | Command::Plan(_)

@@ -347,6 +347,37 @@ fn answers_match_the_openapi_document() {
         .iter()
         .any(|e| e["type"] == "vm_created" && e["vm"] == "s1"));
 
+    // Tokens and the audit log (over the socket: an admin).
+    let made = c.call(
+        "POST",
+        "/v1/tokens",
+        "/v1/tokens",
+        Some(json!({"name": "schema", "role": "operator", "vms": "s*", "expires_in_secs": 3600})),
+        201,
+    );
+    assert!(made["secret"].as_str().unwrap().starts_with("schema."));
+    c.call("GET", "/v1/tokens", "/v1/tokens", None, 200);
+    c.call(
+        "POST",
+        "/v1/tokens",
+        "/v1/tokens",
+        Some(json!({"name": "schema", "role": "root"})),
+        400,
+    );
+    c.call(
+        "DELETE",
+        "/v1/tokens/{name}",
+        "/v1/tokens/schema",
+        None,
+        204,
+    );
+    let audit = c.call("GET", "/v1/audit", "/v1/audit?vm=s1", None, 200);
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["who"] == "@local"));
+
     // Errors: every one is an ApiError under `default`.
     c.call("GET", "/v1/vms/{name}", "/v1/vms/nope", None, 404);
     c.call(

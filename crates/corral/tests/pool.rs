@@ -3,6 +3,8 @@
 //!
 //! - the pool view: a VM created through host A on host B is listed and shown on both,
 //!   started through A (forwarded to B over mutual TLS), and its console read through A;
+//!   a viewer token made on A is honoured by B, and through A it reads web01 but is refused
+//!   powering it off (the caller's role travels with the forwarded request);
 //!   `host list` agrees on both members;
 //! - bad input: a wrong join token, a taken host name, an endpoint that is not etcd,
 //!   forgetting a host that is up: each refused with a clear error;
@@ -91,6 +93,56 @@ fn pool_view_forwarding_bad_input_and_ha_failover() {
     drop(console.stdin.take());
     let _ = console.kill();
     let _ = console.wait();
+
+    // Tokens are pool-wide and a forwarded request keeps its caller's role: a viewer token
+    // made on A works on B; through A it reads web01 (on B) but may not power it off.
+    let viewer =
+        p.a.json(&["token", "create", "pool-viewer", "--role", "viewer"])["secret"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let https = |agent: &TestAgent| {
+        let listen = agent.json(&["host", "info"])["remote"]["listen"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        format!("https://{listen}")
+    };
+    let curl_status = |method: &str, url: String| {
+        let o = std::process::Command::new("curl")
+            .args([
+                "-k",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                method,
+            ])
+            .args(["-H", &format!("authorization: Bearer {viewer}"), &url])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(
+        curl_status("GET", format!("{}/v1/vms/web01", https(&p.a))),
+        "200"
+    );
+    assert_eq!(curl_status("GET", format!("{}/v1/vms", https(&p.b))), "200");
+    let stop = format!("{}/v1/vms/web01/actions/poweroff", https(&p.a));
+    assert_eq!(curl_status("POST", stop), "403");
+    assert_eq!(p.b.power_state("web01"), "running");
+    // The pool-wide audit log has the refusal, recorded by the member that was asked.
+    let audit = p.b.json(&["audit", "--vm", "web01"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["who"] == "pool-viewer" && e["status"] == 403 && e["host"] == "xen01"),
+        "{audit}"
+    );
 
     // Placement across the pool: B runs web01, so an `auto` VM goes to A.
     p.b.create_kernel_vm("auto01", &["--host", "auto"]);

@@ -15,6 +15,7 @@
 //! bytes printed at that very moment can appear twice.
 
 use super::{ConsoleKind, Web};
+use crate::auth::Identity;
 use crate::routes::Failure;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -75,7 +76,8 @@ fn upgrade(
 /// What both console routes check before they bridge, in this order: the ticket is one this
 /// agent issued (before the VM is looked up, so nothing is said about VMs without one), it
 /// is redeemed for this VM and session, the request is a websocket upgrade, and the VM has
-/// that console now.
+/// that console now. Answers the VM, the upgrade, the browser session's end and the
+/// ticket's issuer.
 fn admit(
     agent: &Agent,
     web: &Web,
@@ -84,13 +86,35 @@ fn admit(
     headers: &HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     kind: ConsoleKind,
-) -> Result<(VmInfo, WebSocketUpgrade, Option<super::SessionEnd>), Failure> {
+) -> Result<Admitted, Failure> {
     web.check_ticket_known(q.ticket.as_deref())?;
     let info = agent.vm(name)?.info();
-    let end = web.redeem(q.ticket.as_deref(), headers, &info.id, kind)?;
+    let (end, issuer) = web.redeem(q.ticket.as_deref(), headers, &info.id, kind)?;
     let ws = upgrade(ws)?;
     check_available(&info, kind)?;
-    Ok((info, ws, end))
+    Ok(Admitted {
+        info,
+        ws,
+        end,
+        issuer,
+    })
+}
+
+/// What [`admit`] lets through.
+struct Admitted {
+    info: VmInfo,
+    ws: WebSocketUpgrade,
+    end: Option<super::SessionEnd>,
+    issuer: Option<Identity>,
+}
+
+/// The bridge's answer, carrying the ticket's issuer for the audit log of the session
+/// (`crate::auth::guard` writes it; the route itself needs no other credential).
+fn opened(mut resp: Response, issuer: Option<Identity>) -> Response {
+    if let Some(i) = issuer {
+        resp.extensions_mut().insert(i);
+    }
+    resp
 }
 
 /// `GET /v1/vms/{name}/vnc?ticket=`: the graphical console.
@@ -102,7 +126,12 @@ pub async fn vnc_ws(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
-    let (info, ws, end) = admit(&agent, &web, &name, &q, &headers, ws, ConsoleKind::Vnc)?;
+    let Admitted {
+        info,
+        ws,
+        end,
+        issuer,
+    } = admit(&agent, &web, &name, &q, &headers, ws, ConsoleKind::Vnc)?;
     let addr: std::net::SocketAddr = info
         .vnc
         .as_deref()
@@ -116,10 +145,11 @@ pub async fn vnc_ws(
         )
     })?;
     let _ = tcp.set_nodelay(true);
-    Ok(ws.on_upgrade(move |socket| async move {
+    let resp = ws.on_upgrade(move |socket| async move {
         let (r, w) = tcp.into_split();
         bridge(socket, Vec::new(), r, w, end).await;
-    }))
+    });
+    Ok(opened(resp, issuer))
 }
 
 /// `GET /v1/vms/{name}/console/ws?ticket=`: the serial console with its scroll-back.
@@ -131,7 +161,12 @@ pub async fn serial_ws(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Failure> {
-    let (info, ws, end) = admit(&agent, &web, &name, &q, &headers, ws, ConsoleKind::Serial)?;
+    let Admitted {
+        info,
+        ws,
+        end,
+        issuer,
+    } = admit(&agent, &web, &name, &q, &headers, ws, ConsoleKind::Serial)?;
     let run = agent.layout().run_dir(&info.id);
     let serial = tokio::net::UnixStream::connect(run.join("serial.sock"))
         .await
@@ -144,10 +179,11 @@ pub async fn serial_ws(
             )
         })?;
     let scrollback = read_tail(&run.join("serial.log"), SCROLLBACK_MAX).await;
-    Ok(ws.on_upgrade(move |socket| async move {
+    let resp = ws.on_upgrade(move |socket| async move {
         let (r, w) = serial.into_split();
         bridge(socket, scrollback, r, w, end).await;
-    }))
+    });
+    Ok(opened(resp, issuer))
 }
 
 /// The last `max` bytes of a file (empty when it cannot be read: a console without history

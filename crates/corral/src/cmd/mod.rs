@@ -1,6 +1,7 @@
 //! One module per command group; each is a thin layer over the client (or, for `serve`, over
 //! the agent and API crates).
 
+pub mod auth;
 pub mod console;
 pub mod install;
 pub mod measure;

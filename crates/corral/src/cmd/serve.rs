@@ -265,16 +265,10 @@ async fn serve(
     let agent = corral_agent::Agent::start(config)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    // The web console's sessions and tickets are shared by every listener; its login
-    // compares against the HTTPS token, so without --listen nobody can log in.
-    let web = match &remote {
-        Some(m) => m.web(),
-        None => corral_api::web::Web::with_token(None),
-    };
-    let app = corral_api::router_with_web(agent.clone(), web.clone());
+    // One router for every listener: its gate tells the unix socket (an admin) from HTTPS
+    // callers (a token, a session or a pool member's certificate) by how they came.
+    let app = corral_api::router(agent.clone(), remote.as_ref());
     if let Some(m) = &remote {
-        // Bearer token as before, or the web console's session cookie (+ CSRF header).
-        let guarded = m.guard_web(app.clone(), web);
         // A pool member serves its pool certificate and lets members in by theirs.
         let (tls, fingerprint) = match agent.pool().tls() {
             Some(t) => (
@@ -287,7 +281,7 @@ async fn serve(
             tracing::info!(%addr, %fingerprint, "serving HTTPS");
             tokio::spawn(corral_api::remote::serve_tls(
                 listener,
-                guarded.clone(),
+                app.clone(),
                 tls.clone(),
             ));
         }
@@ -295,11 +289,9 @@ async fn serve(
     // The unix socket comes last: its appearance tells scripts and tests the agent is ready.
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660));
-    }
-    tracing::info!(socket = %socket.display(), "corral agent ready");
+    let access = restrict_socket(&socket)
+        .with_context(|| format!("cannot restrict access to {}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), %access, "corral agent ready");
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     let shutdown = async move {
@@ -312,7 +304,12 @@ async fn serve(
         tracing::info!("stopping the agent; VMs keep running");
         notify.notify_one();
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    // Each connection's peer credentials (its uid) go into the audit log.
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<corral_api::auth::Peer>(),
+    )
+    .with_graceful_shutdown(shutdown);
     // Event streams and consoles never end on their own: give requests in flight a moment,
     // then stop regardless.
     tokio::select! {
@@ -326,4 +323,49 @@ async fn serve(
     // Task updates are written behind the scenes; an orderly stop writes them all.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), agent.flush()).await;
     Ok(())
+}
+
+/// The group whose members may use the unix socket (as admins) besides root.
+const SOCKET_GROUP: &str = "corral";
+
+/// Whoever reaches the unix socket is an admin: only root and, when the group exists, the
+/// members of `corral` (mode 0660, group `corral`); otherwise only the agent's user (0600).
+/// Answers which, for the start-up line.
+fn restrict_socket(socket: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let gid = group_id(SOCKET_GROUP);
+    let mode = match gid {
+        Some(gid) => {
+            std::os::unix::fs::chown(socket, None, Some(gid))
+                .with_context(|| format!("cannot give the socket to group {SOCKET_GROUP}"))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))?;
+    Ok(match gid {
+        Some(_) => format!("mode 0660, group {SOCKET_GROUP}"),
+        None => format!("mode 0600 (no group {SOCKET_GROUP})"),
+    })
+}
+
+/// The id of group `name`, if it exists.
+fn group_id(name: &str) -> Option<libc::gid_t> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: an all-zero `group` is a valid value (null pointers, zero ids).
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live, correctly sized memory owned here; getgrnam_r
+    // (unlike getgrnam) writes only into them, so concurrent callers cannot interfere.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
