@@ -3,6 +3,15 @@
 
 import { useRef, useState } from "preact/hooks";
 import { api, ApiError, csrfToken, VmInfo } from "./api";
+
+/** `POST /v1/vms/{name}/migrate`'s answer (corral_model::migrate::MigrateAnswer). */
+interface MigrateAnswer {
+  vm: string;
+  to: string;
+  mode: string;
+  checks: { name: string; ok: boolean; detail: string }[];
+  task?: string;
+}
 import { model } from "./state";
 
 export function useAction(onTask: (id: string) => void) {
@@ -117,6 +126,28 @@ export function Toolbar({ vm, onTask, onDeleted }: { vm: VmInfo; onTask: (id: st
           });
         }}
       />
+      <button
+        id="act-migrate"
+        disabled={model.inv.hosts.length < 2 || vm.is_template}
+        title="Move the VM to another host: live when it runs; the pre-checks are shown first"
+        onClick={() =>
+          run(async () => {
+            const others = model.inv.hosts.filter((h) => h.name !== vm.host).map((h) => h.name);
+            const to = prompt(`Migrate ${vm.name} to which host? (${others.join(", ")}, or auto)`, others[0] ?? "auto");
+            if (!to) return;
+            const check = await api<MigrateAnswer>("POST", `/v1/vms/${n}/migrate`, { to, check: true });
+            const lines = check.checks.map((c) => `${c.ok ? "ok  " : "FAIL"} ${c.name}: ${c.detail}`).join("\n");
+            if (check.checks.some((c) => !c.ok)) {
+              alert(`${vm.name} cannot migrate to ${check.to}:\n${lines}`);
+              return;
+            }
+            if (!confirm(`Migrate ${vm.name} to ${check.to}${running ? " live" : ""}?\n${lines}`)) return;
+            return api<MigrateAnswer>("POST", `/v1/vms/${n}/migrate`, { to: check.to });
+          })
+        }
+      >
+        Migrate…
+      </button>
       <span class="sep" />
       <button
         id="act-cd-insert"

@@ -170,7 +170,11 @@ pub struct MigrationFigures {
     pub downtime_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<u64>,
-    /// Bytes of disk data the mirror sent (with storage).
+    /// Bytes of the memory stream QEMU sent (pages sent again after being dirtied count
+    /// again; zero pages cost a few bytes each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes_sent: Option<u64>,
+    /// Bytes of disk the mirror went through, zeros included (with storage).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
     /// Escalation steps taken, each with its reason.

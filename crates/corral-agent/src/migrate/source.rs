@@ -176,6 +176,7 @@ pub async fn drive(
         started: Instant::now(),
         mirrors: Vec::new(),
         ram_total: 0,
+        events: qmp.subscribe(),
     };
     let outcome = driver.run(&mut task, &run_dir).await;
     match outcome {
@@ -237,9 +238,36 @@ struct Driver<'a> {
     mirrors: Vec<String>,
     /// The guest's RAM as QEMU counts it.
     ram_total: u64,
+    /// QEMU's events: a migration or block job changing state ends the wait for the next
+    /// sample at once, so a short migration is not held up by the sampling interval.
+    events: tokio::sync::broadcast::Receiver<corral_qemu::qmp::QmpEvent>,
 }
 
 impl Driver<'_> {
+    /// Until the next sample: `POLL`, or sooner when QEMU reports a migration or block-job
+    /// state change.
+    async fn next_sample(&mut self) {
+        let until = tokio::time::Instant::now() + POLL;
+        loop {
+            match tokio::time::timeout_at(until, self.events.recv()).await {
+                Err(_) => return,
+                Ok(Ok(ev))
+                    if matches!(
+                        ev.event.as_str(),
+                        "MIGRATION" | "BLOCK_JOB_READY" | "BLOCK_JOB_COMPLETED" | "BLOCK_JOB_ERROR"
+                    ) =>
+                {
+                    return
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
     async fn q(&self, cmd: &str, args: serde_json::Value) -> Result<serde_json::Value, Error> {
         self.qmp
             .execute(cmd, args)
@@ -373,7 +401,7 @@ impl Driver<'_> {
             if ours.iter().all(|j| j.ready) {
                 return Ok(());
             }
-            tokio::time::sleep(POLL).await;
+            self.next_sample().await;
         }
     }
 
@@ -467,7 +495,7 @@ impl Driver<'_> {
                     }
                 }
             }
-            tokio::time::sleep(POLL).await;
+            self.next_sample().await;
         }
     }
 
@@ -475,6 +503,7 @@ impl Driver<'_> {
         if let Some(ram) = &info.ram {
             task.bytes(ram.total.saturating_sub(ram.remaining), ram.total);
             self.ram_total = ram.total;
+            self.figures.memory_bytes_sent = Some(ram.transferred);
             self.figures.remaining_bytes = Some(ram.remaining);
         }
         self.figures.dirty_rate_bytes_per_s = Some(info.dirty_rate());
