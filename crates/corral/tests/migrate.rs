@@ -505,3 +505,149 @@ fn a_network_cut_between_the_hosts_keeps_the_guest_at_home() {
     wait_count(&p.a, "cut1", n + 2);
     ns.heal();
 }
+
+#[test]
+fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
+    let p = start_pool();
+    wait_until(Duration::from_secs(10), "both members up", || {
+        p.a.json(&["host", "list"]).as_array().unwrap().len() == 2
+    });
+    let counting = "console=ttyS0 no_timer_check corral.count";
+    // A network only xen01 has.
+    let _br = Bridge::create("crlmig0", None);
+    p.a.ok(&["network", "create", "lan-a", "--bridge", "crlmig0"]);
+    p.a.create_kernel_vm_cmdline(
+        "pc1",
+        counting,
+        &[
+            "--host",
+            "xen01",
+            "--disk",
+            "16M,sr=shared1",
+            "--nic",
+            "lan-a",
+        ],
+    );
+    p.a.ok(&["vm", "start", "pc1"]);
+    p.a.wait_console("pc1", "CORRAL-COUNT 2", 1, BOOT);
+    let refusal = |args: &[&str], check: &str, why: &str| {
+        let before = p.a.vm("pc1");
+        let e = p.b.fails(args);
+        assert!(e.contains(check) && e.contains(why), "{args:?}: {e}");
+        let after = p.a.vm("pc1");
+        assert_eq!(
+            (&before["host"], &before["power_state"], &before["disks"]),
+            (&after["host"], &after["power_state"], &after["disks"]),
+            "{args:?} changed the VM"
+        );
+    };
+    refusal(
+        &["vm", "migrate", "pc1", "--to", "xen02"],
+        "networks",
+        "has no network for nic0 (network lan-a)",
+    );
+    // Media from a file of this host only.
+    let iso = guest().dir.join("installer/installer.iso");
+    p.a.ok(&["vm", "poweroff", "pc1"]);
+    p.a.ok(&["vm", "nic", "remove", "pc1", "nic0"]);
+    p.a.ok(&["vm", "start", "pc1"]);
+    p.a.ok(&["vm", "cdrom", "insert", "pc1", iso.to_str().unwrap()]);
+    refusal(
+        &["vm", "migrate", "pc1", "--to", "xen02", "--check"],
+        "cdrom",
+        "a file of this host only: eject it first",
+    );
+    p.a.ok(&["vm", "cdrom", "eject", "pc1"]);
+    // Already migrating: a second migration is refused while the first runs.
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "pc1",
+        "--to",
+        "xen02",
+        "--bandwidth",
+        "1M",
+        "--no-wait",
+    ]);
+    let task = out["task"].as_str().unwrap().to_string();
+    let e = p.a.fails(&["vm", "migrate", "pc1", "--to", "xen02"]);
+    assert!(e.contains("migrat"), "{e}");
+    let e = p.a.fails(&["vm", "poweroff", "pc1"]);
+    assert!(e.contains("it is migrating to another host"), "{e}");
+    p.a.ok(&["task", "cancel", &task]);
+    assert_eq!(
+        wait_task(&p.a, &task, Duration::from_secs(30))["state"],
+        "cancelled"
+    );
+    // A template does not move.
+    p.a.create_kernel_vm("tpl1", &["--host", "xen01", "--disk", "8M,sr=shared1"]);
+    p.a.ok(&["vm", "convert-to-template", "tpl1"]);
+    let e = p.b.fails(&["vm", "migrate", "tpl1", "--to", "xen02"]);
+    assert!(e.contains("template: a template does not move"), "{e}");
+    assert_eq!(p.a.vm("tpl1")["host"], "xen01");
+
+    // The target's QEMU dies while the disks are mirrored (the copy limited to 1 MiB/s).
+    p.a.create_kernel_vm_cmdline(
+        "mir1",
+        counting,
+        &["--host", "xen01", "--disk", "256M,format=raw"],
+    );
+    let v = p.a.vm("mir1");
+    let id = v["id"].as_str().unwrap().to_string();
+    let disk = v["disks"][0]["path"].as_str().unwrap().to_string();
+    let dd = std::process::Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={disk}"),
+            "bs=1M",
+            "count=32",
+            "conv=notrunc",
+        ])
+        .output()
+        .unwrap();
+    assert!(dd.status.success());
+    p.a.ok(&["vm", "start", "mir1"]);
+    p.a.wait_console("mir1", "CORRAL-COUNT 2", 1, BOOT);
+    let source_pid = single_qemu(&id);
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "mir1",
+        "--to",
+        "xen02",
+        "--with-storage",
+        "--bandwidth",
+        "1M",
+        "--no-wait",
+    ]);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "mirror phase", || {
+        task_of(&p.a, &task)["phase"] == "mirroring disks"
+    });
+    let b_volume =
+        p.b.state_dir()
+            .join("srs/default")
+            .join(format!("{id}-disk0.raw"));
+    assert!(
+        b_volume.exists(),
+        "no target volume at {}",
+        b_volume.display()
+    );
+    for pid in other_qemus(&id, source_pid) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let t = wait_task(&p.a, &task, Duration::from_secs(30));
+    assert_eq!(t["state"], "failed", "{t}");
+    wait_until(
+        Duration::from_secs(10),
+        "the target's volume and QEMU removed",
+        || !b_volume.exists() && qemus_of(&id) == vec![source_pid],
+    );
+    let v = p.a.vm("mir1");
+    assert_eq!(
+        (v["host"].as_str(), v["disks"][0]["path"].as_str()),
+        (Some("xen01"), Some(disk.as_str()))
+    );
+    let n = *counts(&p.a, "mir1").last().unwrap();
+    wait_count(&p.a, "mir1", n + 2);
+}

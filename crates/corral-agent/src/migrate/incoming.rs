@@ -73,13 +73,6 @@ impl Incoming {
     /// The pre-checks this host answers for (see `docs/migration.md`).
     pub async fn checks(&self, req: &IncomingRequest) -> Vec<PreCheck> {
         let mut checks = Vec::new();
-        let mut add = |name: &str, ok: bool, detail: String| {
-            checks.push(PreCheck {
-                name: name.into(),
-                ok,
-                detail,
-            })
-        };
         let spec = &req.record.spec;
         let here = self.host.host_name.clone();
         // Memory: what this host's running VMs have committed plus this one must fit in its
@@ -94,52 +87,30 @@ impl Incoming {
             .map(|v| v.memory_bytes)
             .sum();
         let need = spec.memory_bytes;
-        let mem_ok = committed + need <= capacity && need <= available;
-        add(
-            "memory",
-            mem_ok,
-            format!(
-                "needs {}; host {here} has {} committed of {} and {} available",
-                corral_model::format_size(need),
-                corral_model::format_size(committed),
-                corral_model::format_size(capacity),
-                corral_model::format_size(available)
-            ),
-        );
+        checks.push(memory_check(&here, need, committed, capacity, available));
         // Same QEMU: the machine type and the CPU model must mean the same devices here.
-        let (version, machine) = match self.runtime.qemu_facts().await {
-            Ok(f) => f,
-            Err(e) => (format!("unknown ({})", e.message), String::new()),
+        let here_qemu = match self.runtime.qemu_facts().await {
+            Ok((version, machine)) => SourceQemu {
+                version,
+                machine,
+                accel: self.runtime.accel_name().to_string(),
+                cpu: self.runtime.cpu_model().to_string(),
+            },
+            Err(e) => SourceQemu {
+                version: format!("unknown ({})", e.message),
+                machine: String::new(),
+                accel: self.runtime.accel_name().to_string(),
+                cpu: self.runtime.cpu_model().to_string(),
+            },
         };
-        let machine_ok = machine == req.source.machine;
-        add(
-            "machine",
-            machine_ok,
-            if machine_ok {
-                format!("machine type {machine} is available")
-            } else {
-                format!(
-                    "the guest runs machine type {} (QEMU {}); host {here} has {} (QEMU {version})",
-                    req.source.machine,
-                    req.source.version,
-                    if machine.is_empty() { "none" } else { &machine }
-                )
-            },
-        );
-        let accel = self.runtime.accel_name();
-        let cpu_ok = accel == req.source.accel && (accel != "tcg" || version == req.source.version);
-        add(
-            "cpu",
-            cpu_ok,
-            if cpu_ok {
-                format!("-cpu {} under {accel} is the same here", req.source.cpu)
-            } else {
-                format!(
-                    "the guest runs -cpu {} under {} on QEMU {}; host {here} runs {accel} on QEMU {version}",
-                    req.source.cpu, req.source.accel, req.source.version
-                )
-            },
-        );
+        checks.extend(qemu_checks(&here, &req.source, &here_qemu));
+        let mut add = |name: &str, ok: bool, detail: String| {
+            checks.push(PreCheck {
+                name: name.into(),
+                ok,
+                detail,
+            })
+        };
         let missing: Vec<String> = spec
             .nics
             .iter()
@@ -580,6 +551,65 @@ impl Incoming {
     }
 }
 
+/// Whether this host's memory takes the guest: what its running VMs committed plus the
+/// guest's must fit its capacity, and the kernel must have the guest's memory available.
+fn memory_check(here: &str, need: u64, committed: u64, capacity: u64, available: u64) -> PreCheck {
+    let size = corral_model::format_size;
+    PreCheck {
+        name: "memory".into(),
+        ok: committed.checked_add(need).is_some_and(|t| t <= capacity) && need <= available,
+        detail: format!(
+            "needs {}; host {here} has {} committed of {} and {} available",
+            size(need),
+            size(committed),
+            size(capacity),
+            size(available)
+        ),
+    }
+}
+
+/// Whether this host's QEMU can load the guest's state: the same versioned machine type,
+/// the same accelerator, and under TCG (`-cpu max`, whose features follow QEMU's version) the
+/// same QEMU version.
+fn qemu_checks(here: &str, source: &SourceQemu, local: &SourceQemu) -> [PreCheck; 2] {
+    let machine_ok = !local.machine.is_empty() && local.machine == source.machine;
+    let cpu_ok =
+        local.accel == source.accel && (local.accel != "tcg" || local.version == source.version);
+    [
+        PreCheck {
+            name: "machine".into(),
+            ok: machine_ok,
+            detail: if machine_ok {
+                format!("machine type {} is available", local.machine)
+            } else {
+                format!(
+                    "the guest runs machine type {} (QEMU {}); host {here} has {} (QEMU {})",
+                    source.machine,
+                    source.version,
+                    if local.machine.is_empty() {
+                        "none"
+                    } else {
+                        &local.machine
+                    },
+                    local.version
+                )
+            },
+        },
+        PreCheck {
+            name: "cpu".into(),
+            ok: cpu_ok,
+            detail: if cpu_ok {
+                format!("-cpu {} under {} is the same here", source.cpu, local.accel)
+            } else {
+                format!(
+                    "the guest runs -cpu {} under {} on QEMU {}; host {here} runs {} on QEMU {}",
+                    source.cpu, source.accel, source.version, local.accel, local.version
+                )
+            },
+        },
+    ]
+}
+
 /// `tcp:` URIs write IPv6 hosts in brackets.
 pub(super) fn uri_host(host: &str) -> String {
     if host.contains(':') {
@@ -606,4 +636,75 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    #[test]
+    fn memory_counts_what_is_committed() {
+        // (need, committed, capacity, available) -> ok
+        let rows = [
+            ((G, 0, 8 * G, 8 * G), true),
+            ((G, 7 * G, 8 * G, 8 * G), true),
+            ((G, 7 * G + 1, 8 * G, 8 * G), false),
+            ((2 * G, 0, 8 * G, G), false),
+            ((u64::MAX, 1, u64::MAX, u64::MAX), false),
+        ];
+        for ((need, committed, capacity, available), ok) in rows {
+            let c = memory_check("xen02", need, committed, capacity, available);
+            assert_eq!(
+                c.ok, ok,
+                "{need} {committed} {capacity} {available}: {}",
+                c.detail
+            );
+            assert!(c.detail.contains("host xen02 has"), "{}", c.detail);
+        }
+    }
+
+    #[test]
+    fn machine_and_cpu_must_match() {
+        let q = |version: &str, machine: &str, accel: &str| SourceQemu {
+            version: version.into(),
+            machine: machine.into(),
+            accel: accel.into(),
+            cpu: if accel == "kvm" { "host" } else { "max" }.into(),
+        };
+        let src = q("7.2.22", "pc-q35-7.2", "tcg");
+        // (local, machine ok, cpu ok, a fragment of the refusal)
+        let rows = [
+            (q("7.2.22", "pc-q35-7.2", "tcg"), true, true, ""),
+            (
+                q("8.0.0", "pc-q35-8.0", "tcg"),
+                false,
+                false,
+                "has pc-q35-8.0",
+            ),
+            (
+                q("7.2.23", "pc-q35-7.2", "tcg"),
+                true,
+                false,
+                "runs tcg on QEMU 7.2.23",
+            ),
+            (q("7.2.22", "pc-q35-7.2", "kvm"), true, false, "under tcg"),
+            (q("7.2.22", "", "tcg"), false, true, "has none"),
+        ];
+        for (local, machine_ok, cpu_ok, why) in rows {
+            let [m, c] = qemu_checks("xen02", &src, &local);
+            assert_eq!((m.ok, c.ok), (machine_ok, cpu_ok), "{local:?}");
+            let refusal = format!(
+                "{} {}",
+                if m.ok { "" } else { &m.detail },
+                if c.ok { "" } else { &c.detail }
+            );
+            assert!(refusal.contains(why), "{refusal}");
+        }
+        // Under KVM (-cpu host) the version may differ.
+        let kvm = q("7.2.22", "pc-q35-7.2", "kvm");
+        let [_, c] = qemu_checks("xen02", &kvm, &q("7.2.23", "pc-q35-7.2", "kvm"));
+        assert!(c.ok, "{}", c.detail);
+    }
 }

@@ -111,14 +111,17 @@ impl Migrations {
                 from,
                 to: to_name.clone(),
                 mode: if req.check { "check" } else { "move" }.into(),
-                checks: vec![match self.pool.movable(&rec) {
-                    None => check("storage", true, "every disk is on a shared repository"),
-                    Some(why) => check(
-                        "storage",
-                        false,
-                        &format!("{why}: a halted VM moves only with shared disks"),
-                    ),
-                }],
+                checks: vec![
+                    template_check(&rec.spec),
+                    match self.pool.movable(&rec) {
+                        None => check("storage", true, "every disk is on a shared repository"),
+                        Some(why) => check(
+                            "storage",
+                            false,
+                            &format!("{why}: a halted VM moves only with shared disks"),
+                        ),
+                    },
+                ],
                 task: None,
             };
             if !req.check {
@@ -221,15 +224,7 @@ impl Migrations {
     fn source_checks(&self, rec: &VmRecord) -> Vec<PreCheck> {
         let spec = &rec.spec;
         let mut checks = Vec::new();
-        checks.push(check(
-            "template",
-            !spec.is_template,
-            if spec.is_template {
-                "a template never runs"
-            } else {
-                "not a template"
-            },
-        ));
+        checks.push(template_check(spec));
         let local_media: Vec<String> = spec
             .cdroms
             .iter()
@@ -244,7 +239,7 @@ impl Migrations {
                 "no CD media from this host's files".to_string()
             } else {
                 format!(
-                    "{}, a file of this host only: eject it first (corral vm cd-eject {})",
+                    "{}, a file of this host only: eject it first (corral vm cdrom eject {})",
                     local_media.join(", "),
                     spec.name
                 )
@@ -392,6 +387,19 @@ impl Migrations {
                 .await;
         }
     }
+}
+
+/// Templates never run, and stay where their clones' bases are.
+fn template_check(spec: &corral_model::VmSpec) -> PreCheck {
+    check(
+        "template",
+        !spec.is_template,
+        if spec.is_template {
+            "a template does not move (install or clone a VM from it on the other host)"
+        } else {
+            "not a template"
+        },
+    )
 }
 
 fn check(name: &str, ok: bool, detail: &str) -> PreCheck {

@@ -362,14 +362,15 @@ impl Driver<'_> {
             }
             self.q("blockdev-add", nbd).await?;
             self.mirrors.push(device.clone());
-            self.q(
-                "blockdev-mirror",
-                json!({
-                    "job-id": node, "device": corral_qemu::argv::ids::disk_format_node(device),
-                    "target": node, "sync": "full", "copy-mode": "write-blocking",
-                }),
-            )
-            .await?;
+            let mut mirror = json!({
+                "job-id": node, "device": corral_qemu::argv::ids::disk_format_node(device),
+                "target": node, "sync": "full", "copy-mode": "write-blocking",
+            });
+            // `--bandwidth` limits the disks' copy as it limits the memory stream.
+            if let Some(bw) = self.plan.request.bandwidth_bytes_per_s {
+                mirror["speed"] = json!(bw);
+            }
+            self.q("blockdev-mirror", mirror).await?;
         }
         loop {
             self.keep_going(task)?;

@@ -1003,7 +1003,12 @@ async fn migrate(
         } else if answer.mode == "check" {
             match answer.refusals() {
                 None => println!("VM {} can migrate to host {}", answer.vm, answer.to),
-                Some(_) => println!("VM {} cannot migrate to host {}", answer.vm, answer.to),
+                // A failed check is an error, so scripts can test `vm migrate --check`.
+                Some(why) => anyhow::bail!(
+                    "VM {} cannot migrate to host {}: {why}",
+                    answer.vm,
+                    answer.to
+                ),
             }
         } else {
             println!("moved halted VM {} to host {}", answer.vm, answer.to);
