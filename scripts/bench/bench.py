@@ -629,3 +629,17 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+def write_section(doc, title, intro, body):
+    """Put `body` under the heading `title` in the markdown file `doc`, replacing the
+    section a previous run wrote (the rest of the file stays)."""
+    text = open(doc).read()
+    section = f"{title}\n\n{intro}{body}\n"
+    if title in text:
+        start = text.index(title)
+        nxt = text.find("\n## ", start + len(title))
+        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    open(doc, "w").write(text)

@@ -18,6 +18,7 @@ Ratios against the raw reference are printed; with --doc FILE the table goes und
 import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
+import bench  # noqa: E402
 from bench import Api, median, wait_for  # noqa: E402
 from pool_bench import Agent, Etcd  # noqa: E402
 
@@ -269,18 +270,8 @@ def main():
 
 
 def write_section(doc, body):
-    title = "## Live migration (issue 10)"
-    intro = ("One command: `scripts/bench-migrate.sh [--rounds N]` (release build; "
-             "`scripts/bench/migrate_bench.py`).\n\n")
-    text = open(doc).read()
-    section = f"{title}\n\n{intro}{body}\n"
-    if title in text:
-        start = text.index(title)
-        nxt = text.find("\n## ", start + len(title))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    open(doc, "w").write(text)
+    bench.write_section(doc, "## Live migration (issue 10)", ("One command: `scripts/bench-migrate.sh [--rounds N]` (release build; "
+             "`scripts/bench/migrate_bench.py`).\n\n"), body)
 
 
 if __name__ == "__main__":

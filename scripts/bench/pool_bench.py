@@ -16,6 +16,7 @@ import argparse, base64, concurrent.futures, http.client, json, os, shutil, sign
 import subprocess, sys, tempfile, threading, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
+import bench  # noqa: E402
 from bench import Api, pct, ms, wait_for  # noqa: E402
 
 
@@ -278,18 +279,8 @@ def main():
 
 
 def write_section(doc, body):
-    title = "## Pools (issue 9)"
-    intro = ("One command: `scripts/bench-pool.sh [--count N]` (release build; a 3-member etcd "
-             "and 3 agents on loopback; `scripts/bench/pool_bench.py`).\n\n")
-    text = open(doc).read()
-    section = f"{title}\n\n{intro}{body}\n"
-    if title in text:
-        start = text.index(title)
-        nxt = text.find("\n## ", start + len(title))
-        text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    open(doc, "w").write(text)
+    bench.write_section(doc, "## Pools (issue 9)", ("One command: `scripts/bench-pool.sh [--count N]` (release build; a 3-member etcd "
+             "and 3 agents on loopback; `scripts/bench/pool_bench.py`).\n\n"), body)
 
 
 if __name__ == "__main__":

@@ -101,15 +101,7 @@ async fn incoming_check(
     crate::routes::Body_(req): crate::routes::Body_<corral_model::migrate::IncomingRequest>,
 ) -> Response {
     let checks = a.incoming().checks(&req).await;
-    Json(corral_model::migrate::IncomingAnswer {
-        checks,
-        host: None,
-        migration_port: None,
-        nbd_port: None,
-        volumes: Vec::new(),
-        tls_hostname: None,
-    })
-    .into_response()
+    Json(corral_model::migrate::IncomingAnswer::checks_only(checks)).into_response()
 }
 
 async fn incoming_prepare(

@@ -137,6 +137,20 @@ pub struct IncomingAnswer {
     pub tls_hostname: Option<String>,
 }
 
+impl IncomingAnswer {
+    /// An answer that carries only the checks (a check, or a refusal).
+    pub fn checks_only(checks: Vec<PreCheck>) -> Self {
+        IncomingAnswer {
+            checks,
+            host: None,
+            migration_port: None,
+            nbd_port: None,
+            volumes: Vec::new(),
+            tls_hostname: None,
+        }
+    }
+}
+
 /// Target's view of one incoming migration (answer to heartbeats and status queries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -261,6 +261,28 @@ fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
     assert!(!counts(&p.a, "mig1").contains(&1), "mig1 restarted");
 }
 
+/// Start a migration of `vm` to xen02 limited to 1 MiB/s (slow enough to interrupt) and
+/// wait until it reaches `phase`; answers the task id (on `agent`, the VM's owner).
+fn slow_migration(agent: &TestAgent, vm: &str, extra: &[&str], phase: &str) -> String {
+    let mut args = vec![
+        "vm",
+        "migrate",
+        vm,
+        "--to",
+        "xen02",
+        "--bandwidth",
+        "1M",
+        "--no-wait",
+    ];
+    args.extend_from_slice(extra);
+    let out = agent.json(&args);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), phase, || {
+        task_of(agent, &task)["phase"] == phase
+    });
+    task
+}
+
 /// QEMUs of `vm_id` other than `keep`.
 fn other_qemus(vm_id: &str, keep: u32) -> Vec<u32> {
     qemus_of(vm_id).into_iter().filter(|p| *p != keep).collect()
@@ -324,20 +346,7 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
     stays_home(&p, "no convergence");
 
     // The target's QEMU dies while the memory is sent.
-    let out = p.a.json(&[
-        "vm",
-        "migrate",
-        "dirty1",
-        "--to",
-        "xen02",
-        "--bandwidth",
-        "1M",
-        "--no-wait",
-    ]);
-    let task = out["task"].as_str().unwrap().to_string();
-    wait_until(Duration::from_secs(30), "memory phase", || {
-        task_of(&p.a, &task)["phase"] == "migrating memory"
-    });
+    let task = slow_migration(&p.a, "dirty1", &[], "migrating memory");
     for pid in other_qemus(&id, source_pid) {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
@@ -346,20 +355,7 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
     stays_home(&p, "target QEMU killed");
 
     // The target's agent dies (kill -9) while the memory is sent; then it comes back.
-    let out = p.a.json(&[
-        "vm",
-        "migrate",
-        "dirty1",
-        "--to",
-        "xen02",
-        "--bandwidth",
-        "1M",
-        "--no-wait",
-    ]);
-    let task = out["task"].as_str().unwrap().to_string();
-    wait_until(Duration::from_secs(30), "memory phase", || {
-        task_of(&p.a, &task)["phase"] == "migrating memory"
-    });
+    let task = slow_migration(&p.a, "dirty1", &[], "migrating memory");
     p.b.kill9();
     let t = wait_task(&p.a, &task, Duration::from_secs(30));
     assert_eq!(t["state"], "failed", "{t}");
@@ -377,24 +373,13 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
     // The source's agent dies (kill -9) while the memory is sent. QEMU keeps sending; the
     // target drops its half when heartbeats stop; the restarted source cancels what QEMU
     // still sends and asks the target: the guest runs on here, once.
-    let out = p.a.json(&[
-        "vm",
-        "migrate",
-        "dirty1",
-        "--to",
-        "xen02",
-        "--bandwidth",
-        "1M",
-        "--no-wait",
-    ]);
-    let task = out["task"].as_str().unwrap().to_string();
-    wait_until(Duration::from_secs(30), "memory phase", || {
-        task_of(&p.a, &task)["phase"] == "migrating memory"
-    });
+    let task = slow_migration(&p.a, "dirty1", &[], "migrating memory");
     p.a.kill9();
     std::thread::sleep(Duration::from_secs(1));
     p.a.spawn();
     stays_home(&p, "source agent killed");
+    // The task the dead agent ran is marked failed, not left running.
+    assert_eq!(task_of(&p.a, &task)["state"], "failed");
     assert!(!p
         .a
         .state_dir()
@@ -448,20 +433,7 @@ fn a_network_cut_between_the_hosts_keeps_the_guest_at_home() {
     p.a.wait_console("cut1", "CORRAL-COUNT 3", 1, BOOT);
     let id = p.a.vm("cut1")["id"].as_str().unwrap().to_string();
     let source_pid = single_qemu(&id);
-    let out = p.a.json(&[
-        "vm",
-        "migrate",
-        "cut1",
-        "--to",
-        "xen02",
-        "--bandwidth",
-        "1M",
-        "--no-wait",
-    ]);
-    let task = out["task"].as_str().unwrap().to_string();
-    wait_until(Duration::from_secs(30), "memory phase", || {
-        task_of(&p.a, &task)["phase"] == "migrating memory"
-    });
+    let task = slow_migration(&p.a, "cut1", &[], "migrating memory");
     // B (in its namespace) loses every route to A and to etcd.
     ns.cut();
     let cut_at = Instant::now();
@@ -609,21 +581,7 @@ fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
     p.a.ok(&["vm", "start", "mir1"]);
     p.a.wait_console("mir1", "CORRAL-COUNT 2", 1, BOOT);
     let source_pid = single_qemu(&id);
-    let out = p.a.json(&[
-        "vm",
-        "migrate",
-        "mir1",
-        "--to",
-        "xen02",
-        "--with-storage",
-        "--bandwidth",
-        "1M",
-        "--no-wait",
-    ]);
-    let task = out["task"].as_str().unwrap().to_string();
-    wait_until(Duration::from_secs(30), "mirror phase", || {
-        task_of(&p.a, &task)["phase"] == "mirroring disks"
-    });
+    let task = slow_migration(&p.a, "mir1", &["--with-storage"], "mirroring disks");
     let b_volume =
         p.b.state_dir()
             .join("srs/default")

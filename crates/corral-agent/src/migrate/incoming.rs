@@ -191,14 +191,7 @@ impl Incoming {
     pub async fn prepare(self: &Arc<Self>, req: IncomingRequest) -> Result<IncomingAnswer, Error> {
         let checks = self.checks(&req).await;
         if req.check || checks.iter().any(|c| !c.ok) {
-            return Ok(IncomingAnswer {
-                checks,
-                host: None,
-                migration_port: None,
-                nbd_port: None,
-                volumes: Vec::new(),
-                tls_hostname: None,
-            });
+            return Ok(IncomingAnswer::checks_only(checks));
         }
         let listen_host = self.listen_host()?;
         let mut rec = req.record.clone();
@@ -283,8 +276,8 @@ impl Incoming {
             }
         }
         if let Some(hex) = &req.nvram_hex {
-            let bytes =
-                unhex(hex).ok_or_else(|| Error::invalid("the UEFI variable store is not hex"))?;
+            let bytes = crate::pool::pki::unhex(hex)
+                .ok_or_else(|| Error::invalid("the UEFI variable store is not hex"))?;
             let path = self.host.layout.nvram(&rec.id);
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
@@ -626,16 +619,6 @@ fn free_port(host: &str) -> Result<u16, Error> {
     l.local_addr()
         .map(|a| a.port())
         .map_err(|e| Error::caused(ErrorKind::Internal, "no free port", e))
-}
-
-pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

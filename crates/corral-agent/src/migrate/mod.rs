@@ -146,7 +146,7 @@ impl Migrations {
                 .ok()
             })
             .flatten()
-            .map(|b| hex(&b));
+            .map(|b| crate::pool::pki::hex(&b));
         let incoming_req = IncomingRequest {
             migration_id: migration_id.clone(),
             source_host_id: self.host.host_id.clone(),
@@ -171,14 +171,7 @@ impl Migrations {
             .await
         {
             Ok(a) => a,
-            Err(e) => IncomingAnswer {
-                checks: vec![check("target-up", false, &e.message)],
-                host: None,
-                migration_port: None,
-                nbd_port: None,
-                volumes: Vec::new(),
-                tls_hostname: None,
-            },
+            Err(e) => IncomingAnswer::checks_only(vec![check("target-up", false, &e.message)]),
         };
         if !target_checks.checks.iter().any(|c| c.name == "target-up") {
             checks.insert(
@@ -450,10 +443,6 @@ fn validate(req: &MigrateRequest) -> Result<(), Error> {
         return Err(Error::invalid("--deadline must be at least 1 s"));
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Write the pool CA and this member's certificate as QEMU's `tls-creds-x509` expects them
