@@ -415,6 +415,30 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
     );
     assert_eq!(p.b.vm("dirty1")["host"], "xen02");
     single_qemu(&id);
+
+    // With a pause of at most 60 ms allowed and post-copy allowed, the last step is
+    // post-copy: the guest runs on the target while the rest of its memory follows.
+    let before = *counts(&p.b, "dirty1").last().unwrap();
+    let out = p.b.json(&[
+        "vm",
+        "migrate",
+        "dirty1",
+        "--to",
+        "xen01",
+        "--bandwidth",
+        "6M",
+        "--max-downtime",
+        "60ms",
+        "--postcopy",
+    ]);
+    assert_eq!(out["state"], "succeeded", "{out}");
+    let steps = out["escalations"].to_string();
+    println!("post-copy: {steps}; downtime {} ms", out["downtime_ms"]);
+    assert!(steps.contains("switching to post-copy"), "{out}");
+    assert_eq!(p.a.vm("dirty1")["host"], "xen01");
+    single_qemu(&id);
+    wait_count(&p.a, "dirty1", before + 2);
+    assert!(!counts(&p.a, "dirty1").contains(&1), "the guest restarted");
 }
 
 #[test]
@@ -480,7 +504,7 @@ fn a_network_cut_between_the_hosts_keeps_the_guest_at_home() {
 
 #[test]
 fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
-    let p = start_pool();
+    let mut p = start_pool();
     wait_until(Duration::from_secs(10), "both members up", || {
         p.a.json(&["host", "list"]).as_array().unwrap().len() == 2
     });
@@ -608,4 +632,62 @@ fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
     );
     let n = *counts(&p.a, "mir1").last().unwrap();
     wait_count(&p.a, "mir1", n + 2);
+
+    // ----- the switchover: the vCPUs are stopped (a failpoint holds the source there) and
+    // the target's QEMU dies: the guest resumes at home, the new volume is removed.
+    let failpoints = p.a.state_dir().join("failpoints");
+    std::fs::write(&failpoints, "at-switchover 6\n").unwrap();
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "mir1",
+        "--to",
+        "xen02",
+        "--with-storage",
+        "--no-wait",
+    ]);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(
+        Duration::from_secs(60),
+        "the source held at the switchover",
+        || p.a.log().contains("failpoint=\"at-switchover\""),
+    );
+    for pid in other_qemus(&id, source_pid) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let t = wait_task(&p.a, &task, Duration::from_secs(60));
+    assert_eq!(t["state"], "failed", "{t}");
+    std::fs::remove_file(&failpoints).unwrap();
+    wait_until(Duration::from_secs(10), "the target's half removed", || {
+        !b_volume.exists() && qemus_of(&id) == vec![source_pid]
+    });
+    assert_eq!(p.a.vm("mir1")["power_state"], "running");
+    let n = *counts(&p.a, "mir1").last().unwrap();
+    wait_count(&p.a, "mir1", n + 2);
+
+    // ----- the set-up: the target is ready, nothing sent yet, and its agent dies -----
+    std::fs::write(&failpoints, "after-prepare 8\n").unwrap();
+    let pc_id = p.a.vm("pc1")["id"].as_str().unwrap().to_string();
+    let pc_pid = single_qemu(&pc_id);
+    let b_run = p.b.state_dir().join("run").join(&pc_id);
+    let out =
+        p.a.json(&["vm", "migrate", "pc1", "--to", "xen02", "--no-wait"]);
+    let task = out["task"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(30), "the target prepared", || {
+        b_run.join("incoming.json").exists()
+    });
+    p.b.kill9();
+    let t = wait_task(&p.a, &task, Duration::from_secs(30));
+    assert_eq!(t["state"], "failed", "{t}");
+    std::fs::remove_file(&failpoints).unwrap();
+    assert_eq!(p.a.vm("pc1")["power_state"], "running");
+    // The target's QEMU waits for a stream that never comes until its agent is back.
+    p.b.spawn();
+    wait_until(
+        Duration::from_secs(20),
+        "the target's half removed after its restart",
+        || !b_run.exists() && qemus_of(&pc_id) == vec![pc_pid],
+    );
+    let n = *counts(&p.a, "pc1").last().unwrap();
+    wait_count(&p.a, "pc1", n + 2);
 }

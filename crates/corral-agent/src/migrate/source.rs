@@ -50,6 +50,27 @@ fn qmp_err(what: &str) -> impl FnOnce(corral_qemu::qmp::QmpError) -> Error + '_ 
     move |e| Error::caused(e.kind(), what, e)
 }
 
+/// Fault injection for the tests: a line `NAME SECONDS` in `STATE_DIR/failpoints` makes the
+/// driver wait that long at the named point, so a test can kill or cut something in a phase
+/// it could not otherwise catch (`after-prepare`: the target is ready, nothing sent yet;
+/// `at-switchover`: with storage, the vCPUs are stopped before the switchover). Read each
+/// time, so no restart is needed; absent, it costs one failed `open`.
+async fn failpoint(host: &Host, name: &str) {
+    let Ok(text) = std::fs::read_to_string(host.layout.root.join("failpoints")) else {
+        return;
+    };
+    let secs = text.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next() == Some(name))
+            .then(|| w.next().and_then(|s| s.parse::<u64>().ok()))
+            .flatten()
+    });
+    if let Some(secs) = secs {
+        tracing::warn!(failpoint = name, secs, "migration held by a test failpoint");
+        tokio::time::sleep(Duration::from_secs(secs.min(120))).await;
+    }
+}
+
 /// Heartbeats to the target every second, in their own task.
 struct Beats {
     last_ok: Arc<Mutex<Instant>>,
@@ -324,6 +345,8 @@ impl Driver<'_> {
             let dir = write_tls_dir(run_dir, &self.plan.pool, false)?;
             self.q("object-add", tls_object(&dir, "client")).await?;
         }
+        failpoint(&self.plan.host, "after-prepare").await;
+        self.keep_going(task)?;
         if self.plan.request.with_storage {
             self.mirror(task, &host, tls).await?;
         }
@@ -476,6 +499,7 @@ impl Driver<'_> {
                     ))
                 }
                 MigrationStatus::PreSwitchover => {
+                    failpoint(&self.plan.host, "at-switchover").await;
                     self.finish_mirrors().await?;
                     self.q("migrate-continue", json!({ "state": "pre-switchover" }))
                         .await?;
