@@ -418,6 +418,9 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
 
     // With a pause of at most 60 ms allowed and post-copy allowed, the last step is
     // post-copy: the guest runs on the target while the rest of its memory follows.
+    wait_until(Duration::from_secs(30), "dirty1 counting on xen02", || {
+        !counts(&p.b, "dirty1").is_empty()
+    });
     let before = *counts(&p.b, "dirty1").last().unwrap();
     let out = p.b.json(&[
         "vm",
@@ -575,6 +578,12 @@ fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
         wait_task(&p.a, &task, Duration::from_secs(30))["state"],
         "cancelled"
     );
+    let pc_id = p.a.vm("pc1")["id"].as_str().unwrap().to_string();
+    wait_until(
+        Duration::from_secs(10),
+        "the cancelled migration's target half removed",
+        || qemus_of(&pc_id).len() == 1,
+    );
     // A template does not move.
     p.a.create_kernel_vm("tpl1", &["--host", "xen01", "--disk", "8M,sr=shared1"]);
     p.a.ok(&["vm", "convert-to-template", "tpl1"]);
@@ -650,7 +659,10 @@ fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
     wait_until(
         Duration::from_secs(60),
         "the source held at the switchover",
-        || p.a.log().contains("failpoint=\"at-switchover\""),
+        || {
+            let log = p.a.log();
+            log.contains("held by a test failpoint") && log.contains("at-switchover")
+        },
     );
     for pid in other_qemus(&id, source_pid) {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -667,7 +679,6 @@ fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
 
     // ----- the set-up: the target is ready, nothing sent yet, and its agent dies -----
     std::fs::write(&failpoints, "after-prepare 8\n").unwrap();
-    let pc_id = p.a.vm("pc1")["id"].as_str().unwrap().to_string();
     let pc_pid = single_qemu(&pc_id);
     let b_run = p.b.state_dir().join("run").join(&pc_id);
     let out =
@@ -683,10 +694,17 @@ fn pre_checks_refuse_with_reasons_and_a_failed_mirror_leaves_nothing() {
     assert_eq!(p.a.vm("pc1")["power_state"], "running");
     // The target's QEMU waits for a stream that never comes until its agent is back.
     p.b.spawn();
-    wait_until(
-        Duration::from_secs(20),
-        "the target's half removed after its restart",
-        || !b_run.exists() && qemus_of(&pc_id) == vec![pc_pid],
+    let gone = || !b_run.exists() && qemus_of(&pc_id) == vec![pc_pid];
+    let t0 = Instant::now();
+    while !gone() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        gone(),
+        "B's half still there: run dir {} QEMUs {:?}\n{}",
+        b_run.exists(),
+        qemus_of(&pc_id),
+        tail(&p.b.log(), 30)
     );
     let n = *counts(&p.a, "pc1").last().unwrap();
     wait_count(&p.a, "pc1", n + 2);

@@ -187,8 +187,17 @@ impl Incoming {
         checks
     }
 
-    /// Get ready to receive: see the module documentation.
+    /// Get ready to receive: see the module documentation. Runs to its end in a task of
+    /// its own even when the source hangs up meanwhile (a cancel during set-up): a half-made
+    /// incoming migration must reach the point where its watchdog can remove it.
     pub async fn prepare(self: &Arc<Self>, req: IncomingRequest) -> Result<IncomingAnswer, Error> {
+        let this = self.clone();
+        tokio::spawn(async move { this.prepare_here(req).await })
+            .await
+            .unwrap_or_else(|e| Err(Error::internal(format!("the set-up task failed: {e}"))))
+    }
+
+    async fn prepare_here(self: &Arc<Self>, req: IncomingRequest) -> Result<IncomingAnswer, Error> {
         let checks = self.checks(&req).await;
         if req.check || checks.iter().any(|c| !c.ok) {
             return Ok(IncomingAnswer::checks_only(checks));
@@ -451,10 +460,21 @@ impl Incoming {
     }
 
     async fn remove_traces(&self, m: &Marker, taps: &[String]) {
-        if m.pid > 0 && corral_qemu::process::is_alive(m.pid) {
-            crate::vm::runtime::kill_pid(m.pid);
+        // The marker's pid, and whatever QEMU of this VM the run directory's pid file names
+        // (a marker written before the launch returned has no pid yet).
+        let pidfile = crate::vm::runtime::paths(&self.host.layout, &m.vm_id).pidfile;
+        let pids = [
+            Some(m.pid),
+            corral_qemu::process::find_vm_process(&pidfile, &m.vm_id),
+        ];
+        for pid in pids.into_iter().flatten().filter(|p| *p > 0) {
+            if !corral_qemu::process::is_alive(pid) {
+                continue;
+            }
+            tracing::info!(vm = %m.vm_name, pid, "stopping the QEMU of an incoming migration");
+            crate::vm::runtime::kill_pid(pid);
             for _ in 0..100 {
-                if !corral_qemu::process::is_alive(m.pid) {
+                if !corral_qemu::process::is_alive(pid) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -177,7 +177,16 @@ pub async fn drive(
     );
     let answer = tokio::select! {
         a = prepare => a?,
-        _ = task.cancelled() => return Err(cancelled()),
+        _ = task.cancelled() => {
+            // The target may have prepared already; it also drops its half by itself when no
+            // heartbeat comes.
+            let path = format!("/v1/pool/migrations/{}/abort", plan.migration_id);
+            let _ = plan
+                .pool
+                .call::<serde_json::Value>(&plan.target_id, &path, &json!({}), Duration::from_secs(5))
+                .await;
+            return Err(cancelled());
+        }
     };
     if let Some(why) = refusals(&answer.checks) {
         return Err(Error::new(
