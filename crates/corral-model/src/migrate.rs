@@ -76,14 +76,18 @@ pub struct MigrateAnswer {
 impl MigrateAnswer {
     /// The failed checks as one sentence, for an error message.
     pub fn refusals(&self) -> Option<String> {
-        let failed: Vec<String> = self
-            .checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| format!("{}: {}", c.name, c.detail))
-            .collect();
-        (!failed.is_empty()).then(|| failed.join("; "))
+        failed_checks(&self.checks)
     }
+}
+
+/// The failed checks as one sentence (`name: detail; ...`), or `None` when all passed.
+pub fn failed_checks(checks: &[PreCheck]) -> Option<String> {
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
 }
 
 /// What the source's QEMU is, so the target can check it can receive its state.

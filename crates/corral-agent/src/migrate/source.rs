@@ -180,15 +180,11 @@ pub async fn drive(
         _ = task.cancelled() => {
             // The target may have prepared already; it also drops its half by itself when no
             // heartbeat comes.
-            let path = format!("/v1/pool/migrations/{}/abort", plan.migration_id);
-            let _ = plan
-                .pool
-                .call::<serde_json::Value>(&plan.target_id, &path, &json!({}), Duration::from_secs(5))
-                .await;
+            abort_target(&plan).await;
             return Err(cancelled());
         }
     };
-    if let Some(why) = refusals(&answer.checks) {
+    if let Some(why) = failed_checks(&answer.checks) {
         return Err(Error::new(
             ErrorKind::InvalidState,
             format!("host {:?} refused: {why}", plan.target_name),
@@ -211,34 +207,30 @@ pub async fn drive(
     let outcome = driver.run(&mut task, &run_dir).await;
     match outcome {
         Ok(figures) => Ok(Completed {
-            target_id: plan.target_id.clone(),
-            target_name: plan.target_name.clone(),
-            volumes: answer.volumes.clone(),
-            target_sr: plan.request.with_storage.then(|| {
-                plan.request
-                    .target_sr
-                    .clone()
-                    .unwrap_or_else(|| "default".into())
-            }),
+            target_id: marker.target_id,
+            target_name: marker.target_name,
+            volumes: marker.volumes,
+            target_sr: marker.target_sr,
             figures,
         }),
         Err(e) => {
             task.phase("rolling back: the VM stays on this host", 0.0);
             driver.rollback(was_paused).await;
             drop(beats);
-            let path = format!("/v1/pool/migrations/{}/abort", plan.migration_id);
-            let _ = plan
-                .pool
-                .call::<serde_json::Value>(
-                    &plan.target_id,
-                    &path,
-                    &json!({}),
-                    Duration::from_secs(5),
-                )
-                .await;
+            abort_target(&plan).await;
             Err(e)
         }
     }
+}
+
+/// Tell the target to drop its half (best effort: it also does so by itself when the
+/// heartbeats stop).
+async fn abort_target(plan: &Plan) {
+    let path = format!("/v1/pool/migrations/{}/abort", plan.migration_id);
+    let _ = plan
+        .pool
+        .call::<serde_json::Value>(&plan.target_id, &path, &json!({}), Duration::from_secs(5))
+        .await;
 }
 
 fn cancelled() -> Error {
@@ -246,15 +238,6 @@ fn cancelled() -> Error {
         ErrorKind::InvalidState,
         "migration cancelled; the VM keeps running on this host",
     )
-}
-
-fn refusals(checks: &[PreCheck]) -> Option<String> {
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect();
-    (!failed.is_empty()).then(|| failed.join("; "))
 }
 
 struct Driver<'a> {
