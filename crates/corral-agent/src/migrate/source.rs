@@ -9,6 +9,8 @@ use crate::tasks::TaskHandle;
 use corral_qemu::migration::{self as qm, MigrationInfo, MigrationStatus};
 
 const POLL: Duration = Duration::from_millis(500);
+/// A rollback must end: no monitor command in it waits longer than this.
+const ROLLBACK_QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The target is given up when it has not answered a heartbeat for this long.
 const TARGET_SILENCE: Duration = Duration::from_secs(5);
 /// QEMU's own default (32 MiB/s) would make every migration slow; without `--bandwidth`
@@ -632,15 +634,44 @@ impl Driver<'_> {
         }
     }
 
+    /// `ss -K` of this host's TCP connections to the target's migration and NBD ports.
+    async fn kill_streams(&self) {
+        let Some(host) = self.answer.host.as_deref() else {
+            return;
+        };
+        for port in [self.answer.migration_port, self.answer.nbd_port]
+            .into_iter()
+            .flatten()
+        {
+            let filter = ["dst", host, "dport", "=", &format!(":{port}")];
+            let out = tokio::process::Command::new("ss")
+                .arg("-K")
+                .args(filter)
+                .output()
+                .await;
+            if let Err(e) = out {
+                tracing::warn!(error = %e, "cannot run ss -K to end the migration streams");
+            }
+        }
+    }
+
     /// Undo everything on this side: cancel QEMU's migration and the mirrors, and let the
     /// guest run again if the migration stopped it.
     async fn rollback(&mut self, was_paused: bool) {
-        let _ = self.qmp.execute("migrate_cancel", json!({})).await;
+        // A stream to a target that vanished (a cut network) can leave QEMU blocked in a
+        // write, its monitor unanswered, until TCP gives up many minutes later. Destroying
+        // this host's sockets to the target's ports ends those writes at once; QEMU then
+        // sees its migration and mirrors fail and answers again.
+        self.kill_streams().await;
+        let _ = self
+            .qmp
+            .execute_timeout("migrate_cancel", json!({}), ROLLBACK_QMP_TIMEOUT)
+            .await;
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
             let status = self
                 .qmp
-                .execute("query-migrate", json!({}))
+                .execute_timeout("query-migrate", json!({}), ROLLBACK_QMP_TIMEOUT)
                 .await
                 .ok()
                 .and_then(|v| MigrationInfo::parse(&v).ok())
@@ -661,9 +692,10 @@ impl Driver<'_> {
         for d in &self.mirrors {
             let _ = self
                 .qmp
-                .execute(
+                .execute_timeout(
                     "block-job-cancel",
                     json!({ "device": format!("mig-{d}"), "force": true }),
+                    ROLLBACK_QMP_TIMEOUT,
                 )
                 .await;
         }
@@ -671,16 +703,20 @@ impl Driver<'_> {
         for d in std::mem::take(&mut self.mirrors) {
             let _ = self
                 .qmp
-                .execute("blockdev-del", json!({ "node-name": format!("mig-{d}") }))
+                .execute_timeout(
+                    "blockdev-del",
+                    json!({ "node-name": format!("mig-{d}") }),
+                    ROLLBACK_QMP_TIMEOUT,
+                )
                 .await;
         }
         let _ = self
             .qmp
-            .execute("object-del", json!({ "id": TLS_ID }))
+            .execute_timeout("object-del", json!({ "id": TLS_ID }), ROLLBACK_QMP_TIMEOUT)
             .await;
         let status = self
             .qmp
-            .execute("query-status", json!({}))
+            .execute_timeout("query-status", json!({}), ROLLBACK_QMP_TIMEOUT)
             .await
             .ok()
             .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string));
@@ -690,7 +726,11 @@ impl Driver<'_> {
                 Some("paused") | Some("postmigrate") | Some("finish-migrate")
             )
         {
-            if let Err(e) = self.qmp.execute("cont", json!({})).await {
+            if let Err(e) = self
+                .qmp
+                .execute_timeout("cont", json!({}), ROLLBACK_QMP_TIMEOUT)
+                .await
+            {
                 tracing::error!(error = %e, "cannot resume the guest after a failed migration");
             }
         }
