@@ -9,6 +9,9 @@ use crate::tasks::TaskHandle;
 use corral_qemu::migration::{self as qm, MigrationInfo, MigrationStatus};
 
 const POLL: Duration = Duration::from_millis(500);
+/// How long a final `query-migrate` status without a total time may be the previous
+/// migration's (see `Driver::memory`).
+const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
 /// A rollback must end: no monitor command in it waits longer than this.
 const ROLLBACK_QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The target is given up when it has not answered a heartbeat for this long.
@@ -467,9 +470,23 @@ impl Driver<'_> {
         )
         .await?;
         let memory_started = Instant::now();
+        // Until this migration shows itself (setup, active, ...), a final status may be the
+        // QEMU's previous migration (the one that brought the guest here, or a cancelled
+        // one): taken as ours only with QEMU's total time, or after a grace period.
+        let mut seen_start = false;
         loop {
             let info = MigrationInfo::parse(&self.q("query-migrate", json!({})).await?)
                 .map_err(|e| Error::internal(format!("unreadable query-migrate: {e}")))?;
+            let stale = info.status.is_final()
+                && !seen_start
+                && info.total_time.unwrap_or(0) == 0
+                && memory_started.elapsed() < STALE_STATUS_GRACE;
+            seen_start |= !info.status.is_final() && info.status != MigrationStatus::None;
+            if stale || info.status == MigrationStatus::None {
+                self.keep_going(task)?;
+                self.next_sample().await;
+                continue;
+            }
             self.sample(task, &info);
             match info.status {
                 MigrationStatus::Completed => {
