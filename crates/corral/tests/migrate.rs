@@ -57,13 +57,22 @@ fn task_of(agent: &TestAgent, id: &str) -> serde_json::Value {
     agent.json(&["task", "show", id])
 }
 
+/// The task once it is no longer running; on a timeout, the task and the agent's log tail
+/// say where it stuck.
 fn wait_task(agent: &TestAgent, id: &str, timeout: Duration) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    wait_until(timeout, "the migration task to finish", || {
-        last = task_of(agent, id);
-        last["state"] != "running"
-    });
-    last
+    let deadline = Instant::now() + timeout;
+    loop {
+        let task = task_of(agent, id);
+        if task["state"] != "running" {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration task still runs after {timeout:?}: {task}\nagent log tail:\n{}",
+            tail(&agent.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The one QEMU running `vm_id` on the machine, and which agent's state directory it

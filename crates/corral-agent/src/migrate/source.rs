@@ -12,6 +12,8 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long a final `query-migrate` status without a total time may be the previous
 /// migration's (see `Driver::memory`).
 const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
+/// How long a `completed` migration may take to show QEMU's own total time and downtime.
+const FIGURES_GRACE: Duration = Duration::from_secs(2);
 /// A rollback must end: no monitor command in it waits longer than this.
 const ROLLBACK_QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The target is given up when it has not answered a heartbeat for this long.
@@ -474,6 +476,7 @@ impl Driver<'_> {
         // QEMU's previous migration (the one that brought the guest here, or a cancelled
         // one): taken as ours only with QEMU's total time, or after a grace period.
         let mut seen_start = false;
+        let mut completed_seen: Option<Instant> = None;
         loop {
             let info = MigrationInfo::parse(&self.q("query-migrate", json!({})).await?)
                 .map_err(|e| Error::internal(format!("unreadable query-migrate: {e}")))?;
@@ -485,6 +488,16 @@ impl Driver<'_> {
             if stale || info.status == MigrationStatus::None {
                 self.keep_going(task)?;
                 self.next_sample().await;
+                continue;
+            }
+            // QEMU announces `completed` before its migration thread computes the total time
+            // and downtime (it does once it holds the main lock again), and the MIGRATION
+            // event wakes us right into that window: ask again, briefly.
+            if info.status == MigrationStatus::Completed
+                && info.total_time.unwrap_or(0) == 0
+                && completed_seen.get_or_insert_with(Instant::now).elapsed() < FIGURES_GRACE
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
             self.sample(task, &info);
