@@ -14,6 +14,9 @@ const POLL: Duration = Duration::from_millis(500);
 const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
 /// How long a `completed` migration may take to show QEMU's own total time and downtime.
 const FIGURES_GRACE: Duration = Duration::from_secs(2);
+/// How long connecting to the target's disk export may take (QEMU's attempt blocks its
+/// monitor and the guest's I/O; see `Driver::mirror`).
+const NBD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A rollback must end: no monitor command in it waits longer than this.
 const ROLLBACK_QMP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The target is given up when it has not answered a heartbeat for this long.
@@ -55,27 +58,6 @@ pub struct Completed {
 
 fn qmp_err(what: &str) -> impl FnOnce(corral_qemu::qmp::QmpError) -> Error + '_ {
     move |e| Error::caused(e.kind(), what, e)
-}
-
-/// Fault injection for the tests: a line `NAME SECONDS` in `STATE_DIR/failpoints` makes the
-/// driver wait that long at the named point, so a test can kill or cut something in a phase
-/// it could not otherwise catch (`after-prepare`: the target is ready, nothing sent yet;
-/// `at-switchover`: with storage, the vCPUs are stopped before the switchover). Read each
-/// time, so no restart is needed; absent, it costs one failed `open`.
-async fn failpoint(host: &Host, name: &str) {
-    let Ok(text) = std::fs::read_to_string(host.layout.root.join("failpoints")) else {
-        return;
-    };
-    let secs = text.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        (w.next() == Some(name))
-            .then(|| w.next().and_then(|s| s.parse::<u64>().ok()))
-            .flatten()
-    });
-    if let Some(secs) = secs {
-        tracing::warn!(failpoint = name, secs, "migration held by a test failpoint");
-        tokio::time::sleep(Duration::from_secs(secs.min(120))).await;
-    }
 }
 
 /// Heartbeats to the target every second, in their own task.
@@ -221,12 +203,26 @@ pub async fn drive(
             figures,
         }),
         Err(e) => {
+            tracing::warn!(migration = %plan.migration_id, error = %e, "migration failed; rolling back");
             task.phase("rolling back: the VM stays on this host", 0.0);
+            let rolling_back = Instant::now();
             driver.rollback(was_paused).await;
             drop(beats);
             abort_target(&plan).await;
+            tracing::info!(migration = %plan.migration_id, took_ms = rolling_back.elapsed().as_millis() as u64, "rolled back");
             Err(e)
         }
+    }
+}
+
+/// Whether a TCP connection to `host:port` opens within `timeout`.
+async fn reachable(host: &str, port: u16, timeout: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(stream) => stream.map(drop),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection within {} s", timeout.as_secs()),
+        )),
     }
 }
 
@@ -288,6 +284,34 @@ impl Driver<'_> {
         }
     }
 
+    /// Fault injection for the tests: a line `NAME SECONDS` in `STATE_DIR/failpoints` holds
+    /// the driver that long at the named point, so a test can kill or cut something in a
+    /// phase it could not otherwise catch (`after-prepare`: the target is ready, nothing sent
+    /// yet; `at-switchover`: the vCPUs are stopped before the switchover). The hold watches
+    /// what a slow phase watches (cancel, the target's heartbeats, the deadline), so a fault
+    /// ends it as it would end real work. Read each time, so no restart is needed; absent,
+    /// it costs one failed `open`.
+    async fn failpoint(&self, task: &TaskHandle, name: &str) -> Result<(), Error> {
+        let Ok(text) = std::fs::read_to_string(self.plan.host.layout.root.join("failpoints"))
+        else {
+            return Ok(());
+        };
+        let secs = text.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name))
+                .then(|| w.next().and_then(|s| s.parse::<u64>().ok()))
+                .flatten()
+        });
+        let Some(secs) = secs else { return Ok(()) };
+        tracing::warn!(failpoint = name, secs, "migration held by a test failpoint");
+        let until = Instant::now() + Duration::from_secs(secs.min(120));
+        while Instant::now() < until {
+            self.keep_going(task)?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
     async fn q(&self, cmd: &str, args: serde_json::Value) -> Result<serde_json::Value, Error> {
         self.qmp
             .execute(cmd, args)
@@ -344,7 +368,7 @@ impl Driver<'_> {
             let dir = write_tls_dir(run_dir, &self.plan.pool, false)?;
             self.q("object-add", tls_object(&dir, "client")).await?;
         }
-        failpoint(&self.plan.host, "after-prepare").await;
+        self.failpoint(task, "after-prepare").await?;
         self.keep_going(task)?;
         if self.plan.request.with_storage {
             self.mirror(task, &host, tls).await?;
@@ -371,8 +395,10 @@ impl Driver<'_> {
             .ok_or_else(|| Error::internal("the target serves no NBD export"))?;
         for (device, _) in &self.answer.volumes {
             let node = format!("mig-{device}");
+            // `discard: unmap` lets the mirror write zeroes as zeroes (an NBD command, no
+            // data): without it QEMU copies and rate-limits a disk's holes like its data.
             let mut nbd = json!({
-                "driver": "nbd", "node-name": node,
+                "driver": "nbd", "node-name": node, "discard": "unmap",
                 "server": { "type": "inet", "host": host, "port": port.to_string() },
                 "export": device,
             });
@@ -382,7 +408,29 @@ impl Driver<'_> {
                     nbd["tls-hostname"] = json!(h);
                 }
             }
-            self.q("blockdev-add", nbd).await?;
+            // QEMU 7.2 connects an NBD node while it holds its main lock: the monitor and
+            // the guest's I/O wait for the connection. A target cut off would freeze the guest
+            // until TCP gives up, so this host tries the export first, and QEMU's own attempt
+            // is bounded (on a timeout the rollback's socket teardown frees QEMU).
+            reachable(host, port, NBD_CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| {
+                    Error::caused(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "host {:?}'s disk export at {host}:{port} is unreachable",
+                            self.plan.target_name
+                        ),
+                        e,
+                    )
+                })?;
+            self.qmp
+                .execute_timeout("blockdev-add", nbd, NBD_CONNECT_TIMEOUT)
+                .await
+                .map_err(qmp_err(&format!(
+                    "QEMU cannot reach host {:?}'s disk export",
+                    self.plan.target_name
+                )))?;
             self.mirrors.push(device.clone());
             let mut mirror = json!({
                 "job-id": node, "device": corral_qemu::argv::ids::disk_format_node(device),
@@ -523,7 +571,7 @@ impl Driver<'_> {
                     ))
                 }
                 MigrationStatus::PreSwitchover => {
-                    failpoint(&self.plan.host, "at-switchover").await;
+                    self.failpoint(task, "at-switchover").await?;
                     self.finish_mirrors().await?;
                     self.q("migrate-continue", json!({ "state": "pre-switchover" }))
                         .await?;
