@@ -94,6 +94,7 @@ pub const PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/v1/vms/{name}/migrate", Admin),
     ("POST", "/v1/vms/{name}/convert-to-template", Admin),
     ("GET", "/v1/vms/{name}/console", Operate),
+    ("GET", "/v1/vms/{name}/vnc/stream", Operate),
     // What the console printed (logins, passwords typed at a prompt): console content.
     ("GET", "/v1/vms/{name}/console/log", Operate),
     ("GET", "/v1/srs", Read),

@@ -252,6 +252,7 @@ pub fn operations() -> Vec<Op> {
         Op::delete("/v1/vms/{name}/nics/{device}", "Remove a NIC").ok::<VmTaskAnswer>(),
         Op::get("/v1/vms/{name}/history", "The VM's tasks, oldest first").ok::<Vec<Task>>(),
         Op::get("/v1/vms/{name}/console", "Serial console: send `Connection: upgrade`, `Upgrade: corral-console`; raw bytes both ways after 101").empty(101, "Switching to the raw console stream"),
+        Op::get("/v1/vms/{name}/vnc/stream", "Graphical console (the VM's VNC server, RFB): send `Connection: upgrade`, `Upgrade: corral-vnc`; raw bytes both ways after 101").empty(101, "Switching to the raw VNC stream"),
         Op::get("/v1/vms/{name}/console/log", "What the serial console printed since the VM started").octets(),
         Op::post("/v1/installs", "Create a VM and install an OS into it (task vm.install); with dry_run=true, only the plan: every check and the tree's detection, nothing created").body::<VmInstallRequest>().query("wait", "boolean", "true: answer when installed").query("dry_run", "boolean", "true: answer 200 with the InstallPlan, create nothing").accepted::<TaskAccepted>().ok_with(installed_or_plan),
         Op::post("/v1/vms/{name}/tools", "Insert the guest-tools ISO into the CD drive").ok::<VmTaskAnswer>(),

@@ -169,6 +169,7 @@ fn table() -> Routes<AppState> {
         )
         .route("/v1/vms/{name}/migrate", post(migrate_vm))
         .route("/v1/vms/{name}/console", get(console))
+        .route("/v1/vms/{name}/vnc/stream", get(vnc_stream))
         .route("/v1/vms/{name}/console/log", get(console_log))
         .route("/v1/srs", get(list_srs).post(create_sr))
         .route("/v1/isos", get(list_isos))
@@ -439,16 +440,7 @@ async fn console(
     Path(name): Path<String>,
     req: Request,
 ) -> Result<Response> {
-    let info = a.vm(&name)?.info();
-    if info.power_state == corral_model::PowerState::Halted {
-        return Err(ApiError::new(
-            corral_model::ErrorKind::InvalidState,
-            format!(
-                "VM {name:?} is halted; start it to use its console (or see `vm console --log`)"
-            ),
-        )
-        .into());
-    }
+    let info = running(&a, &name, "its console (or see `vm console --log`)")?;
     let socket = a.layout().run_dir(&info.id).join("serial.sock");
     let serial = tokio::net::UnixStream::connect(&socket)
         .await
@@ -460,21 +452,68 @@ async fn console(
                 ),
             )
         })?;
+    splice(req, serial, "corral-console")
+}
+
+/// `GET /v1/vms/{name}/vnc/stream`: the VM's VNC server (RFB) as a raw stream after an HTTP
+/// upgrade, for `corral vm vnc --listen`, which serves it on the user's machine. Through
+/// the pool's forwarding it reaches the VM on whichever member runs it.
+async fn vnc_stream(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response> {
+    let info = running(&a, &name, "its graphical console")?;
+    // QEMU's VNC server listens on this host's loopback only.
+    let addr: std::net::SocketAddr = info
+        .vnc
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .filter(|v: &std::net::SocketAddr| v.ip().is_loopback())
+        .ok_or_else(|| ApiError::internal(format!("VM {name:?} has no loopback VNC address")))?;
+    let vnc = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+        ApiError::new(
+            corral_model::ErrorKind::Busy,
+            format!("cannot connect to the graphical console of {name:?} at {addr}: {e}"),
+        )
+    })?;
+    let _ = vnc.set_nodelay(true);
+    splice(req, vnc, "corral-vnc")
+}
+
+/// The VM's record, if it runs; `what` names what needs it running.
+fn running(a: &AppState, name: &str, what: &str) -> Result<corral_model::VmInfo> {
+    let info = a.vm(name)?.info();
+    if info.power_state == corral_model::PowerState::Halted {
+        return Err(ApiError::new(
+            corral_model::ErrorKind::InvalidState,
+            format!("VM {name:?} is halted; start it to use {what}"),
+        )
+        .into());
+    }
+    Ok(info)
+}
+
+/// Answer 101 with `protocol` and copy bytes both ways between the upgraded connection and
+/// `stream` until either side closes.
+fn splice<S>(req: Request, mut stream: S, protocol: &'static str) -> Result<Response>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                let mut serial = serial;
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut serial).await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
             }
-            Err(e) => tracing::warn!(error = %e, "console upgrade failed"),
+            Err(e) => tracing::warn!(error = %e, protocol, "upgrade failed"),
         }
     });
     Ok(Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "corral-console")
+        .header(header::UPGRADE, protocol)
         .body(Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?)
 }

@@ -576,11 +576,26 @@ impl Client {
 
     /// Open the VM's serial console as a raw byte stream.
     pub async fn console(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        self.upgrade(&format!("/v1/vms/{}/console", seg(name)), "corral-console")
+            .await
+    }
+
+    /// The VM's VNC server (RFB) as a raw stream, wherever in the pool the VM runs.
+    pub async fn vnc(&self, name: &str) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        self.upgrade(&format!("/v1/vms/{}/vnc/stream", seg(name)), "corral-vnc")
+            .await
+    }
+
+    async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
         let mut sender = self.connect().await?;
         let req = self
-            .request(Method::GET, &format!("/v1/vms/{}/console", seg(name)))
+            .request(Method::GET, path)
             .header("connection", "upgrade")
-            .header("upgrade", "corral-console")
+            .header("upgrade", protocol)
             .body(Full::new(Bytes::new()))
             .map_err(proto)?;
         let resp = sender.send_request(req).await.map_err(proto)?;

@@ -78,6 +78,34 @@ fn wait_task(agent: &TestAgent, id: &str, timeout: Duration) -> serde_json::Valu
     }
 }
 
+/// The first bytes a VNC viewer gets from `corral vm vnc VM --listen 127.0.0.1:0` run
+/// against `agent`.
+fn vnc_greeting(agent: &TestAgent, vm: &str) -> String {
+    use std::io::{BufRead, Read};
+    let mut child = std::process::Command::new(corral_bin())
+        .arg("--connect")
+        .arg(&agent.socket)
+        .args(["--json", "vm", "vnc", vm, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let listen: serde_json::Value = serde_json::from_str(&line).expect("vm vnc --json");
+    let mut viewer = std::net::TcpStream::connect(listen["listen"].as_str().unwrap()).unwrap();
+    viewer
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = [0u8; 12];
+    let read = viewer.read_exact(&mut greeting);
+    let _ = child.kill();
+    let _ = child.wait();
+    read.expect("the VNC server's greeting");
+    String::from_utf8_lossy(&greeting).into_owned()
+}
+
 /// The one QEMU running `vm_id` on the machine, and which agent's state directory it
 /// belongs to (its pid file).
 fn single_qemu(vm_id: &str) -> u32 {
@@ -179,6 +207,10 @@ fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
         counts(&p.a, "mig1").iter().any(|n| *n > last_before),
         "the console through xen01 does not reach the guest on xen02"
     );
+    // So does the graphical console: `vm vnc --listen` on the member without the VM serves
+    // the VNC server of the guest on xen02 (its RFB greeting).
+    let greeting = vnc_greeting(&p.a, "mig1");
+    assert!(greeting.starts_with("RFB 003."), "{greeting:?}");
     // Nothing of it left on the source.
     assert!(!p.a.state_dir().join("run").join(&id).exists());
 

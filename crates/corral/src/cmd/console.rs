@@ -89,3 +89,52 @@ pub async fn attach(c: &Client, name: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `vm vnc NAME --listen ADDR`: a local TCP port whose every connection is the VM's VNC
+/// server, reached through the agent (and the pool's forwarding to the member that runs the
+/// VM, wherever a migration took it). Runs until interrupted.
+pub async fn serve_vnc(
+    c: &Client,
+    name: &str,
+    listen: std::net::SocketAddr,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {listen}: the console would be open to anyone who reaches that address (VNC has no password here); use a loopback address such as 127.0.0.1:5901, and an SSH tunnel from elsewhere"
+        );
+    }
+    let vm = c.show_vm(name).await?;
+    if vm.vnc.is_none() {
+        anyhow::bail!(
+            "VM {name:?} is {}; the graphical console exists while it runs",
+            vm.power_state
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    if json {
+        // One line: a script reads it and goes on while this keeps serving.
+        println!("{}", serde_json::json!({ "vm": name, "listen": addr.to_string() }));
+    } else {
+        println!("The graphical console of {name} is at {addr}; Ctrl-C to stop.");
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    loop {
+        let (mut viewer, peer) = listener.accept().await?;
+        let c = c.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            match c.vnc(&name).await {
+                Ok(mut vnc) => {
+                    let _ = viewer.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut viewer, &mut vnc).await;
+                }
+                Err(e) => eprintln!("cannot open the graphical console of {name} for {peer}: {e}"),
+            }
+        });
+    }
+}

@@ -166,8 +166,19 @@ pub enum VmCommand {
     /// Guest tools (paravirtual drivers) for the VM.
     #[command(subcommand)]
     Tools(ToolsCommand),
-    /// Where the graphical console listens (loopback only).
-    Vnc { name: String },
+    /// The graphical console (VNC). Without --listen: where it listens on the VM's host
+    /// (loopback only, for a viewer on that host). With --listen: serve it here, through
+    /// the agent, wherever in the pool the VM runs (it follows migrations):
+    /// `corral vm vnc web01 --listen 127.0.0.1:5901`, then `vncviewer 127.0.0.1:5901`.
+    /// Runs until interrupted (Ctrl-C).
+    Vnc {
+        name: String,
+        /// Loopback address to serve the console on (port 0: any free port, printed). VNC
+        /// here has no password of its own, so only loopback addresses are accepted; reach
+        /// it from elsewhere through an SSH tunnel.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Operations on this VM, oldest first.
     History { name: String },
     /// Measured load: current sample and p50/p95/max per metric at 5 s, 1 min and 1 h.
@@ -783,7 +794,11 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
                 crate::cmd::console::attach(c, &name).await?;
             }
         }
-        VmCommand::Vnc { name } => {
+        VmCommand::Vnc {
+            name,
+            listen: Some(addr),
+        } => crate::cmd::console::serve_vnc(c, &name, addr, json).await?,
+        VmCommand::Vnc { name, listen: None } => {
             let v = c.show_vm(&name).await?;
             match &v.vnc {
                 Some(addr) => {
