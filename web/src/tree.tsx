@@ -154,6 +154,7 @@ export function Tree({ selected, onSelect }: { selected: string | null; onSelect
                   style={style}
                   data-vm={r.vm.name}
                   data-state={s}
+                  data-host={r.vm.host ?? ""}
                   onClick={() => onSelect(r.vm.name)}
                 >
                   <span class={`icon ${s}`} title={s}>

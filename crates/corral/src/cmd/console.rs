@@ -117,7 +117,10 @@ pub async fn serve_vnc(
     let addr = listener.local_addr()?;
     if json {
         // One line: a script reads it and goes on while this keeps serving.
-        println!("{}", serde_json::json!({ "vm": name, "listen": addr.to_string() }));
+        println!(
+            "{}",
+            serde_json::json!({ "vm": name, "listen": addr.to_string() })
+        );
     } else {
         println!("The graphical console of {name} is at {addr}; Ctrl-C to stop.");
     }

@@ -1,0 +1,116 @@
+//! The web Administrator Console over a pool, end to end: a real 3-member etcd, two real
+//! agents, a counting guest under TCG on xen01, and real headless Chromium running
+//! `web/tests/pool.mjs` against xen01's web console: the tree heads each host's VMs, the
+//! Migrate action shows the pre-checks before the move, the tree follows the VM to xen02,
+//! the graphical console reconnects by itself to the VM on its new host within 3 s (through
+//! xen01, which forwards to xen02), and the text console shows the guest still counting.
+//!
+//! Needs what `console.rs` needs (`web/node_modules`, `chromium`). On failure the script
+//! leaves `failure.png` and `trace.zip` in `target/tmp/console-pool-e2e/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic
+
+mod common;
+#[path = "../../corral-store/src/etcd_cluster.rs"]
+mod etcd_cluster;
+#[path = "common/pool.rs"]
+mod pool_setup;
+
+use common::*;
+use pool_setup::*;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn the_console_follows_a_vm_across_a_migration_in_a_real_browser() {
+    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
+    assert!(
+        web.join("node_modules/playwright-core").is_dir(),
+        "web/node_modules is missing: run scripts/build-web.sh (npm ci from web/package-lock.json)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: run scripts/install-deps.sh --test (Debian package chromium)"
+    );
+    let p = start_pool();
+    wait_until(Duration::from_secs(15), "both members up", || {
+        hosts(&p.a).iter().filter(|(_, s)| s == "up").count() == 2
+    });
+    p.a.create_kernel_vm_cmdline(
+        "web1",
+        "console=tty0 console=ttyS0 no_timer_check corral.count",
+        &["--host", "xen01", "--disk", "16M,sr=shared1"],
+    );
+    p.a.ok(&["vm", "start", "web1"]);
+    p.a.wait_console("web1", "CORRAL-COUNT 2", 1, BOOT);
+    let url = p.a.json(&["host", "show", "xen01"])["address"]
+        .as_str()
+        .expect("xen01 serves an address")
+        .to_string();
+    let token = std::fs::read_to_string(p.a.state_dir().join("token")).unwrap();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-pool-e2e");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+
+    let mut child = Command::new("node")
+        .arg("tests/pool.mjs")
+        .current_dir(&web)
+        .env("CORRAL_URL", &url)
+        .env("CORRAL_TOKEN", token.trim())
+        .env("VM", "web1")
+        .env("OUT_DIR", &out)
+        .env("SHOTS_DIR", out.join("shots"))
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node (scripts/install-deps.sh --test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the browser test did not finish within 5 minutes; xen01's log tail:\n{}",
+                tail(&p.a.log(), 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut figures = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut figures)
+        .unwrap();
+    assert!(
+        status.success(),
+        "the browser test failed ({status}); see its output above and {}/failure.png, \
+         trace.zip; xen01's log tail:\n{}\nxen02's log tail:\n{}",
+        out.display(),
+        tail(&p.a.log(), 30),
+        tail(&p.b.log(), 30)
+    );
+    let figures: serde_json::Value = serde_json::from_str(figures.trim()).unwrap();
+    eprintln!("console pool e2e figures: {figures}");
+    assert!(figures["reconnect_after_migration_ms"].as_u64().unwrap() <= 3000);
+    // What the browser saw is what the pool says: the VM runs on xen02, once.
+    let v = p.b.vm("web1");
+    assert_eq!(
+        (v["host"].as_str(), v["power_state"].as_str()),
+        (Some("xen02"), Some("running")),
+        "{v}"
+    );
+    assert_eq!(qemus_of(v["id"].as_str().unwrap()).len(), 1);
+    // xen02's console log starts at the move: no boot in it, the count went on.
+    let log = p.b.console_log("web1");
+    let boots = log.lines().filter(|l| l.trim() == "CORRAL-COUNT 1").count();
+    assert!(boots == 0 && log.contains("CORRAL-COUNT"), "{log}");
+}
