@@ -159,39 +159,24 @@ export function streamEvents(
       controller = new AbortController();
       try {
         const q = last === null ? "" : `?since=${last}`;
-        const r = await fetch(`/v1/events${q}`, { credentials: "same-origin", signal: controller.signal });
-        if (r.status === 401) {
-          onUnauthorized();
-          return;
-        }
-        if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
-        onStatus(true);
-        // After a break with nothing seen, what happened meanwhile is unknown: reload.
-        if (!first && last === null) onGap();
-        first = false;
-        const reader = r.body.getReader();
-        const dec = new TextDecoder();
-        let buf = "";
         let checkGap = last !== null;
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buf += dec.decode(value, { stream: true });
-          let nl: number;
-          while ((nl = buf.indexOf("\n")) >= 0) {
-            const line = buf.slice(0, nl);
-            buf = buf.slice(nl + 1);
-            if (!line.trim()) continue;
-            const e = JSON.parse(line) as EventEnvelope;
-            if (checkGap && last !== null && e.seq > last + 1) onGap();
-            checkGap = false;
-            if (last !== null && e.seq <= last) continue;
-            last = e.seq;
-            onEvent(e);
-          }
-        }
-      } catch {
-        /* broken stream: fall through to the retry */
+        const gapAfterBreak = !first && last === null;
+        await followLines(`/v1/events${q}`, controller.signal, () => {
+          onStatus(true);
+          // After a break with nothing seen, what happened meanwhile is unknown: reload.
+          if (gapAfterBreak) onGap();
+          first = false;
+        }, (line) => {
+          const e = JSON.parse(line) as EventEnvelope;
+          if (checkGap && last !== null && e.seq > last + 1) onGap();
+          checkGap = false;
+          if (last !== null && e.seq <= last) return;
+          last = e.seq;
+          onEvent(e);
+        });
+      } catch (e) {
+        // Logged out: the login page takes over. Otherwise a broken stream: retry.
+        if (e instanceof ApiError && e.status === 401) return;
       }
       if (stopped) return;
       onStatus(false);
@@ -202,6 +187,40 @@ export function streamEvents(
     stopped = true;
     controller?.abort();
   };
+}
+
+/**
+ * Read a newline-delimited JSON stream (the event stream, a VM's statistics) until it ends or
+ * `signal` aborts: `opened` once the answer is there, `onLine` for each line. A 401 sends the
+ * page to its login; any other refusal throws.
+ */
+export async function followLines(
+  path: string,
+  signal: AbortSignal,
+  opened: () => void,
+  onLine: (line: string) => void,
+): Promise<void> {
+  const r = await fetch(path, { credentials: "same-origin", signal });
+  if (r.status === 401) {
+    onUnauthorized();
+    throw new ApiError(401, { kind: "unauthorized", message: "logged out" });
+  }
+  if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}`);
+  opened();
+  const reader = r.body.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += dec.decode(value, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      if (line.trim()) onLine(line);
+    }
+  }
 }
 
 export function fmtBytes(n: number | null | undefined): string {

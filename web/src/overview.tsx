@@ -2,7 +2,7 @@
 // halted VM, and charts of the agent's statistics.
 
 import { useEffect, useState } from "preact/hooks";
-import { api, fmtBytes, VmInfo } from "./api";
+import { api, ApiError, fmtBytes, followLines, VmInfo } from "./api";
 import { model } from "./state";
 import { useAction } from "./actions";
 
@@ -39,34 +39,57 @@ interface Sample {
   disk_write_bytes_per_s: number | null;
 }
 
+/** The last hour: minute points, then the 5 s samples newer than the last minute. */
+function lastHour(s: StatsDoc): Sample[] {
+  const minute = s.series.find((x) => x.resolution === "1m")?.points.slice(-60) ?? [];
+  const fine = s.series.find((x) => x.resolution === "5s")?.points ?? [];
+  const lastMinute = minute.length ? minute[minute.length - 1].at_ms : 0;
+  return [...minute, ...fine.filter((p) => p.at_ms > lastMinute)];
+}
+
+interface StatsDoc {
+  series: { resolution: string; points: Sample[] }[];
+  not_available: string[];
+}
+
+const HOUR_MS = 3_600_000;
+
 function Stats({ vm }: { vm: VmInfo }) {
   const [pts, setPts] = useState<Sample[]>([]);
   const [note, setNote] = useState("");
   useEffect(() => {
-    let alive = true;
-    // Statistics are sampled every 5 s by the agent and are not on the event bus, so this
-    // is the page's one periodic read (docs/console.md says so).
-    const load = async () => {
-      try {
-        const s = await api<{ series: { resolution: string; points: Sample[] }[]; not_available: string[] }>(
-          "GET",
-          `/v1/vms/${encodeURIComponent(vm.name)}/stats`,
-        );
-        if (!alive) return;
-        const minute = s.series.find((x) => x.resolution === "1m")?.points.slice(-60) ?? [];
-        const fine = s.series.find((x) => x.resolution === "5s")?.points ?? [];
-        const lastMinute = minute.length ? minute[minute.length - 1].at_ms : 0;
-        setPts([...minute, ...fine.filter((p) => p.at_ms > lastMinute)]);
-        setNote(s.not_available.join("; "));
-      } catch {
-        /* the VM went away */
+    // Pushed, not polled: `?follow=true` sends the statistics, then each new 5 s sample.
+    // The stream ends when the VM leaves the member that answers (a migration): ask again,
+    // and the pool forwards to the new one.
+    let stopped = false;
+    let controller: AbortController | null = null;
+    (async () => {
+      while (!stopped) {
+        controller = new AbortController();
+        let first = true;
+        try {
+          await followLines(`/v1/vms/${encodeURIComponent(vm.name)}/stats?follow=true`, controller.signal, () => {}, (line) => {
+            if (first) {
+              first = false;
+              const s = JSON.parse(line) as StatsDoc;
+              setPts(lastHour(s));
+              setNote(s.not_available.join("; "));
+            } else {
+              const p = JSON.parse(line) as Sample;
+              setPts((old) => [...old.filter((o) => o.at_ms > p.at_ms - HOUR_MS && o.at_ms < p.at_ms), p]);
+            }
+          });
+        } catch (e) {
+          // The VM went away, or the session ended.
+          if (e instanceof ApiError && e.status === 401) return;
+        }
+        if (stopped) return;
+        await new Promise((res) => setTimeout(res, 1000));
       }
-    };
-    load();
-    const t = setInterval(load, 5000);
+    })();
     return () => {
-      alive = false;
-      clearInterval(t);
+      stopped = true;
+      controller?.abort();
     };
   }, [vm.name]);
   const rate = (n: number) => `${fmtBytes(n)}/s`;

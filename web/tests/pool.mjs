@@ -7,7 +7,8 @@
 // xen01; the Migrate action shows the pre-checks and their result before anything moves; the
 // tree puts the VM under xen02 once the migration ends (pushed, not polled); the graphical
 // console reconnects by itself to the VM on its new host, through xen01, within 3 s; the text
-// console reaches the guest there and it is still counting (no restart).
+// console reaches the guest there and it is still counting (no restart); the Overview's charts
+// are fed by one pushed statistics stream, forwarded by xen01.
 //
 // Environment: CORRAL_URL (xen01's https://127.0.0.1:PORT), CORRAL_TOKEN, VM (the running
 // guest's name), OUT_DIR (trace and screenshot on failure), SHOTS_DIR. Prints one JSON line
@@ -132,6 +133,21 @@ try {
   const restart = after.findIndex((n, i) => i > 0 && n < after[i - 1]);
   if (restart >= 0) throw new Error(`the guest restarted: ${after.join(",")}`);
   log(`text console on xen02: counting on (${countedBefore} before the move, ${Math.max(...after)} now)`);
+
+  // The Overview's charts of the VM on xen02 are pushed: one stats request (a stream,
+  // forwarded by xen01), and new samples arrive on it.
+  const statsRequests = [];
+  page.on("request", (r) => r.url().includes("/stats") && statsRequests.push(r.url()));
+  await page.click("#tab-overview");
+  const chartPoints = () =>
+    page.evaluate(
+      () => (document.querySelector(".stats .chart polyline")?.getAttribute("points") ?? "").split(" ").filter(Boolean).length,
+    );
+  const firstPoints = await waitFor("the charts' first points", 40_000, async () => (await chartPoints()) || null);
+  await waitFor("a new sample pushed to the charts", 20_000, async () => (await chartPoints()) > firstPoints);
+  if (statsRequests.length !== 1 || !statsRequests[0].includes("follow=true"))
+    throw new Error(`the charts were not fed by one pushed stream: ${JSON.stringify(statsRequests)}`);
+  log(`charts: ${firstPoints} points, then more pushed on one stream`);
 
   await context.tracing.stop();
   await browser.close();

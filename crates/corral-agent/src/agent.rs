@@ -670,6 +670,23 @@ impl Agent {
         Ok(self.stats.vm_stats(&self.vm(name)?))
     }
 
+    /// `vm stats --follow`: the VM's statistics now, and its new samples as they are taken.
+    /// The receiver carries every VM's samples, each with its VM's id.
+    pub fn follow_vm_stats(
+        &self,
+        name: &str,
+    ) -> Result<
+        (
+            corral_model::stats::VmStats,
+            tokio::sync::broadcast::Receiver<(String, corral_model::stats::StatsSample)>,
+        ),
+        Error,
+    > {
+        // Subscribed first, so no sample falls between the document and the stream.
+        let rx = self.stats.follow();
+        Ok((self.stats.vm_stats(&self.vm(name)?), rx))
+    }
+
     /// `vm recommend-host`: the hosts rated for the VM's measured demand.
     pub fn recommend_host(
         &self,

@@ -313,9 +313,20 @@ impl VmSeries {
 }
 
 /// Statistics of every VM, by VM id.
-#[derive(Default)]
 pub struct Stats {
     vms: Mutex<HashMap<String, VmSeries>>,
+    /// Each new 5 s sample, with its VM's id, for the followers of `vm stats --follow`
+    /// and the web console's charts (pushed, never polled).
+    fresh: tokio::sync::broadcast::Sender<(String, StatsSample)>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            vms: Mutex::default(),
+            fresh: tokio::sync::broadcast::channel(256).0,
+        }
+    }
 }
 
 impl Stats {
@@ -473,7 +484,10 @@ async fn sample_all(agent: &Sampler) {
                 .and_then(|prev| rates(prev, &reading, ghz, ticks));
             series.last = Some(reading);
             match sample {
-                Some(s) => series.push(s).then(|| series.coarse.clone()),
+                Some(s) => {
+                    let _ = agent.stats.fresh.send((h.id.clone(), s.clone()));
+                    series.push(s).then(|| series.coarse.clone())
+                }
                 None => None,
             }
         };
@@ -492,6 +506,11 @@ async fn sample_all(agent: &Sampler) {
 }
 
 impl Stats {
+    /// New samples as they are taken (every VM's: the receiver picks by id).
+    pub fn follow(&self) -> tokio::sync::broadcast::Receiver<(String, StatsSample)> {
+        self.fresh.subscribe()
+    }
+
     /// `GET /v1/vms/{name}/stats` of the VM `h`.
     pub fn vm_stats(&self, h: &crate::vm::VmHandle) -> VmStats {
         let info = h.info();

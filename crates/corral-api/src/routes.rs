@@ -416,8 +416,54 @@ async fn vm_history(State(a): State<AppState>, Path(name): Path<String>) -> Resu
     Ok(Json(a.history(&name)?).into_response())
 }
 
-async fn vm_stats(State(a): State<AppState>, Path(name): Path<String>) -> Result<Response> {
-    Ok(Json(a.vm_stats(&name)?).into_response())
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// How often a follower with no new sample checks that the VM is still here.
+const STATS_FOLLOW_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /v1/vms/{name}/stats`: the VM's statistics. With `?follow=true`, newline-delimited
+/// JSON: that document first, then each new 5 s sample as it is taken, until the client goes
+/// away or the VM leaves this host (a migration: the client asks again and the pool forwards
+/// it to the new owner) or is deleted.
+async fn vm_stats(
+    State(a): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<StatsQuery>,
+) -> Result<Response> {
+    if !q.follow {
+        return Ok(Json(a.vm_stats(&name)?).into_response());
+    }
+    let id = a.vm(&name)?.id.clone();
+    let (doc, rx) = a.follow_vm_stats(&name)?;
+    let head = futures_util::stream::iter([ndjson_line(&doc)]);
+    let samples =
+        futures_util::stream::unfold((a, name, id, rx), |(a, name, id, mut rx)| async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match tokio::time::timeout(STATS_FOLLOW_CHECK, rx.recv()).await {
+                    Ok(Ok((vm, sample))) if vm == id => {
+                        return Some((ndjson_line(&sample), (a, name, id, rx)));
+                    }
+                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+                    Ok(Err(RecvError::Closed)) => return None,
+                    Err(_) => {
+                        if a.vm(&name).map(|h| h.id.clone()).ok().as_ref() != Some(&id) {
+                            return None;
+                        }
+                    }
+                }
+            }
+        });
+    use futures_util::StreamExt;
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(head.chain(samples)))
+        .map_err(|e| ApiError::internal(e.to_string()))?)
 }
 
 async fn vm_recommend_host(
@@ -623,6 +669,13 @@ struct EventsQuery {
     since: Option<u64>,
 }
 
+/// One line of a newline-delimited JSON stream.
+fn ndjson_line<T: serde::Serialize>(v: &T) -> std::result::Result<Bytes, std::io::Error> {
+    let mut out = serde_json::to_vec(v).unwrap_or_default();
+    out.push(b'\n');
+    Ok(Bytes::from(out))
+}
+
 /// Newline-delimited JSON events until the client goes away.
 async fn events(State(a): State<AppState>, Query(q): Query<EventsQuery>, who: Caller) -> Response {
     use futures_util::StreamExt;
@@ -636,15 +689,10 @@ async fn events(State(a): State<AppState>, Query(q): Query<EventsQuery>, who: Ca
         (Some(_), None) => false,
     };
     let backlog: Vec<_> = backlog.into_iter().filter(|e| visible(e)).collect();
-    let line = |e: &corral_model::event::EventEnvelope| {
-        let mut v = serde_json::to_vec(e).unwrap_or_default();
-        v.push(b'\n');
-        Ok::<_, std::io::Error>(Bytes::from(v))
-    };
-    let head = futures_util::stream::iter(backlog.iter().map(line).collect::<Vec<_>>());
+    let head = futures_util::stream::iter(backlog.iter().map(ndjson_line).collect::<Vec<_>>());
     let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| {
         let e = r.ok().filter(|e| visible(e));
-        async move { e.map(|e| line(&e)) }
+        async move { e.map(|e| ndjson_line(&e)) }
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use corral_model::api::*;
 use corral_model::event::EventEnvelope;
 use corral_model::host::*;
+use corral_model::stats::{StatsSample, VmStats};
 use corral_model::task::Task;
 use corral_model::{ApiError, VmInfo};
 use http_body_util::{BodyExt, Full};
@@ -546,15 +547,55 @@ impl Client {
         since: Option<u64>,
         mut f: impl FnMut(EventEnvelope) -> bool,
     ) -> Result<()> {
-        let mut sender = self.connect().await?;
         let path = match since {
             Some(s) => format!("/v1/events?since={s}"),
             None => "/v1/events".to_string(),
         };
+        self.follow_lines(&path, |line| {
+            serde_json::from_slice::<EventEnvelope>(line).map_or(true, &mut f)
+        })
+        .await
+    }
+
+    /// Follow a VM's statistics: `first` gets the document (history included), then
+    /// `sample` each new 5 s sample until it returns false. Ends when the VM leaves the
+    /// member that answers (a migration: ask again) or is deleted.
+    pub async fn follow_vm_stats(
+        &self,
+        name: &str,
+        first: impl FnOnce(VmStats),
+        mut sample: impl FnMut(StatsSample) -> bool,
+    ) -> Result<()> {
+        let mut first = Some(first);
+        self.follow_lines(
+            &format!("/v1/vms/{}/stats?follow=true", seg(name)),
+            |line| match first.take() {
+                Some(f) => {
+                    if let Ok(doc) = serde_json::from_slice::<VmStats>(line) {
+                        f(doc);
+                    }
+                    true
+                }
+                None => serde_json::from_slice::<StatsSample>(line).map_or(true, &mut sample),
+            },
+        )
+        .await
+    }
+
+    /// Read a newline-delimited stream, line by line, until `f` returns false or it ends.
+    async fn follow_lines(&self, path: &str, mut f: impl FnMut(&[u8]) -> bool) -> Result<()> {
+        let mut sender = self.connect().await?;
         let resp = sender
-            .send_request(self.build(Method::GET, &path, None)?)
+            .send_request(self.build(Method::GET, path, None)?)
             .await
             .map_err(proto)?;
+        if !resp.status().is_success() {
+            let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
+            let err = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| {
+                ApiError::internal(String::from_utf8_lossy(&bytes).into_owned())
+            });
+            return Err(err.into());
+        }
         let mut body = resp.into_body();
         let mut buf: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -563,10 +604,8 @@ impl Client {
                 buf.extend_from_slice(data);
                 while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buf.drain(..=pos).collect();
-                    if let Ok(ev) = serde_json::from_slice::<EventEnvelope>(&line) {
-                        if !f(ev) {
-                            return Ok(());
-                        }
+                    if !f(&line) {
+                        return Ok(());
                     }
                 }
             }

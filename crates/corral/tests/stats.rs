@@ -24,6 +24,37 @@ fn points(s: &Value, resolution: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The first `n` lines of `corral --json vm stats NAME --follow` (each within 20 s).
+fn follow_lines(a: &TestAgent, name: &str, n: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(corral_bin())
+        .arg("--connect")
+        .arg(&a.socket)
+        .args(["--json", "vm", "stats", name, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let lines: Vec<String> = (0..n)
+        .map_while(|_| rx.recv_timeout(Duration::from_secs(20)).ok())
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(lines.len(), n, "vm stats --follow printed {lines:?}");
+    lines
+}
+
 #[test]
 fn running_guest_is_measured_and_rated_and_halted_guest_has_no_current_sample() {
     // Disk bandwidth stated on the command line (it is only a typical figure otherwise).
@@ -75,6 +106,19 @@ fn running_guest_is_measured_and_rated_and_halted_guest_has_no_current_sample() 
         text.contains("not available: network traffic of nic0"),
         "{text}"
     );
+
+    // `--follow` pushes each new sample: the document, then samples newer than its current
+    // one, 5 s apart.
+    let lines = follow_lines(&a, "meter", 3);
+    let doc: Value = serde_json::from_str(&lines[0]).unwrap();
+    let at = |l: &str| {
+        serde_json::from_str::<Value>(l).unwrap()["at_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    let (s1, s2) = (at(&lines[1]), at(&lines[2]));
+    assert!(s1 > doc["current"]["at_ms"].as_u64().unwrap(), "{lines:?}");
+    assert!((4_000..=7_000).contains(&(s2 - s1)), "{lines:?}");
 
     // Measured profile: rated 0-5 with reasons.
     let r = a.json(&["vm", "recommend-host", "meter"]);

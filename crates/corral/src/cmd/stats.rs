@@ -55,6 +55,26 @@ fn value(s: &StatsSample, metric: &str) -> Option<f64> {
     }
 }
 
+/// One line per new sample (`vm stats --follow`): the time and every measured metric.
+pub fn print_sample(s: &StatsSample) {
+    let time = utc_hms(s.at_ms);
+    let fields: Vec<String> = METRICS
+        .iter()
+        .filter(|m| **m != "cpu_ghz")
+        .map(|m| match value(s, m) {
+            Some(v) => format!("{} {}", label(m), format_value(m, v)),
+            None => format!("{} n/a", label(m)),
+        })
+        .collect();
+    println!("{time}  {}", fields.join("  "));
+}
+
+/// `HH:MM:SS` (UTC) of a time in milliseconds since the epoch.
+fn utc_hms(ms: u64) -> String {
+    let secs = ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 pub fn print_stats(s: &VmStats) {
     match &s.current {
         Some(_) => println!(
@@ -136,4 +156,46 @@ pub fn print_recommendation(r: &HostRecommendation) {
             })
             .collect(),
     );
+}
+
+/// `vm stats NAME --follow`: the statistics, then each new sample, following the VM to the
+/// member that runs it after a migration (the stream ends there and is asked again).
+pub async fn follow(c: &corral_client::Client, name: &str, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut first = true;
+    let mut reader_gone = false;
+    loop {
+        let show_doc = std::mem::take(&mut first);
+        c.follow_vm_stats(
+            name,
+            |doc| {
+                if !show_doc {
+                    return;
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&doc).unwrap_or_default());
+                } else {
+                    print_stats(&doc);
+                    println!();
+                }
+            },
+            |sample| {
+                if json {
+                    println!("{}", serde_json::to_string(&sample).unwrap_or_default());
+                } else {
+                    print_sample(&sample);
+                }
+                reader_gone = std::io::stdout().flush().is_err();
+                !reader_gone
+            },
+        )
+        .await?;
+        if reader_gone {
+            return Ok(());
+        }
+        // The stream ended: the VM moved (ask again, the pool forwards) or is gone (the
+        // next request says so). A short pause keeps a flapping VM from spinning this.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        c.show_vm(name).await?;
+    }
 }

@@ -182,7 +182,14 @@ pub enum VmCommand {
     /// Operations on this VM, oldest first.
     History { name: String },
     /// Measured load: current sample and p50/p95/max per metric at 5 s, 1 min and 1 h.
-    Stats { name: String },
+    Stats {
+        name: String,
+        /// Then print each new sample as it is taken (every 5 s) until interrupted; it
+        /// follows the VM to another member after a migration. With --json: one document per
+        /// line, the statistics first, then each sample.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Rate the hosts 0-5 for this VM, with reasons (measured load, else its configuration).
     RecommendHost { name: String },
     /// Export a halted VM to an archive file (corral or OVA), with progress.
@@ -826,13 +833,19 @@ pub async fn run(c: &Client, cmd: VmCommand, json: bool) -> anyhow::Result<()> {
             let tasks = c.history(&name).await?;
             crate::cmd::misc::print_tasks(&tasks, json);
         }
-        VmCommand::Stats { name } => {
+        VmCommand::Stats {
+            name,
+            follow: false,
+        } => {
             let s = c.vm_stats(&name).await?;
             if json {
                 output::json(&s);
             } else {
                 crate::cmd::stats::print_stats(&s);
             }
+        }
+        VmCommand::Stats { name, follow: true } => {
+            crate::cmd::stats::follow(c, &name, json).await?
         }
         VmCommand::RecommendHost { name } => {
             let r = c.recommend_host(&name).await?;
