@@ -129,8 +129,9 @@ export interface Task {
 export interface EventEnvelope {
   seq: number;
   time_ms: number;
-  type: "vm_created" | "vm_deleted" | "vm_changed" | "power_state_changed" | "task_updated";
+  type: "vm_created" | "vm_deleted" | "vm_changed" | "power_state_changed" | "task_updated" | "host_changed";
   vm?: string;
+  host?: string;
   id?: string;
   from?: string;
   to?: string;

@@ -88,6 +88,22 @@ export class Model {
     this.changed();
   }
 
+  private hostsReload: ReturnType<typeof setTimeout> | null = null;
+
+  /** A member's state or load changed: read the hosts again (one read for a burst). */
+  private refreshHosts(): void {
+    if (this.hostsReload) return;
+    this.hostsReload = setTimeout(async () => {
+      this.hostsReload = null;
+      try {
+        this.inv = { ...this.inv, hosts: await api<HostSummary[]>("GET", "/v1/hosts") };
+        this.changed();
+      } catch {
+        /* the next event tries again */
+      }
+    }, 200);
+  }
+
   private async refreshVm(name: string): Promise<void> {
     try {
       const vm = await api<VmInfo>("GET", `/v1/vms/${encodeURIComponent(name)}`);
@@ -118,6 +134,9 @@ export class Model {
       case "vm_deleted":
         for (const [n, v] of this.vms) if (v.id === e.id || n === e.vm) this.vms.delete(n);
         this.changed();
+        break;
+      case "host_changed":
+        this.refreshHosts();
         break;
       case "task_updated":
         if (e.task) {

@@ -29,8 +29,8 @@ function buildRows(filter: string): Row[] {
   // arrived (or without pool routes), this host alone.
   const hosts = model.inv.hosts.length
     ? model.inv.hosts.map((h) => {
-        // Counts from the VMs the event stream keeps current; memory as the member last
-        // reported it when the page loaded.
+        // Counts from the VMs the event stream keeps current; state and memory as the
+        // member last published them (re-read on each host_changed event).
         const mine = vms.filter((v) => v.host === h.id && !v.is_template);
         const running = mine.filter((v) => v.power_state !== "halted").length;
         return {

@@ -8,7 +8,9 @@
 // tree puts the VM under xen02 once the migration ends (pushed, not polled); the graphical
 // console reconnects by itself to the VM on its new host, through xen01, within 3 s; the text
 // console reaches the guest there and it is still counting (no restart); the Overview's charts
-// are fed by one pushed statistics stream, forwarded by xen01.
+// are fed by one pushed statistics stream, forwarded by xen01; xen02 turns down in the tree when
+// its agent freezes and up again when it thaws (asked of the test process through files in
+// OUT_DIR: freeze-xen02, thaw-xen02).
 //
 // Environment: CORRAL_URL (xen01's https://127.0.0.1:PORT), CORRAL_TOKEN, VM (the running
 // guest's name), OUT_DIR (trace and screenshot on failure), SHOTS_DIR. Prints one JSON line
@@ -148,6 +150,19 @@ try {
   if (statsRequests.length !== 1 || !statsRequests[0].includes("follow=true"))
     throw new Error(`the charts were not fed by one pushed stream: ${JSON.stringify(statsRequests)}`);
   log(`charts: ${firstPoints} points, then more pushed on one stream`);
+
+  // A member that stops answering turns "down" in the tree, and "up" again when it is back,
+  // pushed (host_changed events): the test process freezes xen02's agent when asked to.
+  const hostDetail = (h) => page.locator(`.row.host[data-host="${h}"] .detail`).textContent();
+  fs.writeFileSync(path.join(OUT, "freeze-xen02"), "");
+  const frozen = Date.now();
+  await waitFor("xen02 down in the tree", 40_000, async () => /^down/.test(await hostDetail("xen02")));
+  figures.host_down_in_tree_ms = Date.now() - frozen;
+  fs.writeFileSync(path.join(OUT, "thaw-xen02"), "");
+  const thawed = Date.now();
+  await waitFor("xen02 up again in the tree", 40_000, async () => /^up/.test(await hostDetail("xen02")));
+  figures.host_up_in_tree_ms = Date.now() - thawed;
+  log(`xen02 down in the tree ${figures.host_down_in_tree_ms} ms after its agent froze (lease 10 s), up ${figures.host_up_in_tree_ms} ms after it thawed`);
 
   await context.tracing.stop();
   await browser.close();

@@ -30,6 +30,13 @@ pub enum Event {
     TaskUpdated {
         task: Box<Task>,
     },
+    /// A pool member came up, went down, joined, left or published its load (`GET
+    /// /v1/hosts` has the figures).
+    HostChanged {
+        /// The member's name (its id when the pool does not know it yet).
+        host: String,
+        id: String,
+    },
 }
 
 impl Event {
@@ -42,6 +49,7 @@ impl Event {
             | Event::VmChanged { vm, .. }
             | Event::PowerStateChanged { vm, .. } => Some(vm),
             Event::TaskUpdated { task } => task.vm_name.as_deref(),
+            Event::HostChanged { .. } => None,
         }
     }
 }

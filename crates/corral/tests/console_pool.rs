@@ -3,7 +3,8 @@
 //! `web/tests/pool.mjs` against xen01's web console: the tree heads each host's VMs, the
 //! Migrate action shows the pre-checks before the move, the tree follows the VM to xen02,
 //! the graphical console reconnects by itself to the VM on its new host within 3 s (through
-//! xen01, which forwards to xen02), and the text console shows the guest still counting.
+//! xen01, which forwards to xen02), the text console shows the guest still counting, the
+//! charts are pushed, and xen02 turns down and up in the tree as its agent freezes and thaws.
 //!
 //! Needs what `console.rs` needs (`web/node_modules`, `chromium`). On failure the script
 //! leaves `failure.png` and `trace.zip` in `target/tmp/console-pool-e2e/`.
@@ -68,10 +69,28 @@ fn the_console_follows_a_vm_across_a_migration_in_a_real_browser() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("run node (scripts/install-deps.sh --test installs it)");
+    // The script asks (a file in OUT_DIR) to freeze xen02's agent, then to thaw it. What the
+    // pool says about the VM is checked first: a frozen owner may fence its VMs.
+    let (freeze, thaw) = (out.join("freeze-xen02"), out.join("thaw-xen02"));
+    let mut frozen: Option<Thaw> = None;
     let deadline = Instant::now() + Duration::from_secs(300);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
+        }
+        if frozen.is_none() && freeze.exists() {
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                the_vm_runs_once_on_xen02(&p)
+            }));
+            if let Err(why) = checked {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::panic::resume_unwind(why);
+            }
+            frozen = Some(Thaw::freeze(p.b.pid()));
+        }
+        if thaw.exists() {
+            frozen.take();
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -101,7 +120,27 @@ fn the_console_follows_a_vm_across_a_migration_in_a_real_browser() {
     let figures: serde_json::Value = serde_json::from_str(figures.trim()).unwrap();
     eprintln!("console pool e2e figures: {figures}");
     assert!(figures["reconnect_after_migration_ms"].as_u64().unwrap() <= 3000);
-    // What the browser saw is what the pool says: the VM runs on xen02, once.
+}
+
+/// SIGSTOP of an agent until dropped (SIGCONT), so no exit path leaves it frozen.
+struct Thaw(u32);
+
+impl Thaw {
+    fn freeze(pid: u32) -> Thaw {
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        Thaw(pid)
+    }
+}
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// What the browser saw is what the pool says: the VM runs on xen02, once, and xen02's
+/// console log starts at the move.
+fn the_vm_runs_once_on_xen02(p: &Pool) {
     let v = p.b.vm("web1");
     assert_eq!(
         (v["host"].as_str(), v["power_state"].as_str()),

@@ -116,6 +116,14 @@ impl Pool {
 
     /// Apply one change to the view; `live` changes (not the initial load) also move actors
     /// and announce remote VMs' changes on this host's event bus.
+    /// Front ends re-read the hosts on this event (the web console's tree, `corral events`).
+    fn publish_host_changed(&self, id: &str) {
+        self.host.events.publish(Event::HostChanged {
+            host: self.name_of(id),
+            id: id.to_string(),
+        });
+    }
+
     pub(super) fn apply(self: &Pool, ev: &WatchEvent, live: bool) {
         let me = self.host.host_id.clone();
         if let Some(id) = ev.key.strip_prefix(keys::VMS) {
@@ -203,6 +211,9 @@ impl Pool {
                 tracing::warn!(host = %id, "a pool member's lease expired: it is down");
                 self.spawn_failover(id.to_string());
             }
+            if live {
+                self.publish_host_changed(id);
+            }
         } else if let Some(id) = ev.key.strip_prefix(keys::POOL_HOSTS) {
             let mut v = self.write();
             match &ev.change {
@@ -231,6 +242,11 @@ impl Pool {
                 Change::Delete => {
                     v.hosts.remove(id);
                 }
+            }
+            drop(v);
+            // After the view holds it: a page that reads the hosts on this event sees it.
+            if live {
+                self.publish_host_changed(id);
             }
         } else if let Some(name) = ev.key.strip_prefix(keys::POOL_SRS) {
             let mut v = self.write();

@@ -460,6 +460,7 @@ pub async fn events(c: &Client, a: EventsArgs, json: bool) -> anyhow::Result<()>
                     task.phase,
                     task.progress * 100.0
                 ),
+                Event::HostChanged { host, .. } => format!("host {host} changed"),
             };
             format!("{} #{} {what}", output::time(e.time_ms), e.seq)
         };
