@@ -335,6 +335,27 @@ try {
   await page.keyboard.press("ArrowUp");
   await page.locator(`.row.vm.selected[data-vm="${BIG}"]`).waitFor();
 
+  // ---- CD media from the ISO library, eject, the guest-tools ISO; then a template ----
+  await vmRow("web1-up").click();
+  await page.locator('[data-testid=vm-title]:has-text("web1-up")').waitFor();
+  await page.click("#tab-overview");
+  const overviewText = async () => (await page.locator("[data-testid=overview]").textContent()) ?? "";
+  await page.selectOption("#ov-iso", { label: "installer.iso" });
+  await page.click("#ov-iso-insert");
+  await waitFor("the CD inserted", 30_000, async () => /cdrom0: \S*installer\.iso/.test(await overviewText()));
+  await page.click("#act-cd-eject");
+  await waitFor("the CD ejected", 30_000, async () => /cdrom0: empty/.test(await overviewText()));
+  await page.click("#act-tools");
+  await waitFor("the guest-tools ISO inserted", 30_000, async () => /cdrom0: \S*virtio-win[^ ]*\.iso/.test(await overviewText()));
+  log("CD inserted from the ISO library, ejected, guest-tools ISO inserted");
+  await vmRow(`${BIG}-copy`).click();
+  await page.locator(`[data-testid=vm-title]:has-text("${BIG}-copy")`).waitFor();
+  await page.click("#act-template");
+  await waitFor("the copy turned into a template", 30_000, async () =>
+    (await vmRow(`${BIG}-copy`).locator(".icon").textContent()) === "❏" && (await page.locator("#act-start").isDisabled()),
+  );
+  log("the copy converted to a template: template icon, Start disabled");
+
   // ---- delete (confirmed), the tree follows ----
   await vmRow("web1").click();
   await page.click("#act-delete");

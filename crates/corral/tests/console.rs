@@ -7,7 +7,8 @@
 //! reboot (the guest boots again, the console stays), force off + start with the graphical
 //! console reconnecting by itself within 3 s, pause/resume, an Overview edit, shut down,
 //! export as a browser download and its upload as an import, a long export's progress bar
-//! moving and then cancelled from the History tab, a copy, delete, a linked clone, the install
+//! moving and then cancelled from the History tab, a copy, CD media inserted from the ISO
+//! library and ejected, the guest-tools ISO, the copy made a template, delete, a linked clone, the install
 //! wizard's detection of an install tree (a dry run: a missing disk refused first), logout (an
 //! open event stream ends with the session). This test then imports the browser's download
 //! back with the CLI.
@@ -65,6 +66,13 @@ fn administrator_console_in_a_real_browser() {
         "--disk",
         &format!(",from={}", image.display()),
     ]);
+    // The ISO library: the test installer's ISO as CD media, and a copy under the name the
+    // Tools ISO button looks for.
+    let isos = agent.state_dir().join("isos");
+    std::fs::create_dir_all(&isos).unwrap();
+    let installer_iso = g.dir.join("installer/installer.iso");
+    std::fs::copy(&installer_iso, isos.join("installer.iso")).unwrap();
+    std::fs::copy(&installer_iso, isos.join("virtio-win-test.iso")).unwrap();
     let token = std::fs::read_to_string(agent.state_dir().join("token")).unwrap();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-e2e");
     let _ = std::fs::remove_dir_all(&out);
@@ -148,7 +156,9 @@ fn administrator_console_in_a_real_browser() {
     agent.ok(&["vm", "poweroff", "web1-back"]);
     // What the browser deleted is gone; the copy it made exists.
     assert!(!agent.ok(&["vm", "list"]).contains("web1 "));
-    agent.vm("big-copy");
+    assert_eq!(agent.vm("big-copy")["is_template"], true);
+    let cd = agent.vm("web1-up")["cdroms"][0]["media"].to_string();
+    assert!(cd.contains("virtio-win-test.iso"), "{cd}");
     assert_eq!(agent.vm("web1-up")["description"], "made in the browser");
     agent.vm("big-clone");
 }
