@@ -359,11 +359,7 @@ impl Migrations {
                 .await;
             return;
         }
-        let abort = format!("/v1/pool/migrations/{}/abort", m.migration_id);
-        let _ = self
-            .pool
-            .call::<serde_json::Value>(&m.target_id, &abort, &json!({}), Duration::from_secs(5))
-            .await;
+        source::tell_target_to_abort(&self.pool, &m.target_id, &m.migration_id).await;
         SourceMarker::remove(&run_dir);
         if stopped && !m.was_paused {
             tracing::info!(vm = %name, "resuming a guest whose migration was interrupted by an agent restart");

@@ -229,10 +229,14 @@ async fn reachable(host: &str, port: u16, timeout: Duration) -> std::io::Result<
 /// Tell the target to drop its half (best effort: it also does so by itself when the
 /// heartbeats stop).
 async fn abort_target(plan: &Plan) {
-    let path = format!("/v1/pool/migrations/{}/abort", plan.migration_id);
-    let _ = plan
-        .pool
-        .call::<serde_json::Value>(&plan.target_id, &path, &json!({}), Duration::from_secs(5))
+    tell_target_to_abort(&plan.pool, &plan.target_id, &plan.migration_id).await;
+}
+
+/// Ask member `target_id` to drop its half of `migration_id` (best effort, 5 s at most).
+pub(super) async fn tell_target_to_abort(pool: &Pool, target_id: &str, migration_id: &str) {
+    let path = format!("/v1/pool/migrations/{migration_id}/abort");
+    let _ = pool
+        .call::<serde_json::Value>(target_id, &path, &json!({}), Duration::from_secs(5))
         .await;
 }
 
