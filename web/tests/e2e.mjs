@@ -9,7 +9,7 @@
 // screens). Prints one JSON line of measured figures on success; exits 1 on failure.
 // Every wait has a timeout.
 
-import { chromium } from "playwright-core";
+import { canvasStats as canvasStatsOf, openBrowser, waitFor as waitForOn } from "./lib.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -34,20 +34,7 @@ const figures = {};
 const t0 = Date.now();
 const log = (m) => process.stderr.write(`[e2e +${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  // Root in CI: Chromium's sandbox needs user namespaces it may not have.
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-  timeout: 60_000,
-});
-const context = await browser.newContext({
-  ignoreHTTPSErrors: true, // the agent's certificate is self-signed (clients pin it)
-  acceptDownloads: true,
-  viewport: { width: 1400, height: 900 },
-});
-await context.tracing.start({ screenshots: true, snapshots: true });
-const page = await context.newPage();
-page.setDefaultTimeout(30_000);
+const { browser, context, page } = await openBrowser({ acceptDownloads: true });
 const consoleErrors = [];
 page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
 page.on("pageerror", (e) => consoleErrors.push(String(e)));
@@ -58,31 +45,8 @@ page.on("dialog", (d) => (d.type() === "prompt" ? d.accept(promptAnswer) : d.acc
 const shot = (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 const vmRow = (name) => page.locator(`.row.vm[data-vm="${name}"]`);
 
-async function waitFor(what, timeoutMs, f) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await page.waitForTimeout(100);
-  }
-}
-
-/** Non-background pixels and distinct colours of the noVNC canvas. */
-const canvasStats = () =>
-  page.evaluate(() => {
-    const c = document.querySelector(".vnc-screen canvas");
-    if (!c || !c.width || !c.height) return { lit: 0, colours: 0, w: 0, h: 0 };
-    const ctx = c.getContext("2d");
-    const d = ctx.getImageData(0, 0, c.width, c.height).data;
-    let lit = 0;
-    const colours = new Set();
-    for (let i = 0; i < d.length; i += 4 * 7) {
-      if (d[i] + d[i + 1] + d[i + 2] > 60) lit++;
-      if (colours.size < 64) colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
-    }
-    return { lit, colours: colours.size, w: c.width, h: c.height };
-  });
+const waitFor = (what, timeoutMs, f) => waitForOn(page, what, timeoutMs, f);
+const canvasStats = () => canvasStatsOf(page);
 
 try {
   // ---- login: a wrong token is refused, the right one lets in ----

@@ -16,7 +16,7 @@
 // guest's name), OUT_DIR (trace and screenshot on failure), SHOTS_DIR. Prints one JSON line
 // of measured figures on success; exits 1 on failure. Every wait has a timeout.
 
-import { chromium } from "playwright-core";
+import { canvasStats, openBrowser, waitFor as waitForOn } from "./lib.mjs";
 import fs from "node:fs";
 import path from "node:path";
 
@@ -37,15 +37,7 @@ const figures = {};
 const t0 = Date.now();
 const log = (m) => process.stderr.write(`[pool +${((Date.now() - t0) / 1000).toFixed(1)}s] ${m}\n`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-dev-shm-usage"],
-  timeout: 60_000,
-});
-const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1400, height: 900 } });
-await context.tracing.start({ screenshots: true, snapshots: true });
-const page = await context.newPage();
-page.setDefaultTimeout(30_000);
+const { browser, context, page } = await openBrowser();
 // The Migrate action asks for the target (prompt), then shows the pre-checks (confirm).
 const dialogs = [];
 page.on("dialog", (d) => {
@@ -56,25 +48,8 @@ page.on("dialog", (d) => {
 const vmRow = (name) => page.locator(`.row.vm[data-vm="${name}"]`);
 const vncStatus = () => page.locator("[data-testid=vnc-status]");
 
-async function waitFor(what, timeoutMs, f) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await f();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await page.waitForTimeout(100);
-  }
-}
-
-const canvasLit = () =>
-  page.evaluate(() => {
-    const c = document.querySelector(".vnc-screen canvas");
-    if (!c || !c.width || !c.height) return 0;
-    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-    let lit = 0;
-    for (let i = 0; i < d.length; i += 4 * 7) if (d[i] + d[i + 1] + d[i + 2] > 60) lit++;
-    return lit;
-  });
+const waitFor = (what, timeoutMs, f) => waitForOn(page, what, timeoutMs, f);
+const canvasLit = async () => (await canvasStats(page)).lit;
 
 /** The guest's counts in the text console, in order. */
 const counts = async () =>

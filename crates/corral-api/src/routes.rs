@@ -510,7 +510,15 @@ async fn vnc_stream(
     req: Request,
 ) -> Result<Response> {
     let info = running(&a, &name, "its graphical console")?;
-    // QEMU's VNC server listens on this host's loopback only.
+    splice(req, connect_vnc(&info).await?, "corral-vnc")
+}
+
+/// A connection to the VM's VNC server, which QEMU keeps on this host's loopback only (the
+/// CLI's stream and the browser's websocket both go through here).
+pub(crate) async fn connect_vnc(
+    info: &corral_model::VmInfo,
+) -> std::result::Result<tokio::net::TcpStream, ApiError> {
+    let name = &info.name;
     let addr: std::net::SocketAddr = info
         .vnc
         .as_deref()
@@ -524,7 +532,7 @@ async fn vnc_stream(
         )
     })?;
     let _ = vnc.set_nodelay(true);
-    splice(req, vnc, "corral-vnc")
+    Ok(vnc)
 }
 
 /// The VM's record, if it runs; `what` names what needs it running.

@@ -20,12 +20,13 @@
 //! the ones in docs/console.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 use common::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -40,16 +41,6 @@ fn random_image(path: &Path, bytes: u64) {
 
 #[test]
 fn administrator_console_in_a_real_browser() {
-    let web = repo_root().join("web");
-    assert!(
-        web.join("node_modules/playwright-core").is_dir(),
-        "web/node_modules is missing: run scripts/build-web.sh (npm ci from web/package-lock.json)"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: run scripts/install-deps.sh --test (Debian package chromium)"
-    );
     let g = guest();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -88,55 +79,27 @@ fn administrator_console_in_a_real_browser() {
         })
         .unwrap_or_else(|_| out.join("shots"));
 
-    let mut child = Command::new("node")
-        .arg("tests/e2e.mjs")
-        .current_dir(&web)
-        .env("CORRAL_URL", format!("https://{listen}"))
-        .env("CORRAL_TOKEN", token.trim())
-        .env("GUEST_KERNEL", &g.kernel)
-        .env("GUEST_INITRD", &g.initrd)
-        .env("BIG_VM", "big")
-        .env("INSTALL_TREE", g.dir.join("installer/tree"))
-        .env("OUT_DIR", &out)
-        .env("SHOTS_DIR", &shots)
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run node (scripts/install-deps.sh --test installs it)");
-    // The whole browser run takes about a minute here; a hung one is killed.
-    let deadline = Instant::now() + Duration::from_secs(420);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the browser test did not finish within 7 minutes; agent log tail:\n{}",
-                tail(&agent.log(), 40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut figures = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut figures)
-        .unwrap();
-    assert!(
-        status.success(),
-        "the browser test failed ({status}); see its output above and {}/failure.png, \
-         trace.zip; agent log tail:\n{}",
-        out.display(),
-        tail(&agent.log(), 40)
+    let (url, tree) = (
+        format!("https://{listen}"),
+        g.dir.join("installer/tree").display().to_string(),
     );
-    let figures: serde_json::Value = serde_json::from_str(figures.trim()).unwrap();
-    eprintln!("console e2e figures: {figures}");
+    // The whole browser run takes about a minute here; a hung one is killed.
+    let figures = browser::run_script(
+        "e2e.mjs",
+        &[
+            ("CORRAL_URL", url.as_str()),
+            ("CORRAL_TOKEN", token.trim()),
+            ("GUEST_KERNEL", &g.kernel.display().to_string()),
+            ("GUEST_INITRD", &g.initrd.display().to_string()),
+            ("BIG_VM", "big"),
+            ("INSTALL_TREE", tree.as_str()),
+            ("SHOTS_DIR", &shots.display().to_string()),
+        ],
+        &out,
+        Duration::from_secs(420),
+        |_| {},
+        || format!("agent log tail:\n{}", tail(&agent.log(), 40)),
+    );
     assert!(figures["reconnect_after_restart_ms"].as_u64().unwrap() <= 3000);
 
     // The browser's export download imports back with the CLI and boots the same way.

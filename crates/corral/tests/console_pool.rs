@@ -10,6 +10,8 @@
 //! leaves `failure.png` and `trace.zip` in `target/tmp/console-pool-e2e/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 #[path = "../../corral-store/src/etcd_cluster.rs"]
 mod etcd_cluster;
@@ -18,23 +20,11 @@ mod pool_setup;
 
 use common::*;
 use pool_setup::*;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn the_console_follows_a_vm_across_a_migration_in_a_real_browser() {
-    let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web");
-    assert!(
-        web.join("node_modules/playwright-core").is_dir(),
-        "web/node_modules is missing: run scripts/build-web.sh (npm ci from web/package-lock.json)"
-    );
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: run scripts/install-deps.sh --test (Debian package chromium)"
-    );
     let p = start_pool();
     wait_until(Duration::from_secs(15), "both members up", || {
         hosts(&p.a).iter().filter(|(_, s)| s == "up").count() == 2
@@ -55,70 +45,45 @@ fn the_console_follows_a_vm_across_a_migration_in_a_real_browser() {
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
 
-    let mut child = Command::new("node")
-        .arg("tests/pool.mjs")
-        .current_dir(&web)
-        .env("CORRAL_URL", &url)
-        .env("CORRAL_TOKEN", token.trim())
-        .env("VM", "web1")
-        .env("OUT_DIR", &out)
-        .env("SHOTS_DIR", out.join("shots"))
-        .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run node (scripts/install-deps.sh --test installs it)");
     // The script asks (a file in OUT_DIR) to freeze xen02's agent, then to thaw it. What the
     // pool says about the VM is checked first: a frozen owner may fence its VMs.
     let (freeze, thaw) = (out.join("freeze-xen02"), out.join("thaw-xen02"));
     let mut frozen: Option<Thaw> = None;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if frozen.is_none() && freeze.exists() {
-            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                the_vm_runs_once_on_xen02(&p)
-            }));
-            if let Err(why) = checked {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::panic::resume_unwind(why);
+    let shots = out.join("shots").display().to_string();
+    let figures = browser::run_script(
+        "pool.mjs",
+        &[
+            ("CORRAL_URL", url.as_str()),
+            ("CORRAL_TOKEN", token.trim()),
+            ("VM", "web1"),
+            ("SHOTS_DIR", shots.as_str()),
+        ],
+        &out,
+        Duration::from_secs(300),
+        |child| {
+            if frozen.is_none() && freeze.exists() {
+                let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    the_vm_runs_once_on_xen02(&p)
+                }));
+                if let Err(why) = checked {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    std::panic::resume_unwind(why);
+                }
+                frozen = Some(Thaw::freeze(p.b.pid()));
             }
-            frozen = Some(Thaw::freeze(p.b.pid()));
-        }
-        if thaw.exists() {
-            frozen.take();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the browser test did not finish within 5 minutes; xen01's log tail:\n{}",
-                tail(&p.a.log(), 40)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut figures = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut figures)
-        .unwrap();
-    assert!(
-        status.success(),
-        "the browser test failed ({status}); see its output above and {}/failure.png, \
-         trace.zip; xen01's log tail:\n{}\nxen02's log tail:\n{}",
-        out.display(),
-        tail(&p.a.log(), 30),
-        tail(&p.b.log(), 30)
+            if thaw.exists() {
+                frozen.take();
+            }
+        },
+        || {
+            format!(
+                "xen01's log tail:\n{}\nxen02's log tail:\n{}",
+                tail(&p.a.log(), 30),
+                tail(&p.b.log(), 30)
+            )
+        },
     );
-    let figures: serde_json::Value = serde_json::from_str(figures.trim()).unwrap();
-    eprintln!("console pool e2e figures: {figures}");
     assert!(figures["reconnect_after_migration_ms"].as_u64().unwrap() <= 3000);
 }
 

@@ -132,19 +132,7 @@ pub async fn vnc_ws(
         end,
         issuer,
     } = admit(&agent, &web, &name, &q, &headers, ws, ConsoleKind::Vnc)?;
-    let addr: std::net::SocketAddr = info
-        .vnc
-        .as_deref()
-        .and_then(|a| a.parse().ok())
-        .filter(|a: &std::net::SocketAddr| a.ip().is_loopback())
-        .ok_or_else(|| ApiError::internal(format!("VM {name:?} has no loopback VNC address")))?;
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
-        ApiError::new(
-            ErrorKind::Busy,
-            format!("cannot connect to the graphical console of {name:?} at {addr}: {e}"),
-        )
-    })?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = crate::routes::connect_vnc(&info).await?;
     let resp = ws.on_upgrade(move |socket| async move {
         let (r, w) = tcp.into_split();
         bridge(socket, Vec::new(), r, w, end).await;
