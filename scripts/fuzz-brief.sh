@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Run the archive readers' fuzz targets briefly (CI does this after the tests): the native
-# archive reader, the OVF parser and the XVA reader, each for FUZZ_SECONDS (default 15) from the
-# seed corpus. A crash, timeout or out-of-memory fails the script and leaves the input in
-# crates/corral-archive/fuzz/artifacts/. See crates/corral-archive/fuzz/README.md.
+# Run the fuzz targets briefly (CI does this after the tests): the native archive reader, the
+# OVF parser, the XVA reader, every API request body and the console handshake, each for
+# FUZZ_SECONDS (default 15) from the seed corpus. A crash, timeout or out-of-memory fails the
+# script and leaves the input in crates/corral-archive/fuzz/artifacts/. See crates/corral-archive/fuzz/README.md.
 #
 # cargo-fuzz needs nightly compiler flags: with a nightly toolchain installed it is used,
 # otherwise the stable compiler runs with RUSTC_BOOTSTRAP=1 (same flags, same libFuzzer).
@@ -22,7 +22,7 @@ fi
 cargo run --quiet --release --bin gen-seeds >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in native_reader ovf_parser xva_reader; do
+for target in native_reader ovf_parser xva_reader api_bodies console_handshake; do
   echo "fuzz: $target for ${SECONDS_EACH}s" >&2
   if ! "${FUZZ[@]}" run -O "$target" -- -max_total_time="$SECONDS_EACH" -max_len=65536 \
       -detect_leaks=0 >"$log" 2>&1; then

@@ -27,19 +27,13 @@ use bytes::Bytes;
 use corral_agent::Agent;
 use corral_model::{ApiError, ErrorKind, PowerState, VmInfo};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// At most this much of the serial log is replayed into a new text console.
 pub const SCROLLBACK_MAX: u64 = 1 << 20;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TicketQuery {
-    #[serde(default)]
-    ticket: Option<String>,
-}
+pub use super::handshake::TicketQuery;
 
 /// Whether the console `kind` of this VM can be opened now; the error says why not.
 pub fn check_available(info: &VmInfo, kind: ConsoleKind) -> Result<(), ApiError> {

@@ -22,6 +22,7 @@
 
 pub mod assets;
 pub mod console_ws;
+pub mod handshake;
 
 use crate::auth::{Gate, Identity, Peer};
 use crate::routes::{Body_, Failure};
@@ -163,22 +164,7 @@ fn random_hex(bytes: usize) -> Result<String, ApiError> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-fn ct_eq(a: &str, b: &str) -> bool {
-    use subtle::ConstantTimeEq;
-    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
-
-/// The value of cookie `name` in a request's `Cookie` headers.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().to_string())
-}
+pub use handshake::cookie;
 
 impl Web {
     pub fn new() -> Arc<Self> {
@@ -317,28 +303,23 @@ impl Web {
             ));
         };
         let taken = self.tickets().remove(ticket);
-        let Some(t) = taken else {
-            return Err(unauthorized("unknown or already used console ticket"));
-        };
-        if t.expires <= Instant::now() {
-            return Err(unauthorized("the console ticket expired (they last 30 s)"));
-        }
-        if t.vm_id != vm_id || t.kind != kind {
-            return Err(unauthorized(
-                "the console ticket was issued for another VM or console",
-            ));
-        }
-        let Some(session) = &t.session else {
-            return Ok((None, t.issuer));
-        };
-        match self.session_of(headers) {
-            Some(s) if ct_eq(&s.id, session) => Ok((Some(s.end), t.issuer)),
-            Some(_) => Err(unauthorized(
-                "the console ticket belongs to another browser session",
-            )),
-            None => Err(unauthorized(
-                "the browser session of this console ticket has ended; log in again",
-            )),
+        // The cookie's session, if it is live; the ticket's own session end comes with it.
+        let live = self.session_of(headers);
+        handshake::admit(
+            taken.as_ref().map(|t| handshake::Issued {
+                session: t.session.as_deref(),
+                vm_id: &t.vm_id,
+                kind: t.kind,
+                expired: t.expires <= Instant::now(),
+            }),
+            vm_id,
+            kind,
+            live.as_ref().map(|s| s.id.as_str()),
+        )
+        .map_err(unauthorized)?;
+        match taken {
+            Some(t) => Ok((t.session.as_ref().and(live).map(|s| s.end), t.issuer)),
+            None => Err(unauthorized("unknown or already used console ticket")),
         }
     }
 }

@@ -106,5 +106,41 @@ fn main() {
         .unwrap();
     }
     std::fs::create_dir_all("corpus/xva_reader").unwrap();
+    // API bodies: the first byte picks the type (fuzz_targets/api_bodies.rs), then JSON of
+    // the shape the CLI sends.
+    std::fs::create_dir_all("corpus/api_bodies").unwrap();
+    let bodies: [(u8, &str); 8] = [
+        (0, r#"{"name":"web01","vcpus":2,"memory_bytes":268435456,"disks":[{"size_bytes":1073741824}],"nics":[{"network":"default"}]}"#),
+        (1, r#"{"description":"made by hand","memory_bytes":536870912,"cpu_weight":512}"#),
+        (3, r#"{"force":true}"#),
+        (5, r#"{"size_bytes":1073741824,"sr":"default"}"#),
+        (6, r#"{"network":"lan","mac":"52:54:00:12:34:56"}"#),
+        (11, r#"{"to":"xen02","live":true,"with_storage":true,"max_downtime_ms":300}"#),
+        (12, r#"{"to":"auto"}"#),
+        (13, r#"{"name":"ops","role":"operator","vms":"web*","expires_in_secs":2592000}"#),
+    ];
+    for (i, (pick, json)) in bodies.iter().enumerate() {
+        let mut seed = vec![*pick];
+        seed.extend_from_slice(json.as_bytes());
+        std::fs::write(format!("corpus/api_bodies/seed{i}"), seed).unwrap();
+    }
+    // The console handshake: flags, then query, Cookie header, the ticket's session, its VM
+    // and the VM asked for, separated by 0xFF (fuzz_targets/console_handshake.rs).
+    std::fs::create_dir_all("corpus/console_handshake").unwrap();
+    let handshakes: [(u8, &str, &str, &str, &str, &str); 3] = [
+        (0b0_0011, "ticket=ab12", "corral_session=s1; other=x", "s1", "vm-1", "vm-1"),
+        (0b1_1001, "ticket=", "", "", "vm-1", "vm-2"),
+        (0b0_0111, "ticket=ab12&x=1", "corral_session=s2", "s1", "vm-1", "vm-1"),
+    ];
+    for (i, (flags, query, cookie, session, issued_vm, asked_vm)) in handshakes.iter().enumerate() {
+        let mut seed = vec![*flags];
+        for (n, field) in [query, cookie, session, issued_vm, asked_vm].iter().enumerate() {
+            if n > 0 {
+                seed.push(0xFF);
+            }
+            seed.extend_from_slice(field.as_bytes());
+        }
+        std::fs::write(format!("corpus/console_handshake/seed{i}"), seed).unwrap();
+    }
     println!("seeds written; add XVA seeds with ../tests/xva-writer/make_xva.py");
 }
