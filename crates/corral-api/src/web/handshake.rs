@@ -64,6 +64,8 @@ pub fn admit<K: PartialEq>(
         (None, _) => Ok(()),
         (Some(s), Some(p)) if ct_eq(s, p) => Ok(()),
         (Some(_), Some(_)) => Err("the console ticket belongs to another browser session"),
-        (Some(_), None) => Err("the browser session of this console ticket has ended; log in again"),
+        (Some(_), None) => {
+            Err("the browser session of this console ticket has ended; log in again")
+        }
     }
 }
