@@ -366,6 +366,9 @@ async fn startup_errors_carry_qemu_stderr() {
         tpm_socket: None,
         daemonize: true,
         incoming: false,
+        sandbox: false,
+        identity: None,
+        listen_fds: None,
     })
     .expect("argv");
     let err = process::spawn_daemonized(
