@@ -14,6 +14,7 @@ pub mod answers;
 pub mod auth;
 pub mod cgroup;
 mod clock;
+pub mod confine;
 pub mod config;
 pub mod context;
 pub mod error;
