@@ -301,7 +301,9 @@ fn revoke_entries(ledger: &Ledger) {
 /// umask. Directories keep their modes: what a VM may pass through is granted per launch.
 pub fn secure_state(root: &Path, extra_dirs: &[PathBuf]) {
     let mut dirs: Vec<(PathBuf, bool)> = vec![(root.to_path_buf(), false)];
-    for sub in ["nvram", "seeds", "tpm", "install", "run", "tls", "pool", "srs"] {
+    for sub in [
+        "nvram", "seeds", "tpm", "install", "run", "tls", "pool", "srs",
+    ] {
         dirs.push((root.join(sub), true));
     }
     dirs.extend(extra_dirs.iter().map(|d| (d.clone(), true)));
@@ -319,8 +321,15 @@ fn tighten(dir: &Path, recursive: bool, depth: usize) {
             continue;
         };
         if md.is_file() && md.mode() & 0o077 != 0 {
-            let mode = md.mode() & 0o7700;
-            let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
+            // With an ACL the group bits are its mask: clearing them would silence the
+            // entries of a running VM's QEMU. Its named entries are the grants; only
+            // "others" go.
+            let has_acl = read_acl(&e.path()).is_ok_and(|a| a.iter().any(|e| e.tag == TAG_MASK));
+            let keep = if has_acl { 0o7770 } else { 0o7700 };
+            let mode = md.mode() & keep;
+            if mode != md.mode() & 0o7777 {
+                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
+            }
         } else if md.is_dir() && recursive && depth < 4 {
             tighten(&e.path(), recursive, depth + 1);
         }
@@ -432,7 +441,10 @@ fn edit_acl(mut entries: Vec<AclEntry>, uid: u32, perm: Option<u16>) -> Option<V
             id: uid,
         });
     }
-    if !entries.iter().any(|e| e.tag == TAG_USER || e.tag == TAG_GROUP) {
+    if !entries
+        .iter()
+        .any(|e| e.tag == TAG_USER || e.tag == TAG_GROUP)
+    {
         return None;
     }
     let mask = entries
@@ -562,10 +574,7 @@ mod tests {
         assert_eq!(granted_uid(&run), Some(uid));
         revoke_all(&run, "vm");
         assert_eq!(read_acl(&file).expect("acl"), mode_entries(0o640));
-        assert_eq!(
-            std::fs::metadata(&file).expect("md").mode() & 0o777,
-            0o640
-        );
+        assert_eq!(std::fs::metadata(&file).expect("md").mode() & 0o777, 0o640);
         assert_eq!(
             std::fs::metadata(&private).expect("md").mode() & 0o777,
             0o700

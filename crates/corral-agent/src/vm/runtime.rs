@@ -426,7 +426,10 @@ fn files_for_qemu(launch: &Launch, tpm_socket: Option<&Path>) -> Vec<(PathBuf, u
     let spec = launch.spec;
     let p = &launch.paths;
     let mut files = vec![
-        (p.pidfile.parent().unwrap_or(Path::new("/")).to_path_buf(), X),
+        (
+            p.pidfile.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            X,
+        ),
         (p.pidfile.clone(), R | W),
         (p.runtime_log.clone(), R | W),
         (p.serial_log.clone(), R | W),
