@@ -100,8 +100,7 @@ impl PreExec {
                 return Err(err());
             }
             // A failed switch must never exec QEMU as root.
-            if libc::getuid() != id.uid || libc::geteuid() != id.uid || libc::getegid() != id.gid
-            {
+            if libc::getuid() != id.uid || libc::geteuid() != id.uid || libc::getegid() != id.gid {
                 return Err(std::io::Error::from_raw_os_error(libc::EPERM));
             }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {

@@ -152,7 +152,11 @@ pub async fn spawn_daemonized(
 
 /// Open `log` for appending and write the "starting QEMU" line with the command line.
 /// Returns the file and the offset where this start's output begins.
-fn open_log(binary: &Path, argv: &[String], log: &Path) -> Result<(std::fs::File, u64), ProcessError> {
+fn open_log(
+    binary: &Path,
+    argv: &[String],
+    log: &Path,
+) -> Result<(std::fs::File, u64), ProcessError> {
     let open_err = |source| ProcessError::OpenLog {
         path: log.to_path_buf(),
         source,
