@@ -103,6 +103,11 @@ impl QemuRuntime {
 }
 
 impl QemuRuntime {
+    /// Whether QEMUs here run as their own unprivileged users.
+    pub fn confined(&self) -> bool {
+        self.confine
+    }
+
     /// `kvm` or `tcg`.
     pub fn accel_name(&self) -> &'static str {
         match self.accel {
