@@ -7,6 +7,7 @@
 //! added over a second monitor or given at launch) is killed by the filter and the helper
 //! never runs; the grants are taken back when the VM stops, also after an agent restart
 //! that re-attached the VM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
 mod common;
 
@@ -106,10 +107,10 @@ fn acl_users(path: &Path) -> Vec<(u32, u16)> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: valid NUL-terminated strings and buffer.
     let n = unsafe {
-        libc_getxattr(
+        libc::getxattr(
             c.as_ptr(),
             c"system.posix_acl_access".as_ptr(),
-            buf.as_mut_ptr(),
+            buf.as_mut_ptr().cast(),
             buf.len(),
         )
     };
@@ -126,16 +127,6 @@ fn acl_users(path: &Path) -> Vec<(u32, u16)> {
             )
         })
         .collect()
-}
-
-extern "C" {
-    #[link_name = "getxattr"]
-    fn libc_getxattr(
-        path: *const std::ffi::c_char,
-        name: *const std::ffi::c_char,
-        value: *mut u8,
-        size: usize,
-    ) -> isize;
 }
 
 /// Every path from `path` up to `/` with a named ACL entry for `uid`.
