@@ -93,11 +93,26 @@ fn uids_in_use() -> std::collections::HashSet<u32> {
 /// progress has no process yet).
 static RESERVED: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
 
+/// Uids that other VMs' ledgers under `run_root` (`STATE/run`) still hold grants for: a
+/// QEMU that died while nobody cleaned up (its record moved to another pool member, say).
+/// Reusing one would hand the new QEMU those files.
+fn uids_with_grants(run_root: &Path, vm_id: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(run_root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy() != vm_id)
+        .filter_map(|e| granted_uid(&e.path()))
+        .collect()
+}
+
 /// The identity for a new QEMU of `vm_id`: the derived uid, or the next one in the range
-/// that no process on the host runs as, no account names, and no other launch of this agent
-/// holds.
-pub fn allocate(vm_id: &str) -> Result<Identity, Error> {
-    let used = uids_in_use();
+/// that no process on the host runs as, no account names, no other launch of this agent
+/// holds and no other VM's ledger under `run_root` names.
+pub fn allocate(run_root: &Path, vm_id: &str) -> Result<Identity, Error> {
+    let mut used = uids_in_use();
+    used.extend(uids_with_grants(run_root, vm_id));
     let mut reserved = RESERVED.lock().unwrap_or_else(|p| p.into_inner());
     reserved.retain(|(id, _)| id != vm_id);
     let first = derived_uid(vm_id) - UID_BASE;
@@ -517,6 +532,26 @@ mod tests {
         assert_eq!(a, derived_uid("3f2b1c4e-8a9d-4e1f-9b2a-0c1d2e3f4a5b"));
         assert!((UID_BASE..UID_BASE + UID_COUNT).contains(&a));
         assert_ne!(a, derived_uid("3f2b1c4e-8a9d-4e1f-9b2a-0c1d2e3f4a5c"));
+    }
+
+    #[test]
+    fn a_uid_another_ledger_holds_is_not_handed_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vm = "3f2b1c4e-8a9d-4e1f-9b2a-0c1d2e3f4a5b";
+        let first = allocate(dir.path(), vm).expect("uid");
+        let other = dir.path().join("other-vm");
+        std::fs::create_dir_all(&other).expect("mkdir");
+        write_ledger(
+            &other,
+            &Ledger {
+                uid: first.uid,
+                entries: Vec::new(),
+            },
+        )
+        .expect("ledger");
+        let second = allocate(dir.path(), vm).expect("uid");
+        assert_ne!(second.uid, first.uid);
+        release(vm);
     }
 
     #[test]

@@ -508,7 +508,7 @@ async fn launch_steps(
     let (nics, taps, tap_fds) = setup_nics(&rt.host, rec).await?;
     undo.taps = taps.clone();
     let identity = if rt.confine {
-        Some(crate::confine::allocate(&rec.id)?)
+        Some(crate::confine::allocate(&layout.root.join("run"), &rec.id)?)
     } else {
         None
     };
