@@ -1,5 +1,6 @@
 //! The running side of a VM behind the [`Runtime`] trait: launching its QEMU process (tap
-//! devices, argv, daemonized spawn, QMP, cgroup, then letting the vCPUs run), finding it again
+//! devices, sockets, its identity and file grants from `crate::confine`, argv, the confined
+//! spawn, QMP, cgroup, then letting the vCPUs run), finding it again
 //! after an agent restart, and cleaning up after it exits. Only the VM's actor calls these.
 //! [`QemuRuntime`] is the real one; the actor's unit tests drive a fake that answers QMP
 //! without QEMU.
@@ -607,8 +608,8 @@ async fn launch_steps(
 }
 
 /// Wait (polling, 1 ms steps) for QEMU's pid file, then move that process into the VM's
-/// cgroup. QEMU writes the file right after it daemonizes, about 10 ms into a start that takes
-/// about 80 ms, so the cgroup move (an RCU grace period on cgroup v1) runs while QEMU
+/// cgroup. QEMU writes the file early in its initialisation (it used to be right after
+/// `-daemonize`, about 10 ms into a start that takes about 80 ms), so the cgroup move (an RCU grace period on cgroup v1) runs while QEMU
 /// initialises instead of after it. Gives up when `stop` is set and the file never appeared.
 fn move_when_daemonized(
     cgroups: &crate::cgroup::CgroupSupport,
@@ -640,7 +641,7 @@ fn move_when_daemonized(
     }
 }
 
-/// The CPU weight status of a fresh QEMU: the early move must have caught the daemonized
+/// The CPU weight status of a fresh QEMU: the early move must have caught the QEMU
 /// process (the pid the start returned); otherwise move it now, the slow way.
 fn cpu_weight_after_move(
     cgroups: &CgroupSupport,
@@ -782,7 +783,9 @@ async fn cleanup(rt: &QemuRuntime, vm_id: &str, run: &Running) {
     }
     if pid_alive(run.pid) {
         kill_pid(run.pid);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A killed QEMU takes a while to free a large guest's memory on a loaded host; its
+        // files and grants are taken back only once it is gone.
+        corral_qemu::process::wait_for_exit(run.pid, Duration::from_secs(3)).await;
     }
     remove_taps(&run.taps).await;
     rt.cgroups.remove(vm_id);
