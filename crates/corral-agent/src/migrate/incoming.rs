@@ -498,6 +498,8 @@ impl Incoming {
             }
         }
         crate::vm::runtime::remove_taps(taps).await;
+        // The confined QEMU's file grants go with it (the ledger is in the run directory).
+        crate::confine::revoke_all(&self.host.layout.run_dir(&m.vm_id), &m.vm_id);
         for v in &m.volumes {
             let _ = corral_storage::remove_volume(v).await;
         }
