@@ -89,6 +89,11 @@ impl Agent {
         let layout = Layout {
             root: config.state_dir.clone(),
         };
+        if crate::confine::available() {
+            // Before the store and anything else is created: what the agent makes is its
+            // own, and a VM's QEMU reaches only what a launch grants it.
+            crate::confine::set_private_umask();
+        }
         for dir in [
             layout.root.clone(),
             layout.default_sr(),
@@ -159,6 +164,10 @@ impl Agent {
         let tokens = Arc::new(crate::auth::Tokens::new(host.records.clone()));
         let audit = Arc::new(crate::auth::Audit::new(host.records.clone()));
         host.load_catalog().await?;
+        if crate::confine::available() {
+            let srs: Vec<_> = host.list_srs().into_iter().map(|sr| sr.path).collect();
+            crate::confine::secure_state(&host.layout.root, &srs);
+        }
         let finished = crate::intents::recover(&host).await?;
         let runtime = Arc::new(QemuRuntime::new(
             host.clone(),

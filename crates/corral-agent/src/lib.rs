@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cgroup;
 mod clock;
 pub mod config;
+pub mod confine;
 pub mod context;
 pub mod error;
 pub mod events;

@@ -91,7 +91,14 @@ pub enum NicBackend {
         boot_file: Option<String>,
     },
     /// An existing tap device (the agent creates it and attaches it to a bridge).
-    Tap { ifname: String },
+    Tap {
+        ifname: String,
+        /// The tap opened by the agent and inherited by QEMU under this number (`fd=N`):
+        /// an unprivileged QEMU cannot open `/dev/net/tun` itself. Without it QEMU opens the
+        /// device by name, which only a privileged QEMU may.
+        #[serde(default)]
+        fd: Option<i32>,
+    },
 }
 
 /// UEFI firmware: the shared read-only code and this VM's own copy of the variable store.
@@ -122,6 +129,25 @@ pub struct Launch<'a> {
     /// Start as the target of a live migration (`-incoming defer`): same devices, no guest
     /// of its own; the agent names the listening address later with `migrate-incoming`.
     pub incoming: bool,
+    /// Ask QEMU for its seccomp sandbox (`-sandbox` [`crate::confine::SANDBOX`]).
+    /// Incompatible with `daemonize` (the filter forbids the fork).
+    pub sandbox: bool,
+    /// The unprivileged user QEMU runs as; not an option of the command line (the spawn
+    /// switches to it before `exec`), but part of the launch so that a confined launch is one
+    /// value, checked here: never root.
+    pub identity: Option<crate::confine::Identity>,
+    /// Listening sockets the agent bound for QMP and the serial console, inherited by QEMU
+    /// (`fd=N` instead of `path=`): QEMU then needs no write access to the run directory,
+    /// and the socket files belong to the agent.
+    pub listen_fds: Option<ListenFds>,
+}
+
+/// Descriptors of listening unix sockets QEMU inherits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFds {
+    pub qmp: i32,
+    pub serial: i32,
 }
 
 /// Why a spec cannot be turned into a command line.
@@ -165,6 +191,12 @@ pub enum ArgvError {
     MissingFirmware,
     #[error("the VM has a TPM but no swtpm socket was given")]
     MissingTpm,
+    #[error("a sandboxed QEMU cannot -daemonize: the sandbox forbids the fork it needs")]
+    SandboxDaemonize,
+    #[error("refusing to run QEMU confined as uid {uid} gid {gid}: that is root")]
+    RootIdentity { uid: u32, gid: u32 },
+    #[error("file descriptor {fd} for {what} is one of stdin, stdout or stderr")]
+    BadFd { what: String, fd: i32 },
 }
 
 impl ArgvError {
@@ -174,7 +206,10 @@ impl ArgvError {
         match self {
             ArgvError::NicBackendCount { .. }
             | ArgvError::MissingFirmware
-            | ArgvError::MissingTpm => ErrorKind::Internal,
+            | ArgvError::MissingTpm
+            | ArgvError::SandboxDaemonize
+            | ArgvError::RootIdentity { .. }
+            | ArgvError::BadFd { .. } => ErrorKind::Internal,
             _ => ErrorKind::InvalidInput,
         }
     }
@@ -375,6 +410,21 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
             max: corral_model::MAX_VCPUS,
         });
     }
+    if launch.sandbox && launch.daemonize {
+        return Err(ArgvError::SandboxDaemonize);
+    }
+    if let Some(id) = launch.identity {
+        if id.uid == 0 || id.gid == 0 {
+            return Err(ArgvError::RootIdentity {
+                uid: id.uid,
+                gid: id.gid,
+            });
+        }
+    }
+    if let Some(fds) = launch.listen_fds {
+        check_fd("QMP socket", fds.qmp)?;
+        check_fd("serial console socket", fds.serial)?;
+    }
     if launch.nics.len() != spec.nics.len() {
         return Err(ArgvError::NicBackendCount {
             nics: spec.nics.len(),
@@ -425,6 +475,9 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
         format!("guest={},debug-threads=on", opt("VM name", &spec.name)?),
     );
     push(&mut argv, "-uuid", launch.vm_id);
+    if launch.sandbox {
+        push(&mut argv, "-sandbox", crate::confine::SANDBOX);
+    }
     let mut machine = String::from(MACHINE);
     let mut pflash = Vec::new();
     if spec.firmware.is_uefi() {
@@ -498,13 +551,23 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
         "-D",
         path_raw("QEMU runtime log", &p.runtime_log)?,
     );
+    // With inherited listening sockets the paths still say where the agent bound them.
+    let (qmp_addr, serial_addr) = match launch.listen_fds {
+        Some(fds) => (format!("fd={}", fds.qmp), format!("fd={}", fds.serial)),
+        None => (
+            format!("path={}", path_opt("QMP socket", &p.qmp_socket)?),
+            format!(
+                "path={}",
+                path_opt("serial console socket", &p.serial_socket)?
+            ),
+        ),
+    };
     push(
         &mut argv,
         "-chardev",
         format!(
-            "socket,id={},path={},server=on,wait=off",
+            "socket,id={},{qmp_addr},server=on,wait=off",
             ids::QMP_CHARDEV,
-            path_opt("QMP socket", &p.qmp_socket)?
         ),
     );
     push(
@@ -516,9 +579,8 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
         &mut argv,
         "-chardev",
         format!(
-            "socket,id={},path={},server=on,wait=off,logfile={},logappend=on",
+            "socket,id={},{serial_addr},server=on,wait=off,logfile={},logappend=on",
             ids::SERIAL_CHARDEV,
-            path_opt("serial console socket", &p.serial_socket)?,
             path_opt("serial console log", &p.serial_log)?
         ),
     );
@@ -718,13 +780,20 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
                 }
                 v
             }
-            NicBackend::Tap { ifname } => {
+            NicBackend::Tap { ifname, fd } => {
                 check_ifname(dev, ifname)?;
-                format!(
-                    "tap,id={},ifname={},script=no,downscript=no",
-                    ids::netdev(dev),
-                    escape_opt(ifname)
-                )
+                match fd {
+                    // QEMU refuses ifname and scripts beside fd: the agent made the tap.
+                    Some(fd) => {
+                        check_fd(&format!("NIC {dev:?} tap"), *fd)?;
+                        format!("tap,id={},fd={fd}", ids::netdev(dev))
+                    }
+                    None => format!(
+                        "tap,id={},ifname={},script=no,downscript=no",
+                        ids::netdev(dev),
+                        escape_opt(ifname)
+                    ),
+                }
             }
         };
         push(&mut argv, "-netdev", netdev);
@@ -759,6 +828,17 @@ pub fn build_argv(launch: &Launch) -> Result<Vec<String>, ArgvError> {
     }
     push(&mut argv, "-boot", "strict=on");
     Ok(argv)
+}
+
+/// An inherited descriptor must not be 0..2, which the spawn points at /dev/null and the log.
+fn check_fd(what: &str, fd: i32) -> Result<(), ArgvError> {
+    if fd <= 2 {
+        return Err(ArgvError::BadFd {
+            what: what.to_string(),
+            fd,
+        });
+    }
+    Ok(())
 }
 
 /// Linux interface names: 1..15 bytes, no `/`, `:` or whitespace, not `.` or `..`.

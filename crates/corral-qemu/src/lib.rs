@@ -4,15 +4,18 @@
 //!   every QEMU object gets so the agent can address it over QMP.
 //! - [`qmp`]: an async QMP client: one connection, many concurrent callers correlated by id,
 //!   events broadcast to subscribers, a clear error when QEMU goes away.
-//! - [`process`]: starting QEMU daemonized (so it outlives the agent), pid files, recognising
-//!   a VM's QEMU after an agent restart, the QEMU version.
+//! - [`process`]: starting QEMU confined in its own session (so it outlives the agent), pid
+//!   files, recognising a VM's QEMU after an agent restart, the QEMU version.
+//! - [`confine`]: the identity and seccomp sandbox of a confined QEMU, and the privilege drop
+//!   before `exec`.
 //! - [`probe`]: choosing KVM or TCG by really booting a tiny guest under KVM.
 //! - [`firmware`]: finding the OVMF files UEFI guests need.
 //!
-//! A VM start flows: agent -> `argv::build_argv` -> `process::spawn_daemonized` ->
-//! `qmp::Qmp::connect` on the socket named in the argv -> `cont`.
+//! A VM start flows: agent -> `argv::build_argv` -> `process::spawn_confined` (which
+//! connects `qmp::Qmp` on the socket named in the argv) -> `cont`.
 
 pub mod argv;
+pub mod confine;
 pub mod firmware;
 pub mod migration;
 pub mod probe;

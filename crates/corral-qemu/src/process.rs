@@ -37,6 +37,8 @@ pub enum ProcessError {
     },
     #[error("QEMU argv lacks -daemonize; refusing to wait for a process that never detaches")]
     NotDaemonized,
+    #[error("a confined QEMU cannot -daemonize (its sandbox forbids the fork)")]
+    Daemonized,
     #[error("QEMU failed to start ({status}): {stderr}")]
     StartFailed { status: String, stderr: String },
     #[error("QEMU did not finish starting within {after:?}: {stderr}")]
@@ -57,6 +59,8 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    #[error("QEMU started but its monitor did not answer")]
+    Monitor(#[source] crate::qmp::QmpError),
     #[error("cannot read the QEMU version from {binary:?}: {message}")]
     Version { binary: PathBuf, message: String },
 }
@@ -67,6 +71,7 @@ impl ProcessError {
             ProcessError::StartFailed { .. } => ErrorKind::InvalidInput,
             // QEMU that did not detach in time: a wait that ran out, as the API names it.
             ProcessError::StartTimeout { .. } => ErrorKind::Timeout,
+            ProcessError::Monitor(e) => e.kind(),
             _ => ErrorKind::Internal,
         }
     }
@@ -89,23 +94,7 @@ pub async fn spawn_daemonized(
         path: log.to_path_buf(),
         source,
     };
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(open_err)?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    writeln!(
-        out,
-        "--- corral: starting QEMU at unix time {stamp}: {} {}",
-        binary.display(),
-        shell_words(argv)
-    )
-    .map_err(open_err)?;
-    let start_offset = out.seek(SeekFrom::End(0)).map_err(open_err)?;
+    let (out, start_offset) = open_log(binary, argv, log)?;
     let err = out.try_clone().map_err(open_err)?;
     // A stale pid file or runtime log from an earlier run must not be mistaken for this one.
     let _ = std::fs::remove_file(pidfile);
@@ -159,6 +148,120 @@ pub async fn spawn_daemonized(
         });
     }
     read_pidfile(pidfile)
+}
+
+/// Open `log` for appending and write the "starting QEMU" line with the command line.
+/// Returns the file and the offset where this start's output begins.
+fn open_log(
+    binary: &Path,
+    argv: &[String],
+    log: &Path,
+) -> Result<(std::fs::File, u64), ProcessError> {
+    let open_err = |source| ProcessError::OpenLog {
+        path: log.to_path_buf(),
+        source,
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(open_err)?;
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "--- corral: starting QEMU at unix time {stamp}: {} {}",
+        binary.display(),
+        shell_words(argv)
+    )
+    .map_err(open_err)?;
+    let offset = out.seek(SeekFrom::End(0)).map_err(open_err)?;
+    Ok((out, offset))
+}
+
+/// Start a confined QEMU (see [`crate::confine`]): in its own session, as `identity` when
+/// given (else as the agent's own user), with `keep_fds` (tap devices, listening sockets,
+/// all opened close-on-exec by the caller) inherited under their own numbers, stdout and
+/// stderr appended to `log`. The argv must not contain `-daemonize` (the sandbox forbids
+/// the fork it needs). Returns the pid and a QMP session on `qmp_socket` once QEMU answers,
+/// which is after it initialised every device (with `-S`, before the vCPUs run). When QEMU
+/// exits first, the error quotes what it said.
+///
+/// QEMU stays the agent's child while the agent lives (a task reaps it when it exits, so
+/// it never lingers as a zombie); it is in its own session, so it outlives the agent.
+pub async fn spawn_confined(
+    binary: &Path,
+    argv: &[String],
+    log: &Path,
+    identity: Option<crate::confine::Identity>,
+    keep_fds: &[i32],
+    qmp_socket: &Path,
+    timeout: Duration,
+) -> Result<(u32, crate::qmp::Qmp), ProcessError> {
+    use std::os::unix::process::CommandExt;
+    if argv.iter().any(|a| a == "-daemonize") {
+        return Err(ProcessError::Daemonized);
+    }
+    let (out, start_offset) = open_log(binary, argv, log)?;
+    let err = out.try_clone().map_err(|source| ProcessError::OpenLog {
+        path: log.to_path_buf(),
+        source,
+    })?;
+    let pre = crate::confine::PreExec::new(identity, keep_fds);
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    // SAFETY: `PreExec::run` makes only async-signal-safe system calls.
+    unsafe {
+        cmd.pre_exec(move || pre.run());
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(|source| ProcessError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+    let Some(pid) = child.id() else {
+        return Err(ProcessError::StartFailed {
+            status: "exited at once".into(),
+            stderr: startup_messages(log, start_offset, argv),
+        });
+    };
+    let connect = crate::qmp::Qmp::connect(qmp_socket, timeout);
+    let outcome = tokio::select! {
+        qmp = connect => Ok(qmp),
+        status = child.wait() => Err(status),
+    };
+    match outcome {
+        Ok(Ok(qmp)) => {
+            // Reap QEMU when it exits, so `is_alive` and the actor see it gone at once.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            Ok((pid, qmp))
+        }
+        Ok(Err(e)) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            if matches!(e, crate::qmp::QmpError::Timeout { .. }) {
+                return Err(ProcessError::StartTimeout {
+                    after: timeout,
+                    stderr: startup_messages(log, start_offset, argv),
+                });
+            }
+            Err(ProcessError::Monitor(e))
+        }
+        Err(status) => Err(ProcessError::StartFailed {
+            status: status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            stderr: startup_messages(log, start_offset, argv),
+        }),
+    }
 }
 
 /// The tail of a file from `offset` on, at most the last few KiB, trimmed.

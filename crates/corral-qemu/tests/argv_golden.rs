@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use corral_model::host::Accelerator;
 use corral_model::VmSpec;
-use corral_qemu::argv::{build_argv, Launch, NicBackend, OvmfPaths, RuntimePaths};
+use corral_qemu::argv::{build_argv, Launch, ListenFds, NicBackend, OvmfPaths, RuntimePaths};
+use corral_qemu::confine::Identity;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -31,6 +32,12 @@ struct Case {
     ovmf: Option<OvmfPaths>,
     #[serde(default)]
     tpm_socket: Option<PathBuf>,
+    #[serde(default)]
+    sandbox: bool,
+    #[serde(default)]
+    identity: Option<Identity>,
+    #[serde(default)]
+    listen_fds: Option<ListenFds>,
     spec: VmSpec,
 }
 
@@ -53,6 +60,9 @@ fn render(case: &Case) -> (String, &'static str) {
         tpm_socket: case.tpm_socket.clone(),
         daemonize: case.daemonize,
         incoming: case.incoming,
+        sandbox: case.sandbox,
+        identity: case.identity,
+        listen_fds: case.listen_fds,
     };
     match build_argv(&launch) {
         Ok(argv) => {

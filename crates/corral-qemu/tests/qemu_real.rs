@@ -366,6 +366,9 @@ async fn startup_errors_carry_qemu_stderr() {
         tpm_socket: None,
         daemonize: true,
         incoming: false,
+        sandbox: false,
+        identity: None,
+        listen_fds: None,
     })
     .expect("argv");
     let err = process::spawn_daemonized(
@@ -532,4 +535,122 @@ where
         out.push(h.await.expect("task"));
     }
     out
+}
+
+/// `spawn_confined` as the agent uses it: sandboxed, inherited listening sockets, no
+/// `-daemonize`; as root also as an unprivileged uid with no capabilities. A QEMU that fails
+/// to initialise is reported with its own words; one the filter kills, with SIGSYS.
+#[tokio::test]
+async fn confined_spawn_drops_everything_and_reports_failures() {
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    let root = unsafe { libc::geteuid() } == 0;
+    let identity = root.then_some(corral_qemu::confine::Identity {
+        uid: 0x7C00_FFF0,
+        gid: 0x7C00_FFF0,
+    });
+    if root {
+        // The unprivileged QEMU writes its pid file and logs: made for it, as the agent does.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let paths = corral_qemu::RuntimePaths::in_dir(&run);
+    let qmp_sock = std::os::unix::net::UnixListener::bind(&paths.qmp_socket).expect("bind");
+    let serial_sock = std::os::unix::net::UnixListener::bind(&paths.serial_socket).expect("bind");
+    let spec = base_spec("confined");
+    let launch = |daemonize: bool| corral_qemu::Launch {
+        spec: &spec,
+        vm_id: VM_ID,
+        accel: corral_model::host::Accelerator::Tcg,
+        paths: paths.clone(),
+        nics: Vec::new(),
+        ovmf: None,
+        tpm_socket: None,
+        daemonize,
+        incoming: false,
+        sandbox: true,
+        identity,
+        listen_fds: Some(corral_qemu::argv::ListenFds {
+            qmp: qmp_sock.as_raw_fd(),
+            serial: serial_sock.as_raw_fd(),
+        }),
+    };
+    assert!(matches!(
+        corral_qemu::build_argv(&launch(true)),
+        Err(corral_qemu::ArgvError::SandboxDaemonize)
+    ));
+    let mut argv = corral_qemu::build_argv(&launch(false)).expect("argv");
+    argv.push("-S".into());
+    let keep = [qmp_sock.as_raw_fd(), serial_sock.as_raw_fd()];
+    let log = run.join("qemu.log");
+    let (pid, qmp) = process::spawn_confined(
+        &qemu(),
+        &argv,
+        &log,
+        identity,
+        &keep,
+        &paths.qmp_socket,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("confined QEMU starts");
+    let creds = corral_qemu::confine::process_credentials(pid).expect("status");
+    assert_eq!(creds.seccomp, 2);
+    assert!(creds.no_new_privs);
+    if let Some(id) = identity {
+        assert_eq!(creds.uids, vec![id.uid; 4]);
+        assert_eq!(creds.gids, vec![id.gid; 4]);
+        assert!(creds.groups.is_empty());
+        assert_eq!((creds.cap_eff, creds.cap_bnd), (0, 0));
+    }
+    assert_eq!(
+        qmp.query_status().await.expect("status").status,
+        RunState::Prelaunch
+    );
+    qmp.quit().await.expect("quit");
+    assert!(process::wait_for_exit(pid, Duration::from_secs(10)).await);
+
+    // A bad option: QEMU exits while initialising; the error quotes it.
+    let mut bad = argv.clone();
+    bad.extend(["-device".into(), "no-such-device".into()]);
+    let err = process::spawn_confined(
+        &qemu(),
+        &bad,
+        &log,
+        identity,
+        &keep,
+        &paths.qmp_socket,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect_err("unknown device");
+    assert!(
+        matches!(&err, ProcessError::StartFailed { stderr, .. } if stderr.contains("no-such-device")),
+        "{err:?}"
+    );
+    // A fork (a bridge helper) at launch: killed by the filter.
+    let mut spawn = argv.clone();
+    spawn.extend([
+        "-netdev".into(),
+        "bridge,id=b0,br=corralnone0,helper=/bin/true".into(),
+    ]);
+    let err = process::spawn_confined(
+        &qemu(),
+        &spawn,
+        &log,
+        identity,
+        &keep,
+        &paths.qmp_socket,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect_err("the filter kills a fork");
+    assert!(
+        matches!(&err, ProcessError::StartFailed { status, .. } if status.contains("SIGSYS")),
+        "{err:?}"
+    );
 }

@@ -431,10 +431,27 @@ fn a_start_cut_short_by_an_agent_crash_is_undone() {
     assert!(command.contains(" -S"), "{command}");
     a.kill9();
 
-    // QEMU exactly as the agent starts it (daemonized, vCPUs held by -S), and no `cont`.
+    // QEMU as the agent starts it (vCPUs held by -S), and no `cont`; daemonized here instead
+    // of confined, and on socket paths instead of the listening sockets the agent passed.
+    let mut command = command.replace(
+        &format!(" -sandbox {}", corral_qemu::confine::SANDBOX),
+        " -daemonize",
+    );
+    for (id, file) in [("qmp", "qmp.sock"), ("serial0", "serial.sock")] {
+        let key = format!("socket,id={id},fd=");
+        let at = command.find(&key).expect("chardev with fd") + key.len();
+        let digits = command[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .count();
+        command.replace_range(
+            at - 3..at + digits,
+            &format!("path={}", run.join(file).display()),
+        );
+    }
     let st = std::process::Command::new("sh")
         .arg("-c")
-        .arg(command)
+        .arg(&command)
         .status()
         .expect("sh");
     assert!(st.success(), "QEMU did not start: {st}");

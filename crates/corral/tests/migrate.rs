@@ -44,6 +44,26 @@ fn wait_count(agent: &TestAgent, vm: &str, n: u64) {
     );
 }
 
+/// A host setting changed for a test, put back when dropped.
+struct Sysctl {
+    path: &'static str,
+    before: String,
+}
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Option<Sysctl> {
+        let before = std::fs::read_to_string(path).ok()?;
+        std::fs::write(path, value).ok()?;
+        Some(Sysctl { path, before })
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path, self.before.trim());
+    }
+}
+
 fn sha256(path: &str) -> String {
     let out = std::process::Command::new("sha256sum")
         .arg(path)
@@ -441,7 +461,7 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
         !counts(&p.b, "dirty1").is_empty()
     });
     let before = *counts(&p.b, "dirty1").last().unwrap();
-    let out = p.b.json(&[
+    let postcopy = [
         "vm",
         "migrate",
         "dirty1",
@@ -452,7 +472,17 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
         "--max-downtime",
         "60ms",
         "--postcopy",
-    ]);
+    ];
+    // A confined QEMU 7.2 can take post-copy only where unprivileged userfaultfd is allowed:
+    // the target refuses in its pre-checks otherwise, then the test allows it meanwhile.
+    let _uffd = Sysctl::set("/proc/sys/vm/unprivileged_userfaultfd", "0");
+    if is_root() {
+        let e = p.b.fails(&postcopy);
+        assert!(e.contains("vm.unprivileged_userfaultfd is 0"), "{e}");
+        assert_eq!(p.b.vm("dirty1")["host"], "xen02");
+    }
+    let _uffd = Sysctl::set("/proc/sys/vm/unprivileged_userfaultfd", "1");
+    let out = p.b.json(&postcopy);
     assert_eq!(out["state"], "succeeded", "{out}");
     let steps = out["escalations"].to_string();
     println!("post-copy: {steps}; downtime {} ms", out["downtime_ms"]);

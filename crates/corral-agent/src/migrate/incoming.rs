@@ -126,6 +126,23 @@ impl Incoming {
                 format!("host {here} has no network for {}", missing.join(", "))
             },
         );
+        if req.postcopy && self.runtime.confined() {
+            // Post-copy makes the target QEMU handle page faults with userfaultfd. QEMU 7.2
+            // only knows the system call, which an unprivileged process may use for faults in
+            // the kernel only when the host allows it (QEMU 8.1 and later can be handed
+            // /dev/userfaultfd instead).
+            let allowed = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+                .is_ok_and(|v| v.trim() == "1");
+            add(
+                "postcopy",
+                allowed,
+                if allowed {
+                    "the confined QEMU may use userfaultfd (vm.unprivileged_userfaultfd=1)".into()
+                } else {
+                    format!("host {here} runs QEMU unprivileged and vm.unprivileged_userfaultfd is 0, so post-copy cannot work there (set it to 1 with sysctl, or migrate without --postcopy)")
+                },
+            );
+        }
         if req.with_storage {
             let sr_name = req.target_sr.clone().unwrap_or_else(|| "default".into());
             match self.host.sr(&sr_name) {
@@ -481,6 +498,8 @@ impl Incoming {
             }
         }
         crate::vm::runtime::remove_taps(taps).await;
+        // The confined QEMU's file grants go with it (the ledger is in the run directory).
+        crate::confine::revoke_all(&self.host.layout.run_dir(&m.vm_id), &m.vm_id);
         for v in &m.volumes {
             let _ = corral_storage::remove_volume(v).await;
         }

@@ -463,6 +463,17 @@ pub(crate) fn write_tls_dir(run_dir: &Path, pool: &Pool, server: bool) -> Result
     write("ca-cert.pem", &tls.ca_pem)?;
     write(&format!("{role}-cert.pem"), &tls.cert_pem)?;
     write(&format!("{role}-key.pem"), &tls.key_pem)?;
+    // The VM's confined QEMU reads them when the credentials object is added.
+    if let Some(uid) = crate::confine::granted_uid(run_dir) {
+        use crate::confine::{R, X};
+        let files = [
+            (dir.clone(), R | X),
+            (dir.join("ca-cert.pem"), R),
+            (dir.join(format!("{role}-cert.pem")), R),
+            (dir.join(format!("{role}-key.pem")), R),
+        ];
+        crate::confine::grant(run_dir, uid, &files)?;
+    }
     Ok(dir)
 }
 

@@ -396,7 +396,13 @@ impl<R: Runtime> Actor<R> {
                 self.check(VmEvent::Configure)?;
                 let path = spec::iso_path(self.host.as_ref(), &iso)?;
                 let device = self.cdrom_device()?;
+                let run_dir = self.host.layout.run_dir(&self.rec.id);
+                let old_media = self.rec.spec.cdroms[0].media.clone();
                 if let Some(run) = &self.run {
+                    // A confined QEMU opens the ISO itself, as its own user.
+                    if let Some(uid) = crate::confine::granted_uid(&run_dir) {
+                        crate::confine::grant(&run_dir, uid, &[(path.clone(), crate::confine::R)])?;
+                    }
                     run.qmp
                         .execute(
                             "blockdev-change-medium",
@@ -404,6 +410,9 @@ impl<R: Runtime> Actor<R> {
                         )
                         .await
                         .map_err(|e| qmp_error(&format!("cannot insert {}", path.display()), e))?;
+                }
+                if let Some(old) = old_media.filter(|o| *o != path) {
+                    crate::confine::revoke_path(&run_dir, &old);
                 }
                 self.rec.spec.cdroms[0].media = Some(path);
                 self.persist().await?;
@@ -418,6 +427,9 @@ impl<R: Runtime> Actor<R> {
                         .execute("eject", serde_json::json!({ "id": device, "force": true }))
                         .await
                         .map_err(|e| qmp_error("cannot eject", e))?;
+                    if let Some(old) = &self.rec.spec.cdroms[0].media {
+                        crate::confine::revoke_path(&self.host.layout.run_dir(&self.rec.id), old);
+                    }
                 }
                 self.rec.spec.cdroms[0].media = None;
                 if self.rec.spec.boot_device == BootDevice::Cdrom {

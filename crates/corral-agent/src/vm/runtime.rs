@@ -1,5 +1,6 @@
 //! The running side of a VM behind the [`Runtime`] trait: launching its QEMU process (tap
-//! devices, argv, daemonized spawn, QMP, cgroup, then letting the vCPUs run), finding it again
+//! devices, sockets, its identity and file grants from `crate::confine`, argv, the confined
+//! spawn, QMP, cgroup, then letting the vCPUs run), finding it again
 //! after an agent restart, and cleaning up after it exits. Only the VM's actor calls these.
 //! [`QemuRuntime`] is the real one; the actor's unit tests drive a fake that answers QMP
 //! without QEMU.
@@ -81,6 +82,8 @@ pub struct QemuRuntime {
     qemu_binary: PathBuf,
     accel: Accelerator,
     cgroups: CgroupSupport,
+    /// Run each QEMU as its own unprivileged user (`crate::confine`); needs a root agent.
+    confine: bool,
 }
 
 impl QemuRuntime {
@@ -95,11 +98,17 @@ impl QemuRuntime {
             qemu_binary,
             accel,
             cgroups,
+            confine: crate::confine::available(),
         }
     }
 }
 
 impl QemuRuntime {
+    /// Whether QEMUs here run as their own unprivileged users.
+    pub fn confined(&self) -> bool {
+        self.confine
+    }
+
     /// `kvm` or `tcg`.
     pub fn accel_name(&self) -> &'static str {
         match self.accel {
@@ -156,6 +165,7 @@ impl Runtime for QemuRuntime {
     async fn clear_leftovers(&self, rec: &VmRecord) {
         remove_taps(&existing_taps(rec)).await;
         self.cgroups.remove(&rec.id);
+        crate::confine::revoke_all(&self.host.layout.run_dir(&rec.id), &rec.id);
     }
     fn kill(&self, run: &Running) {
         kill_pid(run.pid)
@@ -258,9 +268,16 @@ fn preflight(spec: &VmSpec) -> Result<(), Error> {
     Ok(())
 }
 
-async fn setup_nics(host: &Host, rec: &VmRecord) -> Result<(Vec<NicBackend>, Vec<String>), Error> {
+/// The host side of each NIC: taps created on their bridges and opened for QEMU to inherit
+/// (returned with the names, the descriptors to pass), or user-mode NAT.
+async fn setup_nics(
+    host: &Host,
+    rec: &VmRecord,
+) -> Result<(Vec<NicBackend>, Vec<String>, Vec<std::os::fd::OwnedFd>), Error> {
+    use std::os::fd::AsRawFd;
     let mut backends = Vec::new();
     let mut taps = Vec::new();
+    let mut fds = Vec::new();
     let mut pxe_served = false;
     for (i, nic) in rec.spec.nics.iter().enumerate() {
         let net = host.network(&nic.network)?;
@@ -282,7 +299,18 @@ async fn setup_nics(host: &Host, rec: &VmRecord) -> Result<(Vec<NicBackend>, Vec
                     ));
                 }
                 taps.push(tap.clone());
-                backends.push(NicBackend::Tap { ifname: tap });
+                let fd = match network::open_tap(&tap) {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        remove_taps(&taps).await;
+                        return Err(Error::internal(format!("{}: {e}", nic.device)));
+                    }
+                };
+                backends.push(NicBackend::Tap {
+                    ifname: tap,
+                    fd: Some(fd.as_raw_fd()),
+                });
+                fds.push(fd);
             }
             _ => {
                 // During a PXE install the first NAT NIC carries the agent's boot server.
@@ -301,7 +329,7 @@ async fn setup_nics(host: &Host, rec: &VmRecord) -> Result<(Vec<NicBackend>, Vec
             }
         }
     }
-    Ok((backends, taps))
+    Ok((backends, taps, fds))
 }
 
 pub(crate) async fn remove_taps(taps: &[String]) {
@@ -337,6 +365,119 @@ async fn launch_as(
     preflight(&rec.spec)?;
     let layout = &rt.host.layout;
     let run_dir = layout.run_dir(&rec.id);
+    // Grants left by a QEMU of this VM that died unnoticed go before anything new.
+    crate::confine::revoke_all(&run_dir, &rec.id);
+    let mut undo = Undo {
+        tpm: tpm_paths(layout, &rec.id),
+        taps: Vec::new(),
+        run_dir: run_dir.clone(),
+        vm_id: rec.id.clone(),
+        pid: None,
+    };
+    let result = launch_steps(rt, rec, paused, incoming, &mut undo).await;
+    if result.is_err() {
+        undo.run().await;
+    }
+    result
+}
+
+/// What a failed start must take back: its QEMU, the swtpm, taps and the file grants.
+struct Undo {
+    tpm: super::tpm::TpmPaths,
+    taps: Vec<String>,
+    run_dir: PathBuf,
+    vm_id: String,
+    pid: Option<u32>,
+}
+
+impl Undo {
+    async fn run(self) {
+        if let Some(pid) = self.pid {
+            kill_pid(pid);
+        }
+        super::tpm::stop(&self.tpm);
+        remove_taps(&self.taps).await;
+        crate::confine::revoke_all(&self.run_dir, &self.vm_id);
+    }
+}
+
+/// Bind a listening unix socket at `path` for QEMU to inherit (close-on-exec here; the
+/// spawn makes it inheritable in QEMU alone).
+fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
+    let _ = std::fs::remove_file(path);
+    std::os::unix::net::UnixListener::bind(path).map_err(|e| {
+        Error::caused(
+            ErrorKind::Internal,
+            format!("cannot listen on {}", path.display()),
+            e,
+        )
+    })
+}
+
+/// Create (or empty) a file QEMU will write, so QEMU needs no write access to the directory.
+fn precreate(path: &Path) -> Result<(), Error> {
+    std::fs::write(path, b"").map_err(|e| {
+        Error::caused(
+            ErrorKind::Internal,
+            format!("cannot create {}", path.display()),
+            e,
+        )
+    })
+}
+
+/// Every file QEMU opens itself for this launch, with the access it needs: its own files
+/// read-write, shared ones read-only.
+fn files_for_qemu(launch: &Launch, tpm_socket: Option<&Path>) -> Vec<(PathBuf, u16)> {
+    use crate::confine::{R, W, X};
+    let spec = launch.spec;
+    let p = &launch.paths;
+    let mut files = vec![
+        (
+            p.pidfile.parent().unwrap_or(Path::new("/")).to_path_buf(),
+            X,
+        ),
+        (p.pidfile.clone(), R | W),
+        (p.runtime_log.clone(), R | W),
+        (p.serial_log.clone(), R | W),
+    ];
+    for d in &spec.disks {
+        files.push((d.path.clone(), R | W));
+        // Bases of linked clones and templates: shared, never written.
+        for b in corral_storage::overlay::backing_chain(&d.path) {
+            files.push((b, R));
+        }
+    }
+    for c in &spec.cdroms {
+        if let Some(m) = &c.media {
+            files.push((m.clone(), R));
+        }
+    }
+    if let Some(k) = &spec.kernel_boot {
+        files.push((k.kernel.clone(), R));
+        if let Some(i) = &k.initrd {
+            files.push((i.clone(), R));
+        }
+    }
+    if let Some(o) = &launch.ovmf {
+        files.push((o.code.clone(), R));
+        files.push((o.vars.clone(), R | W));
+    }
+    if let Some(s) = tpm_socket {
+        files.push((s.to_path_buf(), R | W));
+    }
+    files
+}
+
+async fn launch_steps(
+    rt: &QemuRuntime,
+    rec: &VmRecord,
+    paused: bool,
+    incoming: bool,
+    undo: &mut Undo,
+) -> Result<Running, Error> {
+    use std::os::fd::AsRawFd;
+    let layout = &rt.host.layout;
+    let run_dir = layout.run_dir(&rec.id);
     std::fs::create_dir_all(&run_dir).map_err(|e| {
         Error::caused(
             ErrorKind::Internal,
@@ -346,27 +487,31 @@ async fn launch_as(
     })?;
     let paths = paths(layout, &rec.id);
     remove_stale(&paths);
-    // The console log shows this run only.
-    let _ = std::fs::write(&paths.serial_log, b"");
+    // The console log shows this run only; QEMU appends to it, the pid file and the runtime
+    // log are QEMU's to fill, but made here: QEMU creates no files.
+    for f in [&paths.serial_log, &paths.pidfile, &paths.runtime_log] {
+        precreate(f)?;
+    }
+    let qmp_listener = listen(&paths.qmp_socket)?;
+    let serial_listener = listen(&paths.serial_socket)?;
     let ovmf = match rec.spec.firmware {
         f @ (Firmware::Uefi | Firmware::UefiSecure) => Some(prepare_ovmf(layout, &rec.id, f)?),
         Firmware::Bios => None,
     };
-    let tpm = tpm_paths(layout, &rec.id);
     let tpm_socket = if rec.spec.tpm {
-        let socket = super::tpm::start(&tpm)
+        let socket = super::tpm::start(&undo.tpm)
             .await
             .map_err(|e| Error::caused(e.kind(), "cannot start the TPM", e))?;
         Some(socket)
     } else {
         None
     };
-    let (nics, taps) = match setup_nics(&rt.host, rec).await {
-        Ok(x) => x,
-        Err(e) => {
-            super::tpm::stop(&tpm);
-            return Err(e);
-        }
+    let (nics, taps, tap_fds) = setup_nics(&rt.host, rec).await?;
+    undo.taps = taps.clone();
+    let identity = if rt.confine {
+        Some(crate::confine::allocate(&layout.root.join("run"), &rec.id)?)
+    } else {
+        None
     };
     let launch = Launch {
         spec: &rec.spec,
@@ -375,18 +520,27 @@ async fn launch_as(
         paths: paths.clone(),
         nics,
         ovmf,
-        tpm_socket,
-        daemonize: true,
+        tpm_socket: tpm_socket.clone(),
+        daemonize: false,
         incoming,
+        sandbox: true,
+        identity,
+        listen_fds: Some(corral_qemu::argv::ListenFds {
+            qmp: qmp_listener.as_raw_fd(),
+            serial: serial_listener.as_raw_fd(),
+        }),
     };
-    let mut argv = match build_argv(&launch) {
-        Ok(a) => a,
-        Err(e) => {
-            super::tpm::stop(&tpm);
-            remove_taps(&taps).await;
-            return Err(Error::new(e.kind(), e.to_string()));
+    let mut argv = build_argv(&launch).map_err(|e| Error::new(e.kind(), e.to_string()))?;
+    if let Some(id) = identity {
+        let mut files = files_for_qemu(&launch, tpm_socket.as_deref());
+        // A PXE install's boot directory, served by QEMU's own TFTP server.
+        let pxe = rec.spec.install.as_ref().and_then(|i| i.pxe.as_ref());
+        files.retain(|(p, _)| pxe.is_none_or(|x| !p.starts_with(&x.tftp_root)));
+        crate::confine::grant(&run_dir, id.uid, &files)?;
+        if let Some(pxe) = pxe {
+            crate::confine::grant_tree(&run_dir, id.uid, &pxe.tftp_root)?;
         }
-    };
+    }
     // Hold the vCPUs until the process sits in its cgroup with its weight (a migration
     // target has no vCPUs to run until the state arrives).
     if !incoming {
@@ -405,24 +559,25 @@ async fn launch_as(
         );
         tokio::task::spawn_blocking(move || move_when_daemonized(&cgroups, &vm_id, &pidfile, &stop))
     });
-    let spawned = corral_qemu::process::spawn_daemonized(
+    let keep_fds: Vec<i32> = [qmp_listener.as_raw_fd(), serial_listener.as_raw_fd()]
+        .into_iter()
+        .chain(tap_fds.iter().map(|f| f.as_raw_fd()))
+        .collect();
+    let spawned = corral_qemu::process::spawn_confined(
         &rt.qemu_binary,
         &argv,
         &log,
-        &paths.pidfile,
+        identity,
+        &keep_fds,
+        &paths.qmp_socket,
         QMP_TIMEOUT,
-    );
-    let pid = match spawned.await {
-        Ok(pid) => pid,
-        Err(e) => {
-            stop_mover.store(true, Ordering::Relaxed);
-            super::tpm::stop(&tpm);
-            remove_taps(&taps).await;
-            return Err(Error::caused(e.kind(), "QEMU did not start", e));
-        }
-    };
-    // QEMU wrote its pid file before its parent exited, so the mover has its pid by now.
+    )
+    .await;
+    // QEMU holds its own copies now (or failed): the agent's are closed.
+    drop((qmp_listener, serial_listener, tap_fds));
     stop_mover.store(true, Ordering::Relaxed);
+    let (pid, qmp) = spawned.map_err(|e| Error::caused(e.kind(), "QEMU did not start", e))?;
+    undo.pid = Some(pid);
     let moved = match mover {
         Some(handle) => handle.await.unwrap_or_else(|e| Err(e.to_string())),
         None => Err("no cgroup".into()),
@@ -435,38 +590,26 @@ async fn launch_as(
         prepared,
         moved,
     );
-    let result = async {
-        let qmp = Qmp::connect(&paths.qmp_socket, QMP_TIMEOUT)
+    let events = qmp.subscribe();
+    if !paused {
+        qmp.execute("cont", serde_json::json!({}))
             .await
-            .map_err(|e| Error::caused(e.kind(), "cannot reach QEMU's monitor", e))?;
-        let events = qmp.subscribe();
-        if !paused {
-            qmp.execute("cont", serde_json::json!({}))
-                .await
-                .map_err(|e| Error::caused(e.kind(), "cannot start the vCPUs", e))?;
-        }
-        let vnc = vnc_address(&qmp).await;
-        Ok::<_, Error>(Running {
-            pid,
-            qmp,
-            events,
-            taps: taps.clone(),
-            cpu_weight: cpu_weight.clone(),
-            vnc,
-        })
+            .map_err(|e| Error::caused(e.kind(), "cannot start the vCPUs", e))?;
     }
-    .await;
-    if result.is_err() {
-        kill_pid(pid);
-        super::tpm::stop(&tpm);
-        remove_taps(&taps).await;
-    }
-    result
+    let vnc = vnc_address(&qmp).await;
+    Ok(Running {
+        pid,
+        qmp,
+        events,
+        taps,
+        cpu_weight,
+        vnc,
+    })
 }
 
 /// Wait (polling, 1 ms steps) for QEMU's pid file, then move that process into the VM's
-/// cgroup. QEMU writes the file right after it daemonizes, about 10 ms into a start that takes
-/// about 80 ms, so the cgroup move (an RCU grace period on cgroup v1) runs while QEMU
+/// cgroup. QEMU writes the file early in its initialisation (it used to be right after
+/// `-daemonize`, about 10 ms into a start that takes about 80 ms), so the cgroup move (an RCU grace period on cgroup v1) runs while QEMU
 /// initialises instead of after it. Gives up when `stop` is set and the file never appeared.
 fn move_when_daemonized(
     cgroups: &crate::cgroup::CgroupSupport,
@@ -498,7 +641,7 @@ fn move_when_daemonized(
     }
 }
 
-/// The CPU weight status of a fresh QEMU: the early move must have caught the daemonized
+/// The CPU weight status of a fresh QEMU: the early move must have caught the QEMU
 /// process (the pid the start returned); otherwise move it now, the slow way.
 fn cpu_weight_after_move(
     cgroups: &CgroupSupport,
@@ -640,7 +783,9 @@ async fn cleanup(rt: &QemuRuntime, vm_id: &str, run: &Running) {
     }
     if pid_alive(run.pid) {
         kill_pid(run.pid);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A killed QEMU takes a while to free a large guest's memory on a loaded host; its
+        // files and grants are taken back only once it is gone.
+        corral_qemu::process::wait_for_exit(run.pid, Duration::from_secs(3)).await;
     }
     remove_taps(&run.taps).await;
     rt.cgroups.remove(vm_id);
@@ -648,4 +793,8 @@ async fn cleanup(rt: &QemuRuntime, vm_id: &str, run: &Running) {
     let tpm = tpm_paths(&rt.host.layout, vm_id);
     let _ = tokio::task::spawn_blocking(move || super::tpm::stop(&tpm)).await;
     remove_stale(&paths(&rt.host.layout, vm_id));
+    let run_dir = rt.host.layout.run_dir(vm_id);
+    crate::confine::revoke_all(&run_dir, vm_id);
+    // Rewritten for each migration; nothing else should keep the pool's key.
+    let _ = std::fs::remove_dir_all(run_dir.join("migration-tls"));
 }

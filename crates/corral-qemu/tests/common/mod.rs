@@ -67,6 +67,9 @@ pub async fn start(
         tpm_socket: None,
         daemonize: true,
         incoming: false,
+        sandbox: false,
+        identity: None,
+        listen_fds: None,
     };
     let mut argv = build_argv(&launch).expect("build argv");
     argv.extend(extra.iter().map(|s| s.to_string()));

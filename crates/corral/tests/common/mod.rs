@@ -306,6 +306,15 @@ impl Drop for TestAgent {
                 }
             }
         }
+        // What a restarted agent would do for QEMUs that died meanwhile: take back their
+        // file grants, some of which sit outside the state (e.g. search on /root on the way
+        // to the cached test guest).
+        if let Ok(entries) = std::fs::read_dir(self.state.path().join("run")) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                corral_agent::confine::revoke_all(&e.path(), &id);
+            }
+        }
     }
 }
 

@@ -122,9 +122,10 @@ pub fn qemus_of(vm_id: &str) -> Vec<u32> {
             out.push(pid);
         }
     }
-    // `-daemonize` forks: until the guest is up, the process the agent spawned waits for
-    // the daemon it forked, with the same command line. That is one copy of the guest, not
-    // two: count only processes the agent is not the parent of.
+    // A QEMU started with `-daemonize` forks: until the guest is up, the process the agent
+    // spawned waits for the daemon it forked, with the same command line. That is one copy
+    // of the guest, not two: leave out a process whose child is in the list too. (Confined
+    // QEMUs do not daemonize; they are the agent's own children.)
     let parent = |pid: u32| -> Option<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         stat[stat.rfind(')')? + 1..]
@@ -133,12 +134,8 @@ pub fn qemus_of(vm_id: &str) -> Vec<u32> {
             .parse()
             .ok()
     };
-    let spawned_by_agent = |pid: u32| {
-        parent(pid)
-            .and_then(|pp| std::fs::read(format!("/proc/{pp}/cmdline")).ok())
-            .is_some_and(|c| c.split(|b| *b == 0).any(|a| a == b"serve"))
-    };
-    out.retain(|pid| !spawned_by_agent(*pid));
+    let parents: Vec<Option<u32>> = out.iter().map(|p| parent(*p)).collect();
+    out.retain(|pid| !parents.contains(&Some(*pid)));
     out
 }
 
