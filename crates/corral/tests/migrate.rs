@@ -213,7 +213,13 @@ fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
         assert_eq!(v["power_state"], "running", "{v}");
     }
     let pid = single_qemu(&id);
-    assert_eq!(p.b.vm("mig1")["pid"].as_u64(), Some(pid as u64));
+    // The target's agent adopts the VM when it sees the record move (its watch): until
+    // then `vm show` may not have the pid yet.
+    wait_until(
+        Duration::from_secs(10),
+        "xen02 to show the QEMU's pid",
+        || p.b.vm("mig1")["pid"].as_u64() == Some(pid as u64),
+    );
     // It keeps counting: no restart (a new boot would count from 1 again).
     let last_before = *before.last().unwrap();
     wait_count(&p.b, "mig1", last_before + 3);
