@@ -94,6 +94,15 @@ pub fn boot_files(spec: &VmSpec) -> Vec<(FileRole, PathBuf)> {
     out
 }
 
+/// The boot files of `spec` that VM `vm_id` owns (removed with it, unless its disks are kept).
+pub fn owned_boot_files(spec: &VmSpec, vm_id: &str) -> Vec<PathBuf> {
+    boot_files(spec)
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| owned_by(p, vm_id))
+        .collect()
+}
+
 /// What an export carries beside the disks: the boot files the VM boots from (its own or a
 /// user's), and its TPM state when it has a TPM that has run.
 pub fn export_files(layout: &Layout, vm_id: &str, spec: &VmSpec) -> Vec<(FileRole, PathBuf)> {

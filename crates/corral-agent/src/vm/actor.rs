@@ -360,13 +360,31 @@ impl<R: Runtime> Actor<R> {
                     default_bus,
                 )?;
                 task.phase("creating volume", 0.3);
-                crate::ops::create::create_disk_volume(&mut disk, req.import_from.clone()).await?;
+                // Before the volume exists: a crash until the record names it removes the
+                // volume at the next start (`crate::intents`).
+                crate::intents::begin_disk_add(
+                    &self.host,
+                    &self.rec.id,
+                    &self.rec.spec.name,
+                    disk.path.clone(),
+                )
+                .await?;
+                if let Err(e) =
+                    crate::ops::create::create_disk_volume(&mut disk, req.import_from.clone()).await
+                {
+                    // A half-written volume (a full file system, a bad image) goes too.
+                    let _ = corral_storage::remove_volume(&disk.path).await;
+                    crate::intents::finish(&self.host, &self.rec.id).await;
+                    return Err(e);
+                }
                 self.rec.spec.disks.push(disk.clone());
                 if let Err(e) = self.persist().await {
                     self.rec.spec.disks.pop();
                     let _ = corral_storage::remove_volume(&disk.path).await;
+                    crate::intents::finish(&self.host, &self.rec.id).await;
                     return Err(e);
                 }
+                crate::intents::finish(&self.host, &self.rec.id).await;
                 self.changed();
                 Ok(())
             }
@@ -1049,6 +1067,12 @@ impl<R: Runtime> Actor<R> {
                 .iter()
                 .filter(|d| !crate::ops::clone::is_base(&d.path))
                 .map(|d| d.path.clone())
+                // Its own boot files too, so a crash before `remove_owned` below does not
+                // leave them behind for good.
+                .chain(crate::vmfiles::owned_boot_files(
+                    &self.rec.spec,
+                    &self.rec.id,
+                ))
                 .collect()
         };
         // Record, name and the intent to remove the volumes in one transaction, expecting
