@@ -1096,12 +1096,13 @@ impl<R: Runtime> Actor<R> {
                 tracing::warn!(vm = %self.name(), path = %v.display(), error = %e, "cannot remove a volume; the next start retries");
             }
         }
-        crate::intents::finish(&self.host, &self.rec.id).await;
         let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
         let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.seed_iso(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.nvram(&self.rec.id));
         crate::vmfiles::remove_owned(&self.host.layout, &self.rec.id, &self.rec.spec, keep_disks);
+        // Last: until here a crash leaves the intent, and the next start removes the rest.
+        crate::intents::finish(&self.host, &self.rec.id).await;
         self.host.registry_mut().remove(&self.rec.id);
         self.host.events.publish(Event::VmDeleted {
             vm: self.rec.spec.name.clone(),
