@@ -32,6 +32,10 @@ use tokio::time::Instant;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a power action (`stop`, `cont`, `system_reset`, ...) waits for QEMU's monitor.
+/// A healthy QEMU answers these at once; one that does not within this time is hung, and
+/// the VM's actor (which every other operation on the VM waits for) must not wait longer.
+const ACTION_QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_REPRESS: Duration = Duration::from_secs(5);
 
 struct Actor<R: Runtime> {
@@ -264,7 +268,12 @@ impl<R: Runtime> Actor<R> {
         let Command { op, task, reply } = cmd;
         let op = match op {
             Op::Counters(answer) => {
-                let _ = answer.send(self.counters().await);
+                // The sampler gives up after a few seconds, but its request stays queued
+                // here: behind a hung QEMU (each query waits its timeout) stale requests
+                // would pile up and delay whatever comes after them, a force-off included.
+                if !answer.is_closed() && !reply.is_closed() {
+                    let _ = answer.send(self.counters().await);
+                }
                 let _ = reply.send(Ok(()));
                 return;
             }
@@ -632,7 +641,7 @@ impl<R: Runtime> Actor<R> {
             .as_ref()
             .ok_or_else(|| Error::internal("no QEMU process"))?;
         run.qmp
-            .execute(command, serde_json::json!({}))
+            .execute_timeout(command, serde_json::json!({}), ACTION_QMP_TIMEOUT)
             .await
             .map(|_| ())
             .map_err(|e| qmp_error(&format!("QMP {command} failed"), e))
@@ -697,15 +706,23 @@ impl<R: Runtime> Actor<R> {
     async fn poweroff(&mut self) -> Result<(), Error> {
         if let Some(run) = self.run.as_mut() {
             let qmp = run.qmp.clone();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                qmp.execute("quit", serde_json::json!({})),
-            )
-            .await;
-            let exited = tokio::time::timeout(POWEROFF_TIMEOUT, wait_closed(&mut run.events))
-                .await
-                .is_ok();
+            let answered = matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    qmp.execute("quit", serde_json::json!({})),
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            // A QEMU whose monitor does not acknowledge `quit` is hung (stopped, stuck in
+            // I/O; an earlier command timed out) or already gone: waiting for it to exit on
+            // its own only delays the force-off.
+            let exited = answered
+                && tokio::time::timeout(POWEROFF_TIMEOUT, wait_closed(&mut run.events))
+                    .await
+                    .is_ok();
             if !exited {
+                tracing::warn!(vm = %self.rec.spec.name, pid = run.pid, answered, "QEMU did not exit when told to quit; killing it");
                 self.runtime.kill(run);
             }
         }
