@@ -334,8 +334,18 @@ impl Chaos {
             disks: Some(1),
         };
         match (op, ok) {
-            (Op::Create(n) | Op::Import(_, n), true) => {
+            (Op::Create(n), true) => {
                 self.vms.insert(n.clone(), halted);
+            }
+            // As many disks as the exported VM had then.
+            (Op::Import(_, n), true) => {
+                self.vms.insert(
+                    n.clone(),
+                    Known {
+                        disks: None,
+                        ..halted
+                    },
+                );
             }
             (Op::Clone(s, n) | Op::Copy(s, n), true) => {
                 let disks = self.vms.get(s).and_then(|k| k.disks);
@@ -467,7 +477,7 @@ fn kill_9_at_random_moments_loses_nothing() {
     let seed: u64 = std::env::var("CORRAL_CHAOS_SEED")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| now_ms() ^ u64::from(std::process::id()) << 32);
+        .unwrap_or_else(|| now_ms() ^ (u64::from(std::process::id()) << 32));
     println!("chaos: seed {seed} (set CORRAL_CHAOS_SEED={seed} to replay), {rounds} rounds");
     let mut a = TestAgent::start();
     let dir = tempfile::tempdir().unwrap();

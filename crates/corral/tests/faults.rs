@@ -83,7 +83,7 @@ impl LoopFs {
         let c = std::ffi::CString::new(self.path().to_str().unwrap()).unwrap();
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
-        st.f_bavail as u64 * st.f_frsize as u64
+        st.f_bavail * st.f_frsize
     }
 
     /// Take all free space but `leave` bytes with a filler file (outside any repository).

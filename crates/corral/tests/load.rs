@@ -61,17 +61,29 @@ impl Rng {
 
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
-async fn client_loop(
-    id: u64,
+/// What every client shares: where the agent is, the VMs by role, when to stop, the figures.
+struct Shared {
     socket: std::path::PathBuf,
-    names: Arc<Vec<String>>,
-    running: Arc<Vec<String>>,
-    cycling: Arc<Vec<String>>,
+    names: Vec<String>,
+    running: Vec<String>,
+    cycling: Vec<String>,
     until: Instant,
     think_ms: u64,
-    figures: Arc<Mutex<Figures>>,
-) {
-    let c = Client::unix(socket);
+    figures: Mutex<Figures>,
+}
+
+async fn client_loop(id: u64, shared: Arc<Shared>) {
+    let Shared {
+        socket,
+        names,
+        running,
+        cycling,
+        until,
+        think_ms,
+        figures,
+    } = &*shared;
+    let (until, think_ms) = (*until, *think_ms);
+    let c = Client::unix(socket.clone());
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
     while Instant::now() < until {
         let roll = rng.below(100);
@@ -107,7 +119,7 @@ async fn client_loop(
                 Err(e) => record_error(&mut f, kind, &vm, e),
             }
         } else {
-            let (kind, vm, r) = action(&c, &mut rng, &names, &running, &cycling).await;
+            let (kind, vm, r) = action(&c, &mut rng, names, running, cycling).await;
             let us = started.elapsed().as_micros() as u64;
             let mut f = figures.lock().unwrap();
             f.action_us.push(us);
@@ -244,7 +256,6 @@ fn run_load(a: &TestAgent, clients: u64, secs: u64, think_ms: u64) -> Report {
     for n in &running {
         a.wait_console(n, MARKER, 1, BOOT);
     }
-    let figures = Arc::new(Mutex::new(Figures::default()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,27 +263,26 @@ fn run_load(a: &TestAgent, clients: u64, secs: u64, think_ms: u64) -> Report {
         .unwrap();
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
-    let (names, running, cycling) = (Arc::new(names), Arc::new(running), Arc::new(cycling));
+    let shared = Arc::new(Shared {
+        socket: a.socket.clone(),
+        names,
+        running,
+        cycling,
+        until,
+        think_ms,
+        figures: Mutex::new(Figures::default()),
+    });
     rt.block_on(async {
         let mut handles = Vec::new();
         for id in 0..clients {
-            handles.push(tokio::spawn(client_loop(
-                id,
-                a.socket.clone(),
-                names.clone(),
-                running.clone(),
-                cycling.clone(),
-                until,
-                think_ms,
-                figures.clone(),
-            )));
+            handles.push(tokio::spawn(client_loop(id, shared.clone())));
         }
         for h in handles {
             h.await.unwrap();
         }
     });
     let secs_run = started.elapsed().as_secs_f64();
-    let f = std::mem::take(&mut *figures.lock().unwrap());
+    let f = std::mem::take(&mut *shared.figures.lock().unwrap());
     let mut all: Vec<u64> = f.reads.values().flatten().copied().collect();
     all.sort_unstable();
     let mut rows = vec![
