@@ -16,6 +16,9 @@
 //!   by every VM stamped from one template. Migration moves the directory with the VM (the
 //!   state is one small file, and QEMU's migration stream carries the TPM's volatile state).
 //!
+//! - **The cloud-init seed** of an image install (`STATE/seeds/<vm-uuid>.iso`, in the CD
+//!   drive): removed with the VM, so copies and clones get their own copy.
+//!
 //! Everything here is plain file work with the names decided by the agent; nothing takes a
 //! name from an archive or a user.
 
@@ -92,6 +95,15 @@ pub fn boot_files(spec: &VmSpec) -> Vec<(FileRole, PathBuf)> {
         }
     }
     out
+}
+
+/// The boot files of `spec` that VM `vm_id` owns (removed with it, unless its disks are kept).
+pub fn owned_boot_files(spec: &VmSpec, vm_id: &str) -> Vec<PathBuf> {
+    boot_files(spec)
+        .into_iter()
+        .map(|(_, p)| p)
+        .filter(|p| owned_by(p, vm_id))
+        .collect()
 }
 
 /// What an export carries beside the disks: the boot files the VM boots from (its own or a
@@ -182,6 +194,17 @@ fn copy_owned_into(
             copy_new(slot, &dest)?;
             created.push(dest.clone());
             *slot = dest;
+        }
+    }
+    // The cloud-init seed of an image install sits in the VM's CD drive and is removed with
+    // the VM, so a copy or clone sharing it would lose its medium when the source goes.
+    let seed = layout.seed_iso(src_id);
+    for cd in spec.cdroms.iter_mut() {
+        if cd.media.as_deref() == Some(seed.as_path()) && seed.is_file() {
+            let dest = layout.seed_iso(new_id);
+            copy_new(&seed, &dest)?;
+            created.push(dest.clone());
+            cd.media = Some(dest);
         }
     }
     let src = tpm_dir(layout, src_id);

@@ -111,9 +111,16 @@ pub fn build_nocloud_iso(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Named after the destination (`.<dest>-XXXXXX`), so whoever owns `dest` can find and
+    // remove what a crash of the writer left behind.
+    let prefix = format!(
+        ".{}-",
+        dest.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
     let tmp = tempfile::Builder::new()
-        .prefix(".corral-seed-")
-        .suffix(".iso")
+        .prefix(&prefix)
         .tempfile_in(dir)
         .map_err(io_err("create", dest))?;
     let (tool, mut cmd) = if let Some(x) = find_tool(&["xorriso"]) {

@@ -310,13 +310,33 @@ impl Ops {
     /// (`source.0`) owns (`crate::vmfiles`; TPM state only when `source.1`), and record it.
     pub(super) async fn layer_and_record(
         self: &Arc<Self>,
-        mut spec: VmSpec,
+        spec: VmSpec,
         frozen: &[FrozenDisk],
         task: &TaskHandle,
         source: (&str, bool),
     ) -> Result<(), Error> {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, &spec.name);
+        // Before the first overlay: a crash from here on is undone at the next start
+        // (`crate::intents` removes every file named by the new id).
+        crate::intents::begin_create(&self.host, &id, &spec.name, Vec::new()).await?;
+        let result = self.layer_and_record_files(spec, frozen, &id, source).await;
+        if let Err(e) = &result {
+            if e.kind != ErrorKind::Unavailable {
+                crate::intents::finish(&self.host, &id).await;
+            }
+        }
+        result
+    }
+
+    async fn layer_and_record_files(
+        self: &Arc<Self>,
+        mut spec: VmSpec,
+        frozen: &[FrozenDisk],
+        id: &str,
+        source: (&str, bool),
+    ) -> Result<(), Error> {
+        let id = id.to_string();
         let mut disks = Vec::new();
         let mut created: Vec<PathBuf> = Vec::new();
         for f in frozen {

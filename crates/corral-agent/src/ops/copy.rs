@@ -75,6 +75,9 @@ impl Ops {
     ) -> Result<(), Error> {
         let id = uuid::Uuid::new_v4().to_string();
         task.set_vm(&id, name);
+        // Before the first file: a crash from here on is undone at the next start, which
+        // removes every file named by the new id (`crate::intents`).
+        crate::intents::begin_create(&self.host, &id, name, Vec::new()).await?;
         let total: u64 = info.disks.iter().map(|d| d.size_bytes).sum();
         let mut done = 0u64;
         let mut created: Vec<PathBuf> = Vec::new();
@@ -130,11 +133,16 @@ impl Ops {
             result = crate::vmfiles::copy_owned(&self.host.layout, &info.id, &id, &mut spec, true)
                 .map(|files| created.extend(files));
             if result.is_ok() {
-                result = self.add_vm(id, spec).await.map(|_| ());
+                result = self.add_vm(id.clone(), spec).await.map(|_| ());
             }
         }
-        if result.is_err() {
+        if let Err(e) = &result {
             crate::vmfiles::remove_created(&created);
+            // Whether the record was written is unknown when the store did not answer: the
+            // intent stays for the next reconcile to settle.
+            if e.kind != ErrorKind::Unavailable {
+                crate::intents::finish(&self.host, &id).await;
+            }
         }
         result
     }

@@ -425,6 +425,9 @@ impl Ops {
             i.task_id = task.id.clone();
         }
         let name = p.spec.name.clone();
+        // Before the seed or the installer's scratch files exist: a crash from here until the
+        // VM is recorded removes them at the next start (`crate::intents`).
+        crate::intents::begin_create(&self.host, &p.id, &name, Vec::new()).await?;
         // Before the VM exists: any failure releases the name and removes the scratch files.
         let staged = self.stage_installer(&mut p, &scratch, task).await;
         let created = match staged {
@@ -446,6 +449,9 @@ impl Ops {
                 self.host.registry_mut().release(&name);
                 let _ = std::fs::remove_dir_all(&scratch);
                 let _ = std::fs::remove_file(self.host.layout.seed_iso(&p.id));
+                if e.kind != ErrorKind::Unavailable {
+                    crate::intents::finish(&self.host, &p.id).await;
+                }
                 return Err(e);
             }
         };

@@ -32,6 +32,10 @@ use tokio::time::Instant;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 const POWEROFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a power action (`stop`, `cont`, `system_reset`, ...) waits for QEMU's monitor.
+/// A healthy QEMU answers these at once; one that does not within this time is hung, and
+/// the VM's actor (which every other operation on the VM waits for) must not wait longer.
+const ACTION_QMP_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_REPRESS: Duration = Duration::from_secs(5);
 
 struct Actor<R: Runtime> {
@@ -264,7 +268,12 @@ impl<R: Runtime> Actor<R> {
         let Command { op, task, reply } = cmd;
         let op = match op {
             Op::Counters(answer) => {
-                let _ = answer.send(self.counters().await);
+                // The sampler gives up after a few seconds, but its request stays queued
+                // here: behind a hung QEMU (each query waits its timeout) stale requests
+                // would pile up and delay whatever comes after them, a force-off included.
+                if !answer.is_closed() && !reply.is_closed() {
+                    let _ = answer.send(self.counters().await);
+                }
                 let _ = reply.send(Ok(()));
                 return;
             }
@@ -360,13 +369,31 @@ impl<R: Runtime> Actor<R> {
                     default_bus,
                 )?;
                 task.phase("creating volume", 0.3);
-                crate::ops::create::create_disk_volume(&mut disk, req.import_from.clone()).await?;
+                // Before the volume exists: a crash until the record names it removes the
+                // volume at the next start (`crate::intents`).
+                crate::intents::begin_disk_add(
+                    &self.host,
+                    &self.rec.id,
+                    &self.rec.spec.name,
+                    disk.path.clone(),
+                )
+                .await?;
+                if let Err(e) =
+                    crate::ops::create::create_disk_volume(&mut disk, req.import_from.clone()).await
+                {
+                    // A half-written volume (a full file system, a bad image) goes too.
+                    let _ = corral_storage::remove_volume(&disk.path).await;
+                    crate::intents::finish(&self.host, &self.rec.id).await;
+                    return Err(e);
+                }
                 self.rec.spec.disks.push(disk.clone());
                 if let Err(e) = self.persist().await {
                     self.rec.spec.disks.pop();
                     let _ = corral_storage::remove_volume(&disk.path).await;
+                    crate::intents::finish(&self.host, &self.rec.id).await;
                     return Err(e);
                 }
+                crate::intents::finish(&self.host, &self.rec.id).await;
                 self.changed();
                 Ok(())
             }
@@ -626,7 +653,7 @@ impl<R: Runtime> Actor<R> {
             .as_ref()
             .ok_or_else(|| Error::internal("no QEMU process"))?;
         run.qmp
-            .execute(command, serde_json::json!({}))
+            .execute_timeout(command, serde_json::json!({}), ACTION_QMP_TIMEOUT)
             .await
             .map(|_| ())
             .map_err(|e| qmp_error(&format!("QMP {command} failed"), e))
@@ -691,15 +718,23 @@ impl<R: Runtime> Actor<R> {
     async fn poweroff(&mut self) -> Result<(), Error> {
         if let Some(run) = self.run.as_mut() {
             let qmp = run.qmp.clone();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                qmp.execute("quit", serde_json::json!({})),
-            )
-            .await;
-            let exited = tokio::time::timeout(POWEROFF_TIMEOUT, wait_closed(&mut run.events))
-                .await
-                .is_ok();
+            let answered = matches!(
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    qmp.execute("quit", serde_json::json!({})),
+                )
+                .await,
+                Ok(Ok(_))
+            );
+            // A QEMU whose monitor does not acknowledge `quit` is hung (stopped, stuck in
+            // I/O; an earlier command timed out) or already gone: waiting for it to exit on
+            // its own only delays the force-off.
+            let exited = answered
+                && tokio::time::timeout(POWEROFF_TIMEOUT, wait_closed(&mut run.events))
+                    .await
+                    .is_ok();
             if !exited {
+                tracing::warn!(vm = %self.rec.spec.name, pid = run.pid, answered, "QEMU did not exit when told to quit; killing it");
                 self.runtime.kill(run);
             }
         }
@@ -1061,6 +1096,12 @@ impl<R: Runtime> Actor<R> {
                 .iter()
                 .filter(|d| !crate::ops::clone::is_base(&d.path))
                 .map(|d| d.path.clone())
+                // Its own boot files too, so a crash before `remove_owned` below does not
+                // leave them behind for good.
+                .chain(crate::vmfiles::owned_boot_files(
+                    &self.rec.spec,
+                    &self.rec.id,
+                ))
                 .collect()
         };
         // Record, name and the intent to remove the volumes in one transaction, expecting
@@ -1084,12 +1125,13 @@ impl<R: Runtime> Actor<R> {
                 tracing::warn!(vm = %self.name(), path = %v.display(), error = %e, "cannot remove a volume; the next start retries");
             }
         }
-        crate::intents::finish(&self.host, &self.rec.id).await;
         let _ = std::fs::remove_dir_all(self.host.layout.run_dir(&self.rec.id));
         let _ = std::fs::remove_dir_all(self.host.layout.install_dir(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.seed_iso(&self.rec.id));
         let _ = std::fs::remove_file(self.host.layout.nvram(&self.rec.id));
         crate::vmfiles::remove_owned(&self.host.layout, &self.rec.id, &self.rec.spec, keep_disks);
+        // Last: until here a crash leaves the intent, and the next start removes the rest.
+        crate::intents::finish(&self.host, &self.rec.id).await;
         self.host.registry_mut().remove(&self.rec.id);
         self.host.events.publish(Event::VmDeleted {
             vm: self.rec.spec.name.clone(),

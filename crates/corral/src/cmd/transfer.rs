@@ -113,12 +113,17 @@ pub async fn export(c: &Client, a: ExportArgs, json: bool) -> anyhow::Result<()>
         }
     };
     let task = dl.task.clone();
-    let download = async {
+    let partial_name = partial.display().to_string();
+    // `async move`: the stream ends with this future. Were it only borrowed, a failed write
+    // (a full disk) would end the download but keep the connection open, the agent would
+    // wait for us to read on, its task would never end, and neither would `watch`.
+    let download = async move {
+        let partial = partial_name;
         let mut written = 0u64;
         while let Some(chunk) = dl.chunk().await? {
             file.write_all(&chunk)
                 .await
-                .with_context(|| format!("cannot write {}", partial.display()))?;
+                .with_context(|| format!("cannot write {partial}"))?;
             written += chunk.len() as u64;
         }
         file.sync_all().await?;
@@ -139,6 +144,14 @@ pub async fn export(c: &Client, a: ExportArgs, json: bool) -> anyhow::Result<()>
             (Ok(n), Ok(t)) if t.state == task::TaskState::Succeeded => (n, t),
             (d, w) => {
                 let _ = std::fs::remove_file(&partial);
+                // Our own write failed (a full disk): that is why, whatever the task says
+                // about the client that went away.
+                if let Err(e) = &d {
+                    if e.root_cause().downcast_ref::<std::io::Error>().is_some() {
+                        let _ = c.cancel_task(&task).await;
+                        return d.map(|_| ());
+                    }
+                }
                 // The task's error says why; else the stream's.
                 if let Ok(t) = &w {
                     if let Some(e) = &t.error {
