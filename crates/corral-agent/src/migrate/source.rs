@@ -529,6 +529,7 @@ impl Driver<'_> {
         // one): taken as ours only with QEMU's total time, or after a grace period.
         let mut seen_start = false;
         let mut completed_seen: Option<Instant> = None;
+        let mut continued = false;
         loop {
             let info = MigrationInfo::parse(&self.q("query-migrate", json!({})).await?)
                 .map_err(|e| Error::internal(format!("unreadable query-migrate: {e}")))?;
@@ -574,13 +575,18 @@ impl Driver<'_> {
                         ),
                     ))
                 }
-                MigrationStatus::PreSwitchover => {
+                // Once: QEMU may still report `pre-switchover` for a moment after it was told
+                // to continue (its migration thread has not woken yet), and a second
+                // `migrate-continue` then finds it in `device` and fails the migration.
+                MigrationStatus::PreSwitchover if !continued => {
                     self.failpoint(task, "at-switchover").await?;
                     self.finish_mirrors().await?;
                     self.q("migrate-continue", json!({ "state": "pre-switchover" }))
                         .await?;
+                    continued = true;
                     continue;
                 }
+                MigrationStatus::PreSwitchover => {}
                 MigrationStatus::PostcopyActive => {}
                 _ => {
                     self.keep_going(task)?;
