@@ -467,6 +467,8 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
         !counts(&p.b, "dirty1").is_empty()
     });
     let before = *counts(&p.b, "dirty1").last().unwrap();
+    // The guest runs on xen02 (not just its first count after the switch-over).
+    wait_count(&p.b, "dirty1", before + 2);
     let postcopy = [
         "vm",
         "migrate",
@@ -494,7 +496,11 @@ fn convergence_and_target_failures_keep_the_guest_running_once() {
     assert_eq!(out["state"], "succeeded", "{out}");
     let steps = out["escalations"].to_string();
     println!("post-copy: {steps}; downtime {} ms", out["downtime_ms"]);
-    assert!(steps.contains("switching to post-copy"), "{out}");
+    assert!(
+        steps.contains("switching to post-copy"),
+        "{out}\nconsole on xen02:\n{}",
+        tail(&p.b.console_log("dirty1"), 30)
+    );
     assert_eq!(p.a.vm("dirty1")["host"], "xen01");
     single_qemu(&id);
     wait_count(&p.a, "dirty1", before + 2);

@@ -285,24 +285,38 @@ impl Pool {
 
     /// A VM became this host's: start its actor here (re-attaching finds no QEMU; the record
     /// the new owner wrote says halted).
+    ///
+    /// The name is reserved in the registry until the actor is in: the watch and the
+    /// reconcile loop can both see the VM without an actor while one adoption re-attaches
+    /// (seconds, under load), and a second actor on the same QEMU would find its monitor
+    /// taken, record the guest halted and leave the first with a stale revision.
     pub(super) fn adopt(&self, rec: VmRecord, rev: u64) {
+        let name = rec.spec.name.clone();
+        {
+            let mut reg = self.host.registry_mut();
+            if reg.by_id.contains_key(&rec.id) || reg.reserve(&name).is_err() {
+                return;
+            }
+        }
         let host = self.host.clone();
         let runtime = self.runtime.clone();
         let changed = self.changed.clone();
         tokio::spawn(async move {
-            let name = rec.spec.name.clone();
             let id = rec.id.clone();
             // The store, not the view, says what is ours now (the view may lag a delete).
-            let (rec, rev) = match host.records.store().get(&keys::vm(&id)).await {
+            let current = match host.records.store().get(&keys::vm(&id)).await {
                 Ok(Some(v)) => match serde_json::from_slice::<VmRecord>(&v.value) {
-                    Ok(r) if r.host == host.host_id && v.mod_revision >= rev => (r, v.mod_revision),
-                    _ => return,
+                    Ok(r) if r.host == host.host_id && v.mod_revision >= rev => {
+                        Some((r, v.mod_revision))
+                    }
+                    _ => None,
                 },
-                _ => return,
+                _ => None,
             };
-            if host.registry().by_id.contains_key(&id) {
+            let Some((rec, rev)) = current else {
+                host.registry_mut().release(&name);
                 return;
-            }
+            };
             let handle = vm::actor::spawn(host.clone(), runtime, rec, rev).await;
             host.registry_mut().insert(&name, handle);
             tracing::info!(vm = %name, "this host now owns the VM");
