@@ -521,10 +521,9 @@ impl Agent {
             Ok(h) => h.id.clone(),
             Err(e) => {
                 // History of a deleted VM is still reachable by its id.
-                if tasks
-                    .list()
-                    .iter()
-                    .any(|t| t.vm_id.as_deref() == Some(name))
+                if !tasks
+                    .recent(1, |t| t.vm_id.as_deref() == Some(name))
+                    .is_empty()
                 {
                     name.to_string()
                 } else {
@@ -532,11 +531,7 @@ impl Agent {
                 }
             }
         };
-        Ok(tasks
-            .list()
-            .into_iter()
-            .filter(|t| t.vm_id.as_deref() == Some(&id))
-            .collect())
+        Ok(tasks.recent(usize::MAX, |t| t.vm_id.as_deref() == Some(&id)))
     }
 
     pub async fn create_vm(

@@ -36,8 +36,31 @@ pub fn was_interrupted(task: &Task) -> bool {
         == Some(true)
 }
 
-/// Finished tasks kept in the store; older ones are pruned at start.
+/// Finished tasks kept, in memory and in the store; the oldest go in batches of
+/// `HISTORY_SLACK` once there are more.
 const HISTORY_LIMIT: usize = 5000;
+const HISTORY_SLACK: usize = 500;
+
+/// Drop the oldest finished tasks once the history exceeds its limit by the slack (so the
+/// scan runs once per `HISTORY_SLACK` tasks, not at every finish); the ids dropped.
+fn prune(history: &mut HashMap<String, Task>) -> Vec<String> {
+    if history.len() <= HISTORY_LIMIT + HISTORY_SLACK {
+        return Vec::new();
+    }
+    let mut by_age: Vec<(u64, String)> = history
+        .values()
+        .map(|t| (t.started_at_ms, t.id.clone()))
+        .collect();
+    by_age.sort();
+    by_age.truncate(history.len() - HISTORY_LIMIT);
+    by_age
+        .into_iter()
+        .map(|(_, id)| {
+            history.remove(&id);
+            id
+        })
+        .collect()
+}
 
 struct Live {
     tx: watch::Sender<Task>,
@@ -304,7 +327,14 @@ impl Tasks {
             let t = l.tx.borrow().clone();
             // Into the history before the live entry is dropped (both under the live lock),
             // so a reader never finds the task in neither.
-            self.history().insert(t.id.clone(), t.clone());
+            let pruned = {
+                let mut history = self.history();
+                history.insert(t.id.clone(), t.clone());
+                prune(&mut history)
+            };
+            for id in pruned {
+                let _ = self.writer.send(Write::Delete(self.key(&id)));
+            }
             drop(l);
             t
         };
@@ -339,13 +369,40 @@ impl Tasks {
 
     /// All tasks, oldest first.
     pub fn list(&self) -> Vec<Task> {
+        self.recent(usize::MAX, |_| true)
+    }
+
+    /// The running tasks and the `finished` most recent finished ones that `keep` accepts,
+    /// oldest first. Only those are cloned: the history holds thousands, and a full list
+    /// serialised on every poll cost every other request its latency under load.
+    pub fn recent(&self, finished: usize, keep: impl Fn(&Task) -> bool) -> Vec<Task> {
+        let by_start = |a: &Task, b: &Task| {
+            a.started_at_ms
+                .cmp(&b.started_at_ms)
+                .then_with(|| a.id.cmp(&b.id))
+        };
         // The live lock first, as `finish` takes them: a task moving from live to history
         // meanwhile is seen exactly once.
         let live = self.lock();
-        let mut out: Vec<Task> = self.history().values().cloned().collect();
-        out.extend(live.values().map(|l| l.tx.borrow().clone()));
+        let mut out: Vec<Task> = {
+            let history = self.history();
+            let mut done: Vec<&Task> = history.values().filter(|t| keep(t)).collect();
+            if done.len() > finished {
+                let cut = done.len() - finished;
+                if finished > 0 {
+                    done.select_nth_unstable_by(cut, |a, b| by_start(a, b));
+                }
+                done.drain(..cut);
+            }
+            done.into_iter().cloned().collect()
+        };
+        out.extend(
+            live.values()
+                .map(|l| l.tx.borrow().clone())
+                .filter(|t| keep(t)),
+        );
         drop(live);
-        out.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.id.cmp(&b.id)));
+        out.sort_by(by_start);
         out
     }
 
@@ -503,5 +560,71 @@ mod tests {
         assert_eq!(d.state, TaskState::Succeeded);
         assert!(!was_interrupted(&d));
         assert_eq!(again.list().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_list_keeps_every_running_task_and_the_newest_finished() {
+        let tasks = tasks().await;
+        let old_running = tasks.start(Operation::VmInstall, Some(("vm1", "web01")));
+        let mut finished = Vec::new();
+        for i in 0..10 {
+            let vm = if i % 2 == 0 { "web01" } else { "db01" };
+            let t = tasks.start(Operation::VmStart, Some(("id", vm)));
+            finished.push(t.id.clone());
+            t.succeed(None);
+            // Distinct start times order them.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let got = ids(tasks.recent(3, |_| true));
+        let mut want = vec![old_running.id.clone()];
+        want.extend(finished[7..].iter().cloned());
+        assert_eq!(
+            got, want,
+            "the running task first (oldest), then the 3 newest"
+        );
+        let web = ids(tasks.recent(2, |t| t.vm_name.as_deref() == Some("web01")));
+        assert_eq!(
+            web,
+            vec![
+                old_running.id.clone(),
+                finished[6].clone(),
+                finished[8].clone()
+            ]
+        );
+        assert_eq!(tasks.recent(0, |_| true).len(), 1, "only the running one");
+        assert_eq!(tasks.list().len(), 11);
+    }
+
+    #[test]
+    fn the_history_is_pruned_to_its_limit_oldest_first() {
+        let task = |i: u64| Task {
+            id: format!("t{i:05}"),
+            vm_id: None,
+            vm_name: None,
+            operation: "vm.start".into(),
+            state: TaskState::Succeeded,
+            phase: "done".into(),
+            progress: 1.0,
+            bytes_done: None,
+            bytes_total: None,
+            started_at_ms: i,
+            finished_at_ms: Some(i),
+            result: None,
+            error: None,
+            migration: Default::default(),
+        };
+        let mut history: HashMap<String, Task> = (0..(HISTORY_LIMIT + HISTORY_SLACK) as u64)
+            .map(|i| (format!("t{i:05}"), task(i)))
+            .collect();
+        assert!(prune(&mut history).is_empty(), "within the slack");
+        let newest = (HISTORY_LIMIT + HISTORY_SLACK) as u64;
+        history.insert(format!("t{newest:05}"), task(newest));
+        let dropped = prune(&mut history);
+        assert_eq!(history.len(), HISTORY_LIMIT);
+        assert_eq!(dropped.len(), HISTORY_SLACK + 1);
+        assert!(dropped.contains(&"t00000".to_string()));
+        assert!(history.contains_key(&format!("t{newest:05}")));
+        assert!(!history.contains_key(&format!("t{:05}", HISTORY_SLACK)));
     }
 }

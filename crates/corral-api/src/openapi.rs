@@ -272,7 +272,7 @@ pub fn operations() -> Vec<Op> {
         Op::post("/v1/templates", "Add a template from TOML").body::<TemplateCreateRequest>().created_with(template),
         Op::get("/v1/templates/{name}", "One template, resolved").ok_with(template),
         Op::delete("/v1/templates/{name}", "Delete a user template").empty(204, "Deleted"),
-        Op::get("/v1/tasks", "All tasks, oldest first").ok::<Vec<Task>>(),
+        Op::get("/v1/tasks", "The running tasks and the most recent finished ones, oldest first").query("limit", "integer", "finished tasks to return, 1 to 5000 (default 100)").query("vm", "string", "only the tasks of this VM").ok::<Vec<Task>>(),
         Op::get("/v1/tasks/{id}", "One task").query("wait", "boolean", "true: answer when it has finished").ok::<Task>(),
         Op::post("/v1/tasks/{id}/cancel", "Ask a running task to stop (vm.copy, vm.install, vm.import, vm.export, vm.shutdown; others and finished tasks: 409 invalid_state)").empty(202, "Cancellation requested"),
         Op::get("/v1/pool", "The pool: store endpoints and health, hosts, HA timings").ok::<PoolInfo>(),

@@ -635,13 +635,41 @@ async fn delete_template(State(a): State<AppState>, Path(name): Path<String>) ->
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_tasks(State(a): State<AppState>, who: Caller) -> Response {
-    let mut tasks = a.tasks().list();
-    if let Some(i) = caller(&who).filter(|i| i.vms.is_some()) {
-        // A task of no VM (a repository, a network) is no business of a VM-limited token.
-        tasks.retain(|t| t.vm_name.as_deref().is_some_and(|n| i.may_see(n)));
+/// Finished tasks `GET /v1/tasks` returns unless asked for another number.
+pub const TASK_LIST_DEFAULT: usize = 100;
+/// The most it returns (the agent keeps about this many).
+pub const TASK_LIST_MAX: usize = 5000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TaskListQuery {
+    /// How many of the most recent finished tasks (running ones always come).
+    #[serde(default)]
+    limit: Option<usize>,
+    /// Only the tasks of this VM (name as the task recorded it).
+    #[serde(default)]
+    vm: Option<String>,
+}
+
+async fn list_tasks(
+    State(a): State<AppState>,
+    who: Caller,
+    Query(q): Query<TaskListQuery>,
+) -> Result<Response> {
+    let limit = q.limit.unwrap_or(TASK_LIST_DEFAULT);
+    if !(1..=TASK_LIST_MAX).contains(&limit) {
+        return Err(Failure(ApiError::invalid(format!(
+            "limit must be between 1 and {TASK_LIST_MAX} (got {limit})"
+        ))));
     }
-    Json(tasks).into_response()
+    // A task of no VM (a repository, a network) is no business of a VM-limited token.
+    let limited = caller(&who).filter(|i| i.vms.is_some());
+    let tasks = a.tasks().recent(limit, |t| {
+        let name = t.vm_name.as_deref();
+        q.vm.as_deref().is_none_or(|v| name == Some(v))
+            && limited.is_none_or(|i| name.is_some_and(|n| i.may_see(n)))
+    });
+    Ok(Json(tasks).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -524,8 +524,17 @@ impl Client {
         };
         self.call(Method::GET, &path, None).await
     }
+    /// The running tasks and the agent's default number of recent finished ones.
     pub async fn list_tasks(&self) -> Result<Vec<Task>> {
         self.call(Method::GET, "/v1/tasks", None).await
+    }
+    /// The running tasks and the `limit` most recent finished ones, of one VM if asked.
+    pub async fn list_recent_tasks(&self, limit: usize, vm: Option<&str>) -> Result<Vec<Task>> {
+        let mut path = format!("/v1/tasks?limit={limit}");
+        if let Some(vm) = vm {
+            path.push_str(&format!("&vm={}", seg(vm)));
+        }
+        self.call(Method::GET, &path, None).await
     }
     pub async fn show_task(&self, id: &str, wait: bool) -> Result<Task> {
         self.call(

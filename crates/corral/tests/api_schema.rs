@@ -307,6 +307,13 @@ fn answers_match_the_openapi_document() {
         200,
     );
     c.call("GET", "/v1/tasks", "/v1/tasks", None, 200);
+    c.call("GET", "/v1/tasks", "/v1/tasks?limit=2&vm=s1", None, 200);
+    let over = c.call("GET", "/v1/tasks", "/v1/tasks?limit=9999", None, 400);
+    assert!(
+        over.to_string()
+            .contains("limit must be between 1 and 5000"),
+        "{over}"
+    );
     c.call(
         "GET",
         "/v1/tasks/{id}",

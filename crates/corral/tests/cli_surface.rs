@@ -203,6 +203,18 @@ fn nics_disks_cdroms_repositories_isos_and_vm_set() {
             .any(|t| t["operation"] == "sr.create" && t["state"] == "succeeded"),
         "{tasks}"
     );
+    // The list is bounded (running tasks always, then the newest finished ones).
+    let all = arr(&tasks).len();
+    assert!(all >= 2, "{tasks}");
+    let newest = a.json(&["task", "list", "--limit", "1"]);
+    assert_eq!(arr(&newest).len(), 1, "{newest}");
+    assert_eq!(
+        arr(&newest)[0]["id"],
+        arr(&tasks)[all - 1]["id"],
+        "{newest}"
+    );
+    let e = a.fails(&["task", "list", "--limit", "0"]);
+    assert!(e.contains("--limit"), "{e}");
 
     // host info --json: accelerator and why, QEMU version, free space per repository.
     let host = a.json(&["host", "info"]);

@@ -85,8 +85,18 @@ pub enum TemplateCommand {
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
-    /// All tasks, oldest first.
-    List,
+    /// The running tasks and the most recent finished ones, oldest first.
+    ///
+    /// Running tasks are always listed; `--limit` bounds the finished ones (the agent keeps
+    /// the last 5,000). `corral vm history NAME` lists every task of one VM.
+    List {
+        /// How many of the most recent finished tasks to show.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=5000))]
+        limit: u64,
+        /// Only the tasks of this VM.
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+    },
     /// One task.
     Show {
         id: String,
@@ -388,7 +398,10 @@ pub fn print_tasks(tasks: &[Task], json: bool) {
 
 pub async fn task(c: &Client, cmd: TaskCommand, json: bool) -> anyhow::Result<()> {
     match cmd {
-        TaskCommand::List => print_tasks(&c.list_tasks().await?, json),
+        TaskCommand::List { limit, vm } => print_tasks(
+            &c.list_recent_tasks(limit as usize, vm.as_deref()).await?,
+            json,
+        ),
         TaskCommand::Show { id, wait } => {
             let t = if wait {
                 crate::progress::watch_task(c, &id, json).await?
