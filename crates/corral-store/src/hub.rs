@@ -74,6 +74,21 @@ impl<E: Engine> LocalStore<E> {
         }
     }
 
+    /// Run an engine call on tokio's blocking pool. SQLite holds its connection's lock for
+    /// the call and a WAL checkpoint may fsync; on a runtime worker that stalled every
+    /// request the agent was serving (two workers on two cores), not just the store's.
+    fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Inner<E>) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || call(&inner))
+                .await
+                .map_err(StoreError::backend)?
+        })
+    }
+
     #[cfg(test)]
     pub(crate) fn engine(&self) -> &E {
         &self.inner.engine
@@ -152,18 +167,20 @@ fn publish(hub: &mut Hub, events: Vec<WatchEvent>) {
 
 impl<E: Engine> Store for LocalStore<E> {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, StoreError>> {
-        Box::pin(async move { self.inner.engine.get(key) })
+        let key = key.to_string();
+        self.blocking(move |inner| inner.engine.get(&key))
     }
 
     fn list<'a>(
         &'a self,
         prefix: &'a str,
     ) -> BoxFuture<'a, Result<Vec<(String, Versioned)>, StoreError>> {
-        Box::pin(async move { self.inner.engine.list(prefix) })
+        let prefix = prefix.to_string();
+        self.blocking(move |inner| inner.engine.list(&prefix))
     }
 
     fn txn(&self, ops: Vec<TxnOp>) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move { self.inner.txn(&ops) })
+        self.blocking(move |inner| inner.txn(&ops))
     }
 
     fn watch<'a>(
@@ -226,7 +243,8 @@ impl<E: Engine> Store for LocalStore<E> {
                         .get(&id)
                         .is_some_and(|l| l.deadline <= Instant::now());
                     if expired {
-                        if let Err(e) = store.end_lease(id) {
+                        let ended = tokio::task::spawn_blocking(move || store.end_lease(id)).await;
+                        if let Ok(Err(e)) = ended {
                             tracing_free_warn(&e);
                         }
                         return;
@@ -251,11 +269,11 @@ impl<E: Engine> Store for LocalStore<E> {
     }
 
     fn revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move { self.inner.end_lease(lease) })
+        self.blocking(move |inner| inner.end_lease(lease))
     }
 
     fn revision(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move { self.inner.engine.revision() })
+        self.blocking(|inner| inner.engine.revision())
     }
 }
 
