@@ -82,6 +82,10 @@ pub fn member_routes() -> axum::Router<Arc<Agent>> {
         .route("/v1/pool/migrations/check", post(incoming_check))
         .route("/v1/pool/migrations", post(incoming_prepare))
         .route("/v1/pool/migrations/{id}/{step}", post(incoming_step))
+        .route(
+            "/v1/pool/migrations/{id}/nbd",
+            axum::routing::get(incoming_nbd),
+        )
         .route_layer(axum::middleware::from_fn(require_member))
 }
 
@@ -109,6 +113,25 @@ async fn incoming_prepare(
     crate::routes::Body_(req): crate::routes::Body_<corral_model::migrate::IncomingRequest>,
 ) -> Result<Response> {
     Ok(Json(a.incoming().prepare(req).await?).into_response())
+}
+
+/// The source's disk mirror: after `101` (`Upgrade: corral-nbd`), the raw NBD stream of
+/// the target QEMU's exports, spliced from this member's unix socket.
+async fn incoming_nbd(
+    State(a): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response> {
+    let socket = a.incoming().nbd_socket(&id)?;
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .map_err(|e| {
+            Failure(ApiError::new(
+                ErrorKind::Unavailable,
+                format!("the target QEMU's disk export does not answer: {e}"),
+            ))
+        })?;
+    crate::routes::splice(req, stream, "corral-nbd")
 }
 
 /// `heartbeat`, `commit` or `abort` of one incoming migration.

@@ -550,7 +550,7 @@ fn running(a: &AppState, name: &str, what: &str) -> Result<corral_model::VmInfo>
 
 /// Answer 101 with `protocol` and copy bytes both ways between the upgraded connection and
 /// `stream` until either side closes.
-fn splice<S>(req: Request, mut stream: S, protocol: &'static str) -> Result<Response>
+pub(crate) fn splice<S>(req: Request, mut stream: S, protocol: &'static str) -> Result<Response>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -130,9 +130,10 @@ pub struct IncomingAnswer {
     pub host: Option<String>,
     #[serde(default)]
     pub migration_port: Option<u16>,
-    /// With storage: the NBD server's port (exports are named after the disks' devices).
+    /// With storage: the target's QEMU exports the new disks over NBD (named after the
+    /// devices), reached through the member stream `GET /v1/pool/migrations/{id}/nbd`.
     #[serde(default)]
-    pub nbd_port: Option<u16>,
+    pub nbd: bool,
     /// With storage: device -> the new volume's path on the target.
     #[serde(default)]
     pub volumes: Vec<(String, std::path::PathBuf)>,
@@ -148,7 +149,7 @@ impl IncomingAnswer {
             checks,
             host: None,
             migration_port: None,
-            nbd_port: None,
+            nbd: false,
             volumes: Vec::new(),
             tls_hostname: None,
         }

@@ -325,9 +325,9 @@ impl Incoming {
             let q = |cmd: &'static str, args: serde_json::Value| {
                 let qmp = qmp.clone();
                 async move {
-                    qmp.execute(cmd, args)
-                        .await
-                        .map_err(|e| Error::caused(e.kind(), format!("target QEMU refused {cmd}"), e))
+                    qmp.execute(cmd, args).await.map_err(|e| {
+                        Error::caused(e.kind(), format!("target QEMU refused {cmd}"), e)
+                    })
                 }
             };
             if req.tls {
@@ -344,14 +344,31 @@ impl Incoming {
                 json!({ "tls-creds": if req.tls { TLS_ID } else { "" } }),
             )
             .await?;
-            let mut nbd_port = None;
             if req.with_storage {
-                let port = free_port(listen_host)?;
-                let mut args = json!({ "addr": { "type": "inet", "data": { "host": listen_host, "port": port.to_string() } } });
-                if req.tls {
-                    args["tls-creds"] = json!(TLS_ID);
+                // On a unix socket only this agent reaches: the source's QEMU comes in through
+                // the members' mutual TLS and the two agents (`nbd_stream`), never with
+                // QEMU's own NBD TLS, whose client can deadlock QEMU 7.2 (see `nbd_proxy`).
+                let run_dir = self.host.layout.run_dir(&rec.id);
+                let socket = nbd_socket(&run_dir);
+                // A directory the confined QEMU may create its socket in.
+                let dir = socket.parent().unwrap_or(&run_dir).to_path_buf();
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    Error::caused(
+                        ErrorKind::Internal,
+                        format!("cannot create {}", dir.display()),
+                        e,
+                    )
+                })?;
+                if let Some(uid) = crate::confine::granted_uid(&run_dir) {
+                    use crate::confine::{R, W, X};
+                    crate::confine::grant(&run_dir, uid, &[(dir, R | W | X)])?;
                 }
-                q("nbd-server-start", args).await?;
+                q(
+                    "nbd-server-start",
+                    json!({ "addr": { "type": "unix", "data": { "path": socket } } }),
+                )
+                .await?;
                 for d in &rec.spec.disks {
                     q(
                         "block-export-add",
@@ -361,7 +378,6 @@ impl Incoming {
                     )
                     .await?;
                 }
-                nbd_port = Some(port);
             }
             q(
                 "migrate-incoming",
@@ -377,7 +393,7 @@ impl Incoming {
                 checks: Vec::new(),
                 host: Some(listen_host.to_string()),
                 migration_port: Some(port),
-                nbd_port,
+                nbd: req.with_storage,
                 volumes: volumes.clone(),
                 tls_hostname: Some(crate::pool::pki::member_server_name(&self.host.host_id)),
             })
@@ -397,6 +413,25 @@ impl Incoming {
         if let Ok(bytes) = serde_json::to_vec_pretty(m) {
             let _ = crate::files::write_private(&path, &bytes, 0o600);
         }
+    }
+
+    /// The NBD socket of incoming migration `id`'s QEMU, while it receives (the source's
+    /// disk mirror connects through `GET /v1/pool/migrations/{id}/nbd`).
+    pub fn nbd_socket(&self, id: &str) -> Result<PathBuf, Error> {
+        let e = lock(&self.entries).get(id).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no incoming migration {id} here"),
+            )
+        })?;
+        if *lock(&e.state) != IncomingState::Receiving {
+            return Err(Error::new(
+                ErrorKind::InvalidState,
+                format!("incoming migration {id} no longer receives"),
+            ));
+        }
+        let vm_id = lock(&e.marker).vm_id.clone();
+        Ok(nbd_socket(&self.host.layout.run_dir(&vm_id)))
     }
 
     /// The source's heartbeat; answers what this host holds.
@@ -643,21 +678,17 @@ fn qemu_checks(here: &str, source: &SourceQemu, local: &SourceQemu) -> [PreCheck
 }
 
 /// `tcp:` URIs write IPv6 hosts in brackets.
+/// Where the target's QEMU serves the disks of an incoming migration.
+fn nbd_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("nbd").join("export.sock")
+}
+
 pub(super) fn uri_host(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {
         host.to_string()
     }
-}
-
-/// A TCP port free on `host` now (QEMU's NBD server cannot pick one itself).
-fn free_port(host: &str) -> Result<u16, Error> {
-    let l = std::net::TcpListener::bind((host, 0))
-        .map_err(|e| Error::caused(ErrorKind::Internal, format!("no free port on {host}"), e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::caused(ErrorKind::Internal, "no free port", e))
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 
 pub mod converge;
 pub mod incoming;
+mod nbd_proxy;
 mod source;
 
 use crate::context::Host;

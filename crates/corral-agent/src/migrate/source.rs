@@ -190,6 +190,7 @@ pub async fn drive(
         figures: MigrationFigures::default(),
         started: Instant::now(),
         mirrors: Vec::new(),
+        nbd_proxy: None,
         ram_total: 0,
         events: qmp.subscribe(),
     };
@@ -215,19 +216,6 @@ pub async fn drive(
     }
 }
 
-/// Whether a TCP connection to `host:port` opens within `timeout`.
-async fn reachable(host: &str, port: u16, timeout: Duration) -> std::io::Result<()> {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
-        Ok(stream) => stream.map(drop),
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no connection within {} s", timeout.as_secs()),
-        )),
-    }
-}
-
-/// Tell the target to drop its half (best effort: it also does so by itself when the
-/// heartbeats stop).
 async fn abort_target(plan: &Plan) {
     tell_target_to_abort(&plan.pool, &plan.target_id, &plan.migration_id).await;
 }
@@ -256,6 +244,8 @@ struct Driver<'a> {
     started: Instant,
     /// Devices whose disk is being mirrored (node and job `mig-<device>`).
     mirrors: Vec<String>,
+    /// The mirror's way to the target's exports, while it is needed.
+    nbd_proxy: Option<super::nbd_proxy::NbdProxy>,
     /// The guest's RAM as QEMU counts it.
     ram_total: u64,
     /// QEMU's events: a migration or block job changing state ends the wait for the next
@@ -375,7 +365,7 @@ impl Driver<'_> {
         self.failpoint(task, "after-prepare").await?;
         self.keep_going(task)?;
         if self.plan.request.with_storage {
-            self.mirror(task, &host, tls).await?;
+            self.mirror(task, run_dir).await?;
         }
         self.memory(task, &host, tls).await?;
         task.phase_span(
@@ -390,44 +380,36 @@ impl Driver<'_> {
     }
 
     /// Mirror every disk to the target's NBD export, in write-blocking mode: once a job is
-    /// ready, every guest write reaches the target before it completes.
-    async fn mirror(&mut self, task: &TaskHandle, host: &str, tls: bool) -> Result<(), Error> {
+    /// ready, every guest write reaches the target before it completes. QEMU's NBD client
+    /// reaches the exports through this agent (`nbd_proxy`), never with its own TLS.
+    async fn mirror(&mut self, task: &TaskHandle, run_dir: &Path) -> Result<(), Error> {
         task.phase_span("mirroring disks", 0.05, 0.5);
-        let port = self
-            .answer
-            .nbd_port
-            .ok_or_else(|| Error::internal("the target serves no NBD export"))?;
+        if !self.answer.nbd {
+            return Err(Error::internal("the target serves no disk export"));
+        }
+        let proxy = super::nbd_proxy::NbdProxy::start(
+            self.plan.pool.clone(),
+            &self.plan.target_id,
+            &self.plan.migration_id,
+            run_dir,
+            self.answer.volumes.len(),
+            NBD_CONNECT_TIMEOUT,
+        )
+        .await?;
+        let socket = proxy.socket().to_path_buf();
+        self.nbd_proxy = Some(proxy);
         for (device, _) in &self.answer.volumes {
             let node = format!("mig-{device}");
             // `discard: unmap` lets the mirror write zeroes as zeroes (an NBD command, no
             // data): without it QEMU copies and rate-limits a disk's holes like its data.
-            let mut nbd = json!({
+            let nbd = json!({
                 "driver": "nbd", "node-name": node, "discard": "unmap",
-                "server": { "type": "inet", "host": host, "port": port.to_string() },
+                "server": { "type": "unix", "path": socket },
                 "export": device,
             });
-            if tls {
-                nbd["tls-creds"] = json!(TLS_ID);
-                if let Some(h) = &self.answer.tls_hostname {
-                    nbd["tls-hostname"] = json!(h);
-                }
-            }
-            // QEMU 7.2 connects an NBD node while it holds its main lock: the monitor and
-            // the guest's I/O wait for the connection. A target cut off would freeze the guest
-            // until TCP gives up, so this host tries the export first, and QEMU's own attempt
-            // is bounded (on a timeout the rollback's socket teardown frees QEMU).
-            reachable(host, port, NBD_CONNECT_TIMEOUT)
-                .await
-                .map_err(|e| {
-                    Error::caused(
-                        ErrorKind::Unavailable,
-                        format!(
-                            "host {:?}'s disk export at {host}:{port} is unreachable",
-                            self.plan.target_name
-                        ),
-                        e,
-                    )
-                })?;
+            // QEMU 7.2 negotiates an NBD node while it holds its main lock: the monitor and
+            // the guest's I/O wait for the target's answer. The stream is already open, and
+            // a rollback after a timeout drops the proxy, which ends QEMU's wait.
             self.qmp
                 .execute_timeout("blockdev-add", nbd, NBD_CONNECT_TIMEOUT)
                 .await
@@ -660,14 +642,20 @@ impl Driver<'_> {
                 .q("blockdev-del", json!({ "node-name": format!("mig-{d}") }))
                 .await;
         }
+        self.nbd_proxy = None;
         Ok(())
     }
 
     async fn wait_mirrors_gone(&self, timeout: Duration) -> Result<(), Error> {
         let until = Instant::now() + timeout;
         loop {
-            let jobs = qm::parse_block_jobs(&self.q("query-block-jobs", json!({})).await?)
-                .unwrap_or_default();
+            // Bounded: a rollback calls this too, and must end.
+            let jobs = self
+                .qmp
+                .execute_timeout("query-block-jobs", json!({}), ROLLBACK_QMP_TIMEOUT)
+                .await
+                .map_err(qmp_err("QEMU refused query-block-jobs"))?;
+            let jobs = qm::parse_block_jobs(&jobs).unwrap_or_default();
             let left = jobs
                 .iter()
                 .filter(|j| self.mirrors.iter().any(|d| j.device == format!("mig-{d}")))
@@ -727,10 +715,8 @@ impl Driver<'_> {
         let Some(host) = self.answer.host.as_deref() else {
             return;
         };
-        for port in [self.answer.migration_port, self.answer.nbd_port]
-            .into_iter()
-            .flatten()
-        {
+        // The disks' streams end with the proxy (`rollback`).
+        if let Some(port) = self.answer.migration_port {
             let filter = ["dst", host, "dport", "=", &format!(":{port}")];
             let out = tokio::process::Command::new("ss")
                 .arg("-K")
@@ -751,6 +737,9 @@ impl Driver<'_> {
         // this host's sockets to the target's ports ends those writes at once; QEMU then
         // sees its migration and mirrors fail and answers again.
         self.kill_streams().await;
+        // Closing QEMU's NBD connections fails any read it waits in (a negotiation with a
+        // target that stopped answering holds QEMU's main loop).
+        self.nbd_proxy = None;
         let _ = self
             .qmp
             .execute_timeout("migrate_cancel", json!({}), ROLLBACK_QMP_TIMEOUT)

@@ -91,6 +91,66 @@ impl Pool {
         }
     }
 
+    /// A raw byte stream to member `host_id`: `GET path` with `Upgrade: protocol` over the
+    /// members' mutual TLS, and the connection after the member's 101. Live migration's
+    /// disk mirror runs through it (see `migrate::nbd_proxy`).
+    pub async fn open_stream(
+        &self,
+        host_id: &str,
+        path: &str,
+        protocol: &'static str,
+        timeout: Duration,
+    ) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, Error> {
+        let name = self.name_of(host_id);
+        let tls = self
+            .tls()
+            .ok_or_else(|| Error::internal("this host is not in a clustered pool"))?;
+        let address = self.address_of(host_id)?;
+        let exchange = async {
+            let stream = connect(tls, &address, host_id).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn.with_upgrades());
+            let req = hyper::Request::get(path)
+                .header(hyper::header::HOST, authority(&address)?)
+                .header(hyper::header::CONNECTION, "upgrade")
+                .header(hyper::header::UPGRADE, protocol)
+                .header(FORWARDED, self.host.host_id.as_str())
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .map_err(|e| e.to_string())?;
+            let mut resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                let status = resp.status();
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let why = serde_json::from_slice::<corral_model::ApiError>(&body)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+                return Err(format!("answered {status}: {why}"));
+            }
+            hyper::upgrade::on(&mut resp)
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {} s", timeout.as_secs()))
+            .and_then(|r| r)
+            .map_err(|why| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("cannot open a stream to host {name:?}: {why}"),
+                )
+            })
+    }
+
     /// Send `body` as JSON to `path` on member `host_id` and decode its JSON answer. A
     /// member that cannot be reached (or does not answer within `timeout`) is
     /// `unavailable`; a refusal comes back as the member's own error.
