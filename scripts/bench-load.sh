@@ -36,7 +36,8 @@ cat "$TABLE"
 verdict=pass
 if [ "$status" != 0 ]; then
     # The test's own words (e.g. "p99 of reads 291.5 ms > 50 ms"), not a path in /tmp.
-    why=$(grep -m1 -E "p99 of reads|unexpected errors|never answered" "$LOG" | sed 's/^[[:space:]]*//' || true)
+    why=$(grep -m1 -oE "p99 of reads [0-9.]+ ms > [0-9.]+ ms" "$LOG" || true)
+    [ -n "$why" ] || why=$(grep -m1 -E "panicked|unexpected error|never answered" "$LOG" | sed 's/^[[:space:]]*//' || true)
     verdict="fail: ${why:-the test failed}"
 fi
 echo "p99 of reads <= ${P99} ms, no deadlock, no unexpected error: $verdict (log: $LOG)"
