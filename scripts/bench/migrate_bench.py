@@ -15,7 +15,7 @@
 Ratios against the raw reference are printed; with --doc FILE the table goes under
 "## Live migration (issue 10)".
 """
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench  # noqa: E402
@@ -74,15 +74,30 @@ def raw_once(argv, run_dir, root, i, tls=None):
     src, dst = os.path.join(d, "src.sock"), os.path.join(d, "dst.sock")
 
     def variant(tag, extra):
-        v = [x.replace(os.path.join(d, "qmp.sock"), os.path.join(d, f"{tag}.sock"))
+        # corral hands its (confined) QEMU the monitor and serial sockets as listening file
+        # descriptors; by hand they are paths.
+        sockets = {"qmp": os.path.join(d, f"{tag}.sock"),
+                   "serial0": os.path.join(d, f"{tag}-serial.sock")}
+        def own(x):
+            for cid, path in sockets.items():
+                x = re.sub(rf"^socket,id={cid},fd=\d+,", f"socket,id={cid},path={path},", x)
+            return x
+        v = [own(x).replace(os.path.join(d, "qmp.sock"), os.path.join(d, f"{tag}.sock"))
               .replace(os.path.join(d, "qemu.pid"), os.path.join(d, f"{tag}.pid"))
               .replace(os.path.join(d, "serial.sock"), os.path.join(d, f"{tag}-serial.sock"))
               .replace(os.path.join(d, "serial.log"), os.path.join(d, f"{tag}.log")) for x in args]
         return [argv[0]] + v + extra
     creds = lambda dir_, ep: ["-object", f"tls-creds-x509,id=tls0,dir={dir_},endpoint={ep},verify-peer=on"]
-    subprocess.run(variant("src", creds(tls[0], "client") if tls else []), check=True)
-    subprocess.run(variant("dst", ["-incoming", "defer"] + (creds(tls[1], "server") if tls else [])),
-                   check=True)
+
+    def launch(tag, extra):
+        # Not daemonized (corral's QEMU is its child, and its sandbox denies the fork):
+        # started in the background, ready when its monitor socket exists.
+        subprocess.Popen(variant(tag, extra), stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: os.path.exists(os.path.join(d, f"{tag}.sock")), 30, 0.05,
+                 f"{tag} QEMU's monitor")
+    launch("src", creds(tls[0], "client") if tls else [])
+    launch("dst", ["-incoming", "defer"] + (creds(tls[1], "server") if tls else []))
     # As long after boot as corral's guest gets (SETTLE), so both have settled memory.
     wait_for(lambda: f"CORRAL-COUNT {SETTLE}" in open(f"{d}/src.log", errors="replace").read(),
              180, 0.2, "raw guest boot")
