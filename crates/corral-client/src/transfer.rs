@@ -156,6 +156,9 @@ impl Client {
             if let Some(n) = q.data_bytes {
                 path.push_str(&format!("&data_bytes={n}"));
             }
+            if let Some(n) = q.image_bytes {
+                path.push_str(&format!("&image_bytes={n}"));
+            }
         }
         let mut sender = self.connect_with::<ChannelBody>().await?;
         let mut b = self

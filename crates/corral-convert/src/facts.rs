@@ -111,7 +111,7 @@ pub(crate) async fn find_root(
         Err(Refusal::NoLinux { .. }) if !unreadable.is_empty() => {
             let (device, source) = unreadable.swap_remove(0);
             Err(ConvertError::Unreadable {
-                what: "a Linux".into(),
+                what: "a Linux file system, which may be the root".into(),
                 device,
                 source,
             })
@@ -125,7 +125,11 @@ pub(crate) async fn mount_guest(g: &mut Guestfish, mounts: &MountPlan) -> Result
     for (mp, dev) in &mounts.mounts {
         if let Err(source) = g.call("mount", &[dev, mp]).await {
             return Err(ConvertError::Unreadable {
-                what: if mp == "/" { "root".into() } else { mp.clone() },
+                what: if mp == "/" {
+                    "the root file system".into()
+                } else {
+                    format!("{mp} in the guest's fstab")
+                },
                 device: dev.clone(),
                 source,
             });

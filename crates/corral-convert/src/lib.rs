@@ -12,12 +12,16 @@
 //! for everything: measured here, this is about half of what `virt-v2v-in-place` takes for the
 //! same disk, and virt-v2v's result still did not boot (`docs/p2v.md`).
 //!
+//! Before any of that, [`probe`] looks at a raw image as it is uploaded and refuses a disk
+//! where nothing can be Linux (FAT, NTFS, blank) without starting an appliance.
+//!
 //! When the root cannot grow where it is (another partition follows it), [`expand_by_copy`]
 //! runs `virt-resize`, which moves partitions by copying, as a second pass.
 
 pub mod facts;
 pub mod guestfish;
 pub mod plan;
+pub mod probe;
 
 pub use guestfish::{ApplianceOptions, GuestfishError};
 pub use plan::{ExpandByCopy, NetworkMode, Options, Refusal};
@@ -38,7 +42,7 @@ const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 pub enum ConvertError {
     #[error(transparent)]
     Refused(#[from] Refusal),
-    #[error("cannot mount the guest's {what} file system ({device})")]
+    #[error("cannot mount {device} ({what})")]
     Unreadable {
         what: String,
         device: String,

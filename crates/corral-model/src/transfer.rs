@@ -89,6 +89,10 @@ pub struct ImportQuery {
     /// uploaded; the agent checks again with the image itself.
     #[serde(default)]
     pub data_bytes: Option<u64>,
+    /// With `convert` and `dry_run`: the image file's whole length, which is a raw image's
+    /// disk size (a dry run uploads only the image's first bytes).
+    #[serde(default)]
+    pub image_bytes: Option<u64>,
 }
 
 /// How a converted guest's network is set up (`vm import --convert --network`).

@@ -132,7 +132,12 @@ impl Ops {
         .await
         .map_err(|e| Error::caused(ErrorKind::Internal, "import worker failed", e))?
         .map_err(|e| Error::caused(ErrorKind::InvalidInput, "cannot read the upload", e))?;
-        let image = detect_image(&head, length).map_err(|e| {
+        // A dry run uploads only the image's first bytes; the client says how long it is.
+        let whole = match (q.dry_run, q.image_bytes) {
+            (true, Some(n)) => Some(n.max(length.unwrap_or(0))),
+            _ => length,
+        };
+        let image = detect_image(&head, whole).map_err(|e| {
             refusal(
                 ErrorKind::InvalidInput,
                 format!("cannot convert the upload: {e}"),
@@ -185,7 +190,7 @@ impl Ops {
         let staging_root = self.host.layout.staging();
         let (data, upload) = match image.format {
             ImageFormat::Raw => (q.data_bytes.unwrap_or(0).min(image.virtual_size), 0),
-            _ => (length.unwrap_or(0), length.unwrap_or(0)),
+            _ => (whole.unwrap_or(0), whole.unwrap_or(0)),
         };
         check_space(&sr, &staging_root, data, upload, 0)?;
 
@@ -205,7 +210,7 @@ impl Ops {
                 disks: vec![PlannedDisk {
                     device: "disk0".into(),
                     virtual_size_bytes: disk_size,
-                    allocated_bytes: q.data_bytes.or(length),
+                    allocated_bytes: q.data_bytes.or(whole),
                     format: DiskFormat::Qcow2,
                     bus: DiskBus::Virtio,
                 }],
@@ -300,21 +305,31 @@ impl Ops {
             ImageFormat::Raw => staging.join("disk0.qcow2"),
             f => staging.join(format!("upload.{}", f.as_str())),
         };
+        // A raw disk is looked at as it passes: one with nothing Linux on it is refused
+        // without an appliance.
+        let probe = (image.format == ImageFormat::Raw).then(|| {
+            corral_convert::probe::Probe::new(
+                &head[..head.len().min(corral_convert::probe::TABLE_BYTES)],
+            )
+        });
         let written = {
             let (dest, image, task) = (dest.clone(), *image, task.clone());
             tokio::task::spawn_blocking(move || {
-                receive(
+                let mut probe = probe;
+                let r = receive(
                     io::Cursor::new(head).chain(reader),
                     &dest,
                     &image,
                     length,
                     &task,
-                )
+                    probe.as_mut(),
+                );
+                r.map(|n| (n, probe))
             })
             .await
             .map_err(|e| Error::caused(ErrorKind::Internal, "import worker failed", e))?
         };
-        let received = written.map_err(|e| {
+        let (received, probe) = written.map_err(|e| {
             if task.is_cancelled() {
                 Error::new(ErrorKind::InvalidState, "the import was cancelled")
             } else if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -329,6 +344,13 @@ impl Ops {
             }
         })?;
         tracing::info!(vm = %id, bytes = received, format = image.format.as_str(), "image received");
+        if let Some(corral_convert::probe::Verdict::NoLinux(found)) = probe.map(|p| p.verdict()) {
+            return Err(refusal(
+                ErrorKind::InvalidInput,
+                format!("cannot convert the image: no Linux system found on the image ({found})"),
+                "no_linux",
+            ));
+        }
         let staged_bytes = std::fs::metadata(&dest)
             .map(|m| m.blocks() * 512)
             .unwrap_or(0);
@@ -592,6 +614,7 @@ fn receive(
     image: &ImageHead,
     length: Option<u64>,
     task: &TaskHandle,
+    mut probe: Option<&mut corral_convert::probe::Probe>,
 ) -> io::Result<u64> {
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -622,6 +645,9 @@ fn receive(
         }
         if filled == 0 {
             break;
+        }
+        if let Some(p) = probe.as_deref_mut() {
+            p.feed(done, &buf[..filled]);
         }
         for (i, block) in buf[..filled].chunks(BLOCK).enumerate() {
             if block.iter().all(|&b| b == 0) {

@@ -425,7 +425,7 @@ const DRY_RUN_BYTES: u64 = 32 << 20;
 
 pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()> {
     let file = std::path::absolute(&a.file).unwrap_or(a.file.clone());
-    let (name, data_bytes) = if a.convert {
+    let (name, data_bytes, image_bytes) = if a.convert {
         use std::os::unix::fs::MetadataExt;
         let m =
             std::fs::metadata(&file).with_context(|| format!("cannot open {}", file.display()))?;
@@ -441,9 +441,13 @@ pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()>
                 )
             })?,
         };
-        (Some(name), Some((m.blocks() * 512).min(m.len())))
+        (
+            Some(name),
+            Some((m.blocks() * 512).min(m.len())),
+            Some(m.len()),
+        )
     } else {
-        (a.name, None)
+        (a.name, None, None)
     };
     let q = ImportQuery {
         name,
@@ -455,6 +459,7 @@ pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()>
         disk_size_bytes: a.disk_size,
         network: a.network,
         data_bytes,
+        image_bytes,
     };
     // A dry run first: a name collision or an unreadable archive is reported after a few
     // megabytes instead of after the whole upload.
@@ -464,6 +469,7 @@ pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()>
     }
     let q = ImportQuery {
         dry_run: false,
+        image_bytes: None,
         ..q
     };
     let done = upload(c, &file, &q, json).await?;
@@ -644,7 +650,14 @@ fn print_outcome(answer: ImportOutcome, json: bool) -> anyhow::Result<()> {
 
 fn print_plan(p: &ImportPlan) {
     let s = &p.spec;
-    println!("would import a {} archive as:", p.format);
+    if matches!(p.format.as_str(), "raw" | "qcow2" | "vmdk") {
+        println!(
+            "would convert a {} disk image into (the firmware is the image's):",
+            p.format
+        );
+    } else {
+        println!("would import a {} archive as:", p.format);
+    }
     output::fields(&[
         ("name", s.name.clone()),
         ("description", s.description.clone()),
