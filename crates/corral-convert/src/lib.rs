@@ -186,9 +186,7 @@ async fn run(
 }
 
 fn record(changes: &mut Vec<String>, s: &Step) {
-    if !s.change.is_empty() {
-        changes.push(s.change.clone());
-    }
+    changes.extend(s.changes.iter().cloned());
 }
 
 /// A few words on a step, for progress.
@@ -252,10 +250,13 @@ async fn apply(g: &mut Guestfish, step: &Step) -> Result<(), ConvertError> {
 }
 
 /// Run `script` with the guest's `/bin/sh` (its `/dev`, `/proc` and `/sys` are the
-/// appliance's); fails with the end of its output unless it exits 0.
+/// appliance's); fails with the end of its output unless it exits 0. Temporary files go to
+/// `/tmp`: `/var` may be a file system that is not on this disk (mkinitramfs would use
+/// `/var/tmp`).
 async fn run_in_guest(g: &mut Guestfish, script: &str) -> Result<(), ConvertError> {
     let wrapped = format!(
-        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C\n\
+        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LC_ALL=C TMPDIR=/tmp\n\
+         mkdir -p /tmp\n\
          ( {script}\n) </dev/null 2>&1\necho \"@@corral-rc=$?\"\n"
     );
     let started = std::time::Instant::now();

@@ -1,7 +1,7 @@
 //! What a conversion changes, decided from what was found in the guest: pure functions of
 //! [`GuestFacts`] and [`Options`], so every rule can be read and table-tested without an
 //! appliance. `facts.rs` gathers the facts inside the appliance and [`crate::convert_disk`]
-//! carries the [`Plan`] out, step by step, recording each step's `change` once it succeeded.
+//! carries the [`Plan`] out, step by step, recording each step's `changes` once it succeeded.
 //!
 //! The rules, in the order the plan applies them: grow the disk's last partition, its LVM
 //! physical volume, the root LV and the root file system into new space (`--disk-size`);
@@ -1216,8 +1216,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     pub action: Action,
-    /// What the record says once the step succeeded.
-    pub change: String,
+    /// What the record says once the step succeeded, one line per change.
+    pub changes: Vec<String>,
 }
 
 /// The root cannot grow where it is (another partition follows it): a copy that moves the
@@ -1243,13 +1243,13 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-fn write(path: &str, content: String, change: String) -> Step {
+fn write(path: &str, content: String, changes: Vec<String>) -> Step {
     Step {
         action: Action::Write {
             path: path.into(),
             content,
         },
-        change,
+        changes,
     }
 }
 
@@ -1339,16 +1339,16 @@ fn efi_fallback_steps(files: &GuestFiles, os: &OsRelease, warnings: &mut Vec<Str
             action: Action::Mkdir {
                 path: "/boot/efi/EFI/BOOT".into(),
             },
-            change: String::new(),
+            changes: Vec::new(),
         }];
         steps.push(Step {
             action: Action::Copy {
                 from: loader.clone(),
                 to: EFI_FALLBACK.into(),
             },
-            change: format!(
+            changes: vec![format!(
                 "{EFI_FALLBACK}: a copy of {loader}, so the VM's firmware (whose boot variables are empty) starts it"
-            ),
+            )],
         });
         if shim.is_some() {
             for name in ["grubx64.efi", "mmx64.efi"] {
@@ -1358,9 +1358,9 @@ fn efi_fallback_steps(files: &GuestFiles, os: &OsRelease, warnings: &mut Vec<Str
                             from: f.clone(),
                             to: format!("/boot/efi/EFI/BOOT/{name}"),
                         },
-                        change: format!(
+                        changes: vec![format!(
                             "/boot/efi/EFI/BOOT/{name}: a copy of {f}, loaded by the shim"
-                        ),
+                        )],
                     });
                 }
             }
@@ -1372,7 +1372,7 @@ fn efi_fallback_steps(files: &GuestFiles, os: &OsRelease, warnings: &mut Vec<Str
                     "if [ -f '{dir}/grub.cfg' ] && [ ! -f /boot/efi/EFI/BOOT/grub.cfg ]; then cp '{dir}/grub.cfg' /boot/efi/EFI/BOOT/grub.cfg; fi"
                 ),
             },
-            change: format!("/boot/efi/EFI/BOOT/grub.cfg: a copy of {dir}/grub.cfg (if there was one)"),
+            changes: vec![format!("/boot/efi/EFI/BOOT/grub.cfg: a copy of {dir}/grub.cfg (if there was one)")],
         });
         return steps;
     }
@@ -1463,31 +1463,31 @@ pub fn plan_growth(
             action: Action::ExpandGpt {
                 disk: layout.disk.clone(),
             },
-            change: String::new(),
+            changes: Vec::new(),
         });
     }
-    let grown_mib = (end_sector + 1 - part.end()) * 512 >> 20;
+    let grown_mib = ((end_sector + 1 - part.end()) * 512) >> 20;
     unmounted.push(Step {
         action: Action::ResizePartition {
             disk: layout.disk.clone(),
             number: part.number,
             end_sector,
         },
-        change: format!(
+        changes: vec![format!(
             "grew partition {} by {grown_mib} MiB to the end of the disk",
             part_dev.device
-        ),
+        )],
     });
     if let Some(lv) = &lv {
         unmounted.push(Step {
             action: Action::ResizePv {
                 device: part_dev.device.clone(),
             },
-            change: format!("grew LVM physical volume {}", part_dev.device),
+            changes: vec![format!("grew LVM physical volume {}", part_dev.device)],
         });
         unmounted.push(Step {
             action: Action::ExtendLv { lv: lv.clone() },
-            change: format!("extended logical volume {lv} over the new space"),
+            changes: vec![format!("extended logical volume {lv} over the new space")],
         });
     }
     match root_dev.fstype.as_str() {
@@ -1495,7 +1495,10 @@ pub fn plan_growth(
             action: Action::GrowExt {
                 device: root.to_string(),
             },
-            change: format!("grew the root file system ({}, {root})", root_dev.fstype),
+            changes: vec![format!(
+                "grew the root file system ({}, {root})",
+                root_dev.fstype
+            )],
         }),
         t @ ("xfs" | "btrfs") => {
             let mp = mounts
@@ -1509,7 +1512,7 @@ pub fn plan_growth(
                     mountpoint: mp,
                     fstype: t.to_string(),
                 },
-                change: format!("grew the root file system ({t}, {root})"),
+                changes: vec![format!("grew the root file system ({t}, {root})")],
             })
         }
         t => warnings.push(format!(
@@ -1597,32 +1600,34 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
     // Device names.
     if let Some(t) = f.file("/etc/fstab") {
         if let Some(r) = rewrite_fstab(t, &facts.root, layout, &mut warnings) {
-            steps.push(write("/etc/fstab", r.content, r.changes.join("; ")));
+            steps.push(write("/etc/fstab", r.content, r.changes));
         }
     }
     if let Some(r) = f
         .file("/etc/crypttab")
         .and_then(|t| rewrite_crypttab(t, layout))
     {
-        steps.push(write("/etc/crypttab", r.content, r.changes.join("; ")));
+        steps.push(write("/etc/crypttab", r.content, r.changes));
     }
     const RESUME: &str = "/etc/initramfs-tools/conf.d/resume";
     if let Some(r) = f.file(RESUME).and_then(|t| rewrite_resume(t, layout)) {
-        steps.push(write(RESUME, r.content, r.changes.join("; ")));
+        steps.push(write(RESUME, r.content, r.changes));
     }
     if let Some(r) = f
         .file("/etc/default/grub")
         .and_then(|t| rewrite_default_grub(t, layout))
     {
-        steps.push(write("/etc/default/grub", r.content, r.changes.join("; ")));
+        steps.push(write("/etc/default/grub", r.content, r.changes));
     }
     if f.files.contains_key("/boot/grub/device.map") {
         steps.push(Step {
             action: Action::Remove {
                 path: "/boot/grub/device.map".into(),
             },
-            change: "removed /boot/grub/device.map: it mapped GRUB's disks to the server's devices"
-                .into(),
+            changes: vec![
+                "removed /boot/grub/device.map: it mapped GRUB's disks to the server's devices"
+                    .into(),
+            ],
         });
     }
 
@@ -1632,7 +1637,7 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
         steps.push(write(
             MODULES,
             content,
-            format!("{MODULES}: added {}", added.join(", ")),
+            vec![format!("{MODULES}: added {}", added.join(", "))],
         ));
     }
 
@@ -1651,10 +1656,10 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
                 action: Action::Remove {
                     path: l.to_string(),
                 },
-                change: if i == 0 {
-                    format!("disabled {unit} ({why})")
+                changes: if i == 0 {
+                    vec![format!("disabled {unit} ({why})")]
                 } else {
-                    String::new()
+                    Vec::new()
                 },
             });
         }
@@ -1666,14 +1671,14 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
         action: Action::Run {
             script: format!("{update_initramfs} -u -k all"),
         },
-        change: format!(
+        changes: vec![format!(
             "rebuilt the initramfs of {} with the guest's update-initramfs (virtio drivers included)",
             kernels
                 .iter()
                 .map(|k| k.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
+        )],
     });
     match firmware {
         Firmware::Bios => {
@@ -1683,7 +1688,7 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
                     action: Action::Run {
                         script: format!("{gi} --target=i386-pc {}", layout.disk),
                     },
-                    change: "reinstalled GRUB (i386-pc) in the disk's boot sector with the guest's grub-install".into(),
+                    changes: vec!["reinstalled GRUB (i386-pc) in the disk's boot sector with the guest's grub-install".into()],
                 });
             } else {
                 warnings.push(
@@ -1697,7 +1702,9 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
         action: Action::Run {
             script: grub_mkconfig.clone(),
         },
-        change: "regenerated /boot/grub/grub.cfg with the guest's GRUB (root by UUID)".into(),
+        changes: vec![
+            "regenerated /boot/grub/grub.cfg with the guest's GRUB (root by UUID)".into(),
+        ],
     });
     Ok(Plan {
         os,
@@ -1771,7 +1778,9 @@ fn network_steps(
             steps.push(write(
                 &path,
                 keep_name_link(name, mac),
-                format!("{path}: the VM's NIC {mac} is named {name}, as the server's NIC was"),
+                vec![format!(
+                    "{path}: the VM's NIC {mac} is named {name}, as the server's NIC was"
+                )],
             ));
         }
         return Ok(());
@@ -1793,7 +1802,7 @@ fn network_steps(
                 content.push_str(&ifupdown_dhcp_stanza(inet6));
                 change.push_str("; any Ethernet NIC (en*, eth*) now comes up with DHCP");
             }
-            steps.push(write(path, content, change));
+            steps.push(write(path, content, vec![change]));
             rewrote = true;
         }
     }
@@ -1814,7 +1823,9 @@ fn network_steps(
         steps.push(write(
             INTERFACES,
             content,
-            format!("{INTERFACES}: any Ethernet NIC (en*, eth*) now comes up with DHCP"),
+            vec![format!(
+                "{INTERFACES}: any Ethernet NIC (en*, eth*) now comes up with DHCP"
+            )],
         ));
     }
     let networkd_bound = networkd_files
@@ -1825,7 +1836,9 @@ fn network_steps(
         steps.push(write(
             path,
             NETWORKD_DHCP.into(),
-            format!("{path}: systemd-networkd brings up any Ethernet NIC with DHCP"),
+            vec![format!(
+                "{path}: systemd-networkd brings up any Ethernet NIC with DHCP"
+            )],
         ));
         rewrote = true;
     }
@@ -1834,7 +1847,9 @@ fn network_steps(
         steps.push(write(
             path,
             NETPLAN_DHCP.into(),
-            format!("{path}: netplan brings up any Ethernet NIC with DHCP"),
+            vec![format!(
+                "{path}: netplan brings up any Ethernet NIC with DHCP"
+            )],
         ));
         rewrote = true;
     }
@@ -1842,9 +1857,9 @@ fn network_steps(
         steps.push(write(
             PERSISTENT,
             t,
-            format!(
+            vec![format!(
                 "{PERSISTENT}: commented out the rules naming the server's NICs by MAC address"
-            ),
+            )],
         ));
     }
     if !rewrote
@@ -1959,8 +1974,7 @@ mod tests {
         p.grow_unmounted
             .iter()
             .chain(&p.steps)
-            .map(|s| s.change.clone())
-            .filter(|c| !c.is_empty())
+            .flat_map(|s| s.changes.clone())
             .collect()
     }
 

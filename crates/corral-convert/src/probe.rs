@@ -21,7 +21,7 @@ enum Sig {
     Unknown,
 }
 
-fn at<'a>(w: &'a [u8], off: usize, len: usize) -> &'a [u8] {
+fn at(w: &[u8], off: usize, len: usize) -> &[u8] {
     w.get(off..off + len).unwrap_or(&[])
 }
 
@@ -209,9 +209,11 @@ impl Probe {
 mod tests {
     use super::*;
 
-    /// A disk of `size` bytes with `parts` (MBR type, start sector, signature bytes at
-    /// offsets within the partition).
-    fn disk(size: usize, parts: &[(u8, u32, &[(usize, &[u8])])]) -> Vec<u8> {
+    /// Signature bytes at offsets within a partition.
+    type Sigs<'a> = &'a [(usize, &'a [u8])];
+
+    /// A disk of `size` bytes with `parts` (MBR type, start sector, signatures).
+    fn disk(size: usize, parts: &[(u8, u32, Sigs)]) -> Vec<u8> {
         let mut d = vec![0u8; size];
         if !parts.is_empty() {
             d[510] = 0x55;

@@ -115,6 +115,13 @@ impl Ops {
             ));
         }
         let sr = self.sr(q.sr.as_deref().unwrap_or("default"))?;
+        if !on_path("guestfish") {
+            return Err(refusal(
+                ErrorKind::Unsupported,
+                "this host cannot convert disk images: guestfish is not installed (Debian package libguestfs-tools, with a kernel package such as linux-image-amd64 for its appliance)",
+                "no_converter",
+            ));
+        }
         let (head, reader) = tokio::task::spawn_blocking(move || {
             let mut r = ChanReader::new(body);
             let mut head = vec![0u8; IMAGE_HEAD_BYTES];
@@ -552,6 +559,17 @@ impl Ops {
         }
         Ok((changes, note))
     }
+}
+
+/// Whether `program` is an executable in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// Refuse when the import cannot fit (see [`space_needed`]).
