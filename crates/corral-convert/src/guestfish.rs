@@ -59,6 +59,8 @@ pub struct ApplianceOptions {
     pub tcg: bool,
     /// Per-command limit; the appliance is killed when one runs longer.
     pub command_timeout: Duration,
+    /// Virtual CPUs of the appliance.
+    pub smp: u32,
 }
 
 pub struct Guestfish {
@@ -120,6 +122,9 @@ impl Guestfish {
         };
         let disk = disk.to_string_lossy().into_owned();
         g.call("add", &[&disk, &format!("format:{format}")]).await?;
+        if opts.smp > 1 {
+            g.call("set-smp", &[&opts.smp.to_string()]).await?;
+        }
         Ok(g)
     }
 

@@ -45,6 +45,10 @@ async fn the_fixture_converts_in_one_appliance_run() {
         appliance: ApplianceOptions {
             tcg: true,
             command_timeout: Duration::from_secs(600),
+            smp: std::env::var("CORRAL_V2V_SMP")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1),
         },
     };
     let t = Instant::now();

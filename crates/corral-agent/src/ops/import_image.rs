@@ -462,6 +462,11 @@ impl Ops {
         let appliance = corral_convert::ApplianceOptions {
             tcg: self.runtime.accel_name() == "tcg",
             command_timeout: std::time::Duration::from_secs(10 * 60),
+            // Two vCPUs: update-initramfs runs its compressor beside the rest (about 15 %
+            // faster here under TCG, measured on the fixture: 100 s instead of 117 s).
+            smp: std::thread::available_parallelism()
+                .map(|n| n.get().min(2) as u32)
+                .unwrap_or(1),
         };
         let request = corral_convert::Request {
             disk: &volume,
