@@ -52,6 +52,13 @@ pub fn quote(arg: &str) -> String {
     s
 }
 
+/// The label the disk is added with: inside the appliance it is also
+/// [`GUEST_DISK`], a name that is right in the guest's shell too. The API's `/dev/sda` is
+/// translated by libguestfs's daemon, but the kernel may enumerate the appliance's own disk
+/// first (seen with two vCPUs: `grub-install /dev/sda` then hit the appliance's disk).
+pub const DISK_LABEL: &str = "corral";
+pub const GUEST_DISK: &str = "/dev/disk/guestfs/corral";
+
 /// How the appliance runs.
 #[derive(Debug, Clone)]
 pub struct ApplianceOptions {
@@ -121,7 +128,15 @@ impl Guestfish {
             timeout: opts.command_timeout,
         };
         let disk = disk.to_string_lossy().into_owned();
-        g.call("add", &[&disk, &format!("format:{format}")]).await?;
+        g.call(
+            "add",
+            &[
+                &disk,
+                &format!("format:{format}"),
+                &format!("label:{DISK_LABEL}"),
+            ],
+        )
+        .await?;
         if opts.smp > 1 {
             g.call("set-smp", &[&opts.smp.to_string()]).await?;
         }

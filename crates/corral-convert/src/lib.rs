@@ -134,9 +134,10 @@ async fn run(
     let mounts = plan::plan_mounts(&root.device, &fstab, &layout);
     facts::mount_guest(&mut g, &mounts).await?;
     progress(Stage::Inspecting, 0.9, "reading the guest's configuration");
-    let files = facts::read_guest_files(&mut g, &layout.disk).await?;
+    let files = facts::read_guest_files(&mut g, guestfish::GUEST_DISK).await?;
     let facts = GuestFacts {
         layout,
+        guest_disk: guestfish::GUEST_DISK.into(),
         root: root.device,
         mounts,
         files,

@@ -1152,6 +1152,8 @@ impl GuestFiles {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GuestFacts {
     pub layout: Layout,
+    /// The disk's name for commands run in the guest (the kernel's, not the API's).
+    pub guest_disk: String,
     /// The root file system's device.
     pub root: String,
     pub mounts: MountPlan,
@@ -1686,7 +1688,7 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
             {
                 steps.push(Step {
                     action: Action::Run {
-                        script: format!("{gi} --target=i386-pc {}", layout.disk),
+                        script: format!("{gi} --target=i386-pc {}", facts.guest_disk),
                     },
                     changes: vec!["reinstalled GRUB (i386-pc) in the disk's boot sector with the guest's grub-install".into()],
                 });
@@ -1964,6 +1966,7 @@ mod tests {
         let mounts = plan_mounts("/dev/sda1", &parse_fstab(FIXTURE_FSTAB), &layout);
         GuestFacts {
             layout,
+            guest_disk: "/dev/disk/guestfs/corral".into(),
             root: "/dev/sda1".into(),
             mounts,
             files: fixture_files(),
@@ -2247,7 +2250,7 @@ UUID=04294c17-7482-4e19-a908-3d1510fcc5e2              /             ext4   erro
             runs,
             [
                 "/usr/sbin/update-initramfs -u -k all",
-                "/usr/sbin/grub-install --target=i386-pc /dev/sda",
+                "/usr/sbin/grub-install --target=i386-pc /dev/disk/guestfs/corral",
                 "/usr/sbin/update-grub"
             ]
         );
