@@ -201,7 +201,7 @@ fn label(s: &Step) -> String {
             "running {}",
             script
                 .split_whitespace()
-                .next()
+                .find(|w| !w.contains('='))
                 .and_then(|c| c.rsplit('/').next())
                 .unwrap_or("a command")
         ),

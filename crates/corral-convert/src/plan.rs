@@ -1545,14 +1545,16 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
             os.name()
         )));
     };
+    // os-prober would find the appliance's own disk (GRUB 2.06 disables it by default;
+    // older guests' GRUB does not).
     let Some(grub_mkconfig) = f
         .tools
         .get("update-grub")
-        .map(|p| p.to_string())
+        .map(|p| format!("GRUB_DISABLE_OS_PROBER=true {p}"))
         .or_else(|| {
             f.tools
                 .get("grub-mkconfig")
-                .map(|p| format!("{p} -o /boot/grub/grub.cfg"))
+                .map(|p| format!("GRUB_DISABLE_OS_PROBER=true {p} -o /boot/grub/grub.cfg"))
         })
     else {
         return Err(Refusal::Unsupported(
@@ -2251,7 +2253,7 @@ UUID=04294c17-7482-4e19-a908-3d1510fcc5e2              /             ext4   erro
             [
                 "/usr/sbin/update-initramfs -u -k all",
                 "/usr/sbin/grub-install --target=i386-pc /dev/disk/guestfs/corral",
-                "/usr/sbin/update-grub"
+                "GRUB_DISABLE_OS_PROBER=true /usr/sbin/update-grub"
             ]
         );
     }
