@@ -328,7 +328,7 @@ fn unescape_octal(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 4 <= b.len() {
-            let oct = &s[i + 1..i + 4];
+            let oct = std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("");
             if let Ok(v) = u8::from_str_radix(oct, 8) {
                 out.push(v);
                 i += 4;
@@ -406,7 +406,11 @@ fn kernel_disk_part(spec: &str) -> Option<(u32, Option<u32>)> {
         let mut idx: u32 = 0;
         for (k, b) in name.bytes().enumerate() {
             let v = u32::from(b - b'a');
-            idx = if k == 0 { v } else { (idx + 1) * 26 + v };
+            idx = if k == 0 {
+                v
+            } else {
+                idx.checked_add(1)?.checked_mul(26)?.checked_add(v)?
+            };
         }
         let part = if num.is_empty() {
             None

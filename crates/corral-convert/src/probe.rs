@@ -22,7 +22,9 @@ enum Sig {
 }
 
 fn at(w: &[u8], off: usize, len: usize) -> &[u8] {
-    w.get(off..off + len).unwrap_or(&[])
+    off.checked_add(len)
+        .and_then(|end| w.get(off..end))
+        .unwrap_or(&[])
 }
 
 fn classify(w: &[u8]) -> Sig {
@@ -125,11 +127,14 @@ impl Probe {
                 let count = le32(head, 512 + 80) as usize;
                 let size = le32(head, 512 + 84) as usize;
                 for i in 0..count.min(256) {
-                    let e = at(head, lba * 512 + i * size, size.min(128));
+                    let off = lba
+                        .saturating_mul(512)
+                        .saturating_add(i.saturating_mul(size));
+                    let e = at(head, off, size.min(128));
                     if e.len() < 48 || e[..16].iter().all(|&b| b == 0) {
                         continue;
                     }
-                    parts.push((i as u32 + 1, le64(e, 32) * 512));
+                    parts.push((i as u32 + 1, le64(e, 32).saturating_mul(512)));
                 }
             } else {
                 p.table = "dos";
@@ -163,9 +168,9 @@ impl Probe {
 
     /// Bytes of the disk at `offset`, fed in order (overlapping windows keep what they need).
     pub fn feed(&mut self, offset: u64, data: &[u8]) {
-        let end = offset + data.len() as u64;
+        let end = offset.saturating_add(data.len() as u64);
         for w in self.windows.iter_mut() {
-            let want = w.start + w.data.len() as u64;
+            let want = w.start.saturating_add(w.data.len() as u64);
             if w.data.len() >= WINDOW || want < offset || want >= end {
                 continue;
             }

@@ -115,7 +115,7 @@ pub fn detect_image(head: &[u8], length: Option<u64>) -> Result<ImageHead, Strin
             "a raw image's size is its length: send the upload with a Content-Length".into(),
         );
     };
-    sane(ImageFormat::Raw, length.div_ceil(512) * 512)
+    sane(ImageFormat::Raw, length.div_ceil(512).saturating_mul(512))
 }
 
 /// Check `qemu-img info --output=json -f FORMAT` of the received image (at `path`): the
