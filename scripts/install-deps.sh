@@ -8,10 +8,15 @@
 set -euo pipefail
 
 # protobuf-compiler: the state store's etcd client (corral-store, so the agent) builds with protoc.
-RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db swtpm swtpm-tools protobuf-compiler)
+# libguestfs-tools (guestfish, virt-resize): `vm import --convert` converts a server's disk inside
+# a libguestfs appliance (docs/p2v.md), which boots a kernel from /boot (see below).
+RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db swtpm swtpm-tools protobuf-compiler
+  libguestfs-tools)
 TEST_PKGS=(busybox-static cpio xorriso isolinux syslinux syslinux-common extlinux mtools dosfstools
   fdisk socat zstd python3 python3-pyftpdlib nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils curl
-  dnsmasq-base etcd-server chromium)
+  dnsmasq-base etcd-server chromium
+  debootstrap lvm2 grub-pc-bin e2fsprogs)
+# (debootstrap, lvm2, grub-pc-bin: scripts/build-p2v-source.sh builds the V2V test's server disk)
 
 want=("${RUN_PKGS[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PKGS[@]}")
@@ -22,6 +27,8 @@ for p in "${want[@]}"; do
 done
 # qemu-img must be the one matching qemu-system (7.2), see above.
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+# libguestfs's appliance needs a kernel in /boot; containers often have none.
+compgen -G "/boot/vmlinuz-*" >/dev/null || missing+=(linux-image-amd64)
 # The XVA import test drives an independent writer (@xen-orchestra/xva) with node; the web
 # console is built with npm (esbuild) and tested in chromium driven by node (playwright-core).
 if [[ "${1:-}" == "--test" ]]; then

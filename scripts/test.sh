@@ -10,6 +10,8 @@ scripts/check-rust.sh
 scripts/install-deps.sh --test
 scripts/build-test-guest.sh --quiet >/dev/null
 scripts/build-secureboot-esp.sh --quiet >/dev/null
+# The "physical server" disk the V2V test converts (cached; built once with debootstrap).
+scripts/build-p2v-source.sh --quiet >/dev/null
 # The web console's bundle: npm ci from web/package-lock.json, rebuild, and fail when the
 # committed web/dist/ (embedded in the binary) is not what web/src builds to.
 scripts/build-web.sh --check

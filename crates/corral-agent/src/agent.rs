@@ -619,6 +619,17 @@ impl Agent {
         self.ops.import_vm(q, body).await
     }
 
+    /// `vm import IMAGE --convert` from a stream (see [`crate::ops::import_image`]): the task
+    /// converting it, or the plan of a dry run.
+    pub async fn import_image(
+        &self,
+        q: ImportQuery,
+        body: crate::ops::transfer::ByteStream,
+        length: Option<u64>,
+    ) -> Result<Result<String, ImportPlan>, Error> {
+        self.ops.import_image(q, body, length).await
+    }
+
     /// `vm export`: the task, the file name and the archive stream.
     pub async fn export_vm(
         &self,

@@ -130,6 +130,11 @@ impl TaskHandle {
         self.tasks
             .update(&self.id, |t| t.migration = figures.clone());
     }
+    /// What the task changed so far (shown while it runs and kept in its history).
+    pub fn set_changes(&self, changes: &[String]) {
+        self.tasks
+            .update(&self.id, |t| t.changes = changes.to_vec());
+    }
     pub fn set_vm(&self, id: &str, name: &str) {
         self.tasks.update(&self.id, |t| {
             t.vm_id = Some(id.to_string());
@@ -253,6 +258,7 @@ impl Tasks {
             finished_at_ms: None,
             result: None,
             error: None,
+            changes: Vec::new(),
             migration: Default::default(),
         };
         let (tx, _) = watch::channel(task.clone());
@@ -613,6 +619,7 @@ mod tests {
             result: None,
             error: None,
             migration: Default::default(),
+            changes: Vec::new(),
         };
         let mut history: HashMap<String, Task> = (0..(HISTORY_LIMIT + HISTORY_SLACK) as u64)
             .map(|i| (format!("t{i:05}"), task(i)))

@@ -45,6 +45,11 @@ pub async fn import_vm(
     Query(q): Query<ImportQuery>,
     req: Request,
 ) -> Result<Response> {
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let (tx, rx) = corral_agent::transfer::byte_channel();
     let mut body = req.into_body().into_data_stream();
     // Pump the upload into the agent's bounded channel. When the agent stops reading early
@@ -64,6 +69,14 @@ pub async fn import_vm(
             }
         }
     });
+    if q.convert {
+        let result = a.import_image(q, rx, length).await;
+        let _ = pump.await;
+        return match result? {
+            Ok(task) => Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response()),
+            Err(plan) => Ok(Json(plan).into_response()),
+        };
+    }
     let result = a.import_vm(q, rx).await;
     let _ = pump.await;
     match result? {

@@ -64,6 +64,8 @@ pub enum ImportOutcome {
     Imported(ImportAnswer),
     /// `--dry-run`.
     Plan(ImportPlan),
+    /// `--convert`: the image was received; this task converts it into the VM.
+    Accepted(String),
 }
 
 async fn error_of(resp: hyper::Response<Incoming>) -> ClientError {
@@ -143,6 +145,21 @@ impl Client {
         if let Some(s) = &q.sr {
             path.push_str(&format!("&sr={}", seg(s)));
         }
+        if q.convert {
+            path.push_str("&convert=true");
+            if let Some(n) = q.disk_size_bytes {
+                path.push_str(&format!("&disk_size_bytes={n}"));
+            }
+            if let Some(n) = q.network {
+                path.push_str(&format!("&network={}", n.as_str()));
+            }
+            if let Some(n) = q.data_bytes {
+                path.push_str(&format!("&data_bytes={n}"));
+            }
+            if let Some(n) = q.image_bytes {
+                path.push_str(&format!("&image_bytes={n}"));
+            }
+        }
         let mut sender = self.connect_with::<ChannelBody>().await?;
         let mut b = self
             .request(Method::PUT, &path)
@@ -162,6 +179,10 @@ impl Client {
         if status == StatusCode::CREATED {
             serde_json::from_slice(&bytes)
                 .map(ImportOutcome::Imported)
+                .map_err(proto)
+        } else if status == StatusCode::ACCEPTED {
+            serde_json::from_slice::<TaskAccepted>(&bytes)
+                .map(|a| ImportOutcome::Accepted(a.task))
                 .map_err(proto)
         } else {
             serde_json::from_slice(&bytes)

@@ -205,6 +205,10 @@ pub struct Task {
     pub result: Option<String>,
     #[serde(default)]
     pub error: Option<ApiError>,
+    /// What the task changed, one line each, in order (a V2V import lists every change it
+    /// made to the guest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
     /// A live migration's convergence figures (rates, expected and measured downtime),
     /// at the task's top level beside `bytes_done`.
     #[serde(flatten)]

@@ -70,6 +70,52 @@ pub struct ImportQuery {
     /// Answer what would be created, write nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// The body is an offline disk image (raw, qcow2 or VMDK) of a Linux server, to become a
+    /// VM whose own copy of the disk is converted to boot on virtio (V2V, `docs/p2v.md`).
+    /// `name` is required. The answer, once the image is received and checked, is 202 with
+    /// the `vm.import` task, which copies, inspects and converts; its `changes` list every
+    /// change made to the guest.
+    #[serde(default)]
+    pub convert: bool,
+    /// With `convert`: the VM's disk size in bytes; larger than the image grows the root
+    /// file system (and the partition, LVM volumes holding it) into the new space.
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+    /// With `convert`: how the guest's network is set up (default `dhcp`).
+    #[serde(default)]
+    pub network: Option<ConvertNetwork>,
+    /// With `convert`: bytes of data the client's image holds (a sparse raw file's allocated
+    /// size). A hint that lets the agent refuse an image that cannot fit before it is
+    /// uploaded; the agent checks again with the image itself.
+    #[serde(default)]
+    pub data_bytes: Option<u64>,
+    /// With `convert` and `dry_run`: the image file's whole length, which is a raw image's
+    /// disk size (a dry run uploads only the image's first bytes).
+    #[serde(default)]
+    pub image_bytes: Option<u64>,
+}
+
+/// How a converted guest's network is set up (`vm import --convert --network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ConvertNetwork {
+    /// The configuration bound to the old NIC's name or MAC address is commented out, and
+    /// any Ethernet NIC comes up with DHCP.
+    #[default]
+    Dhcp,
+    /// The guest's configuration stays; each of the VM's NICs takes the name the server's
+    /// NIC had (a systemd `.link` file matching its MAC address).
+    Keep,
+}
+
+impl ConvertNetwork {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConvertNetwork::Dhcp => "dhcp",
+            ConvertNetwork::Keep => "keep",
+        }
+    }
 }
 
 /// One disk of an import plan.

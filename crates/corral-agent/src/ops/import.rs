@@ -555,7 +555,7 @@ pub(crate) fn drop_host_paths(spec: &mut VmSpec, carried: &[FileRole], warnings:
 
 /// Move a verified staged volume into its repository: a rename on the same file system, else a
 /// copy under a temporary name renamed at the end.
-async fn place_volume(staged: &Path, dest: &Path) -> Result<(), Error> {
+pub(super) async fn place_volume(staged: &Path, dest: &Path) -> Result<(), Error> {
     if crate::vmfiles::rename_new(staged, dest)? {
         return Ok(());
     }

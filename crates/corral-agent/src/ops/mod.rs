@@ -1,6 +1,7 @@
 //! Operations that span more than one VM action, one file each: [`create`] (new VMs),
 //! [`clone`] (linked clones and their bases), [`copy`] (full copies), [`template`]
-//! (templates and VMs stamped from them), [`export`] and [`import`] (over the byte plumbing of [`transfer`]), [`install`]
+//! (templates and VMs stamped from them), [`export`] and [`import`] (over the byte plumbing of [`transfer`]),
+//! [`import_image`] (a disk image converted to boot on virtio, over `corral-convert`), [`install`]
 //! (installs from trees, media, PXE and images). They run on [`Ops`] — the narrow [`Host`] context, the [`QemuRuntime`] and the
 //! few settings they need — never on the [`crate::Agent`] facade, which only forwards to them.
 //! A VM is reached through its actor ([`crate::vm::VmHandle`]); what an operation writes to
@@ -11,6 +12,8 @@ pub mod copy;
 pub mod create;
 pub mod export;
 pub mod import;
+pub mod import_image;
+mod import_image_plan;
 pub mod install;
 mod install_plan;
 pub mod template;

@@ -110,14 +110,26 @@ fn main() {
     // the shape the CLI sends.
     std::fs::create_dir_all("corpus/api_bodies").unwrap();
     let bodies: [(u8, &str); 8] = [
-        (0, r#"{"name":"web01","vcpus":2,"memory_bytes":268435456,"disks":[{"size_bytes":1073741824}],"nics":[{"network":"default"}]}"#),
-        (1, r#"{"description":"made by hand","memory_bytes":536870912,"cpu_weight":512}"#),
+        (
+            0,
+            r#"{"name":"web01","vcpus":2,"memory_bytes":268435456,"disks":[{"size_bytes":1073741824}],"nics":[{"network":"default"}]}"#,
+        ),
+        (
+            1,
+            r#"{"description":"made by hand","memory_bytes":536870912,"cpu_weight":512}"#,
+        ),
         (3, r#"{"force":true}"#),
         (5, r#"{"size_bytes":1073741824,"sr":"default"}"#),
         (6, r#"{"network":"lan","mac":"52:54:00:12:34:56"}"#),
-        (11, r#"{"to":"xen02","live":true,"with_storage":true,"max_downtime_ms":300}"#),
+        (
+            11,
+            r#"{"to":"xen02","live":true,"with_storage":true,"max_downtime_ms":300}"#,
+        ),
         (12, r#"{"to":"auto"}"#),
-        (13, r#"{"name":"ops","role":"operator","vms":"web*","expires_in_secs":2592000}"#),
+        (
+            13,
+            r#"{"name":"ops","role":"operator","vms":"web*","expires_in_secs":2592000}"#,
+        ),
     ];
     for (i, (pick, json)) in bodies.iter().enumerate() {
         let mut seed = vec![*pick];
@@ -128,13 +140,30 @@ fn main() {
     // and the VM asked for, separated by 0xFF (fuzz_targets/console_handshake.rs).
     std::fs::create_dir_all("corpus/console_handshake").unwrap();
     let handshakes: [(u8, &str, &str, &str, &str, &str); 3] = [
-        (0b0_0011, "ticket=ab12", "corral_session=s1; other=x", "s1", "vm-1", "vm-1"),
+        (
+            0b0_0011,
+            "ticket=ab12",
+            "corral_session=s1; other=x",
+            "s1",
+            "vm-1",
+            "vm-1",
+        ),
         (0b1_1001, "ticket=", "", "", "vm-1", "vm-2"),
-        (0b0_0111, "ticket=ab12&x=1", "corral_session=s2", "s1", "vm-1", "vm-1"),
+        (
+            0b0_0111,
+            "ticket=ab12&x=1",
+            "corral_session=s2",
+            "s1",
+            "vm-1",
+            "vm-1",
+        ),
     ];
     for (i, (flags, query, cookie, session, issued_vm, asked_vm)) in handshakes.iter().enumerate() {
         let mut seed = vec![*flags];
-        for (n, field) in [query, cookie, session, issued_vm, asked_vm].iter().enumerate() {
+        for (n, field) in [query, cookie, session, issued_vm, asked_vm]
+            .iter()
+            .enumerate()
+        {
             if n > 0 {
                 seed.push(0xFF);
             }
@@ -142,5 +171,29 @@ fn main() {
         }
         std::fs::write(format!("corpus/console_handshake/seed{i}"), seed).unwrap();
     }
+    // V2V: a guest's configuration files (the P2V fixture's), a facts script's output, and the
+    // head of an MBR disk with an ext4 and an LVM partition (fuzz_targets/v2v_guest.rs).
+    std::fs::create_dir_all("corpus/v2v_guest").unwrap();
+    let texts = [
+        "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/mapper/vg-lv /var ext4 defaults 0 2\n/dev/sdb1 /data ext4 defaults 0 2\n",
+        "auto lo eth0\niface lo inet loopback\nallow-hotplug ens5\niface ens5 inet static\n  address 192.0.2.5/24\nauto br0\niface br0 inet dhcp\n  bridge_ports ens6\n",
+        "GRUB_CMDLINE_LINUX=\"root=/dev/sda1 resume=/dev/hda5\"\nGRUB_DISABLE_LINUX_UUID=true\n",
+        "network:\n  ethernets:\n    enp3s0:\n      dhcp4: true\n      set-name: eth7\n",
+        "[Match]\nName=enp1s0\n[Network]\nDHCP=yes\n",
+        "@@B file /etc/fstab\nx\n@@B end\n@@B kernel 6.1 virtio_blk yes\n@@B mbr grub\n@@B done\n",
+        "UUID: 1234\nTYPE: ext4\nPART_ENTRY_NUMBER: 2\nPART_ENTRY_OFFSET: 6144\nPART_ENTRY_SIZE: 100\n",
+    ];
+    for (i, t) in texts.iter().enumerate() {
+        std::fs::write(format!("corpus/v2v_guest/text{i}"), t).unwrap();
+    }
+    let mut mbr = vec![0u8; 4096];
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    for (i, (kind, start)) in [(0x83u8, 2048u32), (0x8e, 4096)].iter().enumerate() {
+        let e = 0x1be + 16 * i;
+        mbr[e + 4] = *kind;
+        mbr[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+    }
+    std::fs::write("corpus/v2v_guest/mbr", mbr).unwrap();
     println!("seeds written; add XVA seeds with ../tests/xva-writer/make_xva.py");
 }

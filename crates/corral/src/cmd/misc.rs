@@ -434,6 +434,12 @@ pub async fn task(c: &Client, cmd: TaskCommand, json: bool) -> anyhow::Result<()
                             .unwrap_or_else(|| "-".into()),
                     ),
                 ]);
+                if !t.changes.is_empty() {
+                    println!("changes:");
+                    for c in &t.changes {
+                        println!("  - {c}");
+                    }
+                }
             }
         }
         TaskCommand::Cancel { id } => {

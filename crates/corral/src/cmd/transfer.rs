@@ -40,12 +40,41 @@ pub struct ExportArgs {
     pub level: Option<i32>,
 }
 
+/// `corral vm import --help`.
+pub const IMPORT_HELP: &str = "Import a VM from an archive, or convert a server's disk image into a VM.\n\n\
+    FILE is a corral archive, an OVA, an XVA (plain, gzip or zstd), a .ovf file or a directory \
+    holding one; the format is detected from the content. The file is uploaded to the agent, \
+    which reads it as a stream (a dry run first checks the name and the archive's description \
+    after a few megabytes).\n\n\
+    With --convert, FILE is an offline disk image (raw, qcow2 or a single-file VMDK) of a Linux \
+    server (Debian or Ubuntu family, BIOS or UEFI, GRUB 2), e.g. a dd copy of a physical disk \
+    or another hypervisor's disk. The image itself is never changed: the new VM gets its own \
+    copy, converted inside a libguestfs appliance so that it boots on virtio-blk and \
+    virtio-net:\n  \
+    - /etc/fstab, crypttab and GRUB name file systems by UUID instead of /dev/sdX;\n  \
+    - the initramfs is rebuilt by the guest's update-initramfs with the virtio drivers;\n  \
+    - GRUB is reinstalled (BIOS) or the EFI fallback loader set up (UEFI), grub.cfg regenerated;\n  \
+    - the network configuration bound to the old NIC is commented out and any Ethernet NIC \
+    gets DHCP (--network dhcp), or the VM's NIC is given the old NIC's name (--network keep);\n  \
+    - services for hardware a VM lacks (SMART, IPMI, other hypervisors' tools) are disabled;\n  \
+    - with --disk-size, the disk, the root partition (and LVM volumes) and file system grow.\n\
+    Phases: copying, inspecting, converting, done (several minutes under TCG). Every change \
+    is listed when it ends (`corral task show ID` keeps them). Refused before any VM or \
+    volume exists: a disk without Linux, an unreadable root file system, an unsupported \
+    guest, too little space in the repository.\n\n\
+    Examples:\n  \
+    corral vm import web01.corral\n  \
+    corral vm import appliance.ova --name app2 --sr fast\n  \
+    corral vm import oldweb.img --convert --name oldweb --disk-size 20G\n  \
+    corral vm import db.vmdk --convert --name db --network keep";
+
 #[derive(clap::Args)]
 pub struct ImportArgs {
     /// A corral archive, an OVA, an XVA (plain, gzip or zstd), a .ovf file or a directory
-    /// holding one; the format is detected from the content.
+    /// holding one; with --convert, a disk image (raw, qcow2 or VMDK) of a Linux server.
     pub file: PathBuf,
-    /// Name of the new VM (default: the name in the archive).
+    /// Name of the new VM (default: the name in the archive; with --convert, the image's
+    /// file name without its extension).
     #[arg(long)]
     pub name: Option<String>,
     /// Storage repository for the disks.
@@ -60,6 +89,50 @@ pub struct ImportArgs {
     /// Show what would be created and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// FILE is a Linux server's disk image: convert the VM's copy of it to boot on virtio
+    /// (V2V; see above).
+    #[arg(long)]
+    pub convert: bool,
+    /// With --convert: the VM's disk size (e.g. 20G); larger than the image grows the root
+    /// partition and file system into the new space.
+    #[arg(long, requires = "convert", value_parser = parse_size_arg, value_name = "SIZE")]
+    pub disk_size: Option<u64>,
+    /// With --convert: dhcp (default): the old NIC's configuration is commented out and any
+    /// Ethernet NIC comes up with DHCP; keep: the configuration stays and the VM's NIC takes
+    /// the old NIC's name.
+    #[arg(long, requires = "convert", value_parser = parse_network, value_name = "dhcp|keep")]
+    pub network: Option<ConvertNetwork>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s)
+}
+
+fn parse_network(s: &str) -> Result<ConvertNetwork, String> {
+    match s {
+        "dhcp" => Ok(ConvertNetwork::Dhcp),
+        "keep" => Ok(ConvertNetwork::Keep),
+        o => Err(format!("network mode {o:?} is not dhcp or keep")),
+    }
+}
+
+/// A VM name from an image's file name: its stem, with characters names cannot hold
+/// replaced by `-`.
+fn name_from_file(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_string_lossy();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let name: String = name.chars().take(63).collect();
+    (!name.is_empty()).then_some(name)
 }
 
 fn parse_format(s: &str) -> Result<ExportFormat, String> {
@@ -352,12 +425,41 @@ const DRY_RUN_BYTES: u64 = 32 << 20;
 
 pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()> {
     let file = std::path::absolute(&a.file).unwrap_or(a.file.clone());
+    let (name, data_bytes, image_bytes) = if a.convert {
+        use std::os::unix::fs::MetadataExt;
+        let m =
+            std::fs::metadata(&file).with_context(|| format!("cannot open {}", file.display()))?;
+        if !m.is_file() {
+            bail!("{} is not a disk image file", file.display());
+        }
+        let name = match a.name {
+            Some(n) => n,
+            None => name_from_file(&file).with_context(|| {
+                format!(
+                    "cannot make a VM name of {}; give one with --name",
+                    file.display()
+                )
+            })?,
+        };
+        (
+            Some(name),
+            Some((m.blocks() * 512).min(m.len())),
+            Some(m.len()),
+        )
+    } else {
+        (a.name, None, None)
+    };
     let q = ImportQuery {
-        name: a.name,
+        name,
         sr: a.sr,
         as_template: a.as_template,
         preserve_macs: a.preserve_macs,
         dry_run: true,
+        convert: a.convert,
+        disk_size_bytes: a.disk_size,
+        network: a.network,
+        data_bytes,
+        image_bytes,
     };
     // A dry run first: a name collision or an unreadable archive is reported after a few
     // megabytes instead of after the whole upload.
@@ -367,10 +469,50 @@ pub async fn import(c: &Client, a: ImportArgs, json: bool) -> anyhow::Result<()>
     }
     let q = ImportQuery {
         dry_run: false,
+        image_bytes: None,
         ..q
     };
     let done = upload(c, &file, &q, json).await?;
+    if let ImportOutcome::Accepted(task) = done {
+        return follow_conversion(c, &task, q.name.as_deref().unwrap_or_default(), json).await;
+    }
     print_outcome(done, json)
+}
+
+/// Follow the task converting an uploaded image; print what it changed and the new VM.
+async fn follow_conversion(c: &Client, task: &str, name: &str, json: bool) -> anyhow::Result<()> {
+    let outcome = tokio::select! {
+        r = watch_task(c, task, json) => Some(r?),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let Some(t) = outcome else {
+        let _ = c.cancel_task(task).await;
+        bail!("interrupted; the conversion was cancelled and nothing was created");
+    };
+    if t.state != task::TaskState::Succeeded {
+        if let Some(e) = t.error {
+            return Err(corral_client::ClientError::Api(e).into());
+        }
+        bail!(
+            "the conversion ended {}{}",
+            t.state.as_str(),
+            t.result.map(|r| format!(": {r}")).unwrap_or_default()
+        );
+    }
+    let vm = c.show_vm(name).await?;
+    if json {
+        output::json(&serde_json::json!({ "task": t, "vm": vm }));
+        return Ok(());
+    }
+    println!("{}", t.result.as_deref().unwrap_or("converted"));
+    for change in &t.changes {
+        println!("  - {change}");
+    }
+    println!(
+        "imported {} ({}); start it with `corral vm start {}`",
+        vm.name, vm.id, vm.name
+    );
+    Ok(())
 }
 
 async fn upload(
@@ -476,6 +618,13 @@ fn print_outcome(answer: ImportOutcome, json: bool) -> anyhow::Result<()> {
                 print_plan(&p);
             }
         }
+        ImportOutcome::Accepted(task) => {
+            if json {
+                output::json(&serde_json::json!({ "task": task }));
+            } else {
+                println!("the import runs as task {task}");
+            }
+        }
         ImportOutcome::Imported(ans) => {
             if json {
                 output::json(&ans);
@@ -501,7 +650,14 @@ fn print_outcome(answer: ImportOutcome, json: bool) -> anyhow::Result<()> {
 
 fn print_plan(p: &ImportPlan) {
     let s = &p.spec;
-    println!("would import a {} archive as:", p.format);
+    if matches!(p.format.as_str(), "raw" | "qcow2" | "vmdk") {
+        println!(
+            "would convert a {} disk image into (the firmware is the image's):",
+            p.format
+        );
+    } else {
+        println!("would import a {} archive as:", p.format);
+    }
     output::fields(&[
         ("name", s.name.clone()),
         ("description", s.description.clone()),
@@ -621,6 +777,18 @@ mod tests {
 
     /// The upload bar of a directory or .ovf import aims at the tar's size: it must end at
     /// exactly 100 % for ordinary member names.
+    #[test]
+    fn image_file_names_make_vm_names() {
+        for (file, name) in [
+            ("/x/oldweb.img", Some("oldweb")),
+            ("/x/My Server (2).qcow2", Some("My-Server--2-")),
+            ("/x/.hidden.raw", Some("hidden")),
+            ("/x/__.vmdk", None),
+        ] {
+            assert_eq!(name_from_file(Path::new(file)).as_deref(), name, "{file}");
+        }
+    }
+
     #[test]
     fn ovf_package_tar_len_is_the_streamed_length() {
         let dir = tempfile::tempdir().unwrap();

@@ -194,7 +194,9 @@ pub enum VmCommand {
     RecommendHost { name: String },
     /// Export a halted VM to an archive file (corral or OVA), with progress.
     Export(super::transfer::ExportArgs),
-    /// Import a VM from a corral archive, OVA, OVF package or XenServer XVA.
+    /// Import a VM from a corral archive, OVA, OVF package or XenServer XVA, or convert a
+    /// Linux server's disk image (raw, qcow2, VMDK) into a VM that boots on virtio.
+    #[command(long_about = super::transfer::IMPORT_HELP)]
     Import(super::transfer::ImportArgs),
     /// Linked clone of a halted VM or template (copy-on-write, instant).
     Clone { source: String, name: String },

@@ -1,0 +1,366 @@
+//! V2V end to end (issue 12): the P2V fixture — a Debian 12 "physical server" disk whose
+//! fstab and GRUB name `/dev/sda1`, whose e1000 NIC is configured as `ens5` and whose
+//! initramfs has no virtio driver (`scripts/build-p2v-source.sh`) — imported with
+//! `vm import IMAGE --convert`, started on virtio-blk and virtio-net, and booted to its ready
+//! line with a DHCP address; the source image is unchanged (checksummed before and after)
+//! and the task lists every change. Refusals (a disk without Linux, a repository too small)
+//! leave no VM, no volume and no staging behind. Every wait has a timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The conversion under TCG (an appliance, update-initramfs, GRUB) on a loaded CI machine.
+const CONVERT: Duration = Duration::from_secs(15 * 60);
+/// The converted server's boot to its ready line (systemd, DHCP) under TCG.
+const SERVER_BOOT: Duration = Duration::from_secs(6 * 60);
+
+/// The fixture's disk, built (or found up to date) by its script.
+fn fixture() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(root.join("scripts/build-p2v-source.sh"))
+        .arg("--quiet")
+        .output()
+        .expect("run scripts/build-p2v-source.sh");
+    assert!(
+        out.status.success(),
+        "scripts/build-p2v-source.sh failed (it needs root and a Debian mirror the first time):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let disk = Path::new(&dir).join("disk.img");
+    assert!(disk.is_file(), "no {}", disk.display());
+    disk
+}
+
+/// `corral --json ARGS` against `a`, killed if it has not finished within `limit`.
+fn json_within(a: &TestAgent, args: &[&str], limit: Duration) -> Value {
+    let mut child = Command::new(corral_bin())
+        .arg("--connect")
+        .arg(&a.socket)
+        .arg("--json")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run corral");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "corral {} did not finish within {limit:?}; agent log tail:\n{}",
+                args.join(" "),
+                tail(&a.log(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        out.status.success(),
+        "corral {} failed: {}\nagent log tail:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        tail(&a.log(), 30)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Nothing of a refused import: no VM, no volume, no staging, no task still running.
+fn assert_nothing_left(a: &TestAgent, repo: &Path, what: &str) {
+    assert_eq!(
+        a.json(&["vm", "list"]).as_array().unwrap().len(),
+        0,
+        "{what} left a VM"
+    );
+    assert!(
+        files_under(repo).is_empty(),
+        "{what} left {:?} in {}",
+        files_under(repo),
+        repo.display()
+    );
+    let staging = a.state_dir().join("staging");
+    assert!(
+        files_under(&staging).is_empty(),
+        "{what} left {:?} in staging",
+        files_under(&staging)
+    );
+    let running: Vec<Value> = a
+        .json(&["task", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .cloned()
+        .collect();
+    assert!(running.is_empty(), "{what}: tasks still run: {running:?}");
+}
+
+/// The `CORRAL-SOURCE-READY host= nic= ip= root=` fields.
+fn ready_fields(console: &str) -> std::collections::HashMap<String, String> {
+    let line = console
+        .lines()
+        .rev()
+        .find_map(|l| l.split("CORRAL-SOURCE-READY").nth(1))
+        .expect("a ready line");
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_physical_server_disk_converts_and_boots_on_virtio() {
+    let src = fixture();
+    // Checksummed while the import reads it too (the page cache serves both).
+    let before = {
+        let src = src.clone();
+        std::thread::spawn(move || sha256(&src))
+    };
+    let a = TestAgent::start();
+    let t = Instant::now();
+    let out = json_within(
+        &a,
+        &[
+            "vm",
+            "import",
+            src.to_str().unwrap(),
+            "--convert",
+            "--name",
+            "oldweb",
+        ],
+        CONVERT,
+    );
+    let converted = t.elapsed();
+    println!("import --convert: {:.0} s", converted.as_secs_f64());
+    let task = &out["task"];
+    assert_eq!(task["operation"], "vm.import");
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(task["phase"], "done");
+    let changes: Vec<&str> = task["changes"]
+        .as_array()
+        .expect("the task lists its changes")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    println!("changes:\n  {}", changes.join("\n  "));
+    for want in [
+        "/etc/fstab: / by UUID=",
+        "/etc/default/grub: GRUB_DISABLE_LINUX_UUID=false",
+        "/etc/initramfs-tools/modules: added virtio_pci, virtio_blk, virtio_net",
+        "/etc/network/interfaces: commented out the configuration of ens5",
+        "rebuilt the initramfs",
+        "reinstalled GRUB (i386-pc)",
+        "regenerated /boot/grub/grub.cfg",
+    ] {
+        assert!(
+            changes.iter().any(|c| c.starts_with(want)),
+            "no change {want:?} in {changes:#?}"
+        );
+    }
+    // The record: BIOS as the source, virtio disk and NIC, the origin in its description;
+    // the task, as the history keeps it, still lists the changes.
+    let vm = a.vm("oldweb");
+    assert_eq!(vm["firmware"], "bios");
+    assert_eq!(vm["disks"][0]["bus"], "virtio");
+    assert_eq!(vm["nics"][0]["model"], "virtio");
+    assert!(
+        vm["description"]
+            .as_str()
+            .unwrap()
+            .contains("Debian GNU/Linux 12"),
+        "{}",
+        vm["description"]
+    );
+    let id = task["id"].as_str().unwrap();
+    let shown = a.json(&["task", "show", id]);
+    assert_eq!(shown["changes"].as_array().unwrap().len(), changes.len());
+
+    // It boots on virtio to the ready line with a DHCP address, on a NIC name it has never
+    // had, from its root by UUID.
+    let t = Instant::now();
+    a.ok(&["vm", "start", "oldweb"]);
+    a.wait_console("oldweb", "CORRAL-SOURCE-READY", 1, SERVER_BOOT);
+    println!("boot to ready: {:.0} s", t.elapsed().as_secs_f64());
+    let ready = ready_fields(&a.console_log("oldweb"));
+    assert_eq!(ready["host"], "oldweb");
+    assert_eq!(ready["root"], "/dev/vda1", "{ready:?}");
+    assert!(
+        ready["nic"].starts_with("en") && ready["nic"] != "ens5",
+        "{ready:?}"
+    );
+    assert!(
+        ready["ip"].starts_with("10.0.2."),
+        "no DHCP address: {ready:?}"
+    );
+    a.ok(&["vm", "poweroff", "oldweb"]);
+
+    let before = before.join().unwrap();
+    assert_eq!(sha256(&src), before, "the source image changed");
+}
+
+/// A tmpfs mounted for the test (a repository with little room), unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn new(mib: u64) -> SmallFs {
+        let dir = tempfile::Builder::new()
+            .prefix("corral-v2v-small-")
+            .tempdir()
+            .unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(self.0.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+        }
+    }
+}
+
+#[test]
+fn disks_without_linux_and_small_repositories_are_refused_leaving_nothing() {
+    let a = TestAgent::start();
+    let repo = a.state_dir().join("srs/default");
+    let work = tempfile::tempdir().unwrap();
+
+    // A FAT file system on the whole disk, and a blank disk: refused as they arrive.
+    let fat = work.path().join("usb-stick.img");
+    std::fs::File::create(&fat)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let st = Command::new("mkfs.vfat").arg(&fat).output().unwrap();
+    assert!(st.status.success(), "mkfs.vfat");
+    let err = a.fails(&["vm", "import", fat.to_str().unwrap(), "--convert"]);
+    println!("a FAT disk: {}", err.trim());
+    assert!(err.contains("no Linux system found"), "{err}");
+    assert!(err.contains("vfat"), "{err}");
+    assert_nothing_left(&a, &repo, "the FAT disk");
+
+    let blank = work.path().join("blank.img");
+    std::fs::File::create(&blank)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let err = a.fails(&[
+        "vm",
+        "import",
+        blank.to_str().unwrap(),
+        "--convert",
+        "--name",
+        "blank",
+    ]);
+    assert!(
+        err.contains("no Linux system found") && err.contains("blank"),
+        "{err}"
+    );
+    let failed = a
+        .json(&["task", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["operation"] == "vm.import")
+        .map(|t| (t["state"].clone(), t["error"]["details"]["refusal"].clone()))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        failed,
+        vec![
+            (Value::from("failed"), Value::from("no_linux")),
+            (Value::from("failed"), Value::from("no_linux"))
+        ]
+    );
+    assert_nothing_left(&a, &repo, "the blank disk");
+
+    // Not an image at all, and names the image cannot take.
+    let err = a.fails(&[
+        "vm",
+        "import",
+        fat.to_str().unwrap(),
+        "--convert",
+        "--as-template",
+    ]);
+    assert!(err.contains("--as-template"), "{err}");
+
+    // The server into a repository with 48 MiB: refused before the upload.
+    if !is_root() {
+        eprintln!("skipped the small repository: mounting a tmpfs needs root");
+        return;
+    }
+    let src = fixture();
+    let small = SmallFs::new(48);
+    let sr = small.0.path().join("sr");
+    std::fs::create_dir_all(&sr).unwrap();
+    a.ok(&["sr", "create", "small", "--path", sr.to_str().unwrap()]);
+    let t = Instant::now();
+    let err = a.fails(&[
+        "vm",
+        "import",
+        src.to_str().unwrap(),
+        "--convert",
+        "--name",
+        "big",
+        "--sr",
+        "small",
+    ]);
+    println!(
+        "a small repository ({:.1} s): {}",
+        t.elapsed().as_secs_f64(),
+        err.trim()
+    );
+    assert!(
+        err.contains("not enough space in repository \"small\""),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "refused only after the upload"
+    );
+    assert_nothing_left(&a, &sr, "the small repository");
+    assert_nothing_left(&a, &repo, "the small repository");
+}
