@@ -18,6 +18,6 @@ scripts/build-web.sh --check
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-timeout 1800 cargo test --workspace -- --test-threads=2
+timeout 2700 cargo test --workspace -- --test-threads=2
 # The archive readers' fuzz targets, briefly (cargo-fuzz; see crates/corral-archive/fuzz).
 FUZZ_SECONDS=${FUZZ_SECONDS:-10} timeout 900 scripts/fuzz-brief.sh

@@ -1,7 +1,8 @@
 //! The conversion on a throw-away overlay of the P2V fixture (`scripts/build-p2v-source.sh`),
 //! without booting it (`crates/corral/tests/v2v.rs` boots the result through the agent).
-//! Ignored by default: it needs the cached fixture and an appliance launch (about 2 min under
-//! TCG). `cargo test -p corral-convert --test fixture -- --ignored --nocapture`.
+//! A developer tool for timing the conversion alone (about 2 min under TCG); the suite's proof
+//! is the end-to-end test. `cargo run -p corral-convert --example convert_fixture`
+//! (`CORRAL_V2V_SMP=N` appliance vCPUs, `CORRAL_V2V_KEEP=FILE` keeps the converted overlay).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code may panic
 
 use corral_convert::*;
@@ -18,12 +19,11 @@ fn fixture() -> Option<PathBuf> {
     disk.exists().then_some(disk)
 }
 
-#[tokio::test]
-#[ignore = "needs the P2V fixture and a libguestfs appliance"]
-async fn the_fixture_converts_in_one_appliance_run() {
+#[tokio::main]
+async fn main() {
     let Some(src) = fixture() else {
-        eprintln!("skipped: no fixture (scripts/build-p2v-source.sh)");
-        return;
+        eprintln!("no fixture: build it with scripts/build-p2v-source.sh");
+        std::process::exit(2);
     };
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("overlay.qcow2");
