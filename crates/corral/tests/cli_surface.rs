@@ -391,3 +391,28 @@ fn serve_socket_and_corral_connect() {
     }
     let _ = agent.wait();
 }
+
+/// `--help` teaches: the long help of the commands users start with has its examples (a
+/// doc comment on a subcommand once hid `vm install`'s).
+#[test]
+fn long_help_shows_examples() {
+    for cmd in [
+        &["vm", "create"][..],
+        &["vm", "install"],
+        &["vm", "import"],
+        &["vm", "migrate"],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(cmd)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd:?} --help: {text}");
+        assert!(
+            text.contains("Examples:"),
+            "corral {} --help has no examples:\n{text}",
+            cmd.join(" ")
+        );
+    }
+}

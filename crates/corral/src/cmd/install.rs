@@ -12,9 +12,8 @@ use corral_model::format_size;
 use corral_model::install::InstallPlan;
 use std::path::{Path, PathBuf};
 
-#[derive(clap::Args)]
-#[command(
-    long_about = "Create a VM and install an operating system into it, as one task with phases \
+/// `corral vm install --help`'s text (on the subcommand: a doc comment there would win).
+pub const INSTALL_HELP: &str = "Create a VM and install an operating system into it, as one task with phases \
     (fetching the installer, booting it, installing, rebooting into the installed system).\n\n\
     Give exactly one source:\n  \
     --location URL        an install tree: http://, ftp://, nfs://host/export/path or a local \
@@ -42,8 +41,9 @@ use std::path::{Path, PathBuf};
     corral vm install --template windows-server-2022 --name ad01 --cdrom win2022.iso\n  \
     corral vm install --template debian-12 --name n1 --pxe --boot-server /srv/tftp\n  \
     corral vm install --template ubuntu-24.04 --name c1 --disk-import noble.qcow2 \
-    --cloud-init user-data=u.yaml"
-)]
+    --cloud-init user-data=u.yaml";
+
+#[derive(clap::Args)]
 pub struct InstallArgs {
     #[command(flatten)]
     settings: SettingsArgs,

@@ -51,6 +51,7 @@ pub enum VmCommand {
         corral vm create --name t1 --template corral-test-guest --kernel /boot/vmlinuz --initrd /boot/initrd.img --cmdline console=ttyS0")]
     Create(CreateArgs),
     /// Create a VM and install an OS into it: from an install tree, media, PXE or an image.
+    #[command(long_about = crate::cmd::install::INSTALL_HELP)]
     Install(crate::cmd::install::InstallArgs),
     /// List VMs.
     List,
