@@ -9,6 +9,8 @@ use crate::tasks::TaskHandle;
 use corral_qemu::migration::{self as qm, MigrationInfo, MigrationStatus};
 
 const POLL: Duration = Duration::from_millis(500);
+/// How long a sampling query waits before it re-checks the target's heartbeats.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a final `query-migrate` status without a total time may be the previous
 /// migration's (see `Driver::memory`).
 const STALE_STATUS_GRACE: Duration = Duration::from_secs(10);
@@ -313,6 +315,32 @@ impl Driver<'_> {
             .map_err(qmp_err(&format!("QEMU refused {cmd}")))
     }
 
+    /// A sampling query (`query-migrate`, `query-block-jobs`). QEMU's monitor can stall
+    /// while its main loop waits on the target (stopping the vCPUs drains the guest's
+    /// in-flight writes, which a write-blocking mirror sends into a cut network): every
+    /// `SAMPLE_TIMEOUT` the wait re-checks cancel, the target's heartbeats and the deadline,
+    /// so a dead target starts the rollback (which frees QEMU) within its heartbeat window
+    /// instead of after the monitor's 30 s.
+    async fn sample_query(&self, task: &TaskHandle, cmd: &str) -> Result<serde_json::Value, Error> {
+        let started = Instant::now();
+        loop {
+            match self
+                .qmp
+                .execute_timeout(cmd, json!({}), SAMPLE_TIMEOUT)
+                .await
+            {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if e.kind() == ErrorKind::Timeout
+                        && started.elapsed() < corral_qemu::qmp::DEFAULT_COMMAND_TIMEOUT =>
+                {
+                    self.keep_going(task)?
+                }
+                Err(e) => return Err(qmp_err(&format!("QEMU refused {cmd}"))(e)),
+            }
+        }
+    }
+
     fn deadline(&self) -> Duration {
         Duration::from_secs(
             self.plan
@@ -430,7 +458,7 @@ impl Driver<'_> {
         }
         loop {
             self.keep_going(task)?;
-            let jobs = qm::parse_block_jobs(&self.q("query-block-jobs", json!({})).await?)
+            let jobs = qm::parse_block_jobs(&self.sample_query(task, "query-block-jobs").await?)
                 .map_err(|e| Error::internal(format!("unreadable query-block-jobs: {e}")))?;
             let ours: Vec<&qm::BlockJob> = jobs
                 .iter()
@@ -513,7 +541,7 @@ impl Driver<'_> {
         let mut completed_seen: Option<Instant> = None;
         let mut continued = false;
         loop {
-            let info = MigrationInfo::parse(&self.q("query-migrate", json!({})).await?)
+            let info = MigrationInfo::parse(&self.sample_query(task, "query-migrate").await?)
                 .map_err(|e| Error::internal(format!("unreadable query-migrate: {e}")))?;
             let stale = info.status.is_final()
                 && !seen_start
