@@ -91,6 +91,35 @@ impl Pool {
         }
     }
 
+    /// One request to member `host_id` over a new mutual-TLS connection, marked as sent by
+    /// this member (`Host` and the forwarded header added here); the connection serves an
+    /// upgrade if the answer is one.
+    async fn send<B>(
+        &self,
+        tls: &PoolTls,
+        address: &str,
+        host_id: &str,
+        req: hyper::http::request::Builder,
+        body: B,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stream = connect(tls, address, host_id).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn.with_upgrades());
+        let req = req
+            .header(hyper::header::HOST, authority(address)?)
+            .header(FORWARDED, self.host.host_id.as_str())
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    }
+
     /// A raw byte stream to member `host_id`: `GET path` with `Upgrade: protocol` over the
     /// members' mutual TLS, and the connection after the member's 101. Live migration's
     /// disk mirror runs through it (see `migrate::nbd_proxy`).
@@ -107,20 +136,12 @@ impl Pool {
             .ok_or_else(|| Error::internal("this host is not in a clustered pool"))?;
         let address = self.address_of(host_id)?;
         let exchange = async {
-            let stream = connect(tls, &address, host_id).await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn.with_upgrades());
             let req = hyper::Request::get(path)
-                .header(hyper::header::HOST, authority(&address)?)
                 .header(hyper::header::CONNECTION, "upgrade")
-                .header(hyper::header::UPGRADE, protocol)
-                .header(FORWARDED, self.host.host_id.as_str())
-                .body(http_body_util::Empty::<bytes::Bytes>::new())
-                .map_err(|e| e.to_string())?;
-            let mut resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                .header(hyper::header::UPGRADE, protocol);
+            let mut resp = self
+                .send(tls, &address, host_id, req, http_body_util::Empty::new())
+                .await?;
             if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
                 let status = resp.status();
                 let body = resp
@@ -174,19 +195,17 @@ impl Pool {
         let address = self.address_of(host_id)?;
         let json = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
         let exchange = async {
-            let stream = connect(tls, &address, host_id).await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let req = hyper::Request::post(path)
-                .header(hyper::header::HOST, authority(&address)?)
-                .header(hyper::header::CONTENT_TYPE, "application/json")
-                .header(FORWARDED, self.host.host_id.as_str())
-                .body(Full::new(bytes::Bytes::from(json)))
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let req =
+                hyper::Request::post(path).header(hyper::header::CONTENT_TYPE, "application/json");
+            let resp = self
+                .send(
+                    tls,
+                    &address,
+                    host_id,
+                    req,
+                    Full::new(bytes::Bytes::from(json)),
+                )
+                .await?;
             let status = resp.status();
             let bytes = resp
                 .into_body()

@@ -20,7 +20,8 @@ impl DiskSource for Mem {
     }
 }
 
-fn main() {
+/// A developer tool: any failure ends it with the error (`?`), nothing to recover.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spec = VmSpec {
         name: "seed".into(),
         description: String::new(),
@@ -39,7 +40,7 @@ fn main() {
         install: None,
         tpm: false,
     };
-    std::fs::create_dir_all("corpus/native_reader").unwrap();
+    std::fs::create_dir_all("corpus/native_reader")?;
     for (i, c) in [Compression::Zstd, Compression::None]
         .into_iter()
         .enumerate()
@@ -59,16 +60,15 @@ fn main() {
             vec![("disk0".into(), Box::new(Mem(d)))],
             &opts,
             &no_progress,
-        )
-        .unwrap();
-        std::fs::write(format!("corpus/native_reader/seed{i}"), out).unwrap();
+        )?;
+        std::fs::write(format!("corpus/native_reader/seed{i}"), out)?;
     }
     // Format 2.0: a kernel and an initrd carried beside the disk.
     let tmp = std::env::temp_dir().join(format!("corral-seed-files-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::create_dir_all(&tmp)?;
     let (k, i) = (tmp.join("vmlinuz"), tmp.join("initrd"));
-    std::fs::write(&k, b"seed kernel").unwrap();
-    std::fs::write(&i, vec![3u8; 700]).unwrap();
+    std::fs::write(&k, b"seed kernel")?;
+    std::fs::write(&i, vec![3u8; 700])?;
     let mut with_kernel = spec.clone();
     with_kernel.kernel_boot = Some(KernelBoot {
         kernel: k.clone(),
@@ -89,26 +89,26 @@ fn main() {
         vec![("disk0".into(), Box::new(Mem(d)))],
         &opts,
         &no_progress,
-    )
-    .unwrap();
-    std::fs::write("corpus/native_reader/seed-files", out).unwrap();
+    )?;
+    std::fs::write("corpus/native_reader/seed-files", out)?;
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all("corpus/ovf_parser").unwrap();
-    for e in std::fs::read_dir("../tests/data/ovf").unwrap() {
-        let p = e.unwrap().path();
+    std::fs::create_dir_all("corpus/ovf_parser")?;
+    for e in std::fs::read_dir("../tests/data/ovf")? {
+        let p = e?.path();
         std::fs::copy(
             &p,
             format!(
                 "corpus/ovf_parser/{}",
-                p.file_name().unwrap().to_string_lossy()
+                p.file_name()
+                    .ok_or("an OVF seed without a file name")?
+                    .to_string_lossy()
             ),
-        )
-        .unwrap();
+        )?;
     }
-    std::fs::create_dir_all("corpus/xva_reader").unwrap();
+    std::fs::create_dir_all("corpus/xva_reader")?;
     // API bodies: the first byte picks the type (fuzz_targets/api_bodies.rs), then JSON of
     // the shape the CLI sends.
-    std::fs::create_dir_all("corpus/api_bodies").unwrap();
+    std::fs::create_dir_all("corpus/api_bodies")?;
     let bodies: [(u8, &str); 8] = [
         (
             0,
@@ -134,11 +134,11 @@ fn main() {
     for (i, (pick, json)) in bodies.iter().enumerate() {
         let mut seed = vec![*pick];
         seed.extend_from_slice(json.as_bytes());
-        std::fs::write(format!("corpus/api_bodies/seed{i}"), seed).unwrap();
+        std::fs::write(format!("corpus/api_bodies/seed{i}"), seed)?;
     }
     // The console handshake: flags, then query, Cookie header, the ticket's session, its VM
     // and the VM asked for, separated by 0xFF (fuzz_targets/console_handshake.rs).
-    std::fs::create_dir_all("corpus/console_handshake").unwrap();
+    std::fs::create_dir_all("corpus/console_handshake")?;
     let handshakes: [(u8, &str, &str, &str, &str, &str); 3] = [
         (
             0b0_0011,
@@ -169,11 +169,11 @@ fn main() {
             }
             seed.extend_from_slice(field.as_bytes());
         }
-        std::fs::write(format!("corpus/console_handshake/seed{i}"), seed).unwrap();
+        std::fs::write(format!("corpus/console_handshake/seed{i}"), seed)?;
     }
     // V2V: a guest's configuration files (the P2V fixture's), a facts script's output, and the
     // head of an MBR disk with an ext4 and an LVM partition (fuzz_targets/v2v_guest.rs).
-    std::fs::create_dir_all("corpus/v2v_guest").unwrap();
+    std::fs::create_dir_all("corpus/v2v_guest")?;
     let texts = [
         "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/mapper/vg-lv /var ext4 defaults 0 2\n/dev/sdb1 /data ext4 defaults 0 2\n",
         "auto lo eth0\niface lo inet loopback\nallow-hotplug ens5\niface ens5 inet static\n  address 192.0.2.5/24\nauto br0\niface br0 inet dhcp\n  bridge_ports ens6\n",
@@ -184,7 +184,7 @@ fn main() {
         "UUID: 1234\nTYPE: ext4\nPART_ENTRY_NUMBER: 2\nPART_ENTRY_OFFSET: 6144\nPART_ENTRY_SIZE: 100\n",
     ];
     for (i, t) in texts.iter().enumerate() {
-        std::fs::write(format!("corpus/v2v_guest/text{i}"), t).unwrap();
+        std::fs::write(format!("corpus/v2v_guest/text{i}"), t)?;
     }
     let mut mbr = vec![0u8; 4096];
     mbr[510] = 0x55;
@@ -194,6 +194,7 @@ fn main() {
         mbr[e + 4] = *kind;
         mbr[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
     }
-    std::fs::write("corpus/v2v_guest/mbr", mbr).unwrap();
+    std::fs::write("corpus/v2v_guest/mbr", mbr)?;
     println!("seeds written; add XVA seeds with ../tests/xva-writer/make_xva.py");
+    Ok(())
 }
