@@ -95,17 +95,13 @@ pub struct ImportArgs {
     pub convert: bool,
     /// With --convert: the VM's disk size (e.g. 20G); larger than the image grows the root
     /// partition and file system into the new space.
-    #[arg(long, requires = "convert", value_parser = parse_size_arg, value_name = "SIZE")]
+    #[arg(long, requires = "convert", value_parser = parse_size, value_name = "SIZE")]
     pub disk_size: Option<u64>,
     /// With --convert: dhcp (default): the old NIC's configuration is commented out and any
     /// Ethernet NIC comes up with DHCP; keep: the configuration stays and the VM's NIC takes
     /// the old NIC's name.
     #[arg(long, requires = "convert", value_parser = parse_network, value_name = "dhcp|keep")]
     pub network: Option<ConvertNetwork>,
-}
-
-fn parse_size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s)
 }
 
 fn parse_network(s: &str) -> Result<ConvertNetwork, String> {
