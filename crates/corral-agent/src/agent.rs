@@ -180,6 +180,7 @@ impl Agent {
             runtime: runtime.clone(),
             iso_dir: config.iso_dir.clone(),
             tools_iso: config.tools_iso.clone(),
+            p2v: Default::default(),
         });
         let pool =
             crate::pool::Pool::start(host.clone(), runtime.clone(), config.pool.clone()).await?;
@@ -628,6 +629,43 @@ impl Agent {
         length: Option<u64>,
     ) -> Result<Result<String, ImportPlan>, Error> {
         self.ops.import_image(q, body, length).await
+    }
+
+    /// `POST /v1/p2v` (see [`crate::ops::p2v`]).
+    pub async fn p2v_start(
+        &self,
+        req: corral_model::transfer::P2vStartRequest,
+    ) -> Result<corral_model::transfer::P2vSession, Error> {
+        self.ops.p2v_start(req).await
+    }
+
+    /// `GET /v1/p2v/{id}`.
+    pub fn p2v_show(&self, id: &str) -> Result<corral_model::transfer::P2vSession, Error> {
+        self.ops.p2v_show(id)
+    }
+
+    /// `PUT /v1/p2v/{id}/data?pass=N`.
+    pub async fn p2v_data(
+        &self,
+        id: &str,
+        pass: u32,
+        body: crate::ops::transfer::ByteStream,
+    ) -> Result<corral_model::transfer::P2vSession, Error> {
+        self.ops.p2v_data(id, pass, body).await
+    }
+
+    /// `POST /v1/p2v/{id}/finish`: the conversion's task.
+    pub async fn p2v_finish(
+        &self,
+        id: &str,
+        req: corral_model::transfer::P2vFinishRequest,
+    ) -> Result<String, Error> {
+        self.ops.p2v_finish(id, req).await
+    }
+
+    /// `DELETE /v1/p2v/{id}`.
+    pub fn p2v_cancel(&self, id: &str) -> Result<(), Error> {
+        self.ops.p2v_cancel(id)
     }
 
     /// `vm export`: the task, the file name and the archive stream.

@@ -89,6 +89,12 @@ pub const PERMISSIONS: &[(&str, &str, Permission)] = &[
     // A GET, but it hands out the VM's disks.
     ("GET", "/v1/vms/{name}/export", Admin),
     ("PUT", "/v1/imports", Admin),
+    // P2V creates a VM from a server's disk, like an import.
+    ("POST", "/v1/p2v", Admin),
+    ("GET", "/v1/p2v/{id}", Admin),
+    ("DELETE", "/v1/p2v/{id}", Admin),
+    ("PUT", "/v1/p2v/{id}/data", Admin),
+    ("POST", "/v1/p2v/{id}/finish", Admin),
     ("POST", "/v1/vms/{name}/clone", Admin),
     ("POST", "/v1/vms/{name}/copy", Admin),
     ("POST", "/v1/vms/{name}/migrate", Admin),

@@ -22,7 +22,9 @@ use corral_model::migrate::{MigrateAnswer, MigrateRequest};
 use corral_model::pool::{EvacuateAnswer, EvacuateRequest, HostDetail, HostSummary, PoolInfo};
 use corral_model::stats::{HostRecommendation, VmStats};
 use corral_model::task::Task;
-use corral_model::transfer::{CloneRequest, ImportAnswer, ImportPlan};
+use corral_model::transfer::{
+    CloneRequest, ImportAnswer, ImportPlan, P2vFinishRequest, P2vSession, P2vStartRequest,
+};
 use corral_model::{ApiError, VmInfo};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
@@ -260,6 +262,11 @@ pub fn operations() -> Vec<Op> {
         Op::get("/v1/vms/{name}/recommend-host", "Hosts rated 0-5 for this VM, with reasons").ok::<HostRecommendation>(),
         Op::get("/v1/vms/{name}/export", "Export a halted VM as a streamed archive (task id in X-Corral-Task)").query("format", "string", "corral or ova").query("compress", "string", "zstd or none").query("level", "integer", "zstd level").binary("application/x-tar"),
         Op::put("/v1/imports", "Import a VM from a streamed archive (corral, OVA, XVA), or (convert=true) a Linux server's disk image (raw, qcow2, VMDK) converted to boot on virtio").binary_body().query("name", "string", "name of the new VM (required with convert)").query("sr", "string", "storage repository").query("as_template", "boolean", "import as a template").query("preserve_macs", "boolean", "keep the archive's MAC addresses").query("dry_run", "boolean", "answer the plan, write nothing").query("convert", "boolean", "the body is a disk image to convert (V2V); 202 with the vm.import task once it is received").query("disk_size_bytes", "integer", "with convert: the VM's disk size; larger grows the root file system").query("network", "string", "with convert: dhcp (default) or keep").query("data_bytes", "integer", "with convert: bytes of data in the client's image (a hint for the space check)").query("image_bytes", "integer", "with convert and dry_run: the image's whole length").created::<ImportAnswer>().ok::<ImportPlan>().accepted::<TaskAccepted>(),
+        Op::post("/v1/p2v", "Open a P2V session for a running server (`corral p2v`): checks the name, space and converter, reserves the name and starts the vm.import task").body::<P2vStartRequest>().created::<P2vSession>(),
+        Op::get("/v1/p2v/{id}", "A P2V session: the pass and the last frame applied (an interrupted upload resumes after it)").ok::<P2vSession>(),
+        Op::delete("/v1/p2v/{id}", "Abandon a P2V session: everything it wrote is removed and the name freed").empty(204, "Abandoned"),
+        Op::put("/v1/p2v/{id}/data", "One pass of the server's disk as P2V frames (docs/p2v.md); frames already applied are skipped").binary_body().query("pass", "integer", "1 for the first pass, 2 for the final pass").ok::<P2vSession>(),
+        Op::post("/v1/p2v/{id}/finish", "The transfer is complete: convert the disk to boot on virtio in the background (202 with the session's vm.import task)").body::<P2vFinishRequest>().accepted::<TaskAccepted>(),
         Op::post("/v1/vms/{name}/clone", "Linked clone of a halted VM or template").body::<CloneRequest>().created::<VmTaskAnswer>(),
         Op::post("/v1/vms/{name}/copy", "Full copy of a halted VM or template").body::<CloneRequest>().query("wait", "boolean", "false: answer 202 at once").created::<VmTaskAnswer>().accepted::<TaskAccepted>(),
         Op::post("/v1/vms/{name}/convert-to-template", "Make a halted VM a template").ok::<VmTaskAnswer>(),

@@ -161,6 +161,16 @@ fn table() -> Routes<AppState> {
             "/v1/imports",
             axum::routing::put(crate::transfer::import_vm),
         )
+        .route("/v1/p2v", post(crate::transfer::p2v_start))
+        .route(
+            "/v1/p2v/{id}",
+            get(crate::transfer::p2v_show).delete(crate::transfer::p2v_cancel),
+        )
+        .route(
+            "/v1/p2v/{id}/data",
+            axum::routing::put(crate::transfer::p2v_data),
+        )
+        .route("/v1/p2v/{id}/finish", post(crate::transfer::p2v_finish))
         .route("/v1/vms/{name}/clone", post(crate::transfer::clone_vm))
         .route("/v1/vms/{name}/copy", post(crate::transfer::copy_vm))
         .route(

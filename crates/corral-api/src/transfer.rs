@@ -50,25 +50,7 @@ pub async fn import_vm(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (tx, rx) = corral_agent::transfer::byte_channel();
-    let mut body = req.into_body().into_data_stream();
-    // Pump the upload into the agent's bounded channel. When the agent stops reading early
-    // (a dry run, a name collision, a bad archive), the rest is drained before answering:
-    // an HTTP/1.1 client still writing its body would otherwise see a broken connection
-    // instead of the answer.
-    let pump = tokio::spawn(async move {
-        let mut forward = true;
-        while let Some(chunk) = body.next().await {
-            let failed = chunk.is_err();
-            if forward {
-                let item = chunk.map_err(|e| std::io::Error::other(format!("upload failed: {e}")));
-                forward = tx.send(item).await.is_ok();
-            }
-            if failed {
-                break;
-            }
-        }
-    });
+    let (rx, pump) = pump_body(req);
     if q.convert {
         let result = a.import_image(q, rx, length).await;
         let _ = pump.await;
@@ -83,6 +65,77 @@ pub async fn import_vm(
         Ok(done) => Ok((StatusCode::CREATED, Json(done)).into_response()),
         Err(plan) => Ok(Json(plan).into_response()),
     }
+}
+
+/// Pump an upload into the agent's bounded channel. When the agent stops reading early (a
+/// dry run, a name collision, a bad archive), the rest is drained before answering: an
+/// HTTP/1.1 client still writing its body would otherwise see a broken connection instead
+/// of the answer. Await the pump before answering.
+fn pump_body(
+    req: Request,
+) -> (
+    corral_agent::transfer::ByteStream,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = corral_agent::transfer::byte_channel();
+    let mut body = req.into_body().into_data_stream();
+    let pump = tokio::spawn(async move {
+        let mut forward = true;
+        while let Some(chunk) = body.next().await {
+            let failed = chunk.is_err();
+            if forward {
+                let item = chunk.map_err(|e| std::io::Error::other(format!("upload failed: {e}")));
+                forward = tx.send(item).await.is_ok();
+            }
+            if failed {
+                break;
+            }
+        }
+    });
+    (rx, pump)
+}
+
+pub async fn p2v_start(
+    State(a): State<AppState>,
+    Body_(req): Body_<P2vStartRequest>,
+) -> Result<Response> {
+    Ok((StatusCode::CREATED, Json(a.p2v_start(req).await?)).into_response())
+}
+
+pub async fn p2v_show(State(a): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    Ok(Json(a.p2v_show(&id)?).into_response())
+}
+
+pub async fn p2v_cancel(State(a): State<AppState>, Path(id): Path<String>) -> Result<Response> {
+    a.p2v_cancel(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassQuery {
+    pass: u32,
+}
+
+pub async fn p2v_data(
+    State(a): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PassQuery>,
+    req: Request,
+) -> Result<Response> {
+    let (rx, pump) = pump_body(req);
+    let result = a.p2v_data(&id, q.pass, rx).await;
+    let _ = pump.await;
+    Ok(Json(result?).into_response())
+}
+
+pub async fn p2v_finish(
+    State(a): State<AppState>,
+    Path(id): Path<String>,
+    Body_(req): Body_<P2vFinishRequest>,
+) -> Result<Response> {
+    let task = a.p2v_finish(&id, req).await?;
+    Ok((StatusCode::ACCEPTED, Json(TaskAccepted { task })).into_response())
 }
 
 pub async fn clone_vm(

@@ -191,6 +191,54 @@ impl Client {
         }
     }
 
+    /// Open a P2V session (`corral p2v`).
+    pub async fn p2v_start(&self, req: &P2vStartRequest) -> Result<P2vSession> {
+        self.call(Method::POST, "/v1/p2v", Self::json(req)).await
+    }
+
+    pub async fn p2v_show(&self, id: &str) -> Result<P2vSession> {
+        self.call(Method::GET, &format!("/v1/p2v/{}", seg(id)), None)
+            .await
+    }
+
+    /// Send one pass's frames (fed into `body`'s channel by the caller); the session as the
+    /// agent has it after the upload.
+    pub async fn p2v_data(&self, id: &str, pass: u32, body: ChannelBody) -> Result<P2vSession> {
+        let path = format!("/v1/p2v/{}/data?pass={pass}", seg(id));
+        let mut sender = self.connect_with::<ChannelBody>().await?;
+        let b = self
+            .request(Method::PUT, &path)
+            .header("content-type", "application/octet-stream");
+        let resp = sender
+            .send_request(b.body(body).map_err(proto)?)
+            .await
+            .map_err(proto)?;
+        if !resp.status().is_success() {
+            return Err(error_of(resp).await);
+        }
+        let bytes = resp.into_body().collect().await.map_err(proto)?.to_bytes();
+        serde_json::from_slice(&bytes).map_err(proto)
+    }
+
+    /// The transfer is complete: the conversion's task.
+    pub async fn p2v_finish(&self, id: &str, req: &P2vFinishRequest) -> Result<String> {
+        let a: TaskAccepted = self
+            .call(
+                Method::POST,
+                &format!("/v1/p2v/{}/finish", seg(id)),
+                Self::json(req),
+            )
+            .await?;
+        Ok(a.task)
+    }
+
+    /// Abandon a session: the agent removes what it wrote.
+    pub async fn p2v_cancel(&self, id: &str) -> Result<()> {
+        self.raw(Method::DELETE, &format!("/v1/p2v/{}", seg(id)), None)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn clone_vm(&self, name: &str, req: &CloneRequest) -> Result<VmTaskAnswer> {
         self.call(
             Method::POST,

@@ -164,3 +164,67 @@ pub struct CloneRequest {
     #[serde(default)]
     pub sr: Option<String>,
 }
+
+/// `POST /v1/p2v`: open a P2V session for a running server (`corral p2v`, issue 12). The
+/// agent checks the name, the space and its converter, reserves the name and answers a
+/// [`P2vSession`]; the server's disk then arrives as frames (`PUT /v1/p2v/{id}/data`, one
+/// upload per pass) and `POST /v1/p2v/{id}/finish` converts it like `vm import --convert`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct P2vStartRequest {
+    /// Name of the new VM.
+    pub name: String,
+    /// Its description; default: one naming the source server.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Storage repository for its disk; default: the host's default repository.
+    #[serde(default)]
+    pub sr: Option<String>,
+    /// Size of the server's system disk in bytes (a multiple of 512).
+    pub disk_bytes: u64,
+    /// Bytes the first pass will send before compression (the space check counts them).
+    pub data_bytes: u64,
+    /// The VM's disk size when larger than the server's: the root file system grows into it.
+    #[serde(default)]
+    pub disk_size_bytes: Option<u64>,
+    /// How the guest's network is set up (default `dhcp`).
+    #[serde(default)]
+    pub network: Option<ConvertNetwork>,
+    /// The server's host name, recorded in the description.
+    #[serde(default)]
+    pub source_host: Option<String>,
+}
+
+/// A P2V session: what the agent has applied so far, so an interrupted upload resumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct P2vSession {
+    pub id: String,
+    /// The `vm.import` task reporting the transfer and then the conversion.
+    pub task: String,
+    pub name: String,
+    /// The pass being received (1 = the first pass on the live server, 2 = the final one).
+    pub pass: u32,
+    /// The sequence number of the last frame written in this pass (0: none yet); an upload
+    /// resumes with the frame after it.
+    pub applied: u64,
+    /// Whether this pass's end frame arrived (everything it meant to send was written).
+    pub pass_complete: bool,
+    /// Disk bytes written, all passes.
+    pub bytes_written: u64,
+    /// Bytes received on the wire (frames, compressed), all passes.
+    pub wire_bytes: u64,
+}
+
+/// `POST /v1/p2v/{id}/finish`: the transfer is complete; convert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct P2vFinishRequest {
+    /// How the copy was made consistent, e.g. "file systems frozen for the final pass".
+    pub method: String,
+    /// How long the final pass kept the server's file systems frozen (the cut-over downtime).
+    #[serde(default)]
+    pub final_pass_ms: Option<u64>,
+}

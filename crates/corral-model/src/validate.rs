@@ -34,6 +34,17 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
 }
 
 /// `low`, `normal`, `high` or a number 1..=65535.
+/// A description: at most 4,096 characters, no control characters but newlines and tabs.
+pub fn validate_description(text: &str) -> Result<(), String> {
+    if text.chars().count() > 4096 {
+        return Err("a description has at most 4096 characters".into());
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err("a description cannot contain control characters".into());
+    }
+    Ok(())
+}
+
 pub fn parse_cpu_weight(text: &str) -> Result<u32, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "low" => Ok(CPU_WEIGHT_LOW),

@@ -8,4 +8,5 @@
 //! sends only what changed ([`freeze`]). The agent writes the frames into the new VM's
 //! volume and converts it like an imported disk image.
 
+pub mod pass;
 pub mod wire;

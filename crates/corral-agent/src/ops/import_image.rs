@@ -45,7 +45,7 @@ const COPY_END: f64 = 0.35;
 const INSPECT_END: f64 = 0.45;
 const CONVERT_END: f64 = 0.95;
 
-fn refusal(kind: ErrorKind, message: impl Into<String>, code: &str) -> Error {
+pub(super) fn refusal(kind: ErrorKind, message: impl Into<String>, code: &str) -> Error {
     Error::new(kind, message).with_details(serde_json::json!({ "refusal": code }))
 }
 
@@ -84,16 +84,31 @@ fn convert_error(e: corral_convert::ConvertError) -> Error {
 }
 
 /// What the background part of an import needs.
-struct Received {
-    id: String,
-    name: String,
-    spec: VmSpec,
-    image: ImageHead,
-    staging: PathBuf,
-    /// The staged upload (qcow2/VMDK) or the volume already written (raw).
-    staged: PathBuf,
-    sr: corral_model::host::StorageRepository,
-    network: ConvertNetwork,
+pub(super) struct Received {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) spec: VmSpec,
+    pub(super) image: ImageHead,
+    pub(super) staging: PathBuf,
+    /// The staged upload (qcow2/VMDK) or the volume already written (raw, P2V).
+    pub(super) staged: PathBuf,
+    pub(super) sr: corral_model::host::StorageRepository,
+    pub(super) network: ConvertNetwork,
+    /// Where the disk came from, for the VM's description.
+    pub(super) origin: Origin,
+}
+
+/// Where a converted disk came from.
+pub(super) enum Origin {
+    /// `vm import IMAGE --convert`.
+    Image,
+    /// `corral p2v` from a running server: its host name, how the copy was made consistent,
+    /// and the description the user gave, if any.
+    P2v {
+        host: String,
+        method: String,
+        description: Option<String>,
+    },
 }
 
 impl Ops {
@@ -260,7 +275,15 @@ impl Ops {
             staged,
             sr,
             network: q.network.unwrap_or_default(),
+            origin: Origin::Image,
         };
+        Ok(Ok(self.spawn_conversion(job, task)))
+    }
+
+    /// Convert a received disk in the background (see [`Self::convert_received`]): on
+    /// success the VM is recorded; on failure or cancel nothing is left and the name is free.
+    /// The task's id.
+    pub(super) fn spawn_conversion(self: &Arc<Self>, job: Received, task: TaskHandle) -> String {
         let ops = self.clone();
         let task_id = task.id.clone();
         tokio::spawn(async move {
@@ -283,7 +306,7 @@ impl Ops {
                 }
             }
         });
-        Ok(Ok(task_id))
+        task_id
     }
 
     /// Write the upload into `staging` (phase `copying`) and check it; the staged file.
@@ -538,13 +561,27 @@ impl Ops {
             return Err(fail(e, &changes));
         }
         spec.firmware = report.firmware;
-        spec.description = converted_description(
-            job.image.format,
-            &report.os,
-            report.firmware.as_str(),
-            changes.len(),
-            &task.id,
-        );
+        spec.description = match &job.origin {
+            Origin::Image => converted_description(
+                job.image.format,
+                &report.os,
+                report.firmware.as_str(),
+                changes.len(),
+                &task.id,
+            ),
+            Origin::P2v {
+                description: Some(d),
+                ..
+            } => d.clone(),
+            Origin::P2v { host, method, .. } => p2v_description(
+                host,
+                method,
+                &report.os,
+                report.firmware.as_str(),
+                changes.len(),
+                &task.id,
+            ),
+        };
         if let Err(e) = self.add_vm(job.id.clone(), spec).await {
             let _ = std::fs::remove_file(&dest);
             return Err(fail(e, &changes));
@@ -567,7 +604,7 @@ impl Ops {
 }
 
 /// Whether `program` is an executable in a directory of `PATH`.
-fn on_path(program: &str) -> bool {
+pub(super) fn on_path(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|d| {
@@ -578,7 +615,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// Refuse when the import cannot fit (see [`space_needed`]).
-fn check_space(
+pub(super) fn check_space(
     sr: &corral_model::host::StorageRepository,
     staging: &Path,
     data: u64,

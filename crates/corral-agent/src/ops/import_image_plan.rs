@@ -215,6 +215,20 @@ pub fn converted_description(
     )
 }
 
+/// The VM's description after a P2V conversion (when the user gave none).
+pub fn p2v_description(
+    host: &str,
+    method: &str,
+    os: &str,
+    firmware: &str,
+    changes: usize,
+    task: &str,
+) -> String {
+    format!(
+        "server {host} ({os}, {firmware}) copied by P2V ({method}) and converted to virtio; {changes} changes, listed in task {task}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod import_image;
 mod import_image_plan;
 pub mod install;
 mod install_plan;
+pub mod p2v;
 pub mod template;
 pub mod transfer;
 
@@ -38,6 +39,8 @@ pub struct Ops {
     pub iso_dir: PathBuf,
     /// The guest-tools ISO (`--tools-iso`), when configured.
     pub tools_iso: Option<PathBuf>,
+    /// Open P2V sessions (`corral p2v`).
+    pub p2v: p2v::P2vSessions,
 }
 
 impl Ops {
