@@ -55,13 +55,13 @@ pub struct Frame {
     pub wire_bytes: u64,
 }
 
-/// Encode a data frame; compressed (zstd `level`) only when that is smaller.
-pub fn encode_data(seq: u64, offset: u64, data: &[u8], level: i32) -> Vec<u8> {
+/// Encode a data frame; compressed (zstd `level`; `None`: never) only when that is smaller.
+pub fn encode_data(seq: u64, offset: u64, data: &[u8], level: Option<i32>) -> Vec<u8> {
     debug_assert!(offset.is_multiple_of(SECTOR) && (data.len() as u64).is_multiple_of(SECTOR));
     debug_assert!(data.len() <= MAX_FRAME_BYTES as usize);
     let hash = xxhash_rust::xxh3::xxh3_64(data);
-    let compressed = zstd::bulk::compress(data, level)
-        .ok()
+    let compressed = level
+        .and_then(|l| zstd::bulk::compress(data, l).ok())
         .filter(|c| c.len() < data.len());
     let (comp, payload) = match &compressed {
         Some(c) => (Compression::Zstd, c.as_slice()),
@@ -78,6 +78,12 @@ pub fn encode_data(seq: u64, offset: u64, data: &[u8], level: i32) -> Vec<u8> {
     );
     out.extend_from_slice(payload);
     out
+}
+
+/// Renumber an encoded frame (frames are compressed in parallel and numbered in the order
+/// they are sent).
+pub fn set_seq(frame: &mut [u8], seq: u64) {
+    frame[8..16].copy_from_slice(&seq.to_le_bytes());
 }
 
 /// The frame that closes a pass.
@@ -246,9 +252,9 @@ mod tests {
         let noise: Vec<u8> = (0..4096u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
-        let mut s = encode_data(1, 0, &zeros, 1);
+        let mut s = encode_data(1, 0, &zeros, Some(1));
         assert!(s.len() < 1000, "zeros compress");
-        s.extend(encode_data(2, 1 << 20, &noise, 1));
+        s.extend(encode_data(2, 1 << 20, &noise, Some(1)));
         s.extend(encode_end(3));
         let f = read_all(&s, 2 << 20).unwrap();
         assert_eq!(f.len(), 3);
@@ -264,7 +270,7 @@ mod tests {
         let noise: Vec<u8> = (0..512u64)
             .map(|i| (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) >> 7) as u8)
             .collect();
-        let good = encode_data(7, 4096, &noise, 1);
+        let good = encode_data(7, 4096, &noise, Some(1));
         assert_eq!(good[5], Compression::None as u8);
         let cases: Vec<(Vec<u8>, u64, &str)> = vec![
             (good.clone(), 4096, "inside the 4096-byte disk"),

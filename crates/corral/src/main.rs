@@ -93,6 +93,9 @@ enum Command {
     Measure(cmd::measure::MeasureArgs),
     /// Plan which workloads go on which hosts, and explain why (no agent needed).
     Plan(cmd::plan::PlanArgs),
+    /// Copy this running Linux server into a new VM on an agent, converted to boot on virtio
+    /// (run it as root on the server).
+    P2v(cmd::p2v::P2vArgs),
 }
 
 /// Where the CLI finds the agent: an `https://` URL is a remote agent, anything else a socket.
@@ -118,6 +121,9 @@ fn main() {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Measure(args) => cmd::measure::run(args),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::P2v(args) => runtime()
+            .map_err(|e| anyhow::Error::new(e).context("cannot start the async runtime"))
+            .and_then(|rt| rt.block_on(cmd::p2v::run(args, cli.token, cli.fingerprint, json))),
         Command::FenceGuard { state_dir } => corral_agent::pool::fence::run_guard(&state_dir)
             .map_err(|e| anyhow::Error::new(e).context("fence guard failed")),
         other => match client_for(
@@ -145,6 +151,7 @@ fn main() {
                             Command::Serve(_)
                             | Command::Measure(_)
                             | Command::Plan(_)
+                            | Command::P2v(_)
                             | Command::FenceGuard { .. } => {
                                 unreachable!("handled above")
                             }

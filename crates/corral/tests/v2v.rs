@@ -9,83 +9,12 @@
 
 mod common;
 
+use common::server::*;
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// The conversion under TCG (an appliance, update-initramfs, GRUB) on a loaded CI machine.
-const CONVERT: Duration = Duration::from_secs(15 * 60);
-/// The converted server's boot to its ready line (systemd, DHCP) under TCG.
-const SERVER_BOOT: Duration = Duration::from_secs(6 * 60);
-
-/// The fixture's disk, built (or found up to date) by its script.
-fn fixture() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(root.join("scripts/build-p2v-source.sh"))
-        .arg("--quiet")
-        .output()
-        .expect("run scripts/build-p2v-source.sh");
-    assert!(
-        out.status.success(),
-        "scripts/build-p2v-source.sh failed (it needs root and a Debian mirror the first time):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let disk = Path::new(&dir).join("disk.img");
-    assert!(disk.is_file(), "no {}", disk.display());
-    disk
-}
-
-/// `corral --json ARGS` against `a`, killed if it has not finished within `limit`.
-fn json_within(a: &TestAgent, args: &[&str], limit: Duration) -> Value {
-    let mut child = Command::new(corral_bin())
-        .arg("--connect")
-        .arg(&a.socket)
-        .arg("--json")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run corral");
-    let deadline = Instant::now() + limit;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "corral {} did not finish within {limit:?}; agent log tail:\n{}",
-                args.join(" "),
-                tail(&a.log(), 30)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let out = child.wait_with_output().expect("output");
-    assert!(
-        out.status.success(),
-        "corral {} failed: {}\nagent log tail:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        tail(&a.log(), 30)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
@@ -127,19 +56,6 @@ fn assert_nothing_left(a: &TestAgent, repo: &Path, what: &str) {
         .cloned()
         .collect();
     assert!(running.is_empty(), "{what}: tasks still run: {running:?}");
-}
-
-/// The `CORRAL-SOURCE-READY host= nic= ip= root=` fields.
-fn ready_fields(console: &str) -> std::collections::HashMap<String, String> {
-    let line = console
-        .lines()
-        .rev()
-        .find_map(|l| l.split("CORRAL-SOURCE-READY").nth(1))
-        .expect("a ready line");
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 #[test]

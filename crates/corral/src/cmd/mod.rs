@@ -6,6 +6,7 @@ pub mod console;
 pub mod install;
 pub mod measure;
 pub mod misc;
+pub mod p2v;
 pub mod plan;
 pub mod pool;
 pub mod serve;

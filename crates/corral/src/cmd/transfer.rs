@@ -104,7 +104,7 @@ pub struct ImportArgs {
     pub network: Option<ConvertNetwork>,
 }
 
-fn parse_network(s: &str) -> Result<ConvertNetwork, String> {
+pub(crate) fn parse_network(s: &str) -> Result<ConvertNetwork, String> {
     match s {
         "dhcp" => Ok(ConvertNetwork::Dhcp),
         "keep" => Ok(ConvertNetwork::Keep),

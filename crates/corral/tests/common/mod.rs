@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod invariants;
+pub mod server;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
