@@ -28,6 +28,8 @@ const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 const BG_BLOCK_UNINIT: u16 = 0x2;
 
+const MAX_GDT_BYTES: u64 = 256 << 20;
+
 /// How much of the bitmaps is read at once: with `flex_bg` the bitmaps of many groups sit
 /// side by side, and one read of a window serves them all.
 const WINDOW_BYTES: u64 = 1 << 20;
@@ -114,12 +116,16 @@ pub fn parse_superblock(sb: &[u8], fs_bytes: u64) -> Result<Geometry, Ext4Error>
     } else {
         32
     };
-    if blocks_per_group == 0 || blocks_per_group > 8 * block_size {
+    // Whole bytes of bitmap per group, and no more bits than one bitmap block holds.
+    if blocks_per_group == 0
+        || !blocks_per_group.is_multiple_of(8)
+        || blocks_per_group > 8 * block_size
+    {
         return Err(Ext4Error::Corrupt(format!(
             "{blocks_per_group} blocks per group"
         )));
     }
-    if is_64bit && (desc_size < 64 || desc_size > 1024 || !desc_size.is_power_of_two()) {
+    if is_64bit && (!(64..=1024).contains(&desc_size) || !desc_size.is_power_of_two()) {
         return Err(Ext4Error::Corrupt(format!(
             "group descriptor size {desc_size}"
         )));
@@ -173,6 +179,14 @@ pub fn used_ranges(
     // The descriptor table starts in the block after the superblock's.
     let gdt_offset = (g.first_data_block + 1) * bs;
     let gdt_len = g.groups * g.desc_size;
+    // 64 TiB of 4 KiB blocks needs 32 MiB of descriptors; far more means a corrupt superblock
+    // (tiny groups), and the allocation below must not follow it.
+    if gdt_len > MAX_GDT_BYTES || gdt_offset + gdt_len > g.blocks_count * bs {
+        return Err(Ext4Error::Corrupt(format!(
+            "{} groups of {} blocks",
+            g.groups, g.blocks_per_group
+        )));
+    }
     let mut gdt = vec![
         0u8;
         usize::try_from(gdt_len)
@@ -216,7 +230,7 @@ pub fn used_ranges(
         let mut i = 0u64;
         while i < count {
             let byte = bitmap[(i / 8) as usize];
-            if i % 8 == 0 && i + 8 <= count && (byte == 0 || byte == 0xFF) {
+            if i.is_multiple_of(8) && i + 8 <= count && (byte == 0 || byte == 0xFF) {
                 if byte == 0xFF {
                     runs.push(first + i, 8);
                 }

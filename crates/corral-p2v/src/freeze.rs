@@ -46,6 +46,8 @@ pub enum FreezeError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot start the thaw watchdog")]
+    Watchdog(#[source] io::Error),
     #[error("cannot freeze {}", mountpoint.display())]
     Freeze {
         mountpoint: PathBuf,
@@ -158,10 +160,7 @@ pub fn freeze(mountpoints: &[PathBuf], max: Duration) -> Result<Frozen, FreezeEr
                 thaw_all(&watched, true);
             }
         })
-        .map_err(|source| FreezeError::Freeze {
-            mountpoint: PathBuf::from("(watchdog thread)"),
-            source,
-        })?;
+        .map_err(FreezeError::Watchdog)?;
     let guard = Frozen {
         state,
         since,

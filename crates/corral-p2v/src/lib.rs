@@ -27,5 +27,5 @@ pub mod ext4;
 pub mod freeze;
 pub mod ranges;
 pub mod scan;
-
+pub mod unchanged;
 pub mod wire;
