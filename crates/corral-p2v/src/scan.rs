@@ -741,8 +741,11 @@ pub fn read_facts() -> Result<Facts, ScanError> {
         .filter_map(|b| b.dm_name.as_ref())
         .map(|dm| (dm.clone(), dmsetup_table(dm)))
         .collect();
+    // Only mounts from a device: statvfs of a hard-mounted NFS share whose server is gone
+    // would hang the scan.
     let used_bytes = parse_mountinfo(&mountinfo)
         .into_iter()
+        .filter(|m| m.source.starts_with("/dev/"))
         .filter_map(|m| statvfs_used(&m.mountpoint).map(|u| (m.mountpoint, u)))
         .collect();
     Ok(Facts {
