@@ -7,6 +7,28 @@
 //! the server runs, then freezes the server's file systems for a short final pass that
 //! sends only what changed ([`freeze`]). The agent writes the frames into the new VM's
 //! volume and converts it like an imported disk image.
+//!
+//! The modules, in the order a conversion uses them:
+//! - [`scan`]: what the source is — the system disk, the file systems and swap areas on it
+//!   mapped onto disk byte ranges (partitions, linear device-mapper/LVM), the OS, firmware
+//!   and boot loader — and the refusals and warnings to show before anything is sent.
+//!   Pure over [`scan::Facts`]; [`scan::read_facts`] is the only part touching the system.
+//! - [`ext4`]: the allocated blocks of an ext2/3/4 file system, from its block bitmaps.
+//! - [`ranges`]: the whole-disk list of byte ranges to send (used blocks of the file
+//!   systems it understands, everything it does not understand whole).
+//! - [`disk`]: the read-only, page-cache-bypassing reader of the system disk.
+//! - [`freeze`]: FIFREEZE/FITHAW as a guard with a watchdog, for the final pass.
+//! - [`unchanged`]: extents of files untouched since a time (FIEMAP), which the final pass
+//!   need not re-read.
+//! - [`pass`]: one pass over the disk: the windows read, the pieces sent (all non-zero ones
+//!   first, then only those that changed), and where an interrupted upload resumes.
+//! - [`wire`]: the frames that carry the ranges to the agent.
 
+pub mod disk;
+pub mod ext4;
+pub mod freeze;
 pub mod pass;
+pub mod ranges;
+pub mod scan;
+pub mod unchanged;
 pub mod wire;
