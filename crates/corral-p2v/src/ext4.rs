@@ -23,6 +23,8 @@ const INCOMPAT_COMPRESSION: u32 = 0x1;
 const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
 const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
+const COMPAT_SPARSE_SUPER2: u32 = 0x200;
+const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
 const RO_COMPAT_GDT_CSUM: u32 = 0x10;
 const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
@@ -62,6 +64,41 @@ pub struct Geometry {
     pub desc_size: u64,
     /// `BLOCK_UNINIT` is only honoured (by the kernel, and so here) with group checksums.
     pub uninit_flags_valid: bool,
+    /// Blocks of one group's inode table.
+    pub inode_table_blocks: u64,
+    /// Blocks reserved after the descriptor table for online growth.
+    pub reserved_gdt_blocks: u64,
+    /// Which groups hold a backup of the superblock and descriptors.
+    pub backups: Backups,
+}
+
+/// Which groups carry a superblock backup (and the descriptor table after it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backups {
+    /// Every group (no `sparse_super`).
+    All,
+    /// Groups 0, 1 and the powers of 3, 5 and 7 (`sparse_super`).
+    Sparse,
+    /// Group 0 and at most two named groups (`sparse_super2`).
+    Listed([u64; 2]),
+}
+
+impl Geometry {
+    /// Whether `group` starts with a superblock and descriptor table.
+    pub fn has_super(&self, group: u64) -> bool {
+        let power_of = |base: u64| {
+            let mut n = base;
+            while n < group {
+                n *= base;
+            }
+            n == group
+        };
+        match self.backups {
+            Backups::All => true,
+            Backups::Sparse => group <= 1 || power_of(3) || power_of(5) || power_of(7),
+            Backups::Listed(l) => group == 0 || l.contains(&group),
+        }
+    }
 }
 
 fn le16(b: &[u8], at: usize) -> u16 {
@@ -144,7 +181,26 @@ pub fn parse_superblock(sb: &[u8], fs_bytes: u64) -> Result<Geometry, Ext4Error>
         )));
     }
     let groups = (blocks_count - first_data_block).div_ceil(blocks_per_group);
+    let inodes_per_group = u64::from(le32(sb, 0x28));
+    // Revision 0 file systems have 128-byte inodes and no s_inode_size.
+    let inode_size = match (le32(sb, 0x4C), le16(sb, 0x58)) {
+        (0, _) => 128,
+        (_, n) => u64::from(n),
+    };
+    if !(128..=block_size).contains(&inode_size) || !inode_size.is_power_of_two() {
+        return Err(Ext4Error::Corrupt(format!("inode size {inode_size}")));
+    }
+    let backups = if le32(sb, 0x5C) & COMPAT_SPARSE_SUPER2 != 0 {
+        Backups::Listed([u64::from(le32(sb, 0x24C)), u64::from(le32(sb, 0x250))])
+    } else if ro_compat & RO_COMPAT_SPARSE_SUPER != 0 {
+        Backups::Sparse
+    } else {
+        Backups::All
+    };
     Ok(Geometry {
+        inode_table_blocks: (inodes_per_group * inode_size).div_ceil(block_size),
+        reserved_gdt_blocks: u64::from(le16(sb, 0xCE)),
+        backups,
         block_size,
         blocks_count,
         first_data_block,
@@ -159,11 +215,13 @@ pub fn parse_superblock(sb: &[u8], fs_bytes: u64) -> Result<Geometry, Ext4Error>
 /// allocated blocks, plus everything before the first data block (the boot block of a
 /// 1 KiB-block file system, which no group covers).
 ///
-/// A group whose descriptor says `BLOCK_UNINIT` has no bitmap on disk: its bitmap would
-/// have to be computed from the group's metadata layout (superblock backups, descriptor
-/// tables, flex_bg placement of other groups' tables), which is where bugs would hide.
-/// Such a group is reported whole instead; it holds no file data, so the caller's
-/// skipping of all-zero chunks keeps most of it off the wire.
+/// A group whose descriptor says `BLOCK_UNINIT` has no bitmap on disk: nothing was ever
+/// allocated in it, so its used blocks are what the kernel's `ext4_init_block_bitmap`
+/// marks — its superblock backup, descriptor table and reserved descriptor blocks when it
+/// carries a backup, and its own bitmaps and inode table when they lie inside it. Every
+/// group's bitmaps and inode table are added wherever they are, which also covers
+/// `flex_bg` tables placed in another group (e2fsprogs clears `BLOCK_UNINIT` there, but a
+/// block too many costs nothing and a block too few corrupts the copy).
 pub fn used_ranges(
     mut read_at: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
     fs_bytes: u64,
@@ -198,6 +256,8 @@ pub fn used_ranges(
 
     let mut runs = Blocks::default();
     runs.push(0, g.first_data_block);
+    // Block runs found outside the bitmaps, in no particular order.
+    let mut tables: Vec<(u64, u64)> = Vec::new();
     let bitmap_bytes = (g.blocks_per_group / 8) as usize;
     let mut window = Window {
         start: 0,
@@ -207,13 +267,32 @@ pub fn used_ranges(
         let d = &gdt[(group * g.desc_size) as usize..((group + 1) * g.desc_size) as usize];
         let first = g.first_data_block + group * g.blocks_per_group;
         let count = g.blocks_per_group.min(g.blocks_count - first);
-        if g.uninit_flags_valid && le16(d, 0x12) & BG_BLOCK_UNINIT != 0 {
-            runs.push(first, count);
-            continue;
+        let at = |lo: usize, hi: usize| {
+            let mut b = u64::from(le32(d, lo));
+            if g.desc_size >= 64 {
+                b |= u64::from(le32(d, hi)) << 32;
+            }
+            b
+        };
+        let bitmap_block = at(0x0, 0x20);
+        for (start, len) in [
+            (bitmap_block, 1),
+            (at(0x4, 0x24), 1),
+            (at(0x8, 0x28), g.inode_table_blocks),
+        ] {
+            if start == 0 || start + len > g.blocks_count {
+                return Err(Ext4Error::Corrupt(format!(
+                    "group {group}: metadata at blocks {start}+{len}"
+                )));
+            }
+            tables.push((start, len));
         }
-        let mut bitmap_block = u64::from(le32(d, 0x0));
-        if g.desc_size >= 64 {
-            bitmap_block |= u64::from(le32(d, 0x20)) << 32;
+        if g.uninit_flags_valid && le16(d, 0x12) & BG_BLOCK_UNINIT != 0 {
+            if g.has_super(group) {
+                let gdt_blocks = gdt_len.div_ceil(bs);
+                tables.push((first, (1 + gdt_blocks + g.reserved_gdt_blocks).min(count)));
+            }
+            continue;
         }
         if bitmap_block == 0 || bitmap_block >= g.blocks_count {
             return Err(Ext4Error::Corrupt(format!(
@@ -243,7 +322,11 @@ pub fn used_ranges(
             i += 1;
         }
     }
-    Ok(runs.0.into_iter().map(|(b, n)| (b * bs, n * bs)).collect())
+    let mut all = runs.0;
+    all.extend(tables);
+    Ok(crate::ranges::merge(
+        all.into_iter().map(|(b, n)| (b * bs, n * bs)).collect(),
+    ))
 }
 
 /// Sorted block runs, each new run merged into the last when adjacent (groups and bits
@@ -440,12 +523,11 @@ mod tests {
                 );
             }
         }
-        // Exactly the used blocks, plus the free blocks of groups without a bitmap on
-        // disk (reported whole, see used_ranges).
+        // Exactly the used blocks, groups without a bitmap on disk included.
         let total: u64 = ranges.iter().map(|r| r.1).sum();
         assert_eq!(
             total,
-            (count - free + uninit_free) * bs,
+            (count - free) * bs,
             "{fstype}/{block_size}: {ranges:?}"
         );
         uninit_free

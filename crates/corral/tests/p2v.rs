@@ -152,12 +152,12 @@ fn frames(ranges: &[(u64, u8)], first: u64, end: bool) -> Vec<u8> {
     out
 }
 
-fn body(bytes: Vec<u8>) -> corral_client::transfer::ChannelBody {
+fn body(bytes: Vec<u8>) -> corral_client::ChannelBody {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         let _ = tx.send(Ok(bytes::Bytes::from(bytes))).await;
     });
-    corral_client::transfer::ChannelBody(rx)
+    corral_client::ChannelBody(rx)
 }
 
 /// The session protocol without a server: resume after a cut, refusals of bad frames, bad

@@ -18,7 +18,7 @@
 
 use crate::progress::{bytes_style, follow_task};
 use anyhow::{bail, Context};
-use corral_client::transfer::ChannelBody;
+use corral_client::ChannelBody;
 use corral_client::Client;
 use corral_model::transfer::{ConvertNetwork, P2vFinishRequest, P2vStartRequest};
 use corral_model::{format_size, parse_size};

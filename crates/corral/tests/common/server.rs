@@ -97,8 +97,9 @@ pub fn ready_fields(console: &str) -> std::collections::HashMap<String, String> 
 /// The fixture booted as a running "physical server" under QEMU/TCG, as
 /// `scripts/build-p2v-source.sh --check` boots it (SATA disk, e1000 in slot 5, user-mode
 /// networking: the host is 10.0.2.2 from inside), writing to a copy-on-write overlay so the
-/// fixture itself is never written. `tools` is attached as a second SATA disk (read-only), a
-/// file system image holding what the test hands the server (the corral binary, a token).
+/// fixture itself is never written. `tools` is attached as a second SATA disk, a
+/// file system image holding what the test hands the server (the corral binary, a token);
+/// what the server writes there goes to a throw-away overlay.
 /// Its serial console is driven through a socket.
 pub struct SourceServer {
     qemu: std::process::Child,
@@ -128,7 +129,7 @@ impl SourceServer {
             .arg(format!("file={},if=none,id=d0,format=qcow2", overlay.display()))
             .arg("-drive")
             .arg(format!(
-                "file={},if=none,id=d1,format=raw,readonly=on",
+                "file={},if=none,id=d1,format=raw,snapshot=on",
                 tools.display()
             ))
             .args(["-device", "ahci,id=sata"])
@@ -145,8 +146,12 @@ impl SourceServer {
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("start qemu-system-x86_64");
+        let mut qemu = qemu;
         let mut console = None;
         wait_until(Duration::from_secs(30), "the source's serial socket", || {
+            if let Ok(Some(st)) = qemu.try_wait() {
+                panic!("the source's QEMU exited at start ({st}); see its stderr above");
+            }
             console = std::os::unix::net::UnixStream::connect(&sock).ok();
             console.is_some()
         });
@@ -231,7 +236,8 @@ impl SourceServer {
         self.commands += 1;
         let marker = format!("__DONE{}_", self.commands);
         let from = self.len();
-        self.send(&format!("{command}; echo \"{marker}$?__\"\n"));
+        // On its own line, so a command may end with `&`.
+        self.send(&format!("{command}\necho \"{marker}$?__\"\n"));
         let deadline = Instant::now() + limit;
         loop {
             let text = {
