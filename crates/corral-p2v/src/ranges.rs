@@ -174,9 +174,15 @@ pub fn scan_disk_ranges(plan: &SourcePlan, disk: &mut DiskReader) -> DiskRanges 
         }
         fs_used_ranges(fs, disk)
             .map_err(|e| {
+                // An unmounted file system has no mount point to name it by.
+                let name = if fs.mountpoint.as_os_str().is_empty() {
+                    &fs.device
+                } else {
+                    &fs.mountpoint
+                };
                 notes.push(format!(
                     "{} ({}) is sent whole: {e}",
-                    fs.mountpoint.display(),
+                    name.display(),
                     fs.fstype
                 ))
             })

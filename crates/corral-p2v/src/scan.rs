@@ -8,15 +8,30 @@
 //! devices, `statvfs` of each mount) and [`plan_from`] turns them into a [`SourcePlan`].
 //! Only procfs, sysfs, libc and `dmsetup` are used, so it works on old distributions.
 //!
+//! Two entry points. [`discover`] copies the running system: the system disk is the one
+//! under `/`. [`discover_disk`] copies a disk the caller names (cold P2V from our boot
+//! media, where nothing of it is mounted; the transfer benchmark's loop device): the same
+//! facts, plus the first bytes of the disk and of each partition and device-mapper device
+//! on it, which [`plan_for_disk`] (pure, in `given.rs`) reads with [`crate::probe`] to find
+//! the file systems and swaps nobody mounted. An unmounted file system has an empty
+//! `mountpoint`: its ext bitmaps are read all the same, and it is never frozen
+//! ([`SourcePlan::mountpoints`]). Without a mounted `/` the OS is not read (that would
+//! mean mounting the source, which we never do) and is left to the agent's conversion.
+//!
 //! Mapping a file system onto the disk: a partition is one [`Segment`] (its `start` and
 //! `size` in sysfs); a device-mapper device is one segment per `linear` target, each mapped
 //! through the device below it (so an LV on a PV on a partition ends up on the disk).
 //! Anything else stacked (md RAID, dm-crypt, snapshots, thin pools, caches) cannot be read
 //! through the disk as plain blocks and becomes a refusal naming the reason.
 
+use crate::disk::DiskReader;
+use crate::probe::{probe, Probe, PROBE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+mod given;
+pub use given::{check_disk, plan_for_disk, probe_targets};
 
 const SECTOR: u64 = 512;
 
@@ -40,7 +55,8 @@ pub struct SourcePlan {
     /// The system disk (`/dev/sda`); empty when `refusals` says it could not be found.
     pub disk: PathBuf,
     pub disk_bytes: u64,
-    /// File systems mounted from the system disk, by mount point.
+    /// File systems mounted from the system disk, by mount point; then, for a disk named by
+    /// the caller, the unmounted ones recognised by their first bytes, by disk offset.
     pub file_systems: Vec<FileSystem>,
     /// Swap partitions or volumes on the system disk (swap files live inside a file system).
     pub swaps: Vec<Area>,
@@ -56,15 +72,30 @@ pub struct SourcePlan {
     pub warnings: Vec<String>,
 }
 
+impl SourcePlan {
+    /// The mount points of the file systems copied, for the final pass to freeze: an
+    /// unmounted file system (empty `mountpoint`, see [`plan_for_disk`]) has none and needs
+    /// no freeze, nothing writes to it.
+    pub fn mountpoints(&self) -> Vec<PathBuf> {
+        self.file_systems
+            .iter()
+            .filter(|f| !f.mountpoint.as_os_str().is_empty())
+            .map(|f| f.mountpoint.clone())
+            .collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileSystem {
     /// `/dev/sda1`, `/dev/mapper/srcvg-var`.
     pub device: PathBuf,
+    /// Empty for a file system found on a disk named by the caller but not mounted.
     pub mountpoint: PathBuf,
     pub fstype: String,
     /// The size of the block device (the file system may be smaller).
     pub size_bytes: u64,
-    /// Used bytes as `statvfs` counts them (0 if it could not be asked).
+    /// Used bytes as `statvfs` counts them (0 if it could not be asked); for an unmounted
+    /// ext file system, as its superblock counts them (0 for other unmounted types).
     pub used_bytes: u64,
     /// Where the device's bytes lie on the system disk, by ascending `fs_offset`.
     pub segments: Vec<Segment>,
@@ -143,6 +174,8 @@ pub enum ScanError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{} cannot be the disk copied: {reason}", path.display())]
+    NotADisk { path: PathBuf, reason: String },
 }
 
 // ---------------------------------------------------------------------------------------
@@ -464,6 +497,38 @@ fn push_segment(segs: &mut Vec<Segment>, s: Segment) {
     segs.push(s);
 }
 
+/// One mount per block device: a device mounted twice (bind mounts) is one file system,
+/// named by the mount of its whole tree at the shortest path. `skip_virtual` leaves out
+/// loop, zram and ram devices (an image mounted on the system is not part of its disk).
+fn visible_mounts<'m>(
+    blocks: &Blocks<'_>,
+    mounts: &'m [Mount],
+    skip_virtual: bool,
+) -> BTreeMap<String, &'m Mount> {
+    let mut seen: BTreeMap<String, &Mount> = BTreeMap::new();
+    for m in mounts {
+        let Some(b) = blocks.of_mount(m) else {
+            continue;
+        };
+        if skip_virtual && is_virtual(&b.name) {
+            continue;
+        }
+        let better = |old: &Mount| {
+            (
+                m.root == "/",
+                std::cmp::Reverse(m.mountpoint.as_os_str().len()),
+            ) > (
+                old.root == "/",
+                std::cmp::Reverse(old.mountpoint.as_os_str().len()),
+            )
+        };
+        if seen.get(b.name.as_str()).is_none_or(|old| better(old)) {
+            seen.insert(b.name.clone(), m);
+        }
+    }
+    seen
+}
+
 /// Decide what to copy and whether it can be copied, from facts alone.
 pub fn plan_from(facts: &Facts) -> SourcePlan {
     let blocks = Blocks::new(facts);
@@ -510,32 +575,10 @@ pub fn plan_from(facts: &Facts) -> SourcePlan {
         },
     }
 
-    // One entry per block device: a device mounted twice (bind mounts) is one file system;
-    // the mount of its whole tree at the shortest path names it.
-    let mut seen: BTreeMap<&str, &Mount> = BTreeMap::new();
-    for m in &mounts {
-        let Some(b) = blocks.of_mount(m) else {
-            continue;
-        };
-        if is_virtual(&b.name) {
-            continue;
-        }
-        let better = |old: &Mount| {
-            (
-                m.root == "/",
-                std::cmp::Reverse(m.mountpoint.as_os_str().len()),
-            ) > (
-                old.root == "/",
-                std::cmp::Reverse(old.mountpoint.as_os_str().len()),
-            )
-        };
-        if seen.get(b.name.as_str()).is_none_or(|old| better(old)) {
-            seen.insert(b.name.as_str(), m);
-        }
-    }
+    let seen = visible_mounts(&blocks, &mounts, true);
     let mut file_systems = Vec::new();
     for (name, m) in &seen {
-        let Some(b) = blocks.by_name.get(name) else {
+        let Some(b) = blocks.by_name.get(name.as_str()) else {
             continue;
         };
         let device = Blocks::device_path(b);
@@ -713,6 +756,91 @@ fn os_info(facts: &Facts, refusals: &mut Vec<String>) -> OsInfo {
 /// Scan the running system.
 pub fn discover() -> Result<SourcePlan, ScanError> {
     Ok(plan_from(&read_facts()?))
+}
+
+/// Scan the disk at `disk` (`/dev/sda`, `/dev/loop0`, a `/dev/disk/by-id/` link), mounted
+/// or not: [`read_facts`], then the first bytes of the disk and of each device on it
+/// ([`probe_targets`]), then [`plan_for_disk`]. A path that is not a whole disk is an
+/// error before anything is read.
+pub fn discover_disk(disk: &Path) -> Result<SourcePlan, ScanError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let not_a_disk = |reason: String| ScanError::NotADisk {
+        path: disk.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(disk).map_err(|source| ScanError::Read {
+        path: disk.to_path_buf(),
+        source,
+    })?;
+    if !meta.file_type().is_block_device() {
+        return Err(not_a_disk("not a block device".into()));
+    }
+    let facts = read_facts()?;
+    let dev = dev_numbers(meta.rdev());
+    let name = facts
+        .blocks
+        .iter()
+        .find(|b| b.dev == dev)
+        .map(|b| b.name.clone())
+        .ok_or_else(|| not_a_disk(format!("no {}:{} in /sys/class/block", dev.0, dev.1)))?;
+    check_disk(&facts, &name).map_err(not_a_disk)?;
+    let read_error = |source| ScanError::Read {
+        path: disk.to_path_buf(),
+        source,
+    };
+    let mut reader = DiskReader::open(disk).map_err(read_error)?;
+    let whole = [Segment {
+        fs_offset: 0,
+        disk_offset: 0,
+        len: reader.size(),
+    }];
+    let head = read_through(&mut reader, &whole, PROBE_BYTES).map_err(read_error)?;
+    // One unreadable partition is the plan's business (a warning), not a failed scan.
+    let probes = probe_targets(&facts, &name)
+        .into_iter()
+        .map(|(dev, segments)| {
+            let p = match read_through(&mut reader, &segments, PROBE_BYTES) {
+                Ok(bytes) => probe(&bytes),
+                Err(e) => Probe::Unreadable(e.to_string()),
+            };
+            (dev, p)
+        })
+        .collect();
+    Ok(plan_for_disk(&facts, &name, &probes, &head))
+}
+
+/// `st_rdev` → (major, minor), glibc's encoding (12 bits of major, 20 of minor, split).
+fn dev_numbers(rdev: u64) -> (u32, u32) {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    (
+        u32::try_from(major).unwrap_or(u32::MAX),
+        u32::try_from(minor).unwrap_or(u32::MAX),
+    )
+}
+
+/// The first `len` bytes of a device lying along `segments` of the disk; past the device's
+/// end the buffer stays zero (a probe then finds nothing there).
+fn read_through(
+    disk: &mut DiskReader,
+    segments: &[Segment],
+    len: usize,
+) -> std::io::Result<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    for s in segments {
+        let Ok(from) = usize::try_from(s.fs_offset) else {
+            continue;
+        };
+        let to = usize::try_from(s.fs_offset.saturating_add(s.len))
+            .unwrap_or(usize::MAX)
+            .min(len);
+        if from >= to {
+            continue;
+        }
+        let data = disk.read_at(s.disk_offset, to - from)?;
+        out[from..to].copy_from_slice(data);
+    }
+    Ok(out)
 }
 
 fn read(path: &str) -> Result<String, ScanError> {

@@ -6,7 +6,7 @@ use super::*;
 const GIB: u64 = 1 << 30;
 const S: u64 = SECTOR;
 
-fn block(name: &str, dev: (u32, u32), size_sectors: u64) -> BlockFacts {
+pub(super) fn block(name: &str, dev: (u32, u32), size_sectors: u64) -> BlockFacts {
     BlockFacts {
         name: name.into(),
         dev,
@@ -15,7 +15,7 @@ fn block(name: &str, dev: (u32, u32), size_sectors: u64) -> BlockFacts {
     }
 }
 
-fn part(name: &str, dev: (u32, u32), parent: &str, start: u64, size: u64) -> BlockFacts {
+pub(super) fn part(name: &str, dev: (u32, u32), parent: &str, start: u64, size: u64) -> BlockFacts {
     BlockFacts {
         start_sectors: Some(start),
         parent: Some(parent.into()),
@@ -23,7 +23,13 @@ fn part(name: &str, dev: (u32, u32), parent: &str, start: u64, size: u64) -> Blo
     }
 }
 
-fn dm(name: &str, dev: (u32, u32), dm_name: &str, size: u64, slaves: &[&str]) -> BlockFacts {
+pub(super) fn dm(
+    name: &str,
+    dev: (u32, u32),
+    dm_name: &str,
+    size: u64,
+    slaves: &[&str],
+) -> BlockFacts {
     BlockFacts {
         dm_name: Some(dm_name.into()),
         slaves: slaves.iter().map(|s| s.to_string()).collect(),
@@ -41,7 +47,7 @@ HOME_URL="https://www.debian.org/"
 /// sda (10 GiB): sda1 / (ext4, 4 GiB at 1 MiB), sda2 a PV (5 GiB) holding srcvg-var in two
 /// pieces, sda3 swap, 1 MiB unpartitioned at the end; sdb1 mounted at /data; a loop device
 /// and a bind mount.
-fn base() -> Facts {
+pub(super) fn base() -> Facts {
     let mountinfo = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro
 23 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw
