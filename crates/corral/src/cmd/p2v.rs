@@ -84,6 +84,16 @@ pub struct P2vArgs {
     /// Storage repository on the agent for the VM's disk (default: its default repository).
     #[arg(long)]
     pub sr: Option<String>,
+    /// Copy this disk instead of the one / is on: the server's disk when this runs from the
+    /// P2V media (nothing of it is mounted, so one pass is enough), or another disk whose
+    /// mounted file systems are frozen for the final pass.
+    #[arg(long, value_name = "DEVICE")]
+    pub source_disk: Option<PathBuf>,
+    /// A shell command run after the first pass, before the file systems are frozen for the
+    /// final one: e.g. stop a database so its files are consistent on disk
+    /// ("systemctl stop postgresql"). The copy stops if it fails.
+    #[arg(long, value_name = "COMMAND")]
+    pub before_final_pass: Option<String>,
     /// Show what was found (disks, file systems, boot loader, kernel, initramfs tool) and what
     /// the conversion will change; send nothing.
     #[arg(long)]
@@ -108,9 +118,13 @@ pub async fn run(
     fingerprint: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let plan = tokio::task::spawn_blocking(corral_p2v::scan::discover)
-        .await?
-        .context("cannot examine this server")?;
+    let given = args.source_disk.clone();
+    let plan = tokio::task::spawn_blocking(move || match given {
+        Some(d) => corral_p2v::scan::discover_disk(&d),
+        None => corral_p2v::scan::discover(),
+    })
+    .await?
+    .context("cannot examine this server")?;
     let disk = Arc::new(Mutex::new(
         DiskReader::open(&plan.disk).with_context(|| format!("cannot open {}", plan.disk.display()))?,
     ));
@@ -174,7 +188,17 @@ pub async fn run(
             session.task
         );
     }
-    let copied = copy(&client, &id, &plan, disk, found.ranges, args.level, json).await;
+    let copied = copy(
+        &client,
+        &id,
+        &plan,
+        disk,
+        found.ranges,
+        args.before_final_pass.as_deref(),
+        args.level,
+        json,
+    )
+    .await;
     let stats = match copied {
         Ok(s) => s,
         Err(e) => {
@@ -246,7 +270,7 @@ fn target_disk_size(plan: &SourcePlan, text: &str) -> anyhow::Result<u64> {
                 .file_systems
                 .iter()
                 .find(|f| f.mountpoint == std::path::Path::new("/"))
-                .context("the root file system is not on the system disk")?;
+                .context("--disk-size /=SIZE needs the root file system mounted (give the disk's size, --disk-size SIZE)")?;
             if want < root.size_bytes {
                 bail!(
                     "--disk-size {text}: the root file system is {} already; file systems are not shrunk",
@@ -283,9 +307,13 @@ fn print_plan(plan: &SourcePlan, found: &DiskRanges, json: bool) -> anyhow::Resu
             format_size(data_bytes)
         );
         for f in &plan.file_systems {
+            let at = match f.mountpoint.as_os_str().is_empty() {
+                true => "(not mounted)".to_string(),
+                false => f.mountpoint.display().to_string(),
+            };
             println!(
                 "file system   {} on {} ({}, {} used of {})",
-                f.mountpoint.display(),
+                at,
                 f.device.display(),
                 f.fstype,
                 format_size(f.used_bytes),
@@ -346,12 +374,14 @@ struct CopyStats {
 }
 
 /// Both passes: the first on the live server, the final one with its file systems frozen.
+#[allow(clippy::too_many_arguments)]
 async fn copy(
     client: &Client,
     id: &str,
     plan: &SourcePlan,
     disk: Arc<Mutex<DiskReader>>,
     ranges: Vec<(u64, u64)>,
+    before_final_pass: Option<&str>,
     level: i32,
     quiet: bool,
 ) -> anyhow::Result<CopyStats> {
@@ -374,12 +404,33 @@ async fn copy(
         );
     }
 
+    // Nothing of the disk is in use (the server runs from the P2V media): one pass is a
+    // consistent copy.
+    let mountpoints = plan.mountpoints();
+    if mountpoints.is_empty() {
+        return Ok(CopyStats {
+            method: "one pass, the disk not in use (cold)".into(),
+            data_bytes: first.read,
+            wire_bytes: first.wire,
+            first_pass,
+            final_pass: Duration::ZERO,
+            final_pass_bytes: 0,
+        });
+    }
+
+    if let Some(cmd) = before_final_pass {
+        let st = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .await
+            .with_context(|| format!("cannot run --before-final-pass {cmd:?}"))?;
+        if !st.success() {
+            bail!("--before-final-pass {cmd:?} failed ({st}); the copy was abandoned");
+        }
+    }
+
     // The final pass. Nothing may be printed until the thaw.
-    let mountpoints: Vec<PathBuf> = plan
-        .file_systems
-        .iter()
-        .map(|f| f.mountpoint.clone())
-        .collect();
     let frozen = corral_p2v::freeze::freeze(&mountpoints, MAX_FREEZE)
         .context("cannot freeze the server's file systems for the final pass")?;
     let fin = async {
