@@ -39,7 +39,10 @@ pub fn validate_description(text: &str) -> Result<(), String> {
     if text.chars().count() > 4096 {
         return Err("a description has at most 4096 characters".into());
     }
-    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err("a description cannot contain control characters".into());
     }
     Ok(())

@@ -49,8 +49,17 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
     server.ok("mount -o ro /dev/sdb /mnt", Duration::from_secs(60));
     let dry = server.ok("/mnt/corral p2v --dry-run 2>&1", Duration::from_secs(120));
     println!("dry run:\n{dry}");
-    for want in ["/dev/sda", "ext4", "Debian GNU/Linux 12", "initramfs-tools", "grub2"] {
-        assert!(dry.contains(want), "the dry run does not show {want:?}:\n{dry}");
+    for want in [
+        "/dev/sda",
+        "ext4",
+        "Debian GNU/Linux 12",
+        "initramfs-tools",
+        "grub2",
+    ] {
+        assert!(
+            dry.contains(want),
+            "the dry run does not show {want:?}:\n{dry}"
+        );
     }
 
     // A file is written while the first pass runs; it must arrive whole.
@@ -71,13 +80,21 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
     );
     let transfer = t.elapsed();
     println!("p2v ({:.0} s):\n{out}", transfer.as_secs_f64());
-    assert_eq!(rc, 0, "corral p2v failed:\n{out}\nagent log:\n{}", tail(&a.log(), 30));
+    assert_eq!(
+        rc,
+        0,
+        "corral p2v failed:\n{out}\nagent log:\n{}",
+        tail(&a.log(), 30)
+    );
     let summary: Value = out
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l.trim()).ok())
         .expect("the JSON summary");
-    let copied = server.ok("cat /root/during-copy.done /root/during-copy.sha256", Duration::from_secs(30));
+    let copied = server.ok(
+        "cat /root/during-copy.done /root/during-copy.sha256",
+        Duration::from_secs(30),
+    );
     println!("summary: {summary}\nwriter: {copied}");
     assert!(
         summary["method"].as_str().unwrap().contains("frozen"),
@@ -89,7 +106,10 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
     );
     // Only used data crosses (the fixture is a 2 GiB disk with about 700 MiB used), and
     // compressed.
-    assert!(data < 1200 << 20, "{data} bytes read: free blocks were sent");
+    assert!(
+        data < 1200 << 20,
+        "{data} bytes read: free blocks were sent"
+    );
     assert!(wire < data, "{wire} bytes on the wire for {data} of data");
     let final_ms = summary["final_pass_ms"].as_u64().unwrap();
     println!(
@@ -115,12 +135,28 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
     let volume = vm["disks"][0]["path"].as_str().unwrap().to_string();
     let shown = guestfish(
         std::path::Path::new(&volume),
-        &["cat", "/root/during-copy.sha256", ":", "checksum", "sha256", "/root/during-copy.bin"],
+        &[
+            "cat",
+            "/root/during-copy.sha256",
+            ":",
+            "checksum",
+            "sha256",
+            "/root/during-copy.bin",
+        ],
     );
-    let mut lines = shown.lines();
-    let recorded = lines.next().unwrap().split_whitespace().next().unwrap().to_string();
+    let mut lines = shown.lines().filter(|l| !l.trim().is_empty());
+    let recorded = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     let actual = lines.next().unwrap().trim().to_string();
-    assert_eq!(recorded, actual, "the file written during the copy arrived damaged");
+    assert_eq!(
+        recorded, actual,
+        "the file written during the copy arrived damaged"
+    );
 
     // It boots on virtio to the ready line with a DHCP address.
     let t = Instant::now();
@@ -129,8 +165,14 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
     println!("boot to ready: {:.0} s", t.elapsed().as_secs_f64());
     let ready = ready_fields(&a.console_log("oldweb"));
     assert_eq!(ready["root"], "/dev/vda1", "{ready:?}");
-    assert!(ready["nic"].starts_with("en") && ready["nic"] != "ens5", "{ready:?}");
-    assert!(ready["ip"].starts_with("10.0.2."), "no DHCP address: {ready:?}");
+    assert!(
+        ready["nic"].starts_with("en") && ready["nic"] != "ens5",
+        "{ready:?}"
+    );
+    assert!(
+        ready["ip"].starts_with("10.0.2."),
+        "no DHCP address: {ready:?}"
+    );
     a.ok(&["vm", "poweroff", "oldweb"]);
 
     let before = before.join().unwrap();
@@ -143,7 +185,12 @@ fn frames(ranges: &[(u64, u8)], first: u64, end: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut seq = first;
     for &(offset, byte) in ranges {
-        out.extend(corral_p2v::wire::encode_data(seq, offset, &vec![byte; 65536], Some(1)));
+        out.extend(corral_p2v::wire::encode_data(
+            seq,
+            offset,
+            &vec![byte; 65536],
+            Some(1),
+        ));
         seq += 1;
     }
     if end {
@@ -187,8 +234,13 @@ fn p2v_sessions_resume_refuse_bad_data_and_leave_nothing_when_abandoned() {
             ..Default::default()
         };
         // A wrong token is refused before anything exists.
-        let wrong = corral_client::Client::https(&url, Some("not-the-token"), Some(&fingerprint)).unwrap();
-        let e = wrong.p2v_start(&start("x", 1 << 20)).await.unwrap_err().to_string();
+        let wrong =
+            corral_client::Client::https(&url, Some("not-the-token"), Some(&fingerprint)).unwrap();
+        let e = wrong
+            .p2v_start(&start("x", 1 << 20))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("token"), "{e}");
         // Bad requests, and too little space.
         let mut bad = start("bad name!", 1 << 20);
@@ -211,40 +263,87 @@ fn p2v_sessions_resume_refuse_bad_data_and_leave_nothing_when_abandoned() {
         let s = c.p2v_start(&start("oldweb", 1 << 20)).await.unwrap();
         assert_eq!((s.pass, s.applied), (1, 0));
         assert_eq!(staged(), 1);
-        let e = c.p2v_start(&start("oldweb", 1 << 20)).await.unwrap_err().to_string();
+        let e = c
+            .p2v_start(&start("oldweb", 1 << 20))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("already"), "the name is reserved: {e}");
         let cut = c
-            .p2v_data(&s.id, 1, body(frames(&[(0, 1), (65536, 2), (1 << 20, 3)], 1, false)))
+            .p2v_data(
+                &s.id,
+                1,
+                body(frames(&[(0, 1), (65536, 2), (1 << 20, 3)], 1, false)),
+            )
             .await
             .unwrap();
         assert_eq!((cut.applied, cut.pass_complete), (3, false));
         let shown = c.p2v_show(&s.id).await.unwrap();
         assert_eq!(shown.applied, 3);
-        let e = c.p2v_finish(&s.id, &P2vFinishRequest { method: "test".into(), final_pass_ms: None }).await.unwrap_err().to_string();
+        let e = c
+            .p2v_finish(
+                &s.id,
+                &P2vFinishRequest {
+                    method: "test".into(),
+                    final_pass_ms: None,
+                },
+            )
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not complete"), "{e}");
         let resumed = c
-            .p2v_data(&s.id, 1, body(frames(&[(1 << 20, 3), (2 << 20, 4)], 3, true)))
+            .p2v_data(
+                &s.id,
+                1,
+                body(frames(&[(1 << 20, 3), (2 << 20, 4)], 3, true)),
+            )
             .await
             .unwrap();
         assert_eq!((resumed.applied, resumed.pass_complete), (5, true));
-        assert_eq!(resumed.bytes_written, 4 * 65536, "frame 3 was not written twice");
+        assert_eq!(
+            resumed.bytes_written,
+            4 * 65536,
+            "frame 3 was not written twice"
+        );
 
         // Damaged and out-of-order frames are refused with the reason; the session stays.
         let mut damaged = frames(&[(0, 7)], 1, true);
         let n = damaged.len();
         damaged[n - 50] ^= 0xff;
-        let e = c.p2v_data(&s.id, 2, body(damaged)).await.unwrap_err().to_string();
+        let e = c
+            .p2v_data(&s.id, 2, body(damaged))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("frame 1"), "{e}");
-        let e = c.p2v_data(&s.id, 2, body(frames(&[(0, 7)], 2, true))).await.unwrap_err().to_string();
+        let e = c
+            .p2v_data(&s.id, 2, body(frames(&[(0, 7)], 2, true)))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("frames are missing"), "{e}");
-        let e = c.p2v_data(&s.id, 2, body(frames(&[(9 << 20, 7)], 1, true))).await.unwrap_err().to_string();
+        let e = c
+            .p2v_data(&s.id, 2, body(frames(&[(9 << 20, 7)], 1, true)))
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("inside the"), "{e}");
-        let fin = c.p2v_data(&s.id, 2, body(frames(&[(0, 8)], 1, true))).await.unwrap();
+        let fin = c
+            .p2v_data(&s.id, 2, body(frames(&[(0, 8)], 1, true)))
+            .await
+            .unwrap();
         assert_eq!((fin.pass, fin.pass_complete), (2, true));
 
         // Finished: this disk holds no Linux, so the conversion refuses it and nothing stays.
         let task = c
-            .p2v_finish(&s.id, &P2vFinishRequest { method: "test".into(), final_pass_ms: Some(5) })
+            .p2v_finish(
+                &s.id,
+                &P2vFinishRequest {
+                    method: "test".into(),
+                    final_pass_ms: Some(5),
+                },
+            )
             .await
             .unwrap();
         assert_eq!(task, s.task);
@@ -259,12 +358,16 @@ fn p2v_sessions_resume_refuse_bad_data_and_leave_nothing_when_abandoned() {
 
         // Abandoned: everything goes, the name is free again.
         let s = c.p2v_start(&start("again", 1 << 20)).await.unwrap();
-        c.p2v_data(&s.id, 1, body(frames(&[(0, 1)], 1, false))).await.unwrap();
+        c.p2v_data(&s.id, 1, body(frames(&[(0, 1)], 1, false)))
+            .await
+            .unwrap();
         c.p2v_cancel(&s.id).await.unwrap();
         assert_eq!(staged(), 0);
         let t = a.json(&["task", "show", &s.task]);
         assert_eq!(t["state"], "cancelled", "{t}");
-        c.p2v_cancel(&c.p2v_start(&start("again", 1 << 20)).await.unwrap().id).await.unwrap();
+        c.p2v_cancel(&c.p2v_start(&start("again", 1 << 20)).await.unwrap().id)
+            .await
+            .unwrap();
         assert_eq!(staged(), 0);
     });
 }

@@ -302,13 +302,18 @@ impl Ops {
                     return Err(Error::invalid(format!(
                         "pass {pass} cannot start: the session is in pass {} ({})",
                         st.pass,
-                        if st.pass_complete { "complete" } else { "not complete" }
+                        if st.pass_complete {
+                            "complete"
+                        } else {
+                            "not complete"
+                        }
                     )));
                 }
                 st.pass = pass;
                 st.applied = 0;
                 st.pass_complete = false;
-                s.task.phase_span("final pass", TRANSFER_END * 0.9, TRANSFER_END);
+                s.task
+                    .phase_span("final pass", TRANSFER_END * 0.9, TRANSFER_END);
             }
             st.writer.take().ok_or_else(|| {
                 Error::new(ErrorKind::Internal, "the session's volume is not available")
@@ -326,9 +331,10 @@ impl Ops {
             let mut frames = FrameReader::new(reader, disk_bytes);
             let mut applied = first;
             let result = (|| -> Result<(), Error> {
-                while let Some(f) = frames.next_frame().map_err(|e| {
-                    Error::caused(ErrorKind::InvalidInput, "bad P2V upload", e)
-                })? {
+                while let Some(f) = frames
+                    .next_frame()
+                    .map_err(|e| Error::caused(ErrorKind::InvalidInput, "bad P2V upload", e))?
+                {
                     if f.seq <= applied {
                         continue;
                     }
@@ -340,7 +346,11 @@ impl Ops {
                     }
                     if f.kind == FrameKind::Data {
                         writer.write_at(f.offset, &f.data).map_err(|e| {
-                            Error::caused(ErrorKind::Internal, "cannot write the new VM's volume", e)
+                            Error::caused(
+                                ErrorKind::Internal,
+                                "cannot write the new VM's volume",
+                                e,
+                            )
                         })?;
                     }
                     applied = f.seq;
@@ -353,7 +363,8 @@ impl Ops {
                         st.pass_complete = true;
                     }
                     if total > 0 {
-                        sess.task.bytes(st.bytes_written, total.max(st.bytes_written));
+                        sess.task
+                            .bytes(st.bytes_written, total.max(st.bytes_written));
                     }
                 }
                 Ok(())
@@ -366,7 +377,11 @@ impl Ops {
             Err(e) => {
                 // The writer is lost with the worker: the session cannot go on.
                 self.p2v_abort(id, "the upload's worker failed");
-                return Err(Error::caused(ErrorKind::Internal, "P2V upload worker failed", e));
+                return Err(Error::caused(
+                    ErrorKind::Internal,
+                    "P2V upload worker failed",
+                    e,
+                ));
             }
         };
         s.state().writer = Some(writer);
@@ -392,8 +407,13 @@ impl Ops {
         req: P2vFinishRequest,
     ) -> Result<String, Error> {
         let s = self.p2v.get(id)?;
-        if req.method.is_empty() || req.method.len() > 200 || req.method.chars().any(|c| c.is_control()) {
-            return Err(Error::invalid("the consistency method must be 1 to 200 printable characters"));
+        if req.method.is_empty()
+            || req.method.len() > 200
+            || req.method.chars().any(|c| c.is_control())
+        {
+            return Err(Error::invalid(
+                "the consistency method must be 1 to 200 printable characters",
+            ));
         }
         let _busy = s.claim()?;
         let writer = {
@@ -450,7 +470,10 @@ impl Ops {
     pub fn p2v_cancel(&self, id: &str) -> Result<(), Error> {
         let s = self.p2v.get(id)?;
         let _busy = s.claim()?;
-        self.p2v_abort(id, "the P2V was abandoned by its client; nothing was created");
+        self.p2v_abort(
+            id,
+            "the P2V was abandoned by its client; nothing was created",
+        );
         Ok(())
     }
 

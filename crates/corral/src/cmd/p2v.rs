@@ -22,8 +22,8 @@ use corral_client::ChannelBody;
 use corral_client::Client;
 use corral_model::transfer::{ConvertNetwork, P2vFinishRequest, P2vStartRequest};
 use corral_model::{format_size, parse_size};
-use corral_p2v::pass::{windows, Ledger, PassKind, Progress, Window};
 use corral_p2v::disk::DiskReader;
+use corral_p2v::pass::{windows, Ledger, PassKind, Progress, Window};
 use corral_p2v::ranges::{scan_disk_ranges, DiskRanges};
 use corral_p2v::scan::SourcePlan;
 use corral_p2v::wire;
@@ -126,7 +126,8 @@ pub async fn run(
     .await?
     .context("cannot examine this server")?;
     let disk = Arc::new(Mutex::new(
-        DiskReader::open(&plan.disk).with_context(|| format!("cannot open {}", plan.disk.display()))?,
+        DiskReader::open(&plan.disk)
+            .with_context(|| format!("cannot open {}", plan.disk.display()))?,
     ));
     let found = data_ranges(&plan, &disk).await?;
     let data_bytes = found.bytes;
@@ -265,7 +266,8 @@ fn target_disk_size(plan: &SourcePlan, text: &str) -> anyhow::Result<u64> {
     match text.strip_prefix("/=") {
         None => parse_size(text).map_err(|e| anyhow::anyhow!("--disk-size {text:?}: {e}")),
         Some(size) => {
-            let want = parse_size(size).map_err(|e| anyhow::anyhow!("--disk-size {text:?}: {e}"))?;
+            let want =
+                parse_size(size).map_err(|e| anyhow::anyhow!("--disk-size {text:?}: {e}"))?;
             let root = plan
                 .file_systems
                 .iter()
@@ -283,7 +285,10 @@ fn target_disk_size(plan: &SourcePlan, text: &str) -> anyhow::Result<u64> {
 }
 
 /// The disk's ranges that hold data, read on a blocking thread (file systems' bitmaps).
-async fn data_ranges(plan: &SourcePlan, disk: &Arc<Mutex<DiskReader>>) -> anyhow::Result<DiskRanges> {
+async fn data_ranges(
+    plan: &SourcePlan,
+    disk: &Arc<Mutex<DiskReader>>,
+) -> anyhow::Result<DiskRanges> {
     let (plan, disk) = (plan.clone(), disk.clone());
     Ok(tokio::task::spawn_blocking(move || {
         let mut d = disk.lock().unwrap_or_else(|p| p.into_inner());
@@ -320,11 +325,16 @@ fn print_plan(plan: &SourcePlan, found: &DiskRanges, json: bool) -> anyhow::Resu
                 format_size(f.size_bytes)
             );
         }
-        println!("os            {} (kernel {})", plan.os.pretty_name, plan.os.kernel);
+        println!(
+            "os            {} (kernel {})",
+            plan.os.pretty_name, plan.os.kernel
+        );
         println!(
             "boot          {} with {}",
             plan.firmware,
-            plan.boot_loader.as_deref().unwrap_or("no boot loader found")
+            plan.boot_loader
+                .as_deref()
+                .unwrap_or("no boot loader found")
         );
         println!(
             "initramfs     {}",
@@ -393,7 +403,16 @@ async fn copy(
     let started = Instant::now();
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let bar = (!quiet && std::io::stderr().is_terminal()).then_some(total);
-    let first = send_pass(client, id, 1, PassKind::First, windows(&ranges), io.clone(), bar).await?;
+    let first = send_pass(
+        client,
+        id,
+        1,
+        PassKind::First,
+        windows(&ranges),
+        io.clone(),
+        bar,
+    )
+    .await?;
     let first_pass = started.elapsed();
     if !quiet {
         eprintln!(
@@ -436,7 +455,16 @@ async fn copy(
     let fin = async {
         // Read under the freeze, the bitmaps are exact.
         let again = data_ranges(plan, &disk).await?;
-        send_pass(client, id, 2, PassKind::Final, windows(&again.ranges), io, None).await
+        send_pass(
+            client,
+            id,
+            2,
+            PassKind::Final,
+            windows(&again.ranges),
+            io,
+            None,
+        )
+        .await
     }
     .await;
     let thawed = frozen.thaw();
@@ -508,17 +536,32 @@ async fn send_pass(
     loop {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let producer = {
-            let (windows, progress, io, stats, bar) =
-                (windows.clone(), progress.clone(), io.clone(), stats.clone(), bar.clone());
+            let (windows, progress, io, stats, bar) = (
+                windows.clone(),
+                progress.clone(),
+                io.clone(),
+                stats.clone(),
+                bar.clone(),
+            );
             std::thread::spawn(move || {
-                produce(kind, &windows, from_window, next_seq, &io, &progress, &stats, bar.as_ref(), tx)
+                produce(
+                    kind,
+                    &windows,
+                    from_window,
+                    next_seq,
+                    &io,
+                    &progress,
+                    &stats,
+                    bar.as_ref(),
+                    tx,
+                )
             })
         };
         let sent = client.p2v_data(id, pass, ChannelBody(rx)).await;
-        let produced = producer.join().map_err(|_| anyhow::anyhow!("the reader thread failed"))?;
-        if let Err(e) = produced {
-            return Err(e);
-        }
+        let produced = producer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the reader thread failed"))?;
+        produced?;
         let why = match sent {
             Ok(s) if s.pass_complete => {
                 if let Some(b) = &bar {
@@ -529,14 +572,19 @@ async fn send_pass(
             Ok(_) => "the upload ended before the pass did".to_string(),
             // The agent refused the data or the session: retrying will not help. Only a
             // second upload still running there (409) or a broken connection is retried.
-            Err(corral_client::ClientError::Api(a)) if a.kind != corral_model::ErrorKind::Conflict => {
+            Err(corral_client::ClientError::Api(a))
+                if a.kind != corral_model::ErrorKind::Conflict =>
+            {
                 return Err(corral_client::ClientError::Api(a).into())
             }
             Err(e) => e.to_string(),
         };
         let since = *failing_since.get_or_insert_with(Instant::now);
         if since.elapsed() > RETRY_FOR {
-            bail!("the upload kept failing for {} s: {why}", RETRY_FOR.as_secs());
+            bail!(
+                "the upload kept failing for {} s: {why}",
+                RETRY_FOR.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let Ok(s) = client.p2v_show(id).await else {
@@ -548,7 +596,10 @@ async fn send_pass(
             .resume(s.applied);
         // Never print while frozen (the final pass): the terminal may be on a frozen file system.
         if kind == PassKind::First {
-            eprintln!("upload interrupted ({why}); resuming after frame {}", s.applied);
+            eprintln!(
+                "upload interrupted ({why}); resuming after frame {}",
+                s.applied
+            );
         }
     }
 }
@@ -568,7 +619,9 @@ fn produce(
     bar: Option<&ProgressBar>,
     tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
 ) -> anyhow::Result<()> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut seq = first_seq - 1;
     let batch = threads * 2;
     let mut i = from_window;
@@ -581,7 +634,11 @@ fn produce(
             let data = disk
                 .read_at(w.offset, w.len as usize)
                 .with_context(|| format!("cannot read the disk at byte {}", w.offset))?;
-            let runs = io.ledger.lock().unwrap_or_else(|p| p.into_inner()).runs(kind, *w, data);
+            let runs = io
+                .ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .runs(kind, *w, data);
             let mut st = stats.lock().unwrap_or_else(|p| p.into_inner());
             st.read += w.len;
             for r in runs {

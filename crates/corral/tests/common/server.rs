@@ -93,7 +93,6 @@ pub fn ready_fields(console: &str) -> std::collections::HashMap<String, String> 
         .collect()
 }
 
-
 /// The fixture booted as a running "physical server" under QEMU/TCG, as
 /// `scripts/build-p2v-source.sh --check` boots it (SATA disk, e1000 in slot 5, user-mode
 /// networking: the host is 10.0.2.2 from inside), writing to a copy-on-write overlay so the
@@ -125,10 +124,15 @@ impl SourceServer {
         let qemu = Command::new("qemu-system-x86_64")
             // `max`: the CPU features a real server has. With TCG's default `qemu64` (no
             // AES-NI) the TLS stream's software AES ran at about 1 MB/s.
-            .args(["-machine", "pc", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+            .args([
+                "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
+            ])
             .args(["-display", "none", "-monitor", "none", "-no-reboot"])
             .arg("-drive")
-            .arg(format!("file={},if=none,id=d0,format=qcow2", overlay.display()))
+            .arg(format!(
+                "file={},if=none,id=d0,format=qcow2",
+                overlay.display()
+            ))
             .arg("-drive")
             .arg(format!(
                 "file={},if=none,id=d1,format=raw,snapshot=on",
@@ -137,7 +141,12 @@ impl SourceServer {
             .args(["-device", "ahci,id=sata"])
             .args(["-device", "ide-hd,drive=d0,bus=sata.0"])
             .args(["-device", "ide-hd,drive=d1,bus=sata.1"])
-            .args(["-netdev", "user,id=n0", "-device", "e1000,netdev=n0,addr=05"])
+            .args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "e1000,netdev=n0,addr=05",
+            ])
             .arg("-chardev")
             .arg(format!(
                 "socket,id=s0,path={},server=on,wait=off,logfile={}",
@@ -150,13 +159,17 @@ impl SourceServer {
             .expect("start qemu-system-x86_64");
         let mut qemu = qemu;
         let mut console = None;
-        wait_until(Duration::from_secs(30), "the source's serial socket", || {
-            if let Ok(Some(st)) = qemu.try_wait() {
-                panic!("the source's QEMU exited at start ({st}); see its stderr above");
-            }
-            console = std::os::unix::net::UnixStream::connect(&sock).ok();
-            console.is_some()
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "the source's serial socket",
+            || {
+                if let Ok(Some(st)) = qemu.try_wait() {
+                    panic!("the source's QEMU exited at start ({st}); see its stderr above");
+                }
+                console = std::os::unix::net::UnixStream::connect(&sock).ok();
+                console.is_some()
+            },
+        );
         let console = console.unwrap();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         {
@@ -230,7 +243,10 @@ impl SourceServer {
         self.send("corral\n");
         self.expect_after(from, "#", Duration::from_secs(60));
         // No echo of long lines mangled by the terminal width, no pager.
-        self.run("stty cols 1000 -echo; export PAGER=cat", Duration::from_secs(30));
+        self.run(
+            "stty cols 1000 -echo; export PAGER=cat",
+            Duration::from_secs(30),
+        );
     }
 
     /// Run `command` in the root shell; its output and exit status.
