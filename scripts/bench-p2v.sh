@@ -11,6 +11,7 @@
 # Page caches are dropped before each measured run. Usage:
 #   scripts/bench-p2v.sh [--runs N (3)] [--data-mib N (2048)] [--no-build]
 set -euo pipefail
+[ -n "${BENCH_TRACE:-}" ] && set -x
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNS=3
 DATA_MIB=2048
@@ -64,7 +65,7 @@ PORT=$((20000 + RANDOM % 20000))
 "$BIN" serve --state-dir "$STATE" --accel tcg --listen "127.0.0.1:$PORT" >"$WORK/agent.log" 2>&1 &
 AGENT=$!
 for _ in $(seq 100); do [ -S "$STATE/corral.sock" ] && break; sleep 0.1; done
-FP=$("$BIN" --connect "$STATE/corral.sock" --json host info | sed -n 's/.*"cert_sha256":"\([^"]*\)".*/\1/p')
+FP=$("$BIN" --connect "$STATE/corral.sock" --json host info | sed -n 's/.*"cert_sha256": *"\([^"]*\)".*/\1/p')
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/sink.key" -out "$WORK/sink.crt" -days 1 -subj /CN=sink 2>/dev/null
 SINK_PORT=$((PORT + 1))
 socat -u OPENSSL-LISTEN:$SINK_PORT,reuseaddr,fork,cert="$WORK/sink.crt",key="$WORK/sink.key",verify=0 OPEN:/dev/null &
@@ -86,7 +87,7 @@ for r in $(seq "$RUNS"); do
 	drop
 	out=$("$BIN" --json p2v --source-disk "$LOOP" --to "https://127.0.0.1:$PORT" --token-file "$STATE/token" \
 		--fingerprint "$FP" --name "bench$r" --no-wait \
-		--before-final-pass "dd if=/dev/urandom of=$WORK/mnt/changed-$r bs=1M count=50 status=none" 2>/dev/null)
+		--before-final-pass "dd if=/dev/urandom of=$WORK/mnt/changed-$r bs=1M count=50 status=none" 2>"$WORK/p2v.err") || { cat "$WORK/p2v.err" >&2; exit 1; }
 	field() { echo "$out" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 	wire=$(field wire_bytes)
 	first=$(awk -v ms="$(field first_pass_ms)" 'BEGIN { print ms / 1000 }')

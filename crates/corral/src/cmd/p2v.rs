@@ -189,17 +189,22 @@ pub async fn run(
             session.task
         );
     }
-    let copied = copy(
-        &client,
-        &id,
-        &plan,
-        disk,
-        found.ranges,
-        args.before_final_pass.as_deref(),
-        args.level,
-        json,
-    )
-    .await;
+    // Ctrl-C (or a SIGTERM/SIGHUP) drops the copy where it is: a freeze in progress is
+    // thawed by its guard's drop, and the session is abandoned below. A file system frozen
+    // by FIFREEZE stays frozen after the process dies, so this matters.
+    let copied = tokio::select! {
+        r = copy(
+            &client,
+            &id,
+            &plan,
+            disk,
+            found.ranges,
+            args.before_final_pass.as_deref(),
+            args.level,
+            json,
+        ) => r,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}; the copy was abandoned and nothing was created")),
+    };
     let stats = match copied {
         Ok(s) => s,
         Err(e) => {
@@ -258,6 +263,27 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// The first of SIGINT, SIGTERM, SIGHUP (never, if they cannot be watched).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn next(s: Option<&mut Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    tokio::select! {
+        _ = next(int.as_mut()) => "SIGINT",
+        _ = next(term.as_mut()) => "SIGTERM",
+        _ = next(hup.as_mut()) => "SIGHUP",
+    }
 }
 
 /// `--disk-size SIZE` is the whole disk; `/=SIZE` the root file system's size, which grows
