@@ -10,8 +10,9 @@ set -euo pipefail
 # protobuf-compiler: the state store's etcd client (corral-store, so the agent) builds with protoc.
 # libguestfs-tools (guestfish, virt-resize): `vm import --convert` converts a server's disk inside
 # a libguestfs appliance (docs/p2v.md), which boots a kernel from /boot (see below).
+# busybox-static, cpio, grub-pc-bin, xorriso: `corral p2v media` builds the cold-P2V boot ISO.
 RUN_PKGS=(qemu-system-x86 qemu-utils ovmf iproute2 osinfo-db swtpm swtpm-tools protobuf-compiler
-  libguestfs-tools)
+  libguestfs-tools busybox-static cpio grub-pc-bin xorriso)
 TEST_PKGS=(busybox-static cpio xorriso isolinux syslinux syslinux-common extlinux mtools dosfstools
   fdisk socat zstd python3 python3-pyftpdlib nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils curl
   dnsmasq-base etcd-server chromium

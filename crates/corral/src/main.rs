@@ -121,6 +121,10 @@ fn main() {
         Command::Serve(args) => cmd::serve::run(args),
         Command::Measure(args) => cmd::measure::run(args),
         Command::Plan(args) => cmd::plan::run(args),
+        Command::P2v(cmd::p2v::P2vArgs {
+            sub: Some(cmd::p2v::P2vCommand::Media(m)),
+            ..
+        }) => cmd::p2v_media::run(m, cli.fingerprint, json),
         Command::P2v(args) => runtime()
             .map_err(|e| anyhow::Error::new(e).context("cannot start the async runtime"))
             .and_then(|rt| rt.block_on(cmd::p2v::run(args, cli.token, cli.fingerprint, json))),

@@ -371,3 +371,125 @@ fn p2v_sessions_resume_refuse_bad_data_and_leave_nothing_when_abandoned() {
         assert_eq!(staged(), 0);
     });
 }
+
+/// Cold P2V: the media `corral p2v media` builds, with every answer on it, boots the
+/// fixture's server (a copy of its disk, so its checksum proves it was not written) from a
+/// CD, copies the idle disk in one pass and powers off; the agent's VM boots on virtio with
+/// a DHCP address.
+#[test]
+fn the_p2v_media_copies_a_server_that_boots_from_it() {
+    let src = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("server.img");
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&src)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = sha256(&disk);
+    let port = free_port();
+    let a = TestAgent::start_with(&["--listen", &format!("127.0.0.1:{port}")]);
+    let fingerprint = a.json(&["host", "info"])["remote"]["cert_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let iso = work.path().join("p2v.iso");
+    let t = Instant::now();
+    let made = a.ok(&[
+        "p2v",
+        "media",
+        "-o",
+        iso.to_str().unwrap(),
+        "--to",
+        &format!("https://10.0.2.2:{port}"),
+        "--token-file",
+        a.state_dir().join("token").to_str().unwrap(),
+        "--fingerprint",
+        &fingerprint,
+        "--name",
+        "coldweb",
+        "--description",
+        "copied cold",
+        "--unattended",
+    ]);
+    println!("media ({:.1} s): {made}", t.elapsed().as_secs_f64());
+
+    // The server boots the media and powers itself off once its disk is sent.
+    let log = work.path().join("serial.log");
+    let t = Instant::now();
+    let mut qemu = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
+        ])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=d0,format=raw", disk.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=cd,format=raw,media=cdrom,readonly=on",
+            iso.display()
+        ))
+        .args([
+            "-device",
+            "ahci,id=sata",
+            "-device",
+            "ide-hd,drive=d0,bus=sata.0",
+        ])
+        .args(["-device", "ide-cd,drive=cd,bus=sata.2", "-boot", "d"])
+        .args([
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "e1000,netdev=n0,addr=05",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + TRANSFER;
+    while qemu.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = qemu.kill();
+            panic!(
+                "the server booted from the media did not finish within {TRANSFER:?}:\n{}",
+                tail(&std::fs::read_to_string(&log).unwrap_or_default(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let console = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    println!(
+        "from the media to powered off: {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    let task = console
+        .lines()
+        .find_map(|l| l.split("CORRAL-P2V-SENT task=").nth(1))
+        .unwrap_or_else(|| panic!("the media did not send the disk:\n{}", tail(&console, 30)))
+        .trim()
+        .to_string();
+    assert!(
+        console.contains("one pass, the disk not in use"),
+        "{}",
+        tail(&console, 10)
+    );
+    assert_eq!(sha256(&disk), before, "the server's disk was written");
+
+    let done = json_within(&a, &["task", "show", &task, "--wait"], CONVERT);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let vm = a.vm("coldweb");
+    assert_eq!(vm["description"], "copied cold");
+    let t = Instant::now();
+    a.ok(&["vm", "start", "coldweb"]);
+    a.wait_console("coldweb", "CORRAL-SOURCE-READY", 1, SERVER_BOOT);
+    println!("boot to ready: {:.0} s", t.elapsed().as_secs_f64());
+    let ready = ready_fields(&a.console_log("coldweb"));
+    assert_eq!(ready["root"], "/dev/vda1", "{ready:?}");
+    assert!(
+        ready["ip"].starts_with("10.0.2."),
+        "no DHCP address: {ready:?}"
+    );
+    a.ok(&["vm", "poweroff", "coldweb"]);
+}

@@ -7,6 +7,7 @@ pub mod install;
 pub mod measure;
 pub mod misc;
 pub mod p2v;
+pub mod p2v_media;
 pub mod plan;
 pub mod pool;
 pub mod serve;

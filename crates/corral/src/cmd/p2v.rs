@@ -58,8 +58,14 @@ const P2V_HELP: &str = "Copy this running Linux server into a new VM on an agent
     --network keep";
 
 #[derive(clap::Args)]
-#[command(long_about = P2V_HELP)]
+#[command(
+    long_about = P2V_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct P2vArgs {
+    #[command(subcommand)]
+    pub sub: Option<P2vCommand>,
     /// The agent that receives the server: https://HOST:PORT (an agent started with
     /// `serve --listen`). Needs --fingerprint and a token (--token-file or --token).
     #[arg(long, value_name = "URL", required_unless_present = "dry_run")]
@@ -104,6 +110,13 @@ pub struct P2vArgs {
     /// zstd level for the data on the wire (1, the default, is the fastest; 0: uncompressed).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub level: i32,
+}
+
+#[derive(clap::Subcommand)]
+pub enum P2vCommand {
+    /// Make the cold-P2V boot media (an ISO): boot a server from it to copy its disk
+    /// without running anything from it.
+    Media(super::p2v_media::MediaArgs),
 }
 
 /// How long the final pass may keep the file systems frozen before they are thawed anyway
@@ -440,18 +453,22 @@ async fn copy(
     )
     .await?;
     let first_pass = started.elapsed();
-    if !quiet {
-        eprintln!(
-            "first pass: {} read, {} sent in {:.1} s; freezing the file systems for the final pass",
-            format_size(first.read),
-            format_size(first.wire),
-            first_pass.as_secs_f64()
-        );
-    }
-
     // Nothing of the disk is in use (the server runs from the P2V media): one pass is a
     // consistent copy.
     let mountpoints = plan.mountpoints();
+    if !quiet {
+        eprintln!(
+            "first pass: {} read, {} sent in {:.1} s{}",
+            format_size(first.read),
+            format_size(first.wire),
+            first_pass.as_secs_f64(),
+            if mountpoints.is_empty() {
+                ""
+            } else {
+                "; freezing the file systems for the final pass"
+            }
+        );
+    }
     if mountpoints.is_empty() {
         return Ok(CopyStats {
             method: "one pass, the disk not in use (cold)".into(),
