@@ -41,6 +41,7 @@ async fn main() {
             network: NetworkMode::Dhcp,
             nic_macs: vec!["52:54:00:00:00:01".into()],
             grow: false,
+            emptied: vec![],
         },
         appliance: ApplianceOptions {
             tcg: true,

@@ -24,7 +24,7 @@ pub mod plan;
 pub mod probe;
 
 pub use guestfish::{ApplianceOptions, GuestfishError};
-pub use plan::{ExpandByCopy, NetworkMode, Options, Refusal};
+pub use plan::{exclude_path_ok, ExpandByCopy, NetworkMode, Options, Refusal};
 
 use corral_model::Firmware;
 use guestfish::Guestfish;

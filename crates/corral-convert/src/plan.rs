@@ -46,6 +46,57 @@ pub struct Options {
     /// The disk was made larger than the source: grow the root file system (and the
     /// partition, physical volume and logical volume holding it) into the new space.
     pub grow: bool,
+    /// Directories whose contents were left out of the copy (`corral p2v --exclude`): their
+    /// files are there without their data, so they are emptied first. Absolute paths of
+    /// the characters [`exclude_path_ok`] allows (they are quoted into a guest command).
+    pub emptied: Vec<String>,
+}
+
+/// Whether `path` may be given to `corral p2v --exclude`: an absolute, normalised path of
+/// letters, digits and `/._-+@` (so it can be quoted into a guest shell command), not one
+/// of the directories a system or its conversion needs.
+pub fn exclude_path_ok(path: &str) -> Result<(), String> {
+    const NEEDED: &[&str] = &[
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/proc",
+        "/run",
+        "/sbin",
+        "/sys",
+        "/usr",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/sbin",
+        "/var",
+        "/var/lib",
+        "/var/lib/dpkg",
+    ];
+    if !path.starts_with('/')
+        || path.len() > 512
+        || path.ends_with('/') && path != "/"
+        || path.split('/').any(|c| c == "." || c == "..")
+        || path.contains("//")
+        || !path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+@".contains(c))
+    {
+        return Err(format!(
+            "--exclude {path:?}: give an absolute directory path of letters, digits and /._-+@ (no .., no trailing /)"
+        ));
+    }
+    if NEEDED.contains(&path) || path.starts_with("/boot/") || path.starts_with("/etc/") {
+        return Err(format!(
+            "--exclude {path:?}: the system (or its conversion) needs that directory"
+        ));
+    }
+    Ok(())
 }
 
 /// Why an image is not converted. Decided before anything is changed.
@@ -1605,6 +1656,21 @@ pub fn plan(facts: &GuestFacts, opts: &Options) -> Result<Plan, Refusal> {
     warnings.extend(grow_warnings);
     let mut steps = grow_mounted;
 
+    // Directories left out of the copy: their files have no data; emptied first.
+    for dir in &opts.emptied {
+        if exclude_path_ok(dir).is_err() {
+            continue;
+        }
+        steps.push(Step {
+            action: Action::Run {
+                script: format!("[ ! -d '{dir}' ] || find '{dir}' -xdev -mindepth 1 -delete"),
+            },
+            changes: vec![format!(
+                "emptied {dir}: its contents were left out of the copy (--exclude)"
+            )],
+        });
+    }
+
     // Device names.
     if let Some(t) = f.file("/etc/fstab") {
         if let Some(r) = rewrite_fstab(t, &facts.root, layout, &mut warnings) {
@@ -2263,11 +2329,58 @@ UUID=04294c17-7482-4e19-a908-3d1510fcc5e2              /             ext4   erro
     }
 
     #[test]
+    fn excluded_directories_are_emptied_first_and_paths_are_checked() {
+        let opts = Options {
+            emptied: vec!["/var/cache/apt".into()],
+            ..Default::default()
+        };
+        let p = plan(&fixture_facts(), &opts).unwrap();
+        let first = p
+            .steps
+            .iter()
+            .position(|s| {
+                s.changes
+                    .iter()
+                    .any(|c| c.starts_with("emptied /var/cache/apt"))
+            })
+            .expect("an emptying step");
+        assert_eq!(
+            p.steps[first].action,
+            Action::Run {
+                script:
+                    "[ ! -d '/var/cache/apt' ] || find '/var/cache/apt' -xdev -mindepth 1 -delete"
+                        .into()
+            }
+        );
+        assert!(p.steps[..first]
+            .iter()
+            .all(|s| !matches!(s.action, Action::Run { .. })));
+        for (path, ok) in [
+            ("/var/cache/apt", true),
+            ("/srv/data-1/x_y+z@2", true),
+            ("/", false),
+            ("/etc", false),
+            ("/etc/ssl", false),
+            ("/boot/grub", false),
+            ("/usr", false),
+            ("relative", false),
+            ("/var/../etc", false),
+            ("/var/cache/", false),
+            ("/tmp/a b", false),
+            ("/tmp/it's", false),
+            ("/tmp/$(reboot)", false),
+        ] {
+            assert_eq!(exclude_path_ok(path).is_ok(), ok, "{path}");
+        }
+    }
+
+    #[test]
     fn keep_names_the_vm_nic_like_the_old_one() {
         let opts = Options {
             network: NetworkMode::Keep,
             nic_macs: vec!["52:54:00:12:34:56".into()],
             grow: false,
+            emptied: vec![],
         };
         let p = plan(&fixture_facts(), &opts).unwrap();
         let link = written(&p, "/etc/systemd/network/10-corral-ens5.link").unwrap();

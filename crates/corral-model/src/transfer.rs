@@ -194,6 +194,10 @@ pub struct P2vStartRequest {
     /// The server's host name, recorded in the description.
     #[serde(default)]
     pub source_host: Option<String>,
+    /// Directories whose contents are left out of the copy (`--exclude`); the conversion
+    /// empties them.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 /// A P2V session: what the agent has applied so far, so an interrupted upload resumes.

@@ -81,6 +81,43 @@ pub fn disk_ranges(
     clip(merge(rounded.collect()), plan.disk_bytes)
 }
 
+/// A file system's own byte ranges (e.g. a file's extents), onto the disk.
+pub fn fs_to_disk(fs: &FileSystem, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(off, len) in ranges {
+        map_through(&fs.segments, off, len, &mut out);
+    }
+    merge(out)
+}
+
+/// `ranges` without `holes`. Holes are shrunk inward to whole sectors, so what remains
+/// stays whole sectors (what a frame carries).
+pub fn subtract(ranges: Vec<(u64, u64)>, holes: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    const SECTOR: u64 = 512;
+    let holes: Vec<(u64, u64)> = merge(holes)
+        .into_iter()
+        .filter_map(|(off, len)| {
+            let start = off.div_ceil(SECTOR) * SECTOR;
+            let end = (off + len) / SECTOR * SECTOR;
+            (end > start).then(|| (start, end - start))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (off, len) in merge(ranges) {
+        let (mut at, end) = (off, off + len);
+        for &(h, hl) in holes.iter().filter(|&&(h, hl)| h < end && h + hl > off) {
+            if h > at {
+                out.push((at, h - at));
+            }
+            at = at.max(h + hl);
+        }
+        if at < end {
+            out.push((at, end - at));
+        }
+    }
+    out
+}
+
 /// `[off, off+len)` of a device, through its segments, onto the disk.
 fn map_through(segments: &[Segment], off: u64, len: u64, out: &mut Vec<(u64, u64)>) {
     let end = off.saturating_add(len);
@@ -336,6 +373,31 @@ mod tests {
             vec![(9 * MIB, MIB)]
         );
         assert_eq!(disk_ranges(&p, |_| None), vec![(0, 10 * MIB)]);
+    }
+
+    #[test]
+    fn subtracting_holes_keeps_whole_sectors() {
+        let ranges = vec![(0, 8192), (16384, 4096)];
+        // A hole in the middle, one straddling the end of the first range, one not aligned.
+        let holes = vec![(1024, 1024), (7168, 10240), (17000, 100)];
+        assert_eq!(
+            subtract(ranges, holes),
+            vec![(0, 1024), (2048, 5120), (17408, 3072)]
+        );
+        // The unaligned hole (17000..17100) covers no whole sector: nothing is cut there.
+        assert_eq!(
+            subtract(vec![(16384, 4096)], vec![(17000, 100)]),
+            vec![(16384, 4096)]
+        );
+        let lv = fs(
+            "/var",
+            "ext4",
+            &[(0, 100 * MIB, 10 * MIB), (10 * MIB, 300 * MIB, 10 * MIB)],
+        );
+        assert_eq!(
+            fs_to_disk(&lv, &[(MIB, 4096), (10 * MIB + 8192, 4096)]),
+            vec![(101 * MIB, 4096), (300 * MIB + 8192, 4096)]
+        );
     }
 
     #[test]

@@ -62,6 +62,18 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
         );
     }
 
+    // A directory left out of the copy: its data is not sent, the VM has it empty.
+    server.ok(
+        "mkdir -p /root/excluded && head -c 16000000 /dev/urandom > /root/excluded/junk.bin",
+        Duration::from_secs(60),
+    );
+    let (out, rc) = server.run(
+        "/mnt/corral p2v --dry-run --exclude /etc 2>&1",
+        Duration::from_secs(60),
+    );
+    assert_ne!(rc, 0, "--exclude /etc was taken:\n{out}");
+    assert!(out.contains("needs that directory"), "{out}");
+
     // A file is written while the first pass runs; it must arrive whole.
     server.ok(
         "(sleep 2; dd if=/dev/urandom of=/root/during-copy.bin bs=1M count=24 2>/dev/null; \
@@ -74,6 +86,7 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
         &format!(
             "/mnt/corral --json p2v --to https://10.0.2.2:{port} --token-file /mnt/token \
              --fingerprint {fingerprint} --name oldweb --description 'old web server' --no-wait \
+             --exclude /root/excluded \
              > /run/p2v.json 2> /run/p2v.err; cat /run/p2v.err; cat /run/p2v.json"
         ),
         TRANSFER,
@@ -142,9 +155,16 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
             "checksum",
             "sha256",
             "/root/during-copy.bin",
+            ":",
+            "echo",
+            "EXCLUDED:",
+            ":",
+            "ls",
+            "/root/excluded",
         ],
     );
-    let mut lines = shown.lines().filter(|l| !l.trim().is_empty());
+    let (files, excluded) = shown.split_once("EXCLUDED:").unwrap();
+    let mut lines = files.lines().filter(|l| !l.trim().is_empty());
     let recorded = lines
         .next()
         .unwrap()
@@ -156,6 +176,18 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
     assert_eq!(
         recorded, actual,
         "the file written during the copy arrived damaged"
+    );
+    assert_eq!(
+        excluded.trim(),
+        "",
+        "--exclude /root/excluded: the VM has {excluded:?}"
+    );
+    let changes = done["changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.as_str().unwrap().starts_with("emptied /root/excluded")),
+        "{changes:?}"
     );
 
     // It boots on virtio to the ready line with a DHCP address.

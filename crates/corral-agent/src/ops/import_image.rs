@@ -96,6 +96,8 @@ pub(super) struct Received {
     pub(super) network: ConvertNetwork,
     /// Where the disk came from, for the VM's description.
     pub(super) origin: Origin,
+    /// Directories the conversion empties (left out of a P2V copy).
+    pub(super) emptied: Vec<String>,
 }
 
 /// Where a converted disk came from.
@@ -166,46 +168,10 @@ impl Ops {
                 "bad_image",
             )
         })?;
-        let disk_size = match q.disk_size_bytes {
-            Some(s) if s < image.virtual_size => {
-                return Err(Error::invalid(format!(
-                    "--disk-size {} is smaller than the image's disk ({}); disks are not shrunk",
-                    format_size(s),
-                    format_size(image.virtual_size)
-                )))
-            }
-            Some(s) if s > MAX_DISK_BYTES => {
-                return Err(Error::invalid(format!(
-                    "--disk-size {} is more than the largest disk taken ({})",
-                    format_size(s),
-                    format_size(MAX_DISK_BYTES)
-                )))
-            }
-            Some(s) => s.div_ceil(512) * 512,
-            None => image.virtual_size,
-        };
+        let disk_size =
+            converted_disk_size(q.disk_size_bytes, image.virtual_size, "the image's disk")?;
         let id = uuid::Uuid::new_v4().to_string();
-        let mut spec = crate::spec::spec_from_request(
-            self.host.as_ref(),
-            &id,
-            &corral_model::api::VmCreateRequest {
-                name: name.clone(),
-                disks: Some(vec![]),
-                ..Default::default()
-            },
-        )?;
-        spec.disks.push(Disk {
-            device: "disk0".into(),
-            size_bytes: disk_size,
-            format: DiskFormat::Qcow2,
-            bus: DiskBus::Virtio,
-            sr: sr.name.clone(),
-            path: sr.path.join(corral_storage::volume_file_name(
-                &id,
-                "disk0",
-                DiskFormat::Qcow2,
-            )),
-        });
+        let spec = self.converted_vm_spec(&id, &name, disk_size, &sr)?;
 
         // Space, before anything is written: a raw upload becomes the volume as it arrives;
         // a qcow2 or VMDK upload is staged and then converted.
@@ -276,6 +242,7 @@ impl Ops {
             sr,
             network: q.network.unwrap_or_default(),
             origin: Origin::Image,
+            emptied: Vec::new(),
         };
         Ok(Ok(self.spawn_conversion(job, task)))
     }
@@ -501,6 +468,7 @@ impl Ops {
                 },
                 nic_macs: job.spec.nics.iter().map(|n| n.mac.clone()).collect(),
                 grow,
+                emptied: job.emptied.clone(),
             },
             appliance: appliance.clone(),
         };
@@ -600,6 +568,63 @@ impl Ops {
             note.push_str(&report.warnings.join("; "));
         }
         Ok((changes, note))
+    }
+}
+
+/// The converted VM's disk size: the source's, or `requested` when larger (whole sectors).
+pub(super) fn converted_disk_size(
+    requested: Option<u64>,
+    source: u64,
+    what: &str,
+) -> Result<u64, Error> {
+    match requested {
+        Some(s) if s < source => Err(Error::invalid(format!(
+            "--disk-size {} is smaller than {what} ({}); disks are not shrunk",
+            format_size(s),
+            format_size(source)
+        ))),
+        Some(s) if s > MAX_DISK_BYTES => Err(Error::invalid(format!(
+            "--disk-size {} is more than the largest disk taken ({})",
+            format_size(s),
+            format_size(MAX_DISK_BYTES)
+        ))),
+        Some(s) => Ok(s.div_ceil(512) * 512),
+        None => Ok(source),
+    }
+}
+
+impl Ops {
+    /// The spec of a converted server: the host's defaults, and one virtio qcow2 disk of
+    /// `disk_size` in `sr` (the firmware is set once the conversion knows it).
+    pub(super) fn converted_vm_spec(
+        &self,
+        id: &str,
+        name: &str,
+        disk_size: u64,
+        sr: &corral_model::host::StorageRepository,
+    ) -> Result<VmSpec, Error> {
+        let mut spec = crate::spec::spec_from_request(
+            self.host.as_ref(),
+            id,
+            &corral_model::api::VmCreateRequest {
+                name: name.to_string(),
+                disks: Some(vec![]),
+                ..Default::default()
+            },
+        )?;
+        spec.disks.push(Disk {
+            device: "disk0".into(),
+            size_bytes: disk_size,
+            format: DiskFormat::Qcow2,
+            bus: DiskBus::Virtio,
+            sr: sr.name.clone(),
+            path: sr.path.join(corral_storage::volume_file_name(
+                id,
+                "disk0",
+                DiskFormat::Qcow2,
+            )),
+        });
+        Ok(spec)
     }
 }
 

@@ -15,7 +15,7 @@
 //! everything; an agent restart loses open sessions (their staging is removed at start) and
 //! the client is told to start again.
 
-use super::import_image::{check_space, on_path, refusal, Origin, Received};
+use super::import_image::{check_space, converted_disk_size, on_path, refusal, Origin, Received};
 use super::import_image_plan::{ImageFormat, ImageHead, MAX_DISK_BYTES, MIN_DISK_BYTES};
 use super::transfer::{ByteStream, ChanReader};
 use crate::error::Error;
@@ -58,6 +58,7 @@ struct Session {
     network: ConvertNetwork,
     source_host: String,
     description: Option<String>,
+    exclude: Vec<String>,
     task: TaskHandle,
     /// One upload (or the finish) at a time; a second is refused until the first ends.
     busy: AtomicBool,
@@ -160,24 +161,14 @@ impl Ops {
                 format_size(MAX_DISK_BYTES)
             )));
         }
-        let disk_size = match req.disk_size_bytes {
-            Some(s) if s < req.disk_bytes => {
-                return Err(Error::invalid(format!(
-                    "--disk-size {} is smaller than the server's disk ({}); disks are not shrunk",
-                    format_size(s),
-                    format_size(req.disk_bytes)
-                )))
-            }
-            Some(s) if s > MAX_DISK_BYTES => {
-                return Err(Error::invalid(format!(
-                    "--disk-size {} is more than the largest disk taken ({})",
-                    format_size(s),
-                    format_size(MAX_DISK_BYTES)
-                )))
-            }
-            Some(s) => s.div_ceil(512) * 512,
-            None => req.disk_bytes,
-        };
+        if req.exclude.len() > 64 {
+            return Err(Error::invalid("at most 64 --exclude directories"));
+        }
+        for e in &req.exclude {
+            corral_convert::exclude_path_ok(e).map_err(Error::invalid)?;
+        }
+        let disk_size =
+            converted_disk_size(req.disk_size_bytes, req.disk_bytes, "the server's disk")?;
         let sr = self.sr(req.sr.as_deref().unwrap_or("default"))?;
         if !on_path("guestfish") {
             return Err(refusal(
@@ -192,27 +183,7 @@ impl Ops {
         check_space(&sr, &staging_root, req.data_bytes.min(req.disk_bytes), 0, 0)?;
 
         let id = uuid::Uuid::new_v4().to_string();
-        let mut spec = crate::spec::spec_from_request(
-            self.host.as_ref(),
-            &id,
-            &corral_model::api::VmCreateRequest {
-                name: req.name.clone(),
-                disks: Some(vec![]),
-                ..Default::default()
-            },
-        )?;
-        spec.disks.push(Disk {
-            device: "disk0".into(),
-            size_bytes: disk_size,
-            format: DiskFormat::Qcow2,
-            bus: DiskBus::Virtio,
-            sr: sr.name.clone(),
-            path: sr.path.join(corral_storage::volume_file_name(
-                &id,
-                "disk0",
-                DiskFormat::Qcow2,
-            )),
-        });
+        let spec = self.converted_vm_spec(&id, &req.name, disk_size, &sr)?;
         self.host.registry_mut().reserve(&req.name).map_err(|e| {
             Error::conflict(format!("{}; choose another name with --name", e.message))
         })?;
@@ -254,6 +225,7 @@ impl Ops {
             network: req.network.unwrap_or_default(),
             source_host,
             description: req.description.clone(),
+            exclude: req.exclude.clone(),
             task,
             busy: AtomicBool::new(false),
             state: Mutex::new(State {
@@ -462,6 +434,7 @@ impl Ops {
                 },
                 description: s.description.clone(),
             },
+            emptied: s.exclude.clone(),
         };
         Ok(self.spawn_conversion(job, s.task.clone()))
     }

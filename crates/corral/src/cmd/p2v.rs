@@ -95,6 +95,11 @@ pub struct P2vArgs {
     /// mounted file systems are frozen for the final pass.
     #[arg(long, value_name = "DEVICE")]
     pub source_disk: Option<PathBuf>,
+    /// A directory whose contents are left out of the copy (repeatable): its files' blocks
+    /// are not sent, and the conversion empties it. E.g. --exclude /var/cache/apt. Only on
+    /// ext2/3/4 file systems.
+    #[arg(long, value_name = "DIR")]
+    pub exclude: Vec<String>,
     /// A shell command run after the first pass, before the file systems are frozen for the
     /// final one: e.g. stop a database so its files are consistent on disk
     /// ("systemctl stop postgresql"). The copy stops if it fails.
@@ -142,7 +147,8 @@ pub async fn run(
         DiskReader::open(&plan.disk)
             .with_context(|| format!("cannot open {}", plan.disk.display()))?,
     ));
-    let found = data_ranges(&plan, &disk).await?;
+    let excluded = Arc::new(checked_excludes(&plan, &args.exclude)?);
+    let found = data_ranges(&plan, &disk, &excluded).await?;
     let data_bytes = found.bytes;
     if args.dry_run {
         return print_plan(&plan, &found, json);
@@ -190,6 +196,7 @@ pub async fn run(
             disk_size_bytes,
             network: Some(args.network),
             source_host: Some(host.clone()),
+            exclude: args.exclude.clone(),
         })
         .await?;
     let id = session.id.clone();
@@ -211,6 +218,7 @@ pub async fn run(
             &id,
             &plan,
             disk,
+            &excluded,
             found.ranges,
             args.before_final_pass.as_deref(),
             args.level,
@@ -323,17 +331,73 @@ fn target_disk_size(plan: &SourcePlan, text: &str) -> anyhow::Result<u64> {
     }
 }
 
-/// The disk's ranges that hold data, read on a blocking thread (file systems' bitmaps).
+/// A directory left out of the copy, and the file system it is on.
+pub struct Excluded {
+    dir: PathBuf,
+    fs: corral_p2v::scan::FileSystem,
+}
+
+/// Check each `--exclude` directory: a path the conversion may empty, an existing
+/// directory, on a copied ext file system (other file systems may share blocks between
+/// files, so leaving some out could damage others).
+fn checked_excludes(plan: &SourcePlan, dirs: &[String]) -> anyhow::Result<Vec<Excluded>> {
+    dirs.iter()
+        .map(|d| {
+            corral_convert::exclude_path_ok(d).map_err(|e| anyhow::anyhow!(e))?;
+            let dir = PathBuf::from(d);
+            if !std::fs::metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                bail!("--exclude {d}: not a directory on this server");
+            }
+            let fs = plan
+                .file_systems
+                .iter()
+                .filter(|f| !f.mountpoint.as_os_str().is_empty() && dir.starts_with(&f.mountpoint))
+                .max_by_key(|f| f.mountpoint.as_os_str().len())
+                .with_context(|| format!("--exclude {d}: not on a file system that is copied"))?;
+            if !corral_p2v::ranges::is_ext(&fs.fstype) {
+                bail!(
+                    "--exclude {d}: it is on {} ({}); only ext2/3/4 directories can be left out",
+                    fs.mountpoint.display(),
+                    fs.fstype
+                );
+            }
+            Ok(Excluded {
+                dir,
+                fs: fs.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The disk's ranges that hold data, without the blocks of excluded files, read on a
+/// blocking thread (file systems' bitmaps, the excluded files' extents).
 async fn data_ranges(
     plan: &SourcePlan,
     disk: &Arc<Mutex<DiskReader>>,
+    excluded: &Arc<Vec<Excluded>>,
 ) -> anyhow::Result<DiskRanges> {
-    let (plan, disk) = (plan.clone(), disk.clone());
-    Ok(tokio::task::spawn_blocking(move || {
-        let mut d = disk.lock().unwrap_or_else(|p| p.into_inner());
-        scan_disk_ranges(&plan, &mut d)
+    let (plan, disk, excluded) = (plan.clone(), disk.clone(), excluded.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut found = {
+            let mut d = disk.lock().unwrap_or_else(|p| p.into_inner());
+            scan_disk_ranges(&plan, &mut d)
+        };
+        if excluded.is_empty() {
+            return Ok(found);
+        }
+        let mut holes = Vec::new();
+        // Every file there now, whatever its age.
+        let any_age = std::time::SystemTime::now() + Duration::from_secs(365 * 86400);
+        for e in excluded.iter() {
+            let extents = corral_p2v::unchanged::unchanged_file_extents(&e.dir, any_age)
+                .with_context(|| format!("cannot list the files under {}", e.dir.display()))?;
+            holes.extend(corral_p2v::ranges::fs_to_disk(&e.fs, &extents));
+        }
+        found.ranges = corral_p2v::ranges::subtract(found.ranges, holes);
+        found.bytes = corral_p2v::ranges::total(&found.ranges);
+        Ok(found)
     })
-    .await?)
+    .await?
 }
 
 fn print_plan(plan: &SourcePlan, found: &DiskRanges, json: bool) -> anyhow::Result<()> {
@@ -429,6 +493,7 @@ async fn copy(
     id: &str,
     plan: &SourcePlan,
     disk: Arc<Mutex<DiskReader>>,
+    excluded: &Arc<Vec<Excluded>>,
     ranges: Vec<(u64, u64)>,
     before_final_pass: Option<&str>,
     level: i32,
@@ -497,7 +562,7 @@ async fn copy(
         .context("cannot freeze the server's file systems for the final pass")?;
     let fin = async {
         // Read under the freeze, the bitmaps are exact.
-        let again = data_ranges(plan, &disk).await?;
+        let again = data_ranges(plan, &disk, excluded).await?;
         send_pass(
             client,
             id,
