@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the fuzz targets briefly (CI does this after the tests): the native archive reader, the
 # OVF parser, the XVA reader, every API request body, the console handshake and what a V2V
-# conversion reads from an image, each for
+# conversion reads from an image, and the frames of a P2V upload, each for
 # FUZZ_SECONDS (default 15) from the seed corpus. A crash, timeout or out-of-memory fails the
 # script and leaves the input in crates/corral-archive/fuzz/artifacts/. See crates/corral-archive/fuzz/README.md.
 #
@@ -23,7 +23,7 @@ fi
 cargo run --quiet --release --bin gen-seeds >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in native_reader ovf_parser xva_reader api_bodies console_handshake v2v_guest; do
+for target in native_reader ovf_parser xva_reader api_bodies console_handshake v2v_guest p2v_frames; do
   echo "fuzz: $target for ${SECONDS_EACH}s" >&2
   if ! "${FUZZ[@]}" run -O "$target" -- -max_total_time="$SECONDS_EACH" -max_len=65536 \
       -detect_leaks=0 >"$log" 2>&1; then

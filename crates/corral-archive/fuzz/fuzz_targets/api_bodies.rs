@@ -9,7 +9,7 @@ use corral_model::api::*;
 use corral_model::auth::{validate_vm_pattern, TokenCreateRequest};
 use corral_model::migrate::MigrateRequest;
 use corral_model::pool::EvacuateRequest;
-use corral_model::transfer::CloneRequest;
+use corral_model::transfer::{CloneRequest, P2vFinishRequest, P2vStartRequest};
 use corral_model::validate::validate_name;
 use libfuzzer_sys::fuzz_target;
 use serde::de::DeserializeOwned;
@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, rest)) = data.split_first() else {
         return;
     };
-    let accepted = match pick % 15 {
+    let accepted = match pick % 17 {
         0 => body::<VmCreateRequest>(rest),
         1 => body::<VmUpdateRequest>(rest),
         2 => body::<VmInstallRequest>(rest),
@@ -47,6 +47,8 @@ fuzz_target!(|data: &[u8]| {
         11 => body::<MigrateRequest>(rest),
         12 => body::<EvacuateRequest>(rest),
         13 => body::<TokenCreateRequest>(rest),
+        14 => body::<P2vStartRequest>(rest),
+        15 => body::<P2vFinishRequest>(rest),
         _ => body::<serde_json::Value>(rest),
     };
     // The checks the agent applies first, on whatever the body carried.
@@ -56,6 +58,14 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some(pattern) = v.get("vms").and_then(|n| n.as_str()) {
             let _ = validate_vm_pattern(pattern);
+        }
+        for dir in v.get("exclude").and_then(|e| e.as_array()).into_iter().flatten() {
+            if let Some(d) = dir.as_str() {
+                // What passes is quoted into a guest shell command: it must be harmless.
+                if corral_convert::exclude_path_ok(d).is_ok() {
+                    assert!(!d.contains(['\'', '$', '`', ' ', '\\', ';']), "{d:?}");
+                }
+            }
         }
     }
 });

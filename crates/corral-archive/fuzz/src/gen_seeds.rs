@@ -195,6 +195,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         mbr[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
     }
     std::fs::write("corpus/v2v_guest/mbr", mbr)?;
+    // P2V: a pass of two frames (one compressed, one stored) and its end frame.
+    std::fs::create_dir_all("corpus/p2v_frames")?;
+    let mut pass = corral_p2v::wire::encode_data(1, 0, &[0u8; 4096], Some(1));
+    let noise: Vec<u8> = (0..1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    pass.extend(corral_p2v::wire::encode_data(2, 1 << 20, &noise, None));
+    pass.extend(corral_p2v::wire::encode_end(3));
+    std::fs::write("corpus/p2v_frames/pass", pass)?;
     println!("seeds written; add XVA seeds with ../tests/xva-writer/make_xva.py");
     Ok(())
 }
