@@ -95,6 +95,7 @@ enum Command {
     Plan(cmd::plan::PlanArgs),
     /// Copy this running Linux server into a new VM on an agent, converted to boot on virtio
     /// (run it as root on the server).
+    #[command(long_about = cmd::p2v::P2V_HELP)]
     P2v(cmd::p2v::P2vArgs),
 }
 

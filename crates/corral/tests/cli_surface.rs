@@ -401,6 +401,8 @@ fn long_help_shows_examples() {
         &["vm", "install"],
         &["vm", "import"],
         &["vm", "migrate"],
+        &["p2v"],
+        &["p2v", "media"],
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(cmd)

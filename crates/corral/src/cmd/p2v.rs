@@ -34,7 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// `corral p2v --help`.
-const P2V_HELP: &str = "Copy this running Linux server into a new VM on an agent, converted to \
+pub const P2V_HELP: &str =
+    "Copy this running Linux server into a new VM on an agent, converted to \
     boot on virtio. Run it as root on the server; the server keeps running and is never \
     written.\n\n\
     What happens:\n  \
@@ -58,11 +59,7 @@ const P2V_HELP: &str = "Copy this running Linux server into a new VM on an agent
     --network keep";
 
 #[derive(clap::Args)]
-#[command(
-    long_about = P2V_HELP,
-    args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
-)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct P2vArgs {
     #[command(subcommand)]
     pub sub: Option<P2vCommand>,
@@ -121,6 +118,7 @@ pub struct P2vArgs {
 pub enum P2vCommand {
     /// Make the cold-P2V boot media (an ISO): boot a server from it to copy its disk
     /// without running anything from it.
+    #[command(long_about = super::p2v_media::MEDIA_HELP)]
     Media(super::p2v_media::MediaArgs),
 }
 

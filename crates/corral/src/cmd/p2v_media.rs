@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// `corral p2v media --help`.
-const MEDIA_HELP: &str = "Make the cold-P2V boot media: an ISO that boots a server into a \
+pub const MEDIA_HELP: &str = "Make the cold-P2V boot media: an ISO that boots a server into a \
     small Linux in RAM and copies its disk to an agent, never mounting it.\n\n\
     Boot the server from it (CD, USB stick written with dd, or virtual media). On its console \
     a wizard asks for what was not given here: the agent's address, the token and \
@@ -37,7 +37,6 @@ const MEDIA_HELP: &str = "Make the cold-P2V boot media: an ISO that boots a serv
     --name oldweb --unattended";
 
 #[derive(clap::Args)]
-#[command(long_about = MEDIA_HELP)]
 pub struct MediaArgs {
     /// The ISO file to write.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
