@@ -104,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
             network: NetworkMode::Keep,
             nic_macs: vec!["52:54:00:00:00:01".into()],
             grow: true,
+            emptied: vec!["/var/cache/apt".into()],
         },
     );
 });
