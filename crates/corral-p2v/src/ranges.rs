@@ -472,29 +472,3 @@ mod tests {
         );
     }
 }
-
-/// Run by hand on a real server (`cargo test -p corral-p2v live -- --ignored --nocapture`):
-/// scans this machine and reads its system disk's bitmaps, read-only.
-#[cfg(test)]
-mod live {
-    #[test]
-    #[ignore = "reads this machine's system disk; run by hand as root"]
-    fn live_system_disk() {
-        let plan = crate::scan::discover().unwrap();
-        let mut disk = crate::disk::DiskReader::open(&plan.disk).unwrap();
-        let t = std::time::Instant::now();
-        let d = super::scan_disk_ranges(&plan, &mut disk);
-        let used: u64 = plan.file_systems.iter().map(|f| f.used_bytes).sum();
-        eprintln!(
-            "{}: direct={} {} ranges, {} bytes to send, statvfs used {} bytes, {:?}, notes {:?}",
-            plan.disk.display(),
-            disk.is_direct(),
-            d.ranges.len(),
-            d.bytes,
-            used,
-            t.elapsed(),
-            d.notes
-        );
-        assert!(d.notes.is_empty());
-    }
-}

@@ -529,6 +529,19 @@ fn visible_mounts<'m>(
     seen
 }
 
+/// The active swap partitions of `/proc/swaps` (`Filename Type Size Used Priority`, a
+/// header line first). Swap files are left out: their blocks belong to a file system and
+/// are copied with it.
+pub(crate) fn swap_partitions(facts: &Facts) -> impl Iterator<Item = String> + '_ {
+    facts.swaps.lines().skip(1).filter_map(|line| {
+        let mut w = line.split_whitespace();
+        match (w.next(), w.next()) {
+            (Some(file), Some("partition")) => Some(unescape(file)),
+            _ => None,
+        }
+    })
+}
+
 /// Decide what to copy and whether it can be copied, from facts alone.
 pub fn plan_from(facts: &Facts) -> SourcePlan {
     let blocks = Blocks::new(facts);
@@ -615,17 +628,8 @@ pub fn plan_from(facts: &Facts) -> SourcePlan {
     }
     file_systems.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
 
-    // /proc/swaps: `Filename Type Size Used Priority`, a header line first.
     let mut swaps = Vec::new();
-    for line in facts.swaps.lines().skip(1) {
-        let mut w = line.split_whitespace();
-        let (Some(file), Some(kind)) = (w.next(), w.next()) else {
-            continue;
-        };
-        let file = unescape(file);
-        if kind != "partition" {
-            continue; // a swap file is blocks of a file system, copied with it
-        }
+    for file in swap_partitions(facts) {
         let Some(b) = blocks.by_path(&file) else {
             warnings.push(format!(
                 "swap {file} is not a known block device; it is not copied"

@@ -14,6 +14,18 @@ use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
+/// An agent with an HTTPS listener on 127.0.0.1 (the guests reach it as 10.0.2.2): the
+/// agent, its port and its certificate's fingerprint.
+fn listening_agent() -> (TestAgent, u16, String) {
+    let port = free_port();
+    let a = TestAgent::start_with(&["--listen", &format!("127.0.0.1:{port}")]);
+    let fingerprint = a.json(&["host", "info"])["remote"]["cert_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (a, port, fingerprint)
+}
+
 /// The source's boot to its ready line under TCG.
 const SOURCE_BOOT: Duration = Duration::from_secs(6 * 60);
 /// `corral p2v` inside the source, both passes (under TCG the source reads and compresses
@@ -27,12 +39,7 @@ fn a_running_server_is_copied_hot_and_boots_on_virtio() {
         let src = src.clone();
         std::thread::spawn(move || sha256(&src))
     };
-    let port = free_port();
-    let a = TestAgent::start_with(&["--listen", &format!("127.0.0.1:{port}")]);
-    let fingerprint = a.json(&["host", "info"])["remote"]["cert_sha256"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (a, port, fingerprint) = listening_agent();
     let token = std::fs::read(a.state_dir().join("token")).unwrap();
     let work = tempfile::tempdir().unwrap();
     let binary = std::fs::read(corral_bin()).unwrap();
@@ -245,12 +252,7 @@ fn body(bytes: Vec<u8>) -> corral_client::ChannelBody {
 #[test]
 fn p2v_sessions_resume_refuse_bad_data_and_leave_nothing_when_abandoned() {
     use corral_model::transfer::{P2vFinishRequest, P2vStartRequest};
-    let port = free_port();
-    let a = TestAgent::start_with(&["--listen", &format!("127.0.0.1:{port}")]);
-    let fingerprint = a.json(&["host", "info"])["remote"]["cert_sha256"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (a, port, fingerprint) = listening_agent();
     let token = std::fs::read_to_string(a.state_dir().join("token")).unwrap();
     let url = format!("https://127.0.0.1:{port}");
     let c = corral_client::Client::https(&url, Some(token.trim()), Some(&fingerprint)).unwrap();
@@ -421,12 +423,7 @@ fn the_p2v_media_copies_a_server_that_boots_from_it() {
         .unwrap();
     assert!(st.success());
     let before = sha256(&disk);
-    let port = free_port();
-    let a = TestAgent::start_with(&["--listen", &format!("127.0.0.1:{port}")]);
-    let fingerprint = a.json(&["host", "info"])["remote"]["cert_sha256"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (a, port, fingerprint) = listening_agent();
     let iso = work.path().join("p2v.iso");
     let t = Instant::now();
     let made = a.ok(&[

@@ -170,14 +170,8 @@ pub fn plan_for_disk(
     }
     file_systems.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
 
-    // Active swaps (`/proc/swaps`, a header line first).
     let mut swaps = Vec::new();
-    for line in facts.swaps.lines().skip(1) {
-        let mut w = line.split_whitespace();
-        let (Some(file), Some("partition")) = (w.next(), w.next()) else {
-            continue;
-        };
-        let file = unescape(file);
+    for file in super::swap_partitions(facts) {
         let Some(b) = blocks.by_path(&file) else {
             continue;
         };

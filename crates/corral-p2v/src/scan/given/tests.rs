@@ -534,27 +534,6 @@ fn a_disk_image_planned_and_read_through_its_bitmaps() {
     assert_eq!(d.bytes, MIB + used + 4096);
 }
 
-/// Run by hand (`P2V_DISK=/dev/sdb cargo test -p corral-p2v live_given -- --ignored
-/// --nocapture`): plans the disk named and reads its bitmaps, read-only.
-#[test]
-#[ignore = "reads the disk named by P2V_DISK; run by hand as root"]
-fn live_given_disk() {
-    let disk = std::env::var("P2V_DISK").expect("P2V_DISK=/dev/...");
-    let plan = discover_disk(Path::new(&disk)).unwrap();
-    eprintln!("{plan:#?}");
-    let mut reader = DiskReader::open(&plan.disk).unwrap();
-    let t = std::time::Instant::now();
-    let d = crate::ranges::scan_disk_ranges(&plan, &mut reader);
-    eprintln!(
-        "{}: {} ranges, {} bytes to send, {:?}, notes {:?}",
-        plan.disk.display(),
-        d.ranges.len(),
-        d.bytes,
-        t.elapsed(),
-        d.notes
-    );
-}
-
 #[test]
 fn device_numbers() {
     assert_eq!(dev_numbers(0x0801), (8, 1));
