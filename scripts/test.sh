@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: install what is missing, build the test guest, check formatting and
 # lints, run every test (unit, integration, and end-to-end tests that boot real QEMU guests
-# under TCG). Guest-booting tests run with bounded parallelism (2 test threads per binary,
-# one binary at a time); every wait inside the tests has a timeout.
+# under TCG). Tests run under cargo-nextest, scheduled across all test binaries from one queue
+# with bounded parallelism (.config/nextest.toml: at most two guest-booting tests at once,
+# longest first, each killed after 15 minutes); every wait inside the tests has a timeout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,10 @@ scripts/build-web.sh --check
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-timeout 2700 cargo test --workspace -- --test-threads=2
+# cargo-nextest ships with the Rust image CI uses; elsewhere it is built once (about 3 min).
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked --quiet
+timeout 2700 cargo nextest run --workspace --no-fail-fast
+# nextest does not run documentation examples.
+cargo test --workspace --doc --quiet
 # The archive readers' fuzz targets, briefly (cargo-fuzz; see crates/corral-archive/fuzz).
 FUZZ_SECONDS=${FUZZ_SECONDS:-10} timeout 900 scripts/fuzz-brief.sh

@@ -1,9 +1,10 @@
 //! V2V end to end (issue 12): the P2V fixture — a Debian 12 "physical server" disk whose
 //! fstab and GRUB name `/dev/sda1`, whose e1000 NIC is configured as `ens5` and whose
 //! initramfs has no virtio driver (`scripts/build-p2v-source.sh`) — imported with
-//! `vm import IMAGE --convert`, started on virtio-blk and virtio-net, and booted to its ready
-//! line with a DHCP address; the source image is unchanged (checksummed before and after)
-//! and the task lists every change. Refusals (a disk without Linux, a repository too small)
+//! `vm import IMAGE --convert`: the task lists every change, the record has virtio-blk and
+//! virtio-net, the source image is unchanged (checksummed before and after). (The converted
+//! fixture booting on virtio is shown by tests/p2v.rs, which converts the same disk through
+//! the same code and boots it.) Refusals (a disk without Linux, a repository too small)
 //! leave no VM, no volume and no staging behind. Every wait has a timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
@@ -59,7 +60,7 @@ fn assert_nothing_left(a: &TestAgent, repo: &Path, what: &str) {
 }
 
 #[test]
-fn a_physical_server_disk_converts_and_boots_on_virtio() {
+fn a_physical_server_disk_converts_to_virtio() {
     let src = fixture();
     // Checksummed while the import reads it too (the page cache serves both).
     let before = {
@@ -125,25 +126,10 @@ fn a_physical_server_disk_converts_and_boots_on_virtio() {
     let shown = a.json(&["task", "show", id]);
     assert_eq!(shown["changes"].as_array().unwrap().len(), changes.len());
 
-    // It boots on virtio to the ready line with a DHCP address, on a NIC name it has never
-    // had, from its root by UUID.
-    let t = Instant::now();
-    a.ok(&["vm", "start", "oldweb"]);
-    a.wait_console("oldweb", "CORRAL-SOURCE-READY", 1, SERVER_BOOT);
-    println!("boot to ready: {:.0} s", t.elapsed().as_secs_f64());
-    let ready = ready_fields(&a.console_log("oldweb"));
-    assert_eq!(ready["host"], "oldweb");
-    assert_eq!(ready["root"], "/dev/vda1", "{ready:?}");
-    assert!(
-        ready["nic"].starts_with("en") && ready["nic"] != "ens5",
-        "{ready:?}"
-    );
-    assert!(
-        ready["ip"].starts_with("10.0.2."),
-        "no DHCP address: {ready:?}"
-    );
-    a.ok(&["vm", "poweroff", "oldweb"]);
-
+    // That the converted disk boots on virtio (root by UUID, a NIC name it has never had,
+    // DHCP) is shown by the P2V tests (tests/p2v.rs), which convert this same fixture through
+    // the same conversion (`Ops::spawn_conversion`) and boot the result: a third boot here
+    // would cost a minute of TCG and prove nothing more.
     let before = before.join().unwrap();
     assert_eq!(sha256(&src), before, "the source image changed");
 }

@@ -196,6 +196,42 @@ pub struct Netns {
     pub name: String,
     pub host_ip: String,
     pub ns_ip: String,
+    /// The lock on this namespace's slot (see `claim_slot`), released when the test's
+    /// process ends, however it ends.
+    _slot: std::fs::File,
+}
+
+/// A slot number (20..220) no other test process holds: each names a namespace, a veth pair
+/// and a /24. The suite runs tests of different binaries at once (nextest), so a per-process
+/// counter cannot keep them apart; an exclusive lock on a file per slot can, and the kernel
+/// drops it with the process, so a killed test frees its slot for the next run.
+fn claim_slot() -> (usize, std::fs::File) {
+    let dir = std::env::temp_dir().join("corral-test-netns");
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = std::process::id() as usize;
+    for i in 0..200 {
+        let n = (start + i) % 200 + 20;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{n}.lock")))
+            .unwrap();
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } == 0;
+        if locked {
+            return (n, file);
+        }
+    }
+    panic!(
+        "all 200 test network slots are taken under {}",
+        dir.display()
+    );
 }
 
 pub fn sh(args: &[&str]) {
@@ -212,10 +248,8 @@ pub fn sh(args: &[&str]) {
 
 impl Netns {
     pub fn create() -> Netns {
-        // A subnet of its own per test (process and count), so parallel tests do not collide.
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let n =
-            (std::process::id() as usize * 7 + COUNT.fetch_add(1, Ordering::Relaxed)) % 200 + 20;
+        // A subnet of its own, so tests running at once do not collide.
+        let (n, slot) = claim_slot();
         let name = format!("corral-t{n}");
         let (host_ip, ns_ip) = (format!("10.231.{n}.1"), format!("10.231.{n}.2"));
         let (outer, inner) = (format!("cvh{n}"), format!("cvn{n}"));
@@ -244,6 +278,7 @@ impl Netns {
             name,
             host_ip,
             ns_ip,
+            _slot: slot,
         }
     }
 
