@@ -21,7 +21,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # cargo-nextest ships with the Rust image CI uses; elsewhere it is built once (about 3 min).
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked --quiet
-timeout 2700 cargo nextest run --workspace --no-fail-fast
+timeout 2700 cargo nextest run --workspace
 # nextest does not run documentation examples.
 cargo test --workspace --doc --quiet
 # The archive readers' fuzz targets, briefly (cargo-fuzz; see crates/corral-archive/fuzz).

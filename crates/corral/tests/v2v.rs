@@ -2,9 +2,10 @@
 //! fstab and GRUB name `/dev/sda1`, whose e1000 NIC is configured as `ens5` and whose
 //! initramfs has no virtio driver (`scripts/build-p2v-source.sh`) — imported with
 //! `vm import IMAGE --convert`: the task lists every change, the record has virtio-blk and
-//! virtio-net, the source image is unchanged (checksummed before and after). (The converted
-//! fixture booting on virtio is shown by tests/p2v.rs, which converts the same disk through
-//! the same code and boots it.) Refusals (a disk without Linux, a repository too small)
+//! virtio-net, the source image is unchanged (checksummed before and after). The converted
+//! fixture booting on virtio (root by UUID, a new NIC name, DHCP) is shown by tests/p2v.rs,
+//! which converts the same disk through the same `Ops::spawn_conversion` and boots it twice;
+//! a third boot here would cost a minute of TCG and prove nothing more. Refusals (a disk without Linux, a repository too small)
 //! leave no VM, no volume and no staging behind. Every wait has a timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test and benchmark code may panic
 
@@ -126,10 +127,7 @@ fn a_physical_server_disk_converts_to_virtio() {
     let shown = a.json(&["task", "show", id]);
     assert_eq!(shown["changes"].as_array().unwrap().len(), changes.len());
 
-    // That the converted disk boots on virtio (root by UUID, a NIC name it has never had,
-    // DHCP) is shown by the P2V tests (tests/p2v.rs), which convert this same fixture through
-    // the same conversion (`Ops::spawn_conversion`) and boot the result: a third boot here
-    // would cost a minute of TCG and prove nothing more.
+    // No boot here: tests/p2v.rs boots this fixture converted by the same code (module doc).
     let before = before.join().unwrap();
     assert_eq!(sha256(&src), before, "the source image changed");
 }
