@@ -215,6 +215,13 @@ impl SourceServer {
             if text.contains(needle) {
                 return text;
             }
+            // A boot that ended in the initramfs's rescue shell will not go on: say so now,
+            // not when the whole boot allowance has run out.
+            assert!(
+                !text.contains("Dropping to a shell"),
+                "the source's boot stopped in the initramfs before {needle:?}; it shows:\n{}",
+                tail(&self.console(), 40)
+            );
             assert!(
                 Instant::now() < deadline,
                 "the source's console did not print {needle:?} within {limit:?}; it shows:\n{}",
