@@ -487,7 +487,7 @@ async fn try_forward(
                 (Ok(c), Ok(o)) => {
                     let mut c = hyper_util::rt::TokioIo::new(c);
                     let mut o = hyper_util::rt::TokioIo::new(o);
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut o).await;
+                    let _ = corral_agent::pool::peer::splice(&mut c, &mut o).await;
                 }
                 (c, o) => tracing::debug!(
                     client = c.is_ok(),

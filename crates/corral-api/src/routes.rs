@@ -569,7 +569,7 @@ where
         match upgrade.await {
             Ok(upgraded) => {
                 let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+                let _ = corral_agent::pool::peer::splice(&mut client, &mut stream).await;
             }
             Err(e) => tracing::warn!(error = %e, protocol, "upgrade failed"),
         }

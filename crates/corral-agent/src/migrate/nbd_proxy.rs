@@ -99,7 +99,7 @@ async fn serve(listener: UnixListener, mut ready: Vec<Upstream>) {
                     continue;
                 };
                 splices.spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut qemu, &mut target).await;
+                    let _ = crate::pool::peer::splice(&mut qemu, &mut target).await;
                 });
             }
             Some(_) = splices.join_next(), if !splices.is_empty() => {}

@@ -146,6 +146,7 @@ pub async fn drive(
     was_paused: bool,
 ) -> Result<Completed, Error> {
     task.phase_span(&format!("preparing host {}", plan.target_name), 0.0, 0.05);
+    let preparing = Instant::now();
     let mut marker = SourceMarker {
         migration_id: plan.migration_id.clone(),
         target_id: plan.target_id.clone(),
@@ -195,16 +196,27 @@ pub async fn drive(
         nbd_proxy: None,
         ram_total: 0,
         events: qmp.subscribe(),
+        timeline: vec![("prepare", preparing.elapsed())],
     };
     let outcome = driver.run(&mut task, &run_dir).await;
     match outcome {
-        Ok(figures) => Ok(Completed {
-            target_id: marker.target_id,
-            target_name: marker.target_name,
-            volumes: marker.volumes,
-            target_sr: marker.target_sr,
-            figures,
-        }),
+        Ok(figures) => {
+            // Where the time went, for an operator comparing migrations (the task has the
+            // totals QEMU measured).
+            let phases: Vec<String> = driver
+                .timeline
+                .iter()
+                .map(|(phase, took)| format!("{phase} {} ms", took.as_millis()))
+                .collect();
+            tracing::info!(migration = %plan.migration_id, phases = %phases.join(", "), "migrated");
+            Ok(Completed {
+                target_id: marker.target_id,
+                target_name: marker.target_name,
+                volumes: marker.volumes,
+                target_sr: marker.target_sr,
+                figures,
+            })
+        }
         Err(e) => {
             tracing::warn!(migration = %plan.migration_id, error = %e, "migration failed; rolling back");
             task.phase("rolling back: the VM stays on this host", 0.0);
@@ -253,6 +265,8 @@ struct Driver<'a> {
     /// QEMU's events: a migration or block job changing state ends the wait for the next
     /// sample at once, so a short migration is not held up by the sampling interval.
     events: tokio::sync::broadcast::Receiver<corral_qemu::qmp::QmpEvent>,
+    /// How long each phase took, in order (logged when the migration completes).
+    timeline: Vec<(&'static str, Duration)>,
 }
 
 impl Driver<'_> {
@@ -393,9 +407,14 @@ impl Driver<'_> {
         self.failpoint(task, "after-prepare").await?;
         self.keep_going(task)?;
         if self.plan.request.with_storage {
+            let mirroring = Instant::now();
             self.mirror(task, run_dir).await?;
+            self.timeline.push(("mirror", mirroring.elapsed()));
         }
+        let moving = Instant::now();
         self.memory(task, &host, tls).await?;
+        self.timeline
+            .push(("memory and switchover", moving.elapsed()));
         task.phase_span(
             &format!("switching over to host {}", self.plan.target_name),
             0.97,
@@ -403,7 +422,9 @@ impl Driver<'_> {
         );
         // The memory's byte count stays on the task, complete.
         task.bytes(self.ram_total, self.ram_total);
+        let committing = Instant::now();
         self.commit().await?;
+        self.timeline.push(("commit", committing.elapsed()));
         Ok(self.figures.clone())
     }
 
@@ -589,8 +610,13 @@ impl Driver<'_> {
                 // to continue (its migration thread has not woken yet), and a second
                 // `migrate-continue` then finds it in `device` and fails the migration.
                 MigrationStatus::PreSwitchover if !continued => {
+                    self.timeline
+                        .push(("memory copy", memory_started.elapsed()));
                     self.failpoint(task, "at-switchover").await?;
+                    let finishing = Instant::now();
                     self.finish_mirrors().await?;
+                    self.timeline
+                        .push(("mirror completion", finishing.elapsed()));
                     self.q("migrate-continue", json!({ "state": "pre-switchover" }))
                         .await?;
                     continued = true;
