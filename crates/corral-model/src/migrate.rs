@@ -134,6 +134,10 @@ pub struct IncomingAnswer {
     /// devices), reached through the member stream `GET /v1/pool/migrations/{id}/nbd`.
     #[serde(default)]
     pub nbd: bool,
+    /// With storage and `--insecure-stream`: the TCP port on `host` where the target's QEMU
+    /// serves those exports itself, plain, for the source's agent to connect to directly.
+    #[serde(default)]
+    pub nbd_port: Option<u16>,
     /// With storage: device -> the new volume's path on the target.
     #[serde(default)]
     pub volumes: Vec<(String, std::path::PathBuf)>,
@@ -150,6 +154,7 @@ impl IncomingAnswer {
             host: None,
             migration_port: None,
             nbd: false,
+            nbd_port: None,
             volumes: Vec::new(),
             tls_hostname: None,
         }

@@ -6,7 +6,8 @@
 //!   own it), keeps counting on the target (no restart: the count goes on), runs once, and
 //!   its task carries QEMU's downtime and total time;
 //! - `--with-storage`: a guest whose local disk holds 64 MiB of random data moves; the
-//!   target's new volume has the same content and the source's volume is gone;
+//!   target's new volume has the same content and the source's volume is gone; it comes back
+//!   with `--insecure-stream` (the disk plain, straight to the target QEMU), the same again;
 //! - convergence: no convergence within the deadline, escalation, post-copy; the source's
 //!   agent killed mid-migration;
 //! - every fault (target QEMU killed, target agent killed, network cut, cancel) at every
@@ -329,6 +330,43 @@ fn live_migration_moves_a_running_guest_and_failures_keep_it_at_home() {
         counts(&p.a, "mig1").len() >= 2
     });
     assert!(!counts(&p.a, "mig1").contains(&1), "mig1 restarted");
+
+    // ----- mig2 back with --insecure-stream -----
+    // the disk goes plain, from this agent straight to the
+    // target QEMU's NBD server, and arrives the same.
+    let out = p.a.json(&[
+        "vm",
+        "migrate",
+        "mig2",
+        "--to",
+        "xen02",
+        "--with-storage",
+        "--insecure-stream",
+    ]);
+    assert_eq!(out["state"], "succeeded", "{out}");
+    let back = p.b.vm("mig2");
+    assert_eq!(back["host"], "xen02");
+    let back_disk = back["disks"][0]["path"].as_str().unwrap().to_string();
+    assert!(
+        back_disk.starts_with(p.b.state_dir().to_str().unwrap()),
+        "{back_disk}"
+    );
+    assert_eq!(
+        sha256(&back_disk),
+        want,
+        "disk mirrored in the clear differs"
+    );
+    assert!(
+        !std::path::Path::new(&new_disk).exists(),
+        "xen01's volume left behind"
+    );
+    single_qemu(&id2);
+    // The console log shows this run only: counts, none of them a first one.
+    p.b.wait_console("mig2", "CORRAL-COUNT", 2, Duration::from_secs(30));
+    assert!(
+        !counts(&p.b, "mig2").contains(&1),
+        "mig2 restarted on its way back"
+    );
 }
 
 /// Start a migration of `vm` to xen02 limited to 1 MiB/s (slow enough to interrupt) and

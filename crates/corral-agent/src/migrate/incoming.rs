@@ -344,7 +344,30 @@ impl Incoming {
                 json!({ "tls-creds": if req.tls { TLS_ID } else { "" } }),
             )
             .await?;
-            if req.with_storage {
+            let mut nbd_port = None;
+            if req.with_storage && !req.tls {
+                // `--insecure-stream`: the user trusts the network with the memory stream, so
+                // the disks cross it plain too, straight to this QEMU (one hop fewer, no
+                // encryption; see `nbd_proxy`). QEMU 7.2 cannot say which port it bound, so
+                // the port is one that was free a moment ago.
+                let port = std::net::TcpListener::bind((listen_host, 0))
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+                    .map_err(|e| {
+                        Error::caused(
+                            ErrorKind::Internal,
+                            format!("no free TCP port on {listen_host} for the disk export"),
+                            e,
+                        )
+                    })?;
+                q(
+                    "nbd-server-start",
+                    json!({ "addr": { "type": "inet",
+                                      "data": { "host": listen_host, "port": port.to_string() } } }),
+                )
+                .await?;
+                nbd_port = Some(port);
+            } else if req.with_storage {
                 // On a unix socket only this agent reaches: the source's QEMU comes in through
                 // the members' mutual TLS and the two agents (`nbd_stream`), never with
                 // QEMU's own NBD TLS, whose client can deadlock QEMU 7.2 (see `nbd_proxy`).
@@ -369,6 +392,8 @@ impl Incoming {
                     json!({ "addr": { "type": "unix", "data": { "path": socket } } }),
                 )
                 .await?;
+            }
+            if req.with_storage {
                 for d in &rec.spec.disks {
                     q(
                         "block-export-add",
@@ -394,6 +419,7 @@ impl Incoming {
                 host: Some(listen_host.to_string()),
                 migration_port: Some(port),
                 nbd: req.with_storage,
+                nbd_port,
                 volumes: volumes.clone(),
                 tls_hostname: Some(crate::pool::pki::member_server_name(&self.host.host_id)),
             })

@@ -436,9 +436,16 @@ impl Driver<'_> {
         if !self.answer.nbd {
             return Err(Error::internal("the target serves no disk export"));
         }
+        use super::nbd_proxy::Route;
+        let route = match (self.answer.nbd_port, &self.answer.host) {
+            (Some(port), Some(host)) => Route::Plain(host, port),
+            _ => Route::Members {
+                pool: self.plan.pool.clone(),
+                target_id: &self.plan.target_id,
+            },
+        };
         let proxy = super::nbd_proxy::NbdProxy::start(
-            self.plan.pool.clone(),
-            &self.plan.target_id,
+            route,
             &self.plan.migration_id,
             run_dir,
             self.answer.volumes.len(),
