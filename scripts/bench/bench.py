@@ -631,6 +631,20 @@ if __name__ == "__main__":
     main()
 
 
+def prepend_run(doc, title, intro, heading, body):
+    """Put `body` under `### heading` at the top of the section `title` in `doc`, after its
+    `intro`, keeping the runs recorded before (a section that keeps its history)."""
+    text = open(doc).read()
+    run = f"### {heading}\n\n{body.rstrip()}\n\n"
+    if title not in text:
+        write_section(doc, title, intro, run.rstrip("\n"))
+        return
+    start = text.index(title) + len(title)
+    at = text.index(intro, start) + len(intro) if intro in text[start:] else start + 1
+    text = text[:at] + run + text[at:].lstrip("\n")
+    open(doc, "w").write(text)
+
+
 def write_section(doc, title, intro, body):
     """Put `body` under the heading `title` in the markdown file `doc`, replacing the
     section a previous run wrote (the rest of the file stays)."""

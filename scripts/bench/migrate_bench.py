@@ -334,8 +334,11 @@ def main():
 
 
 def write_section(doc, body):
-    bench.write_section(doc, "## Live migration (issue 10)", ("One command: `scripts/bench-migrate.sh [--rounds N]` (release build; "
-             "`scripts/bench/migrate_bench.py`).\n\n"), body)
+    """A new run goes on top of the section; earlier runs (and their readings) stay."""
+    load = open("/proc/loadavg").read().split()[0]
+    heading = time.strftime("Run of %d %b %Y, %H:%M UTC", time.gmtime()) + f" (load average {load})"
+    bench.prepend_run(doc, "## Live migration (issue 10)", ("One command: `scripts/bench-migrate.sh [--rounds N]` (release build; "
+                      "`scripts/bench/migrate_bench.py`).\n\n"), heading, body)
 
 
 if __name__ == "__main__":
