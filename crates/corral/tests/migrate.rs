@@ -12,7 +12,8 @@
 //!   agent killed mid-migration;
 //! - every fault (target QEMU killed, target agent killed, network cut, cancel) at every
 //!   phase (set-up, mirror, memory, switchover): the guest keeps running on the source, once,
-//!   and nothing is left on the target within 10 s;
+//!   and nothing is left on the target within 10 s; the mirror's QEMU kill and network cut
+//!   again with `--insecure-stream`;
 //! - pre-check refusals, each with its message and nothing changed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -644,93 +645,106 @@ fn every_fault_at_every_phase_keeps_the_guest_at_home() {
     // CORRAL_FAULT_CASES=NetworkCut (a substring of "FAULT at PHASE") runs only those cases,
     // to look into one.
     let only = std::env::var("CORRAL_FAULT_CASES").unwrap_or_default();
-    for phase in phases {
-        for fault in faults {
-            let case = format!("{fault:?} at {phase:?}");
-            if !case.contains(&only) {
-                continue;
-            }
-            let mut args = vec![
-                "vm",
-                "migrate",
-                "fx1",
-                "--to",
-                "xen02",
-                "--with-storage",
-                "--no-wait",
-            ];
-            match phase {
-                Phase::SetUp => std::fs::write(&failpoints, "after-prepare 60\n").unwrap(),
-                Phase::Switchover => std::fs::write(&failpoints, "at-switchover 60\n").unwrap(),
-                Phase::Mirror | Phase::Memory => args.extend(["--bandwidth", "1M"]),
-            }
-            let (setup_holds, switchover_holds) =
-                (holds(&p, "after-prepare"), holds(&p, "at-switchover"));
-            let task = p.a.json(&args)["task"].as_str().unwrap().to_string();
-            let reached = || match phase {
-                Phase::SetUp => holds(&p, "after-prepare") > setup_holds,
-                Phase::Mirror => task_of(&p.a, &task)["phase"] == "mirroring disks",
-                Phase::Memory => task_of(&p.a, &task)["phase"] == "migrating memory",
-                Phase::Switchover => holds(&p, "at-switchover") > switchover_holds,
-            };
-            wait_until(
-                Duration::from_secs(60),
-                &format!("{case}: reached"),
-                reached,
-            );
-            let faulted = Instant::now();
-            match fault {
-                Fault::TargetQemuKilled => {
-                    let pids = other_qemus(&id, source_pid);
-                    assert!(!pids.is_empty(), "{case}: no target QEMU");
-                    for pid in pids {
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                    }
+    // Every case over the members' TLS; then the mirror's faults again on the plain path of
+    // `--insecure-stream` (the source's agent straight to the target QEMU's NBD server).
+    let cases = phases
+        .iter()
+        .flat_map(|p| faults.iter().map(move |f| (*p, *f, false)))
+        .chain([
+            (Phase::Mirror, Fault::TargetQemuKilled, true),
+            (Phase::Mirror, Fault::NetworkCut, true),
+        ]);
+    for (phase, fault, plain) in cases {
+        let case = format!(
+            "{fault:?} at {phase:?}{}",
+            if plain { " (plain)" } else { "" }
+        );
+        if !case.contains(&only) {
+            continue;
+        }
+        let mut args = vec![
+            "vm",
+            "migrate",
+            "fx1",
+            "--to",
+            "xen02",
+            "--with-storage",
+            "--no-wait",
+        ];
+        if plain {
+            args.push("--insecure-stream");
+        }
+        match phase {
+            Phase::SetUp => std::fs::write(&failpoints, "after-prepare 60\n").unwrap(),
+            Phase::Switchover => std::fs::write(&failpoints, "at-switchover 60\n").unwrap(),
+            Phase::Mirror | Phase::Memory => args.extend(["--bandwidth", "1M"]),
+        }
+        let (setup_holds, switchover_holds) =
+            (holds(&p, "after-prepare"), holds(&p, "at-switchover"));
+        let task = p.a.json(&args)["task"].as_str().unwrap().to_string();
+        let reached = || match phase {
+            Phase::SetUp => holds(&p, "after-prepare") > setup_holds,
+            Phase::Mirror => task_of(&p.a, &task)["phase"] == "mirroring disks",
+            Phase::Memory => task_of(&p.a, &task)["phase"] == "migrating memory",
+            Phase::Switchover => holds(&p, "at-switchover") > switchover_holds,
+        };
+        wait_until(
+            Duration::from_secs(60),
+            &format!("{case}: reached"),
+            reached,
+        );
+        let faulted = Instant::now();
+        match fault {
+            Fault::TargetQemuKilled => {
+                let pids = other_qemus(&id, source_pid);
+                assert!(!pids.is_empty(), "{case}: no target QEMU");
+                for pid in pids {
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
                 }
-                Fault::TargetAgentKilled => p.b.kill9(),
-                Fault::NetworkCut => ns.cut(),
-                Fault::Cancel => {
-                    p.a.ok(&["task", "cancel", &task]);
-                }
             }
-            let t = wait_task(&p.a, &task, Duration::from_secs(40));
-            let ended = faulted.elapsed();
-            // A fault is noticed within the target's 5 s of silence, and the rollback's
-            // monitor commands are bounded: no case takes long (slack for a loaded CI).
-            assert!(
-                ended < Duration::from_secs(20),
-                "{case}: the task ended {ended:.1?} after the fault: {t}\nthe source's log:\n{}",
-                tail(&p.a.log(), 30)
-            );
-            let expected = if matches!(fault, Fault::Cancel) {
-                "cancelled"
-            } else {
-                "failed"
-            };
-            assert_eq!(t["state"], expected, "{case}: {t}");
-            let _ = std::fs::remove_file(&failpoints);
-            // The restarted agent removes what its predecessor left; cut off, B removes its
-            // half by itself (no heartbeats).
-            if matches!(fault, Fault::TargetAgentKilled) {
-                p.b.spawn();
+            Fault::TargetAgentKilled => p.b.kill9(),
+            Fault::NetworkCut => ns.cut(),
+            Fault::Cancel => {
+                p.a.ok(&["task", "cancel", &task]);
             }
-            let v = p.a.vm("fx1");
-            assert_eq!(
-                (
-                    v["host"].as_str(),
-                    v["power_state"].as_str(),
-                    v["disks"][0]["path"].as_str()
-                ),
-                (Some("xen01"), Some("running"), Some(disk.as_str())),
-                "{case}: {v}"
-            );
-            let t0 = Instant::now();
-            let clean =
-                || qemus_of(&id) == vec![source_pid] && !b_run.exists() && !b_volume.exists();
-            while !clean() && t0.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            assert!(
+        }
+        let t = wait_task(&p.a, &task, Duration::from_secs(40));
+        let ended = faulted.elapsed();
+        // A fault is noticed within the target's 5 s of silence, and the rollback's
+        // monitor commands are bounded: no case takes long (slack for a loaded CI).
+        assert!(
+            ended < Duration::from_secs(20),
+            "{case}: the task ended {ended:.1?} after the fault: {t}\nthe source's log:\n{}",
+            tail(&p.a.log(), 30)
+        );
+        let expected = if matches!(fault, Fault::Cancel) {
+            "cancelled"
+        } else {
+            "failed"
+        };
+        assert_eq!(t["state"], expected, "{case}: {t}");
+        let _ = std::fs::remove_file(&failpoints);
+        // The restarted agent removes what its predecessor left; cut off, B removes its
+        // half by itself (no heartbeats).
+        if matches!(fault, Fault::TargetAgentKilled) {
+            p.b.spawn();
+        }
+        let v = p.a.vm("fx1");
+        assert_eq!(
+            (
+                v["host"].as_str(),
+                v["power_state"].as_str(),
+                v["disks"][0]["path"].as_str()
+            ),
+            (Some("xen01"), Some("running"), Some(disk.as_str())),
+            "{case}: {v}"
+        );
+        let t0 = Instant::now();
+        let clean = || qemus_of(&id) == vec![source_pid] && !b_run.exists() && !b_volume.exists();
+        while !clean() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
                 clean(),
                 "{case}: B's half still there 10 s after the task ended: QEMUs {:?}, run dir {}, volume {}\n{}",
                 qemus_of(&id),
@@ -738,19 +752,18 @@ fn every_fault_at_every_phase_keeps_the_guest_at_home() {
                 b_volume.exists(),
                 tail(&p.b.log(), 30)
             );
-            println!(
-                "{case}: the task ended {ended:.1?} after the fault, B was clean {:.1?} later",
-                t0.elapsed()
-            );
-            if matches!(fault, Fault::NetworkCut) {
-                ns.heal();
-            }
-            b_up(&p);
-            let n = *counts(&p.a, "fx1").last().unwrap();
-            wait_count(&p.a, "fx1", n + 1);
+        println!(
+            "{case}: the task ended {ended:.1?} after the fault, B was clean {:.1?} later",
+            t0.elapsed()
+        );
+        if matches!(fault, Fault::NetworkCut) {
+            ns.heal();
         }
+        b_up(&p);
+        let n = *counts(&p.a, "fx1").last().unwrap();
+        wait_count(&p.a, "fx1", n + 1);
     }
-    // Sixteen failed migrations later, the guest never restarted: one boot in its log.
+    // Eighteen failed migrations later, the guest never restarted: one boot in its log.
     let boots = counts(&p.a, "fx1").iter().filter(|c| **c == 1).count();
     assert_eq!(boots, 1, "fx1 restarted");
 
