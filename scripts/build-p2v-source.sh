@@ -138,26 +138,6 @@ EOF
 # server: SATA and e1000, no virtio. The conversion must add what a VM needs.
 sed -i 's/^MODULES=.*/MODULES=list/' "$ROOT/etc/initramfs-tools/initramfs.conf"
 printf '%s\n' ahci libahci sd_mod ext4 e1000 dm_mod >"$ROOT/etc/initramfs-tools/modules"
-# The initramfs waits 30 s for the root device, and on two loaded cores under TCG libata's
-# link resets (10 s, 10 s, then 35 s timeouts) can take longer: CI once dropped to the
-# initramfs shell with "/dev/sda1 does not exist". rootdelay= cannot help: Debian's initramfs
-# sleeps that long unconditionally. This waits up to 3 minutes for a root named by device,
-# and not at all once it is there (a converted VM's root is on virtio and appears at once).
-mkdir -p "$ROOT/etc/initramfs-tools/scripts/local-top"
-cat >"$ROOT/etc/initramfs-tools/scripts/local-top/wait-root-device" <<'EOF'
-#!/bin/sh
-case "$1" in prereqs) exit 0 ;; esac
-case "$ROOT" in
-/dev/*)
-	i=0
-	while [ ! -b "$ROOT" ] && [ "$i" -lt 180 ]; do
-		sleep 1
-		i=$((i + 1))
-	done
-	;;
-esac
-EOF
-chmod 755 "$ROOT/etc/initramfs-tools/scripts/local-top/wait-root-device"
 cat >"$ROOT/etc/default/grub" <<'EOF'
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=1

@@ -96,9 +96,13 @@ pub fn ready_fields(console: &str) -> std::collections::HashMap<String, String> 
 /// The fixture booted as a running "physical server" under QEMU/TCG, as
 /// `scripts/build-p2v-source.sh --check` boots it (SATA disk, e1000 in slot 5, user-mode
 /// networking: the host is 10.0.2.2 from inside), writing to a copy-on-write overlay so the
-/// fixture itself is never written. `tools` is attached as a second SATA disk, a
-/// file system image holding what the test hands the server (the corral binary, a token);
-/// what the server writes there goes to a throw-away overlay.
+/// fixture itself is never written. `tools` is a file system image holding what the test
+/// hands the server (the corral binary, a token), on the machine's IDE controller: the
+/// initramfs has only the SATA driver, so it becomes `sdb` once the system loads
+/// `ata_piix`. As a second SATA disk it was probed beside the fixture's and took `sda` when
+/// it answered first (seen on a loaded machine: the boot then waited for `/dev/sda1` and
+/// dropped to the initramfs shell). What the server writes there goes to a throw-away
+/// overlay.
 /// Its serial console is driven through a socket.
 pub struct SourceServer {
     qemu: std::process::Child,
@@ -140,7 +144,7 @@ impl SourceServer {
             ))
             .args(["-device", "ahci,id=sata"])
             .args(["-device", "ide-hd,drive=d0,bus=sata.0"])
-            .args(["-device", "ide-hd,drive=d1,bus=sata.1"])
+            .args(["-device", "ide-hd,drive=d1,bus=ide.0"])
             .args([
                 "-netdev",
                 "user,id=n0",
