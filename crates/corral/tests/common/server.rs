@@ -101,8 +101,9 @@ pub fn ready_fields(console: &str) -> std::collections::HashMap<String, String> 
 /// initramfs has only the SATA driver, so it becomes `sdb` once the system loads
 /// `ata_piix`. As a second SATA disk it was probed beside the fixture's and took `sda` when
 /// it answered first (seen on a loaded machine: the boot then waited for `/dev/sda1` and
-/// dropped to the initramfs shell). What the server writes there goes to a throw-away
-/// overlay.
+/// dropped to the initramfs shell). The fixture's disk carries `bootindex=0`: the BIOS
+/// would otherwise try the IDE disk first. What the server writes there goes to a
+/// throw-away overlay.
 /// Its serial console is driven through a socket.
 pub struct SourceServer {
     qemu: std::process::Child,
@@ -143,7 +144,7 @@ impl SourceServer {
                 tools.display()
             ))
             .args(["-device", "ahci,id=sata"])
-            .args(["-device", "ide-hd,drive=d0,bus=sata.0"])
+            .args(["-device", "ide-hd,drive=d0,bus=sata.0,bootindex=0"])
             .args(["-device", "ide-hd,drive=d1,bus=ide.0"])
             .args([
                 "-netdev",
